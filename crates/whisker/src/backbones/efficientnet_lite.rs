@@ -1,0 +1,205 @@
+//! EfficientNet-Lite0…4 (Google's mobile variant of EfficientNet: ReLU6, no squeeze-excite,
+//! fixed stem and head), with the key names of the lukemelas-style PyPI wheels
+//! (`_conv_stem`, `_blocks.N._depthwise_conv`, `_fc`).
+//!
+//! Two TensorFlow details matter and are reproduced exactly: 'SAME' padding (asymmetric for
+//! stride 2) and BatchNorm eps 1e-3. Either one wrong moves the logits by more than 1.
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+
+use super::layers::{
+    global_avg_pool, Act, BatchNorm, Conv2d, ConvBnAct, ConvSpec, Linear, Padding, Taps,
+};
+use crate::error::Result;
+use crate::weights::Loader;
+
+const EPS: f64 = 1e-3;
+
+/// (expand, kernel, stride, in, out, repeats) of the seven stages of the B0/Lite0 network.
+const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
+    (1, 3, 1, 32, 16, 1),
+    (6, 3, 2, 16, 24, 2),
+    (6, 5, 2, 24, 40, 2),
+    (6, 3, 2, 40, 80, 3),
+    (6, 5, 1, 80, 112, 3),
+    (6, 5, 2, 112, 192, 4),
+    (6, 3, 1, 192, 320, 1),
+];
+
+/// Width and depth multipliers of Lite0…4.
+pub fn coefficients(variant: usize) -> (f64, f64) {
+    match variant {
+        1 => (1.0, 1.1),
+        2 => (1.1, 1.2),
+        3 => (1.2, 1.4),
+        4 => (1.4, 1.8),
+        _ => (1.0, 1.0),
+    }
+}
+
+fn round_filters(c: usize, width: f64) -> usize {
+    if width == 1.0 {
+        return c;
+    }
+    let c = c as f64 * width;
+    let new = (((c + 4.0) as usize) / 8 * 8).max(8);
+    if (new as f64) < 0.9 * c {
+        new + 8
+    } else {
+        new
+    }
+}
+
+/// The blocks of a variant: (expand, kernel, stride, in, out).
+pub fn blocks(variant: usize) -> Vec<(usize, usize, usize, usize, usize)> {
+    let (width, depth) = coefficients(variant);
+    let mut out = Vec::new();
+    for (i, &(e, k, s, cin, cout, r)) in STAGES.iter().enumerate() {
+        // The stem (32) and the first and last stages' repeats are not scaled in Lite.
+        let cin = if i == 0 {
+            cin
+        } else {
+            round_filters(cin, width)
+        };
+        let cout = round_filters(cout, width);
+        let r = if i == 0 || i == STAGES.len() - 1 {
+            r
+        } else {
+            (depth * r as f64).ceil() as usize
+        };
+        for j in 0..r {
+            out.push((
+                e,
+                k,
+                if j == 0 { s } else { 1 },
+                if j == 0 { cin } else { cout },
+                cout,
+            ));
+        }
+    }
+    out
+}
+
+#[derive(Module, Debug)]
+pub struct MbConv {
+    pub expand: Option<ConvBnAct>,
+    pub depthwise: ConvBnAct,
+    pub project: Conv2d,
+    pub bn2: BatchNorm,
+    pub residual: bool,
+}
+
+impl MbConv {
+    fn load(l: &mut Loader, p: &str, b: (usize, usize, usize, usize, usize)) -> Result<Self> {
+        let (e, k, s, cin, cout) = b;
+        let mid = cin * e;
+        let expand = if e != 1 {
+            Some(ConvBnAct::load(
+                l,
+                &format!("{p}._expand_conv"),
+                &format!("{p}._bn0"),
+                ConvSpec::new(cin, mid, 1, 1).padding(Padding::Symmetric(0)),
+                EPS,
+                Act::Relu6,
+            )?)
+        } else {
+            None
+        };
+        let depthwise = ConvBnAct::load(
+            l,
+            &format!("{p}._depthwise_conv"),
+            &format!("{p}._bn1"),
+            ConvSpec::new(mid, mid, k, s)
+                .groups(mid)
+                .padding(Padding::TfSame),
+            EPS,
+            Act::Relu6,
+        )?;
+        Ok(MbConv {
+            expand,
+            depthwise,
+            project: Conv2d::load(
+                l,
+                &format!("{p}._project_conv"),
+                ConvSpec::new(mid, cout, 1, 1),
+            )?,
+            bn2: BatchNorm::load(l, &format!("{p}._bn2"), cout, EPS)?,
+            residual: s == 1 && cin == cout,
+        })
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut y = x.clone();
+        if let Some(e) = &self.expand {
+            y = e.forward(y);
+        }
+        y = self.depthwise.forward(y);
+        y = self.bn2.forward(self.project.forward(y));
+        if self.residual {
+            y + x
+        } else {
+            y
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct EfficientNetLite {
+    pub stem: ConvBnAct,
+    pub blocks: Vec<MbConv>,
+    pub head: ConvBnAct,
+    pub fc: Linear,
+}
+
+impl EfficientNetLite {
+    pub fn load(l: &mut Loader, variant: usize) -> Result<Self> {
+        let stem = ConvBnAct::load(
+            l,
+            "_conv_stem",
+            "_bn0",
+            ConvSpec::new(3, 32, 3, 2).padding(Padding::TfSame),
+            EPS,
+            Act::Relu6,
+        )?;
+        let specs = blocks(variant);
+        let mut bl = Vec::new();
+        for (i, b) in specs.iter().enumerate() {
+            bl.push(MbConv::load(l, &format!("_blocks.{i}"), *b)?);
+        }
+        let last = specs.last().map(|b| b.4).unwrap_or(320);
+        let head = ConvBnAct::load(
+            l,
+            "_conv_head",
+            "_bn1",
+            ConvSpec::new(last, 1280, 1, 1),
+            EPS,
+            Act::Relu6,
+        )?;
+        let fc = Linear::load(l, "_fc", 1280, 1000)?;
+        Ok(EfficientNetLite {
+            stem,
+            blocks: bl,
+            head,
+            fc,
+        })
+    }
+
+    pub fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
+        let mut x = self.stem.forward(x);
+        taps.tap("stem", &x);
+        for (i, b) in self.blocks.iter().enumerate() {
+            x = b.forward(x);
+            if taps.active() {
+                taps.tap(&format!("_blocks.{i}"), &x);
+            }
+        }
+        x = self.head.forward(x);
+        taps.tap("head", &x);
+        global_avg_pool(x)
+    }
+
+    pub fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
+        self.fc.forward(f)
+    }
+}

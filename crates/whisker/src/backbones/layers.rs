@@ -1,0 +1,313 @@
+//! The building blocks the backbones share: convolution (with PyTorch or TensorFlow 'SAME'
+//! padding), frozen BatchNorm, linear layers, activations and feature-map taps.
+
+use burn::module::{Module, Param};
+use burn::tensor::module::{batch_norm, conv2d, linear};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::Tensor;
+
+use crate::error::Result;
+use crate::weights::Loader;
+
+/// How a convolution pads its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    /// PyTorch style: the same number of zeros on every side.
+    Symmetric(usize),
+    /// TensorFlow 'SAME': total = max((ceil(i/s)-1)*s + k - i, 0), floor(total/2) before,
+    /// the rest after. Depends on the input size, so it is computed at each forward.
+    TfSame,
+}
+
+/// The padding (before, after) TensorFlow's 'SAME' uses for one dimension.
+pub fn tf_same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize) {
+    let out = input.div_ceil(stride);
+    let total = ((out.saturating_sub(1)) * stride + kernel).saturating_sub(input);
+    (total / 2, total - total / 2)
+}
+
+/// A 2-D convolution with checkpoint layout `[out, in/groups, k, k]`.
+#[derive(Module, Debug)]
+pub struct Conv2d {
+    pub weight: Param<Tensor<4>>,
+    pub bias: Option<Param<Tensor<1>>>,
+    pub stride: usize,
+    pub groups: usize,
+    #[module(skip)]
+    pub padding: Padding,
+}
+
+/// Shape and behaviour of a convolution to load.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvSpec {
+    pub cin: usize,
+    pub cout: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub groups: usize,
+    pub bias: bool,
+    pub padding: Padding,
+}
+
+impl ConvSpec {
+    /// A bias-free convolution with PyTorch's "same-ish" padding (k-1)/2.
+    pub fn new(cin: usize, cout: usize, kernel: usize, stride: usize) -> Self {
+        ConvSpec {
+            cin,
+            cout,
+            kernel,
+            stride,
+            groups: 1,
+            bias: false,
+            padding: Padding::Symmetric((kernel - 1) / 2),
+        }
+    }
+    pub fn groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+    pub fn bias(mut self, b: bool) -> Self {
+        self.bias = b;
+        self
+    }
+    pub fn padding(mut self, p: Padding) -> Self {
+        self.padding = p;
+        self
+    }
+}
+
+impl Conv2d {
+    /// Load `{prefix}.weight` (and `{prefix}.bias`).
+    pub fn load(l: &mut Loader, prefix: &str, s: ConvSpec) -> Result<Self> {
+        let weight = l.param(
+            &format!("{prefix}.weight"),
+            [s.cout, s.cin / s.groups, s.kernel, s.kernel],
+        )?;
+        let bias = if s.bias {
+            Some(l.param(&format!("{prefix}.bias"), [s.cout])?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            weight,
+            bias,
+            stride: s.stride,
+            groups: s.groups,
+            padding: s.padding,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [_, _, h, w] = x.dims();
+        let k = self.weight.dims()[2];
+        let padding = match self.padding {
+            Padding::Symmetric(p) => [(p, p), (p, p)],
+            Padding::TfSame => [
+                tf_same_padding(h, k, self.stride),
+                tf_same_padding(w, k, self.stride),
+            ],
+        };
+        let opts =
+            ConvOptions::new_with_padding([self.stride, self.stride], padding, [1, 1], self.groups);
+        conv2d(
+            x,
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+            opts,
+        )
+    }
+}
+
+/// BatchNorm over channels, always using its running statistics (a frozen backbone, as in
+/// PyTorch's `eval()`), whatever the device. Keys: `weight`, `bias`, `running_mean`,
+/// `running_var`.
+#[derive(Module, Debug)]
+pub struct BatchNorm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    pub running_mean: Param<Tensor<1>>,
+    pub running_var: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl BatchNorm {
+    pub fn load(l: &mut Loader, prefix: &str, c: usize, eps: f64) -> Result<Self> {
+        Ok(BatchNorm {
+            weight: l.param(&format!("{prefix}.weight"), [c])?,
+            bias: l.param(&format!("{prefix}.bias"), [c])?,
+            running_mean: l.buffer(&format!("{prefix}.running_mean"), [c])?,
+            running_var: l.buffer(&format!("{prefix}.running_var"), [c])?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        batch_norm(
+            x,
+            self.weight.val(),
+            self.bias.val(),
+            self.running_mean.val(),
+            self.running_var.val(),
+            self.eps,
+        )
+    }
+}
+
+/// A fully connected layer (weights kept as burn's `[in, out]`).
+#[derive(Module, Debug)]
+pub struct Linear {
+    pub weight: Param<Tensor<2>>,
+    pub bias: Param<Tensor<1>>,
+}
+
+impl Linear {
+    pub fn load(l: &mut Loader, prefix: &str, inp: usize, out: usize) -> Result<Self> {
+        Ok(Linear {
+            weight: l.linear_weight(&format!("{prefix}.weight"), out, inp)?,
+            bias: l.param(&format!("{prefix}.bias"), [out])?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        linear(x, self.weight.val(), Some(self.bias.val()))
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+}
+
+/// Activation functions, written as PyTorch computes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    None,
+    Relu,
+    Relu6,
+    Hardswish,
+}
+
+impl Act {
+    pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Act::None => x,
+            Act::Relu => burn::tensor::activation::relu(x),
+            Act::Relu6 => x.clamp(0.0, 6.0),
+            Act::Hardswish => x.clone() * hardsigmoid(x),
+        }
+    }
+}
+
+/// PyTorch's hardsigmoid: relu6(x + 3) / 6.
+pub fn hardsigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    (x + 3.0).clamp(0.0, 6.0) / 6.0
+}
+
+/// Conv → BatchNorm → activation, the unit most backbones are made of.
+#[derive(Module, Debug)]
+pub struct ConvBnAct {
+    pub conv: Conv2d,
+    pub bn: BatchNorm,
+    #[module(skip)]
+    pub act: Act,
+}
+
+impl ConvBnAct {
+    pub fn load(
+        l: &mut Loader,
+        conv_key: &str,
+        bn_key: &str,
+        spec: ConvSpec,
+        eps: f64,
+        act: Act,
+    ) -> Result<Self> {
+        Ok(ConvBnAct {
+            conv: Conv2d::load(l, conv_key, spec)?,
+            bn: BatchNorm::load(l, bn_key, spec.cout, eps)?,
+            act,
+        })
+    }
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.act.apply(self.bn.forward(self.conv.forward(x)))
+    }
+}
+
+/// Collects named intermediate feature maps during a forward pass.
+#[derive(Default)]
+pub struct Taps {
+    mode: TapMode,
+    /// The recorded maps, in network order.
+    pub maps: Vec<(String, Tensor<4>)>,
+    /// Every tap name passed, recorded or not.
+    pub names: Vec<String>,
+}
+
+#[derive(Default)]
+enum TapMode {
+    #[default]
+    Off,
+    All,
+    Only(Vec<String>),
+    NamesOnly,
+}
+
+impl Taps {
+    /// Record nothing.
+    pub fn none() -> Self {
+        Taps::default()
+    }
+    /// Record every named feature map.
+    pub fn all() -> Self {
+        Taps {
+            mode: TapMode::All,
+            ..Default::default()
+        }
+    }
+    /// Record only these.
+    pub fn only(names: &[&str]) -> Self {
+        Taps {
+            mode: TapMode::Only(names.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        }
+    }
+    /// Record names, no tensors.
+    pub fn names_only() -> Self {
+        Taps {
+            mode: TapMode::NamesOnly,
+            ..Default::default()
+        }
+    }
+
+    /// Offer a feature map under `name`.
+    pub fn tap(&mut self, name: &str, x: &Tensor<4>) {
+        match &self.mode {
+            TapMode::Off => {}
+            TapMode::NamesOnly => self.names.push(name.to_string()),
+            TapMode::All => {
+                self.names.push(name.to_string());
+                self.maps.push((name.to_string(), x.clone()));
+            }
+            TapMode::Only(w) => {
+                self.names.push(name.to_string());
+                if w.iter().any(|n| n == name) {
+                    self.maps.push((name.to_string(), x.clone()));
+                }
+            }
+        }
+    }
+
+    /// Whether a tap is active at all (to skip work that only serves taps).
+    pub fn active(&self) -> bool {
+        !matches!(self.mode, TapMode::Off)
+    }
+
+    /// The recorded map called `name`.
+    pub fn get(&self, name: &str) -> Option<&Tensor<4>> {
+        self.maps.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+}
+
+/// Global average pooling `[N, C, H, W]` → `[N, C]`.
+pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
+    let [n, c, _, _] = x.dims();
+    burn::tensor::module::adaptive_avg_pool2d(x, [1, 1]).reshape([n, c])
+}

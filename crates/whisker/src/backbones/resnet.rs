@@ -1,0 +1,201 @@
+//! ResNet-18/34/50/101/152 (He et al. 2016), torchvision's architecture ("v1.5": the stride
+//! of a bottleneck is on its 3×3 conv) and checkpoint key names.
+
+use burn::module::Module;
+use burn::tensor::module::max_pool2d;
+use burn::tensor::ops::MaxPoolOptions;
+use burn::tensor::Tensor;
+
+use super::layers::{global_avg_pool, Act, BatchNorm, Conv2d, ConvSpec, Linear, Taps};
+use crate::error::Result;
+use crate::weights::Loader;
+
+const EPS: f64 = 1e-5;
+
+/// Depth → (bottleneck?, blocks per stage).
+pub fn config(depth: usize) -> Option<(bool, [usize; 4])> {
+    Some(match depth {
+        18 => (false, [2, 2, 2, 2]),
+        34 => (false, [3, 4, 6, 3]),
+        50 => (true, [3, 4, 6, 3]),
+        101 => (true, [3, 4, 23, 3]),
+        152 => (true, [3, 8, 36, 3]),
+        _ => return None,
+    })
+}
+
+#[derive(Module, Debug)]
+pub struct Downsample {
+    pub conv: Conv2d,
+    pub bn: BatchNorm,
+}
+
+/// A basic (two 3×3 convs) or bottleneck (1×1, 3×3, 1×1) residual block.
+#[derive(Module, Debug)]
+pub struct Block {
+    pub conv1: Conv2d,
+    pub bn1: BatchNorm,
+    pub conv2: Conv2d,
+    pub bn2: BatchNorm,
+    pub conv3: Option<Conv2d>,
+    pub bn3: Option<BatchNorm>,
+    pub downsample: Option<Downsample>,
+}
+
+impl Block {
+    fn load(
+        l: &mut Loader,
+        p: &str,
+        bottleneck: bool,
+        inplanes: usize,
+        planes: usize,
+        stride: usize,
+    ) -> Result<Self> {
+        let expansion = if bottleneck { 4 } else { 1 };
+        let out = planes * expansion;
+        let downsample = if stride != 1 || inplanes != out {
+            Some(Downsample {
+                conv: Conv2d::load(
+                    l,
+                    &format!("{p}.downsample.0"),
+                    ConvSpec::new(inplanes, out, 1, stride),
+                )?,
+                bn: BatchNorm::load(l, &format!("{p}.downsample.1"), out, EPS)?,
+            })
+        } else {
+            None
+        };
+        if bottleneck {
+            Ok(Block {
+                conv1: Conv2d::load(
+                    l,
+                    &format!("{p}.conv1"),
+                    ConvSpec::new(inplanes, planes, 1, 1),
+                )?,
+                bn1: BatchNorm::load(l, &format!("{p}.bn1"), planes, EPS)?,
+                conv2: Conv2d::load(
+                    l,
+                    &format!("{p}.conv2"),
+                    ConvSpec::new(planes, planes, 3, stride),
+                )?,
+                bn2: BatchNorm::load(l, &format!("{p}.bn2"), planes, EPS)?,
+                conv3: Some(Conv2d::load(
+                    l,
+                    &format!("{p}.conv3"),
+                    ConvSpec::new(planes, out, 1, 1),
+                )?),
+                bn3: Some(BatchNorm::load(l, &format!("{p}.bn3"), out, EPS)?),
+                downsample,
+            })
+        } else {
+            Ok(Block {
+                conv1: Conv2d::load(
+                    l,
+                    &format!("{p}.conv1"),
+                    ConvSpec::new(inplanes, planes, 3, stride),
+                )?,
+                bn1: BatchNorm::load(l, &format!("{p}.bn1"), planes, EPS)?,
+                conv2: Conv2d::load(
+                    l,
+                    &format!("{p}.conv2"),
+                    ConvSpec::new(planes, planes, 3, 1),
+                )?,
+                bn2: BatchNorm::load(l, &format!("{p}.bn2"), planes, EPS)?,
+                conv3: None,
+                bn3: None,
+                downsample,
+            })
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let relu = Act::Relu;
+        let mut y = relu.apply(self.bn1.forward(self.conv1.forward(x.clone())));
+        y = self.bn2.forward(self.conv2.forward(y));
+        if let (Some(c3), Some(b3)) = (&self.conv3, &self.bn3) {
+            y = b3.forward(c3.forward(relu.apply(y)));
+        }
+        let identity = match &self.downsample {
+            Some(d) => d.bn.forward(d.conv.forward(x)),
+            None => x,
+        };
+        relu.apply(y + identity)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ResNet {
+    pub conv1: Conv2d,
+    pub bn1: BatchNorm,
+    pub layer1: Vec<Block>,
+    pub layer2: Vec<Block>,
+    pub layer3: Vec<Block>,
+    pub layer4: Vec<Block>,
+    pub fc: Linear,
+}
+
+impl ResNet {
+    pub fn load(l: &mut Loader, depth: usize) -> Result<Self> {
+        let (bottleneck, counts) = config(depth).ok_or_else(|| {
+            crate::error::Error::Invalid(format!("resnet depth {depth} is not 18/34/50/101/152"))
+        })?;
+        let expansion = if bottleneck { 4 } else { 1 };
+        let conv1 = Conv2d::load(l, "conv1", ConvSpec::new(3, 64, 7, 2))?;
+        let bn1 = BatchNorm::load(l, "bn1", 64, EPS)?;
+        let mut inplanes = 64;
+        let mut layers: Vec<Vec<Block>> = Vec::new();
+        for (s, (&n, planes)) in counts.iter().zip([64, 128, 256, 512]).enumerate() {
+            let mut blocks = Vec::new();
+            for b in 0..n {
+                let stride = if b == 0 && s > 0 { 2 } else { 1 };
+                let p = format!("layer{}.{b}", s + 1);
+                blocks.push(Block::load(l, &p, bottleneck, inplanes, planes, stride)?);
+                inplanes = planes * expansion;
+            }
+            layers.push(blocks);
+        }
+        let fc = Linear::load(l, "fc", 512 * expansion, 1000)?;
+        let mut it = layers.into_iter();
+        Ok(ResNet {
+            conv1,
+            bn1,
+            layer1: it.next().unwrap_or_default(),
+            layer2: it.next().unwrap_or_default(),
+            layer3: it.next().unwrap_or_default(),
+            layer4: it.next().unwrap_or_default(),
+            fc,
+        })
+    }
+
+    /// Pooled features `[N, 512·expansion]` (the input of `fc`).
+    pub fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
+        let x = Act::Relu.apply(self.bn1.forward(self.conv1.forward(x)));
+        taps.tap("relu", &x);
+        let mut x = max_pool2d(
+            x,
+            MaxPoolOptions::new([3, 3])
+                .with_stride([2, 2])
+                .with_padding([1, 1]),
+        );
+        taps.tap("maxpool", &x);
+        for (s, layer) in [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
+            .into_iter()
+            .enumerate()
+        {
+            for (b, block) in layer.iter().enumerate() {
+                x = block.forward(x);
+                if taps.active() {
+                    taps.tap(&format!("layer{}.{b}", s + 1), &x);
+                }
+            }
+            if taps.active() {
+                taps.tap(&format!("layer{}", s + 1), &x);
+            }
+        }
+        global_avg_pool(x)
+    }
+
+    pub fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
+        self.fc.forward(f)
+    }
+}

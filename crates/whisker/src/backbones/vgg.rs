@@ -1,0 +1,123 @@
+//! VGG-16/19 with and without BatchNorm (Simonyan & Zisserman 2014), torchvision's
+//! architecture and key names (`features.N`, `classifier.{0,3,6}`).
+//!
+//! The feature vector is the 4096-d output of the second fully connected layer after its
+//! ReLU (`classifier.4`): the input of the final classification layer, the layer transfer
+//! learning replaces.
+
+use burn::module::Module;
+use burn::tensor::module::{adaptive_avg_pool2d, max_pool2d};
+use burn::tensor::ops::MaxPoolOptions;
+use burn::tensor::Tensor;
+
+use super::layers::{Act, BatchNorm, Conv2d, ConvSpec, Linear, Taps};
+use crate::error::Result;
+use crate::weights::Loader;
+
+const M: usize = 0;
+
+fn cfg(depth: usize) -> &'static [usize] {
+    if depth == 19 {
+        &[
+            64, 64, M, 128, 128, M, 256, 256, 256, 256, M, 512, 512, 512, 512, M, 512, 512, 512,
+            512, M,
+        ]
+    } else {
+        &[
+            64, 64, M, 128, 128, M, 256, 256, 256, M, 512, 512, 512, M, 512, 512, 512, M,
+        ]
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct VggConv {
+    pub conv: Conv2d,
+    pub bn: Option<BatchNorm>,
+    /// Index of this layer's ReLU in `features` (its tap name).
+    pub relu_index: usize,
+    /// Index of the max-pool that follows, if one does.
+    pub pool_index: Option<usize>,
+}
+
+#[derive(Module, Debug)]
+pub struct Vgg {
+    pub features: Vec<VggConv>,
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub fc3: Linear,
+}
+
+impl Vgg {
+    pub fn load(l: &mut Loader, depth: usize, bn: bool) -> Result<Self> {
+        let mut features: Vec<VggConv> = Vec::new();
+        let mut idx = 0;
+        let mut cin = 3;
+        for &v in cfg(depth) {
+            if v == M {
+                if let Some(last) = features.last_mut() {
+                    last.pool_index = Some(idx);
+                }
+                idx += 1;
+                continue;
+            }
+            let conv = Conv2d::load(
+                l,
+                &format!("features.{idx}"),
+                ConvSpec::new(cin, v, 3, 1).bias(true),
+            )?;
+            let bnl = if bn {
+                Some(BatchNorm::load(
+                    l,
+                    &format!("features.{}", idx + 1),
+                    v,
+                    1e-5,
+                )?)
+            } else {
+                None
+            };
+            let relu_index = idx + if bn { 2 } else { 1 };
+            features.push(VggConv {
+                conv,
+                bn: bnl,
+                relu_index,
+                pool_index: None,
+            });
+            idx = relu_index + 1;
+            cin = v;
+        }
+        Ok(Vgg {
+            features,
+            fc1: Linear::load(l, "classifier.0", 512 * 7 * 7, 4096)?,
+            fc2: Linear::load(l, "classifier.3", 4096, 4096)?,
+            fc3: Linear::load(l, "classifier.6", 4096, 1000)?,
+        })
+    }
+
+    pub fn features(&self, mut x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
+        for layer in &self.features {
+            x = layer.conv.forward(x);
+            if let Some(bn) = &layer.bn {
+                x = bn.forward(x);
+            }
+            x = Act::Relu.apply(x);
+            if taps.active() {
+                taps.tap(&format!("features.{}", layer.relu_index), &x);
+            }
+            if let Some(p) = layer.pool_index {
+                x = max_pool2d(x, MaxPoolOptions::new([2, 2]));
+                if taps.active() {
+                    taps.tap(&format!("features.{p}"), &x);
+                }
+            }
+        }
+        let x = adaptive_avg_pool2d(x, [7, 7]);
+        let n = x.dims()[0];
+        let x = x.reshape([n, 512 * 7 * 7]);
+        let x = Act::Relu.apply(self.fc1.forward(x));
+        Act::Relu.apply(self.fc2.forward(x))
+    }
+
+    pub fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
+        self.fc3.forward(f)
+    }
+}

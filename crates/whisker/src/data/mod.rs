@@ -1,0 +1,8 @@
+//! Images in: decoding by content, Pillow-exact resizing, centre crops, normalisation.
+
+pub mod decode;
+pub mod resize;
+pub mod transforms;
+
+pub use decode::{decode_bytes, decode_file};
+pub use transforms::{Normalization, Preprocess};

@@ -1,0 +1,118 @@
+//! Preprocessing: resize, centre crop, to tensor, normalisation. Each backbone's weights
+//! carry theirs ([`crate::backbones::ModelSpec::preprocess`]).
+
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use image::RgbImage;
+
+use super::decode::decode_file;
+use super::resize::resize_shorter;
+use crate::error::Result;
+
+/// How pixels in [0, 1] become the network's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Normalization {
+    /// torchvision: (x − mean) / std with ImageNet's mean (0.485, 0.456, 0.406) and std
+    /// (0.229, 0.224, 0.225).
+    ImageNet,
+    /// TensorFlow-Lite style: (255·x − 127) / 128, i.e. (u8 − 127) / 128.
+    Tf,
+}
+
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+impl Normalization {
+    /// Normalise `[N, 3, H, W]` pixels in [0, 1].
+    pub fn normalize(&self, x: Tensor<4>) -> Tensor<4> {
+        let device = x.device();
+        match self {
+            Normalization::ImageNet => {
+                let mean = Tensor::<1>::from_floats(IMAGENET_MEAN, &device).reshape([1, 3, 1, 1]);
+                let std = Tensor::<1>::from_floats(IMAGENET_STD, &device).reshape([1, 3, 1, 1]);
+                (x - mean) / std
+            }
+            Normalization::Tf => (x * 255.0 - 127.0) / 128.0,
+        }
+    }
+
+    /// A short description for humans.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Normalization::ImageNet => "ImageNet mean/std",
+            Normalization::Tf => "(x-127)/128",
+        }
+    }
+}
+
+/// Resize (shorter side, Pillow bilinear), centre crop, normalise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preprocess {
+    pub resize: usize,
+    pub crop: usize,
+    pub norm: Normalization,
+}
+
+/// torchvision's `CenterCrop` offsets: `round((size − crop) / 2)`, half to even.
+pub fn center_crop_offset(size: u32, crop: u32) -> u32 {
+    let d = size as i64 - crop as i64;
+    if d <= 0 {
+        return 0;
+    }
+    // round half to even of d / 2
+    let half = d / 2;
+    if d % 2 == 1 && half % 2 == 1 {
+        (half + 1) as u32
+    } else {
+        half as u32
+    }
+}
+
+/// Centre crop to `crop × crop` (the image must be at least that large).
+pub fn center_crop(img: &RgbImage, crop: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    if w < crop || h < crop {
+        // torchvision pads with zeros in this case.
+        let mut out = RgbImage::new(crop, crop);
+        let (ox, oy) = ((crop - w.min(crop)) / 2, (crop - h.min(crop)) / 2);
+        let (sx, sy) = (center_crop_offset(w, crop), center_crop_offset(h, crop));
+        for y in 0..h.min(crop) {
+            for x in 0..w.min(crop) {
+                out.put_pixel(x + ox, y + oy, *img.get_pixel(x + sx, y + sy));
+            }
+        }
+        return out;
+    }
+    let left = center_crop_offset(w, crop);
+    let top = center_crop_offset(h, crop);
+    image::imageops::crop_imm(img, left, top, crop, crop).to_image()
+}
+
+impl Preprocess {
+    /// Resize and crop (u8 result).
+    pub fn apply(&self, img: &RgbImage) -> RgbImage {
+        let r = resize_shorter(img, self.resize as u32);
+        center_crop(&r, self.crop as u32)
+    }
+
+    /// Decode, resize and crop a file.
+    pub fn load(&self, path: &Path) -> Result<RgbImage> {
+        Ok(self.apply(&decode_file(path)?))
+    }
+}
+
+/// Images (all the same size) → `[N, 3, H, W]` pixels in [0, 1] (u8 / 255, as torchvision's
+/// `ToTensor`).
+pub fn to_tensor(images: &[RgbImage], device: &Device) -> Tensor<4> {
+    let (w, h) = images.first().map(|i| i.dimensions()).unwrap_or((0, 0));
+    let (w, h) = (w as usize, h as usize);
+    let mut data = Vec::with_capacity(images.len() * 3 * h * w);
+    for img in images {
+        let raw = img.as_raw();
+        for c in 0..3 {
+            data.extend(raw.iter().skip(c).step_by(3).map(|&v| v as f32 / 255.0));
+        }
+    }
+    Tensor::from_data(TensorData::new(data, [images.len(), 3, h, w]), device)
+}

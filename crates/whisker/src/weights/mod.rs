@@ -1,0 +1,375 @@
+//! Weight files: reading checkpoints (torch zip, legacy torch pickle, safetensors) into a
+//! [`StateDict`], strict loading into modules ([`Loader`]), checkpoint key mapping (timm →
+//! torchvision / lukemelas names), deterministic formula weights for tests, and the weights
+//! cache ([`cache`]).
+
+pub mod cache;
+pub mod formula;
+mod keymap;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::path::Path;
+
+use burn::module::Param;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::error::{Error, Result};
+
+/// One tensor of a checkpoint, converted to f32, row-major.
+#[derive(Debug, Clone)]
+pub struct RawTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// The tensors of a checkpoint, by key.
+#[derive(Debug, Clone, Default)]
+pub struct StateDict {
+    /// Where the tensors came from (a path, or a description), for error messages.
+    pub source: String,
+    pub tensors: BTreeMap<String, RawTensor>,
+}
+
+/// Which container a checkpoint file uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    TorchZip,
+    TorchLegacy,
+    Safetensors,
+}
+
+/// Detect the container of a checkpoint from its first bytes.
+pub fn sniff(path: &Path) -> Result<FileKind> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut head = [0u8; 16];
+    let mut n = 0;
+    while n < head.len() {
+        let r = f.read(&mut head[n..]).map_err(|e| Error::io(path, e))?;
+        if r == 0 {
+            break;
+        }
+        n += r;
+    }
+    let not = |reason: &str| Error::NotACheckpoint {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    if n == 0 {
+        return Err(not("the file is empty"));
+    }
+    if n >= 4 && &head[..4] == b"PK\x03\x04" {
+        return Ok(FileKind::TorchZip);
+    }
+    if head[0] == 0x80 && n >= 2 && head[1] <= 5 {
+        return Ok(FileKind::TorchLegacy);
+    }
+    if n >= 9 {
+        let len = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+        if head[8] == b'{' && len > 1 && len < 100 << 20 {
+            return Ok(FileKind::Safetensors);
+        }
+    }
+    Err(not(
+        "it is neither a PyTorch checkpoint (zip or legacy pickle) nor a safetensors file",
+    ))
+}
+
+impl StateDict {
+    /// Read a checkpoint file. The container is detected from the content, not the extension.
+    /// Reading a torch pickle never runs code: only tensors, dicts, lists, tuples and
+    /// primitives are understood; anything else is refused.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let kind = sniff(path)?;
+        let source = path.display().to_string();
+        let mut tensors = BTreeMap::new();
+        match kind {
+            FileKind::Safetensors => {
+                let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+                let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+                    Error::NotACheckpoint {
+                        path: path.to_path_buf(),
+                        reason: format!("invalid safetensors: {e}"),
+                    }
+                })?;
+                for (name, view) in st.tensors() {
+                    let data = safetensors_to_f32(&source, &name, &view)?;
+                    tensors.insert(
+                        name.to_string(),
+                        RawTensor {
+                            shape: view.shape().to_vec(),
+                            data,
+                        },
+                    );
+                }
+            }
+            FileKind::TorchZip | FileKind::TorchLegacy => {
+                let reader = pytorch_reader::PytorchReader::new(path).map_err(|e| {
+                    Error::NotACheckpoint {
+                        path: path.to_path_buf(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                for (name, t) in reader.tensors() {
+                    if name.ends_with("num_batches_tracked") {
+                        continue;
+                    }
+                    let bytes = t.read().map_err(|e| Error::NotACheckpoint {
+                        path: path.to_path_buf(),
+                        reason: e.to_string(),
+                    })?;
+                    let data = torch_to_f32(&source, name, t.dtype(), &bytes)?;
+                    tensors.insert(
+                        name.clone(),
+                        RawTensor {
+                            shape: t.shape().to_vec(),
+                            data,
+                        },
+                    );
+                }
+            }
+        }
+        tensors.retain(|k, _| !k.ends_with("num_batches_tracked"));
+        if tensors.is_empty() {
+            return Err(Error::NotACheckpoint {
+                path: path.to_path_buf(),
+                reason: "it holds no tensors".into(),
+            });
+        }
+        let mut sd = StateDict { source, tensors };
+        sd.strip_wrapper_prefixes();
+        Ok(sd)
+    }
+
+    /// Checkpoints saved as `{"state_dict": ...}`, `{"model": ...}` or from a
+    /// `DataParallel` module carry a common prefix: remove it.
+    fn strip_wrapper_prefixes(&mut self) {
+        for prefix in ["state_dict.", "model_state_dict.", "model.", "module."] {
+            if self.tensors.keys().all(|k| k.starts_with(prefix)) {
+                self.tensors = std::mem::take(&mut self.tensors)
+                    .into_iter()
+                    .map(|(k, v)| (k[prefix.len()..].to_string(), v))
+                    .collect();
+            }
+        }
+    }
+
+    /// Rename keys written with another library's names (timm) to the names whisker's
+    /// architecture for `model` uses. Keys already in whisker's naming are left as they are.
+    pub fn map_keys_for(&mut self, model: &str) {
+        keymap::map_keys(model, &mut self.tensors);
+    }
+
+    /// Total number of scalar values.
+    pub fn num_values(&self) -> usize {
+        self.tensors.values().map(|t| t.data.len()).sum()
+    }
+}
+
+fn torch_to_f32(
+    source: &str,
+    key: &str,
+    dtype: pytorch_reader::DType,
+    bytes: &[u8],
+) -> Result<Vec<f32>> {
+    use pytorch_reader::DType as D;
+    Ok(match dtype {
+        D::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect(),
+        D::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        D::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        D::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(Error::UnsupportedDtype {
+                source_name: source.to_string(),
+                key: key.to_string(),
+                dtype: format!("{other:?}"),
+            })
+        }
+    })
+}
+
+fn safetensors_to_f32(
+    source: &str,
+    key: &str,
+    view: &safetensors::tensor::TensorView<'_>,
+) -> Result<Vec<f32>> {
+    use safetensors::Dtype as D;
+    let bytes = view.data();
+    Ok(match view.dtype() {
+        D::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect(),
+        D::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        D::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        D::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        D::I64 if key.ends_with("num_batches_tracked") => Vec::new(),
+        other => {
+            return Err(Error::UnsupportedDtype {
+                source_name: source.to_string(),
+                key: key.to_string(),
+                dtype: format!("{other:?}"),
+            })
+        }
+    })
+}
+
+enum Source {
+    Dict(StateDict),
+    Formula,
+}
+
+/// Strict, key-by-key loading of a checkpoint into an architecture.
+///
+/// An architecture asks for each tensor by its checkpoint key and expected shape; the
+/// loader checks the shape, records missing keys (all of them, not just the first) and, in
+/// [`Loader::finish`], reports the keys the checkpoint has that nobody asked for.
+pub struct Loader {
+    src: Source,
+    model: String,
+    device: Device,
+    used: HashSet<String>,
+    missing: Vec<String>,
+    count: usize,
+}
+
+impl Loader {
+    /// Load from a state dict.
+    pub fn new(sd: StateDict, model: &str, device: &Device) -> Self {
+        Loader {
+            src: Source::Dict(sd),
+            model: model.to_string(),
+            device: device.clone(),
+            used: HashSet::new(),
+            missing: Vec::new(),
+            count: 0,
+        }
+    }
+
+    /// Deterministic formula weights (see [`formula`]), the same values the Python reference
+    /// generator computes.
+    pub fn formula(model: &str, device: &Device) -> Self {
+        Loader {
+            src: Source::Formula,
+            model: model.to_string(),
+            device: device.clone(),
+            used: HashSet::new(),
+            missing: Vec::new(),
+            count: 0,
+        }
+    }
+
+    /// The device tensors are created on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Number of scalar parameters handed out so far (BatchNorm running statistics excluded).
+    pub fn num_params(&self) -> usize {
+        self.count
+    }
+
+    /// The values of `key`, checked against `shape`, in checkpoint (row-major) layout.
+    pub fn values(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let n: usize = shape.iter().product();
+        match &mut self.src {
+            Source::Formula => Ok(formula::formula(key, shape)),
+            Source::Dict(sd) => match sd.tensors.get(key) {
+                None => {
+                    self.missing.push(key.to_string());
+                    Ok(vec![0.0; n])
+                }
+                Some(t) => {
+                    // A 1x1 conv saved as a linear (or the reverse) is still a mismatch: be strict.
+                    if t.shape != shape {
+                        return Err(Error::ShapeMismatch {
+                            source_name: sd.source.clone(),
+                            model: self.model.clone(),
+                            key: key.to_string(),
+                            expected: shape.to_vec(),
+                            found: t.shape.clone(),
+                        });
+                    }
+                    self.used.insert(key.to_string());
+                    Ok(t.data.clone())
+                }
+            },
+        }
+    }
+
+    /// A tensor of rank `D`.
+    pub fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        let v = self.values(key, &shape)?;
+        if !key.ends_with("running_mean") && !key.ends_with("running_var") {
+            self.count += v.len();
+        }
+        Ok(Tensor::from_data(TensorData::new(v, shape), &self.device))
+    }
+
+    /// A trainable parameter.
+    pub fn param<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+    ) -> Result<Param<Tensor<D>>> {
+        Ok(Param::from_tensor(self.tensor(key, shape)?))
+    }
+
+    /// A buffer (BatchNorm running statistics): never trained.
+    pub fn buffer<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+    ) -> Result<Param<Tensor<D>>> {
+        Ok(Param::from_tensor(self.tensor(key, shape)?).set_require_grad(false))
+    }
+
+    /// A linear layer's weight: checked in torch's `[out, in]` layout, returned as burn's
+    /// `[in, out]`.
+    pub fn linear_weight(&mut self, key: &str, out: usize, inp: usize) -> Result<Param<Tensor<2>>> {
+        let t = self.tensor(key, [out, inp])?;
+        Ok(Param::from_tensor(t.transpose()))
+    }
+
+    /// Finish: fail if keys were missing or the checkpoint holds keys nobody asked for.
+    pub fn finish(self) -> Result<()> {
+        if let Source::Dict(sd) = self.src {
+            let unexpected: Vec<String> = sd
+                .tensors
+                .keys()
+                .filter(|k| !self.used.contains(*k))
+                .cloned()
+                .collect();
+            if !self.missing.is_empty() || !unexpected.is_empty() {
+                return Err(Error::KeyMismatch {
+                    source_name: sd.source,
+                    model: self.model,
+                    missing: self.missing,
+                    unexpected,
+                });
+            }
+        }
+        Ok(())
+    }
+}

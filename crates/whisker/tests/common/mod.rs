@@ -1,0 +1,79 @@
+//! Shared helpers of the integration tests: test data, golden files, comparisons.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use burn::tensor::{Tensor, TensorData};
+
+/// Where `tools/fetch-testdata.sh` put the real photos and weights.
+pub fn testdata(name: &str) -> PathBuf {
+    let dir = std::env::var_os("WHISKER_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.testdata"));
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "test data {} is missing: run tools/fetch-testdata.sh first",
+        p.display()
+    );
+    p
+}
+
+pub fn golden_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name)
+}
+
+/// All tensors of a golden safetensors file, as (shape, f32 values).
+pub fn golden(name: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(golden_path(name)).expect("golden file");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    st.tensors()
+        .into_iter()
+        .filter(|(_, v)| v.dtype() == safetensors::Dtype::F32)
+        .map(|(k, v)| {
+            let data = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            (k.to_string(), (v.shape().to_vec(), data))
+        })
+        .collect()
+}
+
+pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 data")
+}
+
+pub fn tensor4(shape: &[usize], data: Vec<f32>, device: &burn::tensor::Device) -> Tensor<4> {
+    Tensor::from_data(
+        TensorData::new(data, [shape[0], shape[1], shape[2], shape[3]]),
+        device,
+    )
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+pub fn max_abs(a: &[f32]) -> f32 {
+    a.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+/// ‖a − b‖₂ / ‖b‖₂
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}

@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""Golden reference outputs for whisker's parity tests, computed with PyTorch.
+
+Run by a developer (not CI) after `tools/fetch-testdata.sh`:
+
+    python3 -m venv /tmp/ref && /tmp/ref/bin/pip install torch torchvision pillow safetensors numpy
+    /tmp/ref/bin/python tools/reference/make_golden.py --data .testdata --out crates/whisker/tests/golden
+
+It writes small files that are committed:
+  preprocess.json            sha256 of Pillow/torchvision resize + centre-crop results (byte equality)
+  <backbone>.safetensors     logits, pooled features, (input gradient), (per-block activation summaries)
+  manifest.json              shapes, settings and top-5 per backbone, for humans and the tests
+
+Backbones other than EfficientNet-Lite0 have no real weights on this machine; they are filled with
+deterministic "formula weights" (see `formula()` below, mirrored in Rust by
+`whisker::weights::formula`), so both sides compute the same network exactly.
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from safetensors.torch import save_file
+from torchvision import transforms as T
+
+torch.set_grad_enabled(False)
+M32 = 0xFFFFFFFF
+
+
+# ----------------------------------------------------------------------------------------------
+# Formula weights (mirror of whisker::weights::formula)
+# ----------------------------------------------------------------------------------------------
+def fnv1a(s: str) -> int:
+    h = 0x811C9DC5
+    for b in s.encode():
+        h ^= b
+        h = (h * 0x01000193) & M32
+    return h
+
+
+def unit(n: int, key: str) -> np.ndarray:
+    """n values in [0, 1) from an integer hash of (key, index)."""
+    i = np.arange(n, dtype=np.uint64)
+    x = (i * np.uint64(0x9E3779B1) + np.uint64(fnv1a(key))) & np.uint64(M32)
+    x ^= x >> np.uint64(16)
+    x = (x * np.uint64(0x85EBCA6B)) & np.uint64(M32)
+    x ^= x >> np.uint64(13)
+    x = (x * np.uint64(0xC2B2AE35)) & np.uint64(M32)
+    x ^= x >> np.uint64(16)
+    return x.astype(np.float64) / 4294967296.0
+
+
+def formula(key: str, shape) -> np.ndarray:
+    n = int(np.prod(shape)) if len(shape) else 1
+    u = unit(n, key)
+    if key.endswith("running_var"):
+        v = 0.5 + u
+    elif key.endswith("running_mean"):
+        v = 0.1 * (2.0 * u - 1.0)
+    elif len(shape) == 1 and key.endswith(".weight"):  # BatchNorm gamma
+        v = 0.6 + 0.4 * u
+    elif key.endswith(".bias"):
+        v = 0.1 * (2.0 * u - 1.0)
+    else:  # conv / linear weight: He-uniform on fan-in
+        fan_in = int(np.prod(shape[1:]))
+        v = (2.0 * u - 1.0) * math.sqrt(6.0 / fan_in)
+    return v.astype(np.float32).reshape(shape)
+
+
+def fill_formula(model: nn.Module):
+    sd = model.state_dict()
+    new = {}
+    for k, v in sd.items():
+        if k.endswith("num_batches_tracked"):
+            new[k] = torch.zeros_like(v)
+        else:
+            new[k] = torch.from_numpy(formula(k, tuple(v.shape)))
+    model.load_state_dict(new, strict=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# EfficientNet-Lite with lukemelas key names and TensorFlow 'SAME' padding
+# ----------------------------------------------------------------------------------------------
+LITE = {  # width, depth, input size, resize
+    "efficientnet_lite0": (1.0, 1.0, 224, 256),
+    "efficientnet_lite1": (1.0, 1.1, 240, 272),
+    "efficientnet_lite2": (1.1, 1.2, 260, 292),
+    "efficientnet_lite3": (1.2, 1.4, 280, 309),
+    "efficientnet_lite4": (1.4, 1.8, 300, 326),
+}
+LITE_STAGES = [  # expand, kernel, stride, in, out, repeats
+    (1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
+    (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1),
+]
+
+
+def round_filters(c, width):
+    if width == 1.0:
+        return c
+    c = c * width
+    new = max(8, int(c + 4) // 8 * 8)
+    if new < 0.9 * c:
+        new += 8
+    return int(new)
+
+
+def lite_blocks(width, depth):
+    out = []
+    for i, (e, k, s, cin, cout, r) in enumerate(LITE_STAGES):
+        cin = cin if i == 0 else round_filters(cin, width)
+        cout = round_filters(cout, width)
+        if not (i == 0 or i == len(LITE_STAGES) - 1):
+            r = int(math.ceil(depth * r))
+        for j in range(r):
+            out.append((e, k, s if j == 0 else 1, cin if j == 0 else cout, cout))
+    return out
+
+
+def same_pad(x, k, s):
+    h, w = x.shape[-2:]
+    ph = max((math.ceil(h / s) - 1) * s + k - h, 0)
+    pw = max((math.ceil(w / s) - 1) * s + k - w, 0)
+    return F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+
+
+class LiteBlock(nn.Module):
+    def __init__(self, e, k, s, cin, cout):
+        super().__init__()
+        mid = cin * e
+        self.k, self.s, self.e = k, s, e
+        self.res = s == 1 and cin == cout
+        if e != 1:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, eps=1e-3)
+        self._depthwise_conv = nn.Conv2d(mid, mid, k, s, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, eps=1e-3)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, eps=1e-3)
+
+    def forward(self, x):
+        y = x
+        if self.e != 1:
+            y = F.relu6(self._bn0(self._expand_conv(y)))
+        y = F.relu6(self._bn1(self._depthwise_conv(same_pad(y, self.k, self.s))))
+        y = self._bn2(self._project_conv(y))
+        return y + x if self.res else y
+
+
+class EfficientNetLite(nn.Module):
+    def __init__(self, width, depth):
+        super().__init__()
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
+        specs = lite_blocks(width, depth)
+        self._blocks = nn.ModuleList([LiteBlock(*b) for b in specs])
+        self._conv_head = nn.Conv2d(specs[-1][4], 1280, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(1280, eps=1e-3)
+        self._fc = nn.Linear(1280, 1000)
+
+    def forward(self, x, taps=None):
+        x = F.relu6(self._bn0(self._conv_stem(same_pad(x, 3, 2))))
+        if taps is not None:
+            taps.append(("stem", x))
+        for i, b in enumerate(self._blocks):
+            x = b(x)
+            if taps is not None:
+                taps.append((f"_blocks.{i}", x))
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        if taps is not None:
+            taps.append(("head", x))
+        f = x.mean((2, 3))
+        return f, self._fc(f)
+
+
+# ----------------------------------------------------------------------------------------------
+# Preprocessing, exactly as torchvision does on a PIL image
+# ----------------------------------------------------------------------------------------------
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def crop_u8(path, resize, crop):
+    img = Image.open(path).convert("RGB")
+    img = T.CenterCrop(crop)(T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR)(img))
+    return img
+
+
+def to_input(img, norm):
+    x = T.functional.to_tensor(img)  # u8 / 255
+    if norm == "tf":
+        x = (torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() - 127.0) / 128.0
+    else:
+        x = T.functional.normalize(x, *IMAGENET)
+    return x.unsqueeze(0)
+
+
+def sha(b):
+    return hashlib.sha256(b).hexdigest()
+
+
+def preprocess_goldens(data):
+    out = []
+    cases = [("chelsea.png", 256), ("chelsea.png", 600), ("rocket.jpg", 256), ("coffee.png", 272),
+             ("astronaut.png", 224), ("coffee.png", 300), ("rocket.jpg", 331)]
+    for name, size in cases:
+        img = Image.open(os.path.join(data, name)).convert("RGB")
+        r = T.Resize(size, interpolation=T.InterpolationMode.BILINEAR)(img)
+        c = T.CenterCrop(min(size, 224) if size != 600 else 512)(r)
+        out.append({
+            "file": name, "decoded_sha256": sha(img.tobytes()), "size": [img.width, img.height],
+            "resize": size, "resized": [r.width, r.height], "resized_sha256": sha(r.tobytes()),
+            "crop": c.width, "cropped_sha256": sha(c.tobytes()),
+        })
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# torchvision backbones with formula weights
+# ----------------------------------------------------------------------------------------------
+TV = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "vgg19", "vgg16_bn",
+      "vgg19_bn", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]
+
+
+def last_linear(m):
+    linears = [x for x in m.modules() if isinstance(x, nn.Linear)]
+    return linears[-1]
+
+
+def run_tv(name, data, grad_class=None, grad_size=(128, 112)):
+    m = getattr(torchvision.models, name)(weights=None).eval()
+    fill_formula(m)
+    feats = {}
+    h = last_linear(m).register_forward_hook(lambda mod, i, o: feats.__setitem__("f", i[0]))
+    x = to_input(crop_u8(os.path.join(data, "chelsea.png"), 256, 224), "imagenet")
+    logits = m(x)
+    h.remove()
+    out = {"logits": logits[0].contiguous(), "features": feats["f"][0].contiguous()}
+    if grad_class is not None:
+        xg = to_input(crop_u8(os.path.join(data, "chelsea.png"), *grad_size), "imagenet")
+        with torch.enable_grad():
+            xg.requires_grad_(True)
+            m(xg)[0, grad_class].backward()
+        out["grad"] = xg.grad[0].contiguous()
+        out["grad_input_size"] = torch.tensor(list(grad_size), dtype=torch.int64)
+    return out
+
+
+def run_lite0(data, weights):
+    m = EfficientNetLite(1.0, 1.0).eval()
+    sd = torch.load(weights, map_location="cpu", weights_only=True)
+    m.load_state_dict(sd, strict=True)
+    out = {}
+    for tag, img in (("chelsea", "chelsea.png"), ("rocket", "rocket.jpg")):
+        x = to_input(crop_u8(os.path.join(data, img), 256, 224), "tf")
+        taps = []
+        f, logits = m(x, taps)
+        out[f"{tag}.logits"] = logits[0].contiguous()
+        out[f"{tag}.features"] = f[0].contiguous()
+        if tag == "chelsea":
+            for name, t in taps:
+                a = t[0]
+                out[f"{tag}.act.{name}.channel_mean"] = a.mean((1, 2)).contiguous()
+                flat = a.flatten()
+                stride = max(1, flat.numel() // 2048)
+                out[f"{tag}.act.{name}.sample"] = flat[::stride][:2048].contiguous()
+            with torch.enable_grad():
+                x.requires_grad_(True)
+                m(x)[1][0, 281].backward()
+            out[f"{tag}.grad281"] = x.grad[0].contiguous()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=".testdata")
+    ap.add_argument("--out", default="crates/whisker/tests/golden")
+    ap.add_argument("--only", nargs="*")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    torch.set_num_threads(2)
+    manifest = {"torch": torch.__version__, "torchvision": torchvision.__version__,
+                "pillow": Image.__version__, "backbones": {}}
+    with open(os.path.join(args.out, "preprocess.json"), "w") as f:
+        json.dump(preprocess_goldens(args.data), f, indent=1)
+    todo = args.only or (["efficientnet_lite0"] + TV)
+    for name in todo:
+        if name == "efficientnet_lite0":
+            out = run_lite0(args.data, os.path.join(args.data, "efficientnet-lite0-57934424.pth"))
+            logits = out["chelsea.logits"]
+        else:
+            out = run_tv(name, args.data, grad_class=281 if name in ("resnet18", "mobilenet_v2") else None)
+            logits = out["logits"]
+        top = torch.topk(logits, 5)
+        manifest["backbones"][name] = {
+            "top5": [[int(i), float(v)] for v, i in zip(top.values, top.indices)],
+            "tensors": {k: list(v.shape) for k, v in out.items()},
+        }
+        save_file({k: v.detach().contiguous() for k, v in out.items()},
+                  os.path.join(args.out, f"{name}.safetensors"))
+        print(name, manifest["backbones"][name]["top5"], flush=True)
+    path = os.path.join(args.out, "manifest.json")
+    if args.only and os.path.exists(path):
+        old = json.load(open(path))
+        old["backbones"].update(manifest["backbones"])
+        manifest["backbones"] = old["backbones"]
+    with open(path, "w") as f:
+        json.dump(manifest, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
