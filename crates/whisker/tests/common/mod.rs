@@ -45,10 +45,7 @@ pub fn golden(name: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
 }
 
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .expect("f32 data")
+    t.into_data().try_into_vec_as::<f32>().expect("f32 data")
 }
 
 pub fn tensor4(shape: &[usize], data: Vec<f32>, device: &burn::tensor::Device) -> Tensor<4> {

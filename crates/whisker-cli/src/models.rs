@@ -1,0 +1,62 @@
+//! `whisker models`
+
+use anyhow::Result;
+use whisker::weights::cache::Cache;
+use whisker::MODELS;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// One JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let cache = Cache::default();
+    let mut rows = Vec::new();
+    for m in MODELS {
+        let cached = cache.get(m.name)?;
+        rows.push(serde_json::json!({
+            "name": m.name,
+            "params": m.params,
+            "input_size": m.input_size,
+            "resize": m.resize,
+            "normalization": m.norm.describe(),
+            "feature_dim": m.feature_dim,
+            "weights_source": m.weights.describe(),
+            "cached": cached.as_ref().map(|c| c.file.display().to_string()),
+        }));
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "models": rows }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:>8} {:>6} {:>9} {:<18} {:>6}  weights",
+        "name", "params", "input", "features", "preprocessing", "cached"
+    );
+    for m in MODELS {
+        let cached = cache.get(m.name)?.is_some();
+        println!(
+            "{:<20} {:>7.1}M {:>6} {:>9} {:<18} {:>6}  {}",
+            m.name,
+            m.params as f64 / 1e6,
+            m.input_size,
+            m.feature_dim,
+            format!("{}→{} {}", m.resize, m.input_size, short(m.norm)),
+            if cached { "yes" } else { "no" },
+            m.weights.describe()
+        );
+    }
+    Ok(())
+}
+
+fn short(n: whisker::data::Normalization) -> &'static str {
+    match n {
+        whisker::data::Normalization::ImageNet => "imagenet",
+        whisker::data::Normalization::Tf => "tf",
+    }
+}

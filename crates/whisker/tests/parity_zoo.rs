@@ -1,0 +1,126 @@
+//! Every torchvision-architecture backbone against PyTorch, with deterministic formula
+//! weights computed identically on both sides (`tools/reference/make_golden.py`), on a real
+//! photo: logits and pooled features within 1e-4 relative to their scale, the parameter
+//! count torchvision reports, and the input gradient for resnet18 and mobilenet_v2.
+
+mod common;
+
+use burn::tensor::Device;
+use common::*;
+use whisker::backbones::Taps;
+use whisker::data::resize::resize_shorter;
+use whisker::data::transforms::{center_crop, to_tensor};
+use whisker::Backbone;
+
+fn check(name: &str) {
+    let device = Device::flex();
+    let b = Backbone::with_formula_weights(name, &device).unwrap();
+    assert_eq!(b.num_params(), b.spec.params, "{name}: parameter count");
+    let img = b.preprocess().load(&testdata("chelsea.png")).unwrap();
+    let out = b.forward(to_tensor(&[img], &device), &mut Taps::none());
+    let g = golden(&format!("{name}.safetensors"));
+    let logits = to_vec(out.logits);
+    let want = &g["logits"].1;
+    let dl = max_abs_diff(&logits, want) / max_abs(want);
+    let feats = to_vec(out.features);
+    assert_eq!(feats.len(), b.spec.feature_dim);
+    let wf = &g["features"].1;
+    let df = max_abs_diff(&feats, wf) / max_abs(wf);
+    println!("{name}: max|Δlogit|/max|logit| = {dl:.2e}, max|Δfeat|/max|feat| = {df:.2e} (max |logit| {})", max_abs(want));
+    assert!(dl <= 1e-4, "{name}: relative logit error {dl}");
+    assert!(df <= 1e-4, "{name}: relative feature error {df}");
+}
+
+fn check_grad(name: &str) {
+    let device = Device::flex().autodiff();
+    let b = Backbone::with_formula_weights(name, &device).unwrap();
+    let g = golden(&format!("{name}.safetensors"));
+    // the reference uses a smaller input (resize 128, crop 112) to keep the golden file small
+    let img = whisker::data::decode_file(&testdata("chelsea.png")).unwrap();
+    let img = center_crop(&resize_shorter(&img, 128), 112);
+    let x = b
+        .spec
+        .norm
+        .normalize(to_tensor(&[img], &device))
+        .detach()
+        .require_grad();
+    let out = b.forward_normalized(x.clone(), &mut Taps::none());
+    let grads = out.logits.slice([0..1, 281..282]).sum().backward();
+    let grad = to_vec(x.grad(&grads).unwrap());
+    let r = rel_l2(&grad, &g["grad"].1);
+    println!("{name}: input gradient relative L2 error {r:.2e}");
+    assert!(r <= 1e-4, "{name}: input gradient relative L2 error {r}");
+}
+
+#[test]
+fn resnet18() {
+    check("resnet18");
+}
+#[test]
+fn resnet34() {
+    check("resnet34");
+}
+#[test]
+fn resnet50() {
+    check("resnet50");
+}
+#[test]
+fn resnet101() {
+    check("resnet101");
+}
+#[test]
+fn resnet152() {
+    check("resnet152");
+}
+#[test]
+fn vgg16() {
+    check("vgg16");
+}
+#[test]
+fn vgg19() {
+    check("vgg19");
+}
+#[test]
+fn vgg16_bn() {
+    check("vgg16_bn");
+}
+#[test]
+fn vgg19_bn() {
+    check("vgg19_bn");
+}
+#[test]
+fn mobilenet_v2() {
+    check("mobilenet_v2");
+}
+#[test]
+fn mobilenet_v3_large() {
+    check("mobilenet_v3_large");
+}
+#[test]
+fn mobilenet_v3_small() {
+    check("mobilenet_v3_small");
+}
+#[test]
+fn resnet18_input_gradient() {
+    check_grad("resnet18");
+}
+#[test]
+fn mobilenet_v2_input_gradient() {
+    check_grad("mobilenet_v2");
+}
+#[test]
+fn efficientnet_lite1() {
+    check("efficientnet_lite1");
+}
+#[test]
+fn efficientnet_lite2() {
+    check("efficientnet_lite2");
+}
+#[test]
+fn efficientnet_lite3() {
+    check("efficientnet_lite3");
+}
+#[test]
+fn efficientnet_lite4() {
+    check("efficientnet_lite4");
+}
