@@ -160,6 +160,29 @@ impl StateDict {
         keymap::map_keys(model, &mut self.tensors);
     }
 
+    /// Write the tensors as a safetensors file (f32), atomically.
+    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
+            .tensors
+            .iter()
+            .map(|(k, t)| {
+                let b = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (k.clone(), b, t.shape.clone())
+            })
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(k, b, s)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .map(|v| (k.clone(), v))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Invalid(format!("safetensors: {e}")))?;
+        let out = safetensors::serialize(views, &None)
+            .map_err(|e| Error::Invalid(format!("safetensors: {e}")))?;
+        cache::write_atomic(path, &out)
+    }
+
     /// Total number of scalar values.
     pub fn num_values(&self) -> usize {
         self.tensors.values().map(|t| t.data.len()).sum()

