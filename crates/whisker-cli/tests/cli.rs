@@ -1,0 +1,122 @@
+//! The `whisker` binary end to end: weights import, classify (human and JSON output, bad
+//! images, exit codes), models.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn testdata(name: &str) -> PathBuf {
+    let dir = std::env::var_os("WHISKER_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.testdata"));
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} missing: run tools/fetch-testdata.sh",
+        p.display()
+    );
+    p
+}
+
+fn whisker(home: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_whisker"));
+    c.env("WHISKER_HOME", home).arg("--quiet");
+    c
+}
+
+#[test]
+fn classify_json_with_a_bad_image() {
+    let home = tempfile::tempdir().unwrap();
+    // no weights yet: a clear message and a non-zero exit
+    let out = whisker(home.path())
+        .args(["classify"])
+        .arg(testdata("chelsea.png"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("whisker weights fetch efficientnet_lite0"),
+        "{err}"
+    );
+
+    let out = whisker(home.path())
+        .args(["weights", "fetch", "efficientnet_lite0", "--from"])
+        .arg(testdata("efficientnet-lite0-57934424.pth"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = home.path().join("not-an-image.jpg");
+    std::fs::write(&bad, b"this is text").unwrap();
+    let out = whisker(home.path())
+        .args(["classify", "--json", "--top", "3"])
+        .arg(testdata("chelsea.png"))
+        .arg(&bad)
+        .arg(testdata("rocket.jpg"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "exit 1 when an image failed");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("exactly one JSON document");
+    assert_eq!(doc["backbone"], "efficientnet_lite0");
+    assert_eq!(
+        doc["weights_sha256"],
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+    );
+    let r = doc["results"].as_array().unwrap();
+    assert_eq!(r.len(), 3);
+    let top = r[0]["top"].as_array().unwrap();
+    assert_eq!(top.len(), 3);
+    assert_eq!(top[0]["index"], 282);
+    assert_eq!(top[0]["label"], "tiger cat");
+    assert!((top[0]["prob"].as_f64().unwrap() - 0.3789).abs() < 1e-3);
+    assert!((top[0]["logit"].as_f64().unwrap() - 9.2724).abs() < 1e-3);
+    assert_eq!(top[1]["index"], 285);
+    assert_eq!(top[2]["index"], 281);
+    assert!(r[1]["error"].as_str().unwrap().contains("not-an-image.jpg"));
+    assert!(r[1].get("top").is_none());
+    assert_eq!(r[2]["top"][0]["label"], "missile");
+
+    // human output
+    let out = whisker(home.path())
+        .args(["classify"])
+        .arg(testdata("chelsea.png"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("1. tiger cat") && s.contains("37.89%"), "{s}");
+
+    let out = whisker(home.path())
+        .args(["weights", "list", "--json"])
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["weights"][0]["backbone"], "efficientnet_lite0");
+}
+
+#[test]
+fn models_lists_the_zoo() {
+    let home = tempfile::tempdir().unwrap();
+    let out = whisker(home.path())
+        .args(["models", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = doc["models"].as_array().unwrap();
+    assert_eq!(m.len(), 17);
+    let r18 = m.iter().find(|x| x["name"] == "resnet18").unwrap();
+    assert_eq!(r18["params"], 11_689_512);
+    assert_eq!(r18["feature_dim"], 512);
+    let l0 = m
+        .iter()
+        .find(|x| x["name"] == "efficientnet_lite0")
+        .unwrap();
+    assert_eq!(l0["normalization"], "(x-127)/128");
+    assert_eq!(l0["cached"], serde_json::Value::Null);
+}
