@@ -83,6 +83,17 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> std::result::Result<Option<RgbImage>, St
     }
 }
 
+fn hi_bytes(w: u32, h: u32, raw: &[u16], stride: usize, colours: usize) -> RgbImage {
+    let data: Vec<u8> = raw
+        .chunks_exact(stride)
+        .flat_map(|p| {
+            let px = |c: usize| (p[c.min(colours - 1)] >> 8) as u8;
+            [px(0), px(1), px(2)]
+        })
+        .collect();
+    RgbImage::from_raw(w, h, data).expect("size matches")
+}
+
 /// Convert any decoded image to RGB u8 the way Pillow's `convert("RGB")` does for the
 /// common cases: 16-bit samples keep their high byte (rounded), alpha is dropped (not
 /// composited), grey is replicated.
@@ -99,6 +110,11 @@ fn to_rgb8(img: image::DynamicImage) -> RgbImage {
                 .collect();
             RgbImage::from_raw(w, h, raw).expect("size matches")
         }
+        // 16-bit samples: the high byte (what Pillow does for 16-bit RGB).
+        D::ImageRgb16(i) => hi_bytes(i.width(), i.height(), i.as_raw(), 3, 3),
+        D::ImageRgba16(i) => hi_bytes(i.width(), i.height(), i.as_raw(), 4, 3),
+        D::ImageLuma16(i) => hi_bytes(i.width(), i.height(), i.as_raw(), 1, 1),
+        D::ImageLumaA16(i) => hi_bytes(i.width(), i.height(), i.as_raw(), 2, 1),
         other => other.to_rgb8(),
     }
 }
