@@ -78,15 +78,26 @@ pub fn run(a: Args, quiet: bool) -> Result<i32> {
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
-    if a.json {
+    print_results(&a.backbone, &sha, &results, a.json)?;
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// Print classification results: one JSON document, or a human listing.
+pub fn print_results(
+    backbone: &str,
+    sha: &str,
+    results: &[serde_json::Value],
+    json: bool,
+) -> Result<()> {
+    if json {
         let doc = serde_json::json!({
-            "backbone": a.backbone,
+            "backbone": backbone,
             "weights_sha256": sha,
             "results": results,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        for r in &results {
+        for r in results {
             let img = r["image"].as_str().unwrap_or_default();
             if let Some(e) = r.get("error") {
                 eprintln!("{img}: error: {}", e.as_str().unwrap_or_default());
@@ -105,5 +116,5 @@ pub fn run(a: Args, quiet: bool) -> Result<i32> {
             }
         }
     }
-    Ok(if failed > 0 { 1 } else { 0 })
+    Ok(())
 }

@@ -1,8 +1,10 @@
 //! `whisker`: the command-line face of the whisker library.
 
 mod classify;
+mod data;
 mod models;
 mod progress;
+mod train;
 mod weights;
 
 use anyhow::Result;
@@ -36,6 +38,17 @@ enum Cmd {
     },
     /// Classify images with an ImageNet backbone.
     Classify(classify::Args),
+    /// Obtain datasets.
+    Data {
+        #[command(subcommand)]
+        cmd: data::Cmd,
+    },
+    /// Train a classifier on a dataset (features from a frozen backbone).
+    Train(train::TrainArgs),
+    /// Evaluate a trained model on a dataset split.
+    Eval(train::EvalArgs),
+    /// Predict with a trained model.
+    Predict(train::PredictArgs),
 }
 
 fn main() {
@@ -53,6 +66,10 @@ fn main() {
         Cmd::Models(a) => models::run(a).map(|_| 0),
         Cmd::Weights { cmd } => weights::run(cmd, quiet).map(|_| 0),
         Cmd::Classify(a) => classify::run(a, quiet),
+        Cmd::Data { cmd } => data::run(cmd).map(|_| 0),
+        Cmd::Train(a) => train::train(a, quiet),
+        Cmd::Eval(a) => train::eval(a, quiet),
+        Cmd::Predict(a) => train::predict(a, quiet),
     };
     match res {
         Ok(code) => std::process::exit(code),

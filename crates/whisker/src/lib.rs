@@ -12,6 +12,8 @@
 pub mod backbones;
 pub mod data;
 pub mod error;
+pub mod features;
+pub mod train;
 pub mod weights;
 
 pub use backbones::{Backbone, ModelSpec, Taps, MODELS};

@@ -1,6 +1,8 @@
 //! Images in: decoding by content, Pillow-exact resizing, centre crops, normalisation.
 
+pub mod datasets;
 pub mod decode;
+pub mod digits;
 pub mod resize;
 pub mod transforms;
 

@@ -301,7 +301,7 @@ impl Cache {
 }
 
 /// `WHISKER_PIP` (a command line, e.g. "/venv/bin/pip"), else `python3 -m pip`.
-fn pip_command() -> (String, Vec<String>) {
+pub fn pip_command() -> (String, Vec<String>) {
     if let Ok(p) = std::env::var("WHISKER_PIP") {
         let mut it = p.split_whitespace().map(String::from);
         if let Some(prog) = it.next() {

@@ -1,0 +1,457 @@
+//! `whisker train`, `whisker eval`, `whisker predict`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use whisker::backbones::{top_k, Backbone};
+use whisker::data::datasets::{Dataset, Format, Labels, Split};
+use whisker::features::{extract, Extracted, FeatureCache};
+use whisker::train::metrics::{evaluate, Metrics};
+use whisker::train::model_file::{ModelMeta, TrainedModel};
+use whisker::train::probe;
+use whisker::weights::cache::{sha256_file, write_atomic, Cache};
+
+#[derive(clap::Args)]
+pub struct DataArgs {
+    /// Dataset root: Oxford-IIIT Pet, PetImages (Cats-vs-Dogs) or a folder per class.
+    dataset: PathBuf,
+    /// Dataset layout (default: detected from the path).
+    #[arg(long, value_parser = ["oxford-pets", "cats-vs-dogs", "image-folder"])]
+    format: Option<String>,
+    /// Oxford-IIIT Pet labels.
+    #[arg(long, default_value = "breed", value_parser = ["breed", "species"])]
+    labels: String,
+}
+
+impl DataArgs {
+    fn open(&self) -> Result<Dataset> {
+        let format: Option<Format> = self.format.as_deref().map(str::parse).transpose()?;
+        let labels = if self.labels == "species" {
+            Labels::Species
+        } else {
+            Labels::Breed
+        };
+        Ok(Dataset::open(&self.dataset, format, labels)?)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Run directory: model.safetensors, metrics.json, split.json, skipped.json, summary.txt.
+    #[arg(long)]
+    out: PathBuf,
+    /// Training mode (probe: L-BFGS logistic regression on cached features).
+    #[arg(long, default_value = "probe", value_parser = ["probe"])]
+    mode: String,
+    #[arg(long, short, default_value = "efficientnet_lite0")]
+    backbone: String,
+    /// Backbone weights file (default: the cache).
+    #[arg(long, short)]
+    weights: Option<PathBuf>,
+    /// Fraction of each class held out for validation (model selection).
+    #[arg(long, default_value_t = 0.1)]
+    val_split: f64,
+    /// Fraction of each class held out for testing (ignored when the dataset has an official test split).
+    #[arg(long, default_value_t = 0.2)]
+    test_split: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images per forward pass during extraction.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Maximum L-BFGS iterations per regularisation strength.
+    #[arg(long, default_value_t = 300)]
+    max_iter: usize,
+    /// One JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn load_backbone(name: &str, weights: Option<&Path>) -> Result<(Backbone, String)> {
+    let device = whisker::default_device();
+    let (path, sha) = match weights {
+        Some(w) => (w.to_path_buf(), sha256_file(w)?),
+        None => {
+            let c = Cache::default().require(name)?;
+            (c.file, c.sha256)
+        }
+    };
+    let b = Backbone::from_file(name, &path, &device)
+        .with_context(|| format!("loading {name} weights"))?;
+    Ok((b, sha))
+}
+
+fn extract_all(
+    b: &Backbone,
+    sha: &str,
+    paths: &[PathBuf],
+    batch: usize,
+    quiet: bool,
+) -> Result<Extracted> {
+    let device = whisker::default_device();
+    let cache = FeatureCache::new(None, b, sha);
+    let pb = crate::progress::bar(paths.len() as u64, "features", quiet);
+    let ex = extract(b, &device, paths, Some(&cache), batch, &|done, _| {
+        pb.set_position(done as u64)
+    })?;
+    pb.finish_and_clear();
+    Ok(ex)
+}
+
+fn gather(ex: &Extracted, ds: &Dataset, idx: &[usize]) -> (Vec<f32>, Vec<usize>) {
+    let mut x = Vec::with_capacity(idx.len() * ex.dim);
+    let mut y = Vec::with_capacity(idx.len());
+    for &i in idx {
+        x.extend_from_slice(ex.row(i));
+        y.push(ds.items[i].label);
+    }
+    (x, y)
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    write_atomic(path, serde_json::to_string_pretty(v)?.as_bytes())?;
+    Ok(())
+}
+
+fn split_json(ds: &Dataset, split: &Split) -> serde_json::Value {
+    let paths = |idx: &[usize]| -> Vec<serde_json::Value> {
+        idx.iter()
+            .map(|&i| json!({"path": ds.items[i].path, "label": ds.items[i].label}))
+            .collect()
+    };
+    json!({
+        "seed": split.seed,
+        "classes": ds.classes,
+        "train": paths(&split.train),
+        "val": paths(&split.val),
+        "test": paths(&split.test),
+    })
+}
+
+pub fn train(a: TrainArgs, quiet: bool) -> Result<i32> {
+    let ds = a.data.open()?;
+    let (backbone, sha) = load_backbone(&a.backbone, a.weights.as_deref())?;
+    let mut split = ds.split(a.val_split, a.test_split, a.seed);
+    eprintln!(
+        "{}: {} images in {} classes ({:?}), {} skipped; split {} train / {} val / {} test",
+        ds.root.display(),
+        ds.items.len(),
+        ds.classes.len(),
+        ds.format,
+        ds.skipped.len(),
+        split.train.len(),
+        split.val.len(),
+        split.test.len()
+    );
+    let paths: Vec<PathBuf> = ds.items.iter().map(|i| i.path.clone()).collect();
+    let t0 = std::time::Instant::now();
+    let ex = extract_all(&backbone, &sha, &paths, a.batch_size, quiet)?;
+    let extract_secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "features: {} images ({} from cache) in {:.1} s, {:.1} images/s computed",
+        paths.len(),
+        ex.cached,
+        extract_secs,
+        ex.images_per_s
+    );
+    // files that failed to decode leave their split and join the skipped list
+    let mut skipped: Vec<serde_json::Value> = ds
+        .skipped
+        .iter()
+        .map(|s| json!({"path": s.path, "reason": s.reason}))
+        .collect();
+    for (i, e) in ex.errors.iter().enumerate() {
+        if let Some(e) = e {
+            skipped.push(json!({"path": ds.items[i].path, "reason": e}));
+        }
+    }
+    let ok = |v: &mut Vec<usize>| v.retain(|&i| ex.errors[i].is_none());
+    ok(&mut split.train);
+    ok(&mut split.val);
+    ok(&mut split.test);
+    if split.train.is_empty() {
+        bail!("no training image could be read");
+    }
+    let k = ds.classes.len();
+    let (tx, ty) = gather(&ex, &ds, &split.train);
+    let (vx, vy) = gather(&ex, &ds, &split.val);
+    let device = whisker::default_device();
+    let t1 = std::time::Instant::now();
+    let fit = probe::fit(
+        probe::Samples { x: &tx, y: &ty },
+        probe::Samples { x: &vx, y: &vy },
+        ex.dim,
+        k,
+        &device,
+        a.max_iter,
+    );
+    let fit_secs = t1.elapsed().as_secs_f64();
+    let (sx, sy) = gather(&ex, &ds, &split.test);
+    let test_metrics: Option<Metrics> =
+        (!sy.is_empty()).then(|| evaluate(&fit.head.logits(&sx, &device), &sy, &ds.classes));
+    let settings = json!({
+        "mode": a.mode, "seed": a.seed, "val_split": a.val_split, "test_split": a.test_split,
+        "format": ds.format, "labels": a.data.labels, "l2": fit.l2, "l2_search": fit.search,
+        "max_iter": a.max_iter, "dataset": ds.root,
+    });
+    let metrics = json!({
+        "test": test_metrics, "n_train": split.train.len(), "n_val": split.val.len(),
+        "n_test": split.test.len(), "skipped": skipped.len(),
+        "extraction_seconds": extract_secs, "extraction_images_per_s": ex.images_per_s,
+        "features_from_cache": ex.cached, "fit_seconds": fit_secs, "lbfgs_iterations": fit.iterations,
+    });
+    let pre = backbone.preprocess();
+    let model = TrainedModel {
+        meta: ModelMeta {
+            format: "whisker-model".into(),
+            version: 1,
+            backbone: backbone.spec.name.into(),
+            weights_sha256: sha.clone(),
+            resize: pre.resize,
+            crop: pre.crop,
+            normalization: pre.norm.describe().into(),
+            classes: ds.classes.clone(),
+            head: "linear".into(),
+            settings: settings.clone(),
+            metrics: metrics.clone(),
+        },
+        head: fit.head,
+    };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    model.save(&a.out.join("model.safetensors"))?;
+    write_json(&a.out.join("metrics.json"), &metrics)?;
+    write_json(&a.out.join("split.json"), &split_json(&ds, &split))?;
+    write_json(&a.out.join("skipped.json"), &json!(skipped))?;
+    let mut summary = format!(
+        "whisker {} on {} ({} classes) with {} ({})\n",
+        a.mode,
+        ds.root.display(),
+        k,
+        backbone.spec.name,
+        &sha[..12]
+    );
+    summary.push_str(&format!(
+        "train {} / val {} / test {} images, {} skipped\nL2 chosen on validation: {:e} (tried {})\n",
+        split.train.len(),
+        split.val.len(),
+        split.test.len(),
+        skipped.len(),
+        fit.l2,
+        fit.search.iter().map(|(l, acc)| format!("{l:e}→{:.1}%", acc * 100.0)).collect::<Vec<_>>().join(", ")
+    ));
+    summary.push_str(&format!(
+        "extraction {extract_secs:.1} s ({:.1} images/s), fit {fit_secs:.2} s\n",
+        ex.images_per_s
+    ));
+    if let Some(m) = &test_metrics {
+        summary.push_str(&format!(
+            "test accuracy {:.2}%  mean per-class {:.2}%  top-3 {:.2}%  top-5 {:.2}%  (n = {})\n",
+            m.accuracy * 100.0,
+            m.mean_per_class_accuracy * 100.0,
+            m.top3 * 100.0,
+            m.top5 * 100.0,
+            m.n
+        ));
+    }
+    write_atomic(&a.out.join("summary.txt"), summary.as_bytes())?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"out": a.out, "settings": settings, "metrics": metrics})
+            )?
+        );
+    } else {
+        print!("{summary}");
+        println!("model: {}", a.out.join("model.safetensors").display());
+    }
+    Ok(0)
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// A model file (model.safetensors) or its run directory.
+    model: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Which images: the run's test or validation split, or all of the dataset.
+    #[arg(long, default_value = "test", value_parser = ["test", "val", "all"])]
+    split: String,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+fn model_path(p: &Path) -> PathBuf {
+    if p.is_dir() {
+        p.join("model.safetensors")
+    } else {
+        p.to_path_buf()
+    }
+}
+
+fn load_model(p: &Path) -> Result<(TrainedModel, Backbone)> {
+    let model = TrainedModel::load(&model_path(p))?;
+    let cache = Cache::default();
+    let c = cache.require(&model.meta.backbone)?;
+    if c.sha256 != model.meta.weights_sha256 {
+        bail!(
+            "the model was trained on {} weights with sha256 {}, but the cache holds {} ({}); fetch or import the same weights",
+            model.meta.backbone,
+            model.meta.weights_sha256,
+            c.sha256,
+            c.file.display()
+        );
+    }
+    let b = Backbone::from_file(&model.meta.backbone, &c.file, &whisker::default_device())?;
+    Ok((model, b))
+}
+
+pub fn eval(a: EvalArgs, quiet: bool) -> Result<i32> {
+    let (model, backbone) = load_model(&a.model)?;
+    let ds = a.data.open()?;
+    if ds.classes != model.meta.classes {
+        bail!(
+            "the dataset's classes ({}) are not the model's ({})",
+            ds.classes.join(", "),
+            model.meta.classes.join(", ")
+        );
+    }
+    // the split saved with the run, so that evaluation never leaks training images
+    let run_dir = model_path(&a.model)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let idx: Vec<usize> = if a.split == "all" {
+        (0..ds.items.len()).collect()
+    } else {
+        let sj = run_dir.join("split.json");
+        let text = std::fs::read_to_string(&sj)
+            .with_context(|| format!("reading the run's split {}", sj.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        let wanted: std::collections::HashSet<PathBuf> = v[&a.split]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["path"].as_str().map(PathBuf::from))
+            .collect();
+        (0..ds.items.len())
+            .filter(|&i| wanted.contains(&ds.items[i].path))
+            .collect()
+    };
+    let paths: Vec<PathBuf> = idx.iter().map(|&i| ds.items[i].path.clone()).collect();
+    let ex = extract_all(
+        &backbone,
+        &model.meta.weights_sha256,
+        &paths,
+        a.batch_size,
+        quiet,
+    )?;
+    let good: Vec<usize> = (0..paths.len())
+        .filter(|&j| ex.errors[j].is_none())
+        .collect();
+    let skipped = paths.len() - good.len() + ds.skipped.len();
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    for &j in &good {
+        x.extend_from_slice(ex.row(j));
+        y.push(ds.items[idx[j]].label);
+    }
+    if y.is_empty() {
+        bail!("no image of the {} split could be read", a.split);
+    }
+    let m = evaluate(
+        &model.head.logits(&x, &whisker::default_device()),
+        &y,
+        &ds.classes,
+    );
+    if a.json {
+        let mut v = serde_json::to_value(&m)?;
+        v["skipped"] = json!(skipped);
+        v["split"] = json!(a.split);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{} images ({} split), {} skipped\naccuracy {:.2}%  mean per-class {:.2}%  top-3 {:.2}%  top-5 {:.2}%\n",
+            m.n,
+            a.split,
+            skipped,
+            m.accuracy * 100.0,
+            m.mean_per_class_accuracy * 100.0,
+            m.top3 * 100.0,
+            m.top5 * 100.0
+        );
+        println!(
+            "{:<24} {:>9} {:>9} {:>9} {:>8}",
+            "class", "precision", "recall", "f1", "support"
+        );
+        for c in &m.per_class {
+            println!(
+                "{:<24} {:>9.3} {:>9.3} {:>9.3} {:>8}",
+                c.class, c.precision, c.recall, c.f1, c.support
+            );
+        }
+        println!("\n{}", m.confusion_text());
+    }
+    Ok(0)
+}
+
+#[derive(clap::Args)]
+pub struct PredictArgs {
+    /// A model file (model.safetensors) or its run directory.
+    model: PathBuf,
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    #[arg(long, short = 'k', default_value_t = 5)]
+    top: usize,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn predict(a: PredictArgs, quiet: bool) -> Result<i32> {
+    let (model, backbone) = load_model(&a.model)?;
+    let device = whisker::default_device();
+    let ex = extract(
+        &backbone,
+        &device,
+        &a.images,
+        None,
+        a.batch_size,
+        &|_, _| {},
+    )?;
+    let _ = quiet;
+    let labels: Vec<&str> = model.meta.classes.iter().map(String::as_str).collect();
+    let logits = model.head.logits(&ex.features, &device);
+    let lt = burn::tensor::Tensor::<2>::from_data(
+        burn::tensor::TensorData::new(logits, [a.images.len(), labels.len()]),
+        &device,
+    );
+    let tops = top_k(lt, a.top, &labels);
+    let mut failed = 0;
+    let results: Vec<serde_json::Value> = a
+        .images
+        .iter()
+        .zip(tops)
+        .zip(&ex.errors)
+        .map(|((p, t), e)| match e {
+            Some(e) => {
+                failed += 1;
+                json!({"image": p, "error": e})
+            }
+            None => json!({"image": p, "top": t}),
+        })
+        .collect();
+    crate::classify::print_results(
+        &model.meta.backbone,
+        &model.meta.weights_sha256,
+        &results,
+        a.json,
+    )?;
+    Ok(if failed > 0 { 1 } else { 0 })
+}

@@ -1,0 +1,195 @@
+//! Feature extraction with a frozen backbone (eval mode), streamed in batches: images are
+//! decoded on all cores in a background thread while the model runs, memory stays bounded
+//! whatever the dataset size, and every feature vector is cached on disk, keyed by the
+//! backbone's weights (sha256), its preprocessing and the image file's content, so a second
+//! run re-uses them and a changed file is re-extracted.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+use burn::tensor::Device;
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::backbones::Backbone;
+use crate::data::transforms::to_tensor;
+use crate::error::{Error, Result};
+use crate::weights::cache::whisker_home;
+
+/// On-disk cache of feature vectors for one (backbone weights, preprocessing) pair.
+#[derive(Debug, Clone)]
+pub struct FeatureCache {
+    pub dir: PathBuf,
+    pub dim: usize,
+}
+
+impl FeatureCache {
+    /// The cache directory for `backbone` with weights `weights_sha256`, under `home`
+    /// (default `$WHISKER_HOME`).
+    pub fn new(home: Option<&Path>, backbone: &Backbone, weights_sha256: &str) -> Self {
+        let pre = backbone.preprocess();
+        let key = format!(
+            "{}|{}|{}|{}|{:?}",
+            backbone.spec.name, weights_sha256, pre.resize, pre.crop, pre.norm
+        );
+        let h = hex::encode(Sha256::digest(key.as_bytes()));
+        let home = home.map(Path::to_path_buf).unwrap_or_else(whisker_home);
+        FeatureCache {
+            dir: home
+                .join("features")
+                .join(format!("{}-{}", backbone.spec.name, &h[..16])),
+            dim: backbone.spec.feature_dim,
+        }
+    }
+
+    fn path(&self, content: &str) -> PathBuf {
+        self.dir.join(&content[..2]).join(format!("{content}.f32"))
+    }
+
+    /// The cached vector of a file whose content hashes to `content`.
+    pub fn get(&self, content: &str) -> Option<Vec<f32>> {
+        let b = fs::read(self.path(content)).ok()?;
+        if b.len() != self.dim * 4 {
+            return None;
+        }
+        Some(
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
+    }
+
+    /// Store a vector (atomically).
+    pub fn put(&self, content: &str, v: &[f32]) -> Result<()> {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        crate::weights::cache::write_atomic(&self.path(content), &bytes)
+    }
+}
+
+/// sha256 of a file's content (hex), or the reason it cannot be read.
+pub fn content_hash(path: &Path) -> std::result::Result<String, String> {
+    let b = fs::read(path).map_err(|e| e.to_string())?;
+    Ok(hex::encode(Sha256::digest(&b)))
+}
+
+/// Features of a list of images.
+#[derive(Debug, Clone)]
+pub struct Extracted {
+    /// Row-major `[n, dim]`; rows of failed images are zeros.
+    pub features: Vec<f32>,
+    pub dim: usize,
+    /// Per image: `None` if extracted, else the reason it failed.
+    pub errors: Vec<Option<String>>,
+    /// How many came from the cache.
+    pub cached: usize,
+    /// Images computed per second (cache misses only).
+    pub images_per_s: f64,
+}
+
+impl Extracted {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.features[i * self.dim..(i + 1) * self.dim]
+    }
+}
+
+/// Extract the feature vectors of `paths` with `backbone` in eval mode, `batch` images at a
+/// time, using and filling `cache`. `progress(done, total)` is called as images complete.
+pub fn extract(
+    backbone: &Backbone,
+    device: &Device,
+    paths: &[PathBuf],
+    cache: Option<&FeatureCache>,
+    batch: usize,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Extracted> {
+    let n = paths.len();
+    let dim = backbone.spec.feature_dim;
+    let mut features = vec![0f32; n * dim];
+    let mut errors: Vec<Option<String>> = vec![None; n];
+    // 1. content hashes and cache hits (parallel)
+    let hashes: Vec<std::result::Result<String, String>> =
+        paths.par_iter().map(|p| content_hash(p)).collect();
+    let mut todo = Vec::new();
+    let mut cached = 0;
+    for (i, h) in hashes.iter().enumerate() {
+        match h {
+            Err(e) => errors[i] = Some(format!("{}: {e}", paths[i].display())),
+            Ok(h) => match cache.and_then(|c| c.get(h)) {
+                Some(v) => {
+                    features[i * dim..(i + 1) * dim].copy_from_slice(&v);
+                    cached += 1;
+                }
+                None => todo.push(i),
+            },
+        }
+    }
+    let mut done = n - todo.len();
+    progress(done, n);
+    // 2. decode in a background thread (bounded: two batches ahead), run the model here
+    let pre = backbone.preprocess();
+    let batch = batch.max(1);
+    let start = Instant::now();
+    let computed = todo.len();
+    std::thread::scope(|s| -> Result<()> {
+        let (tx, rx) =
+            sync_channel::<Vec<(usize, std::result::Result<image::RgbImage, String>)>>(2);
+        let todo_ref = &todo;
+        s.spawn(move || {
+            for chunk in todo_ref.chunks(batch) {
+                let imgs: Vec<_> = chunk
+                    .par_iter()
+                    .map(|&i| (i, pre.load(&paths[i]).map_err(|e| e.to_string())))
+                    .collect();
+                if tx.send(imgs).is_err() {
+                    break;
+                }
+            }
+        });
+        for imgs in rx {
+            let received = imgs.len();
+            let mut ok_idx = Vec::new();
+            let mut ok_imgs = Vec::new();
+            for (i, r) in imgs {
+                match r {
+                    Ok(img) => {
+                        ok_idx.push(i);
+                        ok_imgs.push(img);
+                    }
+                    Err(e) => errors[i] = Some(e),
+                }
+            }
+            if !ok_imgs.is_empty() {
+                let f = backbone.features(to_tensor(&ok_imgs, device));
+                let v: Vec<f32> = f
+                    .into_data()
+                    .try_into_vec_as::<f32>()
+                    .map_err(|e| Error::Invalid(format!("reading features: {e:?}")))?;
+                for (j, &i) in ok_idx.iter().enumerate() {
+                    let row = &v[j * dim..(j + 1) * dim];
+                    features[i * dim..(i + 1) * dim].copy_from_slice(row);
+                    if let (Some(c), Ok(h)) = (cache, &hashes[i]) {
+                        c.put(h, row)?;
+                    }
+                }
+            }
+            done += received;
+            progress(done.min(n), n);
+        }
+        Ok(())
+    })?;
+    progress(n, n);
+    let secs = start.elapsed().as_secs_f64();
+    Ok(Extracted {
+        features,
+        dim,
+        errors,
+        cached,
+        images_per_s: if secs > 0.0 {
+            computed as f64 / secs
+        } else {
+            0.0
+        },
+    })
+}
