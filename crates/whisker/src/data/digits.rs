@@ -11,14 +11,15 @@ use std::process::Command;
 use crate::error::{Error, Result};
 
 /// Write the digits from `digits.csv.gz` (64 values in 0..=16, then the label, per line) as
-/// 8×8 grey PNGs under `dir/<label>/`. Returns the number of images.
-pub fn write_image_folder(csv_gz: &[u8], dir: &Path) -> Result<usize> {
+/// 8×8 grey PNGs under `dir/<label>/` (the first `limit` of them if given). Returns the
+/// number of images.
+pub fn write_image_folder(csv_gz: &[u8], dir: &Path, limit: Option<usize>) -> Result<usize> {
     let mut text = String::new();
     flate2::read::GzDecoder::new(csv_gz)
         .read_to_string(&mut text)
         .map_err(|e| Error::Invalid(format!("digits.csv.gz: {e}")))?;
     let mut n = 0;
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in text.lines().take(limit.unwrap_or(usize::MAX)).enumerate() {
         let v: Vec<f32> = line
             .split(',')
             .map(|s| s.trim().parse::<f32>())
@@ -88,5 +89,5 @@ pub fn fetch(dir: &Path) -> Result<usize> {
         .map_err(|e| Error::Invalid(format!("{}: digits.csv.gz: {e}", whl.display())))?;
     let mut bytes = Vec::new();
     m.read_to_end(&mut bytes).map_err(|e| Error::io(&whl, e))?;
-    write_image_folder(&bytes, dir)
+    write_image_folder(&bytes, dir, None)
 }
