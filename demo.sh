@@ -20,3 +20,15 @@ echo
 echo "== classify (efficientnet_lite0, top-5)" >&2
 $W classify --top 5 "$WHISKER_TESTDATA"/chelsea.png "$WHISKER_TESTDATA"/coffee.png \
   "$WHISKER_TESTDATA"/astronaut.png "$WHISKER_TESTDATA"/rocket.jpg
+
+echo
+echo "== transfer learning on real data: scikit-learn's 1,797 handwritten digits (8x8 scans)" >&2
+DIGITS="${WHISKER_DEMO_DIR:-$PWD/target/demo}/digits"
+RUN="${WHISKER_DEMO_DIR:-$PWD/target/demo}/run-digits"
+[ -d "$DIGITS/9" ] || $W data digits "$DIGITS"
+$W train "$DIGITS" --backbone efficientnet_lite0 --out "$RUN"
+echo
+echo "== evaluate on the held-out test split" >&2
+$W eval "$RUN" "$DIGITS" | head -4
+echo "== predict" >&2
+$W predict "$RUN" "$DIGITS"/3/0003.png "$DIGITS"/8/0008.png --top 3

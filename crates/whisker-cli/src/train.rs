@@ -150,13 +150,17 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<i32> {
     let t0 = std::time::Instant::now();
     let ex = extract_all(&backbone, &sha, &paths, a.batch_size, quiet)?;
     let extract_secs = t0.elapsed().as_secs_f64();
-    eprintln!(
-        "features: {} images ({} from cache) in {:.1} s, {:.1} images/s computed",
-        paths.len(),
-        ex.cached,
-        extract_secs,
-        ex.images_per_s
-    );
+    if ex.cached == paths.len() {
+        eprintln!("features: all {} images from the feature cache", paths.len());
+    } else {
+        eprintln!(
+            "features: {} images ({} from cache) in {:.1} s, {:.1} images/s computed",
+            paths.len(),
+            ex.cached,
+            extract_secs,
+            ex.images_per_s
+        );
+    }
     // files that failed to decode leave their split and join the skipped list
     let mut skipped: Vec<serde_json::Value> = ds
         .skipped
