@@ -66,7 +66,7 @@ fn main() {
         Cmd::Models(a) => models::run(a).map(|_| 0),
         Cmd::Weights { cmd } => weights::run(cmd, quiet).map(|_| 0),
         Cmd::Classify(a) => classify::run(a, quiet),
-        Cmd::Data { cmd } => data::run(cmd).map(|_| 0),
+        Cmd::Data { cmd } => data::run(cmd, quiet).map(|_| 0),
         Cmd::Train(a) => train::train(a, quiet),
         Cmd::Eval(a) => train::eval(a, quiet),
         Cmd::Predict(a) => train::predict(a, quiet),

@@ -151,7 +151,10 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<i32> {
     let ex = extract_all(&backbone, &sha, &paths, a.batch_size, quiet)?;
     let extract_secs = t0.elapsed().as_secs_f64();
     if ex.cached == paths.len() {
-        eprintln!("features: all {} images from the feature cache", paths.len());
+        eprintln!(
+            "features: all {} images from the feature cache",
+            paths.len()
+        );
     } else {
         eprintln!(
             "features: {} images ({} from cache) in {:.1} s, {:.1} images/s computed",

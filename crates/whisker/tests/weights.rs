@@ -4,11 +4,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use burn::tensor::Device;
 use common::*;
@@ -237,57 +235,14 @@ fn wheel_extraction_keeps_only_the_base_name() {
     assert!(!dir.path().join("escape").exists());
 }
 
-/// A tiny HTTP/1.1 server for one file, with Range support. The first `cut` requests
-/// send only half of the body (then close) to simulate an interrupted download.
-fn serve(body: Vec<u8>, cut: usize) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let requests = Arc::new(AtomicUsize::new(0));
-    let ranged = Arc::new(AtomicUsize::new(0));
-    let (rq, rg) = (requests.clone(), ranged.clone());
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(10) {
-            let mut s = stream.unwrap();
-            let mut buf = [0u8; 4096];
-            let n = s.read(&mut buf).unwrap();
-            let req = String::from_utf8_lossy(&buf[..n]).to_string();
-            let k = rq.fetch_add(1, Ordering::SeqCst);
-            let start = req
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("range: bytes=")
-                        .map(|r| r.trim_end_matches('-').parse::<usize>().unwrap())
-                })
-                .unwrap_or(0);
-            let (status, part) = if start > 0 {
-                rg.fetch_add(1, Ordering::SeqCst);
-                ("206 Partial Content", &body[start..])
-            } else {
-                ("200 OK", &body[..])
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                part.len()
-            );
-            s.write_all(head.as_bytes()).unwrap();
-            let send = if k < cut {
-                &part[..part.len() / 2]
-            } else {
-                part
-            };
-            let _ = s.write_all(send);
-            let _ = s.flush();
-        }
-    });
-    (format!("http://{addr}"), requests, ranged)
-}
-
 #[test]
 fn download_resumes_verifies_and_is_atomic() {
     let body = std::fs::read(lite0()).unwrap();
     let sha = sha256_file(&lite0()).unwrap();
-    let (base, requests, ranged) = serve(body.clone(), 1);
+    let files = |name: &str, b: &Vec<u8>| {
+        std::collections::HashMap::from([(format!("/{name}"), b.clone())])
+    };
+    let (base, requests, ranged) = serve(files("efficientnet-lite0-57934424.pth", &body), 1);
     let home = tempfile::tempdir().unwrap();
     let cache = Cache::new(home.path());
     let url = format!("{base}/efficientnet-lite0-57934424.pth");
@@ -318,7 +273,7 @@ fn download_resumes_verifies_and_is_atomic() {
     assert!(!part.exists());
     Backbone::from_file("efficientnet_lite0", &c.file, &Device::flex()).unwrap();
     // a checksum mismatch is refused and leaves nothing behind
-    let (base2, _, _) = serve(body, 0);
+    let (base2, _, _) = serve(files("resnet18-f37072fd.pth", &body), 0);
     let e = cache
         .fetch_url(
             "resnet18",

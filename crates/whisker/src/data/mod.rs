@@ -3,6 +3,7 @@
 pub mod datasets;
 pub mod decode;
 pub mod digits;
+pub mod download;
 pub mod resize;
 pub mod transforms;
 

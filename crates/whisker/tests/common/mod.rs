@@ -74,3 +74,67 @@ pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den).sqrt()
 }
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 for a set of files (by path, e.g. "/x.tar.gz"), with
+/// Range support. The first `cut` requests send only half of the body and close, to
+/// simulate an interrupted download. Returns the base URL and counters (requests, ranged).
+pub fn serve(
+    files: HashMap<String, Vec<u8>>,
+    cut: usize,
+) -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let ranged = Arc::new(AtomicUsize::new(0));
+    let (rq, rg) = (requests.clone(), ranged.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(20) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let k = rq.fetch_add(1, Ordering::SeqCst);
+            let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let Some(body) = files.get(&path) else {
+                let _ = s.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                continue;
+            };
+            let start = req
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("range: bytes=")
+                        .map(|r| r.trim_end_matches('-').parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            let (status, part) = if start > 0 {
+                rg.fetch_add(1, Ordering::SeqCst);
+                ("206 Partial Content", &body[start..])
+            } else {
+                ("200 OK", &body[..])
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                part.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let send = if k < cut {
+                &part[..part.len() / 2]
+            } else {
+                part
+            };
+            let _ = s.write_all(send);
+            let _ = s.flush();
+        }
+    });
+    (format!("http://{addr}"), requests, ranged)
+}

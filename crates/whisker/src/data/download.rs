@@ -1,0 +1,191 @@
+//! Downloading the public datasets: Oxford-IIIT Pet (images + annotations tarballs, from
+//! the University of Oxford's current server) and Microsoft's Cats-vs-Dogs (a zip holding
+//! `PetImages/`). Downloads resume after an interruption; archives are checked (MD5, the
+//! checksum the publishers and torchvision give) when known, and extracted without letting
+//! any entry escape the target directory.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use md5::{Digest, Md5};
+
+use crate::error::{Error, Result};
+use crate::weights::cache::{download_resumable, Progress};
+
+/// One archive of a dataset.
+#[derive(Debug, Clone, Copy)]
+pub struct Archive {
+    pub url: &'static str,
+    pub md5: Option<&'static str>,
+}
+
+/// The archives of a public dataset.
+pub fn archives(name: &str) -> Result<&'static [Archive]> {
+    const PETS: &[Archive] = &[
+        Archive {
+            url: "https://thor.robots.ox.ac.uk/~vgg/data/pets/images.tar.gz",
+            md5: Some("5c4f3ee8e5d25df40f4fd59a7f44e54c"),
+        },
+        Archive {
+            url: "https://thor.robots.ox.ac.uk/~vgg/data/pets/annotations.tar.gz",
+            md5: Some("95a8c909bbe2e81eed6a22bccdf3f68f"),
+        },
+    ];
+    const CATS_DOGS: &[Archive] = &[Archive {
+        url: "https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip",
+        md5: None,
+    }];
+    match name {
+        "oxford-pets" => Ok(PETS),
+        "cats-vs-dogs" => Ok(CATS_DOGS),
+        _ => Err(Error::Invalid(format!(
+            "unknown dataset `{name}` (oxford-pets, cats-vs-dogs)"
+        ))),
+    }
+}
+
+fn md5_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// A relative path with no `..`, root or prefix component, or `None`.
+fn safe_relative(p: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => out.push(s),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+/// Extract a `.tar.gz` or `.zip` into `dest`. Entries that would land outside `dest`
+/// (absolute paths, `..`) and links are refused with an error naming them.
+pub fn extract_archive(archive: &Path, dest: &Path) -> Result<usize> {
+    fs::create_dir_all(dest).map_err(|e| Error::io(dest, e))?;
+    let bad = |entry: &str| {
+        Error::Invalid(format!(
+            "{}: entry `{entry}` would escape the target directory",
+            archive.display()
+        ))
+    };
+    let mut n = 0;
+    let name = archive.to_string_lossy().to_lowercase();
+    if name.ends_with(".zip") {
+        let f = File::open(archive).map_err(|e| Error::io(archive, e))?;
+        let mut z = zip::ZipArchive::new(f)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", archive.display())))?;
+        for i in 0..z.len() {
+            let mut e = z
+                .by_index(i)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", archive.display())))?;
+            let raw = e.name().to_string();
+            let rel = safe_relative(Path::new(&raw)).ok_or_else(|| bad(&raw))?;
+            let out = dest.join(rel);
+            if e.is_dir() {
+                fs::create_dir_all(&out).map_err(|err| Error::io(&out, err))?;
+                continue;
+            }
+            if e.is_symlink() {
+                return Err(bad(&raw));
+            }
+            if let Some(p) = out.parent() {
+                fs::create_dir_all(p).map_err(|err| Error::io(p, err))?;
+            }
+            let mut w = File::create(&out).map_err(|err| Error::io(&out, err))?;
+            std::io::copy(&mut e, &mut w).map_err(|err| Error::io(&out, err))?;
+            n += 1;
+        }
+    } else {
+        let f = File::open(archive).map_err(|e| Error::io(archive, e))?;
+        let mut t = tar::Archive::new(flate2::read::GzDecoder::new(f));
+        for entry in t.entries().map_err(|e| Error::io(archive, e))? {
+            let mut e = entry.map_err(|e| Error::io(archive, e))?;
+            let raw = e.path().map_err(|e| Error::io(archive, e))?.to_path_buf();
+            let shown = raw.display().to_string();
+            let rel = safe_relative(&raw).ok_or_else(|| bad(&shown))?;
+            let out = dest.join(rel);
+            let kind = e.header().entry_type();
+            if kind.is_dir() {
+                fs::create_dir_all(&out).map_err(|err| Error::io(&out, err))?;
+            } else if kind.is_file() {
+                if let Some(p) = out.parent() {
+                    fs::create_dir_all(p).map_err(|err| Error::io(p, err))?;
+                }
+                let mut w = File::create(&out).map_err(|err| Error::io(&out, err))?;
+                std::io::copy(&mut e, &mut w).map_err(|err| Error::io(&out, err))?;
+                w.flush().map_err(|err| Error::io(&out, err))?;
+                n += 1;
+            } else if kind.is_symlink() || kind.is_hard_link() {
+                return Err(bad(&shown));
+            }
+            // other entry kinds (pax headers…) carry no files
+        }
+    }
+    Ok(n)
+}
+
+/// Download (resumably) and extract a public dataset into `dest`. `mirror` replaces the
+/// publisher's host: `MIRROR/<file name>`. Archives are kept in `dest/.downloads` until
+/// extracted, so an interrupted run continues where it stopped.
+pub fn download(
+    name: &str,
+    dest: &Path,
+    mirror: Option<&str>,
+    progress: Progress<'_>,
+) -> Result<usize> {
+    download_archives(archives(name)?, dest, mirror, progress)
+}
+
+/// Download (resumably), check and extract `archives` into `dest`.
+pub fn download_archives(
+    archives: &[Archive],
+    dest: &Path,
+    mirror: Option<&str>,
+    progress: Progress<'_>,
+) -> Result<usize> {
+    let dl = dest.join(".downloads");
+    fs::create_dir_all(&dl).map_err(|e| Error::io(&dl, e))?;
+    let mut files = 0;
+    for a in archives {
+        let file = a.url.rsplit('/').next().unwrap_or("archive");
+        let url = match mirror {
+            Some(m) => format!("{}/{file}", m.trim_end_matches('/')),
+            None => a.url.to_string(),
+        };
+        let done = dl.join(file);
+        if !done.exists() {
+            let part = dl.join(format!("{file}.part"));
+            download_resumable(&url, &part, progress)?;
+            if let Some(want) = a.md5 {
+                let got = md5_file(&part)?;
+                if got != want {
+                    let _ = fs::remove_file(&part);
+                    return Err(Error::Checksum {
+                        path: part,
+                        expected: format!("md5 {want}"),
+                        actual: format!("md5 {got}"),
+                    });
+                }
+            }
+            fs::rename(&part, &done).map_err(|e| Error::io(&done, e))?;
+        }
+        files += extract_archive(&done, dest)?;
+        fs::remove_file(&done).map_err(|e| Error::io(&done, e))?;
+    }
+    let _ = fs::remove_dir(&dl);
+    Ok(files)
+}
