@@ -7,8 +7,9 @@ use serde_json::json;
 use whisker::backbones::{top_k, Backbone};
 use whisker::data::datasets::{Dataset, Format, Labels, Split};
 use whisker::features::{extract, Extracted, FeatureCache};
+use whisker::train::head::{HeadConfig, HeadState};
 use whisker::train::metrics::{evaluate, Metrics};
-use whisker::train::model_file::{ModelMeta, TrainedModel};
+use whisker::train::model_file::{Head, ModelMeta, TrainedModel};
 use whisker::train::probe;
 use whisker::weights::cache::{sha256_file, write_atomic, Cache};
 
@@ -43,9 +44,37 @@ pub struct TrainArgs {
     /// Run directory: model.safetensors, metrics.json, split.json, skipped.json, summary.txt.
     #[arg(long)]
     out: PathBuf,
-    /// Training mode (probe: L-BFGS logistic regression on cached features).
-    #[arg(long, default_value = "probe", value_parser = ["probe"])]
+    /// Training mode. probe: L-BFGS logistic regression on cached features, L2 chosen on
+    /// validation. head: an MLP head trained with AdamW on cached features.
+    #[arg(long, default_value = "probe", value_parser = ["probe", "head"])]
     mode: String,
+    /// Continue a killed `--mode head` run from the last checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+    /// Epochs (head mode).
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    /// Peak learning rate (head mode).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Mini-batch size for head training.
+    #[arg(long, default_value_t = 64)]
+    head_batch_size: usize,
+    /// Hidden units of the MLP head.
+    #[arg(long, default_value_t = 512)]
+    hidden: usize,
+    #[arg(long, default_value_t = 0.5)]
+    dropout: f64,
+    /// AdamW weight decay (decoupled, as PyTorch).
+    #[arg(long, default_value_t = 1e-2)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
+    #[arg(long, default_value = "one-cycle", value_parser = ["one-cycle", "cosine"])]
+    schedule: String,
+    /// Early stopping: epochs without a better validation loss (0: off).
+    #[arg(long, default_value_t = 5)]
+    patience: usize,
     #[arg(long, short, default_value = "efficientnet_lite0")]
     backbone: String,
     /// Backbone weights file (default: the cache).
@@ -186,29 +215,48 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<i32> {
     let (tx, ty) = gather(&ex, &ds, &split.train);
     let (vx, vy) = gather(&ex, &ds, &split.val);
     let device = whisker::default_device();
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let t1 = std::time::Instant::now();
-    let fit = probe::fit(
-        probe::Samples { x: &tx, y: &ty },
-        probe::Samples { x: &vx, y: &vy },
-        ex.dim,
-        k,
-        &device,
-        a.max_iter,
-    );
+    let (head, fit_info, head_name) = if a.mode == "probe" {
+        let fit = probe::fit(
+            probe::Samples { x: &tx, y: &ty },
+            probe::Samples { x: &vx, y: &vy },
+            ex.dim,
+            k,
+            &device,
+            a.max_iter,
+        );
+        let info = json!({"l2": fit.l2, "l2_search": fit.search, "lbfgs_iterations": fit.iterations, "max_iter": a.max_iter});
+        eprintln!(
+            "L2 chosen on validation: {:e} (tried {})",
+            fit.l2,
+            fit.search
+                .iter()
+                .map(|(l, acc)| format!("{l:e}→{:.1}%", acc * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        (Head::Linear(fit.head), info, "linear")
+    } else {
+        let (state, cfg) = train_head(&a, &tx, &ty, &vx, &vy, ex.dim, k, &device, quiet)?;
+        let info = json!({"config": cfg, "history": state.history, "epochs_run": state.epoch,
+            "best_val_loss": state.best.as_ref().map(|b| b.0)});
+        (Head::Mlp(state.best_head()), info, "mlp")
+    };
     let fit_secs = t1.elapsed().as_secs_f64();
     let (sx, sy) = gather(&ex, &ds, &split.test);
     let test_metrics: Option<Metrics> =
-        (!sy.is_empty()).then(|| evaluate(&fit.head.logits(&sx, &device), &sy, &ds.classes));
+        (!sy.is_empty()).then(|| evaluate(&head.logits(&sx, &device), &sy, &ds.classes));
     let settings = json!({
-        "mode": a.mode, "seed": a.seed, "val_split": a.val_split, "test_split": a.test_split,
-        "format": ds.format, "labels": a.data.labels, "l2": fit.l2, "l2_search": fit.search,
-        "max_iter": a.max_iter, "dataset": ds.root,
+        "mode": a.mode, "backbone": backbone.spec.name, "seed": a.seed, "val_split": a.val_split,
+        "test_split": a.test_split, "format": ds.format, "labels": a.data.labels, "dataset": ds.root,
+        "fit": fit_info,
     });
     let metrics = json!({
         "test": test_metrics, "n_train": split.train.len(), "n_val": split.val.len(),
         "n_test": split.test.len(), "skipped": skipped.len(),
         "extraction_seconds": extract_secs, "extraction_images_per_s": ex.images_per_s,
-        "features_from_cache": ex.cached, "fit_seconds": fit_secs, "lbfgs_iterations": fit.iterations,
+        "features_from_cache": ex.cached, "fit_seconds": fit_secs,
     });
     let pre = backbone.preprocess();
     let model = TrainedModel {
@@ -221,13 +269,12 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<i32> {
             crop: pre.crop,
             normalization: pre.norm.describe().into(),
             classes: ds.classes.clone(),
-            head: "linear".into(),
+            head: head_name.into(),
             settings: settings.clone(),
             metrics: metrics.clone(),
         },
-        head: fit.head,
+        head,
     };
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     model.save(&a.out.join("model.safetensors"))?;
     write_json(&a.out.join("metrics.json"), &metrics)?;
     write_json(&a.out.join("split.json"), &split_json(&ds, &split))?;
@@ -241,13 +288,11 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<i32> {
         &sha[..12]
     );
     summary.push_str(&format!(
-        "train {} / val {} / test {} images, {} skipped\nL2 chosen on validation: {:e} (tried {})\n",
+        "train {} / val {} / test {} images, {} skipped\n",
         split.train.len(),
         split.val.len(),
         split.test.len(),
         skipped.len(),
-        fit.l2,
-        fit.search.iter().map(|(l, acc)| format!("{l:e}→{:.1}%", acc * 100.0)).collect::<Vec<_>>().join(", ")
     ));
     summary.push_str(&format!(
         "extraction {extract_secs:.1} s ({:.1} images/s), fit {fit_secs:.2} s\n",
@@ -461,4 +506,75 @@ pub fn predict(a: PredictArgs, quiet: bool) -> Result<i32> {
         a.json,
     )?;
     Ok(if failed > 0 { 1 } else { 0 })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_head(
+    a: &TrainArgs,
+    tx: &[f32],
+    ty: &[usize],
+    vx: &[f32],
+    vy: &[usize],
+    dim: usize,
+    k: usize,
+    device: &burn::tensor::Device,
+    quiet: bool,
+) -> Result<(HeadState, HeadConfig)> {
+    let ckpt = a.out.join("checkpoint.safetensors");
+    let cfg = HeadConfig {
+        hidden: a.hidden,
+        dropout: a.dropout,
+        epochs: a.epochs,
+        batch_size: a.head_batch_size,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        label_smoothing: a.label_smoothing,
+        schedule: a.schedule.clone(),
+        patience: a.patience,
+        seed: a.seed,
+    };
+    let train = probe::Samples { x: tx, y: ty };
+    let val = probe::Samples { x: vx, y: vy };
+    let mut state = if a.resume && ckpt.exists() {
+        let (s, saved) = HeadState::load(&ckpt)?;
+        if saved != cfg {
+            bail!(
+                "--resume: the checkpoint in {} was made with other settings",
+                a.out.display()
+            );
+        }
+        eprintln!("resuming from epoch {} ({})", s.epoch, ckpt.display());
+        s
+    } else {
+        if a.resume {
+            bail!("--resume: no checkpoint in {}", a.out.display());
+        }
+        HeadState::new(train, dim, k, &cfg)
+    };
+    let pb = crate::progress::bar(cfg.epochs as u64, "epochs", quiet);
+    pb.set_position(state.epoch as u64);
+    while !state.finished(&cfg) {
+        let s = state.epoch(train, val, &cfg, device);
+        state.save(&ckpt, &cfg)?;
+        pb.suspend(|| {
+            eprintln!(
+                "epoch {:>3}  train loss {:.4}  val loss {}  val acc {}  lr {:.2e}",
+                s.epoch,
+                s.train_loss,
+                s.val_loss
+                    .map(|v| format!("{v:.4}"))
+                    .unwrap_or_else(|| "-".into()),
+                s.val_accuracy
+                    .map(|v| format!("{:.2}%", v * 100.0))
+                    .unwrap_or_else(|| "-".into()),
+                s.lr
+            )
+        });
+        pb.set_position(state.epoch as u64);
+    }
+    pb.finish_and_clear();
+    Ok((state, cfg))
 }

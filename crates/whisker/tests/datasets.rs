@@ -356,7 +356,7 @@ fn probe_on_real_digits_reaches_90_percent() {
             settings: serde_json::json!({"seed": 0}),
             metrics: serde_json::json!({"accuracy": m.accuracy}),
         },
-        head: fit.head,
+        head: whisker::train::model_file::Head::Linear(fit.head),
     };
     let p = dir.path().join("model.safetensors");
     model.save(&p).unwrap();

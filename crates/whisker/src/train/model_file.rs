@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::head::MlpHead;
 use super::probe::LinearHead;
 use crate::error::{Error, Result};
 
@@ -26,11 +27,34 @@ pub struct ModelMeta {
     pub metrics: serde_json::Value,
 }
 
+/// The classifier on top of the backbone's features.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Head {
+    Linear(LinearHead),
+    Mlp(MlpHead),
+}
+
+impl Head {
+    /// Logits `[n, classes]` of `[n, dim]` features.
+    pub fn logits(&self, x: &[f32], device: &burn::tensor::Device) -> Vec<f32> {
+        match self {
+            Head::Linear(h) => h.logits(x, device),
+            Head::Mlp(h) => h.logits(x, device),
+        }
+    }
+    pub fn classes(&self) -> usize {
+        match self {
+            Head::Linear(h) => h.classes,
+            Head::Mlp(h) => h.classes,
+        }
+    }
+}
+
 /// A trained classifier: a frozen backbone (named, by weights sha256) and a head.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainedModel {
     pub meta: ModelMeta,
-    pub head: LinearHead,
+    pub head: Head,
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -40,13 +64,26 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 impl TrainedModel {
     /// Write atomically as safetensors.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let h = &self.head;
-        let tensors: Vec<(&str, Vec<u8>, Vec<usize>)> = vec![
-            ("head.weight", f32_bytes(&h.w), vec![h.dim, h.classes]),
-            ("head.bias", f32_bytes(&h.b), vec![h.classes]),
-            ("input.mean", f32_bytes(&h.mean), vec![h.dim]),
-            ("input.std", f32_bytes(&h.std), vec![h.dim]),
-        ];
+        let tensors: Vec<(&str, Vec<u8>, Vec<usize>)> = match &self.head {
+            Head::Linear(h) => vec![
+                ("head.weight", f32_bytes(&h.w), vec![h.dim, h.classes]),
+                ("head.bias", f32_bytes(&h.b), vec![h.classes]),
+                ("input.mean", f32_bytes(&h.mean), vec![h.dim]),
+                ("input.std", f32_bytes(&h.std), vec![h.dim]),
+            ],
+            Head::Mlp(h) => vec![
+                ("head.fc1.weight", f32_bytes(&h.w1), vec![h.dim, h.hidden]),
+                ("head.fc1.bias", f32_bytes(&h.b1), vec![h.hidden]),
+                (
+                    "head.fc2.weight",
+                    f32_bytes(&h.w2),
+                    vec![h.hidden, h.classes],
+                ),
+                ("head.fc2.bias", f32_bytes(&h.b2), vec![h.classes]),
+                ("input.mean", f32_bytes(&h.mean), vec![h.dim]),
+                ("input.std", f32_bytes(&h.std), vec![h.dim]),
+            ],
+        };
         let views = tensors
             .iter()
             .map(|(k, b, s)| {
@@ -93,26 +130,48 @@ impl TrainedModel {
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect())
         };
-        let w = get("head.weight")?;
-        let b = get("head.bias")?;
         let mean = get("input.mean")?;
         let std = get("input.std")?;
-        let (dim, classes) = (mean.len(), b.len());
-        if w.len() != dim * classes || std.len() != dim || classes != meta.classes.len() {
-            return Err(bad(
-                "tensor shapes do not agree with each other or with the class list".into(),
-            ));
-        }
-        Ok(TrainedModel {
-            meta,
-            head: LinearHead {
+        let dim = mean.len();
+        let inconsistent =
+            || bad("tensor shapes do not agree with each other or with the class list".into());
+        let head = if meta.head == "mlp" {
+            let (w1, b1) = (get("head.fc1.weight")?, get("head.fc1.bias")?);
+            let (w2, b2) = (get("head.fc2.weight")?, get("head.fc2.bias")?);
+            let (hidden, classes) = (b1.len(), b2.len());
+            if w1.len() != dim * hidden
+                || w2.len() != hidden * classes
+                || std.len() != dim
+                || classes != meta.classes.len()
+            {
+                return Err(inconsistent());
+            }
+            Head::Mlp(MlpHead {
+                dim,
+                hidden,
+                classes,
+                mean,
+                std,
+                w1,
+                b1,
+                w2,
+                b2,
+            })
+        } else {
+            let (w, b) = (get("head.weight")?, get("head.bias")?);
+            let classes = b.len();
+            if w.len() != dim * classes || std.len() != dim || classes != meta.classes.len() {
+                return Err(inconsistent());
+            }
+            Head::Linear(LinearHead {
                 dim,
                 classes,
                 mean,
                 std,
                 w,
                 b,
-            },
-        })
+            })
+        };
+        Ok(TrainedModel { meta, head })
     }
 }

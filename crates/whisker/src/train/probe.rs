@@ -36,7 +36,11 @@ impl LinearHead {
     }
 }
 
-/// Per-feature mean and standard deviation (std floored at 1e-6).
+/// Per-feature means, and one scale for all features: the root-mean-square of their standard
+/// deviations (returned per feature, all equal). Per-feature scaling would blow up the
+/// sparse, heavy-tailed channels of pooled ReLU features (a channel almost always 0 on the
+/// training set becomes huge on an unseen image); one global scale keeps the features'
+/// relative geometry and gives the optimisers unit-scale inputs.
 pub fn moments(x: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>) {
     let n = (x.len() / dim).max(1);
     let mut mean = vec![0f64; dim];
@@ -46,18 +50,15 @@ pub fn moments(x: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>) {
         }
     }
     mean.iter_mut().for_each(|m| *m /= n as f64);
-    let mut var = vec![0f64; dim];
+    let mut var = 0f64;
     for row in x.chunks_exact(dim) {
-        for ((s, v), m) in var.iter_mut().zip(row).zip(&mean) {
-            *s += (*v as f64 - m).powi(2);
+        for (v, m) in row.iter().zip(&mean) {
+            var += (*v as f64 - m).powi(2);
         }
     }
-    (
-        mean.iter().map(|m| *m as f32).collect(),
-        var.iter()
-            .map(|v| ((v / n as f64).sqrt() as f32).max(1e-6))
-            .collect(),
-    )
+    let rms = (var / (n * dim) as f64).sqrt();
+    let scale = if rms < 1e-12 { 1.0 } else { rms as f32 };
+    (mean.iter().map(|m| *m as f32).collect(), vec![scale; dim])
 }
 
 pub fn standardize(x: &[f32], mean: &[f32], std: &[f32]) -> Vec<f32> {

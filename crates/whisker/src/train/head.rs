@@ -1,0 +1,481 @@
+//! `--mode head`: an MLP head (Linear → ReLU → Dropout → Linear) trained on cached,
+//! standardised features with AdamW (PyTorch's decoupled weight decay, every
+//! hyper-parameter explicit), a one-cycle or cosine schedule, optional label smoothing and
+//! early stopping on the validation loss. Parameters, optimiser moments and the RNG are
+//! plain vectors, so a checkpoint captures the whole state and a resumed run continues
+//! exactly as an uninterrupted one.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::probe::{moments, standardize, Samples};
+use crate::data::datasets::SplitMix64;
+
+/// Settings of head training.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HeadConfig {
+    pub hidden: usize,
+    pub dropout: f64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub label_smoothing: f64,
+    /// "one-cycle" or "cosine".
+    pub schedule: String,
+    /// Stop after this many epochs without a better validation loss (0: never).
+    pub patience: usize,
+    pub seed: u64,
+}
+
+impl Default for HeadConfig {
+    fn default() -> Self {
+        HeadConfig {
+            hidden: 512,
+            dropout: 0.5,
+            epochs: 30,
+            batch_size: 64,
+            lr: 1e-3,
+            weight_decay: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            label_smoothing: 0.0,
+            schedule: "one-cycle".into(),
+            patience: 5,
+            seed: 0,
+        }
+    }
+}
+
+/// A trained MLP head on standardised features.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MlpHead {
+    pub dim: usize,
+    pub hidden: usize,
+    pub classes: usize,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// `[dim, hidden]`
+    pub w1: Vec<f32>,
+    pub b1: Vec<f32>,
+    /// `[hidden, classes]`
+    pub w2: Vec<f32>,
+    pub b2: Vec<f32>,
+}
+
+fn t2(v: &[f32], r: usize, c: usize, d: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [r, c]), d)
+}
+fn t1(v: &[f32], d: &Device) -> Tensor<1> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), d)
+}
+fn vec_of<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().unwrap_or_default()
+}
+
+impl MlpHead {
+    /// Logits `[n, classes]` (eval mode: no dropout).
+    pub fn logits(&self, x: &[f32], device: &Device) -> Vec<f32> {
+        let n = x.len() / self.dim;
+        let z = standardize(x, &self.mean, &self.std);
+        let h = t2(&z, n, self.dim, device).matmul(t2(&self.w1, self.dim, self.hidden, device))
+            + t1(&self.b1, device).unsqueeze::<2>();
+        let h = burn::tensor::activation::relu(h);
+        vec_of(
+            h.matmul(t2(&self.w2, self.hidden, self.classes, device))
+                + t1(&self.b2, device).unsqueeze::<2>(),
+        )
+    }
+}
+
+/// Everything a checkpoint holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HeadState {
+    pub head: MlpHead,
+    /// Adam first and second moments, per parameter tensor (w1, b1, w2, b2).
+    pub m: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+    pub step: u64,
+    pub epoch: usize,
+    pub rng: u64,
+    pub best: Option<(f64, MlpHead)>,
+    pub since_best: usize,
+    pub history: Vec<EpochStats>,
+}
+
+/// One line of the training log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochStats {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
+    pub lr: f64,
+}
+
+/// Learning rate at `step` (0-based) of `total` steps. one-cycle: PyTorch's OneCycleLR
+/// with its defaults (cosine annealing, 30 % warm-up from lr/25 to lr at step 0.3·total − 1,
+/// then down to lr/25/1e4 at the last step); cosine: from lr to 0 at the last step.
+pub fn lr_at(cfg: &HeadConfig, step: u64, total: u64) -> f64 {
+    let cos = |a: f64, b: f64, p: f64| {
+        b + (a - b) * 0.5 * (1.0 + (std::f64::consts::PI * p.clamp(0.0, 1.0)).cos())
+    };
+    let last = (total.max(2) - 1) as f64;
+    let s = step as f64;
+    if cfg.schedule == "cosine" {
+        return cos(cfg.lr, 0.0, s / last);
+    }
+    let (start, end) = (cfg.lr / 25.0, cfg.lr / 25.0 / 1e4);
+    let warm_end = 0.3 * total as f64 - 1.0;
+    if s <= warm_end {
+        cos(start, cfg.lr, s / warm_end)
+    } else {
+        cos(cfg.lr, end, (s - warm_end) / (last - warm_end))
+    }
+}
+
+fn init_head(
+    dim: usize,
+    hidden: usize,
+    classes: usize,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    rng: &mut SplitMix64,
+) -> MlpHead {
+    // PyTorch's nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias
+    let mut u = |n: usize, fan_in: usize| -> Vec<f32> {
+        let b = 1.0 / (fan_in as f64).sqrt();
+        (0..n)
+            .map(|_| ((2.0 * rng.next_f64() - 1.0) * b) as f32)
+            .collect()
+    };
+    MlpHead {
+        dim,
+        hidden,
+        classes,
+        mean,
+        std,
+        w1: u(dim * hidden, dim),
+        b1: u(hidden, dim),
+        w2: u(hidden * classes, hidden),
+        b2: u(classes, hidden),
+    }
+}
+
+/// Cross-entropy with label smoothing, mean over the batch, of `[n, k]` logits.
+fn loss(
+    logits: Tensor<2>,
+    labels: &[usize],
+    k: usize,
+    smoothing: f64,
+    device: &Device,
+) -> Tensor<1> {
+    let n = labels.len();
+    let mut target = vec![(smoothing / k as f64) as f32; n * k];
+    for (i, &l) in labels.iter().enumerate() {
+        target[i * k + l] += (1.0 - smoothing) as f32;
+    }
+    let logp = burn::tensor::activation::log_softmax(logits, 1);
+    (logp * t2(&target, n, k, device)).sum().neg() / n as f32
+}
+
+impl HeadState {
+    /// A fresh state for training on `train`.
+    pub fn new(train: Samples<'_>, dim: usize, classes: usize, cfg: &HeadConfig) -> Self {
+        let (mean, std) = moments(train.x, dim);
+        let mut rng = SplitMix64(cfg.seed ^ 0x005E_ED0F_4EAD);
+        let head = init_head(dim, cfg.hidden, classes, mean, std, &mut rng);
+        let zeros = |n: usize| vec![0f32; n];
+        HeadState {
+            m: vec![
+                zeros(head.w1.len()),
+                zeros(head.b1.len()),
+                zeros(head.w2.len()),
+                zeros(head.b2.len()),
+            ],
+            v: vec![
+                zeros(head.w1.len()),
+                zeros(head.b1.len()),
+                zeros(head.w2.len()),
+                zeros(head.b2.len()),
+            ],
+            head,
+            step: 0,
+            epoch: 0,
+            rng: rng.0,
+            best: None,
+            since_best: 0,
+            history: Vec::new(),
+        }
+    }
+
+    /// Whether training is over (all epochs, or early stopping).
+    pub fn finished(&self, cfg: &HeadConfig) -> bool {
+        self.epoch >= cfg.epochs || (cfg.patience > 0 && self.since_best >= cfg.patience)
+    }
+
+    /// Train one epoch, then evaluate on `val`.
+    pub fn epoch(
+        &mut self,
+        train: Samples<'_>,
+        val: Samples<'_>,
+        cfg: &HeadConfig,
+        device: &Device,
+    ) -> EpochStats {
+        let ad = device.clone().autodiff();
+        let h = &self.head;
+        let (dim, hid, k) = (h.dim, h.hidden, h.classes);
+        let n = train.y.len();
+        let z = standardize(train.x, &h.mean, &h.std);
+        let mut rng = SplitMix64(self.rng);
+        let mut order: Vec<usize> = (0..n).collect();
+        rng.shuffle(&mut order);
+        let bs = cfg.batch_size.max(1);
+        let steps_per_epoch = n.div_ceil(bs) as u64;
+        let total = steps_per_epoch * cfg.epochs as u64;
+        let mut sum_loss = 0.0;
+        let mut lr = cfg.lr;
+        for chunk in order.chunks(bs) {
+            let b = chunk.len();
+            let mut xb = Vec::with_capacity(b * dim);
+            let mut yb = Vec::with_capacity(b);
+            for &i in chunk {
+                xb.extend_from_slice(&z[i * dim..(i + 1) * dim]);
+                yb.push(train.y[i]);
+            }
+            // dropout mask, from the same seeded RNG
+            let keep = 1.0 - cfg.dropout;
+            let mask: Vec<f32> = (0..b * hid)
+                .map(|_| {
+                    if rng.next_f64() < keep {
+                        (1.0 / keep) as f32
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let h = &self.head;
+            let w1 = t2(&h.w1, dim, hid, &ad).require_grad();
+            let b1 = t1(&h.b1, &ad).require_grad();
+            let w2 = t2(&h.w2, hid, k, &ad).require_grad();
+            let b2 = t1(&h.b2, &ad).require_grad();
+            let a = burn::tensor::activation::relu(
+                t2(&xb, b, dim, &ad).matmul(w1.clone()) + b1.clone().unsqueeze::<2>(),
+            );
+            let a = a * t2(&mask, b, hid, &ad);
+            let logits = a.matmul(w2.clone()) + b2.clone().unsqueeze::<2>();
+            let l = loss(logits, &yb, k, cfg.label_smoothing, &ad);
+            sum_loss += l.clone().into_scalar::<f32>() as f64 * b as f64;
+            let grads = l.backward();
+            let g: Vec<Vec<f32>> = vec![
+                w1.grad(&grads).map(vec_of).unwrap_or_default(),
+                b1.grad(&grads).map(vec_of).unwrap_or_default(),
+                w2.grad(&grads).map(vec_of).unwrap_or_default(),
+                b2.grad(&grads).map(vec_of).unwrap_or_default(),
+            ];
+            lr = lr_at(cfg, self.step, total);
+            self.step += 1;
+            self.adamw(&g, lr, cfg);
+        }
+        self.rng = rng.0;
+        self.epoch += 1;
+        let (val_loss, val_accuracy) = if val.y.is_empty() {
+            (None, None)
+        } else {
+            let logits = self.head.logits(val.x, device);
+            let m = super::metrics::evaluate(&logits, val.y, &vec![String::new(); k]);
+            (Some(m.log_loss), Some(m.accuracy))
+        };
+        let score = val_loss.unwrap_or(sum_loss / n as f64);
+        if self.best.as_ref().is_none_or(|(b, _)| score < *b) {
+            self.best = Some((score, self.head.clone()));
+            self.since_best = 0;
+        } else {
+            self.since_best += 1;
+        }
+        let s = EpochStats {
+            epoch: self.epoch,
+            train_loss: sum_loss / n as f64,
+            val_loss,
+            val_accuracy,
+            lr,
+        };
+        self.history.push(s.clone());
+        s
+    }
+
+    /// AdamW exactly as PyTorch: decoupled weight decay on weights (not biases here), then
+    /// bias-corrected Adam.
+    fn adamw(&mut self, grads: &[Vec<f32>], lr: f64, cfg: &HeadConfig) {
+        let t = self.step as i32;
+        let (b1, b2) = (cfg.beta1, cfg.beta2);
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2 = 1.0 - b2.powi(t);
+        let params: [&mut Vec<f32>; 4] = [
+            &mut self.head.w1,
+            &mut self.head.b1,
+            &mut self.head.w2,
+            &mut self.head.b2,
+        ];
+        for (pi, p) in params.into_iter().enumerate() {
+            let decay = if pi % 2 == 0 { cfg.weight_decay } else { 0.0 };
+            let (m, v, g) = (&mut self.m[pi], &mut self.v[pi], &grads[pi]);
+            for j in 0..p.len() {
+                let gj = g.get(j).copied().unwrap_or(0.0) as f64;
+                let mut pj = p[j] as f64 * (1.0 - lr * decay);
+                let mj = b1 * m[j] as f64 + (1.0 - b1) * gj;
+                let vj = b2 * v[j] as f64 + (1.0 - b2) * gj * gj;
+                m[j] = mj as f32;
+                v[j] = vj as f32;
+                pj -= lr * (mj / bc1) / ((vj / bc2).sqrt() + cfg.eps);
+                p[j] = pj as f32;
+            }
+        }
+    }
+
+    /// The head to keep: the best on validation.
+    pub fn best_head(&self) -> MlpHead {
+        self.best
+            .as_ref()
+            .map(|(_, h)| h.clone())
+            .unwrap_or_else(|| self.head.clone())
+    }
+}
+
+fn put(out: &mut Vec<(String, Vec<u8>, Vec<usize>)>, name: &str, v: &[f32]) {
+    out.push((
+        name.to_string(),
+        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        vec![v.len()],
+    ));
+}
+
+fn head_tensors(out: &mut Vec<(String, Vec<u8>, Vec<usize>)>, p: &str, h: &MlpHead) {
+    put(out, &format!("{p}w1"), &h.w1);
+    put(out, &format!("{p}b1"), &h.b1);
+    put(out, &format!("{p}w2"), &h.w2);
+    put(out, &format!("{p}b2"), &h.b2);
+    put(out, &format!("{p}mean"), &h.mean);
+    put(out, &format!("{p}std"), &h.std);
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateMeta {
+    dim: usize,
+    hidden: usize,
+    classes: usize,
+    step: u64,
+    epoch: usize,
+    rng: u64,
+    best_score: Option<f64>,
+    since_best: usize,
+    history: Vec<EpochStats>,
+    config: HeadConfig,
+}
+
+impl HeadState {
+    /// Write a checkpoint atomically (safetensors: parameters, moments, best head; the rest
+    /// in its metadata).
+    pub fn save(&self, path: &std::path::Path, cfg: &HeadConfig) -> crate::Result<()> {
+        let mut t = Vec::new();
+        head_tensors(&mut t, "head.", &self.head);
+        if let Some((_, b)) = &self.best {
+            head_tensors(&mut t, "best.", b);
+        }
+        for (i, (m, v)) in self.m.iter().zip(&self.v).enumerate() {
+            put(&mut t, &format!("adam.m{i}"), m);
+            put(&mut t, &format!("adam.v{i}"), v);
+        }
+        let meta = StateMeta {
+            dim: self.head.dim,
+            hidden: self.head.hidden,
+            classes: self.head.classes,
+            step: self.step,
+            epoch: self.epoch,
+            rng: self.rng,
+            best_score: self.best.as_ref().map(|b| b.0),
+            since_best: self.since_best,
+            history: self.history.clone(),
+            config: cfg.clone(),
+        };
+        let views = t
+            .iter()
+            .map(|(k, b, s)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .map(|v| (k.clone(), v))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| crate::Error::Invalid(format!("safetensors: {e}")))?;
+        let md = std::collections::HashMap::from([(
+            "whisker_head_state".to_string(),
+            serde_json::to_string(&meta).map_err(|e| crate::Error::Invalid(e.to_string()))?,
+        )]);
+        let bytes = safetensors::serialize(views, &Some(md))
+            .map_err(|e| crate::Error::Invalid(format!("safetensors: {e}")))?;
+        crate::weights::cache::write_atomic(path, &bytes)
+    }
+
+    /// Read a checkpoint written by [`HeadState::save`], with the settings it was made with.
+    pub fn load(path: &std::path::Path) -> crate::Result<(Self, HeadConfig)> {
+        let bytes = std::fs::read(path).map_err(|e| crate::Error::io(path, e))?;
+        let bad = |r: String| crate::Error::NotACheckpoint {
+            path: path.to_path_buf(),
+            reason: r,
+        };
+        let (_, md) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let meta: StateMeta = md
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("whisker_head_state"))
+            .ok_or_else(|| bad("not a whisker training checkpoint".into()))
+            .and_then(|s| serde_json::from_str(s).map_err(|e| bad(e.to_string())))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+        let get = |k: &str| -> crate::Result<Vec<f32>> {
+            let v = st
+                .tensor(k)
+                .map_err(|_| bad(format!("missing tensor `{k}`")))?;
+            Ok(v.data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect())
+        };
+        let head_of = |p: &str| -> crate::Result<MlpHead> {
+            Ok(MlpHead {
+                dim: meta.dim,
+                hidden: meta.hidden,
+                classes: meta.classes,
+                mean: get(&format!("{p}mean"))?,
+                std: get(&format!("{p}std"))?,
+                w1: get(&format!("{p}w1"))?,
+                b1: get(&format!("{p}b1"))?,
+                w2: get(&format!("{p}w2"))?,
+                b2: get(&format!("{p}b2"))?,
+            })
+        };
+        let best = match meta.best_score {
+            Some(s) => Some((s, head_of("best.")?)),
+            None => None,
+        };
+        let state = HeadState {
+            head: head_of("head.")?,
+            m: (0..4)
+                .map(|i| get(&format!("adam.m{i}")))
+                .collect::<crate::Result<_>>()?,
+            v: (0..4)
+                .map(|i| get(&format!("adam.v{i}")))
+                .collect::<crate::Result<_>>()?,
+            step: meta.step,
+            epoch: meta.epoch,
+            rng: meta.rng,
+            best,
+            since_best: meta.since_best,
+            history: meta.history,
+        };
+        Ok((state, meta.config))
+    }
+}
