@@ -308,6 +308,13 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<i32> {
             m.n
         ));
     }
+    if let Some(h) = model.meta.settings["fit"].get("history") {
+        let history: Vec<whisker::train::head::EpochStats> = serde_json::from_value(h.clone())?;
+        whisker::report::training_curves(&history, &a.out.join("curves.png"))?;
+    }
+    if let Some(m) = &test_metrics {
+        whisker::report::confusion_matrix(m, &a.out.join("confusion.png"))?;
+    }
     write_atomic(&a.out.join("summary.txt"), summary.as_bytes())?;
     if a.json {
         println!(
@@ -334,6 +341,12 @@ pub struct EvalArgs {
     split: String,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
+    /// Where to write confusion.png and top_losses.png (default: RUN_DIR/eval-SPLIT).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// How many of the most confidently wrong images to show.
+    #[arg(long, default_value_t = 12)]
+    top_losses: usize,
     #[arg(long)]
     json: bool,
 }
@@ -416,11 +429,69 @@ pub fn eval(a: EvalArgs, quiet: bool) -> Result<i32> {
     if y.is_empty() {
         bail!("no image of the {} split could be read", a.split);
     }
-    let m = evaluate(
-        &model.head.logits(&x, &whisker::default_device()),
-        &y,
-        &ds.classes,
-    );
+    let logits = model.head.logits(&x, &whisker::default_device());
+    let m = evaluate(&logits, &y, &ds.classes);
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| run_dir.join(format!("eval-{}", a.split)));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    whisker::report::confusion_matrix(&m, &out.join("confusion.png"))?;
+    let k = ds.classes.len();
+    let mut wrong: Vec<(f64, usize, usize, f32)> = Vec::new();
+    for (r, &l) in y.iter().enumerate() {
+        let row = &logits[r * k..(r + 1) * k];
+        let pred = (0..k)
+            .max_by(|&p, &q| row[p].total_cmp(&row[q]))
+            .unwrap_or(0);
+        if pred != l {
+            let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = mx + row.iter().map(|v| (*v as f64 - mx).exp()).sum::<f64>().ln();
+            wrong.push((
+                lse - row[l] as f64,
+                r,
+                pred,
+                ((row[pred] as f64 - lse).exp()) as f32,
+            ));
+        }
+    }
+    wrong.sort_by(|p, q| q.0.total_cmp(&p.0));
+    wrong.truncate(a.top_losses);
+    let pre = backbone.preprocess();
+    let imgs: Vec<(image::RgbImage, Vec<String>)> = wrong
+        .iter()
+        .filter_map(|&(loss, r, pred, prob)| {
+            let item = &ds.items[idx[good[r]]];
+            let img = pre.load(&item.path).ok()?;
+            let name = item
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            Some((
+                img,
+                vec![
+                    format!("{name}  loss {loss:.2}"),
+                    format!("true: {}", ds.classes[item.label]),
+                    format!("pred: {} ({:.0}%)", ds.classes[pred], prob * 100.0),
+                ],
+            ))
+        })
+        .collect();
+    if !imgs.is_empty() {
+        let tiles: Vec<whisker::report::Tile<'_>> = imgs
+            .iter()
+            .map(|(i, l)| whisker::report::Tile {
+                image: i,
+                lines: l.clone(),
+            })
+            .collect();
+        whisker::report::contact_sheet(
+            &tiles,
+            "top losses: the most confidently wrong predictions",
+            &out.join("top_losses.png"),
+        )?;
+    }
     if a.json {
         let mut v = serde_json::to_value(&m)?;
         v["skipped"] = json!(skipped);

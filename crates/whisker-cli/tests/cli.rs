@@ -120,3 +120,128 @@ fn models_lists_the_zoo() {
     assert_eq!(l0["normalization"], "(x-127)/128");
     assert_eq!(l0["cached"], serde_json::Value::Null);
 }
+
+#[test]
+fn train_eval_predict_on_real_digits() {
+    let home = tempfile::tempdir().unwrap();
+    let out = whisker(home.path())
+        .args(["weights", "fetch", "efficientnet_lite0", "--from"])
+        .arg(testdata("efficientnet-lite0-57934424.pth"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // 150 real digits (15 per class) as an image folder, plus a file that is not an image
+    let data = home.path().join("digits");
+    let csv = std::fs::read(testdata("digits.csv.gz")).unwrap();
+    let n = whisker::data::digits::write_image_folder(&csv, &data, Some(150)).unwrap();
+    assert_eq!(n, 150);
+    std::fs::write(data.join("3/Thumbs.db"), [0xD0, 0xCF, 0x11, 0xE0, 0, 0]).unwrap();
+    let run = home.path().join("run");
+    for mode in ["probe", "head"] {
+        let out = whisker(home.path())
+            .args([
+                "train",
+                "--json",
+                "--mode",
+                mode,
+                "--epochs",
+                "6",
+                "--test-split",
+                "0.3",
+                "--out",
+            ])
+            .arg(&run)
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let acc = doc["metrics"]["test"]["accuracy"].as_f64().unwrap();
+        assert!(acc > 0.7, "{mode}: test accuracy {acc}");
+        assert_eq!(doc["metrics"]["skipped"], 1);
+        for f in [
+            "model.safetensors",
+            "metrics.json",
+            "split.json",
+            "skipped.json",
+            "summary.txt",
+            "confusion.png",
+        ] {
+            assert!(run.join(f).is_file(), "{mode}: {f} missing");
+        }
+        let skipped: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("skipped.json")).unwrap()).unwrap();
+        assert!(skipped[0]["path"].as_str().unwrap().ends_with("Thumbs.db"));
+        // eval on the saved test split gives the same accuracy
+        let out = whisker(home.path())
+            .args(["eval", "--json"])
+            .arg(&run)
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ev: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for key in [
+            "n",
+            "accuracy",
+            "mean_per_class_accuracy",
+            "top3",
+            "top5",
+            "per_class",
+            "confusion",
+            "classes",
+            "skipped",
+        ] {
+            assert!(ev.get(key).is_some(), "eval --json lacks {key}");
+        }
+        assert_eq!(ev["n"], doc["metrics"]["n_test"]);
+        assert!((ev["accuracy"].as_f64().unwrap() - acc).abs() < 1e-12);
+        assert!(run.join("eval-test/confusion.png").is_file());
+    }
+    assert!(run.join("curves.png").is_file());
+    // a finished run resumed does nothing more and gives the same model
+    let before = std::fs::read(run.join("model.safetensors")).unwrap();
+    let out = whisker(home.path())
+        .args([
+            "train",
+            "--mode",
+            "head",
+            "--epochs",
+            "6",
+            "--test-split",
+            "0.3",
+            "--resume",
+            "--out",
+        ])
+        .arg(&run)
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = std::fs::read(run.join("model.safetensors")).unwrap();
+    assert_eq!(before.len(), after.len());
+    // predict: classify's JSON shape with the model's classes
+    let out = whisker(home.path())
+        .args(["predict", "--json", "-k", "2"])
+        .arg(&run)
+        .arg(data.join("7/0007.png"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p["backbone"], "efficientnet_lite0");
+    assert_eq!(p["results"][0]["top"].as_array().unwrap().len(), 2);
+    assert!(p["results"][0]["top"][0]["label"].as_str().unwrap().len() == 1);
+}

@@ -1,0 +1,252 @@
+//! Pictures of a run: training curves, the confusion matrix, and a contact sheet of the top
+//! losses (the most confidently wrong images). PNG, written atomically; text in DejaVu Sans
+//! (embedded, so nothing depends on the fonts of the machine).
+
+use std::path::Path;
+use std::sync::Once;
+
+use image::{imageops, Rgb, RgbImage};
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
+
+use crate::error::{Error, Result};
+use crate::train::head::EpochStats;
+use crate::train::metrics::Metrics;
+
+fn fonts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+        let _ = register_font("sans-serif", FontStyle::Bold, dejavu::sans::bold());
+    });
+}
+
+fn plot_err<E: std::fmt::Debug>(e: E) -> Error {
+    Error::Invalid(format!("drawing: {e:?}"))
+}
+
+/// Encode an RGB buffer as PNG and write it atomically.
+pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
+    let mut bytes = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    crate::weights::cache::write_atomic(path, &bytes)
+}
+
+fn render(
+    w: u32,
+    h: u32,
+    draw: impl FnOnce(DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> Result<()>,
+) -> Result<RgbImage> {
+    fonts();
+    let mut buf = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        draw(root.clone())?;
+        root.present().map_err(plot_err)?;
+    }
+    RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::Invalid("drawing buffer".into()))
+}
+
+/// Train and validation loss, and validation accuracy, per epoch.
+pub fn training_curves(history: &[EpochStats], path: &Path) -> Result<()> {
+    let img = render(900, 420, |root| {
+        let (left, right) = root.split_horizontally(450);
+        let n = history.len().max(1) as f64;
+        let losses: Vec<f64> = history
+            .iter()
+            .flat_map(|s| [Some(s.train_loss), s.val_loss])
+            .flatten()
+            .collect();
+        let ymax = losses.iter().cloned().fold(0.0, f64::max).max(1e-3) * 1.05;
+        let mut c = ChartBuilder::on(&left)
+            .caption("loss", ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(32)
+            .y_label_area_size(48)
+            .build_cartesian_2d(0.5..n + 0.5, 0.0..ymax)
+            .map_err(plot_err)?;
+        c.configure_mesh()
+            .x_desc("epoch")
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(plot_err)?;
+        c.draw_series(LineSeries::new(
+            history.iter().map(|s| (s.epoch as f64, s.train_loss)),
+            BLUE.stroke_width(2),
+        ))
+        .map_err(plot_err)?
+        .label("train")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE.stroke_width(2)));
+        c.draw_series(LineSeries::new(
+            history
+                .iter()
+                .filter_map(|s| s.val_loss.map(|v| (s.epoch as f64, v))),
+            RED.stroke_width(2),
+        ))
+        .map_err(plot_err)?
+        .label("validation")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED.stroke_width(2)));
+        c.configure_series_labels()
+            .label_font(("sans-serif", 12))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_err)?;
+        let mut a = ChartBuilder::on(&right)
+            .caption("validation accuracy (%)", ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(32)
+            .y_label_area_size(48)
+            .build_cartesian_2d(0.5..n + 0.5, 0.0..100.0)
+            .map_err(plot_err)?;
+        a.configure_mesh()
+            .x_desc("epoch")
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(plot_err)?;
+        a.draw_series(LineSeries::new(
+            history
+                .iter()
+                .filter_map(|s| s.val_accuracy.map(|v| (s.epoch as f64, v * 100.0))),
+            GREEN.stroke_width(2),
+        ))
+        .map_err(plot_err)?;
+        Ok(())
+    })?;
+    save_png(&img, path)
+}
+
+/// The confusion matrix (rows: true class, columns: predicted), each row normalised to its
+/// support for the colour, with counts written in the cells.
+pub fn confusion_matrix(m: &Metrics, path: &Path) -> Result<()> {
+    let k = m.classes.len().max(1);
+    let cell = (640 / k).clamp(14, 60) as i32;
+    let label_w = 170;
+    let (w, h) = (
+        label_w + cell * k as i32 + 20,
+        label_w + cell * k as i32 + 40,
+    );
+    let img = render(w as u32, h as u32, |root| {
+        let title = format!(
+            "confusion matrix — accuracy {:.2}% (n = {})",
+            m.accuracy * 100.0,
+            m.n
+        );
+        root.draw(&Text::new(title, (10, 8), ("sans-serif", 16).into_font()))
+            .map_err(plot_err)?;
+        let font = ("sans-serif", (cell as f64 * 0.45).clamp(9.0, 14.0)).into_font();
+        for (i, row) in m.confusion.iter().enumerate() {
+            let support: usize = row.iter().sum::<usize>().max(1);
+            for (j, &v) in row.iter().enumerate() {
+                let f = v as f64 / support as f64;
+                let shade = (255.0 * (1.0 - f)) as u8;
+                let colour = if i == j {
+                    RGBColor(shade, 255 - (255 - shade) / 3, shade)
+                } else {
+                    RGBColor(255, shade, shade)
+                };
+                let (x0, y0) = (label_w + j as i32 * cell, label_w + i as i32 * cell);
+                root.draw(&Rectangle::new(
+                    [(x0, y0), (x0 + cell, y0 + cell)],
+                    colour.filled(),
+                ))
+                .map_err(plot_err)?;
+                root.draw(&Rectangle::new(
+                    [(x0, y0), (x0 + cell, y0 + cell)],
+                    RGBColor(220, 220, 220),
+                ))
+                .map_err(plot_err)?;
+                if v > 0 && cell >= 18 {
+                    root.draw(&Text::new(
+                        v.to_string(),
+                        (x0 + 3, y0 + cell / 3),
+                        font.clone(),
+                    ))
+                    .map_err(plot_err)?;
+                }
+            }
+            let name: String = m.classes[i].chars().take(22).collect();
+            root.draw(&Text::new(
+                name,
+                (6, label_w + i as i32 * cell + cell / 3),
+                font.clone(),
+            ))
+            .map_err(plot_err)?;
+        }
+        for (j, c) in m.classes.iter().enumerate() {
+            let name: String = c.chars().take(22).collect();
+            let style = font.clone().transform(FontTransform::Rotate270);
+            root.draw(&Text::new(
+                name,
+                (label_w + j as i32 * cell + cell / 4, label_w - 6),
+                style,
+            ))
+            .map_err(plot_err)?;
+        }
+        root.draw(&Text::new(
+            "true ↓  predicted →",
+            (6, label_w - 24),
+            ("sans-serif", 13).into_font(),
+        ))
+        .map_err(plot_err)?;
+        Ok(())
+    })?;
+    save_png(&img, path)
+}
+
+/// One tile of a contact sheet.
+pub struct Tile<'a> {
+    pub image: &'a RgbImage,
+    pub lines: Vec<String>,
+}
+
+/// A grid of thumbnails with captions (e.g. the top losses: true class, predicted class and
+/// probability, loss).
+pub fn contact_sheet(tiles: &[Tile<'_>], title: &str, path: &Path) -> Result<()> {
+    let cols = 4usize.min(tiles.len().max(1));
+    let rows = tiles.len().div_ceil(cols).max(1);
+    let (tw, th, cap) = (200u32, 200u32, 54u32);
+    let (w, h) = (
+        cols as u32 * (tw + 10) + 10,
+        rows as u32 * (th + cap + 10) + 40,
+    );
+    let mut sheet = render(w, h, |root| {
+        root.draw(&Text::new(
+            title.to_string(),
+            (10, 10),
+            ("sans-serif", 18).into_font(),
+        ))
+        .map_err(plot_err)?;
+        for (i, t) in tiles.iter().enumerate() {
+            let (x, y) = (
+                10 + (i % cols) as i32 * (tw as i32 + 10),
+                40 + (i / cols) as i32 * ((th + cap) as i32 + 10),
+            );
+            for (l, line) in t.lines.iter().enumerate() {
+                root.draw(&Text::new(
+                    line.clone(),
+                    (x, y + th as i32 + 4 + l as i32 * 16),
+                    ("sans-serif", 13).into_font(),
+                ))
+                .map_err(plot_err)?;
+            }
+        }
+        Ok(())
+    })?;
+    for (i, t) in tiles.iter().enumerate() {
+        let (x, y) = (
+            10 + (i % cols) as u32 * (tw + 10),
+            40 + (i / cols) as u32 * (th + cap + 10),
+        );
+        let thumb = imageops::resize(t.image, tw, th, imageops::FilterType::Triangle);
+        imageops::overlay(&mut sheet, &thumb, x as i64, y as i64);
+        for d in 0..tw {
+            sheet.put_pixel(x + d, y, Rgb([200, 0, 0]));
+        }
+    }
+    save_png(&sheet, path)
+}
