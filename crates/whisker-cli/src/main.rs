@@ -49,6 +49,8 @@ enum Cmd {
     Eval(train::EvalArgs),
     /// Predict with a trained model.
     Predict(train::PredictArgs),
+    /// Learning-rate range test for `train --mode head`.
+    LrFind(train::LrFindArgs),
 }
 
 fn main() {
@@ -70,6 +72,7 @@ fn main() {
         Cmd::Train(a) => train::train(a, quiet),
         Cmd::Eval(a) => train::eval(a, quiet),
         Cmd::Predict(a) => train::predict(a, quiet),
+        Cmd::LrFind(a) => train::lr_find(a, quiet),
     };
     match res {
         Ok(code) => std::process::exit(code),

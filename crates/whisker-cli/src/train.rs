@@ -649,3 +649,97 @@ fn train_head(
     pb.finish_and_clear();
     Ok((state, cfg))
 }
+
+#[derive(clap::Args)]
+pub struct LrFindArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[arg(long, short, default_value = "efficientnet_lite0")]
+    backbone: String,
+    #[arg(long, short)]
+    weights: Option<PathBuf>,
+    /// Where to write lr_find.png (default: the current directory).
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 512)]
+    hidden: usize,
+    #[arg(long, default_value_t = 64)]
+    head_batch_size: usize,
+    #[arg(long, default_value_t = 1e-7)]
+    start_lr: f64,
+    #[arg(long, default_value_t = 10.0)]
+    end_lr: f64,
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `whisker lr-find`: the learning-rate range test for the head, on cached features of the
+/// training split.
+pub fn lr_find(a: LrFindArgs, quiet: bool) -> Result<i32> {
+    let ds = a.data.open()?;
+    let (backbone, sha) = load_backbone(&a.backbone, a.weights.as_deref())?;
+    let split = ds.split(0.1, 0.2, a.seed);
+    let paths: Vec<PathBuf> = split
+        .train
+        .iter()
+        .map(|&i| ds.items[i].path.clone())
+        .collect();
+    let ex = extract_all(&backbone, &sha, &paths, a.batch_size, quiet)?;
+    let good: Vec<usize> = (0..paths.len())
+        .filter(|&j| ex.errors[j].is_none())
+        .collect();
+    let x: Vec<f32> = good.iter().flat_map(|&j| ex.row(j).to_vec()).collect();
+    let y: Vec<usize> = good
+        .iter()
+        .map(|&j| ds.items[split.train[j]].label)
+        .collect();
+    let cfg = HeadConfig {
+        hidden: a.hidden,
+        batch_size: a.head_batch_size,
+        seed: a.seed,
+        ..Default::default()
+    };
+    let device = whisker::default_device();
+    let curve = whisker::train::head::lr_find(
+        probe::Samples { x: &x, y: &y },
+        ex.dim,
+        ds.classes.len(),
+        &cfg,
+        whisker::train::head::RangeTest {
+            start: a.start_lr,
+            end: a.end_lr,
+            steps: a.steps,
+        },
+        &device,
+    );
+    let (steep, min10) = whisker::train::head::lr_suggestions(&curve);
+    std::fs::create_dir_all(&a.out)?;
+    let png = a.out.join("lr_find.png");
+    whisker::report::lr_find_plot(&curve, steep, &png)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"steepest": steep, "minimum_over_10": min10, "curve": curve, "plot": png})
+            )?
+        );
+    } else {
+        println!(
+            "suggested learning rate: {} (steepest descent), {} (minimum / 10); plot: {}",
+            steep
+                .map(|v| format!("{v:.2e}"))
+                .unwrap_or_else(|| "-".into()),
+            min10
+                .map(|v| format!("{v:.2e}"))
+                .unwrap_or_else(|| "-".into()),
+            png.display()
+        );
+    }
+    Ok(0)
+}

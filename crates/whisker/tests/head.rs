@@ -110,3 +110,36 @@ fn one_cycle_schedule_matches_pytorch_shape() {
     assert!((lr_at(&cos, 0, 101) - 1.0).abs() < 1e-12);
     assert!((lr_at(&cos, 50, 101) - 0.5).abs() < 1e-12);
 }
+
+#[test]
+fn lr_finder_finds_a_useful_learning_rate() {
+    let device = Device::flex();
+    let (tx, ty) = data(240, 1);
+    let c = HeadConfig {
+        hidden: 32,
+        batch_size: 16,
+        seed: 1,
+        ..Default::default()
+    };
+    let curve = whisker::train::head::lr_find(
+        Samples { x: &tx, y: &ty },
+        16,
+        3,
+        &c,
+        whisker::train::head::RangeTest {
+            start: 1e-6,
+            end: 10.0,
+            steps: 120,
+        },
+        &device,
+    );
+    assert!(curve.len() > 40, "{}", curve.len());
+    // the loss falls well below its start before it diverges
+    let first = curve[0].1;
+    let min = curve.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    assert!(min < 0.5 * first, "min {min} vs first {first}");
+    let (steep, min10) = whisker::train::head::lr_suggestions(&curve);
+    let (steep, min10) = (steep.unwrap(), min10.unwrap());
+    assert!((1e-4..1.0).contains(&steep), "{steep}");
+    assert!((1e-5..1.0).contains(&min10), "{min10}");
+}

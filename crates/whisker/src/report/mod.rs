@@ -250,3 +250,50 @@ pub fn contact_sheet(tiles: &[Tile<'_>], title: &str, path: &Path) -> Result<()>
     }
     save_png(&sheet, path)
 }
+
+/// The learning-rate range test: smoothed loss against the learning rate (log scale), with
+/// the suggested learning rate marked.
+pub fn lr_find_plot(curve: &[(f64, f64)], suggested: Option<f64>, path: &Path) -> Result<()> {
+    let img = render(640, 420, |root| {
+        let (lo, hi) = (
+            curve.first().map(|c| c.0).unwrap_or(1e-7),
+            curve.last().map(|c| c.0).unwrap_or(1.0),
+        );
+        let ymin = curve.iter().map(|c| c.1).fold(f64::INFINITY, f64::min);
+        let ymax = curve.iter().map(|c| c.1).fold(0.0, f64::max);
+        let mut c = ChartBuilder::on(&root)
+            .caption("learning-rate finder", ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(52)
+            .build_cartesian_2d(
+                (lo..hi.max(lo * 10.0)).log_scale(),
+                (ymin * 0.95)..(ymax * 1.05).max(ymin + 1e-6),
+            )
+            .map_err(plot_err)?;
+        c.configure_mesh()
+            .x_desc("learning rate")
+            .y_desc("smoothed loss")
+            .x_label_formatter(&|v| format!("{v:.0e}"))
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(plot_err)?;
+        c.draw_series(LineSeries::new(curve.iter().cloned(), BLUE.stroke_width(2)))
+            .map_err(plot_err)?;
+        if let Some(s) = suggested {
+            let y = curve
+                .iter()
+                .min_by(|a, b| {
+                    (a.0.ln() - s.ln())
+                        .abs()
+                        .total_cmp(&(b.0.ln() - s.ln()).abs())
+                })
+                .map(|p| p.1)
+                .unwrap_or(ymin);
+            c.draw_series(std::iter::once(Circle::new((s, y), 6, RED.filled())))
+                .map_err(plot_err)?;
+        }
+        Ok(())
+    })?;
+    save_png(&img, path)
+}

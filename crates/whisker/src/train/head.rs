@@ -228,7 +228,7 @@ impl HeadState {
     ) -> EpochStats {
         let ad = device.clone().autodiff();
         let h = &self.head;
-        let (dim, hid, k) = (h.dim, h.hidden, h.classes);
+        let (dim, k) = (h.dim, h.classes);
         let n = train.y.len();
         let z = standardize(train.x, &h.mean, &h.std);
         let mut rng = SplitMix64(self.rng);
@@ -240,46 +240,14 @@ impl HeadState {
         let mut sum_loss = 0.0;
         let mut lr = cfg.lr;
         for chunk in order.chunks(bs) {
-            let b = chunk.len();
-            let mut xb = Vec::with_capacity(b * dim);
-            let mut yb = Vec::with_capacity(b);
+            let mut xb = Vec::with_capacity(chunk.len() * dim);
+            let mut yb = Vec::with_capacity(chunk.len());
             for &i in chunk {
                 xb.extend_from_slice(&z[i * dim..(i + 1) * dim]);
                 yb.push(train.y[i]);
             }
-            // dropout mask, from the same seeded RNG
-            let keep = 1.0 - cfg.dropout;
-            let mask: Vec<f32> = (0..b * hid)
-                .map(|_| {
-                    if rng.next_f64() < keep {
-                        (1.0 / keep) as f32
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let h = &self.head;
-            let w1 = t2(&h.w1, dim, hid, &ad).require_grad();
-            let b1 = t1(&h.b1, &ad).require_grad();
-            let w2 = t2(&h.w2, hid, k, &ad).require_grad();
-            let b2 = t1(&h.b2, &ad).require_grad();
-            let a = burn::tensor::activation::relu(
-                t2(&xb, b, dim, &ad).matmul(w1.clone()) + b1.clone().unsqueeze::<2>(),
-            );
-            let a = a * t2(&mask, b, hid, &ad);
-            let logits = a.matmul(w2.clone()) + b2.clone().unsqueeze::<2>();
-            let l = loss(logits, &yb, k, cfg.label_smoothing, &ad);
-            sum_loss += l.clone().into_scalar::<f32>() as f64 * b as f64;
-            let grads = l.backward();
-            let g: Vec<Vec<f32>> = vec![
-                w1.grad(&grads).map(vec_of).unwrap_or_default(),
-                b1.grad(&grads).map(vec_of).unwrap_or_default(),
-                w2.grad(&grads).map(vec_of).unwrap_or_default(),
-                b2.grad(&grads).map(vec_of).unwrap_or_default(),
-            ];
             lr = lr_at(cfg, self.step, total);
-            self.step += 1;
-            self.adamw(&g, lr, cfg);
+            sum_loss += self.step_on(&xb, &yb, lr, cfg, &mut rng, &ad) * chunk.len() as f64;
         }
         self.rng = rng.0;
         self.epoch += 1;
@@ -306,6 +274,53 @@ impl HeadState {
         };
         self.history.push(s.clone());
         s
+    }
+
+    /// One optimisation step on a standardised mini-batch; returns its loss.
+    fn step_on(
+        &mut self,
+        xb: &[f32],
+        yb: &[usize],
+        lr: f64,
+        cfg: &HeadConfig,
+        rng: &mut SplitMix64,
+        ad: &Device,
+    ) -> f64 {
+        let h = &self.head;
+        let (dim, hid, k) = (h.dim, h.hidden, h.classes);
+        let b = yb.len();
+        // dropout mask, from the same seeded RNG
+        let keep = 1.0 - cfg.dropout;
+        let mask: Vec<f32> = (0..b * hid)
+            .map(|_| {
+                if rng.next_f64() < keep {
+                    (1.0 / keep) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let w1 = t2(&h.w1, dim, hid, ad).require_grad();
+        let b1 = t1(&h.b1, ad).require_grad();
+        let w2 = t2(&h.w2, hid, k, ad).require_grad();
+        let b2 = t1(&h.b2, ad).require_grad();
+        let a = burn::tensor::activation::relu(
+            t2(xb, b, dim, ad).matmul(w1.clone()) + b1.clone().unsqueeze::<2>(),
+        );
+        let a = a * t2(&mask, b, hid, ad);
+        let logits = a.matmul(w2.clone()) + b2.clone().unsqueeze::<2>();
+        let l = loss(logits, yb, k, cfg.label_smoothing, ad);
+        let value = l.clone().into_scalar::<f32>() as f64;
+        let grads = l.backward();
+        let g: Vec<Vec<f32>> = vec![
+            w1.grad(&grads).map(vec_of).unwrap_or_default(),
+            b1.grad(&grads).map(vec_of).unwrap_or_default(),
+            w2.grad(&grads).map(vec_of).unwrap_or_default(),
+            b2.grad(&grads).map(vec_of).unwrap_or_default(),
+        ];
+        self.step += 1;
+        self.adamw(&g, lr, cfg);
+        value
     }
 
     /// AdamW exactly as PyTorch: decoupled weight decay on weights (not biases here), then
@@ -478,4 +493,82 @@ impl HeadState {
         };
         Ok((state, meta.config))
     }
+}
+
+/// Learning rates swept by [`lr_find`]: `steps` values from `start` to `end`, exponentially.
+#[derive(Debug, Clone, Copy)]
+pub struct RangeTest {
+    pub start: f64,
+    pub end: f64,
+    pub steps: usize,
+}
+
+/// The learning-rate range test (Smith 2015, fastai's `lr_find`): train a fresh head with a
+/// learning rate growing exponentially from `start` to `end` over `steps` mini-batches,
+/// recording the exponentially smoothed loss (β = 0.98, bias-corrected); stops once the loss
+/// exceeds 4× its minimum. Returns (lr, smoothed loss) pairs.
+pub fn lr_find(
+    train: Samples<'_>,
+    dim: usize,
+    classes: usize,
+    cfg: &HeadConfig,
+    range: RangeTest,
+    device: &Device,
+) -> Vec<(f64, f64)> {
+    let mut state = HeadState::new(train, dim, classes, cfg);
+    let ad = device.clone().autodiff();
+    let z = standardize(train.x, &state.head.mean, &state.head.std);
+    let n = train.y.len();
+    let mut rng = SplitMix64(cfg.seed ^ 0x00F1_7D00);
+    let mut order: Vec<usize> = Vec::new();
+    let mut out = Vec::new();
+    let (mut avg, mut best) = (0.0, f64::INFINITY);
+    let bs = cfg.batch_size.max(1).min(n);
+    let (start, end, steps) = (range.start, range.end, range.steps);
+    for i in 0..steps {
+        if order.len() < bs {
+            let mut o: Vec<usize> = (0..n).collect();
+            rng.shuffle(&mut o);
+            order.extend(o);
+        }
+        let batch: Vec<usize> = order.drain(..bs).collect();
+        let mut xb = Vec::with_capacity(bs * dim);
+        let mut yb = Vec::with_capacity(bs);
+        for &j in &batch {
+            xb.extend_from_slice(&z[j * dim..(j + 1) * dim]);
+            yb.push(train.y[j]);
+        }
+        let lr = start * (end / start).powf(i as f64 / (steps.max(2) - 1) as f64);
+        let l = state.step_on(&xb, &yb, lr, cfg, &mut rng, &ad);
+        avg = 0.98 * avg + 0.02 * l;
+        let smoothed = avg / (1.0 - 0.98f64.powi(i as i32 + 1));
+        if !smoothed.is_finite() || smoothed > 4.0 * best {
+            break;
+        }
+        best = best.min(smoothed);
+        out.push((lr, smoothed));
+    }
+    out
+}
+
+/// fastai's suggestions from a range test: the learning rate of steepest descent of the
+/// smoothed loss, and a tenth of the one at its minimum. As fastai, the first 10 and last 5
+/// points (noisy start, divergence) are left out.
+pub fn lr_suggestions(curve: &[(f64, f64)]) -> (Option<f64>, Option<f64>) {
+    if curve.len() < 18 {
+        return (None, None);
+    }
+    let curve = &curve[10..curve.len() - 5];
+    let steep = (1..curve.len())
+        .map(|i| {
+            let d = (curve[i].1 - curve[i - 1].1) / (curve[i].0.ln() - curve[i - 1].0.ln());
+            (d, curve[i].0)
+        })
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, lr)| lr);
+    let min = curve
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(lr, _)| lr / 10.0);
+    (steep, min)
 }
