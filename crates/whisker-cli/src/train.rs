@@ -533,24 +533,72 @@ pub struct PredictArgs {
     top: usize,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
+    /// Test-time augmentation: average the probabilities of the centre crop, its mirror
+    /// image and the four corner crops.
+    #[arg(long)]
+    tta: bool,
     #[arg(long)]
     json: bool,
+}
+
+/// Per image: mean softmax over its TTA views, as log-probabilities (so that `top_k` gives
+/// back the averaged probabilities), or the error.
+fn tta_logprobs(
+    model: &TrainedModel,
+    backbone: &Backbone,
+    images: &[PathBuf],
+    device: &burn::tensor::Device,
+) -> Vec<Result<Vec<f32>, String>> {
+    let pre = backbone.preprocess();
+    let k = model.head.classes();
+    images
+        .iter()
+        .map(|p| {
+            let img = whisker::data::decode_file(p).map_err(|e| e.to_string())?;
+            let views = pre.tta_views(&img);
+            let f = backbone.features(whisker::data::transforms::to_tensor(&views, device));
+            let feats: Vec<f32> = f
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .map_err(|e| format!("{e:?}"))?;
+            let logits = model.head.logits(&feats, device);
+            let mut mean = vec![0f64; k];
+            for row in logits.chunks_exact(k) {
+                let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let z: f64 = row.iter().map(|v| (*v as f64 - m).exp()).sum();
+                for (acc, v) in mean.iter_mut().zip(row) {
+                    *acc += (*v as f64 - m).exp() / z / views.len() as f64;
+                }
+            }
+            Ok(mean.iter().map(|p| p.max(1e-30).ln() as f32).collect())
+        })
+        .collect()
 }
 
 pub fn predict(a: PredictArgs, quiet: bool) -> Result<i32> {
     let (model, backbone) = load_model(&a.model)?;
     let device = whisker::default_device();
-    let ex = extract(
-        &backbone,
-        &device,
-        &a.images,
-        None,
-        a.batch_size,
-        &|_, _| {},
-    )?;
     let _ = quiet;
     let labels: Vec<&str> = model.meta.classes.iter().map(String::as_str).collect();
-    let logits = model.head.logits(&ex.features, &device);
+    let (logits, errors): (Vec<f32>, Vec<Option<String>>) = if a.tta {
+        let r = tta_logprobs(&model, &backbone, &a.images, &device);
+        let k = labels.len();
+        let logits = r
+            .iter()
+            .flat_map(|x| x.clone().unwrap_or_else(|_| vec![0.0; k]))
+            .collect();
+        (logits, r.into_iter().map(|x| x.err()).collect())
+    } else {
+        let ex = extract(
+            &backbone,
+            &device,
+            &a.images,
+            None,
+            a.batch_size,
+            &|_, _| {},
+        )?;
+        (model.head.logits(&ex.features, &device), ex.errors)
+    };
     let lt = burn::tensor::Tensor::<2>::from_data(
         burn::tensor::TensorData::new(logits, [a.images.len(), labels.len()]),
         &device,
@@ -561,7 +609,7 @@ pub fn predict(a: PredictArgs, quiet: bool) -> Result<i32> {
         .images
         .iter()
         .zip(tops)
-        .zip(&ex.errors)
+        .zip(&errors)
         .map(|((p, t), e)| match e {
             Some(e) => {
                 failed += 1;

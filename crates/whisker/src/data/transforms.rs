@@ -122,3 +122,22 @@ pub fn load_many(paths: &[std::path::PathBuf], pre: &Preprocess) -> Vec<Result<R
     use rayon::prelude::*;
     paths.par_iter().map(|p| pre.load(p)).collect()
 }
+
+impl Preprocess {
+    /// Test-time augmentation views of an image: the centre crop, its mirror image, and the
+    /// four corner crops of the resized image (torchvision's `FiveCrop` plus a flip).
+    pub fn tta_views(&self, img: &RgbImage) -> Vec<RgbImage> {
+        let r = resize_shorter(img, self.resize as u32);
+        let c = self.crop as u32;
+        let center = center_crop(&r, c);
+        let flipped = image::imageops::flip_horizontal(&center);
+        let mut v = vec![center, flipped];
+        let (w, h) = r.dimensions();
+        if w >= c && h >= c {
+            for (x, y) in [(0, 0), (w - c, 0), (0, h - c), (w - c, h - c)] {
+                v.push(image::imageops::crop_imm(&r, x, y, c, c).to_image());
+            }
+        }
+        v
+    }
+}
