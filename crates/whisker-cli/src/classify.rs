@@ -40,7 +40,8 @@ pub fn run(a: Args, quiet: bool) -> Result<i32> {
         }
     };
     let model = Backbone::from_file(&a.backbone, &path, &device)
-        .with_context(|| format!("loading {} weights", a.backbone))?;
+        .with_context(|| format!("loading {} weights", a.backbone))?
+        .fold_batchnorm();
     let pre = model.preprocess();
     let labels = imagenet_classes();
     let pb = crate::progress::bar(

@@ -109,7 +109,8 @@ fn load_backbone(name: &str, weights: Option<&Path>) -> Result<(Backbone, String
         }
     };
     let b = Backbone::from_file(name, &path, &device)
-        .with_context(|| format!("loading {name} weights"))?;
+        .with_context(|| format!("loading {name} weights"))?
+        .fold_batchnorm();
     Ok((b, sha))
 }
 
@@ -372,7 +373,8 @@ fn load_model(p: &Path) -> Result<(TrainedModel, Backbone)> {
             c.file.display()
         );
     }
-    let b = Backbone::from_file(&model.meta.backbone, &c.file, &whisker::default_device())?;
+    let b = Backbone::from_file(&model.meta.backbone, &c.file, &whisker::default_device())?
+        .fold_batchnorm();
     Ok((model, b))
 }
 

@@ -18,6 +18,7 @@ fn main() {
     let mut batch = 16usize;
     let mut iters = 3usize;
     let mut native = false;
+    let mut fold = true;
     let mut models: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -26,6 +27,7 @@ fn main() {
             "--batch" => batch = args.next().and_then(|v| v.parse().ok()).unwrap_or(batch),
             "--iters" => iters = args.next().and_then(|v| v.parse().ok()).unwrap_or(iters),
             "--native-size" => native = true,
+            "--no-fold" => fold = false,
             m => models.push(m.to_string()),
         }
     }
@@ -45,6 +47,7 @@ fn main() {
                 std::process::exit(2);
             }
         };
+        let b = if fold { b.fold_batchnorm() } else { b };
         let s = if native { b.spec.input_size } else { 224 };
         let x = Tensor::<4>::random([batch, 3, s, s], Distribution::Uniform(0.0, 1.0), &device);
         let run = || {

@@ -124,3 +124,29 @@ fn efficientnet_lite3() {
 fn efficientnet_lite4() {
     check("efficientnet_lite4");
 }
+
+/// Inference with BatchNorm folded into the convolutions gives the same logits (to float
+/// rounding) for every family.
+#[test]
+fn folded_batchnorm_matches() {
+    let device = Device::flex();
+    let img = whisker::data::decode_file(&testdata("chelsea.png")).unwrap();
+    for name in [
+        "resnet18",
+        "resnet50",
+        "vgg16_bn",
+        "mobilenet_v2",
+        "mobilenet_v3_small",
+        "efficientnet_lite0",
+    ] {
+        let b = Backbone::with_formula_weights(name, &device).unwrap();
+        let x = to_tensor(&[b.preprocess().apply(&img)], &device);
+        let a = to_vec(b.forward(x.clone(), &mut Taps::none()).logits);
+        let f = to_vec(b.fold_batchnorm().forward(x, &mut Taps::none()).logits);
+        let d = max_abs_diff(&a, &f) / max_abs(&a);
+        assert!(
+            d < 1e-5,
+            "{name}: folded BatchNorm changes the logits by {d} (relative)"
+        );
+    }
+}

@@ -9,7 +9,7 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 
 use super::layers::{
-    global_avg_pool, Act, BatchNorm, Conv2d, ConvBnAct, ConvSpec, Linear, Padding, Taps,
+    fold_bn, global_avg_pool, Act, BatchNorm, Conv2d, ConvBnAct, ConvSpec, Linear, Padding, Taps,
 };
 use crate::error::Result;
 use crate::weights::Loader;
@@ -201,5 +201,18 @@ impl EfficientNetLite {
 
     pub fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
         self.fc.forward(f)
+    }
+
+    /// Fold every BatchNorm into its convolution (inference only).
+    pub fn fold_bn(&mut self) {
+        self.stem.fold();
+        self.head.fold();
+        for b in self.blocks.iter_mut() {
+            if let Some(e) = &mut b.expand {
+                e.fold();
+            }
+            b.depthwise.fold();
+            fold_bn(&mut b.project, &mut b.bn2);
+        }
     }
 }

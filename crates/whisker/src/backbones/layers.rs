@@ -128,6 +128,9 @@ pub struct BatchNorm {
     pub running_mean: Param<Tensor<1>>,
     pub running_var: Param<Tensor<1>>,
     pub eps: f64,
+    /// Folded into the preceding convolution (inference): forward is the identity.
+    #[module(skip)]
+    pub folded: bool,
 }
 
 impl BatchNorm {
@@ -138,10 +141,14 @@ impl BatchNorm {
             running_mean: l.buffer(&format!("{prefix}.running_mean"), [c])?,
             running_var: l.buffer(&format!("{prefix}.running_var"), [c])?,
             eps,
+            folded: false,
         })
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        if self.folded {
+            return x;
+        }
         batch_norm(
             x,
             self.weight.val(),
@@ -151,6 +158,26 @@ impl BatchNorm {
             self.eps,
         )
     }
+}
+
+/// Fold an eval-mode BatchNorm into the convolution before it, for inference:
+/// `w' = w·γ/√(σ²+ε)`, `b' = (b − μ)·γ/√(σ²+ε) + β`. The BatchNorm becomes the identity.
+/// (Changes results by float rounding only, ~1e-6 relative.)
+pub fn fold_bn(conv: &mut Conv2d, bn: &mut BatchNorm) {
+    if bn.folded {
+        return;
+    }
+    let scale = bn.weight.val() / (bn.running_var.val() + bn.eps).sqrt();
+    let c = scale.dims()[0];
+    let w = conv.weight.val() * scale.clone().reshape([c, 1, 1, 1]);
+    let b0 = match &conv.bias {
+        Some(b) => b.val(),
+        None => Tensor::zeros([c], &scale.device()),
+    };
+    let b = (b0 - bn.running_mean.val()) * scale + bn.bias.val();
+    conv.weight = Param::from_tensor(w);
+    conv.bias = Some(Param::from_tensor(b));
+    bn.folded = true;
 }
 
 /// A fully connected layer (weights kept as burn's `[in, out]`).
@@ -228,6 +255,10 @@ impl ConvBnAct {
     }
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.act.apply(self.bn.forward(self.conv.forward(x)))
+    }
+
+    pub fn fold(&mut self) {
+        fold_bn(&mut self.conv, &mut self.bn);
     }
 }
 

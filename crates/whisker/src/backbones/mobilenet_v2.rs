@@ -4,7 +4,9 @@
 use burn::module::Module;
 use burn::tensor::Tensor;
 
-use super::layers::{global_avg_pool, Act, BatchNorm, Conv2d, ConvBnAct, ConvSpec, Linear, Taps};
+use super::layers::{
+    fold_bn, global_avg_pool, Act, BatchNorm, Conv2d, ConvBnAct, ConvSpec, Linear, Taps,
+};
 use crate::error::Result;
 use crate::weights::Loader;
 
@@ -161,5 +163,18 @@ impl MobileNetV2 {
 
     pub fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
         self.fc.forward(f)
+    }
+
+    /// Fold every BatchNorm into its convolution (inference only).
+    pub fn fold_bn(&mut self) {
+        self.stem.fold();
+        self.head.fold();
+        for b in self.blocks.iter_mut() {
+            if let Some(e) = &mut b.expand {
+                e.fold();
+            }
+            b.depthwise.fold();
+            fold_bn(&mut b.project, &mut b.project_bn);
+        }
     }
 }

@@ -228,4 +228,17 @@ impl MobileNetV3 {
     pub fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
         self.fc2.forward(f)
     }
+
+    /// Fold every BatchNorm into its convolution (inference only).
+    pub fn fold_bn(&mut self) {
+        self.stem.fold();
+        self.head.fold();
+        for b in self.blocks.iter_mut() {
+            if let Some(e) = &mut b.expand {
+                e.fold();
+            }
+            b.depthwise.fold();
+            b.project.fold();
+        }
+    }
 }

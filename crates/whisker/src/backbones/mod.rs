@@ -448,6 +448,20 @@ impl Backbone {
             .features(self.spec.norm.normalize(pixels), &mut Taps::none())
     }
 
+    /// Fold BatchNorm into the convolutions, for inference on a frozen backbone (faster;
+    /// results change by float rounding only). Not for training or gradients through BN
+    /// statistics.
+    pub fn fold_batchnorm(mut self) -> Self {
+        match &mut self.net {
+            Net::ResNet(m) => m.fold_bn(),
+            Net::Vgg(m) => m.fold_bn(),
+            Net::MobileNetV2(m) => m.fold_bn(),
+            Net::MobileNetV3(m) => m.fold_bn(),
+            Net::EfficientNetLite(m) => m.fold_bn(),
+        }
+        self
+    }
+
     /// Names of the intermediate feature maps, in network order.
     pub fn layer_names(&self) -> Vec<String> {
         let device = self.net.devices().into_iter().next().unwrap_or_default();

@@ -6,7 +6,7 @@ use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::Tensor;
 
-use super::layers::{global_avg_pool, Act, BatchNorm, Conv2d, ConvSpec, Linear, Taps};
+use super::layers::{fold_bn, global_avg_pool, Act, BatchNorm, Conv2d, ConvSpec, Linear, Taps};
 use crate::error::Result;
 use crate::weights::Loader;
 
@@ -197,5 +197,27 @@ impl ResNet {
 
     pub fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
         self.fc.forward(f)
+    }
+
+    /// Fold every BatchNorm into its convolution (inference only).
+    pub fn fold_bn(&mut self) {
+        fold_bn(&mut self.conv1, &mut self.bn1);
+        for layer in [
+            &mut self.layer1,
+            &mut self.layer2,
+            &mut self.layer3,
+            &mut self.layer4,
+        ] {
+            for b in layer.iter_mut() {
+                fold_bn(&mut b.conv1, &mut b.bn1);
+                fold_bn(&mut b.conv2, &mut b.bn2);
+                if let (Some(c), Some(n)) = (&mut b.conv3, &mut b.bn3) {
+                    fold_bn(c, n);
+                }
+                if let Some(d) = &mut b.downsample {
+                    fold_bn(&mut d.conv, &mut d.bn);
+                }
+            }
+        }
     }
 }

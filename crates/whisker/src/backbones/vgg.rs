@@ -10,7 +10,7 @@ use burn::tensor::module::{adaptive_avg_pool2d, max_pool2d};
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::Tensor;
 
-use super::layers::{Act, BatchNorm, Conv2d, ConvSpec, Linear, Taps};
+use super::layers::{fold_bn, Act, BatchNorm, Conv2d, ConvSpec, Linear, Taps};
 use crate::error::Result;
 use crate::weights::Loader;
 
@@ -119,5 +119,14 @@ impl Vgg {
 
     pub fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
         self.fc3.forward(f)
+    }
+
+    /// Fold every BatchNorm into its convolution (inference only).
+    pub fn fold_bn(&mut self) {
+        for l in self.features.iter_mut() {
+            if let Some(bn) = &mut l.bn {
+                fold_bn(&mut l.conv, bn);
+            }
+        }
     }
 }
