@@ -75,6 +75,10 @@ pub struct TrainArgs {
     /// Early stopping: epochs without a better validation loss (0: off).
     #[arg(long, default_value_t = 5)]
     patience: usize,
+    /// Head mode: train on features of augmented images (random resized crop, flip, colour
+    /// jitter, small rotation), extracted anew every epoch, instead of cached features.
+    #[arg(long)]
+    augment: bool,
     #[arg(long, short, default_value = "efficientnet_lite0")]
     backbone: String,
     /// Backbone weights file (default: the cache).
@@ -239,7 +243,30 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<i32> {
         );
         (Head::Linear(fit.head), info, "linear")
     } else {
-        let (state, cfg) = train_head(&a, &tx, &ty, &vx, &vy, ex.dim, k, &device, quiet)?;
+        let train_paths: Vec<PathBuf> = split
+            .train
+            .iter()
+            .map(|&i| ds.items[i].path.clone())
+            .collect();
+        let augment = whisker::data::augment::Augment::new(backbone.spec.input_size);
+        let aug_features = |epoch: usize| -> Result<Vec<f32>> {
+            let pb = crate::progress::bar(train_paths.len() as u64, "augmented", quiet);
+            let ex = whisker::features::extract_augmented(
+                &backbone,
+                &device,
+                &train_paths,
+                &augment,
+                a.seed,
+                epoch,
+                a.batch_size,
+                &|d, _| pb.set_position(d as u64),
+            )?;
+            pb.finish_and_clear();
+            Ok(ex.features)
+        };
+        let aug: Option<&dyn Fn(usize) -> Result<Vec<f32>>> =
+            if a.augment { Some(&aug_features) } else { None };
+        let (state, cfg) = train_head(&a, &tx, &ty, &vx, &vy, ex.dim, k, &device, quiet, aug)?;
         let info = json!({"config": cfg, "history": state.history, "epochs_run": state.epoch,
             "best_val_loss": state.best.as_ref().map(|b| b.0)});
         (Head::Mlp(state.best_head()), info, "mlp")
@@ -251,7 +278,7 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<i32> {
     let settings = json!({
         "mode": a.mode, "backbone": backbone.spec.name, "seed": a.seed, "val_split": a.val_split,
         "test_split": a.test_split, "format": ds.format, "labels": a.data.labels, "dataset": ds.root,
-        "fit": fit_info,
+        "fit": fit_info, "augment": a.augment,
     });
     let metrics = json!({
         "test": test_metrics, "n_train": split.train.len(), "n_val": split.val.len(),
@@ -640,6 +667,7 @@ fn train_head(
     k: usize,
     device: &burn::tensor::Device,
     quiet: bool,
+    augmented: Option<&dyn Fn(usize) -> Result<Vec<f32>>>,
 ) -> Result<(HeadState, HeadConfig)> {
     let ckpt = a.out.join("checkpoint.safetensors");
     let cfg = HeadConfig {
@@ -678,7 +706,13 @@ fn train_head(
     let pb = crate::progress::bar(cfg.epochs as u64, "epochs", quiet);
     pb.set_position(state.epoch as u64);
     while !state.finished(&cfg) {
-        let s = state.epoch(train, val, &cfg, device);
+        let s = match augmented {
+            Some(f) => {
+                let x = pb.suspend(|| f(state.epoch))?;
+                state.epoch(probe::Samples { x: &x, y: ty }, val, &cfg, device)
+            }
+            None => state.epoch(train, val, &cfg, device),
+        };
         state.save(&ckpt, &cfg)?;
         pb.suspend(|| {
             eprintln!(

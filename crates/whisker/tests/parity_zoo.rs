@@ -150,3 +150,30 @@ fn folded_batchnorm_matches() {
         );
     }
 }
+
+/// The formula-weight networks must depend on their input (else the parity test would not
+/// see preprocessing or early-layer errors): two photos give clearly different logits.
+#[test]
+fn formula_networks_depend_on_the_input() {
+    let device = Device::flex();
+    let a = whisker::data::decode_file(&testdata("chelsea.png")).unwrap();
+    let c = whisker::data::decode_file(&testdata("coffee.png")).unwrap();
+    for m in whisker::MODELS {
+        let b = Backbone::with_formula_weights(m.name, &device).unwrap();
+        let pre = b.preprocess();
+        let la = to_vec(
+            b.forward(to_tensor(&[pre.apply(&a)], &device), &mut Taps::none())
+                .logits,
+        );
+        let lc = to_vec(
+            b.forward(to_tensor(&[pre.apply(&c)], &device), &mut Taps::none())
+                .logits,
+        );
+        let d = max_abs_diff(&la, &lc) / max_abs(&la);
+        println!(
+            "{}: relative logit change between two photos {d:.3e}",
+            m.name
+        );
+        assert!(d > 1e-3, "{}: {d}", m.name);
+    }
+}

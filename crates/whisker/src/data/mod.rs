@@ -1,5 +1,6 @@
 //! Images in: decoding by content, Pillow-exact resizing, centre crops, normalisation.
 
+pub mod augment;
 pub mod datasets;
 pub mod decode;
 pub mod digits;

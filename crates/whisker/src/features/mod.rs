@@ -104,6 +104,40 @@ pub fn extract(
     batch: usize,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Extracted> {
+    extract_impl(backbone, device, paths, cache, batch, None, progress)
+}
+
+/// A per-image transform of the decoded image (index in `paths`, image) → network input.
+pub type Transform<'a> = &'a (dyn Fn(usize, &image::RgbImage) -> image::RgbImage + Sync);
+
+/// Features of training-time augmented images (`--augment`): `augment` is applied to each
+/// decoded image with its own random stream for (`seed`, `epoch`, index). Never cached.
+#[allow(clippy::too_many_arguments)]
+pub fn extract_augmented(
+    backbone: &Backbone,
+    device: &Device,
+    paths: &[PathBuf],
+    augment: &crate::data::augment::Augment,
+    seed: u64,
+    epoch: usize,
+    batch: usize,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Extracted> {
+    let t = move |i: usize, img: &image::RgbImage| {
+        augment.apply(img, &mut crate::data::augment::Augment::rng(seed, epoch, i))
+    };
+    extract_impl(backbone, device, paths, None, batch, Some(&t), progress)
+}
+
+fn extract_impl(
+    backbone: &Backbone,
+    device: &Device,
+    paths: &[PathBuf],
+    cache: Option<&FeatureCache>,
+    batch: usize,
+    transform: Option<Transform<'_>>,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Extracted> {
     let n = paths.len();
     let dim = backbone.spec.feature_dim;
     let mut features = vec![0f32; n * dim];
@@ -140,7 +174,13 @@ pub fn extract(
             for chunk in todo_ref.chunks(batch) {
                 let imgs: Vec<_> = chunk
                     .par_iter()
-                    .map(|&i| (i, pre.load(&paths[i]).map_err(|e| e.to_string())))
+                    .map(|&i| {
+                        let r = match transform {
+                            None => pre.load(&paths[i]),
+                            Some(t) => crate::data::decode_file(&paths[i]).map(|img| t(i, &img)),
+                        };
+                        (i, r.map_err(|e| e.to_string()))
+                    })
                     .collect();
                 if tx.send(imgs).is_err() {
                     break;
