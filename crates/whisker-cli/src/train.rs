@@ -46,8 +46,25 @@ pub struct TrainArgs {
     out: PathBuf,
     /// Training mode. probe: L-BFGS logistic regression on cached features, L2 chosen on
     /// validation. head: an MLP head trained with AdamW on cached features.
-    #[arg(long, default_value = "probe", value_parser = ["probe", "head"])]
+    /// finetune: train the backbone too (last --unfreeze units, one frozen warm-up epoch,
+    /// discriminative learning rates, augmentation).
+    #[arg(long, default_value = "probe", value_parser = ["probe", "head", "finetune"])]
     mode: String,
+    /// Finetune: backbone units to unfreeze from the top, or `all`.
+    #[arg(long, default_value = "all")]
+    unfreeze: String,
+    /// Finetune: epochs with the backbone frozen first (fastai's fine_tune does 1).
+    #[arg(long, default_value_t = 1)]
+    freeze_epochs: usize,
+    /// Finetune: backbone learning rate = head learning rate / this.
+    #[arg(long, default_value_t = 10.0)]
+    lr_mult: f64,
+    /// Finetune: clip the gradient norm to this value.
+    #[arg(long)]
+    grad_clip: Option<f64>,
+    /// Finetune: no augmentation (plain resize and centre crop).
+    #[arg(long)]
+    no_augment: bool,
     /// Continue a killed `--mode head` run from the last checkpoint in --out.
     #[arg(long)]
     resume: bool,
@@ -103,15 +120,19 @@ pub struct TrainArgs {
     json: bool,
 }
 
-fn load_backbone(name: &str, weights: Option<&Path>) -> Result<(Backbone, String)> {
-    let device = whisker::default_device();
-    let (path, sha) = match weights {
+fn weights_path(name: &str, weights: Option<&Path>) -> Result<(PathBuf, String)> {
+    Ok(match weights {
         Some(w) => (w.to_path_buf(), sha256_file(w)?),
         None => {
             let c = Cache::default().require(name)?;
             (c.file, c.sha256)
         }
-    };
+    })
+}
+
+fn load_backbone(name: &str, weights: Option<&Path>) -> Result<(Backbone, String)> {
+    let device = whisker::default_device();
+    let (path, sha) = weights_path(name, weights)?;
     let b = Backbone::from_file(name, &path, &device)
         .with_context(|| format!("loading {name} weights"))?
         .fold_batchnorm();
@@ -222,7 +243,14 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<i32> {
     let device = whisker::default_device();
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let t1 = std::time::Instant::now();
-    let (head, fit_info, head_name) = if a.mode == "probe" {
+    let mut backbone_weights = None;
+    let mut test_logits: Option<Vec<f32>> = None;
+    let (head, fit_info, head_name) = if a.mode == "finetune" {
+        let (h, info, sd, tl) = train_finetune(&a, &ds, &split, quiet)?;
+        backbone_weights = Some(sd);
+        test_logits = Some(tl);
+        (Head::Linear(h), info, "finetune")
+    } else if a.mode == "probe" {
         let fit = probe::fit(
             probe::Samples { x: &tx, y: &ty },
             probe::Samples { x: &vx, y: &vy },
@@ -273,8 +301,12 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<i32> {
     };
     let fit_secs = t1.elapsed().as_secs_f64();
     let (sx, sy) = gather(&ex, &ds, &split.test);
-    let test_metrics: Option<Metrics> =
-        (!sy.is_empty()).then(|| evaluate(&head.logits(&sx, &device), &sy, &ds.classes));
+    let test_metrics: Option<Metrics> = (!sy.is_empty()).then(|| {
+        let logits = test_logits
+            .clone()
+            .unwrap_or_else(|| head.logits(&sx, &device));
+        evaluate(&logits, &sy, &ds.classes)
+    });
     let settings = json!({
         "mode": a.mode, "backbone": backbone.spec.name, "seed": a.seed, "val_split": a.val_split,
         "test_split": a.test_split, "format": ds.format, "labels": a.data.labels, "dataset": ds.root,
@@ -302,6 +334,7 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<i32> {
             metrics: metrics.clone(),
         },
         head,
+        backbone_weights,
     };
     model.save(&a.out.join("model.safetensors"))?;
     write_json(&a.out.join("metrics.json"), &metrics)?;
@@ -389,6 +422,15 @@ fn model_path(p: &Path) -> PathBuf {
 
 fn load_model(p: &Path) -> Result<(TrainedModel, Backbone)> {
     let model = TrainedModel::load(&model_path(p))?;
+    if let Some(sd) = &model.backbone_weights {
+        let b = Backbone::from_state_dict(
+            &model.meta.backbone,
+            sd.clone(),
+            &whisker::default_device(),
+        )?
+        .fold_batchnorm();
+        return Ok((model, b));
+    }
     let cache = Cache::default();
     let c = cache.require(&model.meta.backbone)?;
     if c.sha256 != model.meta.weights_sha256 {
@@ -438,13 +480,13 @@ pub fn eval(a: EvalArgs, quiet: bool) -> Result<i32> {
             .collect()
     };
     let paths: Vec<PathBuf> = idx.iter().map(|&i| ds.items[i].path.clone()).collect();
-    let ex = extract_all(
-        &backbone,
-        &model.meta.weights_sha256,
-        &paths,
-        a.batch_size,
-        quiet,
-    )?;
+    // a fine-tuned backbone has its own features: key its cache by the model file
+    let key = if model.backbone_weights.is_some() {
+        format!("finetuned-{}", sha256_file(&model_path(&a.model))?)
+    } else {
+        model.meta.weights_sha256.clone()
+    };
+    let ex = extract_all(&backbone, &key, &paths, a.batch_size, quiet)?;
     let good: Vec<usize> = (0..paths.len())
         .filter(|&j| ex.errors[j].is_none())
         .collect();
@@ -826,4 +868,116 @@ pub fn lr_find(a: LrFindArgs, quiet: bool) -> Result<i32> {
         );
     }
     Ok(0)
+}
+
+fn train_finetune(
+    a: &TrainArgs,
+    ds: &Dataset,
+    split: &Split,
+    quiet: bool,
+) -> Result<(
+    whisker::train::probe::LinearHead,
+    serde_json::Value,
+    whisker::weights::StateDict,
+    Vec<f32>,
+)> {
+    use whisker::data::augment::Augment;
+    use whisker::train::finetune::{FineTuneConfig, FineTuner};
+    let device = whisker::default_device().autodiff();
+    let spec = whisker::backbones::spec(&a.backbone)?;
+    let unfreeze = if a.unfreeze == "all" {
+        None
+    } else {
+        Some(
+            a.unfreeze
+                .parse::<usize>()
+                .with_context(|| format!("--unfreeze {}: a number or `all`", a.unfreeze))?,
+        )
+    };
+    let cfg = FineTuneConfig {
+        unfreeze,
+        freeze_epochs: a.freeze_epochs,
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        lr_mult: a.lr_mult,
+        weight_decay: a.weight_decay,
+        label_smoothing: a.label_smoothing,
+        grad_clip: a.grad_clip,
+        seed: a.seed,
+        augment: (!a.no_augment).then(|| Augment::new(spec.input_size)),
+    };
+    let ckpt = a.out.join("checkpoint");
+    let mut t = if a.resume && ckpt.join("finetune_state.json").is_file() {
+        let (t, saved) = FineTuner::load(&ckpt, &a.backbone, &device)?;
+        if saved != cfg {
+            bail!(
+                "--resume: the checkpoint in {} was made with other settings",
+                ckpt.display()
+            );
+        }
+        eprintln!("resuming from epoch {} ({})", t.epoch, ckpt.display());
+        t
+    } else {
+        if a.resume {
+            bail!("--resume: no checkpoint in {}", ckpt.display());
+        }
+        let (path, _) = weights_path(&a.backbone, a.weights.as_deref())?;
+        FineTuner::new(
+            Backbone::from_file(&a.backbone, &path, &device)?,
+            ds.classes.len(),
+            &cfg,
+        )?
+    };
+    let pre = spec.preprocess();
+    let part = |idx: &[usize]| -> (Vec<PathBuf>, Vec<usize>) {
+        idx.iter()
+            .map(|&i| (ds.items[i].path.clone(), ds.items[i].label))
+            .unzip()
+    };
+    let (tp, tl) = part(&split.train);
+    let (vp, vl) = part(&split.val);
+    let (sp, _) = part(&split.test);
+    let load_train = |i: usize, epoch: usize| -> Option<image::RgbImage> {
+        let img = whisker::data::decode_file(&tp[i]).ok()?;
+        Some(match &cfg.augment {
+            Some(aug) => aug.apply(&img, &mut Augment::rng(cfg.seed, epoch, i)),
+            None => pre.apply(&img),
+        })
+    };
+    let load_val = |i: usize| pre.load(&vp[i]).ok();
+    let total = cfg.freeze_epochs + cfg.epochs;
+    while !t.finished(&cfg) {
+        let pb = crate::progress::bar(
+            tp.len() as u64,
+            &format!("epoch {}/{}", t.epoch + 1, total),
+            quiet,
+        );
+        let s = t.epoch(&tl, &vl, &cfg, &load_train, &load_val, &|d, _| {
+            pb.set_position(d as u64)
+        });
+        pb.finish_and_clear();
+        t.save(&ckpt, &cfg)?;
+        eprintln!(
+            "epoch {:>3}{}  train loss {:.4}  val loss {}  val acc {}  lr {:.2e}",
+            s.epoch,
+            if s.epoch <= cfg.freeze_epochs {
+                " (frozen)"
+            } else {
+                ""
+            },
+            s.train_loss,
+            s.val_loss
+                .map(|v| format!("{v:.4}"))
+                .unwrap_or_else(|| "-".into()),
+            s.val_accuracy
+                .map(|v| format!("{:.2}%", v * 100.0))
+                .unwrap_or_else(|| "-".into()),
+            s.lr
+        );
+    }
+    let test_logits = t.predict_logits(sp.len(), &|i| pre.load(&sp[i]).ok(), a.batch_size);
+    let (sd, head) = t.export();
+    let info = json!({"config": cfg, "history": t.history, "units": t.backbone.units});
+    Ok((head, info, sd, test_logits))
 }

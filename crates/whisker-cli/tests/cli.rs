@@ -245,3 +245,84 @@ fn train_eval_predict_on_real_digits() {
     assert_eq!(p["results"][0]["top"].as_array().unwrap().len(), 2);
     assert!(p["results"][0]["top"][0]["label"].as_str().unwrap().len() == 1);
 }
+
+#[test]
+fn finetune_trains_evaluates_and_resumes() {
+    let home = tempfile::tempdir().unwrap();
+    let out = whisker(home.path())
+        .args(["weights", "fetch", "efficientnet_lite0", "--from"])
+        .arg(testdata("efficientnet-lite0-57934424.pth"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let all = home.path().join("all");
+    let csv = std::fs::read(testdata("digits.csv.gz")).unwrap();
+    whisker::data::digits::write_image_folder(&csv, &all, Some(60)).unwrap();
+    // 3 classes, 6 images each
+    let data = home.path().join("digits");
+    for c in ["0", "1", "2"] {
+        std::fs::create_dir_all(data.join(c)).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(all.join(c))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files.iter().take(6) {
+            std::fs::copy(f, data.join(c).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let run = home.path().join("run");
+    let train = |extra: &[&str]| {
+        let mut c = whisker(home.path());
+        c.args([
+            "train",
+            "--json",
+            "--mode",
+            "finetune",
+            "--unfreeze",
+            "2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "6",
+        ])
+        .args(["--test-split", "0.34", "--val-split", "0.17", "--out"])
+        .arg(&run)
+        .arg(&data)
+        .args(extra);
+        c.output().unwrap()
+    };
+    let out = train(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hist = doc["settings"]["fit"]["history"].as_array().unwrap();
+    assert_eq!(hist.len(), 2, "one frozen epoch, then one unfrozen");
+    let acc = doc["metrics"]["test"]["accuracy"].as_f64().unwrap();
+    assert!(run.join("checkpoint/finetune_state.json").is_file());
+    // the model file carries the fine-tuned backbone: eval reproduces the test accuracy
+    let out = whisker(home.path())
+        .args(["eval", "--json"])
+        .arg(&run)
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        (ev["accuracy"].as_f64().unwrap() - acc).abs() < 1e-9,
+        "{} vs {acc}",
+        ev["accuracy"]
+    );
+    // --resume with other settings is refused
+    let out = train(&["--resume", "--lr-mult", "3"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("other settings"));
+}

@@ -357,6 +357,7 @@ fn probe_on_real_digits_reaches_90_percent() {
             metrics: serde_json::json!({"accuracy": m.accuracy}),
         },
         head: whisker::train::model_file::Head::Linear(fit.head),
+        backbone_weights: None,
     };
     let p = dir.path().join("model.safetensors");
     model.save(&p).unwrap();

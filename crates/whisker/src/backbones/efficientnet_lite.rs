@@ -165,9 +165,11 @@ impl EfficientNetLite {
         let specs = blocks(variant);
         let mut bl = Vec::new();
         for (i, b) in specs.iter().enumerate() {
+            l.begin_unit(&format!("_blocks.{i}"));
             bl.push(MbConv::load(l, &format!("_blocks.{i}"), *b)?);
         }
         let last = specs.last().map(|b| b.4).unwrap_or(320);
+        l.begin_unit("head");
         let head = ConvBnAct::load(
             l,
             "_conv_head",
@@ -176,6 +178,7 @@ impl EfficientNetLite {
             EPS,
             Act::Relu6,
         )?;
+        l.begin_unit("_fc");
         let fc = Linear::load(l, "_fc", 1280, 1000)?;
         Ok(EfficientNetLite {
             stem,

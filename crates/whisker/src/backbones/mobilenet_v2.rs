@@ -116,6 +116,7 @@ impl MobileNetV2 {
         for (t, c, n, s) in SETTINGS {
             for i in 0..n {
                 let stride = if i == 0 { s } else { 1 };
+                l.begin_unit(&format!("features.{idx}"));
                 blocks.push(InvertedResidual::load(
                     l,
                     &format!("features.{idx}"),
@@ -128,6 +129,7 @@ impl MobileNetV2 {
                 idx += 1;
             }
         }
+        l.begin_unit(&format!("features.{idx}"));
         let head = ConvBnAct::load(
             l,
             &format!("features.{idx}.0"),
@@ -136,6 +138,7 @@ impl MobileNetV2 {
             EPS,
             Act::Relu6,
         )?;
+        l.begin_unit("classifier.1");
         let fc = Linear::load(l, "classifier.1", 1280, 1000)?;
         Ok(MobileNetV2 {
             stem,

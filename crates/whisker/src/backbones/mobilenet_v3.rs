@@ -188,10 +188,12 @@ impl MobileNetV3 {
         )?;
         let mut blocks = Vec::new();
         for (i, c) in cfgs.iter().enumerate() {
+            l.begin_unit(&format!("features.{}", i + 1));
             blocks.push(Block::load(l, &format!("features.{}", i + 1), *c)?);
         }
         let n = cfgs.len() + 1;
         let cin = cfgs[cfgs.len() - 1].3;
+        l.begin_unit(&format!("features.{n}"));
         let head = ConvBnAct::load(
             l,
             &format!("features.{n}.0"),
@@ -204,8 +206,14 @@ impl MobileNetV3 {
             stem,
             blocks,
             head,
-            fc1: Linear::load(l, "classifier.0", last, hidden)?,
-            fc2: Linear::load(l, "classifier.3", hidden, 1000)?,
+            fc1: {
+                l.begin_unit("classifier.0");
+                Linear::load(l, "classifier.0", last, hidden)?
+            },
+            fc2: {
+                l.begin_unit("classifier.3");
+                Linear::load(l, "classifier.3", hidden, 1000)?
+            },
         })
     }
 

@@ -392,6 +392,11 @@ pub struct Backbone {
     pub spec: &'static ModelSpec,
     pub net: Net,
     params: usize,
+    /// Where each parameter came from (checkpoint key, unit), in loading order.
+    pub param_info: Vec<crate::weights::ParamInfo>,
+    /// The network's units (stem, blocks, head, classifier layers) in order; the last is
+    /// the ImageNet classification layer.
+    pub units: Vec<String>,
 }
 
 impl Backbone {
@@ -403,8 +408,15 @@ impl Backbone {
         let mut l = Loader::new(sd, name, device);
         let net = Net::load(&mut l, spec.family)?;
         let params = l.num_params();
+        let (param_info, units) = (l.params.clone(), l.units.clone());
         l.finish()?;
-        Ok(Backbone { spec, net, params })
+        Ok(Backbone {
+            spec,
+            net,
+            params,
+            param_info,
+            units,
+        })
     }
 
     /// Build `name` with weights read from a checkpoint file (`.pth` zip or legacy, or
@@ -420,7 +432,13 @@ impl Backbone {
         let mut l = Loader::formula(name, device);
         let net = Net::load(&mut l, spec.family)?;
         let params = l.num_params();
-        Ok(Backbone { spec, net, params })
+        Ok(Backbone {
+            spec,
+            net,
+            params,
+            param_info: l.params,
+            units: l.units,
+        })
     }
 
     /// The preprocessing that goes with the weights.

@@ -149,11 +149,13 @@ impl ResNet {
             for b in 0..n {
                 let stride = if b == 0 && s > 0 { 2 } else { 1 };
                 let p = format!("layer{}.{b}", s + 1);
+                l.begin_unit(&p);
                 blocks.push(Block::load(l, &p, bottleneck, inplanes, planes, stride)?);
                 inplanes = planes * expansion;
             }
             layers.push(blocks);
         }
+        l.begin_unit("fc");
         let fc = Linear::load(l, "fc", 512 * expansion, 1000)?;
         let mut it = layers.into_iter();
         Ok(ResNet {

@@ -60,6 +60,7 @@ impl Vgg {
                 idx += 1;
                 continue;
             }
+            l.begin_unit(&format!("features.{idx}"));
             let conv = Conv2d::load(
                 l,
                 &format!("features.{idx}"),
@@ -85,11 +86,17 @@ impl Vgg {
             idx = relu_index + 1;
             cin = v;
         }
+        l.begin_unit("classifier.0");
+        let fc1 = Linear::load(l, "classifier.0", 512 * 7 * 7, 4096)?;
+        l.begin_unit("classifier.3");
+        let fc2 = Linear::load(l, "classifier.3", 4096, 4096)?;
+        l.begin_unit("classifier.6");
+        let fc3 = Linear::load(l, "classifier.6", 4096, 1000)?;
         Ok(Vgg {
             features,
-            fc1: Linear::load(l, "classifier.0", 512 * 7 * 7, 4096)?,
-            fc2: Linear::load(l, "classifier.3", 4096, 4096)?,
-            fc3: Linear::load(l, "classifier.6", 4096, 1000)?,
+            fc1,
+            fc2,
+            fc3,
         })
     }
 

@@ -167,7 +167,7 @@ fn init_head(
 }
 
 /// Cross-entropy with label smoothing, mean over the batch, of `[n, k]` logits.
-fn loss(
+pub fn cross_entropy(
     logits: Tensor<2>,
     labels: &[usize],
     k: usize,
@@ -309,7 +309,7 @@ impl HeadState {
         );
         let a = a * t2(&mask, b, hid, ad);
         let logits = a.matmul(w2.clone()) + b2.clone().unsqueeze::<2>();
-        let l = loss(logits, yb, k, cfg.label_smoothing, ad);
+        let l = cross_entropy(logits, yb, k, cfg.label_smoothing, ad);
         let value = l.clone().into_scalar::<f32>() as f64;
         let grads = l.backward();
         let g: Vec<Vec<f32>> = vec![

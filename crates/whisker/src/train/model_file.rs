@@ -50,11 +50,23 @@ impl Head {
     }
 }
 
-/// A trained classifier: a frozen backbone (named, by weights sha256) and a head.
-#[derive(Debug, Clone, PartialEq)]
+/// A trained classifier: a backbone (named, by the sha256 of its pretrained weights; for a
+/// fine-tuned model its trained weights are in the file) and a head.
+#[derive(Debug, Clone)]
 pub struct TrainedModel {
     pub meta: ModelMeta,
     pub head: Head,
+    /// The fine-tuned backbone (checkpoint key names), stored as `backbone.<key>`.
+    pub backbone_weights: Option<crate::weights::StateDict>,
+}
+
+impl PartialEq for TrainedModel {
+    fn eq(&self, o: &Self) -> bool {
+        self.meta == o.meta
+            && self.head == o.head
+            && self.backbone_weights.as_ref().map(|s| &s.tensors)
+                == o.backbone_weights.as_ref().map(|s| &s.tensors)
+    }
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -84,11 +96,20 @@ impl TrainedModel {
                 ("input.std", f32_bytes(&h.std), vec![h.dim]),
             ],
         };
+        let mut tensors: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+            .into_iter()
+            .map(|(k, b, s)| (k.to_string(), b, s))
+            .collect();
+        if let Some(sd) = &self.backbone_weights {
+            for (k, t) in &sd.tensors {
+                tensors.push((format!("backbone.{k}"), f32_bytes(&t.data), t.shape.clone()));
+            }
+        }
         let views = tensors
             .iter()
             .map(|(k, b, s)| {
                 safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .map(|v| (k.to_string(), v))
+                    .map(|v| (k.clone(), v))
             })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::Invalid(format!("safetensors: {e}")))?;
@@ -172,6 +193,35 @@ impl TrainedModel {
                 b,
             })
         };
-        Ok(TrainedModel { meta, head })
+        let backbone_weights = if meta.head == "finetune" {
+            let mut sd = crate::weights::StateDict {
+                source: path.display().to_string(),
+                tensors: Default::default(),
+            };
+            for (name, view) in st.tensors() {
+                if let Some(k) = name.strip_prefix("backbone.") {
+                    let data = view
+                        .data()
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
+                    sd.tensors.insert(
+                        k.to_string(),
+                        crate::weights::RawTensor {
+                            shape: view.shape().to_vec(),
+                            data,
+                        },
+                    );
+                }
+            }
+            Some(sd)
+        } else {
+            None
+        };
+        Ok(TrainedModel {
+            meta,
+            head,
+            backbone_weights,
+        })
     }
 }

@@ -11,13 +11,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::path::Path;
 
-use burn::module::Param;
+use burn::module::{Param, ParamId};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{Error, Result};
 
 /// One tensor of a checkpoint, converted to f32, row-major.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RawTensor {
     pub shape: Vec<usize>,
     pub data: Vec<f32>,
@@ -275,6 +275,37 @@ pub struct Loader {
     used: HashSet<String>,
     missing: Vec<String>,
     count: usize,
+    unit: usize,
+    /// Every parameter handed out, in loading order.
+    pub params: Vec<ParamInfo>,
+    /// Names of the units (stem, blocks, head…) in network order.
+    pub units: Vec<String>,
+}
+
+/// Where a parameter came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamInfo {
+    pub id: ParamId,
+    /// Its checkpoint key.
+    pub key: String,
+    /// Index into [`Loader::units`].
+    pub unit: usize,
+    /// Stored transposed (a linear weight: checkpoint `[out, in]`, burn `[in, out]`).
+    pub transposed: bool,
+    /// A BatchNorm running statistic: never trained.
+    pub buffer: bool,
+}
+
+/// The parameter id of a checkpoint key: a hash of the model name and the key, so that the
+/// same architecture always gets the same ids (optimiser state saved with a checkpoint then
+/// matches the parameters of a reloaded model).
+pub fn param_id(model: &str, key: &str) -> ParamId {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in model.bytes().chain([0u8]).chain(key.bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    ParamId::from(h)
 }
 
 impl Loader {
@@ -287,7 +318,17 @@ impl Loader {
             used: HashSet::new(),
             missing: Vec::new(),
             count: 0,
+            unit: 0,
+            params: Vec::new(),
+            units: vec!["stem".into()],
         }
+    }
+
+    /// Start a new unit (a block of the network): the parameters loaded from now on belong
+    /// to it. Fine-tuning unfreezes the last units first.
+    pub fn begin_unit(&mut self, name: &str) {
+        self.units.push(name.to_string());
+        self.unit = self.units.len() - 1;
     }
 
     /// Deterministic formula weights (see [`formula`]), the same values the Python reference
@@ -300,6 +341,9 @@ impl Loader {
             used: HashSet::new(),
             missing: Vec::new(),
             count: 0,
+            unit: 0,
+            params: Vec::new(),
+            units: vec!["stem".into()],
         }
     }
 
@@ -356,7 +400,26 @@ impl Loader {
         key: &str,
         shape: [usize; D],
     ) -> Result<Param<Tensor<D>>> {
-        Ok(Param::from_tensor(self.tensor(key, shape)?))
+        let t = self.tensor(key, shape)?;
+        Ok(self.register(key, t, false, false))
+    }
+
+    fn register<const D: usize>(
+        &mut self,
+        key: &str,
+        t: Tensor<D>,
+        transposed: bool,
+        buffer: bool,
+    ) -> Param<Tensor<D>> {
+        let id = param_id(&self.model, key);
+        self.params.push(ParamInfo {
+            id,
+            key: key.to_string(),
+            unit: self.unit,
+            transposed,
+            buffer,
+        });
+        Param::initialized(id, t)
     }
 
     /// A buffer (BatchNorm running statistics): never trained.
@@ -365,14 +428,15 @@ impl Loader {
         key: &str,
         shape: [usize; D],
     ) -> Result<Param<Tensor<D>>> {
-        Ok(Param::from_tensor(self.tensor(key, shape)?).set_require_grad(false))
+        let t = self.tensor(key, shape)?;
+        Ok(self.register(key, t, false, true).set_require_grad(false))
     }
 
     /// A linear layer's weight: checked in torch's `[out, in]` layout, returned as burn's
     /// `[in, out]`.
     pub fn linear_weight(&mut self, key: &str, out: usize, inp: usize) -> Result<Param<Tensor<2>>> {
         let t = self.tensor(key, [out, inp])?;
-        Ok(Param::from_tensor(t.transpose()))
+        Ok(self.register(key, t.transpose(), true, false))
     }
 
     /// Finish: fail if keys were missing or the checkpoint holds keys nobody asked for.
