@@ -326,3 +326,112 @@ fn finetune_trains_evaluates_and_resumes() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("other settings"));
 }
+
+/// A fine-tuning run killed (SIGKILL) after a checkpoint and resumed with `--resume` ends
+/// with exactly the model of an uninterrupted run.
+#[test]
+fn killed_finetune_resumes_to_the_same_model() {
+    let home = tempfile::tempdir().unwrap();
+    let out = whisker(home.path())
+        .args(["weights", "fetch", "efficientnet_lite0", "--from"])
+        .arg(testdata("efficientnet-lite0-57934424.pth"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let all = home.path().join("all");
+    whisker::data::digits::write_image_folder(
+        &std::fs::read(testdata("digits.csv.gz")).unwrap(),
+        &all,
+        Some(60),
+    )
+    .unwrap();
+    let data = home.path().join("digits");
+    for c in ["0", "1"] {
+        std::fs::create_dir_all(data.join(c)).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(all.join(c))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files.iter().take(6) {
+            std::fs::copy(f, data.join(c).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let args = |run: &std::path::Path| -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = [
+            "train",
+            "--mode",
+            "finetune",
+            "--unfreeze",
+            "1",
+            "--epochs",
+            "5",
+            "--batch-size",
+            "4",
+            "--test-split",
+            "0.34",
+            "--val-split",
+            "0.17",
+            "--out",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        v.push(run.into());
+        v.push(data.clone().into());
+        v
+    };
+    let a = home.path().join("uninterrupted");
+    let out = whisker(home.path()).args(args(&a)).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b = home.path().join("killed");
+    let mut child = whisker(home.path())
+        .args(args(&b))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = b.join("checkpoint/finetune_state.json");
+    let start = std::time::Instant::now();
+    loop {
+        let epoch = std::fs::read(&state)
+            .ok()
+            .and_then(|s| serde_json::from_slice::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["epoch"].as_u64())
+            .unwrap_or(0);
+        if epoch >= 2 {
+            break;
+        }
+        assert!(start.elapsed().as_secs() < 300, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(
+        !b.join("model.safetensors").exists(),
+        "killed before the end"
+    );
+    let mut resume = args(&b);
+    resume.push("--resume".into());
+    let out = whisker(home.path()).args(resume).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from epoch"));
+    let ma = whisker::train::model_file::TrainedModel::load(&a.join("model.safetensors")).unwrap();
+    let mb = whisker::train::model_file::TrainedModel::load(&b.join("model.safetensors")).unwrap();
+    assert_eq!(ma.head, mb.head);
+    assert!(
+        ma.backbone_weights.as_ref().map(|s| &s.tensors)
+            == mb.backbone_weights.as_ref().map(|s| &s.tensors)
+    );
+    assert_eq!(
+        ma.meta.settings["fit"]["history"],
+        mb.meta.settings["fit"]["history"]
+    );
+}

@@ -381,41 +381,60 @@ impl FineTuner {
         (sd, head)
     }
 
-    /// Write a checkpoint (weights as safetensors with checkpoint keys, AdamW states, and
-    /// progress) into `dir`, each file atomically.
+    /// Write a checkpoint into `dir`: weights (safetensors, checkpoint keys) and AdamW states
+    /// in files named after the epoch, then `finetune_state.json` pointing at them, each file
+    /// atomically; older epochs' files are removed only after. A kill at any moment leaves a
+    /// consistent checkpoint (the previous or the new one).
     pub fn save(&self, dir: &Path, cfg: &FineTuneConfig) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let e = self.epoch;
         let (mut sd, head) = self.export();
-        sd.tensors.insert(
-            "head.weight".into(),
+        let (w, b) = (
             RawTensor {
                 shape: vec![head.dim, head.classes],
                 data: head.w,
             },
-        );
-        sd.tensors.insert(
-            "head.bias".into(),
             RawTensor {
                 shape: vec![head.classes],
                 data: head.b,
             },
         );
-        sd.save_safetensors(&dir.join("finetune_weights.safetensors"))?;
+        sd.tensors.insert("head.weight".into(), w);
+        sd.tensors.insert("head.bias".into(), b);
+        sd.save_safetensors(&dir.join(format!("weights-e{e}.safetensors")))?;
         for (name, opt) in [("optim_head", &self.opt_head), ("optim_net", &self.opt_net)] {
             let bytes = opt
                 .into_bytes()
-                .map_err(|e| Error::Invalid(format!("optimizer state: {e:?}")))?;
-            crate::weights::cache::write_atomic(&dir.join(format!("{name}.bin")), &bytes)?;
+                .map_err(|err| Error::Invalid(format!("optimizer state: {err:?}")))?;
+            crate::weights::cache::write_atomic(&dir.join(format!("{name}-e{e}.bin")), &bytes)?;
         }
         let meta = Meta {
-            epoch: self.epoch,
+            epoch: e,
             step: self.step,
             history: self.history.clone(),
             config: cfg.clone(),
             classes: self.classes,
         };
-        let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Invalid(e.to_string()))?;
-        crate::weights::cache::write_atomic(&dir.join("finetune_state.json"), &json)
+        let json =
+            serde_json::to_vec_pretty(&meta).map_err(|err| Error::Invalid(err.to_string()))?;
+        crate::weights::cache::write_atomic(&dir.join("finetune_state.json"), &json)?;
+        let current = [
+            format!("weights-e{e}.safetensors"),
+            format!("optim_head-e{e}.bin"),
+            format!("optim_net-e{e}.bin"),
+        ];
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for f in rd.flatten() {
+                let n = f.file_name().to_string_lossy().to_string();
+                let ours = ["weights-e", "optim_head-e", "optim_net-e"]
+                    .iter()
+                    .any(|p| n.starts_with(p));
+                if ours && !current.contains(&n) {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reload a checkpoint written by [`FineTuner::save`] for `backbone_name` on `device`
@@ -429,7 +448,8 @@ impl FineTuner {
         let text = std::fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
         let meta: Meta = serde_json::from_slice(&text)
             .map_err(|e| Error::Invalid(format!("{}: {e}", meta_path.display())))?;
-        let mut sd = StateDict::from_file(&dir.join("finetune_weights.safetensors"))?;
+        let e = meta.epoch;
+        let mut sd = StateDict::from_file(&dir.join(format!("weights-e{e}.safetensors")))?;
         let hw = sd
             .tensors
             .remove("head.weight")
@@ -453,7 +473,7 @@ impl FineTuner {
             ("optim_head", &mut t.opt_head),
             ("optim_net", &mut t.opt_net),
         ] {
-            let p = dir.join(format!("{file}.bin"));
+            let p = dir.join(format!("{file}-e{e}.bin"));
             let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
             let fresh = std::mem::replace(opt, adamw(&meta.config));
             *opt = fresh
