@@ -65,6 +65,10 @@ pub struct TrainArgs {
     /// Finetune: no augmentation (plain resize and centre crop).
     #[arg(long)]
     no_augment: bool,
+    /// Finetune: train BatchNorm in the unfrozen units (batch statistics, running statistics
+    /// updated) instead of keeping it frozen in eval mode.
+    #[arg(long)]
+    train_bn: bool,
     /// Continue a killed `--mode head` run from the last checkpoint in --out.
     #[arg(long)]
     resume: bool,
@@ -906,6 +910,7 @@ fn train_finetune(
         grad_clip: a.grad_clip,
         seed: a.seed,
         augment: (!a.no_augment).then(|| Augment::new(spec.input_size)),
+        train_bn: a.train_bn,
     };
     let ckpt = a.out.join("checkpoint");
     let mut t = if a.resume && ckpt.join("finetune_state.json").is_file() {

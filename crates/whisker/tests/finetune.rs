@@ -49,6 +49,7 @@ fn cfg() -> FineTuneConfig {
         grad_clip: Some(1.0),
         seed: 4,
         augment: Some(Augment::new(64)),
+        train_bn: false,
     }
 }
 
@@ -135,5 +136,73 @@ fn finetune_unfreezes_the_last_units_and_resumes_exactly() {
         assert!(d == 0.0, "{k}: resumed differs by {d}");
     }
     assert_eq!(rh, fh);
+    assert_eq!(resumed.history, full.history);
+}
+
+#[test]
+fn train_bn_updates_the_statistics_of_unfrozen_units_only_and_resumes_exactly() {
+    let device = Device::flex().autodiff();
+    let weights = testdata("efficientnet-lite0-57934424.pth");
+    let (imgs, labels) = digits(4);
+    let c = FineTuneConfig {
+        train_bn: true,
+        ..cfg()
+    };
+    let aug = c.augment.clone().unwrap();
+    let load_train =
+        |i: usize, epoch: usize| Some(aug.apply(&imgs[i], &mut Augment::rng(c.seed, epoch, i)));
+    let load_val = |i: usize| Some(center_crop(&resize_shorter(&imgs[i], 73), 64));
+    let original = whisker::weights::StateDict::from_file(&weights).unwrap();
+    let mut full = FineTuner::new(
+        Backbone::from_file("efficientnet_lite0", &weights, &device).unwrap(),
+        3,
+        &c,
+    )
+    .unwrap();
+    while !full.finished(&c) {
+        full.epoch(&labels, &labels, &c, &load_train, &load_val, &|_, _| {});
+    }
+    let (tuned, _) = full.export();
+    let moved: Vec<&String> = tuned
+        .tensors
+        .keys()
+        .filter(|k| {
+            k.ends_with("running_mean") && tuned.tensors[*k].data != original.tensors[*k].data
+        })
+        .collect();
+    assert!(
+        moved.iter().any(|k| k.starts_with("_blocks.15.")),
+        "{moved:?}"
+    );
+    assert!(
+        moved
+            .iter()
+            .all(|k| k.starts_with("_blocks.15.") || k.starts_with("_bn1.")),
+        "{moved:?}"
+    );
+    // resume after the first unfrozen epoch
+    let dir = tempfile::tempdir().unwrap();
+    let mut part = FineTuner::new(
+        Backbone::from_file("efficientnet_lite0", &weights, &device).unwrap(),
+        3,
+        &c,
+    )
+    .unwrap();
+    for _ in 0..2 {
+        part.epoch(&labels, &labels, &c, &load_train, &load_val, &|_, _| {});
+        part.save(dir.path(), &c).unwrap();
+    }
+    drop(part);
+    let (mut resumed, _) = FineTuner::load(dir.path(), "efficientnet_lite0", &device).unwrap();
+    while !resumed.finished(&c) {
+        resumed.epoch(&labels, &labels, &c, &load_train, &load_val, &|_, _| {});
+    }
+    let (r, _) = resumed.export();
+    for (k, t) in &tuned.tensors {
+        assert!(
+            max_abs_diff(&t.data, &r.tensors[k].data) == 0.0,
+            "{k} differs after resume"
+        );
+    }
     assert_eq!(resumed.history, full.history);
 }

@@ -206,6 +206,20 @@ impl EfficientNetLite {
         self.fc.forward(f)
     }
 
+    /// Every BatchNorm, in network order.
+    pub fn batchnorms(&mut self) -> Vec<&mut BatchNorm> {
+        let mut v = vec![&mut self.stem.bn];
+        for b in self.blocks.iter_mut() {
+            if let Some(e) = &mut b.expand {
+                v.push(&mut e.bn);
+            }
+            v.push(&mut b.depthwise.bn);
+            v.push(&mut b.bn2);
+        }
+        v.push(&mut self.head.bn);
+        v
+    }
+
     /// Fold every BatchNorm into its convolution (inference only).
     pub fn fold_bn(&mut self) {
         self.stem.fold();

@@ -131,6 +131,10 @@ pub struct BatchNorm {
     /// Folded into the preceding convolution (inference): forward is the identity.
     #[module(skip)]
     pub folded: bool,
+    /// `--train-bn`: normalise with batch statistics while training (autodiff input) and
+    /// keep running statistics here (momentum 0.1, unbiased variance, as PyTorch).
+    #[module(skip)]
+    pub train_stats: Option<std::sync::Arc<std::sync::Mutex<(Tensor<1>, Tensor<1>)>>>,
 }
 
 impl BatchNorm {
@@ -142,12 +146,34 @@ impl BatchNorm {
             running_var: l.buffer(&format!("{prefix}.running_var"), [c])?,
             eps,
             folded: false,
+            train_stats: None,
         })
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         if self.folded {
             return x;
+        }
+        if let Some(stats) = &self.train_stats {
+            let mut st = stats.lock().unwrap_or_else(|p| p.into_inner());
+            if x.is_autodiff() {
+                let [n, _, h, w] = x.dims();
+                let count = (n * h * w) as f32;
+                let out = burn::tensor::module::batch_norm_train(
+                    x,
+                    self.weight.val(),
+                    self.bias.val(),
+                    self.eps,
+                );
+                let m = 0.1f32;
+                let unbiased = out.variance.detach() * (count / (count - 1.0).max(1.0));
+                let mean = st.0.clone() * (1.0 - m) + out.mean.detach().inner() * m;
+                let var = st.1.clone() * (1.0 - m) + unbiased.inner() * m;
+                *st = (mean, var);
+                return out.output;
+            }
+            let (mean, var) = (st.0.clone(), st.1.clone());
+            return batch_norm(x, self.weight.val(), self.bias.val(), mean, var, self.eps);
         }
         batch_norm(
             x,
@@ -157,6 +183,28 @@ impl BatchNorm {
             self.running_var.val(),
             self.eps,
         )
+    }
+
+    /// Start training the statistics (see `train_stats`).
+    pub fn enable_train_stats(&mut self) {
+        let inner = |t: Tensor<1>| t.detach().inner();
+        self.train_stats = Some(std::sync::Arc::new(std::sync::Mutex::new((
+            inner(self.running_mean.val()),
+            inner(self.running_var.val()),
+        ))));
+    }
+
+    /// Copy the trained running statistics into the parameters (keeping their ids).
+    pub fn commit_train_stats(&mut self) {
+        if let Some(stats) = &self.train_stats {
+            let st = stats.lock().unwrap_or_else(|p| p.into_inner());
+            let device = self.running_mean.val().device();
+            let to = |t: &Tensor<1>| Tensor::<1>::from_data(t.to_data(), &device);
+            self.running_mean =
+                Param::initialized(self.running_mean.id, to(&st.0)).set_require_grad(false);
+            self.running_var =
+                Param::initialized(self.running_var.id, to(&st.1)).set_require_grad(false);
+        }
     }
 }
 
@@ -259,6 +307,10 @@ impl ConvBnAct {
 
     pub fn fold(&mut self) {
         fold_bn(&mut self.conv, &mut self.bn);
+    }
+
+    pub fn batchnorms(&mut self) -> Vec<&mut BatchNorm> {
+        vec![&mut self.bn]
     }
 }
 

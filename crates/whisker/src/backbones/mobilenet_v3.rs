@@ -237,6 +237,20 @@ impl MobileNetV3 {
         self.fc2.forward(f)
     }
 
+    /// Every BatchNorm, in network order.
+    pub fn batchnorms(&mut self) -> Vec<&mut crate::backbones::layers::BatchNorm> {
+        let mut v = vec![&mut self.stem.bn];
+        for b in self.blocks.iter_mut() {
+            if let Some(e) = &mut b.expand {
+                v.push(&mut e.bn);
+            }
+            v.push(&mut b.depthwise.bn);
+            v.push(&mut b.project.bn);
+        }
+        v.push(&mut self.head.bn);
+        v
+    }
+
     /// Fold every BatchNorm into its convolution (inference only).
     pub fn fold_bn(&mut self) {
         self.stem.fold();

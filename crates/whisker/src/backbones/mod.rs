@@ -366,6 +366,17 @@ impl Net {
         }
     }
 
+    /// Every BatchNorm layer, in network order.
+    pub fn batchnorms(&mut self) -> Vec<&mut layers::BatchNorm> {
+        match self {
+            Net::ResNet(m) => m.batchnorms(),
+            Net::Vgg(m) => m.batchnorms(),
+            Net::MobileNetV2(m) => m.batchnorms(),
+            Net::MobileNetV3(m) => m.batchnorms(),
+            Net::EfficientNetLite(m) => m.batchnorms(),
+        }
+    }
+
     /// Feature vectors → ImageNet logits.
     pub fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
         match self {

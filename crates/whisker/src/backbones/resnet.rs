@@ -201,6 +201,29 @@ impl ResNet {
         self.fc.forward(f)
     }
 
+    /// Every BatchNorm, in network order.
+    pub fn batchnorms(&mut self) -> Vec<&mut BatchNorm> {
+        let mut v = vec![&mut self.bn1];
+        for layer in [
+            &mut self.layer1,
+            &mut self.layer2,
+            &mut self.layer3,
+            &mut self.layer4,
+        ] {
+            for b in layer.iter_mut() {
+                v.push(&mut b.bn1);
+                v.push(&mut b.bn2);
+                if let Some(n) = &mut b.bn3 {
+                    v.push(n);
+                }
+                if let Some(d) = &mut b.downsample {
+                    v.push(&mut d.bn);
+                }
+            }
+        }
+        v
+    }
+
     /// Fold every BatchNorm into its convolution (inference only).
     pub fn fold_bn(&mut self) {
         fold_bn(&mut self.conv1, &mut self.bn1);

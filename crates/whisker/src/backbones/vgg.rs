@@ -128,6 +128,14 @@ impl Vgg {
         self.fc3.forward(f)
     }
 
+    /// Every BatchNorm, in network order.
+    pub fn batchnorms(&mut self) -> Vec<&mut BatchNorm> {
+        self.features
+            .iter_mut()
+            .filter_map(|l| l.bn.as_mut())
+            .collect()
+    }
+
     /// Fold every BatchNorm into its convolution (inference only).
     pub fn fold_bn(&mut self) {
         for l in self.features.iter_mut() {

@@ -40,6 +40,10 @@ pub struct FineTuneConfig {
     pub grad_clip: Option<f64>,
     pub seed: u64,
     pub augment: Option<Augment>,
+    /// Train BatchNorm in the unfrozen units with batch statistics (updating the running
+    /// statistics) instead of keeping it in eval mode.
+    #[serde(default)]
+    pub train_bn: bool,
 }
 
 /// The network being fine-tuned: the backbone's feature extractor and a new linear head.
@@ -208,6 +212,13 @@ impl FineTuner {
             trainable: &trainable,
         });
         let frozen_phase = self.epoch < cfg.freeze_epochs;
+        if cfg.train_bn && !frozen_phase {
+            for bn in self.model.net.batchnorms() {
+                if bn.train_stats.is_none() && trainable.contains(&bn.weight.id) {
+                    bn.enable_train_stats();
+                }
+            }
+        }
         let (phase_epoch, phase_len) = if frozen_phase {
             (self.epoch, cfg.freeze_epochs)
         } else {
@@ -329,7 +340,11 @@ impl FineTuner {
     /// The fine-tuned backbone as a state dict with its checkpoint keys, and the head.
     pub fn export(&self) -> (StateDict, LinearHead) {
         let mut c = Collect(Vec::new());
-        self.model.net.visit(&mut c);
+        let mut net = self.model.net.clone();
+        for bn in net.batchnorms() {
+            bn.commit_train_stats();
+        }
+        net.visit(&mut c);
         let by_id: std::collections::HashMap<ParamId, (Vec<usize>, Vec<f32>)> =
             c.0.into_iter().map(|(id, s, v)| (id, (s, v))).collect();
         let mut sd = StateDict {
