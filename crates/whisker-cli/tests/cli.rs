@@ -23,6 +23,42 @@ fn whisker(home: &std::path::Path) -> Command {
     c
 }
 
+/// A fresh $WHISKER_HOME with the real EfficientNet-Lite0 weights imported.
+fn home_with_weights() -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    let out = whisker(home.path())
+        .args(["weights", "fetch", "efficientnet_lite0", "--from"])
+        .arg(testdata("efficientnet-lite0-57934424.pth"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    home
+}
+
+/// An image folder of real digits: `per_class` images of each of `classes`.
+fn digits(home: &std::path::Path, classes: &[&str], per_class: usize) -> PathBuf {
+    let all = home.join("all-digits");
+    let csv = std::fs::read(testdata("digits.csv.gz")).unwrap();
+    whisker::data::digits::write_image_folder(&csv, &all, Some(400)).unwrap();
+    let data = home.join("digits");
+    for c in classes {
+        std::fs::create_dir_all(data.join(c)).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(all.join(c))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files.iter().take(per_class) {
+            std::fs::copy(f, data.join(c).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    data
+}
+
 #[test]
 fn classify_json_with_a_bad_image() {
     let home = tempfile::tempdir().unwrap();
@@ -123,18 +159,10 @@ fn models_lists_the_zoo() {
 
 #[test]
 fn train_eval_predict_on_real_digits() {
-    let home = tempfile::tempdir().unwrap();
-    let out = whisker(home.path())
-        .args(["weights", "fetch", "efficientnet_lite0", "--from"])
-        .arg(testdata("efficientnet-lite0-57934424.pth"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let home = home_with_weights();
     // 150 real digits (15 per class) as an image folder, plus a file that is not an image
-    let data = home.path().join("digits");
-    let csv = std::fs::read(testdata("digits.csv.gz")).unwrap();
-    let n = whisker::data::digits::write_image_folder(&csv, &data, Some(150)).unwrap();
-    assert_eq!(n, 150);
+    let classes = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    let data = digits(home.path(), &classes, 15);
     std::fs::write(data.join("3/Thumbs.db"), [0xD0, 0xCF, 0x11, 0xE0, 0, 0]).unwrap();
     let run = home.path().join("run");
     for mode in ["probe", "head"] {
@@ -248,29 +276,8 @@ fn train_eval_predict_on_real_digits() {
 
 #[test]
 fn finetune_trains_evaluates_and_resumes() {
-    let home = tempfile::tempdir().unwrap();
-    let out = whisker(home.path())
-        .args(["weights", "fetch", "efficientnet_lite0", "--from"])
-        .arg(testdata("efficientnet-lite0-57934424.pth"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let all = home.path().join("all");
-    let csv = std::fs::read(testdata("digits.csv.gz")).unwrap();
-    whisker::data::digits::write_image_folder(&csv, &all, Some(60)).unwrap();
-    // 3 classes, 6 images each
-    let data = home.path().join("digits");
-    for c in ["0", "1", "2"] {
-        std::fs::create_dir_all(data.join(c)).unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(all.join(c))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files.iter().take(6) {
-            std::fs::copy(f, data.join(c).join(f.file_name().unwrap())).unwrap();
-        }
-    }
+    let home = home_with_weights();
+    let data = digits(home.path(), &["0", "1", "2"], 6);
     let run = home.path().join("run");
     let train = |extra: &[&str]| {
         let mut c = whisker(home.path());
@@ -331,32 +338,8 @@ fn finetune_trains_evaluates_and_resumes() {
 /// with exactly the model of an uninterrupted run.
 #[test]
 fn killed_finetune_resumes_to_the_same_model() {
-    let home = tempfile::tempdir().unwrap();
-    let out = whisker(home.path())
-        .args(["weights", "fetch", "efficientnet_lite0", "--from"])
-        .arg(testdata("efficientnet-lite0-57934424.pth"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let all = home.path().join("all");
-    whisker::data::digits::write_image_folder(
-        &std::fs::read(testdata("digits.csv.gz")).unwrap(),
-        &all,
-        Some(60),
-    )
-    .unwrap();
-    let data = home.path().join("digits");
-    for c in ["0", "1"] {
-        std::fs::create_dir_all(data.join(c)).unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(all.join(c))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files.iter().take(6) {
-            std::fs::copy(f, data.join(c).join(f.file_name().unwrap())).unwrap();
-        }
-    }
+    let home = home_with_weights();
+    let data = digits(home.path(), &["0", "1"], 6);
     let args = |run: &std::path::Path| -> Vec<std::ffi::OsString> {
         let mut v: Vec<std::ffi::OsString> = [
             "train",

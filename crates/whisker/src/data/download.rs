@@ -5,10 +5,10 @@
 //! any entry escape the target directory.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
-use md5::{Digest, Md5};
+use md5::Md5;
 
 use crate::error::{Error, Result};
 use crate::weights::cache::{download_resumable, Progress};
@@ -46,17 +46,7 @@ pub fn archives(name: &str) -> Result<&'static [Archive]> {
 }
 
 fn md5_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = Md5::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    crate::weights::cache::hash_file::<Md5>(path)
 }
 
 /// A relative path with no `..`, root or prefix component, or `None`.

@@ -54,11 +54,7 @@ impl FeatureCache {
         if b.len() != self.dim * 4 {
             return None;
         }
-        Some(
-            b.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        )
+        Some(crate::weights::f32_from_le(&b))
     }
 
     /// Store a vector (atomically).

@@ -364,7 +364,7 @@ impl HeadState {
 fn put(out: &mut Vec<(String, Vec<u8>, Vec<usize>)>, name: &str, v: &[f32]) {
     out.push((
         name.to_string(),
-        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        crate::weights::f32_to_le(v),
         vec![v.len()],
     ));
 }
@@ -417,20 +417,11 @@ impl HeadState {
             history: self.history.clone(),
             config: cfg.clone(),
         };
-        let views = t
-            .iter()
-            .map(|(k, b, s)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .map(|v| (k.clone(), v))
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| crate::Error::Invalid(format!("safetensors: {e}")))?;
         let md = std::collections::HashMap::from([(
             "whisker_head_state".to_string(),
             serde_json::to_string(&meta).map_err(|e| crate::Error::Invalid(e.to_string()))?,
         )]);
-        let bytes = safetensors::serialize(views, &Some(md))
-            .map_err(|e| crate::Error::Invalid(format!("safetensors: {e}")))?;
+        let bytes = crate::weights::serialize_f32(&t, Some(md))?;
         crate::weights::cache::write_atomic(path, &bytes)
     }
 
@@ -454,10 +445,7 @@ impl HeadState {
             let v = st
                 .tensor(k)
                 .map_err(|_| bad(format!("missing tensor `{k}`")))?;
-            Ok(v.data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect())
+            Ok(crate::weights::f32_from_le(v.data()))
         };
         let head_of = |p: &str| -> crate::Result<MlpHead> {
             Ok(MlpHead {

@@ -69,9 +69,7 @@ impl PartialEq for TrainedModel {
     }
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
+use crate::weights::f32_to_le as f32_bytes;
 
 impl TrainedModel {
     /// Write atomically as safetensors.
@@ -105,21 +103,12 @@ impl TrainedModel {
                 tensors.push((format!("backbone.{k}"), f32_bytes(&t.data), t.shape.clone()));
             }
         }
-        let views = tensors
-            .iter()
-            .map(|(k, b, s)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .map(|v| (k.clone(), v))
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::Invalid(format!("safetensors: {e}")))?;
         let mut md = HashMap::new();
         md.insert(
             "whisker".to_string(),
             serde_json::to_string(&self.meta).map_err(|e| Error::Invalid(e.to_string()))?,
         );
-        let bytes = safetensors::serialize(views, &Some(md))
-            .map_err(|e| Error::Invalid(format!("safetensors: {e}")))?;
+        let bytes = crate::weights::serialize_f32(&tensors, Some(md))?;
         crate::weights::cache::write_atomic(path, &bytes)
     }
 
@@ -146,10 +135,7 @@ impl TrainedModel {
             let t = st
                 .tensor(k)
                 .map_err(|_| bad(format!("missing tensor `{k}`")))?;
-            Ok(t.data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect())
+            Ok(crate::weights::f32_from_le(t.data()))
         };
         let mean = get("input.mean")?;
         let std = get("input.std")?;
@@ -200,11 +186,7 @@ impl TrainedModel {
             };
             for (name, view) in st.tensors() {
                 if let Some(k) = name.strip_prefix("backbone.") {
-                    let data = view
-                        .data()
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect();
+                    let data = crate::weights::f32_from_le(view.data());
                     sd.tensors.insert(
                         k.to_string(),
                         crate::weights::RawTensor {

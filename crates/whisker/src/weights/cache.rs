@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use crate::backbones::{spec, WeightsSource};
 use crate::error::{Error, Result};
@@ -46,10 +46,10 @@ pub fn whisker_home() -> PathBuf {
         .join("whisker")
 }
 
-/// sha256 of a file, hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
+/// The digest of a file with hash `D` (sha256, md5…), hex.
+pub fn hash_file<D: sha2::Digest>(path: &Path) -> Result<String> {
     let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = Sha256::new();
+    let mut h = D::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
@@ -59,6 +59,11 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         h.update(&buf[..n]);
     }
     Ok(hex::encode(h.finalize()))
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    hash_file::<Sha256>(path)
 }
 
 /// Write `bytes` to `path` atomically (temporary file in the same directory, then rename).

@@ -165,21 +165,9 @@ impl StateDict {
         let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
             .tensors
             .iter()
-            .map(|(k, t)| {
-                let b = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-                (k.clone(), b, t.shape.clone())
-            })
+            .map(|(k, t)| (k.clone(), f32_to_le(&t.data), t.shape.clone()))
             .collect();
-        let views = bytes
-            .iter()
-            .map(|(k, b, s)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .map(|v| (k.clone(), v))
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::Invalid(format!("safetensors: {e}")))?;
-        let out = safetensors::serialize(views, &None)
-            .map_err(|e| Error::Invalid(format!("safetensors: {e}")))?;
+        let out = serialize_f32(&bytes, None)?;
         cache::write_atomic(path, &out)
     }
 
@@ -197,10 +185,7 @@ fn torch_to_f32(
 ) -> Result<Vec<f32>> {
     use pytorch_reader::DType as D;
     Ok(match dtype {
-        D::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect(),
+        D::F32 => f32_from_le(bytes),
         D::F64 => bytes
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
@@ -231,10 +216,7 @@ fn safetensors_to_f32(
     use safetensors::Dtype as D;
     let bytes = view.data();
     Ok(match view.dtype() {
-        D::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect(),
+        D::F32 => f32_from_le(bytes),
         D::F64 => bytes
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
@@ -256,6 +238,36 @@ fn safetensors_to_f32(
             })
         }
     })
+}
+
+/// f32 values as little-endian bytes.
+pub fn f32_to_le(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Little-endian bytes as f32 values.
+pub fn f32_from_le(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Serialise f32 tensors `(name, little-endian bytes, shape)` as safetensors, with optional
+/// metadata.
+pub fn serialize_f32(
+    tensors: &[(String, Vec<u8>, Vec<usize>)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let views = tensors
+        .iter()
+        .map(|(k, b, s)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (k.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Invalid(format!("safetensors: {e}")))?;
+    safetensors::serialize(views, &metadata)
+        .map_err(|e| Error::Invalid(format!("safetensors: {e}")))
 }
 
 enum Source {
