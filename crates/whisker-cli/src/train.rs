@@ -241,6 +241,25 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<i32> {
     if split.train.is_empty() {
         bail!("no training image could be read");
     }
+    // a class whose images all failed to decode leaves the classifier without examples
+    let mut seen = vec![false; ds.classes.len()];
+    for &i in &split.train {
+        seen[ds.items[i].label] = true;
+    }
+    let empty: Vec<&str> = ds
+        .classes
+        .iter()
+        .zip(&seen)
+        .filter(|(_, s)| !**s)
+        .map(|(c, _)| c.as_str())
+        .collect();
+    if !empty.is_empty() {
+        bail!(
+            "{}: no readable training image in class(es) {}: every file there failed to decode",
+            ds.root.display(),
+            empty.join(", ")
+        );
+    }
     let k = ds.classes.len();
     let (tx, ty) = gather(&ex, &ds, &split.train);
     let (vx, vy) = gather(&ex, &ds, &split.val);
