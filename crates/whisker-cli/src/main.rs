@@ -2,6 +2,7 @@
 
 mod classify;
 mod data;
+mod inspect;
 mod models;
 mod progress;
 mod train;
@@ -51,6 +52,10 @@ enum Cmd {
     Predict(train::PredictArgs),
     /// Learning-rate range test for `train --mode head`.
     LrFind(train::LrFindArgs),
+    /// Picture of one layer's channel activations.
+    Featuremap(inspect::FeatureMapArgs),
+    /// Adversarial example within an epsilon ball in pixel space (through the preprocessing).
+    Attack(inspect::AttackArgs),
 }
 
 fn main() {
@@ -73,6 +78,8 @@ fn main() {
         Cmd::Eval(a) => train::eval(a, quiet),
         Cmd::Predict(a) => train::predict(a, quiet),
         Cmd::LrFind(a) => train::lr_find(a, quiet),
+        Cmd::Featuremap(a) => inspect::featuremap(a),
+        Cmd::Attack(a) => inspect::attack_cmd(a),
     };
     match res {
         Ok(code) => std::process::exit(code),

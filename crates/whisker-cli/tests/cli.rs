@@ -418,3 +418,75 @@ fn killed_finetune_resumes_to_the_same_model() {
         mb.meta.settings["fit"]["history"]
     );
 }
+
+#[test]
+fn featuremap_and_attack_commands() {
+    let home = home_with_weights();
+    let out = whisker(home.path())
+        .args(["featuremap", "--list-layers"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let layers: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(layers.len(), 18);
+    assert_eq!((layers[0].as_str(), layers[17].as_str()), ("stem", "head"));
+    let png = home.path().join("fm.png");
+    let out = whisker(home.path())
+        .args([
+            "featuremap",
+            "--layer",
+            "_blocks.2",
+            "--channels",
+            "9",
+            "--out",
+        ])
+        .arg(&png)
+        .arg(testdata("chelsea.png"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img = image::open(&png).unwrap();
+    assert!(img.width() > img.height(), "input beside a 3×3 grid");
+    let out = whisker(home.path())
+        .args(["featuremap", "--layer", "nope", "--out"])
+        .arg(&png)
+        .arg(testdata("chelsea.png"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no layer `nope`"));
+    // espresso → zebra within 4/255, then `classify` on the saved file agrees
+    let adv = home.path().join("adv.png");
+    let out = whisker(home.path())
+        .args(["attack", "--json", "--target", "zebra", "--out"])
+        .arg(&adv)
+        .arg(testdata("coffee.png"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["success"], true);
+    assert!(r["linf_255"].as_u64().unwrap() <= 4);
+    let out = whisker(home.path())
+        .args(["classify", "--json", "-k", "1"])
+        .arg(&adv)
+        .output()
+        .unwrap();
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["results"][0]["top"][0]["label"], "zebra");
+}

@@ -13,6 +13,7 @@ pub mod backbones;
 pub mod data;
 pub mod error;
 pub mod features;
+pub mod inspect;
 pub mod report;
 pub mod train;
 pub mod weights;

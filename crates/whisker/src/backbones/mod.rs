@@ -452,6 +452,11 @@ impl Backbone {
         })
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.net.devices().into_iter().next().unwrap_or_default()
+    }
+
     /// The preprocessing that goes with the weights.
     pub fn preprocess(&self) -> Preprocess {
         self.spec.preprocess()

@@ -28,6 +28,34 @@ fn triangle(x: f64) -> f64 {
     }
 }
 
+/// Pillow's bilinear resampling of one dimension as a dense `[out, in]` matrix of its
+/// (normalised, floating-point) weights: the linear map the u8 resize approximates to within
+/// rounding. Differentiable resizing (attacks through the preprocessing) is built from it.
+pub fn bilinear_matrix(in_size: usize, out_size: usize) -> Vec<f32> {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filterscale;
+    let mut m = vec![0f32; out_size * in_size];
+    for xx in 0..out_size {
+        let center = (xx as f64 + 0.5) * scale;
+        let ss = 1.0 / filterscale;
+        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+        let w: Vec<f64> = (xmin..xmax)
+            .map(|x| triangle((x as f64 - center + 0.5) * ss))
+            .collect();
+        let total: f64 = w.iter().sum();
+        for (k, wk) in w.iter().enumerate() {
+            m[xx * in_size + xmin + k] = if total != 0.0 {
+                (wk / total) as f32
+            } else {
+                *wk as f32
+            };
+        }
+    }
+    m
+}
+
 fn precompute(in_size: usize, out_size: usize) -> Coeffs {
     let (in0, in1) = (0.0f64, in_size as f32 as f64);
     let scale = (in1 - in0) / out_size as f64;

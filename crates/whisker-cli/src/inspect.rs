@@ -1,0 +1,196 @@
+//! `whisker featuremap`, `whisker attack`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use whisker::backbones::{imagenet_classes, Backbone};
+use whisker::inspect::attack::{attack, diff_image, AttackConfig, Method, Norm};
+use whisker::inspect::featuremap;
+use whisker::weights::cache::Cache;
+
+fn backbone(
+    name: &str,
+    weights: Option<&PathBuf>,
+    device: &burn::tensor::Device,
+) -> Result<Backbone> {
+    let path = match weights {
+        Some(w) => w.clone(),
+        None => Cache::default().require(name)?.file,
+    };
+    Backbone::from_file(name, &path, device).with_context(|| format!("loading {name} weights"))
+}
+
+#[derive(clap::Args)]
+pub struct FeatureMapArgs {
+    #[arg(required_unless_present = "list_layers")]
+    image: Option<PathBuf>,
+    #[arg(long, short, default_value = "efficientnet_lite0")]
+    backbone: String,
+    #[arg(long, short)]
+    weights: Option<PathBuf>,
+    /// Layer to show (default: a mid-level one); see --list-layers.
+    #[arg(long)]
+    layer: Option<String>,
+    /// Print the layer names and exit.
+    #[arg(long)]
+    list_layers: bool,
+    /// How many channels (the most active ones).
+    #[arg(long, default_value_t = 32)]
+    channels: usize,
+    #[arg(long, required_unless_present = "list_layers")]
+    out: Option<PathBuf>,
+}
+
+pub fn featuremap(a: FeatureMapArgs) -> Result<i32> {
+    let device = whisker::default_device();
+    let b = backbone(&a.backbone, a.weights.as_ref(), &device)?;
+    if a.list_layers {
+        for n in b.layer_names() {
+            println!("{n}");
+        }
+        return Ok(0);
+    }
+    let layer = a
+        .layer
+        .clone()
+        .unwrap_or_else(|| featuremap::default_layer(&b));
+    let image = a.image.clone().unwrap_or_default();
+    let crop = b.preprocess().load(&image)?;
+    let acts = featuremap::activations(&b, &crop, &layer)?;
+    let img = featuremap::render(&crop, &acts, a.channels, 96);
+    let out = a.out.clone().unwrap_or_default();
+    whisker::report::save_png(&img, &out)?;
+    println!(
+        "{} {} [{} channels, {}×{}] → {}",
+        b.spec.name,
+        layer,
+        acts.0,
+        acts.1,
+        acts.2,
+        out.display()
+    );
+    Ok(0)
+}
+
+#[derive(clap::Args)]
+pub struct AttackArgs {
+    image: PathBuf,
+    /// Target class (index or ImageNet label, e.g. "tiger cat").
+    #[arg(long, conflicts_with = "untargeted")]
+    target: Option<String>,
+    /// Make the model leave its current answer.
+    #[arg(long)]
+    untargeted: bool,
+    #[arg(long, default_value = "pgd", value_parser = ["fgsm", "bim", "pgd"])]
+    method: String,
+    #[arg(long, default_value = "linf", value_parser = ["linf", "l2"])]
+    norm: String,
+    /// Perturbation budget in [0,1] pixel units; fractions like 4/255 are accepted.
+    #[arg(long, default_value = "4/255")]
+    eps: String,
+    /// Step size (default: eps/4 for L∞, eps/5 for L2).
+    #[arg(long)]
+    alpha: Option<String>,
+    #[arg(long, default_value_t = 40)]
+    steps: usize,
+    #[arg(long)]
+    random_start: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, short, default_value = "efficientnet_lite0")]
+    backbone: String,
+    #[arg(long, short)]
+    weights: Option<PathBuf>,
+    /// The adversarial image (PNG, original resolution).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the perturbation, amplified ×10 around grey.
+    #[arg(long)]
+    diff: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn fraction(s: &str) -> Result<f64> {
+    match s.split_once('/') {
+        Some((a, b)) => Ok(a.trim().parse::<f64>()? / b.trim().parse::<f64>()?),
+        None => Ok(s.trim().parse::<f64>()?),
+    }
+}
+
+fn class_index(s: &str) -> Result<usize> {
+    if let Ok(i) = s.parse::<usize>() {
+        if i < 1000 {
+            return Ok(i);
+        }
+    }
+    let labels = imagenet_classes();
+    labels
+        .iter()
+        .position(|l| l.eq_ignore_ascii_case(s))
+        .with_context(|| format!("unknown class `{s}` (an index 0-999 or an ImageNet label)"))
+}
+
+pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
+    if a.target.is_none() && !a.untargeted {
+        bail!("give --target CLASS or --untargeted");
+    }
+    let device = whisker::default_device().autodiff();
+    let b = backbone(&a.backbone, a.weights.as_ref(), &device)?;
+    let img = whisker::data::decode_file(&a.image)?;
+    let eps = fraction(&a.eps)?;
+    let norm = if a.norm == "l2" { Norm::L2 } else { Norm::Linf };
+    let alpha = match &a.alpha {
+        Some(s) => fraction(s)?,
+        None => eps / if norm == Norm::L2 { 5.0 } else { 4.0 },
+    };
+    let method = match a.method.as_str() {
+        "fgsm" => Method::Fgsm,
+        "bim" => Method::Bim,
+        _ => Method::Pgd,
+    };
+    let target = a.target.as_deref().map(class_index).transpose()?;
+    let cfg = AttackConfig {
+        method,
+        norm,
+        eps,
+        alpha,
+        steps: a.steps,
+        random_start: a.random_start,
+        target,
+        seed: a.seed,
+    };
+    let r = attack(&b, &img, &cfg)?;
+    whisker::report::save_png(&r.adversarial, &a.out)?;
+    if let Some(d) = &a.diff {
+        whisker::report::save_png(&diff_image(&img, &r.adversarial, 10.0), d)?;
+    }
+    let labels = imagenet_classes();
+    if a.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["original_label"] = json!(labels[r.original_top1]);
+        v["adversarial_label"] = json!(labels[r.adversarial_top1]);
+        v["settings"] = serde_json::to_value(&cfg)?;
+        v["out"] = json!(a.out);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{}: {} ({:.1}%) → {} ({:.1}%){}  [{} steps, L∞ {}/255, L2 {:.3}, PSNR {:.1} dB] → {}",
+            if r.success { "success" } else { "failed" },
+            labels[r.original_top1],
+            r.original_prob * 100.0,
+            labels[r.adversarial_top1],
+            r.adversarial_prob * 100.0,
+            r.target_prob
+                .map(|p| format!(", target {:.1}%", p * 100.0))
+                .unwrap_or_default(),
+            r.steps_used,
+            r.linf_255,
+            r.l2,
+            r.psnr,
+            a.out.display()
+        );
+    }
+    Ok(if r.success { 0 } else { 1 })
+}

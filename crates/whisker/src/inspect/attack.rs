@@ -1,0 +1,260 @@
+//! Adversarial examples bounded in [0, 1] pixel space, as torchattacks defines FGSM, BIM and
+//! PGD (L∞ or L2), computed *through the preprocessing*: the photo at its own resolution is
+//! the variable, and Pillow's resize (a linear map: two matrices of its bilinear weights) and
+//! the centre crop are part of the differentiated function. The result is saved losslessly at
+//! the original size, and success is judged by classifying the saved u8 image with the exact
+//! (Pillow) preprocessing, as `whisker classify` does.
+
+use burn::tensor::{Tensor, TensorData};
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use crate::backbones::{top_k, Backbone, Taps};
+use crate::data::datasets::SplitMix64;
+use crate::data::resize::{bilinear_matrix, shorter_side_size};
+use crate::data::transforms::{center_crop_offset, to_tensor};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Fgsm,
+    Bim,
+    Pgd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Norm {
+    Linf,
+    L2,
+}
+
+/// Attack settings. `eps` and `alpha` are in [0, 1] pixel units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttackConfig {
+    pub method: Method,
+    pub norm: Norm,
+    pub eps: f64,
+    pub alpha: f64,
+    pub steps: usize,
+    pub random_start: bool,
+    /// Targeted (make the model answer this class) or untargeted (make it leave the top-1).
+    pub target: Option<usize>,
+    pub seed: u64,
+}
+
+/// What an attack did, measured on the saved u8 images.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttackResult {
+    pub original_top1: usize,
+    pub original_prob: f32,
+    pub adversarial_top1: usize,
+    pub adversarial_prob: f32,
+    pub target: Option<usize>,
+    pub target_prob: Option<f32>,
+    pub success: bool,
+    pub linf_255: u8,
+    pub linf: f64,
+    pub l2: f64,
+    pub psnr: f64,
+    pub steps_used: usize,
+    #[serde(skip)]
+    pub adversarial: RgbImage,
+}
+
+/// Classify a u8 image exactly as `whisker classify` does: (top-1, its probability, all probs).
+pub fn classify_u8(b: &Backbone, img: &RgbImage) -> (usize, f32, Vec<f32>) {
+    let device = b.device().inner();
+    let x = to_tensor(&[b.preprocess().apply(img)], &device);
+    let logits = b.forward(x, &mut Taps::none()).logits.inner();
+    let probs = burn::tensor::activation::softmax(logits.clone(), 1);
+    let p: Vec<f32> = probs
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap_or_default();
+    let top = top_k(logits, 1, &[]);
+    let t = top
+        .first()
+        .and_then(|r| r.first())
+        .map(|r| r.index)
+        .unwrap_or(0);
+    (t, p.get(t).copied().unwrap_or(0.0), p)
+}
+
+fn to_u8_image(x: &[f32], w: usize, h: usize) -> RgbImage {
+    RgbImage::from_fn(w as u32, h as u32, |i, j| {
+        let px = |c: usize| {
+            (x[c * h * w + j as usize * w + i as usize] * 255.0)
+                .round()
+                .clamp(0.0, 255.0) as u8
+        };
+        image::Rgb([px(0), px(1), px(2)])
+    })
+}
+
+/// Run the attack on `image` with `b`, which must live on an autodiff device.
+pub fn attack(b: &Backbone, image: &RgbImage, cfg: &AttackConfig) -> Result<AttackResult> {
+    let device = b.device();
+    if !device.is_autodiff() {
+        return Err(Error::Invalid(
+            "attacks need the backbone on an autodiff device".into(),
+        ));
+    }
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let pre = b.preprocess();
+    let (rw, rh) = shorter_side_size(w as u32, h as u32, pre.resize as u32);
+    let (rw, rh) = (rw as usize, rh as usize);
+    let crop = pre.crop;
+    let (ox, oy) = (
+        center_crop_offset(rw as u32, crop as u32) as usize,
+        center_crop_offset(rh as u32, crop as u32) as usize,
+    );
+    // resize matrices restricted to the rows / columns the crop keeps
+    let mh = bilinear_matrix(w, rw); // [rw, w]
+    let mv = bilinear_matrix(h, rh); // [rh, h]
+    let rows = |m: &[f32], n_in: usize, off: usize| -> Vec<f32> {
+        m[off * n_in..(off + crop) * n_in].to_vec()
+    };
+    let rh_t =
+        Tensor::<2>::from_data(TensorData::new(rows(&mh, w, ox), [crop, w]), &device).transpose(); // [w, crop]
+    let rv = Tensor::<2>::from_data(TensorData::new(rows(&mv, h, oy), [crop, h]), &device); // [crop, h]
+    let x0: Vec<f32> = {
+        let raw = image.as_raw();
+        let mut v = vec![0f32; 3 * h * w];
+        for (p, px) in raw.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                v[c * h * w + p] = px[c] as f32 / 255.0;
+            }
+        }
+        v
+    };
+    let (orig_top, orig_prob, _) = classify_u8(b, image);
+    let label = cfg.target.unwrap_or(orig_top);
+    let eps = cfg.eps as f32;
+    let mut rng = SplitMix64(cfg.seed);
+    let mut x = x0.clone();
+    if cfg.random_start && cfg.method == Method::Pgd {
+        for (xi, x0i) in x.iter_mut().zip(&x0) {
+            *xi = (x0i + eps * (2.0 * rng.next_f64() as f32 - 1.0)).clamp(0.0, 1.0);
+        }
+    }
+    let (steps, alpha) = match cfg.method {
+        Method::Fgsm => (1, eps),
+        _ => (cfg.steps.max(1), cfg.alpha as f32),
+    };
+    let quantise = |x: &[f32]| -> RgbImage {
+        let mut img = to_u8_image(x, w, h);
+        if cfg.norm == Norm::Linf {
+            // rounding must not leave the epsilon ball
+            let e = (cfg.eps * 255.0 + 1e-6).floor() as i32;
+            for (p, o) in img.as_mut().iter_mut().zip(image.as_raw()) {
+                *p = (*p as i32)
+                    .clamp(*o as i32 - e, *o as i32 + e)
+                    .clamp(0, 255) as u8;
+            }
+        }
+        img
+    };
+    let success_of = |top: usize| match cfg.target {
+        Some(t) => top == t,
+        None => top != orig_top,
+    };
+    let mut used = 0;
+    let mut best = quantise(&x);
+    for step in 0..steps {
+        used = step + 1;
+        let xt =
+            Tensor::<1>::from_data(TensorData::new(x.clone(), [3 * h * w]), &device).require_grad();
+        let planes = xt.clone().reshape([3, h, w]);
+        let resized = rv
+            .clone()
+            .unsqueeze::<3>()
+            .repeat_dim(0, 3)
+            .matmul(planes.matmul(rh_t.clone().unsqueeze::<3>().repeat_dim(0, 3)));
+        let out = b.forward(resized.unsqueeze::<4>(), &mut Taps::none());
+        let logp = burn::tensor::activation::log_softmax(out.logits, 1);
+        let ce = logp.slice([0..1, label..label + 1]).sum().neg();
+        // targeted: descend the target's cross-entropy; untargeted: ascend the true class's
+        let objective = if cfg.target.is_some() { ce.neg() } else { ce };
+        let grads = objective.backward();
+        let g: Vec<f32> = xt
+            .grad(&grads)
+            .map(|t| t.into_data().try_into_vec_as::<f32>().unwrap_or_default())
+            .unwrap_or_default();
+        match cfg.norm {
+            Norm::Linf => {
+                for ((xi, gi), x0i) in x.iter_mut().zip(&g).zip(&x0) {
+                    let v = *xi + alpha * gi.signum();
+                    *xi = (x0i + (v - x0i).clamp(-eps, eps)).clamp(0.0, 1.0);
+                }
+            }
+            Norm::L2 => {
+                let gn = g.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                for (xi, gi) in x.iter_mut().zip(&g) {
+                    *xi += alpha * gi / gn;
+                }
+                let dn = x
+                    .iter()
+                    .zip(&x0)
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f32>()
+                    .sqrt();
+                let f = if dn > eps { eps / dn } else { 1.0 };
+                for (xi, x0i) in x.iter_mut().zip(&x0) {
+                    *xi = (x0i + (*xi - x0i) * f).clamp(0.0, 1.0);
+                }
+            }
+        }
+        best = quantise(&x);
+        if success_of(classify_u8(b, &best).0) {
+            break;
+        }
+    }
+    let (adv_top, adv_prob, probs) = classify_u8(b, &best);
+    let d: Vec<i32> = best
+        .as_raw()
+        .iter()
+        .zip(image.as_raw())
+        .map(|(a, o)| *a as i32 - *o as i32)
+        .collect();
+    let linf_255 = d.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u8;
+    let l2 = (d.iter().map(|v| (*v as f64 / 255.0).powi(2)).sum::<f64>()).sqrt();
+    let mse = d.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / d.len().max(1) as f64;
+    let psnr = if mse > 0.0 {
+        10.0 * (255.0f64 * 255.0 / mse).log10()
+    } else {
+        f64::INFINITY
+    };
+    Ok(AttackResult {
+        original_top1: orig_top,
+        original_prob: orig_prob,
+        adversarial_top1: adv_top,
+        adversarial_prob: adv_prob,
+        target: cfg.target,
+        target_prob: cfg.target.and_then(|t| probs.get(t).copied()),
+        success: success_of(adv_top),
+        linf_255,
+        linf: linf_255 as f64 / 255.0,
+        l2,
+        psnr,
+        steps_used: used,
+        adversarial: best,
+    })
+}
+
+/// The perturbation, amplified for viewing: 128 + gain · (adversarial − original).
+pub fn diff_image(original: &RgbImage, adversarial: &RgbImage, gain: f32) -> RgbImage {
+    let mut out = original.clone();
+    for ((o, a), d) in original
+        .as_raw()
+        .iter()
+        .zip(adversarial.as_raw())
+        .zip(out.as_mut().iter_mut())
+    {
+        *d = (128.0 + gain * (*a as f32 - *o as f32))
+            .round()
+            .clamp(0.0, 255.0) as u8;
+    }
+    out
+}

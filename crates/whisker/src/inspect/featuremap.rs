@@ -1,0 +1,117 @@
+//! A picture of one layer's activations: the input crop beside a grid of the most active
+//! channels, each scaled to its own range and coloured with a perceptual colour map.
+
+use burn::tensor::Tensor;
+use image::{imageops, Rgb, RgbImage};
+
+use crate::backbones::{Backbone, Taps};
+use crate::data::transforms::to_tensor;
+use crate::error::{Error, Result};
+
+/// The default layer to show: a mid-level one, the deepest whose maps are still at least
+/// 1/8 of the input's size (28×28 for 224), where shapes and textures are recognisable.
+pub fn default_layer(b: &Backbone) -> String {
+    let s = b.spec.input_size;
+    let x = Tensor::<4>::zeros([1, 3, s, s], &b.device());
+    let mut taps = Taps::all();
+    let _ = b.forward(x, &mut taps);
+    taps.maps
+        .iter()
+        .filter(|(_, t)| t.dims()[2] * 8 >= s)
+        .map(|(n, _)| n.clone())
+        .next_back()
+        .unwrap_or_else(|| taps.names.first().cloned().unwrap_or_default())
+}
+
+/// Channel activations of `layer` for one preprocessed image: `(channels, h, w, values)`.
+pub fn activations(
+    b: &Backbone,
+    crop: &RgbImage,
+    layer: &str,
+) -> Result<(usize, usize, usize, Vec<f32>)> {
+    let device = b.device();
+    let mut taps = Taps::only(&[layer]);
+    let _ = b.forward(to_tensor(std::slice::from_ref(crop), &device), &mut taps);
+    let t: Tensor<4> = taps.get(layer).cloned().ok_or_else(|| {
+        Error::Invalid(format!(
+            "{} has no layer `{layer}`; its layers: {}",
+            b.spec.name,
+            taps.names.join(", ")
+        ))
+    })?;
+    let [_, c, h, w] = t.dims();
+    let v = t
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| Error::Invalid(format!("{e:?}")))?;
+    Ok((c, h, w, v))
+}
+
+/// A colour map from dark blue through green to yellow (viridis-like), `t` in [0, 1].
+pub fn colormap(t: f32) -> Rgb<u8> {
+    const STOPS: [(f32, [f32; 3]); 5] = [
+        (0.0, [68.0, 1.0, 84.0]),
+        (0.25, [59.0, 82.0, 139.0]),
+        (0.5, [33.0, 145.0, 140.0]),
+        (0.75, [94.0, 201.0, 98.0]),
+        (1.0, [253.0, 231.0, 37.0]),
+    ];
+    let t = t.clamp(0.0, 1.0);
+    let i = STOPS
+        .iter()
+        .rposition(|s| s.0 <= t)
+        .unwrap_or(0)
+        .min(STOPS.len() - 2);
+    let (a, b) = (STOPS[i], STOPS[i + 1]);
+    let f = (t - a.0) / (b.0 - a.0);
+    Rgb([0, 1, 2].map(|k| (a.1[k] + (b.1[k] - a.1[k]) * f).round() as u8))
+}
+
+/// The picture: the input crop (left) and the `channels` most active channels (by mean
+/// activation), tiles of `tile` pixels.
+pub fn render(
+    crop: &RgbImage,
+    acts: &(usize, usize, usize, Vec<f32>),
+    channels: usize,
+    tile: u32,
+) -> RgbImage {
+    let (c, h, w, v) = acts;
+    let plane = h * w;
+    let mut order: Vec<usize> = (0..*c).collect();
+    let mean = |k: usize| v[k * plane..(k + 1) * plane].iter().sum::<f32>() / plane.max(1) as f32;
+    order.sort_by(|&a, &b| mean(b).total_cmp(&mean(a)));
+    order.truncate(channels.max(1).min(*c));
+    let cols = (order.len() as f64).sqrt().ceil() as u32;
+    let rows = (order.len() as u32).div_ceil(cols);
+    let gap = 2;
+    let side = rows * (tile + gap);
+    let left = side.max(tile);
+    let mut out = RgbImage::from_pixel(
+        left + gap * 4 + cols * (tile + gap),
+        side.max(left),
+        Rgb([255, 255, 255]),
+    );
+    let input = imageops::resize(crop, left, left, imageops::FilterType::Triangle);
+    imageops::overlay(&mut out, &input, 0, 0);
+    for (n, &k) in order.iter().enumerate() {
+        let p = &v[k * plane..(k + 1) * plane];
+        let (lo, hi) = p
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
+        let range = if hi > lo { hi - lo } else { 1.0 };
+        let small = RgbImage::from_fn(*w as u32, *h as u32, |x, y| {
+            colormap((p[y as usize * w + x as usize] - lo) / range)
+        });
+        let big = imageops::resize(&small, tile, tile, imageops::FilterType::Nearest);
+        let (gx, gy) = ((n as u32) % cols, (n as u32) / cols);
+        imageops::overlay(
+            &mut out,
+            &big,
+            (left + gap * 4 + gx * (tile + gap)) as i64,
+            (gy * (tile + gap)) as i64,
+        );
+    }
+    out
+}

@@ -1,0 +1,4 @@
+//! Looking inside a backbone: feature maps, adversarial examples.
+
+pub mod attack;
+pub mod featuremap;

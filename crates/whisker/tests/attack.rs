@@ -1,0 +1,121 @@
+//! Adversarial examples through the preprocessing, on a real photo with the real
+//! EfficientNet-Lite0 weights: the saved u8 image stays within eps of the original and is
+//! classified as the target with `whisker classify`'s exact preprocessing. Plus the linear
+//! model of the resize (what the attack differentiates) against Pillow's u8 resize.
+
+mod common;
+
+use burn::tensor::Device;
+use common::*;
+use whisker::inspect::attack::{attack, classify_u8, AttackConfig, Method, Norm};
+use whisker::Backbone;
+
+#[test]
+fn pgd_targeted_attack_succeeds_within_eps_after_saving() {
+    let device = Device::flex().autodiff();
+    let b = Backbone::from_file(
+        "efficientnet_lite0",
+        &testdata("efficientnet-lite0-57934424.pth"),
+        &device,
+    )
+    .unwrap();
+    let img = whisker::data::decode_file(&testdata("coffee.png")).unwrap();
+    let (orig, _, _) = classify_u8(&b, &img);
+    assert_eq!(orig, 967, "espresso");
+    let cfg = AttackConfig {
+        method: Method::Pgd,
+        norm: Norm::Linf,
+        eps: 4.0 / 255.0,
+        alpha: 1.0 / 255.0,
+        steps: 40,
+        random_start: false,
+        target: Some(282),
+        seed: 0,
+    };
+    let r = attack(&b, &img, &cfg).unwrap();
+    println!(
+        "attack: {} steps, target prob {:?}, linf {} / 255, l2 {:.3}, psnr {:.1}",
+        r.steps_used, r.target_prob, r.linf_255, r.l2, r.psnr
+    );
+    assert!(r.success, "{r:?}");
+    assert!(r.linf_255 <= 4);
+    assert_eq!(
+        r.adversarial.dimensions(),
+        img.dimensions(),
+        "saved at the original resolution"
+    );
+    // saved losslessly and read back, it is still the target
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("adv.png");
+    r.adversarial.save(&p).unwrap();
+    let back = whisker::data::decode_file(&p).unwrap();
+    assert_eq!(classify_u8(&b, &back).0, 282);
+    let max = back
+        .as_raw()
+        .iter()
+        .zip(img.as_raw())
+        .map(|(a, o)| a.abs_diff(*o))
+        .max()
+        .unwrap();
+    assert!(max <= 4, "L∞ on 0..255 is {max}");
+}
+
+#[test]
+fn fgsm_untargeted_moves_the_prediction_or_reports_failure_honestly() {
+    let device = Device::flex().autodiff();
+    let b = Backbone::from_file(
+        "efficientnet_lite0",
+        &testdata("efficientnet-lite0-57934424.pth"),
+        &device,
+    )
+    .unwrap();
+    let img = whisker::data::decode_file(&testdata("chelsea.png")).unwrap();
+    let cfg = AttackConfig {
+        method: Method::Fgsm,
+        norm: Norm::Linf,
+        eps: 8.0 / 255.0,
+        alpha: 0.0,
+        steps: 1,
+        random_start: false,
+        target: None,
+        seed: 0,
+    };
+    let r = attack(&b, &img, &cfg).unwrap();
+    assert_eq!(r.steps_used, 1);
+    assert!(r.linf_255 <= 8);
+    assert_eq!(r.success, r.adversarial_top1 != r.original_top1);
+    assert_eq!(classify_u8(&b, &r.adversarial).0, r.adversarial_top1);
+}
+
+#[test]
+fn linear_resize_model_matches_pillow_to_one_level() {
+    use whisker::data::resize::{bilinear_matrix, resize_shorter, shorter_side_size};
+    let img = whisker::data::decode_file(&testdata("chelsea.png")).unwrap();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (rw, rh) = shorter_side_size(w as u32, h as u32, 256);
+    let (rw, rh) = (rw as usize, rh as usize);
+    let (mh, mv) = (bilinear_matrix(w, rw), bilinear_matrix(h, rh));
+    let exact = resize_shorter(&img, 256);
+    let mut worst = 0f32;
+    for c in 0..3 {
+        // horizontal then vertical, in floating point
+        let mut tmp = vec![0f32; h * rw];
+        for y in 0..h {
+            for xo in 0..rw {
+                tmp[y * rw + xo] = (0..w)
+                    .map(|x| mh[xo * w + x] * img.get_pixel(x as u32, y as u32)[c] as f32)
+                    .sum();
+            }
+        }
+        for yo in 0..rh {
+            for xo in 0..rw {
+                let v: f32 = (0..h).map(|y| mv[yo * h + y] * tmp[y * rw + xo]).sum();
+                worst = worst.max((v - exact.get_pixel(xo as u32, yo as u32)[c] as f32).abs());
+            }
+        }
+    }
+    assert!(
+        worst <= 1.0,
+        "float model of the resize differs from Pillow by {worst} levels"
+    );
+}
