@@ -96,6 +96,12 @@ pub struct AttackArgs {
     steps: usize,
     #[arg(long)]
     random_start: bool,
+    /// Targeted: keep going until the target's probability reaches this.
+    #[arg(long, default_value_t = 0.0)]
+    confidence: f32,
+    /// Also write original | perturbation | adversarial side by side, labelled.
+    #[arg(long)]
+    side_by_side: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[arg(long, short, default_value = "efficientnet_lite0")]
@@ -160,6 +166,7 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
         random_start: a.random_start,
         target,
         seed: a.seed,
+        min_confidence: a.confidence,
     };
     let r = attack(&b, &img, &cfg)?;
     whisker::report::save_png(&r.adversarial, &a.out)?;
@@ -167,6 +174,48 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
         whisker::report::save_png(&diff_image(&img, &r.adversarial, 10.0), d)?;
     }
     let labels = imagenet_classes();
+    if let Some(p) = &a.side_by_side {
+        let diff = diff_image(&img, &r.adversarial, 10.0);
+        let tiles = [
+            whisker::report::Tile {
+                image: &img,
+                lines: vec![
+                    "original".into(),
+                    format!(
+                        "{} {:.0}%",
+                        labels[r.original_top1],
+                        r.original_prob * 100.0
+                    ),
+                ],
+            },
+            whisker::report::Tile {
+                image: &diff,
+                lines: vec![
+                    "perturbation ×10".into(),
+                    format!("L∞ {}/255  PSNR {:.1} dB", r.linf_255, r.psnr),
+                ],
+            },
+            whisker::report::Tile {
+                image: &r.adversarial,
+                lines: vec![
+                    "adversarial".into(),
+                    format!(
+                        "{} {:.0}%",
+                        labels[r.adversarial_top1],
+                        r.adversarial_prob * 100.0
+                    ),
+                ],
+            },
+        ];
+        whisker::report::contact_sheet(
+            &tiles,
+            &format!(
+                "{} → {}",
+                labels[r.original_top1], labels[r.adversarial_top1]
+            ),
+            p,
+        )?;
+    }
     if a.json {
         let mut v = serde_json::to_value(&r)?;
         v["original_label"] = json!(labels[r.original_top1]);
@@ -193,4 +242,86 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
         );
     }
     Ok(if r.success { 0 } else { 1 })
+}
+
+#[derive(clap::Args)]
+pub struct DreamArgs {
+    /// Class index or ImageNet label ("tabby", "zebra").
+    #[arg(long)]
+    class: String,
+    #[arg(long, short, default_value = "efficientnet_lite0")]
+    backbone: String,
+    #[arg(long, short)]
+    weights: Option<PathBuf>,
+    #[arg(long, default_value_t = 300)]
+    steps: usize,
+    #[arg(long, default_value_t = 0.05)]
+    lr: f64,
+    /// Weight of the total-variation penalty.
+    #[arg(long, default_value_t = 0.01)]
+    tv: f64,
+    /// Maximum random shift of the view each step (pixels).
+    #[arg(long, default_value_t = 16)]
+    jitter: usize,
+    /// Image parameterisation: fft (decorrelated frequencies and colours) or pixel.
+    #[arg(long, default_value = "fft", value_parser = ["fft", "pixel"])]
+    param: String,
+    /// Maximise the log-probability instead of the logit.
+    #[arg(long)]
+    log_prob: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn dream_cmd(a: DreamArgs, quiet: bool) -> Result<i32> {
+    use whisker::inspect::dream::{dream, DreamConfig, Param};
+    let device = whisker::default_device().autodiff();
+    let b = backbone(&a.backbone, a.weights.as_ref(), &device)?;
+    let class = class_index(&a.class)?;
+    let cfg = DreamConfig {
+        class,
+        steps: a.steps,
+        lr: a.lr,
+        tv_weight: a.tv,
+        jitter: a.jitter,
+        param: if a.param == "pixel" {
+            Param::Pixel
+        } else {
+            Param::Fft
+        },
+        log_prob: a.log_prob,
+        seed: a.seed,
+    };
+    let t = std::time::Instant::now();
+    let pb = crate::progress::bar(cfg.steps as u64, "dream", quiet);
+    let r = dream(&b, &cfg, &|d, _| pb.set_position(d as u64))?;
+    pb.finish_and_clear();
+    let secs = t.elapsed().as_secs_f64();
+    whisker::report::save_png(&r.image, &a.out)?;
+    let labels = imagenet_classes();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "class": class, "label": labels[class], "probability": r.probability,
+                "top1": r.top1, "top1_label": labels[r.top1], "history": r.history,
+                "seconds": secs, "settings": cfg, "out": a.out,
+            }))?
+        );
+    } else {
+        println!(
+            "{} ({class}): probability {:.1}% when classified (top-1: {}), {} steps in {:.0} s → {}",
+            labels[class],
+            r.probability * 100.0,
+            labels[r.top1],
+            cfg.steps,
+            secs,
+            a.out.display()
+        );
+    }
+    Ok(0)
 }

@@ -54,6 +54,8 @@ enum Cmd {
     LrFind(train::LrFindArgs),
     /// Picture of one layer's channel activations.
     Featuremap(inspect::FeatureMapArgs),
+    /// "Ideal class" image by gradient ascent on the input.
+    Dream(inspect::DreamArgs),
     /// Adversarial example within an epsilon ball in pixel space (through the preprocessing).
     Attack(inspect::AttackArgs),
 }
@@ -80,6 +82,7 @@ fn main() {
         Cmd::LrFind(a) => train::lr_find(a, quiet),
         Cmd::Featuremap(a) => inspect::featuremap(a),
         Cmd::Attack(a) => inspect::attack_cmd(a),
+        Cmd::Dream(a) => inspect::dream_cmd(a, quiet),
     };
     match res {
         Ok(code) => std::process::exit(code),

@@ -31,6 +31,7 @@ fn pgd_targeted_attack_succeeds_within_eps_after_saving() {
         random_start: false,
         target: Some(282),
         seed: 0,
+        min_confidence: 0.5,
     };
     let r = attack(&b, &img, &cfg).unwrap();
     println!(
@@ -38,6 +39,7 @@ fn pgd_targeted_attack_succeeds_within_eps_after_saving() {
         r.steps_used, r.target_prob, r.linf_255, r.l2, r.psnr
     );
     assert!(r.success, "{r:?}");
+    assert!(r.target_prob.unwrap() >= 0.5);
     assert!(r.linf_255 <= 4);
     assert_eq!(
         r.adversarial.dimensions(),
@@ -79,6 +81,7 @@ fn fgsm_untargeted_moves_the_prediction_or_reports_failure_honestly() {
         random_start: false,
         target: None,
         seed: 0,
+        min_confidence: 0.0,
     };
     let r = attack(&b, &img, &cfg).unwrap();
     assert_eq!(r.steps_used, 1);

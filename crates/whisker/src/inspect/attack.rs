@@ -42,6 +42,10 @@ pub struct AttackConfig {
     /// Targeted (make the model answer this class) or untargeted (make it leave the top-1).
     pub target: Option<usize>,
     pub seed: u64,
+    /// Targeted attacks go on until the target's probability reaches this (0: until it is
+    /// the top-1).
+    #[serde(default)]
+    pub min_confidence: f32,
 }
 
 /// What an attack did, measured on the saved u8 images.
@@ -156,8 +160,8 @@ pub fn attack(b: &Backbone, image: &RgbImage, cfg: &AttackConfig) -> Result<Atta
         }
         img
     };
-    let success_of = |top: usize| match cfg.target {
-        Some(t) => top == t,
+    let success_of = |top: usize, probs: &[f32]| match cfg.target {
+        Some(t) => top == t && probs.get(t).copied().unwrap_or(0.0) >= cfg.min_confidence,
         None => top != orig_top,
     };
     let mut used = 0;
@@ -207,7 +211,8 @@ pub fn attack(b: &Backbone, image: &RgbImage, cfg: &AttackConfig) -> Result<Atta
             }
         }
         best = quantise(&x);
-        if success_of(classify_u8(b, &best).0) {
+        let (top, _, probs) = classify_u8(b, &best);
+        if success_of(top, &probs) {
             break;
         }
     }
@@ -233,7 +238,7 @@ pub fn attack(b: &Backbone, image: &RgbImage, cfg: &AttackConfig) -> Result<Atta
         adversarial_prob: adv_prob,
         target: cfg.target,
         target_prob: cfg.target.and_then(|t| probs.get(t).copied()),
-        success: success_of(adv_top),
+        success: success_of(adv_top, &probs),
         linf_255,
         linf: linf_255 as f64 / 255.0,
         l2,

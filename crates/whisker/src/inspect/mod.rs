@@ -1,4 +1,5 @@
 //! Looking inside a backbone: feature maps, adversarial examples.
 
 pub mod attack;
+pub mod dream;
 pub mod featuremap;

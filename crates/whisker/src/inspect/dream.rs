@@ -1,0 +1,254 @@
+//! "Ideal class" images: gradient ascent on the input for a class, with a total-variation
+//! penalty (the lesson's recipe) and the robustness feature-visualisation libraries use
+//! (Lucid/Lucent): a random shift of the crop every step and, with `Param::Fft`, a
+//! decorrelated parameterisation (an orthonormal 2-D cosine basis with 1/frequency scaling,
+//! and ImageNet's colour decorrelation). The image is made at the backbone's resize size
+//! (256 for 224 inputs) so that `whisker classify` (resize, centre crop) sees what was
+//! optimised; the reported probability is that of the saved u8 image.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use super::attack::classify_u8;
+use crate::backbones::{Backbone, Taps};
+use crate::data::datasets::SplitMix64;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Param {
+    Pixel,
+    Fft,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DreamConfig {
+    pub class: usize,
+    pub steps: usize,
+    pub lr: f64,
+    pub tv_weight: f64,
+    /// Maximum shift of the crop window from the centre, in pixels, each step.
+    pub jitter: usize,
+    pub param: Param,
+    /// Maximise the log-probability instead of the logit.
+    pub log_prob: bool,
+    pub seed: u64,
+}
+
+impl Default for DreamConfig {
+    fn default() -> Self {
+        DreamConfig {
+            class: 0,
+            steps: 300,
+            lr: 0.05,
+            tv_weight: 0.01,
+            jitter: 16,
+            param: Param::Fft,
+            log_prob: false,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DreamResult {
+    pub class: usize,
+    /// Probability of the class for the saved image, classified as `whisker classify` does.
+    pub probability: f32,
+    pub top1: usize,
+    /// (step, probability of the saved-image equivalent) along the way.
+    pub history: Vec<(usize, f32)>,
+    #[serde(skip)]
+    pub image: RgbImage,
+}
+
+/// Orthonormal DCT-II matrix `[n, n]` (row k = frequency k).
+fn dct(n: usize) -> Vec<f32> {
+    let mut m = vec![0f32; n * n];
+    for k in 0..n {
+        let a = if k == 0 {
+            (1.0 / n as f64).sqrt()
+        } else {
+            (2.0 / n as f64).sqrt()
+        };
+        for i in 0..n {
+            m[k * n + i] =
+                (a * (std::f64::consts::PI * (i as f64 + 0.5) * k as f64 / n as f64).cos()) as f32;
+        }
+    }
+    m
+}
+
+/// ImageNet's colour correlation (Lucid's `color_correlation_svd_sqrt`), normalised.
+const COLOUR: [[f32; 3]; 3] = [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]];
+
+fn colour_matrix() -> [[f32; 3]; 3] {
+    let max_norm = COLOUR
+        .iter()
+        .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt())
+        .fold(0.0, f32::max);
+    COLOUR.map(|r| r.map(|v| v / max_norm))
+}
+
+struct Builder {
+    s: usize,
+    basis: Tensor<2>,
+    basis_t: Tensor<2>,
+    scale: Tensor<3>,
+    colour: Tensor<2>,
+    param: Param,
+}
+
+impl Builder {
+    fn new(s: usize, param: Param, device: &Device) -> Self {
+        let d = dct(s);
+        let basis = Tensor::<2>::from_data(TensorData::new(d, [s, s]), device);
+        let basis_t = basis.clone().transpose();
+        // 1/frequency scaling (frequency in cycles per pixel: DCT index k is k/(2s)), as
+        // Lucid's FFT parameterisation, floored at one cycle per image
+        let mut sc = vec![0f32; s * s];
+        for u in 0..s {
+            for v in 0..s {
+                let f = ((u * u + v * v) as f32).sqrt() / (2 * s) as f32;
+                sc[u * s + v] = 1.0 / f.max(1.0 / s as f32) / s as f32 * 16.0;
+            }
+        }
+        let scale = Tensor::<2>::from_data(TensorData::new(sc, [s, s]), device).unsqueeze::<3>();
+        let c = colour_matrix();
+        let colour = Tensor::<2>::from_data(
+            TensorData::new(c.iter().flatten().copied().collect::<Vec<_>>(), [3, 3]),
+            device,
+        );
+        Builder {
+            s,
+            basis,
+            basis_t,
+            scale,
+            colour,
+            param,
+        }
+    }
+
+    /// Latent `[3, s, s]` → image `[3, s, s]` in (0, 1).
+    fn image(&self, z: Tensor<3>) -> Tensor<3> {
+        let s = self.s;
+        match self.param {
+            Param::Pixel => burn::tensor::activation::sigmoid(z),
+            Param::Fft => {
+                let coeffs = z * self.scale.clone();
+                let bt = self.basis_t.clone().unsqueeze::<3>().repeat_dim(0, 3);
+                let b = self.basis.clone().unsqueeze::<3>().repeat_dim(0, 3);
+                let spatial = bt.matmul(coeffs).matmul(b); // [3, s, s]
+                let mixed = self
+                    .colour
+                    .clone()
+                    .matmul(spatial.reshape([3, s * s]))
+                    .reshape([3, s, s]);
+                burn::tensor::activation::sigmoid(mixed)
+            }
+        }
+    }
+}
+
+fn total_variation(x: Tensor<3>) -> Tensor<1> {
+    let [c, h, w] = x.dims();
+    let dx = x.clone().slice([0..c, 0..h, 1..w]) - x.clone().slice([0..c, 0..h, 0..w - 1]);
+    let dy = x.clone().slice([0..c, 1..h, 0..w]) - x.slice([0..c, 0..h - 1, 0..w]);
+    dx.abs().mean() + dy.abs().mean()
+}
+
+fn to_u8(x: Tensor<3>) -> RgbImage {
+    let [_, h, w] = x.dims();
+    let v: Vec<f32> = x.into_data().try_into_vec_as::<f32>().unwrap_or_default();
+    RgbImage::from_fn(w as u32, h as u32, |i, j| {
+        let px = |c: usize| {
+            (v[c * h * w + j as usize * w + i as usize] * 255.0)
+                .round()
+                .clamp(0.0, 255.0) as u8
+        };
+        image::Rgb([px(0), px(1), px(2)])
+    })
+}
+
+/// Grow an image of `cfg.class` for `b` (on an autodiff device). `progress(step, steps)`.
+pub fn dream(
+    b: &Backbone,
+    cfg: &DreamConfig,
+    progress: &dyn Fn(usize, usize),
+) -> Result<DreamResult> {
+    let device = b.device();
+    if !device.is_autodiff() {
+        return Err(Error::Invalid(
+            "dreaming needs the backbone on an autodiff device".into(),
+        ));
+    }
+    let s = b.spec.resize;
+    let crop = b.spec.input_size;
+    let builder = Builder::new(s, cfg.param, &device);
+    let mut rng = SplitMix64(cfg.seed);
+    let n = 3 * s * s;
+    let init = if cfg.param == Param::Fft { 0.01 } else { 0.1 };
+    let mut z: Vec<f32> = (0..n)
+        .map(|_| ((2.0 * rng.next_f64() - 1.0) * init) as f32)
+        .collect();
+    let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
+    let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
+    let centre = (s - crop) / 2;
+    let mut history = Vec::new();
+    for step in 0..cfg.steps {
+        let zt = Tensor::<1>::from_data(TensorData::new(z.clone(), [n]), &device).require_grad();
+        let img = builder.image(zt.clone().reshape([3, s, s]));
+        let j = cfg.jitter.min(centre) as i64;
+        let off = |r: &mut SplitMix64| {
+            (centre as i64 + r.below((2 * j + 1) as usize) as i64 - j) as usize
+        };
+        let (ox, oy) = (off(&mut rng), off(&mut rng));
+        let view = img
+            .clone()
+            .slice([0..3, oy..oy + crop, ox..ox + crop])
+            .unsqueeze::<4>();
+        let logits = b.forward(view, &mut Taps::none()).logits;
+        let score = if cfg.log_prob {
+            burn::tensor::activation::log_softmax(logits, 1)
+                .slice([0..1, cfg.class..cfg.class + 1])
+                .sum()
+        } else {
+            logits.slice([0..1, cfg.class..cfg.class + 1]).sum()
+        };
+        let objective = score - total_variation(img) * cfg.tv_weight as f32;
+        let grads = objective.neg().backward();
+        let g: Vec<f32> = zt
+            .grad(&grads)
+            .map(|t| t.into_data().try_into_vec_as::<f32>().unwrap_or_default())
+            .unwrap_or_default();
+        let t = (step + 1) as i32;
+        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        for i in 0..n {
+            let gi = g.get(i).copied().unwrap_or(0.0);
+            m[i] = b1 * m[i] + (1.0 - b1) * gi;
+            v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+            z[i] -= cfg.lr as f32 * (m[i] / c1) / ((v[i] / c2).sqrt() + eps);
+        }
+        if (step + 1) % 40 == 0 || step + 1 == cfg.steps {
+            let zt =
+                Tensor::<1>::from_data(TensorData::new(z.clone(), [n]), &device.clone().inner());
+            let b_inner = Builder::new(s, cfg.param, &device.clone().inner());
+            let u8img = to_u8(b_inner.image(zt.reshape([3, s, s])));
+            let (_, _, p) = classify_u8(b, &u8img);
+            history.push((step + 1, p.get(cfg.class).copied().unwrap_or(0.0)));
+        }
+        progress(step + 1, cfg.steps);
+    }
+    let zt = Tensor::<1>::from_data(TensorData::new(z, [n]), &device.clone().inner());
+    let image =
+        to_u8(Builder::new(s, cfg.param, &device.clone().inner()).image(zt.reshape([3, s, s])));
+    let (top1, _, p) = classify_u8(b, &image);
+    Ok(DreamResult {
+        class: cfg.class,
+        probability: p.get(cfg.class).copied().unwrap_or(0.0),
+        top1,
+        history,
+        image,
+    })
+}
