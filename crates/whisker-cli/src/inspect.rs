@@ -9,6 +9,98 @@ use whisker::inspect::attack::{attack, diff_image, AttackConfig, Method, Norm};
 use whisker::inspect::featuremap;
 use whisker::weights::cache::Cache;
 
+/// A zoo backbone (ImageNet classes) or a trained whisker model (its classes), on a device.
+pub struct Subject {
+    pub backbone: Backbone,
+    pub model: Option<whisker::train::model_file::TrainedModel>,
+}
+
+impl Subject {
+    pub fn load(
+        model: Option<&PathBuf>,
+        name: &str,
+        weights: Option<&PathBuf>,
+        device: &burn::tensor::Device,
+    ) -> Result<Self> {
+        let Some(m) = model else {
+            return Ok(Subject {
+                backbone: backbone(name, weights, device)?,
+                model: None,
+            });
+        };
+        let p = if m.is_dir() {
+            m.join("model.safetensors")
+        } else {
+            m.clone()
+        };
+        let tm = whisker::train::model_file::TrainedModel::load(&p)?;
+        let b = match &tm.backbone_weights {
+            Some(sd) => Backbone::from_state_dict(&tm.meta.backbone, sd.clone(), device)?,
+            None => {
+                let c = Cache::default().require(&tm.meta.backbone)?;
+                if c.sha256 != tm.meta.weights_sha256 {
+                    bail!(
+                        "the model was trained on other {} weights (sha256 {})",
+                        tm.meta.backbone,
+                        tm.meta.weights_sha256
+                    );
+                }
+                Backbone::from_file(&tm.meta.backbone, &c.file, device)?
+            }
+        };
+        Ok(Subject {
+            backbone: b,
+            model: Some(tm),
+        })
+    }
+
+    pub fn labels(&self) -> Vec<String> {
+        match &self.model {
+            Some(m) => m.meta.classes.clone(),
+            None => imagenet_classes().iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    pub fn classifier(&self) -> Box<dyn whisker::inspect::Classifier + '_> {
+        match &self.model {
+            Some(m) => Box::new(whisker::inspect::Trained {
+                backbone: &self.backbone,
+                head: &m.head,
+            }),
+            None => Box::new(Zoo(&self.backbone)),
+        }
+    }
+
+    pub fn class_index(&self, s: &str) -> Result<usize> {
+        let labels = self.labels();
+        if let Ok(i) = s.parse::<usize>() {
+            if i < labels.len() {
+                return Ok(i);
+            }
+        }
+        labels
+            .iter()
+            .position(|l| l.eq_ignore_ascii_case(s))
+            .with_context(|| {
+                format!(
+                    "unknown class `{s}` (an index below {} or a class name)",
+                    labels.len()
+                )
+            })
+    }
+}
+
+struct Zoo<'a>(&'a Backbone);
+
+impl whisker::inspect::Classifier for Zoo<'_> {
+    fn backbone(&self) -> &Backbone {
+        self.0
+    }
+    fn logits(&self, pixels: burn::tensor::Tensor<4>) -> burn::tensor::Tensor<2> {
+        whisker::inspect::Classifier::logits(self.0, pixels)
+    }
+}
+
 fn backbone(
     name: &str,
     weights: Option<&PathBuf>,
@@ -108,6 +200,9 @@ pub struct AttackArgs {
     backbone: String,
     #[arg(long, short)]
     weights: Option<PathBuf>,
+    /// A trained whisker model (run directory or model.safetensors) instead of a zoo backbone.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// The adversarial image (PNG, original resolution).
     #[arg(long)]
     out: PathBuf,
@@ -125,25 +220,12 @@ fn fraction(s: &str) -> Result<f64> {
     }
 }
 
-fn class_index(s: &str) -> Result<usize> {
-    if let Ok(i) = s.parse::<usize>() {
-        if i < 1000 {
-            return Ok(i);
-        }
-    }
-    let labels = imagenet_classes();
-    labels
-        .iter()
-        .position(|l| l.eq_ignore_ascii_case(s))
-        .with_context(|| format!("unknown class `{s}` (an index 0-999 or an ImageNet label)"))
-}
-
 pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
     if a.target.is_none() && !a.untargeted {
         bail!("give --target CLASS or --untargeted");
     }
     let device = whisker::default_device().autodiff();
-    let b = backbone(&a.backbone, a.weights.as_ref(), &device)?;
+    let subject = Subject::load(a.model.as_ref(), &a.backbone, a.weights.as_ref(), &device)?;
     let img = whisker::data::decode_file(&a.image)?;
     let eps = fraction(&a.eps)?;
     let norm = if a.norm == "l2" { Norm::L2 } else { Norm::Linf };
@@ -156,7 +238,11 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
         "bim" => Method::Bim,
         _ => Method::Pgd,
     };
-    let target = a.target.as_deref().map(class_index).transpose()?;
+    let target = a
+        .target
+        .as_deref()
+        .map(|t| subject.class_index(t))
+        .transpose()?;
     let cfg = AttackConfig {
         method,
         norm,
@@ -168,12 +254,12 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
         seed: a.seed,
         min_confidence: a.confidence,
     };
-    let r = attack(&b, &img, &cfg)?;
+    let r = attack(subject.classifier().as_ref(), &img, &cfg)?;
     whisker::report::save_png(&r.adversarial, &a.out)?;
     if let Some(d) = &a.diff {
         whisker::report::save_png(&diff_image(&img, &r.adversarial, 10.0), d)?;
     }
-    let labels = imagenet_classes();
+    let labels = subject.labels();
     if let Some(p) = &a.side_by_side {
         let diff = diff_image(&img, &r.adversarial, 10.0);
         let tiles = [
@@ -271,6 +357,9 @@ pub struct DreamArgs {
     log_prob: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// A trained whisker model (run directory or model.safetensors) instead of a zoo backbone.
+    #[arg(long)]
+    model: Option<PathBuf>,
     #[arg(long)]
     out: PathBuf,
     #[arg(long)]
@@ -280,8 +369,8 @@ pub struct DreamArgs {
 pub fn dream_cmd(a: DreamArgs, quiet: bool) -> Result<i32> {
     use whisker::inspect::dream::{dream, DreamConfig, Param};
     let device = whisker::default_device().autodiff();
-    let b = backbone(&a.backbone, a.weights.as_ref(), &device)?;
-    let class = class_index(&a.class)?;
+    let subject = Subject::load(a.model.as_ref(), &a.backbone, a.weights.as_ref(), &device)?;
+    let class = subject.class_index(&a.class)?;
     let cfg = DreamConfig {
         class,
         steps: a.steps,
@@ -298,11 +387,13 @@ pub fn dream_cmd(a: DreamArgs, quiet: bool) -> Result<i32> {
     };
     let t = std::time::Instant::now();
     let pb = crate::progress::bar(cfg.steps as u64, "dream", quiet);
-    let r = dream(&b, &cfg, &|d, _| pb.set_position(d as u64))?;
+    let r = dream(subject.classifier().as_ref(), &cfg, &|d, _| {
+        pb.set_position(d as u64)
+    })?;
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
     whisker::report::save_png(&r.image, &a.out)?;
-    let labels = imagenet_classes();
+    let labels = subject.labels();
     if a.json {
         println!(
             "{}",

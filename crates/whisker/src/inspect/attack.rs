@@ -9,7 +9,8 @@ use burn::tensor::{Tensor, TensorData};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use crate::backbones::{top_k, Backbone, Taps};
+use super::Classifier;
+use crate::backbones::top_k;
 use crate::data::datasets::SplitMix64;
 use crate::data::resize::{bilinear_matrix, shorter_side_size};
 use crate::data::transforms::{center_crop_offset, to_tensor};
@@ -68,10 +69,11 @@ pub struct AttackResult {
 }
 
 /// Classify a u8 image exactly as `whisker classify` does: (top-1, its probability, all probs).
-pub fn classify_u8(b: &Backbone, img: &RgbImage) -> (usize, f32, Vec<f32>) {
+pub fn classify_u8(c: &dyn Classifier, img: &RgbImage) -> (usize, f32, Vec<f32>) {
+    let b = c.backbone();
     let device = b.device().inner();
     let x = to_tensor(&[b.preprocess().apply(img)], &device);
-    let logits = b.forward(x, &mut Taps::none()).logits.inner();
+    let logits = c.logits(x).inner();
     let probs = burn::tensor::activation::softmax(logits.clone(), 1);
     let p: Vec<f32> = probs
         .into_data()
@@ -98,7 +100,8 @@ fn to_u8_image(x: &[f32], w: usize, h: usize) -> RgbImage {
 }
 
 /// Run the attack on `image` with `b`, which must live on an autodiff device.
-pub fn attack(b: &Backbone, image: &RgbImage, cfg: &AttackConfig) -> Result<AttackResult> {
+pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Result<AttackResult> {
+    let b = c.backbone();
     let device = b.device();
     if !device.is_autodiff() {
         return Err(Error::Invalid(
@@ -133,7 +136,7 @@ pub fn attack(b: &Backbone, image: &RgbImage, cfg: &AttackConfig) -> Result<Atta
         }
         v
     };
-    let (orig_top, orig_prob, _) = classify_u8(b, image);
+    let (orig_top, orig_prob, _) = classify_u8(c, image);
     let label = cfg.target.unwrap_or(orig_top);
     let eps = cfg.eps as f32;
     let mut rng = SplitMix64(cfg.seed);
@@ -176,8 +179,8 @@ pub fn attack(b: &Backbone, image: &RgbImage, cfg: &AttackConfig) -> Result<Atta
             .unsqueeze::<3>()
             .repeat_dim(0, 3)
             .matmul(planes.matmul(rh_t.clone().unsqueeze::<3>().repeat_dim(0, 3)));
-        let out = b.forward(resized.unsqueeze::<4>(), &mut Taps::none());
-        let logp = burn::tensor::activation::log_softmax(out.logits, 1);
+        let logits = c.logits(resized.unsqueeze::<4>());
+        let logp = burn::tensor::activation::log_softmax(logits, 1);
         let ce = logp.slice([0..1, label..label + 1]).sum().neg();
         // targeted: descend the target's cross-entropy; untargeted: ascend the true class's
         let objective = if cfg.target.is_some() { ce.neg() } else { ce };
@@ -211,12 +214,12 @@ pub fn attack(b: &Backbone, image: &RgbImage, cfg: &AttackConfig) -> Result<Atta
             }
         }
         best = quantise(&x);
-        let (top, _, probs) = classify_u8(b, &best);
+        let (top, _, probs) = classify_u8(c, &best);
         if success_of(top, &probs) {
             break;
         }
     }
-    let (adv_top, adv_prob, probs) = classify_u8(b, &best);
+    let (adv_top, adv_prob, probs) = classify_u8(c, &best);
     let d: Vec<i32> = best
         .as_raw()
         .iter()

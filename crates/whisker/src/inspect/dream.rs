@@ -11,7 +11,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use super::attack::classify_u8;
-use crate::backbones::{Backbone, Taps};
+use super::Classifier;
 use crate::data::datasets::SplitMix64;
 use crate::error::{Error, Result};
 
@@ -173,10 +173,11 @@ fn to_u8(x: Tensor<3>) -> RgbImage {
 
 /// Grow an image of `cfg.class` for `b` (on an autodiff device). `progress(step, steps)`.
 pub fn dream(
-    b: &Backbone,
+    c: &dyn Classifier,
     cfg: &DreamConfig,
     progress: &dyn Fn(usize, usize),
 ) -> Result<DreamResult> {
+    let b = c.backbone();
     let device = b.device();
     if !device.is_autodiff() {
         return Err(Error::Invalid(
@@ -208,7 +209,7 @@ pub fn dream(
             .clone()
             .slice([0..3, oy..oy + crop, ox..ox + crop])
             .unsqueeze::<4>();
-        let logits = b.forward(view, &mut Taps::none()).logits;
+        let logits = c.logits(view);
         let score = if cfg.log_prob {
             burn::tensor::activation::log_softmax(logits, 1)
                 .slice([0..1, cfg.class..cfg.class + 1])
@@ -235,7 +236,7 @@ pub fn dream(
                 Tensor::<1>::from_data(TensorData::new(z.clone(), [n]), &device.clone().inner());
             let b_inner = Builder::new(s, cfg.param, &device.clone().inner());
             let u8img = to_u8(b_inner.image(zt.reshape([3, s, s])));
-            let (_, _, p) = classify_u8(b, &u8img);
+            let (_, _, p) = classify_u8(c, &u8img);
             history.push((step + 1, p.get(cfg.class).copied().unwrap_or(0.0)));
         }
         progress(step + 1, cfg.steps);
@@ -243,7 +244,7 @@ pub fn dream(
     let zt = Tensor::<1>::from_data(TensorData::new(z, [n]), &device.clone().inner());
     let image =
         to_u8(Builder::new(s, cfg.param, &device.clone().inner()).image(zt.reshape([3, s, s])));
-    let (top1, _, p) = classify_u8(b, &image);
+    let (top1, _, p) = classify_u8(c, &image);
     Ok(DreamResult {
         class: cfg.class,
         probability: p.get(cfg.class).copied().unwrap_or(0.0),

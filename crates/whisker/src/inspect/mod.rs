@@ -3,3 +3,39 @@
 pub mod attack;
 pub mod dream;
 pub mod featuremap;
+
+use burn::tensor::Tensor;
+
+use crate::backbones::{Backbone, Taps};
+use crate::train::model_file::Head;
+
+/// Something that maps pixels in [0, 1] (`[N, 3, H, W]`) to class logits, differentiably:
+/// a zoo backbone with its ImageNet head, or a trained whisker model.
+pub trait Classifier {
+    fn backbone(&self) -> &Backbone;
+    fn logits(&self, pixels: Tensor<4>) -> Tensor<2>;
+}
+
+impl Classifier for Backbone {
+    fn backbone(&self) -> &Backbone {
+        self
+    }
+    fn logits(&self, pixels: Tensor<4>) -> Tensor<2> {
+        self.forward(pixels, &mut Taps::none()).logits
+    }
+}
+
+/// A trained whisker model: its backbone's features and its head.
+pub struct Trained<'a> {
+    pub backbone: &'a Backbone,
+    pub head: &'a Head,
+}
+
+impl Classifier for Trained<'_> {
+    fn backbone(&self) -> &Backbone {
+        self.backbone
+    }
+    fn logits(&self, pixels: Tensor<4>) -> Tensor<2> {
+        self.head.logits_tensor(self.backbone.features(pixels))
+    }
+}
