@@ -416,3 +416,138 @@ pub fn dream_cmd(a: DreamArgs, quiet: bool) -> Result<i32> {
     }
     Ok(0)
 }
+
+#[derive(clap::Args)]
+pub struct RobustnessArgs {
+    /// A trained whisker model (run directory or model.safetensors).
+    model: PathBuf,
+    /// The dataset it was trained on (its saved test split is used).
+    dataset: PathBuf,
+    /// Comma-separated budgets in [0,1] pixel units (fractions like 4/255 accepted).
+    #[arg(long, default_value = "0,1/255,2/255,4/255,8/255")]
+    eps: String,
+    #[arg(long, default_value = "pgd", value_parser = ["fgsm", "bim", "pgd"])]
+    method: String,
+    #[arg(long, default_value = "linf", value_parser = ["linf", "l2"])]
+    norm: String,
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// At most this many images of the split.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value = "test", value_parser = ["test", "val", "all"])]
+    split: String,
+    /// Plot of accuracy against epsilon (default: RUN_DIR/robustness.png).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn robustness_cmd(a: RobustnessArgs, quiet: bool) -> Result<i32> {
+    use whisker::inspect::robustness::{robustness, RobustnessAttack};
+    let device = whisker::default_device().autodiff();
+    let subject = Subject::load(Some(&a.model), "", None, &device)?;
+    let run_dir = if a.model.is_dir() {
+        a.model.clone()
+    } else {
+        a.model.parent().map(PathBuf::from).unwrap_or_default()
+    };
+    let ds = whisker::data::datasets::Dataset::open(
+        &a.dataset,
+        None,
+        whisker::data::datasets::Labels::Breed,
+    )?;
+    if ds.classes != subject.labels() {
+        bail!("the dataset's classes are not the model's");
+    }
+    let mut items: Vec<(PathBuf, usize)> =
+        ds.items.iter().map(|i| (i.path.clone(), i.label)).collect();
+    if a.split != "all" {
+        let sj = run_dir.join("split.json");
+        let v: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&sj).with_context(|| format!("reading {}", sj.display()))?,
+        )?;
+        let wanted: std::collections::HashSet<PathBuf> = v[&a.split]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["path"].as_str().map(PathBuf::from))
+            .collect();
+        items.retain(|(p, _)| wanted.contains(p));
+    }
+    if let Some(n) = a.limit {
+        items.truncate(n);
+    }
+    let data: Vec<(image::RgbImage, usize)> = items
+        .iter()
+        .filter_map(|(p, l)| whisker::data::decode_file(p).ok().map(|i| (i, *l)))
+        .collect();
+    let eps: Vec<f64> = a.eps.split(',').map(fraction).collect::<Result<_>>()?;
+    let method = match a.method.as_str() {
+        "fgsm" => Method::Fgsm,
+        "bim" => Method::Bim,
+        _ => Method::Pgd,
+    };
+    let norm = if a.norm == "l2" { Norm::L2 } else { Norm::Linf };
+    let pb = crate::progress::bar((eps.len() * data.len()) as u64, "attacks", quiet);
+    let t = std::time::Instant::now();
+    let settings = RobustnessAttack {
+        method,
+        norm,
+        steps: a.steps,
+        seed: a.seed,
+    };
+    let r = robustness(
+        subject.classifier().as_ref(),
+        &data,
+        &eps,
+        settings,
+        &|d, _| pb.set_position(d as u64),
+    )?;
+    pb.finish_and_clear();
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| run_dir.join("robustness.png"));
+    let points: Vec<(f64, f64)> = r
+        .rows
+        .iter()
+        .map(|row| (row.eps, row.robust_accuracy))
+        .collect();
+    whisker::report::robustness_plot(
+        &points,
+        &format!("robust accuracy, {} {} ({} images)", a.method, a.norm, r.n),
+        &out,
+    )?;
+    if a.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["seconds"] = json!(t.elapsed().as_secs_f64());
+        v["plot"] = json!(out);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{} images, clean accuracy {:.2}%",
+            r.n,
+            r.clean_accuracy * 100.0
+        );
+        println!(
+            "{:>10} {:>10} {:>14} {:>10} {:>8}",
+            "eps", "robust acc", "attack success", "mean L∞", "mean L2"
+        );
+        for row in &r.rows {
+            println!(
+                "{:>10} {:>9.2}% {:>13.2}% {:>10.4} {:>8.3}",
+                format!("{:.0}/255", row.eps * 255.0),
+                row.robust_accuracy * 100.0,
+                row.attack_success_rate * 100.0,
+                row.mean_linf,
+                row.mean_l2
+            );
+        }
+        println!("plot: {}", out.display());
+    }
+    Ok(0)
+}

@@ -54,6 +54,8 @@ enum Cmd {
     LrFind(train::LrFindArgs),
     /// Picture of one layer's channel activations.
     Featuremap(inspect::FeatureMapArgs),
+    /// Robust accuracy of a trained model against a range of attack budgets.
+    Robustness(inspect::RobustnessArgs),
     /// "Ideal class" image by gradient ascent on the input.
     Dream(inspect::DreamArgs),
     /// Adversarial example within an epsilon ball in pixel space (through the preprocessing).
@@ -83,6 +85,7 @@ fn main() {
         Cmd::Featuremap(a) => inspect::featuremap(a),
         Cmd::Attack(a) => inspect::attack_cmd(a),
         Cmd::Dream(a) => inspect::dream_cmd(a, quiet),
+        Cmd::Robustness(a) => inspect::robustness_cmd(a, quiet),
     };
     match res {
         Ok(code) => std::process::exit(code),

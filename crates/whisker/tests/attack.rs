@@ -122,3 +122,46 @@ fn linear_resize_model_matches_pillow_to_one_level() {
         "float model of the resize differs from Pillow by {worst} levels"
     );
 }
+
+#[test]
+fn robustness_over_real_photos() {
+    use whisker::inspect::robustness::{robustness, RobustnessAttack};
+    let device = Device::flex().autodiff();
+    let b = Backbone::from_file(
+        "efficientnet_lite0",
+        &testdata("efficientnet-lite0-57934424.pth"),
+        &device,
+    )
+    .unwrap();
+    // labels: what the model answers on the clean photos (282 tiger cat, 967 espresso,
+    // 657 missile), plus one deliberately wrong label
+    let data: Vec<(image::RgbImage, usize)> = [
+        ("chelsea.png", 282),
+        ("coffee.png", 967),
+        ("rocket.jpg", 657),
+        ("coffee.png", 1),
+    ]
+    .iter()
+    .map(|(f, l)| (whisker::data::decode_file(&testdata(f)).unwrap(), *l))
+    .collect();
+    let settings = RobustnessAttack {
+        method: Method::Pgd,
+        norm: Norm::Linf,
+        steps: 5,
+        seed: 0,
+    };
+    let r = robustness(&b, &data, &[0.0, 8.0 / 255.0], settings, &|_, _| {}).unwrap();
+    assert_eq!(r.n, 4);
+    assert_eq!(r.clean_accuracy, 0.75);
+    assert_eq!(
+        r.rows[0].robust_accuracy, 0.75,
+        "eps 0 is the clean accuracy"
+    );
+    assert!(
+        r.rows[1].robust_accuracy <= 0.25,
+        "8/255 PGD breaks most: {:?}",
+        r.rows[1]
+    );
+    assert!(r.rows[1].attack_success_rate >= 2.0 / 3.0);
+    assert!(r.rows[1].mean_linf <= 8.0 / 255.0 + 1e-9 && r.rows[1].mean_linf > 0.0);
+}

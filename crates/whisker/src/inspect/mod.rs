@@ -3,6 +3,7 @@
 pub mod attack;
 pub mod dream;
 pub mod featuremap;
+pub mod robustness;
 
 use burn::tensor::Tensor;
 

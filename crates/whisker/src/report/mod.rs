@@ -297,3 +297,30 @@ pub fn lr_find_plot(curve: &[(f64, f64)], suggested: Option<f64>, path: &Path) -
     })?;
     save_png(&img, path)
 }
+
+/// Accuracy against the attack budget.
+pub fn robustness_plot(points: &[(f64, f64)], title: &str, path: &Path) -> Result<()> {
+    let img = render(640, 420, |root| {
+        let xmax = points.iter().map(|p| p.0).fold(0.0, f64::max).max(1e-6) * 255.0;
+        let mut c = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(48)
+            .build_cartesian_2d(0.0..xmax * 1.05, 0.0..100.0)
+            .map_err(plot_err)?;
+        c.configure_mesh()
+            .x_desc("epsilon (×1/255)")
+            .y_desc("accuracy (%)")
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(plot_err)?;
+        let pts: Vec<(f64, f64)> = points.iter().map(|(e, a)| (e * 255.0, a * 100.0)).collect();
+        c.draw_series(LineSeries::new(pts.clone(), RED.stroke_width(2)))
+            .map_err(plot_err)?;
+        c.draw_series(pts.iter().map(|p| Circle::new(*p, 4, RED.filled())))
+            .map_err(plot_err)?;
+        Ok(())
+    })?;
+    save_png(&img, path)
+}
