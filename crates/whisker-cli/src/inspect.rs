@@ -130,13 +130,17 @@ pub struct FeatureMapArgs {
     /// How many channels (the most active ones).
     #[arg(long, default_value_t = 32)]
     channels: usize,
+    /// A trained whisker model (its backbone, fine-tuned or not) instead of a zoo backbone.
+    #[arg(long)]
+    model: Option<PathBuf>,
     #[arg(long, required_unless_present = "list_layers")]
     out: Option<PathBuf>,
 }
 
 pub fn featuremap(a: FeatureMapArgs) -> Result<i32> {
     let device = whisker::default_device();
-    let b = backbone(&a.backbone, a.weights.as_ref(), &device)?;
+    let subject = Subject::load(a.model.as_ref(), &a.backbone, a.weights.as_ref(), &device)?;
+    let b = &subject.backbone;
     if a.list_layers {
         for n in b.layer_names() {
             println!("{n}");
@@ -149,7 +153,7 @@ pub fn featuremap(a: FeatureMapArgs) -> Result<i32> {
         .unwrap_or_else(|| featuremap::default_layer(&b));
     let image = a.image.clone().unwrap_or_default();
     let crop = b.preprocess().load(&image)?;
-    let acts = featuremap::activations(&b, &crop, &layer)?;
+    let acts = featuremap::activations(b, &crop, &layer)?;
     let img = featuremap::render(&crop, &acts, a.channels, 96);
     let out = a.out.clone().unwrap_or_default();
     whisker::report::save_png(&img, &out)?;
