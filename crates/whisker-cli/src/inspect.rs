@@ -150,7 +150,7 @@ pub fn featuremap(a: FeatureMapArgs) -> Result<i32> {
     let layer = a
         .layer
         .clone()
-        .unwrap_or_else(|| featuremap::default_layer(&b));
+        .unwrap_or_else(|| featuremap::default_layer(b));
     let image = a.image.clone().unwrap_or_default();
     let crop = b.preprocess().load(&image)?;
     let acts = featuremap::activations(b, &crop, &layer)?;
