@@ -178,10 +178,13 @@ pub struct AttackArgs {
     /// Make the model leave its current answer.
     #[arg(long)]
     untargeted: bool,
-    #[arg(long, default_value = "pgd", value_parser = ["fgsm", "bim", "pgd"])]
+    #[arg(long, default_value = "pgd", value_parser = ["fgsm", "bim", "pgd", "cw"])]
     method: String,
     #[arg(long, default_value = "linf", value_parser = ["linf", "l2"])]
     norm: String,
+    /// Carlini–Wagner's constant c (with --method cw; its learning rate is --alpha, default 0.01).
+    #[arg(long, default_value_t = 1.0)]
+    c: f64,
     /// Perturbation budget in [0,1] pixel units; fractions like 4/255 are accepted.
     #[arg(long, default_value = "4/255")]
     eps: String,
@@ -240,7 +243,19 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
     let method = match a.method.as_str() {
         "fgsm" => Method::Fgsm,
         "bim" => Method::Bim,
+        "cw" => Method::Cw,
         _ => Method::Pgd,
+    };
+    let (norm, alpha) = if method == Method::Cw {
+        let lr = a
+            .alpha
+            .as_deref()
+            .map(fraction)
+            .transpose()?
+            .unwrap_or(0.01);
+        (Norm::L2, lr)
+    } else {
+        (norm, alpha)
     };
     let target = a
         .target
@@ -257,6 +272,7 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
         target,
         seed: a.seed,
         min_confidence: a.confidence,
+        cw_c: a.c,
     };
     let r = attack(subject.classifier().as_ref(), &img, &cfg)?;
     whisker::report::save_png(&r.adversarial, &a.out)?;

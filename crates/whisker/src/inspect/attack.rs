@@ -22,6 +22,9 @@ pub enum Method {
     Fgsm,
     Bim,
     Pgd,
+    /// Carlini–Wagner L2: minimise ‖δ‖² + c·f(x + δ) over a tanh-parameterised image with
+    /// Adam (learning rate `alpha`), as torchattacks' CW (κ = 0). Not bounded by `eps`.
+    Cw,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +50,13 @@ pub struct AttackConfig {
     /// the top-1).
     #[serde(default)]
     pub min_confidence: f32,
+    /// Carlini–Wagner's trade-off constant c.
+    #[serde(default = "one")]
+    pub cw_c: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// What an attack did, measured on the saved u8 images.
@@ -169,17 +179,67 @@ pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Resul
     };
     let mut used = 0;
     let mut best = quantise(&x);
+    let resize = |t: Tensor<3>| -> Tensor<4> {
+        rv.clone()
+            .unsqueeze::<3>()
+            .repeat_dim(0, 3)
+            .matmul(t.matmul(rh_t.clone().unsqueeze::<3>().repeat_dim(0, 3)))
+            .unsqueeze::<4>()
+    };
+    if cfg.method == Method::Cw {
+        let n = 3 * h * w;
+        let mut wv: Vec<f32> = x0
+            .iter()
+            .map(|v| (2.0 * v - 1.0).clamp(-0.999_999, 0.999_999).atanh())
+            .collect();
+        let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
+        let x0t = Tensor::<1>::from_data(TensorData::new(x0.clone(), [n]), &device);
+        let k = c.logits(resize(x0t.clone().reshape([3, h, w]))).dims()[1];
+        let mut onehot = vec![0f32; k];
+        onehot[label] = 1.0;
+        let onehot = Tensor::<1>::from_data(TensorData::new(onehot, [k]), &device).unsqueeze::<2>();
+        for step in 0..cfg.steps.max(1) {
+            used = step + 1;
+            let wt =
+                Tensor::<1>::from_data(TensorData::new(wv.clone(), [n]), &device).require_grad();
+            let xt = (wt.clone().tanh() + 1.0) / 2.0;
+            let logits = c.logits(resize(xt.clone().reshape([3, h, w])));
+            let real = (logits.clone() * onehot.clone()).sum_dim(1);
+            let other = (logits - onehot.clone() * 1e4).max_dim(1);
+            let f = if cfg.target.is_some() {
+                other - real
+            } else {
+                real - other
+            };
+            let loss = (xt.clone() - x0t.clone()).powf_scalar(2.0).sum()
+                + f.clamp_min(0.0).sum() * cfg.cw_c as f32;
+            let grads = loss.backward();
+            let g: Vec<f32> = wt
+                .grad(&grads)
+                .map(|t| t.into_data().try_into_vec_as::<f32>().unwrap_or_default())
+                .unwrap_or_default();
+            let t = (step + 1) as i32;
+            let (c1, c2) = (1.0 - 0.9f32.powi(t), 1.0 - 0.999f32.powi(t));
+            for i in 0..n {
+                let gi = g.get(i).copied().unwrap_or(0.0);
+                m[i] = 0.9 * m[i] + 0.1 * gi;
+                v[i] = 0.999 * v[i] + 0.001 * gi * gi;
+                wv[i] -= cfg.alpha as f32 * (m[i] / c1) / ((v[i] / c2).sqrt() + 1e-8);
+            }
+            let x: Vec<f32> = wv.iter().map(|z| (z.tanh() + 1.0) / 2.0).collect();
+            best = to_u8_image(&x, w, h);
+            let (top, _, probs) = classify_u8(c, &best);
+            if success_of(top, &probs) {
+                break;
+            }
+        }
+    }
+    let steps = if cfg.method == Method::Cw { 0 } else { steps };
     for step in 0..steps {
         used = step + 1;
         let xt =
             Tensor::<1>::from_data(TensorData::new(x.clone(), [3 * h * w]), &device).require_grad();
-        let planes = xt.clone().reshape([3, h, w]);
-        let resized = rv
-            .clone()
-            .unsqueeze::<3>()
-            .repeat_dim(0, 3)
-            .matmul(planes.matmul(rh_t.clone().unsqueeze::<3>().repeat_dim(0, 3)));
-        let logits = c.logits(resized.unsqueeze::<4>());
+        let logits = c.logits(resize(xt.clone().reshape([3, h, w])));
         let logp = burn::tensor::activation::log_softmax(logits, 1);
         let ce = logp.slice([0..1, label..label + 1]).sum().neg();
         // targeted: descend the target's cross-entropy; untargeted: ascend the true class's

@@ -80,6 +80,7 @@ pub fn robustness(
                 target: None,
                 seed: seed ^ i as u64,
                 min_confidence: 0.0,
+                cw_c: 1.0,
             };
             let r = attack(c, img, &cfg)?;
             if r.success {
