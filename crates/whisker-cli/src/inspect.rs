@@ -375,6 +375,15 @@ pub struct DreamArgs {
     /// Maximise the log-probability instead of the logit.
     #[arg(long)]
     log_prob: bool,
+    /// Random scale of the view each step, within [1/S, S] (1: off).
+    #[arg(long, default_value_t = 1.1)]
+    scale: f64,
+    /// Random rotation of the view each step, within ±R degrees (0: off).
+    #[arg(long, default_value_t = 5.0)]
+    rotate: f64,
+    /// Size of the square image (default: the backbone's resize size, 256 for 224 inputs).
+    #[arg(long)]
+    size: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// A trained whisker model (run directory or model.safetensors) instead of a zoo backbone.
@@ -404,6 +413,9 @@ pub fn dream_cmd(a: DreamArgs, quiet: bool) -> Result<i32> {
         },
         log_prob: a.log_prob,
         seed: a.seed,
+        scale: a.scale,
+        rotate: a.rotate,
+        size: a.size,
     };
     let t = std::time::Instant::now();
     let pb = crate::progress::bar(cfg.steps as u64, "dream", quiet);

@@ -34,6 +34,22 @@ pub struct DreamConfig {
     /// Maximise the log-probability instead of the logit.
     pub log_prob: bool,
     pub seed: u64,
+    /// Random scale of the view each step, in [1/s, s] (1: off).
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+    /// Random rotation of the view each step, in degrees (0: off).
+    #[serde(default = "default_rotate")]
+    pub rotate: f64,
+    /// Side of the (square) image made; default: the backbone's resize size (256 for 224).
+    #[serde(default)]
+    pub size: Option<usize>,
+}
+
+fn default_scale() -> f64 {
+    1.1
+}
+fn default_rotate() -> f64 {
+    5.0
 }
 
 impl Default for DreamConfig {
@@ -47,6 +63,9 @@ impl Default for DreamConfig {
             param: Param::Fft,
             log_prob: false,
             seed: 0,
+            scale: default_scale(),
+            rotate: default_rotate(),
+            size: None,
         }
     }
 }
@@ -184,8 +203,11 @@ pub fn dream(
             "dreaming needs the backbone on an autodiff device".into(),
         ));
     }
-    let s = b.spec.resize;
+    let s = cfg.size.unwrap_or(b.spec.resize).max(b.spec.input_size);
     let crop = b.spec.input_size;
+    // the view classify would take of an image this size: the centre crop after resizing
+    // the shorter side to the backbone's resize size
+    let view_frac = crop as f32 / b.spec.resize as f32;
     let builder = Builder::new(s, cfg.param, &device);
     let mut rng = SplitMix64(cfg.seed);
     let n = 3 * s * s;
@@ -201,14 +223,30 @@ pub fn dream(
         let zt = Tensor::<1>::from_data(TensorData::new(z.clone(), [n]), &device).require_grad();
         let img = builder.image(zt.clone().reshape([3, s, s]));
         let j = cfg.jitter.min(centre) as i64;
-        let off = |r: &mut SplitMix64| {
-            (centre as i64 + r.below((2 * j + 1) as usize) as i64 - j) as usize
+        let off = |r: &mut SplitMix64| (r.below((2 * j + 1) as usize) as i64 - j) as f32;
+        let (dx, dy) = (off(&mut rng), off(&mut rng));
+        let view = if cfg.scale <= 1.0 && cfg.rotate <= 0.0 && s == b.spec.resize {
+            let (ox, oy) = ((centre as f32 + dx) as usize, (centre as f32 + dy) as usize);
+            img.clone()
+                .slice([0..3, oy..oy + crop, ox..ox + crop])
+                .unsqueeze::<4>()
+        } else {
+            // a randomly shifted, scaled and rotated view, by an affine sampling grid
+            let ls = cfg.scale.max(1.0).ln();
+            let sc = (ls * (2.0 * rng.next_f64() - 1.0)).exp() as f32;
+            let th = (cfg.rotate * (2.0 * rng.next_f64() - 1.0)).to_radians() as f32;
+            let a = view_frac / sc;
+            let (sn, cs) = th.sin_cos();
+            let (tx, ty) = (2.0 * dx / s as f32, 2.0 * dy / s as f32);
+            let theta = Tensor::<3>::from_data(
+                TensorData::new(vec![a * cs, -a * sn, tx, a * sn, a * cs, ty], [1, 2, 3]),
+                &device,
+            );
+            let grid = burn::tensor::grid::affine_grid_2d(theta, [1, 3, crop, crop]);
+            img.clone()
+                .unsqueeze::<4>()
+                .grid_sample_2d(grid, burn::tensor::ops::GridSampleOptions::default())
         };
-        let (ox, oy) = (off(&mut rng), off(&mut rng));
-        let view = img
-            .clone()
-            .slice([0..3, oy..oy + crop, ox..ox + crop])
-            .unsqueeze::<4>();
         let logits = c.logits(view);
         let score = if cfg.log_prob {
             burn::tensor::activation::log_softmax(logits, 1)
