@@ -451,9 +451,10 @@ pub fn dream_cmd(a: DreamArgs, quiet: bool) -> Result<i32> {
 
 #[derive(clap::Args)]
 pub struct RobustnessArgs {
-    /// A trained whisker model (run directory or model.safetensors).
+    /// A trained whisker model (run directory or model.safetensors), or a zoo backbone name
+    /// (then DATASET's class folders are ImageNet labels or indices).
     model: PathBuf,
-    /// The dataset it was trained on (its saved test split is used).
+    /// The dataset it was trained on (its saved split is used), or any folder per class.
     dataset: PathBuf,
     /// Comma-separated budgets in [0,1] pixel units (fractions like 4/255 accepted).
     #[arg(long, default_value = "0,1/255,2/255,4/255,8/255")]
@@ -481,7 +482,14 @@ pub struct RobustnessArgs {
 pub fn robustness_cmd(a: RobustnessArgs, quiet: bool) -> Result<i32> {
     use whisker::inspect::robustness::{robustness, RobustnessAttack};
     let device = whisker::default_device().autodiff();
-    let subject = Subject::load(Some(&a.model), "", None, &device)?;
+    // MODEL: a trained whisker model, or a zoo backbone name (then the dataset's class
+    // folders must be ImageNet labels or indices, and the whole dataset is used)
+    let zoo = !a.model.exists() && whisker::backbones::spec(&a.model.to_string_lossy()).is_ok();
+    let subject = if zoo {
+        Subject::load(None, &a.model.to_string_lossy(), None, &device)?
+    } else {
+        Subject::load(Some(&a.model), "", None, &device)?
+    };
     let run_dir = if a.model.is_dir() {
         a.model.clone()
     } else {
@@ -492,12 +500,23 @@ pub fn robustness_cmd(a: RobustnessArgs, quiet: bool) -> Result<i32> {
         None,
         whisker::data::datasets::Labels::Breed,
     )?;
-    if ds.classes != subject.labels() {
-        bail!("the dataset's classes are not the model's");
-    }
-    let mut items: Vec<(PathBuf, usize)> =
-        ds.items.iter().map(|i| (i.path.clone(), i.label)).collect();
-    if a.split != "all" {
+    let class_map: Vec<usize> = if zoo {
+        ds.classes
+            .iter()
+            .map(|c| subject.class_index(c))
+            .collect::<Result<_>>()?
+    } else {
+        if ds.classes != subject.labels() {
+            bail!("the dataset's classes are not the model's");
+        }
+        (0..ds.classes.len()).collect()
+    };
+    let mut items: Vec<(PathBuf, usize)> = ds
+        .items
+        .iter()
+        .map(|i| (i.path.clone(), class_map[i.label]))
+        .collect();
+    if a.split != "all" && !zoo {
         let sj = run_dir.join("split.json");
         let v: serde_json::Value = serde_json::from_slice(
             &std::fs::read(&sj).with_context(|| format!("reading {}", sj.display()))?,

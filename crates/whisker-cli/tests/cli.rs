@@ -489,4 +489,40 @@ fn featuremap_and_attack_commands() {
         .unwrap();
     let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(c["results"][0]["top"][0]["label"], "zebra");
+    // robustness of a zoo backbone on a folder whose classes are ImageNet labels
+    let ds = home.path().join("inet");
+    for (class, photo) in [("tiger cat", "chelsea.png"), ("espresso", "coffee.png")] {
+        std::fs::create_dir_all(ds.join(class)).unwrap();
+        std::fs::copy(testdata(photo), ds.join(class).join(photo)).unwrap();
+    }
+    let plot = home.path().join("rob.png");
+    let out = whisker(home.path())
+        .args([
+            "robustness",
+            "efficientnet_lite0",
+            "--json",
+            "--eps",
+            "0,4/255",
+            "--steps",
+            "3",
+            "--out",
+        ])
+        .arg(&plot)
+        .arg(&ds)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["n"], 2);
+    assert_eq!(r["clean_accuracy"], 1.0);
+    assert_eq!(r["rows"][0]["robust_accuracy"], 1.0);
+    assert_eq!(
+        r["rows"][1]["robust_accuracy"], 0.0,
+        "PGD at 4/255 breaks both"
+    );
+    assert!(plot.is_file());
 }
