@@ -9,7 +9,7 @@ done
 export WHISKER_TESTDATA="${WHISKER_TESTDATA:-$PWD/.testdata}"
 echo "== building whisker (release; the first build takes several minutes)" >&2
 cargo build --release -q -p whisker-cli
-W=target/release/whisker
+W="${CARGO_TARGET_DIR:-$PWD/target}/release/whisker"
 echo "== fetching sample photos" >&2
 tools/fetch-testdata.sh >/dev/null
 echo "== fetching EfficientNet-Lite0 weights into the cache (${WHISKER_HOME:-default cache})" >&2
