@@ -28,65 +28,64 @@ fn triangle(x: f64) -> f64 {
     }
 }
 
-/// Pillow's bilinear resampling of one dimension as a dense `[out, in]` matrix of its
-/// (normalised, floating-point) weights: the linear map the u8 resize approximates to within
-/// rounding. Differentiable resizing (attacks through the preprocessing) is built from it.
-pub fn bilinear_matrix(in_size: usize, out_size: usize) -> Vec<f32> {
-    let scale = in_size as f64 / out_size as f64;
-    let filterscale = scale.max(1.0);
-    let support = filterscale;
-    let mut m = vec![0f32; out_size * in_size];
-    for xx in 0..out_size {
-        let center = (xx as f64 + 0.5) * scale;
-        let ss = 1.0 / filterscale;
-        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-        let w: Vec<f64> = (xmin..xmax)
-            .map(|x| triangle((x as f64 - center + 0.5) * ss))
-            .collect();
-        let total: f64 = w.iter().sum();
-        for (k, wk) in w.iter().enumerate() {
-            m[xx * in_size + xmin + k] = if total != 0.0 {
-                (wk / total) as f32
-            } else {
-                *wk as f32
-            };
-        }
-    }
-    m
-}
-
-fn precompute(in_size: usize, out_size: usize) -> Coeffs {
+/// Pillow's bilinear weights for one dimension, in floating point and normalised: per
+/// output pixel, the first input index and the weights of the inputs from there; plus the
+/// largest number of taps (Pillow's `ksize`).
+fn float_weights(in_size: usize, out_size: usize) -> (usize, Vec<(usize, Vec<f64>)>) {
     let (in0, in1) = (0.0f64, in_size as f32 as f64);
     let scale = (in1 - in0) / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filterscale; // bilinear support is 1
     let ksize = support.ceil() as usize * 2 + 1;
+    let ss = 1.0 / filterscale;
+    let rows = (0..out_size)
+        .map(|xx| {
+            let center = in0 + (xx as f64 + 0.5) * scale;
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let w: Vec<f64> = (0..xmax.saturating_sub(xmin))
+                .map(|x| triangle((x as f64 + xmin as f64 - center + 0.5) * ss))
+                .collect();
+            let ww: f64 = w.iter().sum();
+            (
+                xmin,
+                w.into_iter()
+                    .map(|v| if ww != 0.0 { v / ww } else { v })
+                    .collect(),
+            )
+        })
+        .collect();
+    (ksize, rows)
+}
+
+/// Pillow's bilinear resampling of one dimension as a dense `[out, in]` matrix of its
+/// (normalised, floating-point) weights: the linear map the u8 resize approximates to within
+/// rounding. Differentiable resizing (attacks through the preprocessing) is built from it.
+pub fn bilinear_matrix(in_size: usize, out_size: usize) -> Vec<f32> {
+    let mut m = vec![0f32; out_size * in_size];
+    for (xx, (xmin, w)) in float_weights(in_size, out_size).1.into_iter().enumerate() {
+        for (k, v) in w.into_iter().enumerate() {
+            m[xx * in_size + xmin + k] = v as f32;
+        }
+    }
+    m
+}
+
+/// The same weights in Pillow's 22-bit fixed point.
+fn precompute(in_size: usize, out_size: usize) -> Coeffs {
+    let (ksize, rows) = float_weights(in_size, out_size);
     let mut bounds = Vec::with_capacity(out_size);
     let mut k = vec![0i32; out_size * ksize];
-    let mut w = vec![0f64; ksize];
-    for xx in 0..out_size {
-        let center = in0 + (xx as f64 + 0.5) * scale;
-        let ss = 1.0 / filterscale;
-        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-        let n = xmax.saturating_sub(xmin);
-        let mut ww = 0.0;
-        for (x, wx) in w.iter_mut().enumerate().take(n) {
-            let v = triangle((x as f64 + xmin as f64 - center + 0.5) * ss);
-            *wx = v;
-            ww += v;
-        }
-        for x in 0..n {
-            let v = if ww != 0.0 { w[x] / ww } else { w[x] };
+    for (xx, (xmin, w)) in rows.into_iter().enumerate() {
+        for (x, v) in w.iter().enumerate() {
             let f = v * (1u32 << PRECISION_BITS) as f64;
-            k[xx * ksize + x] = if v < 0.0 {
+            k[xx * ksize + x] = if *v < 0.0 {
                 (-0.5 + f) as i32
             } else {
                 (0.5 + f) as i32
             };
         }
-        bounds.push((xmin, n));
+        bounds.push((xmin, w.len()));
     }
     Coeffs { bounds, k, ksize }
 }
