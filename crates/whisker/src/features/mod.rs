@@ -139,20 +139,29 @@ fn extract_impl(
     let mut features = vec![0f32; n * dim];
     let mut errors: Vec<Option<String>> = vec![None; n];
     // 1. content hashes and cache hits (parallel)
-    let hashes: Vec<std::result::Result<String, String>> =
-        paths.par_iter().map(|p| content_hash(p)).collect();
+    // (content hashes are only needed to use a cache; without one, an unreadable file is
+    // reported by the decoder)
+    let hashes: Vec<std::result::Result<String, String>> = match cache {
+        Some(_) => paths.par_iter().map(|p| content_hash(p)).collect(),
+        None => Vec::new(),
+    };
     let mut todo = Vec::new();
     let mut cached = 0;
-    for (i, h) in hashes.iter().enumerate() {
-        match h {
-            Err(e) => errors[i] = Some(format!("{}: {e}", paths[i].display())),
-            Ok(h) => match cache.and_then(|c| c.get(h)) {
-                Some(v) => {
-                    features[i * dim..(i + 1) * dim].copy_from_slice(&v);
-                    cached += 1;
+    match cache {
+        None => todo.extend(0..n),
+        Some(c) => {
+            for (i, h) in hashes.iter().enumerate() {
+                match h {
+                    Err(e) => errors[i] = Some(format!("{}: {e}", paths[i].display())),
+                    Ok(h) => match c.get(h) {
+                        Some(v) => {
+                            features[i * dim..(i + 1) * dim].copy_from_slice(&v);
+                            cached += 1;
+                        }
+                        None => todo.push(i),
+                    },
                 }
-                None => todo.push(i),
-            },
+            }
         }
     }
     let mut done = n - todo.len();
@@ -205,7 +214,7 @@ fn extract_impl(
                 for (j, &i) in ok_idx.iter().enumerate() {
                     let row = &v[j * dim..(j + 1) * dim];
                     features[i * dim..(i + 1) * dim].copy_from_slice(row);
-                    if let (Some(c), Ok(h)) = (cache, &hashes[i]) {
+                    if let (Some(c), Some(Ok(h))) = (cache, hashes.get(i)) {
                         c.put(h, row)?;
                     }
                 }
