@@ -7,7 +7,6 @@ use serde_json::json;
 use whisker::backbones::{imagenet_classes, Backbone};
 use whisker::inspect::attack::{attack, diff_image, AttackConfig, Method, Norm};
 use whisker::inspect::featuremap;
-use whisker::weights::cache::Cache;
 
 /// A zoo backbone (ImageNet classes) or a trained whisker model (its classes), on a device.
 pub struct Subject {
@@ -28,26 +27,7 @@ impl Subject {
                 model: None,
             });
         };
-        let p = if m.is_dir() {
-            m.join("model.safetensors")
-        } else {
-            m.clone()
-        };
-        let tm = whisker::train::model_file::TrainedModel::load(&p)?;
-        let b = match &tm.backbone_weights {
-            Some(sd) => Backbone::from_state_dict(&tm.meta.backbone, sd.clone(), device)?,
-            None => {
-                let c = Cache::default().require(&tm.meta.backbone)?;
-                if c.sha256 != tm.meta.weights_sha256 {
-                    bail!(
-                        "the model was trained on other {} weights (sha256 {})",
-                        tm.meta.backbone,
-                        tm.meta.weights_sha256
-                    );
-                }
-                Backbone::from_file(&tm.meta.backbone, &c.file, device)?
-            }
-        };
+        let (tm, b) = crate::train::load_trained(m, device)?;
         Ok(Subject {
             backbone: b,
             model: Some(tm),
@@ -106,10 +86,7 @@ fn backbone(
     weights: Option<&PathBuf>,
     device: &burn::tensor::Device,
 ) -> Result<Backbone> {
-    let path = match weights {
-        Some(w) => w.clone(),
-        None => Cache::default().require(name)?.file,
-    };
+    let (path, _) = crate::train::weights_path(name, weights.map(PathBuf::as_path))?;
     Backbone::from_file(name, &path, device).with_context(|| format!("loading {name} weights"))
 }
 

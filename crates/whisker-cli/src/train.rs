@@ -124,7 +124,7 @@ pub struct TrainArgs {
     json: bool,
 }
 
-fn weights_path(name: &str, weights: Option<&Path>) -> Result<(PathBuf, String)> {
+pub(crate) fn weights_path(name: &str, weights: Option<&Path>) -> Result<(PathBuf, String)> {
     Ok(match weights {
         Some(w) => (w.to_path_buf(), sha256_file(w)?),
         None => {
@@ -443,19 +443,18 @@ fn model_path(p: &Path) -> PathBuf {
     }
 }
 
-fn load_model(p: &Path) -> Result<(TrainedModel, Backbone)> {
+/// A trained model and its backbone on `device`: the fine-tuned backbone stored in the model
+/// file, or the cached pretrained weights it was trained on (checked by sha256).
+pub(crate) fn load_trained(
+    p: &Path,
+    device: &burn::tensor::Device,
+) -> Result<(TrainedModel, Backbone)> {
     let model = TrainedModel::load(&model_path(p))?;
     if let Some(sd) = &model.backbone_weights {
-        let b = Backbone::from_state_dict(
-            &model.meta.backbone,
-            sd.clone(),
-            &whisker::default_device(),
-        )?
-        .fold_batchnorm();
+        let b = Backbone::from_state_dict(&model.meta.backbone, sd.clone(), device)?;
         return Ok((model, b));
     }
-    let cache = Cache::default();
-    let c = cache.require(&model.meta.backbone)?;
+    let c = Cache::default().require(&model.meta.backbone)?;
     if c.sha256 != model.meta.weights_sha256 {
         bail!(
             "the model was trained on {} weights with sha256 {}, but the cache holds {} ({}); fetch or import the same weights",
@@ -465,9 +464,14 @@ fn load_model(p: &Path) -> Result<(TrainedModel, Backbone)> {
             c.file.display()
         );
     }
-    let b = Backbone::from_file(&model.meta.backbone, &c.file, &whisker::default_device())?
-        .fold_batchnorm();
+    let b = Backbone::from_file(&model.meta.backbone, &c.file, device)?;
     Ok((model, b))
+}
+
+/// For inference: BatchNorm folded into the convolutions.
+fn load_model(p: &Path) -> Result<(TrainedModel, Backbone)> {
+    let (model, b) = load_trained(p, &whisker::default_device())?;
+    Ok((model, b.fold_batchnorm()))
 }
 
 pub fn eval(a: EvalArgs, quiet: bool) -> Result<i32> {
