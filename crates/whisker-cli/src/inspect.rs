@@ -494,16 +494,7 @@ pub fn robustness_cmd(a: RobustnessArgs, quiet: bool) -> Result<i32> {
         .map(|i| (i.path.clone(), class_map[i.label]))
         .collect();
     if a.split != "all" && !zoo {
-        let sj = run_dir.join("split.json");
-        let v: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(&sj).with_context(|| format!("reading {}", sj.display()))?,
-        )?;
-        let wanted: std::collections::HashSet<PathBuf> = v[&a.split]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e["path"].as_str().map(PathBuf::from))
-            .collect();
+        let wanted = crate::train::split_paths(&run_dir, &a.split)?;
         items.retain(|(p, _)| wanted.contains(p));
     }
     if let Some(n) = a.limit {

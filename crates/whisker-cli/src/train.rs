@@ -175,6 +175,23 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
+/// The files of one part (`train`, `val`, `test`) of the split a run saved in `split.json`.
+pub(crate) fn split_paths(
+    run_dir: &Path,
+    part: &str,
+) -> Result<std::collections::HashSet<PathBuf>> {
+    let sj = run_dir.join("split.json");
+    let text = std::fs::read_to_string(&sj)
+        .with_context(|| format!("reading the run's split {}", sj.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    Ok(v[part]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["path"].as_str().map(PathBuf::from))
+        .collect())
+}
+
 fn split_json(ds: &Dataset, split: &Split) -> serde_json::Value {
     let paths = |idx: &[usize]| -> Vec<serde_json::Value> {
         idx.iter()
@@ -492,16 +509,7 @@ pub fn eval(a: EvalArgs, quiet: bool) -> Result<i32> {
     let idx: Vec<usize> = if a.split == "all" {
         (0..ds.items.len()).collect()
     } else {
-        let sj = run_dir.join("split.json");
-        let text = std::fs::read_to_string(&sj)
-            .with_context(|| format!("reading the run's split {}", sj.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text)?;
-        let wanted: std::collections::HashSet<PathBuf> = v[&a.split]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e["path"].as_str().map(PathBuf::from))
-            .collect();
+        let wanted = split_paths(&run_dir, &a.split)?;
         (0..ds.items.len())
             .filter(|&i| wanted.contains(&ds.items[i].path))
             .collect()
@@ -725,6 +733,22 @@ pub fn predict(a: PredictArgs, quiet: bool) -> Result<i32> {
     Ok(if failed > 0 { 1 } else { 0 })
 }
 
+/// The per-epoch line: train loss, validation loss and accuracy, learning rate.
+fn epoch_line(s: &whisker::train::head::EpochStats, tag: &str) -> String {
+    format!(
+        "epoch {:>3}{tag}  train loss {:.4}  val loss {}  val acc {}  lr {:.2e}",
+        s.epoch,
+        s.train_loss,
+        s.val_loss
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "-".into()),
+        s.val_accuracy
+            .map(|v| format!("{:.2}%", v * 100.0))
+            .unwrap_or_else(|| "-".into()),
+        s.lr
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 fn train_head(
     a: &TrainArgs,
@@ -783,20 +807,7 @@ fn train_head(
             None => state.epoch(train, val, &cfg, device),
         };
         state.save(&ckpt, &cfg)?;
-        pb.suspend(|| {
-            eprintln!(
-                "epoch {:>3}  train loss {:.4}  val loss {}  val acc {}  lr {:.2e}",
-                s.epoch,
-                s.train_loss,
-                s.val_loss
-                    .map(|v| format!("{v:.4}"))
-                    .unwrap_or_else(|| "-".into()),
-                s.val_accuracy
-                    .map(|v| format!("{:.2}%", v * 100.0))
-                    .unwrap_or_else(|| "-".into()),
-                s.lr
-            )
-        });
+        pb.suspend(|| eprintln!("{}", epoch_line(&s, "")));
         pb.set_position(state.epoch as u64);
     }
     pb.finish_and_clear();
@@ -986,23 +997,12 @@ fn train_finetune(
         });
         pb.finish_and_clear();
         t.save(&ckpt, &cfg)?;
-        eprintln!(
-            "epoch {:>3}{}  train loss {:.4}  val loss {}  val acc {}  lr {:.2e}",
-            s.epoch,
-            if s.epoch <= cfg.freeze_epochs {
-                " (frozen)"
-            } else {
-                ""
-            },
-            s.train_loss,
-            s.val_loss
-                .map(|v| format!("{v:.4}"))
-                .unwrap_or_else(|| "-".into()),
-            s.val_accuracy
-                .map(|v| format!("{:.2}%", v * 100.0))
-                .unwrap_or_else(|| "-".into()),
-            s.lr
-        );
+        let frozen = if s.epoch <= cfg.freeze_epochs {
+            " (frozen)"
+        } else {
+            ""
+        };
+        eprintln!("{}", epoch_line(&s, frozen));
     }
     let test_logits = t.predict_logits(sp.len(), &|i| pre.load(&sp[i]).ok(), a.batch_size);
     let (sd, head) = t.export();
