@@ -81,14 +81,19 @@ impl MlpHead {
     /// Logits `[n, classes]` (eval mode: no dropout).
     pub fn logits(&self, x: &[f32], device: &Device) -> Vec<f32> {
         let n = x.len() / self.dim;
-        let z = standardize(x, &self.mean, &self.std);
-        let h = t2(&z, n, self.dim, device).matmul(t2(&self.w1, self.dim, self.hidden, device))
-            + t1(&self.b1, device).unsqueeze::<2>();
+        vec_of(self.logits_tensor(t2(x, n, self.dim, device)))
+    }
+
+    /// Logits of a `[n, dim]` feature tensor, differentiably (eval mode).
+    pub fn logits_tensor(&self, f: Tensor<2>) -> Tensor<2> {
+        let device = f.device();
+        let z = (f - t1(&self.mean, &device).unsqueeze::<2>())
+            / t1(&self.std, &device).unsqueeze::<2>();
+        let h = z.matmul(t2(&self.w1, self.dim, self.hidden, &device))
+            + t1(&self.b1, &device).unsqueeze::<2>();
         let h = burn::tensor::activation::relu(h);
-        vec_of(
-            h.matmul(t2(&self.w2, self.hidden, self.classes, device))
-                + t1(&self.b2, device).unsqueeze::<2>(),
-        )
+        h.matmul(t2(&self.w2, self.hidden, self.classes, &device))
+            + t1(&self.b2, &device).unsqueeze::<2>()
     }
 }
 

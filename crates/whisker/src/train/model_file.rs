@@ -45,25 +45,9 @@ impl Head {
     /// Logits of a `[n, dim]` feature tensor, differentiably (for attacks and dreams on a
     /// trained model).
     pub fn logits_tensor(&self, f: burn::tensor::Tensor<2>) -> burn::tensor::Tensor<2> {
-        use burn::tensor::{Tensor, TensorData};
-        let device = f.device();
-        let t1 =
-            |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device);
-        let t2 = |v: &[f32], r: usize, c: usize| {
-            Tensor::<2>::from_data(TensorData::new(v.to_vec(), [r, c]), &device)
-        };
         match self {
-            Head::Linear(h) => {
-                let z = (f - t1(&h.mean).unsqueeze::<2>()) / t1(&h.std).unsqueeze::<2>();
-                z.matmul(t2(&h.w, h.dim, h.classes)) + t1(&h.b).unsqueeze::<2>()
-            }
-            Head::Mlp(h) => {
-                let z = (f - t1(&h.mean).unsqueeze::<2>()) / t1(&h.std).unsqueeze::<2>();
-                let a = burn::tensor::activation::relu(
-                    z.matmul(t2(&h.w1, h.dim, h.hidden)) + t1(&h.b1).unsqueeze::<2>(),
-                );
-                a.matmul(t2(&h.w2, h.hidden, h.classes)) + t1(&h.b2).unsqueeze::<2>()
-            }
+            Head::Linear(h) => h.logits_tensor(f),
+            Head::Mlp(h) => h.logits_tensor(f),
         }
     }
 

@@ -22,17 +22,24 @@ impl LinearHead {
     /// Logits of `[n, dim]` features, `[n, classes]` row-major.
     pub fn logits(&self, x: &[f32], device: &Device) -> Vec<f32> {
         let n = x.len() / self.dim;
-        let z = standardize(x, &self.mean, &self.std);
-        let xt = Tensor::<2>::from_data(TensorData::new(z, [n, self.dim]), device);
-        let w = Tensor::<2>::from_data(
-            TensorData::new(self.w.clone(), [self.dim, self.classes]),
-            device,
-        );
-        let b = Tensor::<1>::from_data(TensorData::new(self.b.clone(), [self.classes]), device);
-        (xt.matmul(w) + b.unsqueeze::<2>())
+        let f = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [n, self.dim]), device);
+        self.logits_tensor(f)
             .into_data()
             .try_into_vec_as::<f32>()
             .unwrap_or_default()
+    }
+
+    /// Logits of a `[n, dim]` feature tensor, differentiably.
+    pub fn logits_tensor(&self, f: Tensor<2>) -> Tensor<2> {
+        let device = f.device();
+        let t1 =
+            |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device);
+        let w = Tensor::<2>::from_data(
+            TensorData::new(self.w.clone(), [self.dim, self.classes]),
+            &device,
+        );
+        let z = (f - t1(&self.mean).unsqueeze::<2>()) / t1(&self.std).unsqueeze::<2>();
+        z.matmul(w) + t1(&self.b).unsqueeze::<2>()
     }
 }
 
