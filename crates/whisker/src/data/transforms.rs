@@ -141,3 +141,17 @@ impl Preprocess {
         v
     }
 }
+
+/// The inverse of [`to_tensor`] for one image: `[3, H, W]` pixels in [0, 1] (row-major) → RGB
+/// u8, rounded to nearest and clamped.
+pub fn to_image(chw: &[f32], width: usize, height: usize) -> RgbImage {
+    let plane = width * height;
+    RgbImage::from_fn(width as u32, height as u32, |i, j| {
+        let px = |c: usize| {
+            (chw[c * plane + j as usize * width + i as usize] * 255.0)
+                .round()
+                .clamp(0.0, 255.0) as u8
+        };
+        image::Rgb([px(0), px(1), px(2)])
+    })
+}

@@ -13,7 +13,7 @@ use super::Classifier;
 use crate::backbones::top_k;
 use crate::data::datasets::SplitMix64;
 use crate::data::resize::{bilinear_matrix, shorter_side_size};
-use crate::data::transforms::{center_crop_offset, to_tensor};
+use crate::data::transforms::{center_crop_offset, to_image, to_tensor};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,17 +98,6 @@ pub fn classify_u8(c: &dyn Classifier, img: &RgbImage) -> (usize, f32, Vec<f32>)
     (t, p.get(t).copied().unwrap_or(0.0), p)
 }
 
-fn to_u8_image(x: &[f32], w: usize, h: usize) -> RgbImage {
-    RgbImage::from_fn(w as u32, h as u32, |i, j| {
-        let px = |c: usize| {
-            (x[c * h * w + j as usize * w + i as usize] * 255.0)
-                .round()
-                .clamp(0.0, 255.0) as u8
-        };
-        image::Rgb([px(0), px(1), px(2)])
-    })
-}
-
 /// Run the attack on `image` with `b`, which must live on an autodiff device.
 pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Result<AttackResult> {
     let b = c.backbone();
@@ -136,16 +125,10 @@ pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Resul
     let rh_t =
         Tensor::<2>::from_data(TensorData::new(rows(&mh, w, ox), [crop, w]), &device).transpose(); // [w, crop]
     let rv = Tensor::<2>::from_data(TensorData::new(rows(&mv, h, oy), [crop, h]), &device); // [crop, h]
-    let x0: Vec<f32> = {
-        let raw = image.as_raw();
-        let mut v = vec![0f32; 3 * h * w];
-        for (p, px) in raw.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                v[c * h * w + p] = px[c] as f32 / 255.0;
-            }
-        }
-        v
-    };
+    let x0: Vec<f32> = to_tensor(std::slice::from_ref(image), &device.clone().inner())
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| Error::Invalid(format!("{e:?}")))?;
     let (orig_top, orig_prob, _) = classify_u8(c, image);
     let label = cfg.target.unwrap_or(orig_top);
     let eps = cfg.eps as f32;
@@ -161,7 +144,7 @@ pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Resul
         _ => (cfg.steps.max(1), cfg.alpha as f32),
     };
     let quantise = |x: &[f32]| -> RgbImage {
-        let mut img = to_u8_image(x, w, h);
+        let mut img = to_image(x, w, h);
         if cfg.norm == Norm::Linf {
             // rounding must not leave the epsilon ball
             let e = (cfg.eps * 255.0 + 1e-6).floor() as i32;
@@ -227,7 +210,7 @@ pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Resul
                 wv[i] -= cfg.alpha as f32 * (m[i] / c1) / ((v[i] / c2).sqrt() + 1e-8);
             }
             let x: Vec<f32> = wv.iter().map(|z| (z.tanh() + 1.0) / 2.0).collect();
-            best = to_u8_image(&x, w, h);
+            best = to_image(&x, w, h);
             let (top, _, probs) = classify_u8(c, &best);
             if success_of(top, &probs) {
                 break;

@@ -180,14 +180,7 @@ fn total_variation(x: Tensor<3>) -> Tensor<1> {
 fn to_u8(x: Tensor<3>) -> RgbImage {
     let [_, h, w] = x.dims();
     let v: Vec<f32> = x.into_data().try_into_vec_as::<f32>().unwrap_or_default();
-    RgbImage::from_fn(w as u32, h as u32, |i, j| {
-        let px = |c: usize| {
-            (v[c * h * w + j as usize * w + i as usize] * 255.0)
-                .round()
-                .clamp(0.0, 255.0) as u8
-        };
-        image::Rgb([px(0), px(1), px(2)])
-    })
+    crate::data::transforms::to_image(&v, w, h)
 }
 
 /// Grow an image of `cfg.class` for `b` (on an autodiff device). `progress(step, steps)`.
