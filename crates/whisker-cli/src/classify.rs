@@ -20,10 +20,10 @@ pub struct Args {
     #[arg(long, short)]
     weights: Option<PathBuf>,
     /// How many classes to show.
-    #[arg(long, short = 'k', default_value_t = 5)]
+    #[arg(long, short = 'k', default_value_t = 5, value_parser = crate::args::count)]
     top: usize,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::count)]
     batch_size: usize,
     /// One JSON document on stdout.
     #[arg(long)]
@@ -68,11 +68,13 @@ pub fn run(a: Args, quiet: bool) -> Result<i32> {
             match r {
                 Ok(_) => {
                     let top = tops.next().unwrap_or_default();
-                    results.push(serde_json::json!({ "image": p, "top": top }));
+                    results.push(serde_json::json!({ "image": crate::path_str(p), "top": top }));
                 }
                 Err(e) => {
                     failed += 1;
-                    results.push(serde_json::json!({ "image": p, "error": e.to_string() }));
+                    results.push(
+                        serde_json::json!({ "image": crate::path_str(p), "error": e.to_string() }),
+                    );
                 }
             }
         }

@@ -105,7 +105,7 @@ pub struct FeatureMapArgs {
     #[arg(long)]
     list_layers: bool,
     /// How many channels (the most active ones).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::args::count)]
     channels: usize,
     /// A trained whisker model (its backbone, fine-tuned or not) instead of a zoo backbone.
     #[arg(long)]
@@ -160,20 +160,20 @@ pub struct AttackArgs {
     #[arg(long, default_value = "linf", value_parser = ["linf", "l2"])]
     norm: String,
     /// Carlini–Wagner's constant c (with --method cw; its learning rate is --alpha, default 0.01).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::args::positive)]
     c: f64,
     /// Perturbation budget in [0,1] pixel units; fractions like 4/255 are accepted.
-    #[arg(long, default_value = "4/255")]
-    eps: String,
+    #[arg(long, default_value = "4/255", value_parser = crate::args::epsilon)]
+    eps: f64,
     /// Step size (default: eps/4 for L∞, eps/5 for L2).
-    #[arg(long)]
-    alpha: Option<String>,
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, value_parser = crate::args::positive)]
+    alpha: Option<f64>,
+    #[arg(long, default_value_t = 40, value_parser = crate::args::count)]
     steps: usize,
     #[arg(long)]
     random_start: bool,
     /// Targeted: keep going until the target's probability reaches this.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::args::probability)]
     confidence: f32,
     /// Also write original | perturbation | adversarial side by side, labelled.
     #[arg(long)]
@@ -197,13 +197,6 @@ pub struct AttackArgs {
     json: bool,
 }
 
-fn fraction(s: &str) -> Result<f64> {
-    match s.split_once('/') {
-        Some((a, b)) => Ok(a.trim().parse::<f64>()? / b.trim().parse::<f64>()?),
-        None => Ok(s.trim().parse::<f64>()?),
-    }
-}
-
 pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
     if a.target.is_none() && !a.untargeted {
         bail!("give --target CLASS or --untargeted");
@@ -211,10 +204,13 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
     let device = whisker::default_device().autodiff();
     let subject = Subject::load(a.model.as_ref(), &a.backbone, a.weights.as_ref(), &device)?;
     let img = whisker::data::decode_file(&a.image)?;
-    let eps = fraction(&a.eps)?;
+    let eps = a.eps;
     let norm = if a.norm == "l2" { Norm::L2 } else { Norm::Linf };
-    let alpha = match &a.alpha {
-        Some(s) => fraction(s)?,
+    if norm == Norm::Linf && a.method != "cw" {
+        crate::args::check_linf(eps)?;
+    }
+    let alpha = match a.alpha {
+        Some(v) => v,
         None => eps / if norm == Norm::L2 { 5.0 } else { 4.0 },
     };
     let method = match a.method.as_str() {
@@ -224,12 +220,7 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
         _ => Method::Pgd,
     };
     let (norm, alpha) = if method == Method::Cw {
-        let lr = a
-            .alpha
-            .as_deref()
-            .map(fraction)
-            .transpose()?
-            .unwrap_or(0.01);
+        let lr = a.alpha.unwrap_or(0.01);
         (Norm::L2, lr)
     } else {
         (norm, alpha)
@@ -304,7 +295,7 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
         v["original_label"] = json!(labels[r.original_top1]);
         v["adversarial_label"] = json!(labels[r.adversarial_top1]);
         v["settings"] = serde_json::to_value(&cfg)?;
-        v["out"] = json!(a.out);
+        v["out"] = json!(crate::path_str(&a.out));
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(
@@ -336,12 +327,12 @@ pub struct DreamArgs {
     backbone: String,
     #[arg(long, short)]
     weights: Option<PathBuf>,
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = crate::args::count)]
     steps: usize,
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = crate::args::positive)]
     lr: f64,
     /// Weight of the total-variation penalty.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = crate::args::non_negative)]
     tv: f64,
     /// Maximum random shift of the view each step (pixels).
     #[arg(long, default_value_t = 16)]
@@ -353,13 +344,14 @@ pub struct DreamArgs {
     #[arg(long)]
     log_prob: bool,
     /// Random scale of the view each step, within [1/S, S] (1: off).
-    #[arg(long, default_value_t = 1.1)]
+    #[arg(long, default_value_t = 1.1, value_parser = crate::args::at_least_one)]
     scale: f64,
     /// Random rotation of the view each step, within ±R degrees (0: off).
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = crate::args::degrees)]
     rotate: f64,
-    /// Size of the square image (default: the backbone's resize size, 256 for 224 inputs).
-    #[arg(long)]
+    /// Size of the square image, 32 to 2048 (default: the backbone's resize size, 256 for
+    /// 224 inputs).
+    #[arg(long, value_parser = crate::args::image_side)]
     size: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -409,7 +401,7 @@ pub fn dream_cmd(a: DreamArgs, quiet: bool) -> Result<i32> {
             serde_json::to_string_pretty(&json!({
                 "class": class, "label": labels[class], "probability": r.probability,
                 "top1": r.top1, "top1_label": labels[r.top1], "history": r.history,
-                "seconds": secs, "settings": cfg, "out": a.out,
+                "seconds": secs, "settings": cfg, "out": crate::path_str(&a.out),
             }))?
         );
     } else {
@@ -434,16 +426,16 @@ pub struct RobustnessArgs {
     /// The dataset it was trained on (its saved split is used), or any folder per class.
     dataset: PathBuf,
     /// Comma-separated budgets in [0,1] pixel units (fractions like 4/255 accepted).
-    #[arg(long, default_value = "0,1/255,2/255,4/255,8/255")]
-    eps: String,
+    #[arg(long, default_value = "0,1/255,2/255,4/255,8/255", value_parser = crate::args::epsilons)]
+    eps: std::vec::Vec<f64>,
     #[arg(long, default_value = "pgd", value_parser = ["fgsm", "bim", "pgd"])]
     method: String,
     #[arg(long, default_value = "linf", value_parser = ["linf", "l2"])]
     norm: String,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::args::count)]
     steps: usize,
     /// At most this many images of the split.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::count)]
     limit: Option<usize>,
     #[arg(long, default_value = "test", value_parser = ["test", "val", "all"])]
     split: String,
@@ -504,7 +496,12 @@ pub fn robustness_cmd(a: RobustnessArgs, quiet: bool) -> Result<i32> {
         .iter()
         .filter_map(|(p, l)| whisker::data::decode_file(p).ok().map(|i| (i, *l)))
         .collect();
-    let eps: Vec<f64> = a.eps.split(',').map(fraction).collect::<Result<_>>()?;
+    let eps: Vec<f64> = a.eps.clone();
+    if a.norm != "l2" {
+        for &e in &eps {
+            crate::args::check_linf(e)?;
+        }
+    }
     let method = match a.method.as_str() {
         "fgsm" => Method::Fgsm,
         "bim" => Method::Bim,
@@ -544,7 +541,7 @@ pub fn robustness_cmd(a: RobustnessArgs, quiet: bool) -> Result<i32> {
     if a.json {
         let mut v = serde_json::to_value(&r)?;
         v["seconds"] = json!(t.elapsed().as_secs_f64());
-        v["plot"] = json!(out);
+        v["plot"] = json!(crate::path_str(&out));
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(

@@ -1,5 +1,6 @@
 //! `whisker`: the command-line face of the whisker library.
 
+mod args;
 mod classify;
 mod data;
 mod inspect;
@@ -19,8 +20,12 @@ use clap::{Parser, Subcommand};
 )]
 struct Cli {
     /// Worker threads for compute and decoding (default: all cores).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = args::count)]
     threads: Option<usize>,
+    /// Largest image, in pixels, that is decoded (default: Pillow's 89,478,485; also
+    /// WHISKER_MAX_PIXELS): larger ones are refused as possible decompression bombs.
+    #[arg(long, global = true, value_parser = args::count)]
+    max_pixels: Option<usize>,
     /// No progress bars.
     #[arg(long, short, global = true)]
     quiet: bool,
@@ -62,7 +67,20 @@ enum Cmd {
     Attack(inspect::AttackArgs),
 }
 
+/// A path for JSON output and messages (file names that are not UTF-8 are shown with
+/// replacement characters; serialising the raw path would fail).
+pub(crate) fn path_str(p: &std::path::Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
 fn main() {
+    // `whisker classify … | head`: when the reader goes away, end quietly as other Unix
+    // tools do, instead of panicking in `println!` on the broken pipe.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
@@ -71,6 +89,9 @@ fn main() {
         {
             eprintln!("whisker: warning: cannot set the thread count: {e}");
         }
+    }
+    if let Some(n) = cli.max_pixels {
+        whisker::data::decode::set_max_pixels(n as u64);
     }
     let quiet = cli.quiet;
     let res: Result<i32> = match cli.cmd {

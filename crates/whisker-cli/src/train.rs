@@ -11,6 +11,7 @@ use whisker::train::head::{HeadConfig, HeadState};
 use whisker::train::metrics::{evaluate, Metrics};
 use whisker::train::model_file::{Head, ModelMeta, TrainedModel};
 use whisker::train::probe;
+use whisker::train::run_dir::{check_complete, RunWriter, Start};
 use whisker::weights::cache::{sha256_file, write_atomic, Cache};
 
 #[derive(clap::Args)]
@@ -57,10 +58,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     freeze_epochs: usize,
     /// Finetune: backbone learning rate = head learning rate / this.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = crate::args::positive)]
     lr_mult: f64,
     /// Finetune: clip the gradient norm to this value.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::positive)]
     grad_clip: Option<f64>,
     /// Finetune: no augmentation (plain resize and centre crop).
     #[arg(long)]
@@ -69,27 +70,33 @@ pub struct TrainArgs {
     /// updated) instead of keeping it frozen in eval mode.
     #[arg(long)]
     train_bn: bool,
-    /// Continue a killed `--mode head` run from the last checkpoint in --out.
-    #[arg(long)]
+    /// Continue a killed `--mode head` or `--mode finetune` run from the last checkpoint in
+    /// --out.
+    #[arg(long, conflicts_with = "force")]
     resume: bool,
+    /// Replace the run already in --out (its files are removed first).
+    #[arg(long)]
+    force: bool,
     /// Epochs (head mode).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = crate::args::count)]
     epochs: usize,
     /// Peak learning rate (head mode).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = crate::args::positive)]
     lr: f64,
     /// Mini-batch size for head training.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::args::count)]
     head_batch_size: usize,
     /// Hidden units of the MLP head.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = crate::args::count)]
     hidden: usize,
-    #[arg(long, default_value_t = 0.5)]
+    /// Dropout probability of the MLP head, in [0, 1).
+    #[arg(long, default_value_t = 0.5, value_parser = crate::args::fraction)]
     dropout: f64,
     /// AdamW weight decay (decoupled, as PyTorch).
-    #[arg(long, default_value_t = 1e-2)]
+    #[arg(long, default_value_t = 1e-2, value_parser = crate::args::non_negative)]
     weight_decay: f64,
-    #[arg(long, default_value_t = 0.0)]
+    /// Label smoothing of the cross-entropy, in [0, 1).
+    #[arg(long, default_value_t = 0.0, value_parser = crate::args::fraction)]
     label_smoothing: f64,
     #[arg(long, default_value = "one-cycle", value_parser = ["one-cycle", "cosine"])]
     schedule: String,
@@ -106,15 +113,15 @@ pub struct TrainArgs {
     #[arg(long, short)]
     weights: Option<PathBuf>,
     /// Fraction of each class held out for validation (model selection).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = crate::args::fraction)]
     val_split: f64,
     /// Fraction of each class held out for testing (ignored when the dataset has an official test split).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = crate::args::fraction)]
     test_split: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Images per forward pass during extraction.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::count)]
     batch_size: usize,
     /// Maximum L-BFGS iterations per regularisation strength.
     #[arg(long, default_value_t = 300)]
@@ -195,7 +202,7 @@ pub(crate) fn split_paths(
 fn split_json(ds: &Dataset, split: &Split) -> serde_json::Value {
     let paths = |idx: &[usize]| -> Vec<serde_json::Value> {
         idx.iter()
-            .map(|&i| json!({"path": ds.items[i].path, "label": ds.items[i].label}))
+            .map(|&i| json!({"path": crate::path_str(&ds.items[i].path), "label": ds.items[i].label}))
             .collect()
     };
     json!({
@@ -208,6 +215,22 @@ fn split_json(ds: &Dataset, split: &Split) -> serde_json::Value {
 }
 
 pub fn train(a: TrainArgs, quiet: bool) -> Result<i32> {
+    if a.val_split + a.test_split >= 1.0 {
+        bail!(
+            "--val-split {} + --test-split {} leave no training images: their sum must be below 1",
+            a.val_split,
+            a.test_split
+        );
+    }
+    // one writer per run directory, no silent overwrite, a marker written last
+    let run = RunWriter::open(
+        &a.out,
+        if a.resume {
+            Start::Resume
+        } else {
+            Start::Fresh { force: a.force }
+        },
+    )?;
     let ds = a.data.open()?;
     let (backbone, sha) = load_backbone(&a.backbone, a.weights.as_deref())?;
     let mut split = ds.split(a.val_split, a.test_split, a.seed);
@@ -244,11 +267,11 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<i32> {
     let mut skipped: Vec<serde_json::Value> = ds
         .skipped
         .iter()
-        .map(|s| json!({"path": s.path, "reason": s.reason}))
+        .map(|s| json!({"path": crate::path_str(&s.path), "reason": s.reason}))
         .collect();
     for (i, e) in ex.errors.iter().enumerate() {
         if let Some(e) = e {
-            skipped.push(json!({"path": ds.items[i].path, "reason": e}));
+            skipped.push(json!({"path": crate::path_str(&ds.items[i].path), "reason": e}));
         }
     }
     let ok = |v: &mut Vec<usize>| v.retain(|&i| ex.errors[i].is_none());
@@ -341,15 +364,17 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<i32> {
     };
     let fit_secs = t1.elapsed().as_secs_f64();
     let (sx, sy) = gather(&ex, &ds, &split.test);
-    let test_metrics: Option<Metrics> = (!sy.is_empty()).then(|| {
-        let logits = test_logits
-            .clone()
-            .unwrap_or_else(|| head.logits(&sx, &device));
-        evaluate(&logits, &sy, &ds.classes)
-    });
+    let test_metrics: Option<Metrics> = (!sy.is_empty())
+        .then(|| {
+            let logits = test_logits
+                .clone()
+                .unwrap_or_else(|| head.logits(&sx, &device));
+            evaluate(&logits, &sy, &ds.classes)
+        })
+        .transpose()?;
     let settings = json!({
         "mode": a.mode, "backbone": backbone.spec.name, "seed": a.seed, "val_split": a.val_split,
-        "test_split": a.test_split, "format": ds.format, "labels": a.data.labels, "dataset": ds.root,
+        "test_split": a.test_split, "format": ds.format, "labels": a.data.labels, "dataset": crate::path_str(&ds.root),
         "fit": fit_info, "augment": a.augment,
     });
     let metrics = json!({
@@ -362,7 +387,7 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<i32> {
     let model = TrainedModel {
         meta: ModelMeta {
             format: "whisker-model".into(),
-            version: 1,
+            version: 2,
             backbone: backbone.spec.name.into(),
             weights_sha256: sha.clone(),
             resize: pre.resize,
@@ -417,11 +442,12 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<i32> {
         whisker::report::confusion_matrix(m, &a.out.join("confusion.png"))?;
     }
     write_atomic(&a.out.join("summary.txt"), summary.as_bytes())?;
+    run.finish()?;
     if a.json {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({"out": a.out, "settings": settings, "metrics": metrics})
+                &json!({"out": crate::path_str(&a.out), "settings": settings, "metrics": metrics})
             )?
         );
     } else {
@@ -440,7 +466,7 @@ pub struct EvalArgs {
     /// Which images: the run's test or validation split, or all of the dataset.
     #[arg(long, default_value = "test", value_parser = ["test", "val", "all"])]
     split: String,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::count)]
     batch_size: usize,
     /// Where to write confusion.png and top_losses.png (default: RUN_DIR/eval-SPLIT).
     #[arg(long)]
@@ -466,7 +492,11 @@ pub(crate) fn load_trained(
     p: &Path,
     device: &burn::tensor::Device,
 ) -> Result<(TrainedModel, Backbone)> {
-    let model = TrainedModel::load(&model_path(p))?;
+    let mp = model_path(p);
+    if let Some(dir) = mp.parent() {
+        check_complete(dir)?;
+    }
+    let model = TrainedModel::load(&mp)?;
     if let Some(sd) = &model.backbone_weights {
         let b = Backbone::from_state_dict(&model.meta.backbone, sd.clone(), device)?;
         return Ok((model, b));
@@ -536,7 +566,7 @@ pub fn eval(a: EvalArgs, quiet: bool) -> Result<i32> {
         bail!("no image of the {} split could be read", a.split);
     }
     let logits = model.head.logits(&x, &whisker::default_device());
-    let m = evaluate(&logits, &y, &ds.classes);
+    let m = evaluate(&logits, &y, &ds.classes)?;
     let out = a
         .out
         .clone()
@@ -547,12 +577,9 @@ pub fn eval(a: EvalArgs, quiet: bool) -> Result<i32> {
     let mut wrong: Vec<(f64, usize, usize, f32)> = Vec::new();
     for (r, &l) in y.iter().enumerate() {
         let row = &logits[r * k..(r + 1) * k];
-        let pred = (0..k)
-            .max_by(|&p, &q| row[p].total_cmp(&row[q]))
-            .unwrap_or(0);
+        let pred = whisker::train::metrics::decision(row, l);
         if pred != l {
-            let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = mx + row.iter().map(|v| (*v as f64 - mx).exp()).sum::<f64>().ln();
+            let lse = whisker::train::metrics::log_sum_exp(row);
             wrong.push((
                 lse - row[l] as f64,
                 r,
@@ -635,9 +662,9 @@ pub struct PredictArgs {
     model: PathBuf,
     #[arg(required = true)]
     images: Vec<PathBuf>,
-    #[arg(long, short = 'k', default_value_t = 5)]
+    #[arg(long, short = 'k', default_value_t = 5, value_parser = crate::args::count)]
     top: usize,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::count)]
     batch_size: usize,
     /// Test-time augmentation: average the probabilities of the centre crop, its mirror
     /// image and the four corner crops.
@@ -719,9 +746,9 @@ pub fn predict(a: PredictArgs, quiet: bool) -> Result<i32> {
         .map(|((p, t), e)| match e {
             Some(e) => {
                 failed += 1;
-                json!({"image": p, "error": e})
+                json!({"image": crate::path_str(p), "error": e})
             }
-            None => json!({"image": p, "top": t}),
+            None => json!({"image": crate::path_str(p), "top": t}),
         })
         .collect();
     crate::classify::print_results(
@@ -802,9 +829,9 @@ fn train_head(
         let s = match augmented {
             Some(f) => {
                 let x = pb.suspend(|| f(state.epoch))?;
-                state.epoch(probe::Samples { x: &x, y: ty }, val, &cfg, device)
+                state.epoch(probe::Samples { x: &x, y: ty }, val, &cfg, device)?
             }
-            None => state.epoch(train, val, &cfg, device),
+            None => state.epoch(train, val, &cfg, device)?,
         };
         state.save(&ckpt, &cfg)?;
         pb.suspend(|| eprintln!("{}", epoch_line(&s, "")));
@@ -825,19 +852,19 @@ pub struct LrFindArgs {
     /// Where to write lr_find.png (default: the current directory).
     #[arg(long, default_value = ".")]
     out: PathBuf,
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = crate::args::count)]
     hidden: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::args::count)]
     head_batch_size: usize,
-    #[arg(long, default_value_t = 1e-7)]
+    #[arg(long, default_value_t = 1e-7, value_parser = crate::args::positive)]
     start_lr: f64,
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = crate::args::positive)]
     end_lr: f64,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = crate::args::count)]
     steps: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::count)]
     batch_size: usize,
     #[arg(long)]
     json: bool,
@@ -890,7 +917,7 @@ pub fn lr_find(a: LrFindArgs, quiet: bool) -> Result<i32> {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({"steepest": steep, "minimum_over_10": min10, "curve": curve, "plot": png})
+                &json!({"steepest": steep, "minimum_over_10": min10, "curve": curve, "plot": crate::path_str(&png)})
             )?
         );
     } else {
@@ -994,7 +1021,7 @@ fn train_finetune(
         );
         let s = t.epoch(&tl, &vl, &cfg, &load_train, &load_val, &|d, _| {
             pb.set_position(d as u64)
-        });
+        })?;
         pb.finish_and_clear();
         t.save(&ckpt, &cfg)?;
         let frozen = if s.epoch <= cfg.freeze_epochs {

@@ -20,6 +20,10 @@ pub enum Cmd {
         /// Expected sha256 (or its first hex digits) when downloading from --url.
         #[arg(long, requires = "url")]
         sha256: Option<String>,
+        /// Replace a cached file of the same name that holds other weights (never done
+        /// silently).
+        #[arg(long)]
+        force: bool,
     },
     /// Show the cached weights.
     List {
@@ -36,9 +40,10 @@ pub fn run(cmd: Cmd, quiet: bool) -> Result<()> {
             from,
             url,
             sha256,
+            force,
         } => {
             let c = if let Some(f) = from {
-                cache.import(&name, &f)?
+                cache.import(&name, &f, force)?
             } else {
                 let pb = crate::progress::bytes_bar("download", quiet);
                 let cb = |done: u64, total: Option<u64>| {
@@ -48,7 +53,7 @@ pub fn run(cmd: Cmd, quiet: bool) -> Result<()> {
                     pb.set_position(done);
                 };
                 let r = match url {
-                    Some(u) => cache.fetch_url(&name, &u, sha256.as_deref(), &cb),
+                    Some(u) => cache.fetch_url(&name, &u, sha256.as_deref(), force, &cb),
                     None => {
                         eprintln!("fetching {name} weights…");
                         cache.fetch(&name, &cb)
@@ -65,7 +70,7 @@ pub fn run(cmd: Cmd, quiet: bool) -> Result<()> {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(
-                        &serde_json::json!({ "cache": cache.root, "weights": all })
+                        &serde_json::json!({ "cache": crate::path_str(&cache.root), "weights": serde_json::to_value(&all)? })
                     )?
                 );
             } else if all.is_empty() {

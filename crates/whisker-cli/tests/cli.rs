@@ -176,6 +176,7 @@ fn train_eval_predict_on_real_digits() {
                 "6",
                 "--test-split",
                 "0.3",
+                "--force",
                 "--out",
             ])
             .arg(&run)
@@ -186,6 +187,10 @@ fn train_eval_predict_on_real_digits() {
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            run.join("run.json").is_file(),
+            "{mode}: no completion marker"
         );
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let acc = doc["metrics"]["test"]["accuracy"].as_f64().unwrap();
@@ -383,6 +388,7 @@ fn killed_finetune_resumes_to_the_same_model() {
         let epoch = std::fs::read(&state)
             .ok()
             .and_then(|s| serde_json::from_slice::<serde_json::Value>(&s).ok())
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(v["state"].as_str()?).ok())
             .and_then(|v| v["epoch"].as_u64())
             .unwrap_or(0);
         if epoch >= 2 {

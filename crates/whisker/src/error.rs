@@ -60,9 +60,11 @@ pub enum Error {
     #[error("download of {url} failed: {reason}")]
     Download { url: String, reason: String },
     /// A file's checksum is not the expected one.
-    #[error("{}: sha256 {actual} does not match the expected {expected}", path.display())]
+    #[error("{}: {algorithm} {actual} does not match the expected {expected}", path.display())]
     Checksum {
         path: PathBuf,
+        /// `sha256`, `md5`…
+        algorithm: &'static str,
         expected: String,
         actual: String,
     },
@@ -72,6 +74,24 @@ pub enum Error {
     /// Invalid argument given by the caller.
     #[error("{0}")]
     Invalid(String),
+    /// A computation produced NaN or infinity (diverged training, broken weights).
+    #[error("{0}")]
+    NonFinite(String),
+    /// An image declares more pixels than allowed (a decompression bomb, or a huge scan).
+    #[error("{}: the image is {width}×{height} = {pixels} pixels, more than the limit of {limit} (a decompression bomb?); raise the limit with --max-pixels or WHISKER_MAX_PIXELS if the file is trusted", path.display())]
+    TooLarge {
+        path: PathBuf,
+        width: u64,
+        height: u64,
+        pixels: u64,
+        limit: u64,
+    },
+    /// Another process holds a lock (a run directory being written).
+    #[error("{}: {reason}", path.display())]
+    Locked { path: PathBuf, reason: String },
+    /// A bug in whisker: an invariant did not hold.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 fn fmt_keys(what: &str, keys: &[String]) -> String {

@@ -98,7 +98,6 @@ fn linear_resize_model_matches_pillow_to_one_level() {
     let img = whisker::data::decode_file(&testdata("chelsea.png")).unwrap();
     let (w, h) = (img.width() as usize, img.height() as usize);
     let (rw, rh) = shorter_side_size(w as u32, h as u32, 256);
-    let (rw, rh) = (rw as usize, rh as usize);
     let (mh, mv) = (bilinear_matrix(w, rw), bilinear_matrix(h, rh));
     let exact = resize_shorter(&img, 256);
     let mut worst = 0f32;

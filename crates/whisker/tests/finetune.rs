@@ -72,7 +72,8 @@ fn finetune_unfreezes_the_last_units_and_resumes_exactly() {
         &c,
     )
     .unwrap();
-    full.epoch(&labels, &vlabels, &c, &load_train, &load_val, &|_, _| {});
+    full.epoch(&labels, &vlabels, &c, &load_train, &load_val, &|_, _| {})
+        .unwrap();
     let (after_frozen, _) = full.export();
     for (k, t) in &after_frozen.tensors {
         assert_eq!(
@@ -81,7 +82,8 @@ fn finetune_unfreezes_the_last_units_and_resumes_exactly() {
         );
     }
     while !full.finished(&c) {
-        full.epoch(&labels, &vlabels, &c, &load_train, &load_val, &|_, _| {});
+        full.epoch(&labels, &vlabels, &c, &load_train, &load_val, &|_, _| {})
+            .unwrap();
     }
     assert_eq!(full.history.len(), 3);
     let (tuned, _) = full.export();
@@ -119,7 +121,8 @@ fn finetune_unfreezes_the_last_units_and_resumes_exactly() {
     )
     .unwrap();
     for _ in 0..2 {
-        part.epoch(&labels, &vlabels, &c, &load_train, &load_val, &|_, _| {});
+        part.epoch(&labels, &vlabels, &c, &load_train, &load_val, &|_, _| {})
+            .unwrap();
         part.save(dir.path(), &c).unwrap();
     }
     drop(part);
@@ -127,7 +130,9 @@ fn finetune_unfreezes_the_last_units_and_resumes_exactly() {
     assert_eq!(saved, c);
     assert_eq!(resumed.epoch, 2);
     while !resumed.finished(&c) {
-        resumed.epoch(&labels, &vlabels, &c, &load_train, &load_val, &|_, _| {});
+        resumed
+            .epoch(&labels, &vlabels, &c, &load_train, &load_val, &|_, _| {})
+            .unwrap();
     }
     let (r, rh) = resumed.export();
     let (_, fh) = full.export();
@@ -160,7 +165,8 @@ fn train_bn_updates_the_statistics_of_unfrozen_units_only_and_resumes_exactly() 
     )
     .unwrap();
     while !full.finished(&c) {
-        full.epoch(&labels, &labels, &c, &load_train, &load_val, &|_, _| {});
+        full.epoch(&labels, &labels, &c, &load_train, &load_val, &|_, _| {})
+            .unwrap();
     }
     let (tuned, _) = full.export();
     let moved: Vec<&String> = tuned
@@ -189,13 +195,16 @@ fn train_bn_updates_the_statistics_of_unfrozen_units_only_and_resumes_exactly() 
     )
     .unwrap();
     for _ in 0..2 {
-        part.epoch(&labels, &labels, &c, &load_train, &load_val, &|_, _| {});
+        part.epoch(&labels, &labels, &c, &load_train, &load_val, &|_, _| {})
+            .unwrap();
         part.save(dir.path(), &c).unwrap();
     }
     drop(part);
     let (mut resumed, _) = FineTuner::load(dir.path(), "efficientnet_lite0", &device).unwrap();
     while !resumed.finished(&c) {
-        resumed.epoch(&labels, &labels, &c, &load_train, &load_val, &|_, _| {});
+        resumed
+            .epoch(&labels, &labels, &c, &load_train, &load_val, &|_, _| {})
+            .unwrap();
     }
     let (r, _) = resumed.export();
     for (k, t) in &tuned.tensors {

@@ -47,13 +47,14 @@ fn head_learns_and_resume_is_exact() {
     let c = cfg();
     let mut full = HeadState::new(train, 16, 3, &c);
     while !full.finished(&c) {
-        full.epoch(train, val, &c, &device);
+        full.epoch(train, val, &c, &device).unwrap();
     }
     let m = evaluate(
         &full.best_head().logits(&vx, &device),
         &vy,
         &["a".into(), "b".into(), "c".into()],
-    );
+    )
+    .unwrap();
     assert!(m.accuracy > 0.95, "val accuracy {}", m.accuracy);
     assert!(full.history[0].train_loss > full.history[7].train_loss * 3.0);
 
@@ -62,7 +63,7 @@ fn head_learns_and_resume_is_exact() {
     let ckpt = dir.path().join("checkpoint.safetensors");
     let mut part = HeadState::new(train, 16, 3, &c);
     for _ in 0..3 {
-        part.epoch(train, val, &c, &device);
+        part.epoch(train, val, &c, &device).unwrap();
         part.save(&ckpt, &c).unwrap();
     }
     drop(part);
@@ -70,7 +71,7 @@ fn head_learns_and_resume_is_exact() {
     assert_eq!(saved_cfg, c);
     assert_eq!(resumed.epoch, 3);
     while !resumed.finished(&c) {
-        resumed.epoch(train, val, &c, &device);
+        resumed.epoch(train, val, &c, &device).unwrap();
     }
     assert_eq!(
         resumed.head, full.head,

@@ -185,13 +185,13 @@ fn import_checks_the_file_and_lists_it() {
             .contains("whisker weights fetch efficientnet_lite0"),
         "{e}"
     );
-    let e = cache.import("resnet18", &lite0()).unwrap_err();
+    let e = cache.import("resnet18", &lite0(), false).unwrap_err();
     assert!(e.to_string().contains("missing key(s)"), "{e}");
     assert!(
         cache.list().unwrap().is_empty(),
         "a refused file must not enter the cache"
     );
-    let c = cache.import("efficientnet_lite0", &lite0()).unwrap();
+    let c = cache.import("efficientnet_lite0", &lite0(), false).unwrap();
     assert_eq!(
         c.sha256,
         "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
@@ -251,7 +251,13 @@ fn download_resumes_verifies_and_is_atomic() {
         .join("weights/efficientnet_lite0/efficientnet-lite0-57934424.pth");
     // first try: the connection drops halfway
     let e = cache
-        .fetch_url("efficientnet_lite0", &url, Some(&sha[..8]), &|_, _| {})
+        .fetch_url(
+            "efficientnet_lite0",
+            &url,
+            Some(&sha[..8]),
+            false,
+            &|_, _| {},
+        )
         .unwrap_err();
     assert!(e.to_string().contains("resume"), "{e}");
     assert!(!final_path.exists(), "no partial file under the final name");
@@ -264,7 +270,13 @@ fn download_resumes_verifies_and_is_atomic() {
     );
     // second try resumes with a Range request
     let c = cache
-        .fetch_url("efficientnet_lite0", &url, Some(&sha[..8]), &|_, _| {})
+        .fetch_url(
+            "efficientnet_lite0",
+            &url,
+            Some(&sha[..8]),
+            false,
+            &|_, _| {},
+        )
         .unwrap();
     assert_eq!(ranged.load(Ordering::SeqCst), 1);
     assert_eq!(requests.load(Ordering::SeqCst), 2);
@@ -279,6 +291,7 @@ fn download_resumes_verifies_and_is_atomic() {
             "resnet18",
             &format!("{base2}/resnet18-f37072fd.pth"),
             Some("f37072fd"),
+            false,
             &|_, _| {},
         )
         .unwrap_err();
@@ -293,7 +306,13 @@ fn download_resumes_verifies_and_is_atomic() {
         .exists());
     // HTTP errors are reported with the URL
     let e = cache
-        .fetch_url("resnet18", "http://127.0.0.1:1/x.pth", None, &|_, _| {})
+        .fetch_url(
+            "resnet18",
+            "http://127.0.0.1:1/x.pth",
+            None,
+            false,
+            &|_, _| {},
+        )
         .unwrap_err();
     assert!(e.to_string().contains("http://127.0.0.1:1/x.pth"), "{e}");
 }

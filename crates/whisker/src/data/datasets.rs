@@ -138,17 +138,70 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// What a scan has seen: directories (by their canonical path) so that symbolic links that
+/// loop are not followed again, and files, so that a file reached twice (through a link) is
+/// counted once.
+#[derive(Default)]
+struct Seen {
+    dirs: std::collections::HashSet<PathBuf>,
+    files: std::collections::HashMap<PathBuf, PathBuf>,
+}
+
+impl Seen {
+    /// Enter `dir`: false if it was entered before (a link loop or a second link to it).
+    fn enter(&mut self, dir: &Path) -> bool {
+        match fs::canonicalize(dir) {
+            Ok(c) => self.dirs.insert(c),
+            Err(_) => false,
+        }
+    }
+}
+
+/// A name whisker can record (split files, reports are UTF-8), or the reason it cannot.
+fn utf8_name(p: &Path) -> std::result::Result<(), String> {
+    match p.file_name().map(|n| n.to_str().is_some()) {
+        Some(false) => Err("the file name is not valid UTF-8 (rename the file to use it)".into()),
+        _ => Ok(()),
+    }
+}
+
 /// Scan one class folder (recursively) into items / skipped.
 fn scan_class(
     dir: &Path,
     label: usize,
+    seen: &mut Seen,
     items: &mut Vec<Item>,
     skipped: &mut Vec<Skipped>,
 ) -> Result<()> {
     for p in sorted_entries(dir)? {
         if p.is_dir() {
-            scan_class(&p, label, items, skipped)?;
+            if let Err(reason) = utf8_name(&p) {
+                skipped.push(Skipped { path: p, reason });
+            } else if seen.enter(&p) {
+                scan_class(&p, label, seen, items, skipped)?;
+            } else {
+                skipped.push(Skipped {
+                    path: p,
+                    reason: "a link to a folder already scanned (not followed twice)".into(),
+                });
+            }
         } else if p.is_file() {
+            if let Err(reason) = utf8_name(&p) {
+                skipped.push(Skipped { path: p, reason });
+                continue;
+            }
+            let canon = fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
+            if let Some(first) = seen.files.get(&canon) {
+                skipped.push(Skipped {
+                    reason: format!(
+                        "the same file as {} (a link): counted once",
+                        first.display()
+                    ),
+                    path: p,
+                });
+                continue;
+            }
+            seen.files.insert(canon, p.clone());
             match sniff_image(&p) {
                 Ok(()) => items.push(Item { path: p, label }),
                 Err(reason) => skipped.push(Skipped { path: p, reason }),
@@ -185,6 +238,9 @@ impl Dataset {
         let mut classes = Vec::new();
         let mut items = Vec::new();
         let mut skipped = Vec::new();
+        let mut seen = Seen::default();
+        seen.enter(root);
+        seen.enter(dir);
         for p in sorted_entries(dir)? {
             if !p.is_dir() {
                 if p.is_file() {
@@ -202,9 +258,20 @@ impl Dataset {
             if name.starts_with('.') || only.is_some_and(|o| !o.contains(&name.as_str())) {
                 continue;
             }
+            if let Err(reason) = utf8_name(&p) {
+                skipped.push(Skipped { path: p, reason });
+                continue;
+            }
+            if !seen.enter(&p) {
+                skipped.push(Skipped {
+                    path: p,
+                    reason: "a link to a folder already scanned (not used as a class)".into(),
+                });
+                continue;
+            }
             let label = classes.len();
             classes.push(name);
-            scan_class(&p, label, &mut items, &mut skipped)?;
+            scan_class(&p, label, &mut seen, &mut items, &mut skipped)?;
         }
         Ok(Dataset {
             root: root.to_path_buf(),

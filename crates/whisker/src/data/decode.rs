@@ -2,39 +2,193 @@
 //! still loads). JPEG (baseline, progressive, CMYK), PNG (8/16-bit, grey, alpha, palette),
 //! GIF (first frame), BMP and WebP.
 
+use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use image::{ImageReader, RgbImage};
 
 use crate::error::{Error, Result};
 
-/// Decode an image file to RGB u8. Errors name the file and say why.
+/// Pillow's `Image.MAX_IMAGE_PIXELS`: images declaring more pixels are refused unless the
+/// limit is raised ([`set_max_pixels`], `WHISKER_MAX_PIXELS`).
+pub const DEFAULT_MAX_PIXELS: u64 = 89_478_485;
+
+/// Files larger than this are not read as images (1 GiB: far more than any photo).
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// Images above this many pixels are decoded one at a time, so that parallel decoding of
+/// several huge images cannot multiply the memory peak.
+const BIG_IMAGE_PIXELS: u64 = 16 << 20;
+
+static MAX_PIXELS: AtomicU64 = AtomicU64::new(0);
+static BIG_DECODE: Mutex<()> = Mutex::new(());
+
+/// The largest number of pixels an image may declare: [`set_max_pixels`], else the
+/// environment variable `WHISKER_MAX_PIXELS`, else [`DEFAULT_MAX_PIXELS`].
+pub fn max_pixels() -> u64 {
+    match MAX_PIXELS.load(Ordering::Relaxed) {
+        0 => std::env::var("WHISKER_MAX_PIXELS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&v| v > 0)
+            .unwrap_or(DEFAULT_MAX_PIXELS),
+        n => n,
+    }
+}
+
+/// Set the pixel limit for this process (0 restores the default).
+pub fn set_max_pixels(n: u64) {
+    MAX_PIXELS.store(n, Ordering::Relaxed);
+}
+
+/// Why an image could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeFailure {
+    /// Corrupt, truncated, unsupported: the reason.
+    Invalid(String),
+    /// The image declares more pixels than the limit.
+    TooLarge { width: u64, height: u64, limit: u64 },
+}
+
+impl std::fmt::Display for DecodeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeFailure::Invalid(r) => f.write_str(r),
+            DecodeFailure::TooLarge {
+                width,
+                height,
+                limit,
+            } => write!(
+                f,
+                "the image is {width}×{height} = {} pixels, more than the limit of {limit} (a decompression bomb?)",
+                width * height
+            ),
+        }
+    }
+}
+
+impl From<String> for DecodeFailure {
+    fn from(s: String) -> Self {
+        DecodeFailure::Invalid(s)
+    }
+}
+
+impl From<&str> for DecodeFailure {
+    fn from(s: &str) -> Self {
+        DecodeFailure::Invalid(s.to_string())
+    }
+}
+
+/// Decode an image file to RGB u8. Errors name the file and say why. Only regular files are
+/// read (a FIFO or device would block or never end), at most [`MAX_FILE_BYTES`], and images
+/// declaring more than [`max_pixels`] are refused before any pixel memory is allocated.
 pub fn decode_file(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_bytes(&bytes).map_err(|reason| Error::Decode {
+    let decode_err = |reason: String| Error::Decode {
         path: path.to_path_buf(),
         reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(decode_err(if meta.is_dir() {
+            "it is a directory".into()
+        } else {
+            "not a regular file (a FIFO, socket or device)".into()
+        }));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(decode_err(format!(
+            "the file is {} bytes; whisker reads images of at most {MAX_FILE_BYTES} bytes",
+            meta.len()
+        )));
+    }
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::new();
+    f.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    decode_bytes_limited(&bytes, max_pixels()).map_err(|f| match f {
+        DecodeFailure::Invalid(reason) => Error::Decode {
+            path: path.to_path_buf(),
+            reason,
+        },
+        DecodeFailure::TooLarge {
+            width,
+            height,
+            limit,
+        } => Error::TooLarge {
+            path: path.to_path_buf(),
+            width,
+            height,
+            pixels: width * height,
+            limit,
+        },
     })
 }
 
-/// Decode image bytes to RGB u8; the error is a human-readable reason.
+/// Decode image bytes to RGB u8 under the process's pixel limit; the error is a
+/// human-readable reason.
 pub fn decode_bytes(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    decode_bytes_limited(bytes, max_pixels()).map_err(|f| f.to_string())
+}
+
+fn check_size(width: u64, height: u64, limit: u64) -> std::result::Result<(), DecodeFailure> {
+    if width == 0 || height == 0 {
+        return Err(DecodeFailure::Invalid(format!(
+            "the image declares a size of {width}×{height}"
+        )));
+    }
+    if width.saturating_mul(height) > limit {
+        return Err(DecodeFailure::TooLarge {
+            width,
+            height,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// Hold the big-image lock while decoding an image of `pixels` pixels, if it is big.
+fn big_guard(pixels: u64) -> Option<std::sync::MutexGuard<'static, ()>> {
+    (pixels > BIG_IMAGE_PIXELS).then(|| BIG_DECODE.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// Decode image bytes to RGB u8, refusing images that declare more than `max_pixels` pixels
+/// before decoding them.
+pub fn decode_bytes_limited(
+    bytes: &[u8],
+    max_pixels: u64,
+) -> std::result::Result<RgbImage, DecodeFailure> {
     if bytes.is_empty() {
         return Err("the file is empty".into());
     }
     if bytes.len() >= 3 && bytes[..3] == [0xFF, 0xD8, 0xFF] {
-        if let Some(img) = decode_jpeg_libjpeg(bytes)? {
+        if let Some(img) = decode_jpeg_libjpeg(bytes, max_pixels)? {
             return Ok(img);
         }
     }
-    let reader = ImageReader::new(std::io::Cursor::new(bytes))
+    let probe = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
-    let Some(format) = reader.format() else {
+    let Some(format) = probe.format() else {
         return Err("not a recognised image format (JPEG, PNG, GIF, BMP or WebP)".into());
     };
-    let mut reader = reader;
-    reader.no_limits();
+    let (w, h) = probe
+        .into_dimensions()
+        .map_err(|e| format!("{format:?}: {e}"))?;
+    check_size(w as u64, h as u64, max_pixels)?;
+    let pixels = w as u64 * h as u64;
+    let _big = big_guard(pixels);
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    // the largest decoded buffer: 16-bit RGBA (8 bytes a pixel), plus the decoder's own
+    limits.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
+    reader.limits(limits);
     let img = reader.decode().map_err(|e| format!("{format:?}: {e}"))?;
     Ok(to_rgb8(img))
 }
@@ -42,7 +196,10 @@ pub fn decode_bytes(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
 /// Decode a JPEG with libjpeg-turbo's decoder (through mozjpeg): integer IDCT and fancy
 /// upsampling, the same pixels Pillow gives. `Ok(None)` for colour spaces it does not convert
 /// to RGB (CMYK / YCCK), which the pure-Rust decoder handles instead.
-fn decode_jpeg_libjpeg(bytes: &[u8]) -> std::result::Result<Option<RgbImage>, String> {
+fn decode_jpeg_libjpeg(
+    bytes: &[u8],
+    max_pixels: u64,
+) -> std::result::Result<Option<RgbImage>, DecodeFailure> {
     use mozjpeg::{ColorSpace, Decompress};
     // libjpeg only warns on a truncated stream and fills the rest with grey; Pillow refuses
     // such files ("image file is truncated"), and so do we: the end-of-image marker must
@@ -55,21 +212,24 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> std::result::Result<Option<RgbImage>, St
             return Err("JPEG: truncated file (no end-of-image marker after the image data)".into())
         }
     }
-    let res = std::panic::catch_unwind(|| -> std::result::Result<Option<RgbImage>, String> {
-        let d = Decompress::new_mem(bytes).map_err(|e| format!("JPEG: {e}"))?;
-        if matches!(d.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK) {
-            return Ok(None);
-        }
-        let mut started = d.rgb().map_err(|e| format!("JPEG: {e}"))?;
-        let (w, h) = (started.width() as u32, started.height() as u32);
-        let data: Vec<u8> = started
-            .read_scanlines::<u8>()
-            .map_err(|e| format!("JPEG: {e}"))?;
-        started.finish().map_err(|e| format!("JPEG: {e}"))?;
-        RgbImage::from_raw(w, h, data)
-            .map(Some)
-            .ok_or_else(|| "JPEG: decoded size does not match".to_string())
-    });
+    let res =
+        std::panic::catch_unwind(|| -> std::result::Result<Option<RgbImage>, DecodeFailure> {
+            let d = Decompress::new_mem(bytes).map_err(|e| format!("JPEG: {e}"))?;
+            check_size(d.width() as u64, d.height() as u64, max_pixels)?;
+            if matches!(d.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK) {
+                return Ok(None);
+            }
+            let _big = big_guard(d.width() as u64 * d.height() as u64);
+            let mut started = d.rgb().map_err(|e| format!("JPEG: {e}"))?;
+            let (w, h) = (started.width() as u32, started.height() as u32);
+            let data: Vec<u8> = started
+                .read_scanlines::<u8>()
+                .map_err(|e| format!("JPEG: {e}"))?;
+            started.finish().map_err(|e| format!("JPEG: {e}"))?;
+            RgbImage::from_raw(w, h, data)
+                .map(Some)
+                .ok_or_else(|| "JPEG: decoded size does not match".into())
+        });
     match res {
         Ok(r) => r,
         Err(p) => {
@@ -78,7 +238,7 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> std::result::Result<Option<RgbImage>, St
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "corrupt data".into());
-            Err(format!("JPEG: {msg}"))
+            Err(DecodeFailure::Invalid(format!("JPEG: {msg}")))
         }
     }
 }

@@ -49,6 +49,55 @@ fn md5_file(path: &Path) -> Result<String> {
     crate::weights::cache::hash_file::<Md5>(path)
 }
 
+/// The file's MD5 must be `want` (when the publisher gives one).
+fn check_md5(path: &Path, want: Option<&str>) -> Result<()> {
+    let Some(want) = want else { return Ok(()) };
+    let got = md5_file(path)?;
+    if got != want {
+        return Err(Error::Checksum {
+            path: path.to_path_buf(),
+            algorithm: "md5",
+            expected: want.to_string(),
+            actual: got,
+        });
+    }
+    Ok(())
+}
+
+/// Extract `archive` into a temporary folder inside `dest`, then move its entries into
+/// `dest`: an archive refused half-way (an entry escaping, a corrupt stream) leaves nothing.
+pub fn extract_atomically(archive: &Path, dest: &Path) -> Result<usize> {
+    fs::create_dir_all(dest).map_err(|e| Error::io(dest, e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".extract-")
+        .tempdir_in(dest)
+        .map_err(|e| Error::io(dest, e))?;
+    let n = extract_archive(archive, tmp.path())?;
+    move_tree(tmp.path(), dest)?;
+    Ok(n)
+}
+
+/// Move every entry of `from` into `to`, merging folders that exist in both.
+fn move_tree(from: &Path, to: &Path) -> Result<()> {
+    for e in fs::read_dir(from).map_err(|e| Error::io(from, e))? {
+        let e = e.map_err(|err| Error::io(from, err))?;
+        let target = to.join(e.file_name());
+        let is_dir = e
+            .file_type()
+            .map_err(|err| Error::io(e.path(), err))?
+            .is_dir();
+        if is_dir && target.is_dir() {
+            move_tree(&e.path(), &target)?;
+        } else {
+            if is_dir && target.exists() {
+                fs::remove_file(&target).map_err(|err| Error::io(&target, err))?;
+            }
+            fs::rename(e.path(), &target).map_err(|err| Error::io(&target, err))?;
+        }
+    }
+    Ok(())
+}
+
 /// A relative path with no `..`, root or prefix component, or `None`.
 fn safe_relative(p: &Path) -> Option<PathBuf> {
     let mut out = PathBuf::new();
@@ -157,23 +206,21 @@ pub fn download_archives(
             None => a.url.to_string(),
         };
         let done = dl.join(file);
+        // An archive left by an earlier run is checked like a fresh one: a wrong one is
+        // removed and downloaded again.
+        if done.exists() && check_md5(&done, a.md5).is_err() {
+            fs::remove_file(&done).map_err(|e| Error::io(&done, e))?;
+        }
         if !done.exists() {
             let part = dl.join(format!("{file}.part"));
             download_resumable(&url, &part, progress)?;
-            if let Some(want) = a.md5 {
-                let got = md5_file(&part)?;
-                if got != want {
-                    let _ = fs::remove_file(&part);
-                    return Err(Error::Checksum {
-                        path: part,
-                        expected: format!("md5 {want}"),
-                        actual: format!("md5 {got}"),
-                    });
-                }
+            if let Err(e) = check_md5(&part, a.md5) {
+                let _ = fs::remove_file(&part);
+                return Err(e);
             }
             fs::rename(&part, &done).map_err(|e| Error::io(&done, e))?;
         }
-        files += extract_archive(&done, dest)?;
+        files += extract_atomically(&done, dest)?;
         fs::remove_file(&done).map_err(|e| Error::io(&done, e))?;
     }
     let _ = fs::remove_dir(&dl);

@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
 
 use super::decode::decode_file;
-use super::resize::resize_shorter;
+use super::resize::{resize_shorter_crop, resize_window, shorter_side_size, Window};
 use crate::error::Result;
 
 /// How pixels in [0, 1] become the network's input.
@@ -56,16 +56,21 @@ pub struct Preprocess {
 
 /// torchvision's `CenterCrop` offsets: `round((size − crop) / 2)`, half to even.
 pub fn center_crop_offset(size: u32, crop: u32) -> u32 {
-    let d = size as i64 - crop as i64;
-    if d <= 0 {
+    center_crop_offset_usize(size as usize, crop as usize) as u32
+}
+
+/// [`center_crop_offset`] for sizes beyond `u32`.
+pub fn center_crop_offset_usize(size: usize, crop: usize) -> usize {
+    if size <= crop {
         return 0;
     }
+    let d = size - crop;
     // round half to even of d / 2
     let half = d / 2;
     if d % 2 == 1 && half % 2 == 1 {
-        (half + 1) as u32
+        half + 1
     } else {
-        half as u32
+        half
     }
 }
 
@@ -90,10 +95,10 @@ pub fn center_crop(img: &RgbImage, crop: u32) -> RgbImage {
 }
 
 impl Preprocess {
-    /// Resize and crop (u8 result).
+    /// Resize and crop (u8 result). Only the kept pixels are computed, so an image of any
+    /// aspect ratio costs the same memory.
     pub fn apply(&self, img: &RgbImage) -> RgbImage {
-        let r = resize_shorter(img, self.resize as u32);
-        center_crop(&r, self.crop as u32)
+        resize_shorter_crop(img, self.resize as u32, self.crop as u32)
     }
 
     /// Decode, resize and crop a file.
@@ -127,15 +132,20 @@ impl Preprocess {
     /// Test-time augmentation views of an image: the centre crop, its mirror image, and the
     /// four corner crops of the resized image (torchvision's `FiveCrop` plus a flip).
     pub fn tta_views(&self, img: &RgbImage) -> Vec<RgbImage> {
-        let r = resize_shorter(img, self.resize as u32);
-        let c = self.crop as u32;
-        let center = center_crop(&r, c);
+        let center = self.apply(img);
         let flipped = image::imageops::flip_horizontal(&center);
         let mut v = vec![center, flipped];
-        let (w, h) = r.dimensions();
+        let (w, h) = shorter_side_size(img.width(), img.height(), self.resize as u32);
+        let c = self.crop;
         if w >= c && h >= c {
             for (x, y) in [(0, 0), (w - c, 0), (0, h - c), (w - c, h - c)] {
-                v.push(image::imageops::crop_imm(&r, x, y, c, c).to_image());
+                let win = Window {
+                    x,
+                    y,
+                    width: c,
+                    height: c,
+                };
+                v.push(resize_window(img, w, h, win));
             }
         }
         v

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::Classifier;
 use crate::backbones::top_k;
 use crate::data::datasets::SplitMix64;
-use crate::data::resize::{bilinear_matrix, shorter_side_size};
-use crate::data::transforms::{center_crop_offset, to_image, to_tensor};
+use crate::data::resize::{bilinear_matrix_rows, shorter_side_size};
+use crate::data::transforms::{center_crop_offset_usize, to_image, to_tensor};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,21 +110,21 @@ pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Resul
     let (w, h) = (image.width() as usize, image.height() as usize);
     let pre = b.preprocess();
     let (rw, rh) = shorter_side_size(w as u32, h as u32, pre.resize as u32);
-    let (rw, rh) = (rw as usize, rh as usize);
     let crop = pre.crop;
+    if rw < crop || rh < crop {
+        return Err(Error::Invalid(format!(
+            "the image ({w}×{h}) resized to {rw}×{rh} is smaller than the {crop}-pixel crop"
+        )));
+    }
     let (ox, oy) = (
-        center_crop_offset(rw as u32, crop as u32) as usize,
-        center_crop_offset(rh as u32, crop as u32) as usize,
+        center_crop_offset_usize(rw, crop),
+        center_crop_offset_usize(rh, crop),
     );
-    // resize matrices restricted to the rows / columns the crop keeps
-    let mh = bilinear_matrix(w, rw); // [rw, w]
-    let mv = bilinear_matrix(h, rh); // [rh, h]
-    let rows = |m: &[f32], n_in: usize, off: usize| -> Vec<f32> {
-        m[off * n_in..(off + crop) * n_in].to_vec()
-    };
-    let rh_t =
-        Tensor::<2>::from_data(TensorData::new(rows(&mh, w, ox), [crop, w]), &device).transpose(); // [w, crop]
-    let rv = Tensor::<2>::from_data(TensorData::new(rows(&mv, h, oy), [crop, h]), &device); // [crop, h]
+    // resize matrices: only the rows / columns the crop keeps
+    let mh = bilinear_matrix_rows(w, rw, ox..ox + crop); // [crop, w]
+    let mv = bilinear_matrix_rows(h, rh, oy..oy + crop); // [crop, h]
+    let rh_t = Tensor::<2>::from_data(TensorData::new(mh, [crop, w]), &device).transpose(); // [w, crop]
+    let rv = Tensor::<2>::from_data(TensorData::new(mv, [crop, h]), &device); // [crop, h]
     let x0: Vec<f32> = to_tensor(std::slice::from_ref(image), &device.clone().inner())
         .into_data()
         .try_into_vec_as::<f32>()

@@ -52,6 +52,15 @@ fn render(
     RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::Invalid("drawing buffer".into()))
 }
 
+/// The points whose coordinates are both finite.
+fn finite_points(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    points
+        .iter()
+        .filter(|p| p.0.is_finite() && p.1.is_finite())
+        .copied()
+        .collect()
+}
+
 /// Train and validation loss, and validation accuracy, per epoch.
 pub fn training_curves(history: &[EpochStats], path: &Path) -> Result<()> {
     let img = render(900, 420, |root| {
@@ -61,6 +70,7 @@ pub fn training_curves(history: &[EpochStats], path: &Path) -> Result<()> {
             .iter()
             .flat_map(|s| [Some(s.train_loss), s.val_loss])
             .flatten()
+            .filter(|v| v.is_finite())
             .collect();
         let ymax = losses.iter().cloned().fold(0.0, f64::max).max(1e-3) * 1.05;
         let mut c = ChartBuilder::on(&left)
@@ -254,6 +264,9 @@ pub fn contact_sheet(tiles: &[Tile<'_>], title: &str, path: &Path) -> Result<()>
 /// The learning-rate range test: smoothed loss against the learning rate (log scale), with
 /// the suggested learning rate marked.
 pub fn lr_find_plot(curve: &[(f64, f64)], suggested: Option<f64>, path: &Path) -> Result<()> {
+    // axes are computed from the data: points that are not finite (a loss that blew up)
+    // are left out, or the axis would never end
+    let curve = &finite_points(curve);
     let img = render(640, 420, |root| {
         let (lo, hi) = (
             curve.first().map(|c| c.0).unwrap_or(1e-7),
@@ -300,6 +313,7 @@ pub fn lr_find_plot(curve: &[(f64, f64)], suggested: Option<f64>, path: &Path) -
 
 /// Accuracy against the attack budget.
 pub fn robustness_plot(points: &[(f64, f64)], title: &str, path: &Path) -> Result<()> {
+    let points = &finite_points(points);
     let img = render(640, 420, |root| {
         let xmax = points.iter().map(|p| p.0).fold(0.0, f64::max).max(1e-6) * 255.0;
         let mut c = ChartBuilder::on(&root)

@@ -7,7 +7,7 @@
 //! a checkpoint (weights + AdamW state) reloads onto the same ids and `--resume` continues
 //! exactly.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
@@ -72,6 +72,8 @@ struct Meta {
     history: Vec<EpochStats>,
     config: FineTuneConfig,
     classes: usize,
+    /// sha256 of each optimiser-state file of this epoch.
+    files: BTreeMap<String, String>,
 }
 
 struct SetGrad<'a> {
@@ -205,7 +207,7 @@ impl FineTuner {
         load_train: &(dyn Fn(usize, usize) -> Option<image::RgbImage> + Sync),
         load_val: &(dyn Fn(usize) -> Option<image::RgbImage> + Sync),
         progress: &dyn Fn(usize, usize),
-    ) -> EpochStats {
+    ) -> Result<EpochStats> {
         let trainable = self.trainable(cfg);
         let model = std::mem::replace(&mut self.model, placeholder(&self.backbone, self.classes));
         self.model = model.map(&mut SetGrad {
@@ -263,7 +265,9 @@ impl FineTuner {
                 cfg.label_smoothing,
                 &device,
             );
-            sum += loss.clone().into_scalar::<f32>() as f64 * labels.len() as f64;
+            let batch_loss = loss.clone().into_scalar::<f32>() as f64;
+            super::check_loss(batch_loss, self.epoch + 1, bi + 1)?;
+            sum += batch_loss * labels.len() as f64;
             seen += labels.len();
             let mut grads = loss.backward();
             let step_in_phase = phase_epoch as u64 * steps + bi as u64;
@@ -288,7 +292,7 @@ impl FineTuner {
         } else {
             let logits = self.predict_logits(val_labels.len(), load_val, bs);
             let m =
-                super::metrics::evaluate(&logits, val_labels, &vec![String::new(); self.classes]);
+                super::metrics::evaluate(&logits, val_labels, &vec![String::new(); self.classes])?;
             (Some(m.log_loss), Some(m.accuracy))
         };
         let s = EpochStats {
@@ -299,7 +303,7 @@ impl FineTuner {
             lr,
         };
         self.history.push(s.clone());
-        s
+        Ok(s)
     }
 
     /// Logits of `n` images (eval mode, no augmentation).
@@ -416,12 +420,26 @@ impl FineTuner {
         );
         sd.tensors.insert("head.weight".into(), w);
         sd.tensors.insert("head.bias".into(), b);
-        sd.save_safetensors(&dir.join(format!("weights-e{e}.safetensors")))?;
+        if let Some(reason) = crate::weights::non_finite(&sd.tensors) {
+            return Err(Error::NonFinite(format!(
+                "{}: checkpoint not written: {reason} (training diverged)",
+                dir.display()
+            )));
+        }
+        let weights_file = format!("weights-e{e}.safetensors");
+        sd.save_safetensors(&dir.join(&weights_file))?;
+        let mut files = BTreeMap::new();
+        files.insert(
+            weights_file.clone(),
+            crate::weights::cache::sha256_file(&dir.join(&weights_file))?,
+        );
         for (name, opt) in [("optim_head", &self.opt_head), ("optim_net", &self.opt_net)] {
             let bytes = opt
                 .into_bytes()
-                .map_err(|err| Error::Invalid(format!("optimizer state: {err:?}")))?;
-            crate::weights::cache::write_atomic(&dir.join(format!("{name}-e{e}.bin")), &bytes)?;
+                .map_err(|err| Error::Internal(format!("optimizer state: {err:?}")))?;
+            let file = format!("{name}-e{e}.bin");
+            files.insert(file.clone(), sha256_hex(&bytes));
+            crate::weights::cache::write_atomic(&dir.join(file), &bytes)?;
         }
         let meta = Meta {
             epoch: e,
@@ -429,9 +447,17 @@ impl FineTuner {
             history: self.history.clone(),
             config: cfg.clone(),
             classes: self.classes,
+            files,
+        };
+        let state =
+            serde_json::to_string_pretty(&meta).map_err(|err| Error::Internal(err.to_string()))?;
+        let doc = StateFile {
+            format: STATE_FORMAT.into(),
+            sha256: sha256_hex(state.as_bytes()),
+            state,
         };
         let json =
-            serde_json::to_vec_pretty(&meta).map_err(|err| Error::Invalid(err.to_string()))?;
+            serde_json::to_vec_pretty(&doc).map_err(|err| Error::Internal(err.to_string()))?;
         crate::weights::cache::write_atomic(&dir.join("finetune_state.json"), &json)?;
         let current = [
             format!("weights-e{e}.safetensors"),
@@ -461,10 +487,30 @@ impl FineTuner {
     ) -> Result<(Self, FineTuneConfig)> {
         let meta_path = dir.join("finetune_state.json");
         let text = std::fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
-        let meta: Meta = serde_json::from_slice(&text)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", meta_path.display())))?;
+        let corrupt = |reason: String| Error::NotACheckpoint {
+            path: meta_path.clone(),
+            reason,
+        };
+        let doc: StateFile = serde_json::from_slice(&text)
+            .map_err(|e| corrupt(format!("not a whisker fine-tuning checkpoint: {e}")))?;
+        if doc.format != STATE_FORMAT || sha256_hex(doc.state.as_bytes()) != doc.sha256 {
+            return Err(corrupt(
+                "its checksum does not match: the checkpoint is corrupt".into(),
+            ));
+        }
+        let meta: Meta =
+            serde_json::from_str(&doc.state).map_err(|e| corrupt(format!("invalid state: {e}")))?;
         let e = meta.epoch;
-        let mut sd = StateDict::from_file(&dir.join(format!("weights-e{e}.safetensors")))?;
+        let weights_file = format!("weights-e{e}.safetensors");
+        let wp = dir.join(&weights_file);
+        if meta.files.get(&weights_file) != Some(&crate::weights::cache::sha256_file(&wp)?) {
+            return Err(Error::NotACheckpoint {
+                path: wp,
+                reason: "its sha256 is not the one the checkpoint recorded: the file is corrupt"
+                    .into(),
+            });
+        }
+        let mut sd = StateDict::from_file(&wp)?;
         let hw = sd
             .tensors
             .remove("head.weight")
@@ -488,8 +534,17 @@ impl FineTuner {
             ("optim_head", &mut t.opt_head),
             ("optim_net", &mut t.opt_net),
         ] {
-            let p = dir.join(format!("{file}-e{e}.bin"));
+            let name = format!("{file}-e{e}.bin");
+            let p = dir.join(&name);
             let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            if meta.files.get(&name) != Some(&sha256_hex(&bytes)) {
+                return Err(Error::NotACheckpoint {
+                    path: p,
+                    reason:
+                        "its sha256 is not the one the checkpoint recorded: the file is corrupt"
+                            .into(),
+                });
+            }
             let fresh = std::mem::replace(opt, adamw(&meta.config));
             *opt = fresh
                 .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
@@ -500,6 +555,22 @@ impl FineTuner {
         t.history = meta.history;
         Ok((t, meta.config))
     }
+}
+
+const STATE_FORMAT: &str = "whisker-finetune-state-v2";
+
+/// `finetune_state.json`: the state as JSON text and its sha256, so that a damaged file is
+/// refused instead of resuming from wrong numbers.
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    format: String,
+    sha256: String,
+    state: String,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// A throw-away model used while the real one is moved through the optimisers.

@@ -230,7 +230,7 @@ impl HeadState {
         val: Samples<'_>,
         cfg: &HeadConfig,
         device: &Device,
-    ) -> EpochStats {
+    ) -> crate::Result<EpochStats> {
         let ad = device.clone().autodiff();
         let h = &self.head;
         let (dim, k) = (h.dim, h.classes);
@@ -252,7 +252,13 @@ impl HeadState {
                 yb.push(train.y[i]);
             }
             lr = lr_at(cfg, self.step, total);
-            sum_loss += self.step_on(&xb, &yb, lr, cfg, &mut rng, &ad) * chunk.len() as f64;
+            let batch_loss = self.step_on(&xb, &yb, lr, cfg, &mut rng, &ad);
+            super::check_loss(
+                batch_loss,
+                self.epoch + 1,
+                (self.step % steps_per_epoch) as usize,
+            )?;
+            sum_loss += batch_loss * chunk.len() as f64;
         }
         self.rng = rng.0;
         self.epoch += 1;
@@ -260,7 +266,7 @@ impl HeadState {
             (None, None)
         } else {
             let logits = self.head.logits(val.x, device);
-            let m = super::metrics::evaluate(&logits, val.y, &vec![String::new(); k]);
+            let m = super::metrics::evaluate(&logits, val.y, &vec![String::new(); k])?;
             (Some(m.log_loss), Some(m.accuracy))
         };
         let score = val_loss.unwrap_or(sum_loss / n as f64);
@@ -278,7 +284,7 @@ impl HeadState {
             lr,
         };
         self.history.push(s.clone());
-        s
+        Ok(s)
     }
 
     /// One optimisation step on a standardised mini-batch; returns its loss.
@@ -446,6 +452,11 @@ impl HeadState {
             .ok_or_else(|| bad("not a whisker training checkpoint".into()))
             .and_then(|s| serde_json::from_str(s).map_err(|e| bad(e.to_string())))?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+        if !crate::weights::verify_checksum(path, &st, &bytes)? {
+            return Err(bad(
+                "its content checksum is missing: the file is damaged".into()
+            ));
+        }
         let get = |k: &str| -> crate::Result<Vec<f32>> {
             let v = st
                 .tensor(k)

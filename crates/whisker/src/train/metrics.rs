@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClassMetrics {
     pub class: String,
@@ -26,31 +28,80 @@ pub struct Metrics {
     pub classes: Vec<String>,
 }
 
-/// Rank of the true class in a row of logits (0 = top-1).
+/// The strict rank of the true class in a row of scores (0 = top-1): how many other classes
+/// score at least as high. A tie therefore counts against the true class, so a model that
+/// gives every class the same score is never "correct".
 fn rank(row: &[f32], label: usize) -> usize {
-    row.iter().filter(|&&v| v > row[label]).count()
+    let v = row[label];
+    row.iter()
+        .enumerate()
+        .filter(|&(j, &w)| j != label && w >= v)
+        .count()
 }
 
-/// Metrics of `[n, k]` row-major logits against labels.
-pub fn evaluate(logits: &[f32], labels: &[usize], classes: &[String]) -> Metrics {
+/// The class a row of scores predicts: the index of its unique maximum, or `None` when two
+/// or more classes share the maximum (no decision). Scores must be finite.
+pub fn top1(row: &[f32]) -> Option<usize> {
+    let (mut best, mut tied) = (0usize, false);
+    for (j, &v) in row.iter().enumerate().skip(1) {
+        if v > row[best] {
+            best = j;
+            tied = false;
+        } else if v == row[best] {
+            tied = true;
+        }
+    }
+    (!row.is_empty() && !tied).then_some(best)
+}
+
+/// The class an image of true class `label` counts as predicted (its confusion-matrix
+/// column): its unique top-1 class; on a tie at the top, the first tied class that is not the
+/// true one (a tie is an error, and the confusion matrix agrees with the accuracy).
+pub fn decision(row: &[f32], label: usize) -> usize {
+    top1(row).unwrap_or_else(|| {
+        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        (0..row.len())
+            .find(|&j| j != label && row[j] == m)
+            .unwrap_or(label)
+    })
+}
+
+/// Metrics of `[n, k]` row-major logits against labels. Ties count as errors; non-finite
+/// logits (NaN or ±Inf: broken weights or features) are an error, not a result.
+pub fn evaluate(logits: &[f32], labels: &[usize], classes: &[String]) -> Result<Metrics> {
     let k = classes.len();
     let n = labels.len();
+    if logits.len() != n * k {
+        return Err(Error::Internal(format!(
+            "evaluate: {} logits for {n} images of {k} classes",
+            logits.len()
+        )));
+    }
+    if let Some(&l) = labels.iter().find(|&&l| l >= k) {
+        return Err(Error::Internal(format!(
+            "evaluate: label {l} out of range for {k} classes"
+        )));
+    }
+    let bad = logits
+        .chunks_exact(k.max(1))
+        .filter(|r| r.iter().any(|v| !v.is_finite()))
+        .count();
+    if bad > 0 {
+        return Err(Error::NonFinite(format!(
+            "the model produced non-finite logits (NaN or infinity) for {bad} of {n} images: its weights or features are broken"
+        )));
+    }
     let mut confusion = vec![vec![0usize; k]; k];
-    let (mut top1, mut top3, mut top5) = (0usize, 0usize, 0usize);
+    let (mut top1_hits, mut top3, mut top5) = (0usize, 0usize, 0usize);
     let mut log_loss = 0.0;
     for (i, &l) in labels.iter().enumerate() {
         let row = &logits[i * k..(i + 1) * k];
-        let pred = (0..k)
-            .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
-            .unwrap_or(0);
-        confusion[l][pred] += 1;
+        confusion[l][decision(row, l)] += 1;
         let r = rank(row, l);
-        top1 += (r < 1) as usize;
+        top1_hits += (r < 1) as usize;
         top3 += (r < 3) as usize;
         top5 += (r < 5) as usize;
-        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let lse = m + row.iter().map(|v| (*v as f64 - m).exp()).sum::<f64>().ln();
-        log_loss += lse - row[l] as f64;
+        log_loss += log_sum_exp(row) - row[l] as f64;
     }
     let per_class: Vec<ClassMetrics> = (0..k)
         .map(|c| {
@@ -83,9 +134,9 @@ pub fn evaluate(logits: &[f32], labels: &[usize], classes: &[String]) -> Metrics
         .collect();
     let present: Vec<&ClassMetrics> = per_class.iter().filter(|c| c.support > 0).collect();
     let nf = n.max(1) as f64;
-    Metrics {
+    Ok(Metrics {
         n,
-        accuracy: top1 as f64 / nf,
+        accuracy: top1_hits as f64 / nf,
         mean_per_class_accuracy: present.iter().map(|c| c.recall).sum::<f64>()
             / present.len().max(1) as f64,
         top3: top3 as f64 / nf,
@@ -94,7 +145,13 @@ pub fn evaluate(logits: &[f32], labels: &[usize], classes: &[String]) -> Metrics
         per_class,
         confusion,
         classes: classes.to_vec(),
-    }
+    })
+}
+
+/// `ln Σ exp(v)` of a row, computed stably in f64.
+pub fn log_sum_exp(row: &[f32]) -> f64 {
+    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    m + row.iter().map(|v| (*v as f64 - m).exp()).sum::<f64>().ln()
 }
 
 impl Metrics {

@@ -6,3 +6,16 @@ pub mod head;
 pub mod metrics;
 pub mod model_file;
 pub mod probe;
+pub mod run_dir;
+
+/// Stop training on a non-finite loss (a learning rate far too high, broken inputs): an error
+/// that names the epoch and step, so the caller keeps its last good checkpoint.
+pub(crate) fn check_loss(loss: f64, epoch: usize, step: usize) -> crate::Result<()> {
+    if loss.is_finite() {
+        Ok(())
+    } else {
+        Err(crate::Error::NonFinite(format!(
+            "training diverged: the loss became {loss} at epoch {epoch}, step {step} (learning rate too high?); the last checkpoint is kept"
+        )))
+    }
+}

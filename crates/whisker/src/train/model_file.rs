@@ -81,7 +81,8 @@ impl PartialEq for TrainedModel {
 use crate::weights::f32_to_le as f32_bytes;
 
 impl TrainedModel {
-    /// Write atomically as safetensors.
+    /// Write atomically as safetensors (with a content checksum). A model holding NaN or
+    /// infinity is refused: it would predict nothing.
     pub fn save(&self, path: &Path) -> Result<()> {
         let tensors: Vec<(&str, Vec<u8>, Vec<usize>)> = match &self.head {
             Head::Linear(h) => vec![
@@ -112,6 +113,17 @@ impl TrainedModel {
                 tensors.push((format!("backbone.{k}"), f32_bytes(&t.data), t.shape.clone()));
             }
         }
+        for (k, b, _) in &tensors {
+            if crate::weights::f32_from_le(b)
+                .iter()
+                .any(|v| !v.is_finite())
+            {
+                return Err(Error::NonFinite(format!(
+                    "{}: not written: tensor `{k}` of the trained model holds NaN or infinity (training diverged)",
+                    path.display()
+                )));
+            }
+        }
         let mut md = HashMap::new();
         md.insert(
             "whisker".to_string(),
@@ -140,6 +152,30 @@ impl TrainedModel {
         let meta: ModelMeta = serde_json::from_str(meta_json)
             .map_err(|e| bad(format!("invalid whisker metadata: {e}")))?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+        let checked = crate::weights::verify_checksum(path, &st, &bytes)?;
+        if !checked && meta.version >= 2 {
+            return Err(bad(
+                "its content checksum is missing: the file is damaged".into()
+            ));
+        }
+        for (name, view) in st.tensors() {
+            if view.dtype() != safetensors::Dtype::F32 {
+                return Err(bad(format!(
+                    "tensor `{name}` is {:?}; whisker model files hold f32",
+                    view.dtype()
+                )));
+            }
+            let v = crate::weights::f32_from_le(view.data());
+            if let Some(reason) = crate::weights::non_finite(&std::collections::BTreeMap::from([(
+                name.clone(),
+                crate::weights::RawTensor {
+                    shape: view.shape().to_vec(),
+                    data: v,
+                },
+            )])) {
+                return Err(bad(reason));
+            }
+        }
         let get = |k: &str| -> Result<Vec<f32>> {
             let t = st
                 .tensor(k)

@@ -252,13 +252,7 @@ fn accuracy(logits: &[f32], labels: &[usize], k: usize) -> f64 {
     let correct = labels
         .iter()
         .enumerate()
-        .filter(|(i, &l)| {
-            let row = &logits[i * k..(i + 1) * k];
-            let arg = (0..k)
-                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-                .unwrap_or(0);
-            arg == l
-        })
+        .filter(|(i, &l)| super::metrics::top1(&logits[i * k..(i + 1) * k]) == Some(l))
         .count();
     correct as f64 / labels.len().max(1) as f64
 }

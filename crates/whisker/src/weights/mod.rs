@@ -92,6 +92,7 @@ impl StateDict {
                         reason: format!("invalid safetensors: {e}"),
                     }
                 })?;
+                verify_checksum(path, &st, &bytes)?;
                 for (name, view) in st.tensors() {
                     let data = safetensors_to_f32(&source, &name, &view)?;
                     tensors.insert(
@@ -136,6 +137,12 @@ impl StateDict {
                 reason: "it holds no tensors".into(),
             });
         }
+        if let Some(reason) = non_finite(&tensors) {
+            return Err(Error::NotACheckpoint {
+                path: path.to_path_buf(),
+                reason,
+            });
+        }
         let mut sd = StateDict { source, tensors };
         sd.strip_wrapper_prefixes();
         Ok(sd)
@@ -175,6 +182,20 @@ impl StateDict {
     pub fn num_values(&self) -> usize {
         self.tensors.values().map(|t| t.data.len()).sum()
     }
+}
+
+/// A description of the first tensor holding NaN or infinity, if any: such weights make
+/// every output NaN, so they are refused when read.
+pub fn non_finite(tensors: &BTreeMap<String, RawTensor>) -> Option<String> {
+    tensors.iter().find_map(|(k, t)| {
+        let bad = t.data.iter().filter(|v| !v.is_finite()).count();
+        (bad > 0).then(|| {
+            format!(
+                "tensor `{k}` holds {bad} non-finite value(s) (NaN or infinity) of {}",
+                t.data.len()
+            )
+        })
+    })
 }
 
 fn torch_to_f32(
@@ -252,12 +273,51 @@ pub fn f32_from_le(b: &[u8]) -> Vec<f32> {
         .collect()
 }
 
+/// The metadata key of whisker's content checksum in the safetensors files it writes.
+pub const CHECKSUM_KEY: &str = "whisker.sha256";
+
+/// sha256 over a safetensors file's metadata (sorted, without the checksum itself) and its
+/// tensors (sorted by name: name, shape, bytes). Independent of the header's layout.
+fn content_digest<'a>(
+    metadata: impl Iterator<Item = (&'a String, &'a String)>,
+    tensors: &mut [(&'a str, &'a [usize], &'a [u8])],
+) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut md: Vec<(&String, &String)> = metadata.filter(|(k, _)| *k != CHECKSUM_KEY).collect();
+    md.sort();
+    for (k, v) in md {
+        for part in [k.as_bytes(), &[0], v.as_bytes(), &[0]] {
+            h.update(part);
+        }
+    }
+    tensors.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, shape, data) in tensors.iter() {
+        h.update(name.as_bytes());
+        h.update([0]);
+        for d in shape.iter() {
+            h.update((*d as u64).to_le_bytes());
+        }
+        h.update((data.len() as u64).to_le_bytes());
+        h.update(data);
+    }
+    hex::encode(h.finalize())
+}
+
 /// Serialise f32 tensors `(name, little-endian bytes, shape)` as safetensors, with optional
-/// metadata.
+/// metadata and always a content checksum ([`CHECKSUM_KEY`]), so that a file with flipped or
+/// missing bytes is refused when read back ([`verify_checksum`]).
 pub fn serialize_f32(
     tensors: &[(String, Vec<u8>, Vec<usize>)],
     metadata: Option<std::collections::HashMap<String, String>>,
 ) -> Result<Vec<u8>> {
+    let mut metadata = metadata.unwrap_or_default();
+    let mut parts: Vec<(&str, &[usize], &[u8])> = tensors
+        .iter()
+        .map(|(k, b, s)| (k.as_str(), s.as_slice(), b.as_slice()))
+        .collect();
+    let digest = content_digest(metadata.iter(), &mut parts);
+    metadata.insert(CHECKSUM_KEY.to_string(), digest);
     let views = tensors
         .iter()
         .map(|(k, b, s)| {
@@ -265,9 +325,43 @@ pub fn serialize_f32(
                 .map(|v| (k.clone(), v))
         })
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Invalid(format!("safetensors: {e}")))?;
-    safetensors::serialize(views, &metadata)
-        .map_err(|e| Error::Invalid(format!("safetensors: {e}")))
+        .map_err(|e| Error::Internal(format!("safetensors: {e}")))?;
+    safetensors::serialize(views, &Some(metadata))
+        .map_err(|e| Error::Internal(format!("safetensors: {e}")))
+}
+
+/// Check the content checksum of a safetensors file written by whisker. `Ok(true)`: present
+/// and right; `Ok(false)`: the file has none (not written by whisker, or by an older version);
+/// an error naming the file when it does not match (corrupt bytes).
+pub fn verify_checksum(
+    path: &Path,
+    st: &safetensors::SafeTensors<'_>,
+    bytes: &[u8],
+) -> Result<bool> {
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::NotACheckpoint {
+            path: path.to_path_buf(),
+            reason: format!("invalid safetensors: {e}"),
+        })?;
+    let Some(md) = header.metadata() else {
+        return Ok(false);
+    };
+    let Some(want) = md.get(CHECKSUM_KEY) else {
+        return Ok(false);
+    };
+    let tensors = st.tensors();
+    let mut parts: Vec<(&str, &[usize], &[u8])> = tensors
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.shape(), v.data()))
+        .collect();
+    let got = content_digest(md.iter(), &mut parts);
+    if &got != want {
+        return Err(Error::NotACheckpoint {
+            path: path.to_path_buf(),
+            reason: "its content checksum does not match: the file is corrupt (changed or damaged bytes)".into(),
+        });
+    }
+    Ok(true)
 }
 
 enum Source {
