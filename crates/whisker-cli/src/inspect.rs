@@ -201,14 +201,14 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
     if a.target.is_none() && !a.untargeted {
         bail!("give --target CLASS or --untargeted");
     }
-    let device = whisker::default_device().autodiff();
-    let subject = Subject::load(a.model.as_ref(), &a.backbone, a.weights.as_ref(), &device)?;
-    let img = whisker::data::decode_file(&a.image)?;
     let eps = a.eps;
     let norm = if a.norm == "l2" { Norm::L2 } else { Norm::Linf };
     if norm == Norm::Linf && a.method != "cw" {
         crate::args::check_linf(eps)?;
     }
+    let device = whisker::default_device().autodiff();
+    let subject = Subject::load(a.model.as_ref(), &a.backbone, a.weights.as_ref(), &device)?;
+    let img = whisker::data::decode_file(&a.image)?;
     let alpha = match a.alpha {
         Some(v) => v,
         None => eps / if norm == Norm::L2 { 5.0 } else { 4.0 },
@@ -450,6 +450,11 @@ pub struct RobustnessArgs {
 
 pub fn robustness_cmd(a: RobustnessArgs, quiet: bool) -> Result<i32> {
     use whisker::inspect::robustness::{robustness, RobustnessAttack};
+    if a.norm != "l2" {
+        for &e in &a.eps {
+            crate::args::check_linf(e)?;
+        }
+    }
     let device = whisker::default_device().autodiff();
     // MODEL: a trained whisker model, or a zoo backbone name (then the dataset's class
     // folders must be ImageNet labels or indices, and the whole dataset is used)
@@ -496,12 +501,14 @@ pub fn robustness_cmd(a: RobustnessArgs, quiet: bool) -> Result<i32> {
         .iter()
         .filter_map(|(p, l)| whisker::data::decode_file(p).ok().map(|i| (i, *l)))
         .collect();
-    let eps: Vec<f64> = a.eps.clone();
-    if a.norm != "l2" {
-        for &e in &eps {
-            crate::args::check_linf(e)?;
-        }
+    if data.is_empty() {
+        bail!(
+            "no image of the {} split of {} could be read: nothing to evaluate",
+            a.split,
+            a.dataset.display()
+        );
     }
+    let eps: Vec<f64> = a.eps.clone();
     let method = match a.method.as_str() {
         "fgsm" => Method::Fgsm,
         "bim" => Method::Bim,

@@ -291,6 +291,7 @@ impl FineTuner {
             (None, None)
         } else {
             let logits = self.predict_logits(val_labels.len(), load_val, bs);
+            super::check_validation(&logits, self.epoch)?;
             let m =
                 super::metrics::evaluate(&logits, val_labels, &vec![String::new(); self.classes])?;
             (Some(m.log_loss), Some(m.accuracy))

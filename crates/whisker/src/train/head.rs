@@ -266,6 +266,7 @@ impl HeadState {
             (None, None)
         } else {
             let logits = self.head.logits(val.x, device);
+            super::check_validation(&logits, self.epoch)?;
             let m = super::metrics::evaluate(&logits, val.y, &vec![String::new(); k])?;
             (Some(m.log_loss), Some(m.accuracy))
         };

@@ -8,8 +8,20 @@ pub mod model_file;
 pub mod probe;
 pub mod run_dir;
 
-/// Stop training on a non-finite loss (a learning rate far too high, broken inputs): an error
-/// that names the epoch and step, so the caller keeps its last good checkpoint.
+/// Stop training when the model's outputs are no longer finite (a learning rate far too
+/// high, broken inputs): an error that names the epoch, so the caller keeps its last good
+/// checkpoint.
+pub(crate) fn check_validation(logits: &[f32], epoch: usize) -> crate::Result<()> {
+    if logits.iter().all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err(crate::Error::NonFinite(format!(
+            "training diverged: the validation logits became NaN or infinite after epoch {epoch} (learning rate too high?); the last checkpoint is kept"
+        )))
+    }
+}
+
+/// Stop training on a non-finite loss: see [`check_validation`].
 pub(crate) fn check_loss(loss: f64, epoch: usize, step: usize) -> crate::Result<()> {
     if loss.is_finite() {
         Ok(())
