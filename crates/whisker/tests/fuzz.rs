@@ -1,0 +1,372 @@
+//! A bounded, deterministic mutation fuzzer over the three parsers of untrusted input: the
+//! image decoder (with the resize behind it), the checkpoint readers (torch zip, legacy torch
+//! pickle, safetensors) and the dataset scanner. Seeds are real files; each mutant must give a
+//! result or a clean error — never a panic, a hang or a silently wrong value (an image over the
+//! pixel limit, a tensor whose data does not fit its shape, a non-finite weight).
+//!
+//! `WHISKER_FUZZ_ITERS` sets the mutants per seed (default 150: a few seconds in CI);
+//! `WHISKER_FUZZ_SEED` the random seed. A long run:
+//! `WHISKER_FUZZ_ITERS=20000 cargo test --release -p whisker --test fuzz -- --nocapture`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use whisker::data::datasets::{Dataset, Labels, SplitMix64};
+use whisker::data::decode::{decode_bytes_limited, DecodeFailure};
+use whisker::data::transforms::{Normalization, Preprocess};
+
+fn iters() -> usize {
+    std::env::var("WHISKER_FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150)
+}
+
+fn seed() -> u64 {
+    std::env::var("WHISKER_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5EED)
+}
+
+/// Mutate `input` like a coverage-blind fuzzer: bit flips, interesting bytes and integers,
+/// insertions, deletions, truncation, duplicated blocks; 1 to 4 of them.
+fn mutate(input: &[u8], rng: &mut SplitMix64) -> Vec<u8> {
+    let mut v = input.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        let n = v.len().max(1);
+        let at = rng.below(n);
+        match rng.below(8) {
+            0 => {
+                if !v.is_empty() {
+                    let i = at.min(v.len() - 1);
+                    v[i] ^= 1 << rng.below(8)
+                }
+            }
+            1 => {
+                if !v.is_empty() {
+                    let b = [0u8, 0xFF, 0x7F, 0x80, 0x01][rng.below(5)];
+                    let i = at.min(v.len() - 1);
+                    v[i] = b;
+                }
+            }
+            2 => {
+                // a 16- or 32-bit field set to an extreme value (sizes, lengths, offsets)
+                let x: u32 = [0, 1, 0xFFFF, 0x7FFF_FFFF, 0xFFFF_FFFF, 60000, 1 << 20][rng.below(7)];
+                let b = if rng.below(2) == 0 {
+                    x.to_le_bytes()
+                } else {
+                    x.to_be_bytes()
+                };
+                let w = if rng.below(2) == 0 { 2 } else { 4 };
+                for (k, byte) in b.iter().take(w).enumerate() {
+                    if let Some(slot) = v.get_mut(at + k) {
+                        *slot = *byte;
+                    }
+                }
+            }
+            3 => {
+                let len = 1 + rng.below(16);
+                let bytes: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+                let at = at.min(v.len());
+                v.splice(at..at, bytes);
+            }
+            4 => {
+                let end = (at + 1 + rng.below(64)).min(v.len());
+                if at < end {
+                    v.drain(at..end);
+                }
+            }
+            5 => v.truncate(at),
+            6 => {
+                let end = (at + 1 + rng.below(256)).min(v.len());
+                if at < end {
+                    let block = v[at..end].to_vec();
+                    let to = rng.below(v.len() + 1);
+                    v.splice(to..to, block);
+                }
+            }
+            _ => {
+                if !v.is_empty() {
+                    let i = at.min(v.len() - 1);
+                    v[i] = rng.below(256) as u8;
+                }
+            }
+        }
+    }
+    v
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    inputs: usize,
+    ok: usize,
+    clean_errors: usize,
+    panics: usize,
+    hangs: usize,
+    wrong: usize,
+}
+
+impl Tally {
+    fn report(&self, what: &str) {
+        println!(
+            "fuzz {what}: {} inputs, {} accepted, {} clean errors, {} panics, {} hangs, {} silently wrong",
+            self.inputs, self.ok, self.clean_errors, self.panics, self.hangs, self.wrong
+        );
+        assert_eq!(
+            (self.panics, self.hangs, self.wrong),
+            (0, 0, 0),
+            "{what}: {self:?}"
+        );
+        assert_eq!(self.inputs, self.ok + self.clean_errors);
+    }
+}
+
+/// Run `f` on one input; record the outcome. `f` returns Ok(true) for an accepted input that
+/// passed its checks, Ok(false) for an accepted input that is silently wrong, Err for a clean
+/// error.
+fn one(t: &mut Tally, label: &str, limit: Duration, f: impl FnOnce() -> Result<bool, String>) {
+    t.inputs += 1;
+    let start = Instant::now();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    if start.elapsed() > limit {
+        t.hangs += 1;
+        eprintln!("{label}: took {:?}", start.elapsed());
+    }
+    match r {
+        Ok(Ok(true)) => t.ok += 1,
+        Ok(Ok(false)) => {
+            t.ok += 1;
+            t.wrong += 1;
+            eprintln!("{label}: accepted but wrong");
+        }
+        Ok(Err(_)) => t.clean_errors += 1,
+        Err(_) => {
+            t.panics += 1;
+            t.clean_errors += 1;
+            eprintln!("{label}: panicked");
+        }
+    }
+}
+
+fn quiet_panics() {
+    std::panic::set_hook(Box::new(|_| {}));
+}
+
+#[test]
+fn fuzz_image_decoder() {
+    quiet_panics();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decode");
+    let mut seeds: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            !p.to_string_lossy().ends_with(".rgb") && p.extension().is_some_and(|e| e != "json")
+        })
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().to_string(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    seeds.sort();
+    assert!(seeds.len() >= 10, "seeds: {}", seeds.len());
+    let pre = Preprocess {
+        resize: 40,
+        crop: 32,
+        norm: Normalization::ImageNet,
+    };
+    // a small pixel limit, so that mutated sizes hit it often
+    let limit = 4_000_000u64;
+    let mut rng = SplitMix64(seed());
+    let mut t = Tally::default();
+    for (name, bytes) in &seeds {
+        for i in 0..iters() {
+            let m = mutate(bytes, &mut rng);
+            one(
+                &mut t,
+                &format!("{name} #{i}"),
+                Duration::from_secs(5),
+                || match decode_bytes_limited(&m, limit) {
+                    Ok(img) => {
+                        let within = (img.width() as u64) * (img.height() as u64) <= limit;
+                        let out = pre.apply(&img);
+                        Ok(within && out.dimensions() == (32, 32))
+                    }
+                    Err(DecodeFailure::TooLarge { width, height, .. }) => {
+                        if width * height <= limit {
+                            Ok(false)
+                        } else {
+                            Err("too large".into())
+                        }
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+            );
+        }
+    }
+    t.report("image decoder");
+}
+
+#[test]
+fn fuzz_checkpoint_readers() {
+    quiet_panics();
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    // a small safetensors file written by whisker (with its checksum) and one without
+    let mut sd = whisker::weights::StateDict::from_file(&fixtures.join("tiny_zip.pth")).unwrap();
+    let st = dir.path().join("seed.safetensors");
+    sd.save_safetensors(&st).unwrap();
+    let plain = dir.path().join("plain.safetensors");
+    {
+        let t: Vec<(String, Vec<u8>, Vec<usize>)> = sd
+            .tensors
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    whisker::weights::f32_to_le(&v.data),
+                    v.shape.clone(),
+                )
+            })
+            .collect();
+        let views: Vec<_> = t
+            .iter()
+            .map(|(k, b, s)| {
+                (
+                    k.clone(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                        .unwrap(),
+                )
+            })
+            .collect();
+        std::fs::write(&plain, safetensors::serialize(views, &None).unwrap()).unwrap();
+    }
+    sd.tensors.clear();
+    let seeds: Vec<PathBuf> = vec![
+        fixtures.join("tiny_zip.pth"),
+        fixtures.join("tiny_nested.pth"),
+        fixtures.join("tiny_f16.pth"),
+        fixtures.join("tiny_legacy.pth"),
+        fixtures.join("evil.pth"),
+        st,
+        plain,
+    ];
+    // every seed but the malicious one reads
+    for s in &seeds[..seeds.len() - 1] {
+        if !s.ends_with("evil.pth") {
+            whisker::weights::StateDict::from_file(s).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    let mut rng = SplitMix64(seed() ^ 1);
+    let mut t = Tally::default();
+    let path = dir.path().join("mutant");
+    for s in &seeds {
+        let bytes = std::fs::read(s).unwrap();
+        for i in 0..iters() {
+            std::fs::write(&path, mutate(&bytes, &mut rng)).unwrap();
+            one(
+                &mut t,
+                &format!("{} #{i}", s.display()),
+                Duration::from_secs(5),
+                || match whisker::weights::StateDict::from_file(&path) {
+                    Ok(sd) => Ok(sd.tensors.values().all(|v| {
+                        v.data.len() == v.shape.iter().product::<usize>()
+                            && v.data.iter().all(|x| x.is_finite())
+                    })),
+                    Err(e) => Err(e.to_string()),
+                },
+            );
+        }
+    }
+    t.report("checkpoint readers");
+}
+
+/// Random trees of class folders with images, non-images, empty files, links (to files, to
+/// folders, loops) and odd names: the scan ends, and every file it returns is counted once.
+#[cfg(unix)]
+#[test]
+fn fuzz_dataset_scanner() {
+    quiet_panics();
+    let png = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decode/palette.png"),
+    )
+    .unwrap();
+    let mut rng = SplitMix64(seed() ^ 2);
+    let mut t = Tally::default();
+    let n = (iters() / 3).max(20);
+    for i in 0..n {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ds");
+        build_tree(&root, &png, &mut rng);
+        one(
+            &mut t,
+            &format!("tree #{i}"),
+            Duration::from_secs(10),
+            || match Dataset::open(&root, None, Labels::Breed) {
+                Ok(ds) => {
+                    let mut seen = std::collections::HashSet::new();
+                    let once = ds
+                        .items
+                        .iter()
+                        .all(|it| seen.insert(std::fs::canonicalize(&it.path).unwrap()));
+                    let labels_ok = ds.items.iter().all(|it| it.label < ds.classes.len());
+                    Ok(once && labels_ok)
+                }
+                Err(e) => Err(e.to_string()),
+            },
+        );
+    }
+    t.report("dataset scanner");
+}
+
+fn build_tree(root: &Path, png: &[u8], rng: &mut SplitMix64) {
+    use std::os::unix::ffi::OsStrExt;
+    let mut dirs = vec![root.to_path_buf()];
+    std::fs::create_dir_all(root).unwrap();
+    for _ in 0..2 + rng.below(3) {
+        let d = root.join(format!("class{}", rng.below(5)));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("seed.png"), png).unwrap();
+        dirs.push(d);
+    }
+    for k in 0..25 {
+        let parent = dirs[rng.below(dirs.len())].clone();
+        let name = match rng.below(6) {
+            0 => std::ffi::OsString::from(format!("img{k}.png")),
+            1 => std::ffi::OsStr::from_bytes(&[b'x', 0xE9, b'0' + (k % 10) as u8]).to_os_string(),
+            2 => std::ffi::OsString::from(format!(".hidden{k}")),
+            _ => std::ffi::OsString::from(format!("f{k}.jpg")),
+        };
+        let p = parent.join(&name);
+        let r = match rng.below(8) {
+            0 => std::fs::create_dir_all(&p).map(|_| dirs.push(p.clone())),
+            1 => std::os::unix::fs::symlink(".", &p),
+            2 => std::os::unix::fs::symlink("..", &p),
+            3 => {
+                let target = dirs[rng.below(dirs.len())].clone();
+                std::os::unix::fs::symlink(target, &p)
+            }
+            4 => std::fs::write(&p, b""),
+            5 => std::fs::write(&p, b"not an image"),
+            6 => std::os::unix::fs::symlink("missing-target", &p),
+            _ => std::fs::write(&p, png),
+        };
+        let _ = r;
+    }
+}
+
+#[test]
+fn legacy_seed_reads_as_written() {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_legacy.pth");
+    let sd = whisker::weights::StateDict::from_file(&p).unwrap();
+    let w = &sd.tensors["conv.weight"];
+    assert_eq!(w.shape, vec![2, 3]);
+    assert_eq!(w.data, vec![-1.0, -0.5, 0.0, 0.5, 1.0, 1.5]);
+    assert_eq!(sd.tensors["conv.bias"].data, vec![0.25, -0.75]);
+    let _ = testdata;
+}
