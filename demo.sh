@@ -26,7 +26,7 @@ echo "== transfer learning on real data: scikit-learn's 1,797 handwritten digits
 DIGITS="${WHISKER_DEMO_DIR:-$PWD/target/demo}/digits"
 RUN="${WHISKER_DEMO_DIR:-$PWD/target/demo}/run-digits"
 [ -d "$DIGITS/9" ] || $W data digits "$DIGITS"
-$W train "$DIGITS" --backbone efficientnet_lite0 --out "$RUN"
+$W train "$DIGITS" --backbone efficientnet_lite0 --force --out "$RUN"
 echo
 echo "== evaluate on the held-out test split" >&2
 $W eval "$RUN" "$DIGITS" | head -4

@@ -8,12 +8,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What can go wrong in whisker.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    /// A file could not be read or written. (The I/O error is in the message and not
+    /// also chained as a source, so that reports do not say it twice.)
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file is not an image whisker can decode (corrupt, truncated, or an unsupported format).
     #[error("{}: cannot decode image: {reason}", path.display())]
@@ -119,7 +119,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 }

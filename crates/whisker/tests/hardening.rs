@@ -266,6 +266,13 @@ fn defect4_symlink_loops_are_not_followed_and_files_count_once() {
     std::os::unix::fs::symlink("../a/0.png", root.join("b/zz-link.png")).unwrap();
     // a class folder that is a link to another class
     std::os::unix::fs::symlink("a", root.join("c")).unwrap();
+    // a FIFO among the images (reading it would block forever) and a dangling link
+    assert!(std::process::Command::new("mkfifo")
+        .arg(root.join("a/pipe.png"))
+        .status()
+        .unwrap()
+        .success());
+    std::os::unix::fs::symlink("gone.png", root.join("a/dangling.png")).unwrap();
     let t = std::time::Instant::now();
     let ds = Dataset::open(&root, None, Labels::Breed).unwrap();
     assert!(t.elapsed().as_secs() < 5);

@@ -206,6 +206,16 @@ fn scan_class(
                 Ok(()) => items.push(Item { path: p, label }),
                 Err(reason) => skipped.push(Skipped { path: p, reason }),
             }
+        } else {
+            let reason = if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+                "a link whose target does not exist"
+            } else {
+                "not a regular file (a FIFO, socket or device)"
+            };
+            skipped.push(Skipped {
+                path: p,
+                reason: reason.into(),
+            });
         }
     }
     Ok(())
