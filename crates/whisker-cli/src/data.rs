@@ -21,6 +21,12 @@ pub enum Cmd {
     Digits {
         /// Where to write DIR/<digit>/NNNN.png.
         dir: PathBuf,
+        /// Read scikit-learn's digits.csv.gz from this file instead of its PyPI wheel.
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+        /// Only the first N images.
+        #[arg(long, value_parser = crate::args::count)]
+        limit: Option<usize>,
     },
 }
 
@@ -38,8 +44,15 @@ pub fn run(cmd: Cmd, quiet: bool) -> Result<()> {
             pb.finish_and_clear();
             println!("{} files extracted into {}", n?, dir.display());
         }
-        Cmd::Digits { dir } => {
-            let n = whisker::data::digits::fetch(&dir)?;
+        Cmd::Digits { dir, from, limit } => {
+            let n = match from {
+                Some(f) => {
+                    let bytes =
+                        std::fs::read(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+                    whisker::data::digits::write_image_folder(&bytes, &dir, limit)?
+                }
+                None => whisker::data::digits::fetch(&dir, limit)?,
+            };
             println!("{n} images in {}", dir.display());
         }
     }

@@ -4,90 +4,25 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use whisker::backbones::{imagenet_classes, Backbone};
 use whisker::inspect::attack::{attack, diff_image, AttackConfig, Method, Norm};
 use whisker::inspect::featuremap;
+use whisker::model::Model;
 
 /// A zoo backbone (ImageNet classes) or a trained whisker model (its classes), on a device.
-pub struct Subject {
-    pub backbone: Backbone,
-    pub model: Option<whisker::train::model_file::TrainedModel>,
-}
-
-impl Subject {
-    pub fn load(
-        model: Option<&PathBuf>,
-        name: &str,
-        weights: Option<&PathBuf>,
-        device: &burn::tensor::Device,
-    ) -> Result<Self> {
-        let Some(m) = model else {
-            return Ok(Subject {
-                backbone: backbone(name, weights, device)?,
-                model: None,
-            });
-        };
-        let (tm, b) = crate::train::load_trained(m, device)?;
-        Ok(Subject {
-            backbone: b,
-            model: Some(tm),
-        })
-    }
-
-    pub fn labels(&self) -> Vec<String> {
-        match &self.model {
-            Some(m) => m.meta.classes.clone(),
-            None => imagenet_classes().iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    pub fn classifier(&self) -> Box<dyn whisker::inspect::Classifier + '_> {
-        match &self.model {
-            Some(m) => Box::new(whisker::inspect::Trained {
-                backbone: &self.backbone,
-                head: &m.head,
-            }),
-            None => Box::new(Zoo(&self.backbone)),
-        }
-    }
-
-    pub fn class_index(&self, s: &str) -> Result<usize> {
-        let labels = self.labels();
-        if let Ok(i) = s.parse::<usize>() {
-            if i < labels.len() {
-                return Ok(i);
-            }
-        }
-        labels
-            .iter()
-            .position(|l| l.eq_ignore_ascii_case(s))
-            .with_context(|| {
-                format!(
-                    "unknown class `{s}` (an index below {} or a class name)",
-                    labels.len()
-                )
-            })
-    }
-}
-
-struct Zoo<'a>(&'a Backbone);
-
-impl whisker::inspect::Classifier for Zoo<'_> {
-    fn backbone(&self) -> &Backbone {
-        self.0
-    }
-    fn logits(&self, pixels: burn::tensor::Tensor<4>) -> burn::tensor::Tensor<2> {
-        whisker::inspect::Classifier::logits(self.0, pixels)
-    }
-}
-
-fn backbone(
+fn load_model(
+    model: Option<&PathBuf>,
     name: &str,
     weights: Option<&PathBuf>,
     device: &burn::tensor::Device,
-) -> Result<Backbone> {
-    let (path, _) = crate::train::weights_path(name, weights.map(PathBuf::as_path))?;
-    Backbone::from_file(name, &path, device).with_context(|| format!("loading {name} weights"))
+) -> Result<Model> {
+    Ok(match (model, weights) {
+        (Some(m), _) => Model::load(m, device)?,
+        (None, Some(w)) => Model::from_weights(name, w, device)
+            .with_context(|| format!("loading {name} weights"))?,
+        (None, None) => {
+            Model::pretrained(name, device).with_context(|| format!("loading {name} weights"))?
+        }
+    })
 }
 
 #[derive(clap::Args)]
@@ -116,8 +51,8 @@ pub struct FeatureMapArgs {
 
 pub fn featuremap(a: FeatureMapArgs) -> Result<i32> {
     let device = whisker::default_device();
-    let subject = Subject::load(a.model.as_ref(), &a.backbone, a.weights.as_ref(), &device)?;
-    let b = &subject.backbone;
+    let subject = load_model(a.model.as_ref(), &a.backbone, a.weights.as_ref(), &device)?;
+    let b = subject.backbone();
     if a.list_layers {
         for n in b.layer_names() {
             println!("{n}");
@@ -207,7 +142,7 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
         crate::args::check_linf(eps)?;
     }
     let device = whisker::default_device().autodiff();
-    let subject = Subject::load(a.model.as_ref(), &a.backbone, a.weights.as_ref(), &device)?;
+    let subject = load_model(a.model.as_ref(), &a.backbone, a.weights.as_ref(), &device)?;
     let img = whisker::data::decode_file(&a.image)?;
     let alpha = match a.alpha {
         Some(v) => v,
@@ -242,7 +177,7 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
         min_confidence: a.confidence,
         cw_c: a.c,
     };
-    let r = attack(subject.classifier().as_ref(), &img, &cfg)?;
+    let r = attack(&subject, &img, &cfg)?;
     whisker::report::save_png(&r.adversarial, &a.out)?;
     if let Some(d) = &a.diff {
         whisker::report::save_png(&diff_image(&img, &r.adversarial, 10.0), d)?;
@@ -367,7 +302,7 @@ pub struct DreamArgs {
 pub fn dream_cmd(a: DreamArgs, quiet: bool) -> Result<i32> {
     use whisker::inspect::dream::{dream, DreamConfig, Param};
     let device = whisker::default_device().autodiff();
-    let subject = Subject::load(a.model.as_ref(), &a.backbone, a.weights.as_ref(), &device)?;
+    let subject = load_model(a.model.as_ref(), &a.backbone, a.weights.as_ref(), &device)?;
     let class = subject.class_index(&a.class)?;
     let cfg = DreamConfig {
         class,
@@ -388,9 +323,7 @@ pub fn dream_cmd(a: DreamArgs, quiet: bool) -> Result<i32> {
     };
     let t = std::time::Instant::now();
     let pb = crate::progress::bar(cfg.steps as u64, "dream", quiet);
-    let r = dream(subject.classifier().as_ref(), &cfg, &|d, _| {
-        pb.set_position(d as u64)
-    })?;
+    let r = dream(&subject, &cfg, &|d, _| pb.set_position(d as u64))?;
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
     whisker::report::save_png(&r.image, &a.out)?;
@@ -460,9 +393,9 @@ pub fn robustness_cmd(a: RobustnessArgs, quiet: bool) -> Result<i32> {
     // folders must be ImageNet labels or indices, and the whole dataset is used)
     let zoo = !a.model.exists() && whisker::backbones::spec(&a.model.to_string_lossy()).is_ok();
     let subject = if zoo {
-        Subject::load(None, &a.model.to_string_lossy(), None, &device)?
+        load_model(None, &a.model.to_string_lossy(), None, &device)?
     } else {
-        Subject::load(Some(&a.model), "", None, &device)?
+        load_model(Some(&a.model), "", None, &device)?
     };
     let run_dir = if a.model.is_dir() {
         a.model.clone()
@@ -478,22 +411,23 @@ pub fn robustness_cmd(a: RobustnessArgs, quiet: bool) -> Result<i32> {
         ds.classes
             .iter()
             .map(|c| subject.class_index(c))
-            .collect::<Result<_>>()?
+            .collect::<whisker::Result<_>>()?
     } else {
         if ds.classes != subject.labels() {
             bail!("the dataset's classes are not the model's");
         }
         (0..ds.classes.len()).collect()
     };
-    let mut items: Vec<(PathBuf, usize)> = ds
-        .items
+    let idx: Vec<usize> = if a.split != "all" && !zoo {
+        let split: whisker::run::SplitFile = whisker::run::read_json(&run_dir.join("split.json"))?;
+        split.indices(&ds, a.split.parse()?)
+    } else {
+        (0..ds.items.len()).collect()
+    };
+    let mut items: Vec<(PathBuf, usize)> = idx
         .iter()
-        .map(|i| (i.path.clone(), class_map[i.label]))
+        .map(|&i| (ds.items[i].path.clone(), class_map[ds.items[i].label]))
         .collect();
-    if a.split != "all" && !zoo {
-        let wanted = crate::train::split_paths(&run_dir, &a.split)?;
-        items.retain(|(p, _)| wanted.contains(p));
-    }
     if let Some(n) = a.limit {
         items.truncate(n);
     }
@@ -523,13 +457,9 @@ pub fn robustness_cmd(a: RobustnessArgs, quiet: bool) -> Result<i32> {
         steps: a.steps,
         seed: a.seed,
     };
-    let r = robustness(
-        subject.classifier().as_ref(),
-        &data,
-        &eps,
-        settings,
-        &|d, _| pb.set_position(d as u64),
-    )?;
+    let r = robustness(&subject, &data, &eps, settings, &|d, _| {
+        pb.set_position(d as u64)
+    })?;
     pb.finish_and_clear();
     let out = a
         .out

@@ -3,8 +3,10 @@
 mod args;
 mod classify;
 mod data;
+mod eval;
 mod inspect;
 mod models;
+mod predict;
 mod progress;
 mod train;
 mod weights;
@@ -52,11 +54,11 @@ enum Cmd {
     /// Train a classifier on a dataset (features from a frozen backbone).
     Train(train::TrainArgs),
     /// Evaluate a trained model on a dataset split.
-    Eval(train::EvalArgs),
+    Eval(eval::EvalArgs),
     /// Predict with a trained model.
-    Predict(train::PredictArgs),
+    Predict(predict::PredictArgs),
     /// Learning-rate range test for `train --mode head`.
-    LrFind(train::LrFindArgs),
+    LrFind(predict::LrFindArgs),
     /// Picture of one layer's channel activations.
     Featuremap(inspect::FeatureMapArgs),
     /// Robust accuracy of a trained model against a range of attack budgets.
@@ -100,9 +102,9 @@ fn main() {
         Cmd::Classify(a) => classify::run(a, quiet),
         Cmd::Data { cmd } => data::run(cmd, quiet).map(|_| 0),
         Cmd::Train(a) => train::train(a, quiet),
-        Cmd::Eval(a) => train::eval(a, quiet),
-        Cmd::Predict(a) => train::predict(a, quiet),
-        Cmd::LrFind(a) => train::lr_find(a, quiet),
+        Cmd::Eval(a) => eval::eval(a, quiet),
+        Cmd::Predict(a) => predict::predict(a, quiet),
+        Cmd::LrFind(a) => predict::lr_find(a, quiet),
         Cmd::Featuremap(a) => inspect::featuremap(a),
         Cmd::Attack(a) => inspect::attack_cmd(a),
         Cmd::Dream(a) => inspect::dream_cmd(a, quiet),

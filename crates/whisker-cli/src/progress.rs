@@ -32,3 +32,68 @@ pub fn bytes_bar(what: &str, quiet: bool) -> ProgressBar {
     pb.set_message(what.to_string());
     pb
 }
+
+/// The library's progress reports as bars (one per phase) and lines on stderr.
+pub struct Bars {
+    quiet: bool,
+    current: std::sync::Mutex<Option<(String, ProgressBar)>>,
+}
+
+impl Bars {
+    pub fn new(quiet: bool) -> Self {
+        Bars {
+            quiet,
+            current: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl whisker::learner::Observer for Bars {
+    fn progress(&self, phase: &str, done: usize, total: usize) {
+        let mut g = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if g.as_ref().is_none_or(|(p, _)| p != phase) {
+            if let Some((_, pb)) = g.take() {
+                pb.finish_and_clear();
+            }
+            *g = Some((phase.to_string(), bar(total as u64, phase, self.quiet)));
+        }
+        if let Some((_, pb)) = g.as_ref() {
+            pb.set_length(total as u64);
+            pb.set_position(done as u64);
+        }
+    }
+    fn finished(&self, phase: &str) {
+        let mut g = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if g.as_ref().is_some_and(|(p, _)| p == phase) {
+            if let Some((_, pb)) = g.take() {
+                pb.finish_and_clear();
+            }
+        }
+    }
+    fn message(&self, text: &str) {
+        let g = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        match g.as_ref() {
+            Some((_, pb)) => pb.suspend(|| eprintln!("{text}")),
+            None => eprintln!("{text}"),
+        }
+    }
+    fn epoch(&self, s: &whisker::train::head::EpochStats, frozen: bool) {
+        self.message(&epoch_line(s, if frozen { " (frozen)" } else { "" }));
+    }
+}
+
+/// One line per epoch.
+pub fn epoch_line(s: &whisker::train::head::EpochStats, tag: &str) -> String {
+    format!(
+        "epoch {:>3}{tag}  train loss {:.4}  val loss {}  val acc {}  lr {:.2e}",
+        s.epoch,
+        s.train_loss,
+        s.val_loss
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "-".into()),
+        s.val_accuracy
+            .map(|v| format!("{:.2}%", v * 100.0))
+            .unwrap_or_else(|| "-".into()),
+        s.lr
+    )
+}

@@ -187,7 +187,11 @@ fn defect8_bad_arguments_are_refused_at_parse_time() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("no training images"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("nothing is left to train on"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// `classify … | head`: the reader goes away; whisker ends quietly, no panic.
@@ -456,9 +460,9 @@ fn defects1_8_9_honest_results_and_whole_runs() {
     assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
     // while another process writes it: refused
     {
-        let _lock = whisker::train::run_dir::RunWriter::open(
+        let _lock = whisker::run::RunWriter::open(
             &home.path().join("busy"),
-            whisker::train::run_dir::Start::Fresh { force: false },
+            whisker::run::Start::Fresh { force: false },
         )
         .unwrap();
         let o = train(&home.path().join("busy"), &["--force"]);

@@ -14,7 +14,11 @@ pub mod data;
 pub mod error;
 pub mod features;
 pub mod inspect;
+pub mod learner;
+pub mod model;
 pub mod report;
+pub mod run;
+pub mod tensor;
 pub mod train;
 pub mod weights;
 

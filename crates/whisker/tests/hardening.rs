@@ -526,7 +526,7 @@ fn defect9_checkpoints_with_flipped_bytes_are_refused() {
 
 #[test]
 fn defect9_run_directories_have_one_writer_and_a_completion_marker() {
-    use whisker::train::run_dir::{check_complete, RunWriter, Start};
+    use whisker::run::{check_complete, RunWriter, Start};
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let w = RunWriter::open(&run, Start::Fresh { force: false }).unwrap();

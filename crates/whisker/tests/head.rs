@@ -104,7 +104,7 @@ fn one_cycle_schedule_matches_pytorch_shape() {
         );
     }
     let cos = HeadConfig {
-        schedule: "cosine".into(),
+        schedule: whisker::train::head::Schedule::Cosine,
         lr: 1.0,
         ..Default::default()
     };

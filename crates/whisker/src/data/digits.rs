@@ -49,7 +49,7 @@ pub fn write_image_folder(csv_gz: &[u8], dir: &Path, limit: Option<usize>) -> Re
 }
 
 /// `pip download` the scikit-learn wheel and write its digits as an image folder.
-pub fn fetch(dir: &Path) -> Result<usize> {
+pub fn fetch(dir: &Path, limit: Option<usize>) -> Result<usize> {
     let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let (prog, args) = crate::weights::cache::pip_command();
     let cmd = format!(
@@ -89,5 +89,5 @@ pub fn fetch(dir: &Path) -> Result<usize> {
         .map_err(|e| Error::Invalid(format!("{}: digits.csv.gz: {e}", whl.display())))?;
     let mut bytes = Vec::new();
     m.read_to_end(&mut bytes).map_err(|e| Error::io(&whl, e))?;
-    write_image_folder(&bytes, dir, None)
+    write_image_folder(&bytes, dir, limit)
 }

@@ -115,7 +115,7 @@ fn adamw(cfg: &FineTuneConfig) -> ModuleOptimizer {
 fn head_cfg(cfg: &FineTuneConfig) -> HeadConfig {
     HeadConfig {
         lr: cfg.lr,
-        schedule: "one-cycle".into(),
+        schedule: super::head::Schedule::OneCycle,
         ..Default::default()
     }
 }

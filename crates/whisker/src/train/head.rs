@@ -11,6 +11,30 @@ use serde::{Deserialize, Serialize};
 use super::probe::{moments, standardize, Samples};
 use crate::data::datasets::SplitMix64;
 
+/// The learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// PyTorch's OneCycleLR (cosine, 30 % warm-up).
+    #[default]
+    OneCycle,
+    /// Cosine annealing from the peak to 0.
+    Cosine,
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "one-cycle" => Ok(Schedule::OneCycle),
+            "cosine" => Ok(Schedule::Cosine),
+            _ => Err(crate::Error::Invalid(format!(
+                "unknown schedule `{s}` (one-cycle, cosine)"
+            ))),
+        }
+    }
+}
+
 /// Settings of head training.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HeadConfig {
@@ -24,8 +48,7 @@ pub struct HeadConfig {
     pub beta2: f64,
     pub eps: f64,
     pub label_smoothing: f64,
-    /// "one-cycle" or "cosine".
-    pub schedule: String,
+    pub schedule: Schedule,
     /// Stop after this many epochs without a better validation loss (0: never).
     pub patience: usize,
     pub seed: u64,
@@ -44,7 +67,7 @@ impl Default for HeadConfig {
             beta2: 0.999,
             eps: 1e-8,
             label_smoothing: 0.0,
-            schedule: "one-cycle".into(),
+            schedule: Schedule::OneCycle,
             patience: 5,
             seed: 0,
         }
@@ -131,7 +154,7 @@ pub fn lr_at(cfg: &HeadConfig, step: u64, total: u64) -> f64 {
     };
     let last = (total.max(2) - 1) as f64;
     let s = step as f64;
-    if cfg.schedule == "cosine" {
+    if cfg.schedule == Schedule::Cosine {
         return cos(cfg.lr, 0.0, s / last);
     }
     let (start, end) = (cfg.lr / 25.0, cfg.lr / 25.0 / 1e4);

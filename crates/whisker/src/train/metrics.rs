@@ -155,6 +155,25 @@ pub fn log_sum_exp(row: &[f32]) -> f64 {
 }
 
 impl Metrics {
+    /// The off-diagonal cells of the confusion matrix with the most images, at most `n`:
+    /// (true class, predicted class, count), largest first (fastai's `most_confused`).
+    pub fn most_confused(&self, n: usize) -> Vec<(String, String, usize)> {
+        let mut cells: Vec<(usize, usize, usize)> = Vec::new();
+        for (i, row) in self.confusion.iter().enumerate() {
+            for (j, &c) in row.iter().enumerate() {
+                if i != j && c > 0 {
+                    cells.push((c, i, j));
+                }
+            }
+        }
+        cells.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        cells
+            .into_iter()
+            .take(n)
+            .map(|(c, i, j)| (self.classes[i].clone(), self.classes[j].clone(), c))
+            .collect()
+    }
+
     /// The confusion matrix as text.
     pub fn confusion_text(&self) -> String {
         let w = self

@@ -6,7 +6,6 @@ pub mod head;
 pub mod metrics;
 pub mod model_file;
 pub mod probe;
-pub mod run_dir;
 
 /// Stop training when the model's outputs are no longer finite (a learning rate far too
 /// high, broken inputs): an error that names the epoch, so the caller keeps its last good

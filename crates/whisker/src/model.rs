@@ -1,0 +1,424 @@
+//! [`Model`]: what classifies — a zoo backbone with its ImageNet head, or a model trained with
+//! whisker (a head on the backbone's features; the backbone fine-tuned or not) — behind one
+//! type: its labels and preprocessing, predictions for files (streamed, cached, with
+//! test-time augmentation), and differentiable logits for looking inside it.
+//!
+//! ```no_run
+//! # fn main() -> whisker::Result<()> {
+//! use whisker::model::{Model, PredictOptions};
+//! let device = whisker::default_device();
+//! let model = Model::pretrained("efficientnet_lite0", &device)?.for_inference();
+//! let p = model.predict_files(&["chelsea.png".into()], &PredictOptions::default(), &|_, _| {})?;
+//! for r in model.top_k(&p, 0, 3) {
+//!     println!("{} {:.1}%", r.label, r.prob * 100.0);
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::backbones::{imagenet_classes, Backbone, Ranked};
+use crate::data::transforms::{to_tensor, Preprocess};
+use crate::error::{Error, Result};
+use crate::features::{extract, FeatureCache};
+use crate::train::metrics::log_sum_exp;
+use crate::train::model_file::TrainedModel;
+use crate::weights::cache::{sha256_file, Cache};
+
+/// A classifier ready to use.
+pub struct Model {
+    backbone: Backbone,
+    trained: Option<TrainedModel>,
+    labels: Vec<String>,
+    /// The key of its features in the feature cache: the pretrained weights' sha256, or
+    /// `finetuned-<sha256 of the model file>` for a fine-tuned backbone.
+    feature_key: String,
+}
+
+/// How [`Model::predict_files`] works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PredictOptions {
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Test-time augmentation: average the probabilities of the centre crop, its mirror
+    /// image and the four corner crops.
+    pub tta: bool,
+    /// Use (and fill) the on-disk feature cache.
+    pub cache: bool,
+}
+
+impl Default for PredictOptions {
+    fn default() -> Self {
+        PredictOptions {
+            batch_size: 16,
+            tta: false,
+            cache: true,
+        }
+    }
+}
+
+/// Predictions for a list of files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Predictions {
+    /// Classes per row.
+    pub k: usize,
+    /// Row-major `[n, k]` scores: logits, or with TTA the log of the averaged probabilities
+    /// (softmax of a row gives the probabilities either way). Rows of failed files are zeros.
+    pub scores: Vec<f32>,
+    /// Per file: `None`, or why it failed (naming the file).
+    pub errors: Vec<Option<String>>,
+    /// Whether `scores` are TTA log-probabilities rather than logits.
+    pub tta: bool,
+    /// How many feature vectors came from the cache.
+    pub cached: usize,
+}
+
+impl Model {
+    /// A zoo backbone with the pretrained weights in the cache (`whisker weights fetch`).
+    pub fn pretrained(name: &str, device: &Device) -> Result<Self> {
+        let c = Cache::default().require(name)?;
+        let backbone = Backbone::from_file(name, &c.file, device)?;
+        Ok(Self::zoo(backbone, c.sha256))
+    }
+
+    /// A zoo backbone with weights from a file.
+    pub fn from_weights(name: &str, path: &Path, device: &Device) -> Result<Self> {
+        let sha = sha256_file(path)?;
+        let backbone = Backbone::from_file(name, path, device)?;
+        Ok(Self::zoo(backbone, sha))
+    }
+
+    fn zoo(backbone: Backbone, sha: String) -> Self {
+        Model {
+            backbone,
+            trained: None,
+            labels: imagenet_classes().iter().map(|s| s.to_string()).collect(),
+            feature_key: sha,
+        }
+    }
+
+    /// A model trained with whisker: a run directory or its `model.safetensors`. The run
+    /// must be complete; a model without its own backbone needs the same pretrained weights
+    /// in the cache (checked by sha256).
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let file = crate::run::model_file(path);
+        if let Some(dir) = file.parent() {
+            crate::run::check_complete(dir)?;
+        }
+        let trained = TrainedModel::load(&file)?;
+        let (backbone, key) = match &trained.backbone_weights {
+            Some(sd) => (
+                Backbone::from_state_dict(&trained.meta.backbone, sd.clone(), device)?,
+                format!("finetuned-{}", sha256_file(&file)?),
+            ),
+            None => {
+                let c = Cache::default().require(&trained.meta.backbone)?;
+                if c.sha256 != trained.meta.weights_sha256 {
+                    return Err(Error::Invalid(format!(
+                        "{}: the model was trained on {} weights with sha256 {}, but the cache holds {} ({}); fetch or import the same weights",
+                        file.display(),
+                        trained.meta.backbone,
+                        trained.meta.weights_sha256,
+                        c.sha256,
+                        c.file.display()
+                    )));
+                }
+                (
+                    Backbone::from_file(&trained.meta.backbone, &c.file, device)?,
+                    c.sha256,
+                )
+            }
+        };
+        Ok(Model {
+            labels: trained.meta.classes.clone(),
+            backbone,
+            trained: Some(trained),
+            feature_key: key,
+        })
+    }
+
+    /// BatchNorm folded into the convolutions: faster inference, same numbers (not for
+    /// fine-tuning or for the batch statistics of training mode).
+    pub fn for_inference(mut self) -> Self {
+        self.backbone = self.backbone.fold_batchnorm();
+        self
+    }
+
+    pub fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+
+    /// The trained model (head, metadata), or `None` for a zoo backbone.
+    pub fn trained(&self) -> Option<&TrainedModel> {
+        self.trained.as_ref()
+    }
+
+    /// Class names, in output order.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// The sha256 of the pretrained weights the model stands on.
+    pub fn weights_sha256(&self) -> &str {
+        match &self.trained {
+            Some(t) => &t.meta.weights_sha256,
+            None => &self.feature_key,
+        }
+    }
+
+    pub fn preprocess(&self) -> Preprocess {
+        self.backbone.preprocess()
+    }
+
+    /// Class logits of `[n, dim]` feature vectors (row-major).
+    pub fn logits_of_features(&self, features: &[f32]) -> Result<Vec<f32>> {
+        let device = self.backbone.device();
+        match &self.trained {
+            Some(t) => Ok(t.head.logits(features, &device)),
+            None => {
+                let dim = self.backbone.spec.feature_dim;
+                let n = features.len() / dim.max(1);
+                let f =
+                    Tensor::<2>::from_data(TensorData::new(features.to_vec(), [n, dim]), &device);
+                crate::tensor::to_vec(self.backbone.net.classifier(f))
+            }
+        }
+    }
+
+    /// Class logits of pixels in [0, 1] (`[n, 3, H, W]`), differentiably.
+    pub fn logits(&self, pixels: Tensor<4>) -> Tensor<2> {
+        match &self.trained {
+            Some(t) => t.head.logits_tensor(self.backbone.features(pixels)),
+            None => crate::inspect::Classifier::logits(&self.backbone, pixels),
+        }
+    }
+
+    /// Predictions for image files: decoded in parallel with the forward passes, features
+    /// cached (unless `opts.cache` is off), one row per file; a file that cannot be read gets
+    /// its error and a row of zeros.
+    pub fn predict_files(
+        &self,
+        paths: &[PathBuf],
+        opts: &PredictOptions,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<Predictions> {
+        let k = self.labels.len();
+        if opts.tta {
+            return Ok(self.predict_tta(paths, progress));
+        }
+        let device = self.backbone.device();
+        let cache = opts
+            .cache
+            .then(|| FeatureCache::new(None, &self.backbone, &self.feature_key));
+        let ex = extract(
+            &self.backbone,
+            &device,
+            paths,
+            cache.as_ref(),
+            opts.batch_size.max(1),
+            progress,
+        )?;
+        let mut scores = self.logits_of_features(&ex.features)?;
+        if scores.len() != paths.len() * k {
+            return Err(Error::Internal(format!(
+                "{} scores for {} images of {k} classes",
+                scores.len(),
+                paths.len()
+            )));
+        }
+        for (i, e) in ex.errors.iter().enumerate() {
+            if e.is_some() {
+                scores[i * k..(i + 1) * k].fill(0.0);
+            }
+        }
+        Ok(Predictions {
+            k,
+            scores,
+            errors: ex.errors,
+            tta: false,
+            cached: ex.cached,
+        })
+    }
+
+    fn predict_tta(
+        &self,
+        paths: &[PathBuf],
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Predictions {
+        let k = self.labels.len();
+        let pre = self.preprocess();
+        let device = self.backbone.device();
+        let mut scores = vec![0f32; paths.len() * k];
+        let mut errors = Vec::with_capacity(paths.len());
+        for (i, p) in paths.iter().enumerate() {
+            let r = crate::data::decode_file(p).and_then(|img| {
+                let views = pre.tta_views(&img);
+                let f = self.backbone.features(to_tensor(&views, &device));
+                let feats = crate::tensor::to_vec(f)?;
+                Ok((self.logits_of_features(&feats)?, views.len()))
+            });
+            match r {
+                Ok((logits, nv)) => {
+                    let mut mean = vec![0f64; k];
+                    for row in logits.chunks_exact(k) {
+                        let lse = log_sum_exp(row);
+                        for (acc, v) in mean.iter_mut().zip(row) {
+                            *acc += (*v as f64 - lse).exp() / nv as f64;
+                        }
+                    }
+                    for (s, m) in scores[i * k..(i + 1) * k].iter_mut().zip(&mean) {
+                        *s = m.max(1e-30).ln() as f32;
+                    }
+                    errors.push(None);
+                }
+                Err(e) => errors.push(Some(e.to_string())),
+            }
+            progress(i + 1, paths.len());
+        }
+        Predictions {
+            k,
+            scores,
+            errors,
+            tta: true,
+            cached: 0,
+        }
+    }
+
+    /// The `n` most probable classes of row `row` of `p`.
+    pub fn top_k(&self, p: &Predictions, row: usize, n: usize) -> Vec<Ranked> {
+        let s = &p.scores[row * p.k..(row + 1) * p.k];
+        let lse = log_sum_exp(s);
+        let mut idx: Vec<usize> = (0..p.k).collect();
+        idx.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
+        idx.into_iter()
+            .take(n.min(p.k))
+            .map(|j| Ranked {
+                index: j,
+                label: self.labels[j].clone(),
+                prob: ((s[j] as f64 - lse).exp()) as f32,
+                logit: s[j],
+            })
+            .collect()
+    }
+
+    /// A class by index or name (case-insensitive). A name two classes share (ImageNet's
+    /// two "crane"s) is an error listing both; an unknown name suggests near ones.
+    pub fn class_index(&self, s: &str) -> Result<usize> {
+        class_index(&self.labels, s)
+    }
+}
+
+/// [`Model::class_index`] over any list of class names.
+pub fn class_index(labels: &[String], s: &str) -> Result<usize> {
+    if let Ok(i) = s.trim().parse::<usize>() {
+        if i < labels.len() {
+            return Ok(i);
+        }
+        return Err(Error::Invalid(format!(
+            "class index {i} out of range: the model has {} classes (0 to {})",
+            labels.len(),
+            labels.len().saturating_sub(1)
+        )));
+    }
+    let hits: Vec<usize> = (0..labels.len())
+        .filter(|&i| labels[i].eq_ignore_ascii_case(s.trim()))
+        .collect();
+    match hits.as_slice() {
+        [i] => Ok(*i),
+        [] => {
+            let want = s.trim().to_lowercase();
+            let mut near: Vec<(usize, usize)> = labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let l = l.to_lowercase();
+                    let d = if l.contains(&want) || want.contains(&l) {
+                        1
+                    } else {
+                        edit_distance(&l, &want)
+                    };
+                    (d, i)
+                })
+                .filter(|&(d, _)| d <= 2.max(want.len() / 4))
+                .collect();
+            near.sort();
+            let hint = if near.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; did you mean {}?",
+                    near.iter()
+                        .take(5)
+                        .map(|&(_, i)| format!("\"{}\" ({i})", labels[i]))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            Err(Error::Invalid(format!(
+                "unknown class `{s}` (give an index below {} or a class name){hint}",
+                labels.len()
+            )))
+        }
+        many => Err(Error::Invalid(format!(
+            "`{s}` names {} classes: {}; give the index",
+            many.len(),
+            many.iter()
+                .map(|i| format!("{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// Levenshtein distance.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+impl crate::inspect::Classifier for Model {
+    fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+    fn logits(&self, pixels: Tensor<4>) -> Tensor<2> {
+        Model::logits(self, pixels)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_names_are_resolved_or_refused_clearly() {
+        let labels: Vec<String> = imagenet_classes().iter().map(|s| s.to_string()).collect();
+        assert_eq!(class_index(&labels, "tiger cat").unwrap(), 282);
+        assert_eq!(class_index(&labels, "Tabby").unwrap(), 281);
+        assert_eq!(class_index(&labels, "340").unwrap(), 340);
+        // whisker's ImageNet labels name the two cranes apart
+        assert_eq!(class_index(&labels, "crane").unwrap(), 517);
+        assert_eq!(class_index(&labels, "crane bird").unwrap(), 134);
+        let dup: Vec<String> = ["a", "b", "A"].iter().map(|s| s.to_string()).collect();
+        let e = class_index(&dup, "a").unwrap_err().to_string();
+        assert!(e.contains("0, 2") && e.contains("give the index"), "{e}");
+        let e = class_index(&labels, "zebar").unwrap_err().to_string();
+        assert!(
+            e.contains("did you mean") && e.contains("\"zebra\" (340)"),
+            "{e}"
+        );
+        let e = class_index(&labels, "1000").unwrap_err().to_string();
+        assert!(e.contains("out of range"), "{e}");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+}
