@@ -1,0 +1,132 @@
+//! What a new user ran into (the library/CLI issue): runs found again whatever way the
+//! dataset path is typed, empty evaluations refused, folders and CSV for classify, TTA output
+//! labelled as such, options that do not apply refused, class names suggested.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn testdata(name: &str) -> PathBuf {
+    let dir = std::env::var_os("WHISKER_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.testdata"));
+    dir.join(name)
+}
+
+fn whisker(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_whisker"));
+    c.env("WHISKER_HOME", home).arg("--quiet");
+    c
+}
+
+fn ok(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn err(o: &Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn runs_datasets_and_outputs_behave() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    ok(&whisker(h)
+        .args(["weights", "fetch", "efficientnet_lite0", "--from"])
+        .arg(testdata("efficientnet-lite0-57934424.pth"))
+        .output()
+        .unwrap());
+    let csv = std::fs::read(testdata("digits.csv.gz")).unwrap();
+    let data = h.join("digits");
+    whisker::data::digits::write_image_folder(&csv, &data, Some(60)).unwrap();
+    let run = h.join("run");
+    let t = ok(&whisker(h)
+        .args(["train", "--json", "--test-split", "0.3", "--out"])
+        .arg(&run)
+        .arg(&data)
+        .output()
+        .unwrap());
+    let acc = t["metrics"]["test"]["accuracy"].as_f64().unwrap();
+    assert!(run.join("history.csv").exists() || t["settings"]["mode"] == "probe");
+    // eval with the dataset path typed differently (relative, with ./) finds the same split
+    let ev = ok(&whisker(h)
+        .current_dir(h)
+        .args(["eval", "--json", "run", "./digits"])
+        .output()
+        .unwrap());
+    assert_eq!(ev["n"], t["metrics"]["n_test"]);
+    assert_eq!(ev["accuracy"].as_f64().unwrap(), acc);
+    assert!(ev["most_confused"].is_array());
+    // another folder with the same classes but none of the run's images: an error, not 0 %
+    let other = h.join("other");
+    for c in ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"] {
+        std::fs::create_dir_all(other.join(c)).unwrap();
+        std::fs::copy(testdata("chelsea.png"), other.join(c).join("x.png")).unwrap();
+    }
+    let e = err(&whisker(h)
+        .arg("eval")
+        .arg(&run)
+        .arg(&other)
+        .output()
+        .unwrap());
+    assert!(e.contains("no image of the run's test split"), "{e}");
+    let e = err(&whisker(h)
+        .args(["robustness", "--eps", "0,1/255", "--steps", "1"])
+        .arg(&run)
+        .arg(&other)
+        .output()
+        .unwrap());
+    assert!(e.contains("nothing to evaluate"), "{e}");
+    // --epochs does not apply to a probe
+    let e = err(&whisker(h)
+        .args(["train", "--epochs", "5", "--force", "--out"])
+        .arg(&run)
+        .arg(&data)
+        .output()
+        .unwrap());
+    assert!(e.contains("--epochs does not apply"), "{e}");
+    // predict with TTA: probabilities, no "logit" column
+    let p = ok(&whisker(h)
+        .args(["predict", "--json", "--tta", "-k", "2"])
+        .arg(&run)
+        .arg(data.join("3/0003.png"))
+        .output()
+        .unwrap());
+    assert_eq!(p["tta"], true);
+    assert!(p["results"][0]["top"][0].get("logit").is_none());
+    assert!(p["results"][0]["top"][0]["prob"].as_f64().unwrap() > 0.0);
+    // classify a folder recursively, with a CSV
+    let photos = h.join("photos/sub");
+    std::fs::create_dir_all(&photos).unwrap();
+    std::fs::copy(testdata("chelsea.png"), photos.join("cat.png")).unwrap();
+    std::fs::write(photos.join("notes.txt"), "not an image").unwrap();
+    let csv_path = h.join("out.csv");
+    let c = ok(&whisker(h)
+        .args(["classify", "--json", "-k", "1", "--csv"])
+        .arg(&csv_path)
+        .arg(h.join("photos"))
+        .output()
+        .unwrap());
+    assert_eq!(c["results"].as_array().unwrap().len(), 1);
+    assert_eq!(c["results"][0]["top"][0]["label"], "tiger cat");
+    let text = std::fs::read_to_string(&csv_path).unwrap();
+    assert!(
+        text.starts_with("image,rank,index,label,probability\n"),
+        "{text}"
+    );
+    assert!(text.contains("cat.png,1,282,tiger cat,"), "{text}");
+    // a misspelt class name gets suggestions
+    let e = err(&whisker(h)
+        .args(["attack", "--target", "zebar", "--out"])
+        .arg(h.join("adv.png"))
+        .arg(testdata("chelsea.png"))
+        .output()
+        .unwrap());
+    assert!(e.contains("did you mean") && e.contains("zebra"), "{e}");
+}
