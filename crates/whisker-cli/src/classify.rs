@@ -175,7 +175,7 @@ pub fn run_model(
         println!("{}", serde_json::to_string_pretty(&doc)?);
     }
     if let Some(f) = &out.csv {
-        whisker::weights::cache::write_atomic(f, csv.as_bytes())?;
+        whisker::io::write_atomic(f, csv.as_bytes())?;
     }
     Ok(if failed > 0 { 1 } else { 0 })
 }

@@ -1,7 +1,7 @@
 //! `whisker models`
 
 use anyhow::Result;
-use whisker::weights::cache::Cache;
+use whisker::cache::Cache;
 use whisker::MODELS;
 
 #[derive(clap::Args)]

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use whisker::weights::cache::Cache;
+use whisker::cache::Cache;
 
 #[derive(clap::Subcommand)]
 pub enum Cmd {

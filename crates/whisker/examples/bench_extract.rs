@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::Device;
+use whisker::cache::Cache;
 use whisker::features::extract;
 use whisker::train::probe;
-use whisker::weights::cache::Cache;
 use whisker::Backbone;
 
 fn main() {

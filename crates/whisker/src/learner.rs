@@ -23,17 +23,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::backbones::Backbone;
+use crate::cache::Cache;
 use crate::data::augment::Augment;
 use crate::data::datasets::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::features::{extract, Extracted, FeatureCache};
+use crate::io::{sha256_file, write_atomic};
 use crate::run::{RunMetrics, RunWriter, SkippedFile, SplitFile, Start};
 use crate::train::finetune::{FineTuneConfig, FineTuner};
 use crate::train::head::{EpochStats, HeadConfig, HeadState};
 use crate::train::metrics::{evaluate, Metrics};
 use crate::train::model_file::{Head, ModelMeta, TrainedModel};
 use crate::train::probe::{self, Samples};
-use crate::weights::cache::{sha256_file, write_atomic, Cache};
 
 /// What is trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,10 +10,12 @@
 //! the `cuda` feature) chooses the backend at run time.
 
 pub mod backbones;
+pub mod cache;
 pub mod data;
 pub mod error;
 pub mod features;
 pub mod inspect;
+pub mod io;
 pub mod learner;
 pub mod model;
 pub mod report;

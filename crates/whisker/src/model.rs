@@ -20,12 +20,13 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::backbones::{imagenet_classes, Backbone, Ranked};
+use crate::cache::Cache;
 use crate::data::transforms::{to_tensor, Preprocess};
 use crate::error::{Error, Result};
 use crate::features::{extract, FeatureCache};
+use crate::io::sha256_file;
 use crate::train::metrics::log_sum_exp;
 use crate::train::model_file::TrainedModel;
-use crate::weights::cache::{sha256_file, Cache};
 
 /// A classifier ready to use.
 pub struct Model {

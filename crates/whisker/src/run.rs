@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::weights::cache::{sha256_file, write_atomic};
+use crate::io::{sha256_file, write_atomic};
 
 /// The marker file, written last.
 pub const MARKER: &str = "run.json";

@@ -312,7 +312,7 @@ fn defect5_nan_and_inf_weights_are_refused() {
             .to_string();
         assert!(e.contains(&key) && e.contains("non-finite"), "{e}");
         // and the cache does not import it
-        let cache = whisker::weights::cache::Cache::new(dir.path().join("home"));
+        let cache = whisker::cache::Cache::new(dir.path().join("home"));
         let e = cache.import("efficientnet_lite0", &p, false).unwrap_err();
         assert!(e.to_string().contains("non-finite"), "{e}");
         assert!(cache.list().unwrap().is_empty());
@@ -325,7 +325,7 @@ fn defect5_nan_and_inf_weights_are_refused() {
 #[test]
 fn defect6_verified_weights_are_never_replaced_silently() {
     let home = tempfile::tempdir().unwrap();
-    let cache = whisker::weights::cache::Cache::new(home.path());
+    let cache = whisker::cache::Cache::new(home.path());
     let real = testdata("efficientnet-lite0-57934424.pth");
     let first = cache.import("efficientnet_lite0", &real, false).unwrap();
     // a different checkpoint under the official file name
@@ -352,7 +352,7 @@ fn defect6_verified_weights_are_never_replaced_silently() {
     let body: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect();
     let (base, _, _) = serve(HashMap::from([("/w.pth".to_string(), body)]), 0);
     let home2 = tempfile::tempdir().unwrap();
-    let cache2 = whisker::weights::cache::Cache::new(home2.path());
+    let cache2 = whisker::cache::Cache::new(home2.path());
     let e = cache2
         .fetch_url(
             "resnet18",

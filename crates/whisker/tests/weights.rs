@@ -11,8 +11,9 @@ use std::sync::atomic::Ordering;
 use burn::tensor::Device;
 use common::*;
 use whisker::backbones::Taps;
+use whisker::cache::Cache;
 use whisker::data::transforms::to_tensor;
-use whisker::weights::cache::{sha256_file, Cache};
+use whisker::io::sha256_file;
 use whisker::weights::{formula::formula, StateDict};
 use whisker::{Backbone, Error};
 

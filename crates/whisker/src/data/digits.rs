@@ -51,7 +51,7 @@ pub fn write_image_folder(csv_gz: &[u8], dir: &Path, limit: Option<usize>) -> Re
 /// `pip download` the scikit-learn wheel and write its digits as an image folder.
 pub fn fetch(dir: &Path, limit: Option<usize>) -> Result<usize> {
     let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    let (prog, args) = crate::weights::cache::pip_command();
+    let (prog, args) = crate::io::pip_command();
     let cmd = format!(
         "{prog} {} download --no-deps --only-binary=:all: scikit-learn",
         args.join(" ")

@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use md5::Md5;
 
 use crate::error::{Error, Result};
-use crate::weights::cache::{download_resumable, Progress};
+use crate::io::{download_resumable, Progress};
 
 /// One archive of a dataset.
 #[derive(Debug, Clone, Copy)]
@@ -46,7 +46,7 @@ pub fn archives(name: &str) -> Result<&'static [Archive]> {
 }
 
 fn md5_file(path: &Path) -> Result<String> {
-    crate::weights::cache::hash_file::<Md5>(path)
+    crate::io::hash_file::<Md5>(path)
 }
 
 /// The file's MD5 must be `want` (when the publisher gives one).

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::backbones::Backbone;
 use crate::data::transforms::to_tensor;
 use crate::error::{Error, Result};
-use crate::weights::cache::whisker_home;
+use crate::io::whisker_home;
 
 /// On-disk cache of feature vectors for one (backbone weights, preprocessing) pair.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ impl FeatureCache {
     /// Store a vector (atomically).
     pub fn put(&self, content: &str, v: &[f32]) -> Result<()> {
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        crate::weights::cache::write_atomic(&self.path(content), &bytes)
+        crate::io::write_atomic(&self.path(content), &bytes)
     }
 }
 

@@ -33,7 +33,7 @@ pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
         image::ImageFormat::Png,
     )
     .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-    crate::weights::cache::write_atomic(path, &bytes)
+    crate::io::write_atomic(path, &bytes)
 }
 
 fn render(

@@ -432,7 +432,7 @@ impl FineTuner {
         let mut files = BTreeMap::new();
         files.insert(
             weights_file.clone(),
-            crate::weights::cache::sha256_file(&dir.join(&weights_file))?,
+            crate::io::sha256_file(&dir.join(&weights_file))?,
         );
         for (name, opt) in [("optim_head", &self.opt_head), ("optim_net", &self.opt_net)] {
             let bytes = opt
@@ -440,7 +440,7 @@ impl FineTuner {
                 .map_err(|err| Error::Internal(format!("optimizer state: {err:?}")))?;
             let file = format!("{name}-e{e}.bin");
             files.insert(file.clone(), sha256_hex(&bytes));
-            crate::weights::cache::write_atomic(&dir.join(file), &bytes)?;
+            crate::io::write_atomic(&dir.join(file), &bytes)?;
         }
         let meta = Meta {
             epoch: e,
@@ -459,7 +459,7 @@ impl FineTuner {
         };
         let json =
             serde_json::to_vec_pretty(&doc).map_err(|err| Error::Internal(err.to_string()))?;
-        crate::weights::cache::write_atomic(&dir.join("finetune_state.json"), &json)?;
+        crate::io::write_atomic(&dir.join("finetune_state.json"), &json)?;
         let current = [
             format!("weights-e{e}.safetensors"),
             format!("optim_head-e{e}.bin"),
@@ -504,7 +504,7 @@ impl FineTuner {
         let e = meta.epoch;
         let weights_file = format!("weights-e{e}.safetensors");
         let wp = dir.join(&weights_file);
-        if meta.files.get(&weights_file) != Some(&crate::weights::cache::sha256_file(&wp)?) {
+        if meta.files.get(&weights_file) != Some(&crate::io::sha256_file(&wp)?) {
             return Err(Error::NotACheckpoint {
                 path: wp,
                 reason: "its sha256 is not the one the checkpoint recorded: the file is corrupt"

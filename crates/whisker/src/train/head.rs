@@ -457,7 +457,7 @@ impl HeadState {
             serde_json::to_string(&meta).map_err(|e| crate::Error::Invalid(e.to_string()))?,
         )]);
         let bytes = crate::weights::serialize_f32(&t, Some(md))?;
-        crate::weights::cache::write_atomic(path, &bytes)
+        crate::io::write_atomic(path, &bytes)
     }
 
     /// Read a checkpoint written by [`HeadState::save`], with the settings it was made with.

@@ -130,7 +130,7 @@ impl TrainedModel {
             serde_json::to_string(&self.meta).map_err(|e| Error::Invalid(e.to_string()))?,
         );
         let bytes = crate::weights::serialize_f32(&tensors, Some(md))?;
-        crate::weights::cache::write_atomic(path, &bytes)
+        crate::io::write_atomic(path, &bytes)
     }
 
     /// Read a model file written by [`TrainedModel::save`].

@@ -3,7 +3,6 @@
 //! torchvision / lukemelas names), deterministic formula weights for tests, and the weights
 //! cache ([`cache`]).
 
-pub mod cache;
 pub mod formula;
 mod keymap;
 
@@ -175,7 +174,7 @@ impl StateDict {
             .map(|(k, t)| (k.clone(), f32_to_le(&t.data), t.shape.clone()))
             .collect();
         let out = serialize_f32(&bytes, None)?;
-        cache::write_atomic(path, &out)
+        crate::io::write_atomic(path, &out)
     }
 
     /// Total number of scalar values.
