@@ -34,6 +34,32 @@ pub enum Norm {
     L2,
 }
 
+impl std::str::FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fgsm" => Ok(Method::Fgsm),
+            "bim" => Ok(Method::Bim),
+            "pgd" => Ok(Method::Pgd),
+            "cw" => Ok(Method::Cw),
+            _ => Err(Error::Invalid(format!(
+                "unknown attack method `{s}` (fgsm, bim, pgd, cw)"
+            ))),
+        }
+    }
+}
+
+impl std::str::FromStr for Norm {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "linf" => Ok(Norm::Linf),
+            "l2" => Ok(Norm::L2),
+            _ => Err(Error::Invalid(format!("unknown norm `{s}` (linf, l2)"))),
+        }
+    }
+}
+
 /// Attack settings. `eps` and `alpha` are in [0, 1] pixel units.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttackConfig {

@@ -22,6 +22,19 @@ pub enum Param {
     Fft,
 }
 
+impl std::str::FromStr for Param {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "pixel" => Ok(Param::Pixel),
+            "fft" => Ok(Param::Fft),
+            _ => Err(crate::Error::Invalid(format!(
+                "unknown parameterisation `{s}` (fft, pixel)"
+            ))),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DreamConfig {
     pub class: usize,

@@ -1,0 +1,180 @@
+//! `whisker attack`: an adversarial example through the preprocessing.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use serde_json::json;
+use whisker::inspect::attack::{attack, diff_image, AttackConfig, Method, Norm};
+
+use super::load_model;
+
+#[derive(clap::Args)]
+pub struct AttackArgs {
+    image: PathBuf,
+    /// Target class (index or ImageNet label, e.g. "tiger cat").
+    #[arg(long, conflicts_with = "untargeted")]
+    target: Option<String>,
+    /// Make the model leave its current answer.
+    #[arg(long)]
+    untargeted: bool,
+    #[arg(long, default_value = "pgd", value_parser = ["fgsm", "bim", "pgd", "cw"])]
+    method: String,
+    #[arg(long, default_value = "linf", value_parser = ["linf", "l2"])]
+    norm: String,
+    /// Carlini–Wagner's constant c (with --method cw; its learning rate is --alpha, default 0.01).
+    #[arg(long, default_value_t = 1.0, value_parser = crate::args::positive)]
+    c: f64,
+    /// Perturbation budget in [0,1] pixel units; fractions like 4/255 are accepted.
+    #[arg(long, default_value = "4/255", value_parser = crate::args::epsilon)]
+    eps: f64,
+    /// Step size (default: eps/4 for L∞, eps/5 for L2).
+    #[arg(long, value_parser = crate::args::positive)]
+    alpha: Option<f64>,
+    #[arg(long, default_value_t = 40, value_parser = crate::args::count)]
+    steps: usize,
+    #[arg(long)]
+    random_start: bool,
+    /// Targeted: keep going until the target's probability reaches this.
+    #[arg(long, default_value_t = 0.0, value_parser = crate::args::probability)]
+    confidence: f32,
+    /// Also write original | perturbation | adversarial side by side, labelled.
+    #[arg(long)]
+    side_by_side: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, short, default_value = "efficientnet_lite0")]
+    backbone: String,
+    #[arg(long, short)]
+    weights: Option<PathBuf>,
+    /// A trained whisker model (run directory or model.safetensors) instead of a zoo backbone.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The adversarial image (PNG, original resolution).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the perturbation, amplified ×10 around grey.
+    #[arg(long)]
+    diff: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
+    if a.target.is_none() && !a.untargeted {
+        bail!("give --target CLASS or --untargeted");
+    }
+    let eps = a.eps;
+    let norm: Norm = a.norm.parse()?;
+    if norm == Norm::Linf && a.method != "cw" {
+        crate::args::check_linf(eps)?;
+    }
+    let device = whisker::default_device().autodiff();
+    let subject = load_model(a.model.as_ref(), &a.backbone, a.weights.as_ref(), &device)?;
+    let img = whisker::data::decode_file(&a.image)?;
+    let alpha = match a.alpha {
+        Some(v) => v,
+        None => eps / if norm == Norm::L2 { 5.0 } else { 4.0 },
+    };
+    let method: Method = a.method.parse()?;
+    let (norm, alpha) = if method == Method::Cw {
+        let lr = a.alpha.unwrap_or(0.01);
+        (Norm::L2, lr)
+    } else {
+        (norm, alpha)
+    };
+    let target = a
+        .target
+        .as_deref()
+        .map(|t| subject.class_index(t))
+        .transpose()?;
+    let cfg = AttackConfig {
+        method,
+        norm,
+        eps,
+        alpha,
+        steps: a.steps,
+        random_start: a.random_start,
+        target,
+        seed: a.seed,
+        min_confidence: a.confidence,
+        cw_c: a.c,
+    };
+    let r = attack(&subject, &img, &cfg)?;
+    whisker::report::save_png(&r.adversarial, &a.out)?;
+    if let Some(d) = &a.diff {
+        whisker::report::save_png(&diff_image(&img, &r.adversarial, 10.0), d)?;
+    }
+    let labels = subject.labels();
+    if let Some(p) = &a.side_by_side {
+        let diff = diff_image(&img, &r.adversarial, 10.0);
+        let tiles = [
+            whisker::report::Tile {
+                image: &img,
+                lines: vec![
+                    "original".into(),
+                    format!(
+                        "{} {:.0}%",
+                        labels[r.original_top1],
+                        r.original_prob * 100.0
+                    ),
+                ],
+            },
+            whisker::report::Tile {
+                image: &diff,
+                lines: vec![
+                    "perturbation ×10".into(),
+                    if cfg.norm == Norm::L2 {
+                        format!("L2 {:.3}  PSNR {:.1} dB", r.l2, r.psnr)
+                    } else {
+                        format!("L∞ {}/255  PSNR {:.1} dB", r.linf_255, r.psnr)
+                    },
+                ],
+            },
+            whisker::report::Tile {
+                image: &r.adversarial,
+                lines: vec![
+                    "adversarial".into(),
+                    format!(
+                        "{} {:.0}%",
+                        labels[r.adversarial_top1],
+                        r.adversarial_prob * 100.0
+                    ),
+                ],
+            },
+        ];
+        whisker::report::contact_sheet(
+            &tiles,
+            &format!(
+                "{} → {}",
+                labels[r.original_top1], labels[r.adversarial_top1]
+            ),
+            p,
+        )?;
+    }
+    if a.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["original_label"] = json!(labels[r.original_top1]);
+        v["adversarial_label"] = json!(labels[r.adversarial_top1]);
+        v["settings"] = serde_json::to_value(&cfg)?;
+        v["out"] = json!(crate::path_str(&a.out));
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{}: {} ({:.1}%) → {} ({:.1}%){}  [{} steps, L∞ {}/255, L2 {:.3}, PSNR {:.1} dB] → {}",
+            if r.success { "success" } else { "failed" },
+            labels[r.original_top1],
+            r.original_prob * 100.0,
+            labels[r.adversarial_top1],
+            r.adversarial_prob * 100.0,
+            r.target_prob
+                .map(|p| format!(", target {:.1}%", p * 100.0))
+                .unwrap_or_default(),
+            r.steps_used,
+            r.linf_255,
+            r.l2,
+            r.psnr,
+            a.out.display()
+        );
+    }
+    Ok(if r.success { 0 } else { 1 })
+}
