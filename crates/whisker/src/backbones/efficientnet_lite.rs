@@ -54,8 +54,19 @@ fn round_filters(c: usize, width: f64) -> usize {
     }
 }
 
-/// The blocks of a variant: (expand, kernel, stride, in, out).
-pub fn blocks(variant: usize) -> crate::Result<Vec<(usize, usize, usize, usize, usize)>> {
+/// One MBConv block of a variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockCfg {
+    /// Expansion ratio of the hidden channels.
+    pub expand: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub cin: usize,
+    pub cout: usize,
+}
+
+/// The blocks of a variant.
+pub fn blocks(variant: usize) -> crate::Result<Vec<BlockCfg>> {
     let (width, depth) = coefficients(variant)?;
     let mut out = Vec::new();
     for (i, &(e, k, s, cin, cout, r)) in STAGES.iter().enumerate() {
@@ -72,13 +83,13 @@ pub fn blocks(variant: usize) -> crate::Result<Vec<(usize, usize, usize, usize, 
             (depth * r as f64).ceil() as usize
         };
         for j in 0..r {
-            out.push((
-                e,
-                k,
-                if j == 0 { s } else { 1 },
-                if j == 0 { cin } else { cout },
+            out.push(BlockCfg {
+                expand: e,
+                kernel: k,
+                stride: if j == 0 { s } else { 1 },
+                cin: if j == 0 { cin } else { cout },
                 cout,
-            ));
+            });
         }
     }
     Ok(out)
@@ -94,8 +105,14 @@ pub struct MbConv {
 }
 
 impl MbConv {
-    fn load(l: &mut Loader, p: &str, b: (usize, usize, usize, usize, usize)) -> Result<Self> {
-        let (e, k, s, cin, cout) = b;
+    fn load(l: &mut Loader, p: &str, b: BlockCfg) -> Result<Self> {
+        let BlockCfg {
+            expand: e,
+            kernel: k,
+            stride: s,
+            cin,
+            cout,
+        } = b;
         let mid = cin * e;
         let expand = if e != 1 {
             Some(ConvBnAct::load(
@@ -171,7 +188,7 @@ impl EfficientNetLite {
             l.begin_unit(&format!("_blocks.{i}"));
             bl.push(MbConv::load(l, &format!("_blocks.{i}"), *b)?);
         }
-        let last = specs.last().map(|b| b.4).unwrap_or(320);
+        let last = specs.last().map(|b| b.cout).unwrap_or(320);
         l.begin_unit("head");
         let head = ConvBnAct::load(
             l,
