@@ -24,6 +24,10 @@ struct Cli {
     /// Worker threads for compute and decoding (default: all cores).
     #[arg(long, global = true, value_parser = args::count)]
     threads: Option<usize>,
+    /// Compute device: cpu, or cuda / cuda:N in a build with CUDA [default: WHISKER_DEVICE,
+    /// else cpu].
+    #[arg(long, global = true)]
+    device: Option<String>,
     /// Largest image, in pixels, that is decoded (default: Pillow's 89,478,485; also
     /// WHISKER_MAX_PIXELS): larger ones are refused as possible decompression bombs.
     #[arg(long, global = true, value_parser = args::count)]
@@ -39,6 +43,8 @@ struct Cli {
 enum Cmd {
     /// List the backbones of the zoo.
     Models(models::Args),
+    /// List class names and their indices (ImageNet's, or a trained model's).
+    Classes(models::ClassesArgs),
     /// Fetch, import and list pretrained weights.
     Weights {
         #[command(subcommand)]
@@ -92,12 +98,24 @@ fn main() {
             eprintln!("whisker: warning: cannot set the thread count: {e}");
         }
     }
+    let device = cli.device.clone().or_else(|| {
+        std::env::var("WHISKER_DEVICE")
+            .ok()
+            .filter(|v| !v.is_empty())
+    });
+    if let Some(d) = device {
+        if let Err(e) = whisker::set_device(&d) {
+            eprintln!("whisker: error: {e}");
+            std::process::exit(2);
+        }
+    }
     if let Some(n) = cli.max_pixels {
         whisker::data::decode::set_max_pixels(n as u64);
     }
     let quiet = cli.quiet;
     let res: Result<i32> = match cli.cmd {
         Cmd::Models(a) => models::run(a).map(|_| 0),
+        Cmd::Classes(a) => models::classes(a).map(|_| 0),
         Cmd::Weights { cmd } => weights::run(cmd, quiet).map(|_| 0),
         Cmd::Classify(a) => classify::run(a, quiet),
         Cmd::Data { cmd } => data::run(cmd, quiet).map(|_| 0),

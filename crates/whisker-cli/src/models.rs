@@ -60,3 +60,53 @@ fn short(n: whisker::data::Normalization) -> &'static str {
         whisker::data::Normalization::Tf => "tf",
     }
 }
+
+#[derive(clap::Args)]
+pub struct ClassesArgs {
+    /// Only the classes whose name contains this (case-insensitive).
+    pattern: Option<String>,
+    /// A trained model (run directory or model.safetensors): its classes instead of
+    /// ImageNet's.
+    #[arg(long)]
+    model: Option<std::path::PathBuf>,
+    /// One JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `whisker classes [PATTERN]`: the class names, with the indices `--target`, `--class` and
+/// the outputs use. Example: `whisker classes cat`.
+pub fn classes(a: ClassesArgs) -> Result<()> {
+    let labels: Vec<String> = match &a.model {
+        Some(m) => {
+            whisker::train::model_file::TrainedModel::load(&whisker::run::model_file(m))?
+                .meta
+                .classes
+        }
+        None => whisker::backbones::imagenet_classes()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    let want = a.pattern.as_deref().map(str::to_lowercase);
+    let hits: Vec<(usize, &String)> = labels
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| want.as_ref().is_none_or(|w| l.to_lowercase().contains(w)))
+        .collect();
+    if hits.is_empty() {
+        anyhow::bail!("no class name contains `{}`", a.pattern.unwrap_or_default());
+    }
+    if a.json {
+        let v: Vec<serde_json::Value> = hits
+            .iter()
+            .map(|(i, l)| serde_json::json!({"index": i, "label": l}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for (i, l) in hits {
+            println!("{i:>4}  {l}");
+        }
+    }
+    Ok(())
+}

@@ -121,6 +121,42 @@ fn runs_datasets_and_outputs_behave() {
         "{text}"
     );
     assert!(text.contains("cat.png,1,282,tiger cat,"), "{text}");
+    // a device this build lacks is an error, by flag or by environment
+    let e = err(&whisker(h)
+        .args(["--device", "cuda", "classify"])
+        .arg(testdata("chelsea.png"))
+        .output()
+        .unwrap());
+    assert!(
+        e.contains("built without CUDA") && e.contains("--features cuda"),
+        "{e}"
+    );
+    let e = err(&whisker(h)
+        .env("WHISKER_DEVICE", "cuda:1")
+        .arg("classify")
+        .arg(testdata("chelsea.png"))
+        .output()
+        .unwrap());
+    assert!(e.contains("built without CUDA"), "{e}");
+    let e = err(&whisker(h)
+        .args(["--device", "tpu", "models"])
+        .output()
+        .unwrap());
+    assert!(e.contains("unknown device `tpu`"), "{e}");
+    // class names and indices
+    let o = whisker(h).args(["classes", "tiger"]).output().unwrap();
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(" 282  tiger cat") && text.contains(" 292  tiger"),
+        "{text}"
+    );
+    let c = ok(&whisker(h)
+        .args(["classes", "--json", "--model"])
+        .arg(&run)
+        .output()
+        .unwrap());
+    assert_eq!(c.as_array().unwrap().len(), 10);
     // a misspelt class name gets suggestions
     let e = err(&whisker(h)
         .args(["attack", "--target", "zebar", "--out"])

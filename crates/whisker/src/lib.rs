@@ -27,17 +27,70 @@ pub mod weights;
 pub use backbones::{Backbone, ModelSpec, Taps, MODELS};
 pub use error::{Error, Result};
 
-/// The default compute device: CUDA when built with the `cuda` feature and
-/// `WHISKER_DEVICE=cuda`, else the CPU (burn-flex).
-pub fn default_device() -> burn::tensor::Device {
-    #[cfg(feature = "cuda")]
-    {
-        if std::env::var("WHISKER_DEVICE")
-            .map(|v| v.starts_with("cuda"))
-            .unwrap_or(false)
-        {
-            return burn::tensor::Device::cuda(0usize);
-        }
+static DEVICE: std::sync::OnceLock<burn::tensor::Device> = std::sync::OnceLock::new();
+
+/// A compute device by name: `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature.
+/// A device this build lacks is an error naming the feature to build with.
+pub fn parse_device(spec: &str) -> Result<burn::tensor::Device> {
+    let spec = spec.trim();
+    if spec == "cpu" {
+        return Ok(burn::tensor::Device::flex());
     }
-    burn::tensor::Device::flex()
+    if let Some(rest) = spec.strip_prefix("cuda") {
+        let index: usize = match rest.strip_prefix(':') {
+            Some(n) => n.parse().map_err(|_| {
+                Error::Invalid(format!(
+                    "device `{spec}`: the CUDA device index must be a number"
+                ))
+            })?,
+            None if rest.is_empty() => 0,
+            None => {
+                return Err(Error::Invalid(format!(
+                    "unknown device `{spec}` (cpu, cuda, cuda:N)"
+                )))
+            }
+        };
+        return cuda_device(spec, index);
+    }
+    Err(Error::Invalid(format!(
+        "unknown device `{spec}` (cpu, cuda, cuda:N)"
+    )))
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(_spec: &str, index: usize) -> Result<burn::tensor::Device> {
+    Ok(burn::tensor::Device::cuda(index))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(spec: &str, _index: usize) -> Result<burn::tensor::Device> {
+    Err(Error::Invalid(format!(
+        "device `{spec}`: this whisker was built without CUDA; build it with `cargo build --release --features cuda`"
+    )))
+}
+
+/// Choose the device [`default_device`] returns for the rest of the process (once; later
+/// calls with another device are an error).
+pub fn set_device(spec: &str) -> Result<()> {
+    let d = parse_device(spec)?;
+    match DEVICE.set(d.clone()) {
+        Ok(()) => Ok(()),
+        Err(_) if DEVICE.get() == Some(&d) => Ok(()),
+        Err(_) => Err(Error::Invalid(format!(
+            "the device was already chosen ({:?})",
+            DEVICE.get()
+        ))),
+    }
+}
+
+/// The compute device: the one chosen with [`set_device`], else `WHISKER_DEVICE` when it
+/// names a device this build has, else the CPU (burn-flex).
+pub fn default_device() -> burn::tensor::Device {
+    if let Some(d) = DEVICE.get() {
+        return d.clone();
+    }
+    std::env::var("WHISKER_DEVICE")
+        .ok()
+        .and_then(|v| parse_device(&v).ok())
+        .unwrap_or_else(burn::tensor::Device::flex)
 }
