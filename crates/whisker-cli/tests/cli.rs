@@ -1,63 +1,8 @@
 //! The `whisker` binary end to end: weights import, classify (human and JSON output, bad
 //! images, exit codes), models.
 
-use std::path::PathBuf;
-use std::process::Command;
-
-fn testdata(name: &str) -> PathBuf {
-    let dir = std::env::var_os("WHISKER_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.testdata"));
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} missing: run tools/fetch-testdata.sh",
-        p.display()
-    );
-    p
-}
-
-fn whisker(home: &std::path::Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_whisker"));
-    c.env("WHISKER_HOME", home).arg("--quiet");
-    c
-}
-
-/// A fresh $WHISKER_HOME with the real EfficientNet-Lite0 weights imported.
-fn home_with_weights() -> tempfile::TempDir {
-    let home = tempfile::tempdir().unwrap();
-    let out = whisker(home.path())
-        .args(["weights", "fetch", "efficientnet_lite0", "--from"])
-        .arg(testdata("efficientnet-lite0-57934424.pth"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    home
-}
-
-/// An image folder of real digits: `per_class` images of each of `classes`.
-fn digits(home: &std::path::Path, classes: &[&str], per_class: usize) -> PathBuf {
-    let all = home.join("all-digits");
-    let csv = std::fs::read(testdata("digits.csv.gz")).unwrap();
-    whisker::data::digits::write_image_folder(&csv, &all, Some(400)).unwrap();
-    let data = home.join("digits");
-    for c in classes {
-        std::fs::create_dir_all(data.join(c)).unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(all.join(c))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files.iter().take(per_class) {
-            std::fs::copy(f, data.join(c).join(f.file_name().unwrap())).unwrap();
-        }
-    }
-    data
-}
+mod common;
+use common::*;
 
 #[test]
 fn classify_json_with_a_bad_image() {

@@ -1,37 +1,12 @@
 //! The hardening issue at the command line: every hostile input of the adversarial review
 //! gets a clear error and the right exit code, never a panic, a hang or a wrong number.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::*;
+
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn testdata(name: &str) -> PathBuf {
-    let dir = std::env::var_os("WHISKER_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.testdata"));
-    dir.join(name)
-}
-
-fn whisker(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_whisker"));
-    c.env("WHISKER_HOME", home).arg("--quiet");
-    c
-}
-
-fn home_with_weights() -> tempfile::TempDir {
-    let home = tempfile::tempdir().unwrap();
-    let out = whisker(home.path())
-        .args(["weights", "fetch", "efficientnet_lite0", "--from"])
-        .arg(testdata("efficientnet-lite0-57934424.pth"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    home
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
 
 /// Run with a deadline: a hang fails the test instead of blocking it.
 fn run_with_deadline(mut c: Command, secs: u64) -> Output {
@@ -56,26 +31,6 @@ fn run_with_deadline(mut c: Command, secs: u64) -> Output {
 fn no_panic(o: &Output) {
     let e = stderr(o);
     assert!(!e.contains("panicked"), "{e}");
-}
-
-/// Real digits, `per_class` of each class.
-fn digits(dir: &Path, classes: &[&str], per_class: usize) -> PathBuf {
-    let all = dir.join("all-digits");
-    let csv = std::fs::read(testdata("digits.csv.gz")).unwrap();
-    whisker::data::digits::write_image_folder(&csv, &all, Some(200)).unwrap();
-    let data = dir.join("digits");
-    for c in classes {
-        std::fs::create_dir_all(data.join(c)).unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(all.join(c))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files.iter().take(per_class) {
-            std::fs::copy(f, data.join(c).join(f.file_name().unwrap())).unwrap();
-        }
-    }
-    data
 }
 
 /// Numeric arguments out of range are refused by the parser, at once, with the range.

@@ -2,21 +2,10 @@
 //! dataset path is typed, empty evaluations refused, folders and CSV for classify, TTA output
 //! labelled as such, options that do not apply refused, class names suggested.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::*;
 
-fn testdata(name: &str) -> PathBuf {
-    let dir = std::env::var_os("WHISKER_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.testdata"));
-    dir.join(name)
-}
-
-fn whisker(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_whisker"));
-    c.env("WHISKER_HOME", home).arg("--quiet");
-    c
-}
+use std::process::Output;
 
 fn ok(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

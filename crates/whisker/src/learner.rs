@@ -548,29 +548,16 @@ impl Learner {
         let train = Samples { x: &tx, y: &ty };
         let val = Samples { x: &vx, y: &vy };
         let ckpt = out.join("checkpoint.safetensors");
-        let mut state = if resume && ckpt.exists() {
-            let (s, saved) = HeadState::load(&ckpt)?;
-            if saved != hc {
-                return Err(Error::Invalid(format!(
-                    "--resume: the checkpoint in {} was made with other settings",
-                    out.display()
-                )));
-            }
-            obs.message(&format!(
-                "resuming from epoch {} ({})",
-                s.epoch,
-                ckpt.display()
-            ));
-            s
-        } else {
-            if resume {
-                return Err(Error::Invalid(format!(
-                    "--resume: no checkpoint in {}",
-                    out.display()
-                )));
-            }
-            HeadState::new(train, ex.dim, ds.classes.len(), &hc)
-        };
+        let mut state = resume_or_start(
+            resume,
+            &ckpt,
+            ckpt.exists(),
+            || HeadState::load(&ckpt),
+            &hc,
+            |s: &HeadState| s.epoch,
+            || Ok(HeadState::new(train, ex.dim, ds.classes.len(), &hc)),
+            obs,
+        )?;
         let train_paths: Vec<PathBuf> = split
             .train
             .iter()
@@ -630,33 +617,22 @@ impl Learner {
         let fc = cfg.finetune_config()?;
         let device = crate::default_device().autodiff();
         let ckpt = out.join("checkpoint");
-        let mut t = if resume && ckpt.join("finetune_state.json").is_file() {
-            let (t, saved) = FineTuner::load(&ckpt, &cfg.backbone, &device)?;
-            if saved != fc {
-                return Err(Error::Invalid(format!(
-                    "--resume: the checkpoint in {} was made with other settings",
-                    ckpt.display()
-                )));
-            }
-            obs.message(&format!(
-                "resuming from epoch {} ({})",
-                t.epoch,
-                ckpt.display()
-            ));
-            t
-        } else {
-            if resume {
-                return Err(Error::Invalid(format!(
-                    "--resume: no checkpoint in {}",
-                    ckpt.display()
-                )));
-            }
-            FineTuner::new(
-                Backbone::from_file(&cfg.backbone, &w.path, &device)?,
-                ds.classes.len(),
-                &fc,
-            )?
-        };
+        let mut t = resume_or_start(
+            resume,
+            &ckpt,
+            ckpt.join("finetune_state.json").is_file(),
+            || FineTuner::load(&ckpt, &cfg.backbone, &device),
+            &fc,
+            |t: &FineTuner| t.epoch,
+            || {
+                FineTuner::new(
+                    Backbone::from_file(&cfg.backbone, &w.path, &device)?,
+                    ds.classes.len(),
+                    &fc,
+                )
+            },
+            obs,
+        )?;
         let pre = crate::backbones::spec(&cfg.backbone)?.preprocess();
         let part = |idx: &[usize]| -> (Vec<PathBuf>, Vec<usize>) {
             idx.iter()
@@ -694,6 +670,43 @@ impl Learner {
             test_logits: Some(test_logits),
         })
     }
+}
+
+/// The training state: loaded from the checkpoint at `ckpt` when resuming (its settings must
+/// be `cfg`), else a fresh one. Resuming without a checkpoint is an error.
+#[allow(clippy::too_many_arguments)]
+fn resume_or_start<S, C: PartialEq>(
+    resume: bool,
+    ckpt: &Path,
+    exists: bool,
+    load: impl FnOnce() -> Result<(S, C)>,
+    cfg: &C,
+    epoch: impl Fn(&S) -> usize,
+    fresh: impl FnOnce() -> Result<S>,
+    obs: &dyn Observer,
+) -> Result<S> {
+    if !resume {
+        return fresh();
+    }
+    if !exists {
+        return Err(Error::Invalid(format!(
+            "--resume: no checkpoint at {}",
+            ckpt.display()
+        )));
+    }
+    let (state, saved) = load()?;
+    if &saved != cfg {
+        return Err(Error::Invalid(format!(
+            "--resume: the checkpoint at {} was made with other settings",
+            ckpt.display()
+        )));
+    }
+    obs.message(&format!(
+        "resuming from epoch {} ({})",
+        epoch(&state),
+        ckpt.display()
+    ));
+    Ok(state)
 }
 
 /// Every class needs a training image that decodes.

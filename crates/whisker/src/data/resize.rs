@@ -131,20 +131,22 @@ pub struct Window {
     pub height: usize,
 }
 
-/// Resize an RGB image to exactly `width × height`, as Pillow's BILINEAR does.
-pub fn resize_bilinear(img: &RgbImage, width: u32, height: u32) -> RgbImage {
-    let (w, h) = (width as usize, height as usize);
-    resize_window(
-        img,
-        w,
-        h,
+impl Window {
+    /// The whole of a `width × height` image.
+    pub fn full(width: usize, height: usize) -> Self {
         Window {
             x: 0,
             y: 0,
-            width: w,
-            height: h,
-        },
-    )
+            width,
+            height,
+        }
+    }
+}
+
+/// Resize an RGB image to exactly `width × height`, as Pillow's BILINEAR does.
+pub fn resize_bilinear(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let (w, h) = (width as usize, height as usize);
+    resize_window(img, w, h, Window::full(w, h))
 }
 
 /// The window `win` of the image Pillow's BILINEAR resize to `out_w × out_h` would give, byte
@@ -247,17 +249,7 @@ pub fn shorter_side_size(width: u32, height: u32, size: u32) -> (usize, usize) {
 /// with the aspect ratio.
 pub fn resize_shorter(img: &RgbImage, size: u32) -> RgbImage {
     let (w, h) = shorter_side_size(img.width(), img.height(), size);
-    resize_window(
-        img,
-        w,
-        h,
-        Window {
-            x: 0,
-            y: 0,
-            width: w,
-            height: h,
-        },
-    )
+    resize_window(img, w, h, Window::full(w, h))
 }
 
 /// The window of the resized image (shorter side `size`) that a centre crop of `crop` keeps,
