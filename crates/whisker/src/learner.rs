@@ -292,6 +292,23 @@ fn weights(cfg: &TrainConfig) -> Result<Weights> {
     })
 }
 
+/// The backbone (BatchNorm folded) and its features of `paths`, through the feature cache.
+fn frozen_features(
+    cfg: &TrainConfig,
+    w: &Weights,
+    paths: &[PathBuf],
+    obs: &dyn Observer,
+) -> Result<(Backbone, Extracted)> {
+    let device = crate::default_device();
+    let b = Backbone::from_file(&cfg.backbone, &w.path, &device)?.fold_batchnorm();
+    let cache = FeatureCache::new(None, &b, &w.sha256);
+    let ex = extract(&b, &device, paths, Some(&cache), cfg.batch_size, &|d, n| {
+        obs.progress("features", d, n)
+    })?;
+    obs.finished("features");
+    Ok((b, ex))
+}
+
 fn gather(ex: &Extracted, ds: &Dataset, idx: &[usize]) -> (Vec<f32>, Vec<usize>) {
     let mut x = Vec::with_capacity(idx.len() * ex.dim);
     let mut y = Vec::with_capacity(idx.len());
@@ -363,17 +380,7 @@ impl Learner {
                 obs.finished("decode");
                 (None, errors)
             } else {
-                let b = Backbone::from_file(&cfg.backbone, &w.path, &device)?.fold_batchnorm();
-                let cache = FeatureCache::new(None, &b, &w.sha256);
-                let ex = extract(
-                    &b,
-                    &device,
-                    &paths,
-                    Some(&cache),
-                    cfg.batch_size,
-                    &|d, n| obs.progress("features", d, n),
-                )?;
-                obs.finished("features");
+                let (b, ex) = frozen_features(cfg, &w, &paths, obs)?;
                 if ex.cached == paths.len() {
                     obs.message(&format!(
                         "features: all {} images from the feature cache",
@@ -904,22 +911,12 @@ impl Learner {
         let w = weights(cfg)?;
         let device = crate::default_device();
         let split = ds.split(cfg.val_split, cfg.test_split, cfg.seed);
-        let b = Backbone::from_file(&cfg.backbone, &w.path, &device)?.fold_batchnorm();
-        let cache = FeatureCache::new(None, &b, &w.sha256);
         let paths: Vec<PathBuf> = split
             .train
             .iter()
             .map(|&i| ds.items[i].path.clone())
             .collect();
-        let ex = extract(
-            &b,
-            &device,
-            &paths,
-            Some(&cache),
-            cfg.batch_size,
-            &|d, n| obs.progress("features", d, n),
-        )?;
-        obs.finished("features");
+        let (_, ex) = frozen_features(cfg, &w, &paths, obs)?;
         let good: Vec<usize> = (0..paths.len())
             .filter(|&j| ex.errors[j].is_none())
             .collect();
