@@ -104,7 +104,8 @@ pub fn count(s: &str) -> Result<usize, String> {
     }
 }
 
-/// An image side in pixels for generated images: 32 to 2048.
+/// An image side in pixels for generated images: 32 to 2048 (the model may need more: its
+/// input size).
 pub fn image_side(s: &str) -> Result<usize, String> {
     let v = count(s)?;
     if (32..=2048).contains(&v) {

@@ -155,3 +155,61 @@ fn runs_datasets_and_outputs_behave() {
         .unwrap());
     assert!(e.contains("did you mean") && e.contains("zebra"), "{e}");
 }
+
+/// `lr-find` and `dream` end to end (they had no test).
+#[test]
+fn lr_find_and_dream_commands() {
+    let home = home_with_weights();
+    let h = home.path();
+    let data = digits(h, &["0", "1", "2"], 10);
+    let c = ok(&whisker(h)
+        .args([
+            "lr-find", "--json", "--steps", "30", "--hidden", "32", "--out",
+        ])
+        .arg(h)
+        .arg(&data)
+        .output()
+        .unwrap());
+    let curve = c["curve"].as_array().unwrap();
+    assert!(!curve.is_empty() && curve.len() <= 30, "{}", curve.len());
+    let lrs: Vec<f64> = curve.iter().map(|p| p[0].as_f64().unwrap()).collect();
+    assert!(
+        lrs.windows(2).all(|w| w[1] > w[0]),
+        "learning rates increase"
+    );
+    assert!(lrs[0] >= 1e-7 * 0.999 && *lrs.last().unwrap() <= 10.0 * 1.001);
+    let steep = c["steepest"].as_f64().unwrap();
+    assert!((lrs[0]..=*lrs.last().unwrap()).contains(&steep));
+    assert!(h.join("lr_find.png").is_file());
+    let e = err(&whisker(h)
+        .args(["lr-find", "--start-lr", "1", "--end-lr", "0.1"])
+        .arg(&data)
+        .output()
+        .unwrap());
+    assert!(e.contains("must be below"), "{e}");
+    // a few steps of dream: a picture, and the probability it is then classified with
+    let out = h.join("zebra.png");
+    let d = ok(&whisker(h)
+        .args([
+            "dream", "--json", "--class", "zebra", "--steps", "3", "--size", "224", "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap());
+    assert_eq!(d["class"], 340);
+    let p = d["probability"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p), "{p}");
+    // the probability is recorded every 40 steps and at the last one
+    assert_eq!(d["history"], serde_json::json!([[3, d["probability"]]]));
+    let img = image::open(&out).unwrap();
+    assert_eq!((img.width(), img.height()), (224, 224));
+    // smaller than the model's input: an error, not a silently bigger picture
+    let e = err(&whisker(h)
+        .args([
+            "dream", "--class", "zebra", "--steps", "1", "--size", "64", "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap());
+    assert!(e.contains("image size 64") && e.contains("224"), "{e}");
+}

@@ -38,8 +38,8 @@ pub struct DreamArgs {
     /// Random rotation of the view each step, within ±R degrees (0: off).
     #[arg(long, default_value_t = 5.0, value_parser = crate::args::degrees)]
     rotate: f64,
-    /// Size of the square image, 32 to 2048 (default: the backbone's resize size, 256 for
-    /// 224 inputs).
+    /// Size of the square image, from the backbone's input size to 2048 (default: its resize
+    /// size, 256 for 224 inputs).
     #[arg(long, value_parser = crate::args::image_side)]
     size: Option<usize>,
     #[arg(long, default_value_t = 0)]

@@ -209,7 +209,13 @@ pub fn dream(
             "dreaming needs the backbone on an autodiff device".into(),
         ));
     }
-    let s = cfg.size.unwrap_or(b.spec.resize).max(b.spec.input_size);
+    let s = cfg.size.unwrap_or(b.spec.resize);
+    if s < b.spec.input_size || s > 4096 {
+        return Err(Error::Invalid(format!(
+            "image size {s}: must be from {}, {}'s input size, to 4096",
+            b.spec.input_size, b.spec.name
+        )));
+    }
     let crop = b.spec.input_size;
     // the view classify would take of an image this size: the centre crop after resizing
     // the shorter side to the backbone's resize size

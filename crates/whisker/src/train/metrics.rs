@@ -199,3 +199,46 @@ impl Metrics {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_class_precision_recall_f1_by_hand() {
+        // 3 classes; true labels and clear predictions:
+        // true 0: predicted 0, 0, 1   true 1: predicted 1, 2   true 2: predicted 2
+        let rows: [(usize, usize); 6] = [(0, 0), (0, 0), (0, 1), (1, 1), (1, 2), (2, 2)];
+        let mut logits = Vec::new();
+        let mut labels = Vec::new();
+        for (t, p) in rows {
+            let mut r = vec![0.0f32; 3];
+            r[p] = 5.0;
+            logits.extend(r);
+            labels.push(t);
+        }
+        let classes: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let m = evaluate(&logits, &labels, &classes).unwrap();
+        assert_eq!(m.accuracy, 4.0 / 6.0);
+        assert_eq!(
+            m.confusion,
+            vec![vec![2, 1, 0], vec![0, 1, 1], vec![0, 0, 1]]
+        );
+        let pc = &m.per_class;
+        // a: precision 2/2, recall 2/3; b: 1/2, 1/2; c: 1/2, 1/1
+        assert_eq!((pc[0].precision, pc[0].recall), (1.0, 2.0 / 3.0));
+        assert_eq!((pc[1].precision, pc[1].recall), (0.5, 0.5));
+        assert_eq!((pc[2].precision, pc[2].recall), (0.5, 1.0));
+        assert!((pc[0].f1 - 0.8).abs() < 1e-12);
+        assert!((pc[2].f1 - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(
+            pc.iter().map(|c| c.support).collect::<Vec<_>>(),
+            vec![3, 2, 1]
+        );
+        assert!((m.mean_per_class_accuracy - (2.0 / 3.0 + 0.5 + 1.0) / 3.0).abs() < 1e-12);
+        assert_eq!(
+            m.most_confused(5),
+            vec![("a".into(), "b".into(), 1), ("b".into(), "c".into(), 1)]
+        );
+    }
+}
