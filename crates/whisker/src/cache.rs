@@ -63,10 +63,13 @@ impl Cache {
             for f in files.flatten() {
                 let p = f.path();
                 if p.extension().is_some_and(|e| e == "json") {
-                    if let Some(c) = fs::read(&p)
+                    if let Some(mut c) = fs::read(&p)
                         .ok()
                         .and_then(|b| serde_json::from_slice::<CachedWeights>(&b).ok())
                     {
+                        // the sidecar names its file relative to itself: the cache can be
+                        // moved or shared (absolute paths of older sidecars still work)
+                        c.file = d.path().join(&c.file);
                         if c.file.exists() {
                             out.push(c);
                         }
@@ -108,9 +111,14 @@ impl Cache {
             source,
             size,
         };
-        let mut meta = file.into_os_string();
+        let mut meta = file.clone().into_os_string();
         meta.push(".json");
-        let json = serde_json::to_vec_pretty(&c).map_err(|e| Error::Invalid(e.to_string()))?;
+        let stored = CachedWeights {
+            file: file.file_name().map(PathBuf::from).unwrap_or_default(),
+            ..c.clone()
+        };
+        let json =
+            serde_json::to_vec_pretty(&stored).map_err(|e| Error::Internal(e.to_string()))?;
         write_atomic(Path::new(&meta), &json)?;
         Ok(c)
     }

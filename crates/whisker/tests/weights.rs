@@ -199,6 +199,14 @@ fn import_checks_the_file_and_lists_it() {
     );
     assert_eq!(cache.list().unwrap(), vec![c.clone()]);
     assert_eq!(cache.require("efficientnet_lite0").unwrap(), c);
+    // the cache is relocatable: moved elsewhere, it still finds its files
+    let moved = tempfile::tempdir().unwrap();
+    let to = moved.path().join("cache");
+    std::fs::rename(home.path(), &to).unwrap();
+    let found = Cache::new(&to).require("efficientnet_lite0").unwrap();
+    assert_eq!(found.sha256, c.sha256);
+    assert!(found.file.starts_with(&to), "{}", found.file.display());
+    assert!(found.file.exists());
 }
 
 #[test]
