@@ -42,36 +42,64 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// List the backbones of the zoo.
+    #[command(after_help = "Example: whisker models --json")]
     Models(models::Args),
     /// List class names and their indices (ImageNet's, or a trained model's).
+    #[command(after_help = "Example: whisker classes cat")]
     Classes(models::ClassesArgs),
     /// Fetch, import and list pretrained weights.
+    #[command(
+        after_help = "Examples:\n  whisker weights fetch efficientnet_lite0\n  whisker weights fetch resnet50 --from resnet50-0676ba61.pth\n  whisker weights list"
+    )]
     Weights {
         #[command(subcommand)]
         cmd: weights::Cmd,
     },
     /// Classify images with an ImageNet backbone.
+    #[command(
+        after_help = "Examples:\n  whisker classify photo.jpg\n  whisker classify -b resnet50 --top 3 --json ~/Pictures --csv out.csv"
+    )]
     Classify(classify::Args),
     /// Obtain datasets.
+    #[command(
+        after_help = "Examples:\n  whisker data digits digits/\n  whisker data download oxford-pets pets/"
+    )]
     Data {
         #[command(subcommand)]
         cmd: data::Cmd,
     },
-    /// Train a classifier on a dataset (features from a frozen backbone).
+    /// Train a classifier on a dataset: a linear probe or an MLP head on a frozen backbone's
+    /// features, or fine-tune the backbone too.
+    #[command(
+        after_help = "Examples:\n  whisker train digits/ --out run\n  whisker train pets/ --mode head --epochs 30 --out run-head\n  whisker train pets/ --mode finetune --unfreeze 3 --epochs 2 --out run-ft\n  whisker train pets/ --mode finetune --unfreeze 3 --epochs 2 --out run-ft --resume"
+    )]
     Train(train::TrainArgs),
     /// Evaluate a trained model on a dataset split.
+    #[command(after_help = "Example: whisker eval run digits/ --split test")]
     Eval(eval::EvalArgs),
     /// Predict with a trained model.
+    #[command(after_help = "Example: whisker predict run photo.jpg --tta")]
     Predict(predict::PredictArgs),
     /// Learning-rate range test for `train --mode head`.
+    #[command(after_help = "Example: whisker lr-find digits/ --out .")]
     LrFind(predict::LrFindArgs),
     /// Picture of one layer's channel activations.
+    #[command(
+        after_help = "Examples:\n  whisker featuremap photo.jpg --out maps.png\n  whisker featuremap --list-layers -b resnet50"
+    )]
     Featuremap(inspect::FeatureMapArgs),
     /// Robust accuracy of a trained model against a range of attack budgets.
+    #[command(
+        after_help = "Example: whisker robustness run digits/ --eps 0,1/255,2/255,4/255 --limit 100"
+    )]
     Robustness(inspect::RobustnessArgs),
     /// "Ideal class" image by gradient ascent on the input.
+    #[command(after_help = "Example: whisker dream --class zebra --out zebra.png")]
     Dream(inspect::DreamArgs),
     /// Adversarial example within an epsilon ball in pixel space (through the preprocessing).
+    #[command(
+        after_help = "Example: whisker attack dog.jpg --target tabby --eps 4/255 --out cat.png --side-by-side both.png"
+    )]
     Attack(inspect::AttackArgs),
 }
 

@@ -27,6 +27,7 @@ pub enum Cmd {
     },
     /// Show the cached weights.
     List {
+        /// One JSON document on stdout.
         #[arg(long)]
         json: bool,
     },

@@ -213,3 +213,80 @@ fn lr_find_and_dream_commands() {
         .unwrap());
     assert!(e.contains("image size 64") && e.contains("224"), "{e}");
 }
+
+/// Every option and argument of every command says what it is, and every command shows an
+/// example.
+#[test]
+fn every_option_has_help_and_every_command_an_example() {
+    let home = tempfile::tempdir().unwrap();
+    let commands: &[&[&str]] = &[
+        &["models"],
+        &["classes"],
+        &["weights", "fetch"],
+        &["weights", "list"],
+        &["classify"],
+        &["data", "download"],
+        &["data", "digits"],
+        &["train"],
+        &["eval"],
+        &["predict"],
+        &["lr-find"],
+        &["featuremap"],
+        &["robustness"],
+        &["dream"],
+        &["attack"],
+    ];
+    let mut missing = Vec::new();
+    for cmd in commands {
+        let o = whisker(home.path())
+            .args(*cmd)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{cmd:?}");
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        let mut in_list = false;
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if *line == "Options:" || *line == "Arguments:" {
+                in_list = true;
+                continue;
+            }
+            if line.is_empty() {
+                in_list = false;
+                continue;
+            }
+            let t = line.trim_start();
+            let flag = t.starts_with('-') || t.starts_with('<') || t.starts_with('[');
+            if in_list && line.starts_with("  ") && flag {
+                // the flag, then its description: on the same line after two spaces, or (long
+                // help) on the next, more indented line
+                let same_line = t.find("  ").is_some_and(|k| !t[k..].trim().is_empty());
+                let next_line = lines.get(i + 1).is_some_and(|n| {
+                    let nt = n.trim_start();
+                    n.len() - nt.len() > line.len() - t.len()
+                        && !nt.is_empty()
+                        && !nt.starts_with('-')
+                });
+                if !same_line && !next_line {
+                    missing.push(format!("{cmd:?}: {t}"));
+                }
+            }
+        }
+        if cmd.len() == 1 || cmd[0] == "weights" || cmd[0] == "data" {
+            let parent = if cmd.len() == 2 { &cmd[..1] } else { &cmd[..] };
+            let o = whisker(home.path())
+                .args(parent)
+                .arg("--help")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&o.stdout).to_string();
+            assert!(text.contains("Example"), "{parent:?} shows no example");
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "options without help:\n{}",
+        missing.join("\n")
+    );
+}

@@ -10,6 +10,7 @@ use super::load_model;
 
 #[derive(clap::Args)]
 pub struct AttackArgs {
+    /// The photo to perturb (any size; the model sees it through its preprocessing).
     image: PathBuf,
     /// Target class (index or ImageNet label, e.g. "tiger cat").
     #[arg(long, conflicts_with = "untargeted")]
@@ -17,8 +18,10 @@ pub struct AttackArgs {
     /// Make the model leave its current answer.
     #[arg(long)]
     untargeted: bool,
+    /// Attack: FGSM (one step), BIM, PGD, or Carlini–Wagner L2 (minimal norm).
     #[arg(long, default_value = "pgd", value_parser = ["fgsm", "bim", "pgd", "cw"])]
     method: String,
+    /// Norm of the budget: L∞ (every pixel within eps) or L2.
     #[arg(long, default_value = "linf", value_parser = ["linf", "l2"])]
     norm: String,
     /// Carlini–Wagner's constant c (with --method cw; its learning rate is --alpha, default 0.01).
@@ -30,8 +33,10 @@ pub struct AttackArgs {
     /// Step size (default: eps/4 for L∞, eps/5 for L2).
     #[arg(long, value_parser = crate::args::positive)]
     alpha: Option<f64>,
+    /// Iterations (BIM, PGD, C&W).
     #[arg(long, default_value_t = 40, value_parser = crate::args::count)]
     steps: usize,
+    /// PGD: start from a random point of the epsilon ball.
     #[arg(long)]
     random_start: bool,
     /// Targeted: keep going until the target's probability reaches this.
@@ -40,10 +45,13 @@ pub struct AttackArgs {
     /// Also write original | perturbation | adversarial side by side, labelled.
     #[arg(long)]
     side_by_side: Option<PathBuf>,
+    /// Seed of the random start.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Backbone (see `whisker models`).
     #[arg(long, short, default_value = "efficientnet_lite0")]
     backbone: String,
+    /// Backbone weights file (default: the cache).
     #[arg(long, short)]
     weights: Option<PathBuf>,
     /// A trained whisker model (run directory or model.safetensors) instead of a zoo backbone.
@@ -55,6 +63,7 @@ pub struct AttackArgs {
     /// Also write the perturbation, amplified ×10 around grey.
     #[arg(long)]
     diff: Option<PathBuf>,
+    /// One JSON document on stdout.
     #[arg(long)]
     json: bool,
 }

@@ -12,12 +12,16 @@ pub struct DreamArgs {
     /// Class index or ImageNet label ("tabby", "zebra").
     #[arg(long)]
     class: String,
+    /// Backbone (see `whisker models`).
     #[arg(long, short, default_value = "efficientnet_lite0")]
     backbone: String,
+    /// Backbone weights file (default: the cache).
     #[arg(long, short)]
     weights: Option<PathBuf>,
+    /// Gradient-ascent steps.
     #[arg(long, default_value_t = 300, value_parser = crate::args::count)]
     steps: usize,
+    /// Adam learning rate of the image parameters.
     #[arg(long, default_value_t = 0.05, value_parser = crate::args::positive)]
     lr: f64,
     /// Weight of the total-variation penalty.
@@ -42,13 +46,16 @@ pub struct DreamArgs {
     /// size, 256 for 224 inputs).
     #[arg(long, value_parser = crate::args::image_side)]
     size: Option<usize>,
+    /// Seed of the starting image and the random views.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// A trained whisker model (run directory or model.safetensors) instead of a zoo backbone.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// The picture (PNG).
     #[arg(long)]
     out: PathBuf,
+    /// One JSON document on stdout.
     #[arg(long)]
     json: bool,
 }

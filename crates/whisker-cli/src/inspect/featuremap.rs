@@ -9,10 +9,13 @@ use super::load_model;
 
 #[derive(clap::Args)]
 pub struct FeatureMapArgs {
+    /// The photo whose activations are shown.
     #[arg(required_unless_present = "list_layers")]
     image: Option<PathBuf>,
+    /// Backbone (see `whisker models`).
     #[arg(long, short, default_value = "efficientnet_lite0")]
     backbone: String,
+    /// Backbone weights file (default: the cache).
     #[arg(long, short)]
     weights: Option<PathBuf>,
     /// Layer to show (default: a mid-level one); see --list-layers.
@@ -27,6 +30,7 @@ pub struct FeatureMapArgs {
     /// A trained whisker model (its backbone, fine-tuned or not) instead of a zoo backbone.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// The picture (PNG).
     #[arg(long, required_unless_present = "list_layers")]
     out: Option<PathBuf>,
 }

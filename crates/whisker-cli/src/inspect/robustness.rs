@@ -18,22 +18,28 @@ pub struct RobustnessArgs {
     /// Comma-separated budgets in [0,1] pixel units (fractions like 4/255 accepted).
     #[arg(long, default_value = "0,1/255,2/255,4/255,8/255", value_parser = crate::args::epsilons)]
     eps: std::vec::Vec<f64>,
+    /// Attack used at every budget.
     #[arg(long, default_value = "pgd", value_parser = ["fgsm", "bim", "pgd"])]
     method: String,
+    /// Norm of the budgets.
     #[arg(long, default_value = "linf", value_parser = ["linf", "l2"])]
     norm: String,
+    /// Attack iterations per image and budget.
     #[arg(long, default_value_t = 10, value_parser = crate::args::count)]
     steps: usize,
     /// At most this many images of the split.
     #[arg(long, value_parser = crate::args::count)]
     limit: Option<usize>,
+    /// Which images of a trained model's run: its test or validation split, or all.
     #[arg(long, default_value = "test", value_parser = ["test", "val", "all"])]
     split: String,
     /// Plot of accuracy against epsilon (default: RUN_DIR/robustness.png).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Seed of the attacks' random starts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// One JSON document on stdout.
     #[arg(long)]
     json: bool,
 }
