@@ -261,12 +261,22 @@ fn every_option_has_help_and_every_command_an_example() {
             if in_list && line.starts_with("  ") && flag {
                 // the flag, then its description: on the same line after two spaces, or (long
                 // help) on the next, more indented line
-                let same_line = t.find("  ").is_some_and(|k| !t[k..].trim().is_empty());
+                let words = |x: &str| -> bool {
+                    // text other than clap's own "[default: …]" / "[possible values: …]"
+                    let mut depth = 0;
+                    x.chars().any(|c| {
+                        match c {
+                            '[' => depth += 1,
+                            ']' => depth -= 1,
+                            _ => {}
+                        }
+                        depth == 0 && c.is_alphanumeric()
+                    })
+                };
+                let same_line = t.find("  ").is_some_and(|k| words(&t[k..]));
                 let next_line = lines.get(i + 1).is_some_and(|n| {
                     let nt = n.trim_start();
-                    n.len() - nt.len() > line.len() - t.len()
-                        && !nt.is_empty()
-                        && !nt.starts_with('-')
+                    n.len() - nt.len() > line.len() - t.len() && words(nt) && !nt.starts_with('-')
                 });
                 if !same_line && !next_line {
                     missing.push(format!("{cmd:?}: {t}"));
