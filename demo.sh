@@ -29,6 +29,6 @@ RUN="${WHISKER_DEMO_DIR:-$PWD/target/demo}/run-digits"
 $W train "$DIGITS" --backbone efficientnet_lite0 --force --out "$RUN"
 echo
 echo "== evaluate on the held-out test split" >&2
-$W eval "$RUN" "$DIGITS" | head -4
+$W eval "$RUN" "$DIGITS"
 echo "== predict" >&2
 $W predict "$RUN" "$DIGITS"/3/0003.png "$DIGITS"/8/0008.png --top 3

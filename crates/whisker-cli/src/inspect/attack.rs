@@ -33,9 +33,9 @@ pub struct AttackArgs {
     /// Step size (default: eps/4 for L∞, eps/5 for L2).
     #[arg(long, value_parser = crate::args::positive)]
     alpha: Option<f64>,
-    /// Iterations (BIM, PGD, C&W).
-    #[arg(long, default_value_t = 40, value_parser = crate::args::count)]
-    steps: usize,
+    /// Iterations (BIM, PGD, C&W) [default: 40; 100 for C&W].
+    #[arg(long, value_parser = crate::args::count)]
+    steps: Option<usize>,
     /// PGD: start from a random point of the epsilon ball.
     #[arg(long)]
     random_start: bool,
@@ -101,7 +101,9 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
         norm,
         eps,
         alpha,
-        steps: a.steps,
+        steps: a
+            .steps
+            .unwrap_or(if method == Method::Cw { 100 } else { 40 }),
         random_start: a.random_start,
         target,
         seed: a.seed,
