@@ -61,79 +61,14 @@ fn defect1_ties_count_as_wrong_and_nan_logits_are_an_error() {
 
 // ---------------------------------------------------------------- 2. decompression bombs
 
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut c = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        c ^= b as u32;
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0xEDB8_8320
-            } else {
-                c >> 1
-            };
-        }
-    }
-    !c
-}
-
-fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend((data.len() as u32).to_be_bytes());
-    let mut body = kind.to_vec();
-    body.extend_from_slice(data);
-    out.extend(&body);
-    out.extend(crc32(&body).to_be_bytes());
-}
-
-/// Small files that declare huge images, as an attacker would write them.
+/// Small files that declare huge images, as an attacker would write them
+/// (`tests/fixtures/bombs`).
 pub fn bombs() -> Vec<(&'static str, Vec<u8>)> {
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend(60000u32.to_be_bytes());
-    ihdr.extend(60000u32.to_be_bytes());
-    ihdr.extend([8, 2, 0, 0, 0]);
-    png_chunk(&mut png, b"IHDR", &ihdr);
-    png_chunk(
-        &mut png,
-        b"IDAT",
-        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
-    );
-    png_chunk(&mut png, b"IEND", &[]);
-
-    let mut jpeg = vec![0xFF, 0xD8];
-    // SOF0: 8-bit, 60000 × 60000, 3 components
-    jpeg.extend([0xFF, 0xC0, 0x00, 0x11, 0x08]);
-    jpeg.extend(60000u16.to_be_bytes());
-    jpeg.extend(60000u16.to_be_bytes());
-    jpeg.extend([3, 1, 0x11, 0, 2, 0x11, 0, 3, 0x11, 0]);
-    jpeg.extend([0xFF, 0xDA, 0x00, 0x0C, 3, 1, 0, 2, 0, 3, 0, 0, 63, 0]);
-    jpeg.extend([0x00, 0xFF, 0xD9]);
-
-    let mut gif = b"GIF89a".to_vec();
-    gif.extend(0xFFFFu16.to_le_bytes());
-    gif.extend(0xFFFFu16.to_le_bytes());
-    gif.extend([0x00, 0, 0]);
-    gif.extend([0x2C, 0, 0, 0, 0]);
-    gif.extend(0xFFFFu16.to_le_bytes());
-    gif.extend(0xFFFFu16.to_le_bytes());
-    gif.extend([0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3B]);
-
-    let mut bmp = b"BM".to_vec();
-    bmp.extend(70u32.to_le_bytes());
-    bmp.extend(0u32.to_le_bytes());
-    bmp.extend(54u32.to_le_bytes());
-    bmp.extend(40u32.to_le_bytes());
-    bmp.extend(60000i32.to_le_bytes());
-    bmp.extend(60000i32.to_le_bytes());
-    bmp.extend(1u16.to_le_bytes());
-    bmp.extend(24u16.to_le_bytes());
-    bmp.extend([0u8; 24]);
-    bmp.extend([0u8; 16]);
-    vec![
-        ("bomb.png", png),
-        ("bomb.jpg", jpeg),
-        ("bomb.gif", gif),
-        ("bomb.bmp", bmp),
-    ]
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bombs");
+    ["bomb.png", "bomb.jpg", "bomb.gif", "bomb.bmp"]
+        .into_iter()
+        .map(|n| (n, std::fs::read(dir.join(n)).unwrap()))
+        .collect()
 }
 
 #[test]
