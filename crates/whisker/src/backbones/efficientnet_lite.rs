@@ -8,9 +8,8 @@
 use burn::module::Module;
 use burn::tensor::Tensor;
 
-use super::layers::{
-    fold_bn, global_avg_pool, Act, BatchNorm, Conv2d, ConvBnAct, ConvSpec, Linear, Padding, Taps,
-};
+use super::inverted_residual::{fold_network, network_batchnorms, InvertedResidual};
+use super::layers::{global_avg_pool, Act, BatchNorm, ConvBnAct, ConvSpec, Linear, Padding, Taps};
 use crate::error::Result;
 use crate::weights::Loader;
 
@@ -95,79 +94,58 @@ pub fn blocks(variant: usize) -> crate::Result<Vec<BlockCfg>> {
     Ok(out)
 }
 
-#[derive(Module, Debug)]
-pub struct MbConv {
-    pub expand: Option<ConvBnAct>,
-    pub depthwise: ConvBnAct,
-    pub project: Conv2d,
-    pub bn2: BatchNorm,
-    pub residual: bool,
-}
-
-impl MbConv {
-    fn load(l: &mut Loader, p: &str, b: BlockCfg) -> Result<Self> {
-        let BlockCfg {
-            expand: e,
-            kernel: k,
-            stride: s,
-            cin,
-            cout,
-        } = b;
-        let mid = cin * e;
-        let expand = if e != 1 {
-            Some(ConvBnAct::load(
-                l,
-                &format!("{p}._expand_conv"),
-                &format!("{p}._bn0"),
-                ConvSpec::new(cin, mid, 1, 1).padding(Padding::Symmetric(0)),
-                EPS,
-                Act::Relu6,
-            )?)
-        } else {
-            None
-        };
-        let depthwise = ConvBnAct::load(
+/// A block with lukemelas' EfficientNet key names (`_blocks.N._expand_conv`, `._bn0`…).
+fn load_block(l: &mut Loader, p: &str, b: BlockCfg) -> Result<InvertedResidual> {
+    let BlockCfg {
+        expand: e,
+        kernel: k,
+        stride: s,
+        cin,
+        cout,
+    } = b;
+    let mid = cin * e;
+    let expand = if e != 1 {
+        Some(ConvBnAct::load(
             l,
-            &format!("{p}._depthwise_conv"),
-            &format!("{p}._bn1"),
-            ConvSpec::new(mid, mid, k, s)
-                .groups(mid)
-                .padding(Padding::TfSame),
+            &format!("{p}._expand_conv"),
+            &format!("{p}._bn0"),
+            ConvSpec::new(cin, mid, 1, 1).padding(Padding::Symmetric(0)),
             EPS,
             Act::Relu6,
-        )?;
-        Ok(MbConv {
-            expand,
-            depthwise,
-            project: Conv2d::load(
-                l,
-                &format!("{p}._project_conv"),
-                ConvSpec::new(mid, cout, 1, 1),
-            )?,
-            bn2: BatchNorm::load(l, &format!("{p}._bn2"), cout, EPS)?,
-            residual: s == 1 && cin == cout,
-        })
-    }
-
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut y = x.clone();
-        if let Some(e) = &self.expand {
-            y = e.forward(y);
-        }
-        y = self.depthwise.forward(y);
-        y = self.bn2.forward(self.project.forward(y));
-        if self.residual {
-            y + x
-        } else {
-            y
-        }
-    }
+        )?)
+    } else {
+        None
+    };
+    let depthwise = ConvBnAct::load(
+        l,
+        &format!("{p}._depthwise_conv"),
+        &format!("{p}._bn1"),
+        ConvSpec::new(mid, mid, k, s)
+            .groups(mid)
+            .padding(Padding::TfSame),
+        EPS,
+        Act::Relu6,
+    )?;
+    Ok(InvertedResidual {
+        expand,
+        depthwise,
+        se: None,
+        project: ConvBnAct::load(
+            l,
+            &format!("{p}._project_conv"),
+            &format!("{p}._bn2"),
+            ConvSpec::new(mid, cout, 1, 1),
+            EPS,
+            Act::None,
+        )?,
+        residual: s == 1 && cin == cout,
+    })
 }
 
 #[derive(Module, Debug)]
 pub struct EfficientNetLite {
     pub stem: ConvBnAct,
-    pub blocks: Vec<MbConv>,
+    pub blocks: Vec<InvertedResidual>,
     pub head: ConvBnAct,
     pub fc: Linear,
 }
@@ -186,7 +164,7 @@ impl EfficientNetLite {
         let mut bl = Vec::new();
         for (i, b) in specs.iter().enumerate() {
             l.begin_unit(&format!("_blocks.{i}"));
-            bl.push(MbConv::load(l, &format!("_blocks.{i}"), *b)?);
+            bl.push(load_block(l, &format!("_blocks.{i}"), *b)?);
         }
         let last = specs.last().map(|b| b.cout).unwrap_or(320);
         l.begin_unit("head");
@@ -228,29 +206,12 @@ impl EfficientNetLite {
 
     /// Every BatchNorm, in network order.
     pub fn batchnorms(&mut self) -> Vec<&mut BatchNorm> {
-        let mut v = vec![&mut self.stem.bn];
-        for b in self.blocks.iter_mut() {
-            if let Some(e) = &mut b.expand {
-                v.push(&mut e.bn);
-            }
-            v.push(&mut b.depthwise.bn);
-            v.push(&mut b.bn2);
-        }
-        v.push(&mut self.head.bn);
-        v
+        network_batchnorms(&mut self.stem, &mut self.blocks, &mut self.head)
     }
 
     /// Fold every BatchNorm into its convolution (inference only).
     pub fn fold_bn(&mut self) {
-        self.stem.fold();
-        self.head.fold();
-        for b in self.blocks.iter_mut() {
-            if let Some(e) = &mut b.expand {
-                e.fold();
-            }
-            b.depthwise.fold();
-            fold_bn(&mut b.project, &mut b.bn2);
-        }
+        fold_network(&mut self.stem, &mut self.blocks, &mut self.head);
     }
 }
 

@@ -4,9 +4,8 @@
 use burn::module::Module;
 use burn::tensor::Tensor;
 
-use super::layers::{
-    fold_bn, global_avg_pool, Act, BatchNorm, Conv2d, ConvBnAct, ConvSpec, Linear, Taps,
-};
+use super::inverted_residual::{fold_network, network_batchnorms, InvertedResidual};
+use super::layers::{global_avg_pool, Act, BatchNorm, ConvBnAct, ConvSpec, Linear, Taps};
 use crate::error::Result;
 use crate::weights::Loader;
 
@@ -22,74 +21,52 @@ const SETTINGS: [(usize, usize, usize, usize); 7] = [
     (6, 320, 1, 1),
 ];
 
-#[derive(Module, Debug)]
-pub struct InvertedResidual {
-    pub expand: Option<ConvBnAct>,
-    pub depthwise: ConvBnAct,
-    pub project: Conv2d,
-    pub project_bn: BatchNorm,
-    pub residual: bool,
-}
-
-impl InvertedResidual {
-    fn load(
-        l: &mut Loader,
-        p: &str,
-        cin: usize,
-        cout: usize,
-        stride: usize,
-        t: usize,
-    ) -> Result<Self> {
-        let mid = cin * t;
-        let (expand, base) = if t != 1 {
-            let e = ConvBnAct::load(
-                l,
-                &format!("{p}.conv.0.0"),
-                &format!("{p}.conv.0.1"),
-                ConvSpec::new(cin, mid, 1, 1),
-                EPS,
-                Act::Relu6,
-            )?;
-            (Some(e), 1)
-        } else {
-            (None, 0)
-        };
-        let depthwise = ConvBnAct::load(
+/// A block with torchvision's MobileNetV2 key names (`features.N.conv.*`).
+fn load_block(
+    l: &mut Loader,
+    p: &str,
+    cin: usize,
+    cout: usize,
+    stride: usize,
+    t: usize,
+) -> Result<InvertedResidual> {
+    let mid = cin * t;
+    let (expand, base) = if t != 1 {
+        let e = ConvBnAct::load(
             l,
-            &format!("{p}.conv.{base}.0"),
-            &format!("{p}.conv.{base}.1"),
-            ConvSpec::new(mid, mid, 3, stride).groups(mid),
+            &format!("{p}.conv.0.0"),
+            &format!("{p}.conv.0.1"),
+            ConvSpec::new(cin, mid, 1, 1),
             EPS,
             Act::Relu6,
         )?;
-        let project = Conv2d::load(
-            l,
-            &format!("{p}.conv.{}", base + 1),
-            ConvSpec::new(mid, cout, 1, 1),
-        )?;
-        let project_bn = BatchNorm::load(l, &format!("{p}.conv.{}", base + 2), cout, EPS)?;
-        Ok(InvertedResidual {
-            expand,
-            depthwise,
-            project,
-            project_bn,
-            residual: stride == 1 && cin == cout,
-        })
-    }
-
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut y = x.clone();
-        if let Some(e) = &self.expand {
-            y = e.forward(y);
-        }
-        y = self.depthwise.forward(y);
-        y = self.project_bn.forward(self.project.forward(y));
-        if self.residual {
-            y + x
-        } else {
-            y
-        }
-    }
+        (Some(e), 1)
+    } else {
+        (None, 0)
+    };
+    let depthwise = ConvBnAct::load(
+        l,
+        &format!("{p}.conv.{base}.0"),
+        &format!("{p}.conv.{base}.1"),
+        ConvSpec::new(mid, mid, 3, stride).groups(mid),
+        EPS,
+        Act::Relu6,
+    )?;
+    let project = ConvBnAct::load(
+        l,
+        &format!("{p}.conv.{}", base + 1),
+        &format!("{p}.conv.{}", base + 2),
+        ConvSpec::new(mid, cout, 1, 1),
+        EPS,
+        Act::None,
+    )?;
+    Ok(InvertedResidual {
+        expand,
+        depthwise,
+        se: None,
+        project,
+        residual: stride == 1 && cin == cout,
+    })
 }
 
 #[derive(Module, Debug)]
@@ -117,7 +94,7 @@ impl MobileNetV2 {
             for i in 0..n {
                 let stride = if i == 0 { s } else { 1 };
                 l.begin_unit(&format!("features.{idx}"));
-                blocks.push(InvertedResidual::load(
+                blocks.push(load_block(
                     l,
                     &format!("features.{idx}"),
                     cin,
@@ -170,28 +147,11 @@ impl MobileNetV2 {
 
     /// Every BatchNorm, in network order.
     pub fn batchnorms(&mut self) -> Vec<&mut BatchNorm> {
-        let mut v = vec![&mut self.stem.bn];
-        for b in self.blocks.iter_mut() {
-            if let Some(e) = &mut b.expand {
-                v.push(&mut e.bn);
-            }
-            v.push(&mut b.depthwise.bn);
-            v.push(&mut b.project_bn);
-        }
-        v.push(&mut self.head.bn);
-        v
+        network_batchnorms(&mut self.stem, &mut self.blocks, &mut self.head)
     }
 
     /// Fold every BatchNorm into its convolution (inference only).
     pub fn fold_bn(&mut self) {
-        self.stem.fold();
-        self.head.fold();
-        for b in self.blocks.iter_mut() {
-            if let Some(e) = &mut b.expand {
-                e.fold();
-            }
-            b.depthwise.fold();
-            fold_bn(&mut b.project, &mut b.project_bn);
-        }
+        fold_network(&mut self.stem, &mut self.blocks, &mut self.head);
     }
 }

@@ -2,6 +2,7 @@
 //! names. One file per family; [`Backbone`] is the common face.
 
 pub mod efficientnet_lite;
+pub mod inverted_residual;
 pub mod layers;
 pub mod mobilenet_v2;
 pub mod mobilenet_v3;
