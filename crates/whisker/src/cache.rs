@@ -158,10 +158,12 @@ impl Cache {
                     .find(|c| c.file == dest)
                     .map(|c| format!(", from {}", c.source))
                     .unwrap_or_default();
-                return Err(Error::Invalid(format!(
-                    "{} already holds other {backbone} weights (sha256 {old}{was}); the new file (sha256 {new}) was not put in its place: remove the cached file or pass --force to replace it",
-                    dest.display()
-                )));
+                return Err(Error::Conflict {
+                    reason: format!(
+                        "already holds other {backbone} weights (sha256 {old}{was}); the new file (sha256 {new}) was not put in its place: remove the cached file or pass --force to replace it"
+                    ),
+                    path: dest,
+                });
             }
         }
         fs::rename(candidate, &dest).map_err(|e| Error::io(&dest, e))?;

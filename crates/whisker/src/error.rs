@@ -71,9 +71,21 @@ pub enum Error {
     /// An external command failed.
     #[error("`{command}` failed: {reason}")]
     Command { command: String, reason: String },
-    /// Invalid argument given by the caller.
+    /// A bad argument or setting given by the caller (out of range, unknown name).
     #[error("{0}")]
     Invalid(String),
+    /// A dataset that cannot be used as it is (no images, fewer than two classes, an empty
+    /// class, a malformed annotation file, an archive entry escaping its folder).
+    #[error("{}: {reason}", path.display())]
+    Dataset { path: PathBuf, reason: String },
+    /// A file whisker reads is damaged or not what it should be (besides checkpoints and
+    /// images, which have their own variants).
+    #[error("{}: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    /// The state on disk conflicts with the request: a run or cached weights already there
+    /// (`--force` replaces them), an incomplete run.
+    #[error("{}: {reason}", path.display())]
+    Conflict { path: PathBuf, reason: String },
     /// A computation produced NaN or infinity (diverged training, broken weights).
     #[error("{0}")]
     NonFinite(String),

@@ -100,10 +100,10 @@ impl RunWriter {
             Start::Fresh { force } => {
                 if has_run_files(dir) {
                     if !force {
-                        return Err(Error::Invalid(format!(
-                            "{} already holds a run: pass --force to replace it, --resume to continue it, or choose another --out",
-                            dir.display()
-                        )));
+                        return Err(Error::Conflict {
+                            path: dir.to_path_buf(),
+                            reason: "already holds a run: pass --force to replace it, --resume to continue it, or choose another --out".into(),
+                        });
                     }
                     remove_run_files(dir)?;
                 }
@@ -177,10 +177,10 @@ pub fn check_complete(dir: &Path) -> Result<()> {
             || dir.join("metrics.json").exists()
             || dir.join(LOCK).exists()
         {
-            return Err(Error::Invalid(format!(
-                "{} is an incomplete run (no {MARKER}: training was interrupted or failed, or an older whisker made it); train again with --force, or --resume",
-                dir.display()
-            )));
+            return Err(Error::Conflict {
+                path: dir.to_path_buf(),
+                reason: format!("an incomplete run (no {MARKER}: training was interrupted or failed, or an older whisker made it); train again with --force, or --resume"),
+            });
         }
         return Ok(());
     }

@@ -110,10 +110,10 @@ pub fn sniff_image(path: &Path) -> std::result::Result<(), String> {
 /// Guess the layout of `root`.
 pub fn detect(root: &Path) -> Result<Format> {
     if !root.is_dir() {
-        return Err(Error::Invalid(format!(
-            "{}: not a directory",
-            root.display()
-        )));
+        return Err(Error::Dataset {
+            path: root.to_path_buf(),
+            reason: "not a directory".into(),
+        });
     }
     if root.join("annotations/list.txt").is_file() && root.join("images").is_dir() {
         return Ok(Format::OxfordPets);
@@ -309,13 +309,13 @@ impl Dataset {
                     (Some(n), Some(c), Some(s)) if c >= 1 && (1..=2).contains(&s) => {
                         out.push((n.to_string(), c - 1, s - 1))
                     }
-                    _ => {
-                        return Err(Error::Invalid(format!(
-                            "{}:{}: expected `NAME CLASS_ID SPECIES BREED_ID`, found `{line}`",
-                            p.display(),
+                    _ => return Err(Error::Dataset {
+                        path: p.clone(),
+                        reason: format!(
+                            "line {}: expected `NAME CLASS_ID SPECIES BREED_ID`, found `{line}`",
                             i + 1
-                        )))
-                    }
+                        ),
+                    }),
                 }
             }
             Ok(out)
@@ -379,18 +379,19 @@ impl Dataset {
     /// A dataset needs images, and every class needs at least one.
     fn check(&self) -> Result<()> {
         if self.items.is_empty() {
-            return Err(Error::Invalid(format!(
-                "{}: no images found ({} file(s) skipped)",
-                self.root.display(),
-                self.skipped.len()
-            )));
+            return Err(Error::Dataset {
+                path: self.root.clone(),
+                reason: format!("no images found ({} file(s) skipped)", self.skipped.len()),
+            });
         }
         if self.classes.len() < 2 {
-            return Err(Error::Invalid(format!(
-                "{}: found {} class folder(s); a classifier needs at least 2",
-                self.root.display(),
-                self.classes.len()
-            )));
+            return Err(Error::Dataset {
+                path: self.root.clone(),
+                reason: format!(
+                    "found {} class folder(s); a classifier needs at least 2",
+                    self.classes.len()
+                ),
+            });
         }
         let counts = self.class_counts();
         let empty: Vec<&str> = self
@@ -401,11 +402,10 @@ impl Dataset {
             .map(|(n, _)| n.as_str())
             .collect();
         if !empty.is_empty() {
-            return Err(Error::Invalid(format!(
-                "{}: class(es) with no usable image: {}",
-                self.root.display(),
-                empty.join(", ")
-            )));
+            return Err(Error::Dataset {
+                path: self.root.clone(),
+                reason: format!("class(es) with no usable image: {}", empty.join(", ")),
+            });
         }
         Ok(())
     }

@@ -14,20 +14,24 @@ use crate::error::{Error, Result};
 /// 8×8 grey PNGs under `dir/<label>/` (the first `limit` of them if given). Returns the
 /// number of images.
 pub fn write_image_folder(csv_gz: &[u8], dir: &Path, limit: Option<usize>) -> Result<usize> {
+    let corrupt = |reason: String| Error::Corrupt {
+        path: "digits.csv.gz".into(),
+        reason,
+    };
     let mut text = String::new();
     flate2::read::GzDecoder::new(csv_gz)
         .read_to_string(&mut text)
-        .map_err(|e| Error::Invalid(format!("digits.csv.gz: {e}")))?;
+        .map_err(|e| corrupt(format!("not gzip text: {e}")))?;
     let mut n = 0;
     for (i, line) in text.lines().take(limit.unwrap_or(usize::MAX)).enumerate() {
         let v: Vec<f32> = line
             .split(',')
             .map(|s| s.trim().parse::<f32>())
             .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::Invalid(format!("digits.csv.gz line {}: {e}", i + 1)))?;
+            .map_err(|e| corrupt(format!("line {}: {e}", i + 1)))?;
         if v.len() != 65 {
-            return Err(Error::Invalid(format!(
-                "digits.csv.gz line {}: {} values, expected 65",
+            return Err(corrupt(format!(
+                "line {}: {} values, expected 65",
                 i + 1,
                 v.len()
             )));
@@ -41,8 +45,10 @@ pub fn write_image_folder(csv_gz: &[u8], dir: &Path, limit: Option<usize>) -> Re
         let d = dir.join(label.to_string());
         fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
         let p = d.join(format!("{i:04}.png"));
-        img.save(&p)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))?;
+        img.save(&p).map_err(|e| Error::Corrupt {
+            path: p.clone(),
+            reason: format!("cannot write the image: {e}"),
+        })?;
         n += 1;
     }
     Ok(n)
@@ -82,11 +88,16 @@ pub fn fetch(dir: &Path, limit: Option<usize>) -> Result<usize> {
             reason: "no wheel downloaded".into(),
         })?;
     let f = fs::File::open(&whl).map_err(|e| Error::io(&whl, e))?;
-    let mut z =
-        zip::ZipArchive::new(f).map_err(|e| Error::Invalid(format!("{}: {e}", whl.display())))?;
+    let mut z = zip::ZipArchive::new(f).map_err(|e| Error::Corrupt {
+        path: whl.clone(),
+        reason: format!("not a wheel (zip): {e}"),
+    })?;
     let mut m = z
         .by_name("sklearn/datasets/data/digits.csv.gz")
-        .map_err(|e| Error::Invalid(format!("{}: digits.csv.gz: {e}", whl.display())))?;
+        .map_err(|e| Error::Corrupt {
+            path: whl.clone(),
+            reason: format!("no digits.csv.gz: {e}"),
+        })?;
     let mut bytes = Vec::new();
     m.read_to_end(&mut bytes).map_err(|e| Error::io(&whl, e))?;
     write_image_folder(&bytes, dir, limit)

@@ -115,22 +115,23 @@ fn safe_relative(p: &Path) -> Option<PathBuf> {
 /// (absolute paths, `..`) and links are refused with an error naming them.
 pub fn extract_archive(archive: &Path, dest: &Path) -> Result<usize> {
     fs::create_dir_all(dest).map_err(|e| Error::io(dest, e))?;
-    let bad = |entry: &str| {
-        Error::Invalid(format!(
-            "{}: entry `{entry}` would escape the target directory",
-            archive.display()
-        ))
+    let bad = |entry: &str| Error::Dataset {
+        path: archive.to_path_buf(),
+        reason: format!("entry `{entry}` would escape the target directory"),
     };
     let mut n = 0;
     let name = archive.to_string_lossy().to_lowercase();
     if name.ends_with(".zip") {
         let f = File::open(archive).map_err(|e| Error::io(archive, e))?;
-        let mut z = zip::ZipArchive::new(f)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", archive.display())))?;
+        let mut z = zip::ZipArchive::new(f).map_err(|e| Error::Corrupt {
+            path: archive.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         for i in 0..z.len() {
-            let mut e = z
-                .by_index(i)
-                .map_err(|e| Error::Invalid(format!("{}: {e}", archive.display())))?;
+            let mut e = z.by_index(i).map_err(|e| Error::Corrupt {
+                path: archive.to_path_buf(),
+                reason: e.to_string(),
+            })?;
             let raw = e.name().to_string();
             let rel = safe_relative(Path::new(&raw)).ok_or_else(|| bad(&raw))?;
             let out = dest.join(rel);

@@ -224,7 +224,7 @@ fn extract_impl(
                 let v: Vec<f32> = f
                     .into_data()
                     .try_into_vec_as::<f32>()
-                    .map_err(|e| Error::Invalid(format!("reading features: {e:?}")))?;
+                    .map_err(|e| Error::Internal(format!("reading features: {e:?}")))?;
                 for (j, &i) in ok_idx.iter().enumerate() {
                     let row = &v[j * dim..(j + 1) * dim];
                     features[i * dim..(i + 1) * dim].copy_from_slice(row);

@@ -43,7 +43,7 @@ pub fn activations(
     let v = t
         .into_data()
         .try_into_vec_as::<f32>()
-        .map_err(|e| Error::Invalid(format!("{e:?}")))?;
+        .map_err(|e| Error::Internal(format!("{e:?}")))?;
     Ok((c, h, w, v))
 }
 

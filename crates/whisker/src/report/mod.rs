@@ -22,7 +22,7 @@ fn fonts() {
 }
 
 fn plot_err<E: std::fmt::Debug>(e: E) -> Error {
-    Error::Invalid(format!("drawing: {e:?}"))
+    Error::Internal(format!("drawing: {e:?}"))
 }
 
 /// Encode an RGB buffer as PNG and write it atomically.
@@ -32,7 +32,7 @@ pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
         &mut std::io::Cursor::new(&mut bytes),
         image::ImageFormat::Png,
     )
-    .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    .map_err(|e| Error::Internal(format!("{}: PNG encoding: {e}", path.display())))?;
     crate::io::write_atomic(path, &bytes)
 }
 
@@ -49,7 +49,7 @@ fn render(
         draw(root.clone())?;
         root.present().map_err(plot_err)?;
     }
-    RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::Invalid("drawing buffer".into()))
+    RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::Internal("drawing buffer".into()))
 }
 
 /// The points whose coordinates are both finite.

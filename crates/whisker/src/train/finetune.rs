@@ -515,11 +515,17 @@ impl FineTuner {
         let hw = sd
             .tensors
             .remove("head.weight")
-            .ok_or_else(|| Error::Invalid("checkpoint lacks head.weight".into()))?;
+            .ok_or_else(|| Error::NotACheckpoint {
+                path: wp.clone(),
+                reason: "it lacks head.weight".into(),
+            })?;
         let hb = sd
             .tensors
             .remove("head.bias")
-            .ok_or_else(|| Error::Invalid("checkpoint lacks head.bias".into()))?;
+            .ok_or_else(|| Error::NotACheckpoint {
+                path: wp.clone(),
+                reason: "it lacks head.bias".into(),
+            })?;
         let backbone = Backbone::from_state_dict(backbone_name, sd, device)?;
         let mut t = FineTuner::new(backbone, meta.classes, &meta.config)?;
         let name = backbone_name;
@@ -549,7 +555,10 @@ impl FineTuner {
             let fresh = std::mem::replace(opt, adamw(&meta.config));
             *opt = fresh
                 .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-                .map_err(|e| Error::Invalid(format!("{}: {e:?}", p.display())))?;
+                .map_err(|e| Error::NotACheckpoint {
+                    path: p.clone(),
+                    reason: format!("optimizer state: {e:?}"),
+                })?;
         }
         t.epoch = meta.epoch;
         t.step = meta.step;

@@ -454,7 +454,7 @@ impl HeadState {
         };
         let md = std::collections::HashMap::from([(
             "whisker_head_state".to_string(),
-            serde_json::to_string(&meta).map_err(|e| crate::Error::Invalid(e.to_string()))?,
+            serde_json::to_string(&meta).map_err(|e| crate::Error::Internal(e.to_string()))?,
         )]);
         let bytes = crate::weights::serialize_f32(&t, Some(md))?;
         crate::io::write_atomic(path, &bytes)

@@ -127,7 +127,7 @@ impl TrainedModel {
         let mut md = HashMap::new();
         md.insert(
             "whisker".to_string(),
-            serde_json::to_string(&self.meta).map_err(|e| Error::Invalid(e.to_string()))?,
+            serde_json::to_string(&self.meta).map_err(|e| Error::Internal(e.to_string()))?,
         );
         let bytes = crate::weights::serialize_f32(&tensors, Some(md))?;
         crate::io::write_atomic(path, &bytes)
