@@ -484,7 +484,18 @@ impl Learner {
                 &out.join("history.csv"),
                 crate::run::history_csv(&fitted.history).as_bytes(),
             )?;
-            crate::report::training_curves(&fitted.history, &out.join("curves.png"))?;
+            let marks = crate::report::CurveMarks {
+                unfreeze: (cfg.mode == Mode::Finetune
+                    && cfg.freeze_epochs > 0
+                    && fitted.history.len() > cfg.freeze_epochs)
+                    .then_some(cfg.freeze_epochs + 1),
+                // the head keeps its best epoch; fine-tuning keeps the last
+                best: match cfg.mode {
+                    Mode::Finetune => fitted.history.last().map(|s| s.epoch),
+                    _ => crate::report::CurveMarks::best_of(&fitted.history),
+                },
+            };
+            crate::report::training_curves(&fitted.history, &marks, &out.join("curves.png"))?;
         }
         if let Some(m) = &test_metrics {
             crate::report::confusion_matrix(m, &out.join("confusion.png"))?;

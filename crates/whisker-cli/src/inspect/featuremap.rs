@@ -52,7 +52,20 @@ pub fn featuremap(a: FeatureMapArgs) -> Result<i32> {
     let image = a.image.clone().unwrap_or_default();
     let crop = b.preprocess().load(&image)?;
     let acts = featuremap::activations(b, &crop, &layer)?;
-    let img = featuremap::render(&crop, &acts, a.channels, 96);
+    let (base, tiles) = featuremap::render(&crop, &acts, a.channels, 96);
+    let img = whisker::report::featuremap_figure(
+        &base,
+        &tiles,
+        &format!(
+            "{} · layer {} · {} most active of {} channels ({}×{})",
+            b.spec.name,
+            layer,
+            tiles.len(),
+            acts.0,
+            acts.1,
+            acts.2
+        ),
+    )?;
     let out = a.out.clone().unwrap_or_default();
     whisker::report::save_png(&img, &out)?;
     println!(

@@ -309,13 +309,15 @@ impl Dataset {
                     (Some(n), Some(c), Some(s)) if c >= 1 && (1..=2).contains(&s) => {
                         out.push((n.to_string(), c - 1, s - 1))
                     }
-                    _ => return Err(Error::Dataset {
-                        path: p.clone(),
-                        reason: format!(
+                    _ => {
+                        return Err(Error::Dataset {
+                            path: p.clone(),
+                            reason: format!(
                             "line {}: expected `NAME CLASS_ID SPECIES BREED_ID`, found `{line}`",
                             i + 1
                         ),
-                    }),
+                        })
+                    }
                 }
             }
             Ok(out)

@@ -47,34 +47,23 @@ pub fn activations(
     Ok((c, h, w, v))
 }
 
-/// A colour map from dark blue through green to yellow (viridis-like), `t` in [0, 1].
-pub fn colormap(t: f32) -> Rgb<u8> {
-    const STOPS: [(f32, [f32; 3]); 5] = [
-        (0.0, [68.0, 1.0, 84.0]),
-        (0.25, [59.0, 82.0, 139.0]),
-        (0.5, [33.0, 145.0, 140.0]),
-        (0.75, [94.0, 201.0, 98.0]),
-        (1.0, [253.0, 231.0, 37.0]),
-    ];
-    let t = t.clamp(0.0, 1.0);
-    let i = STOPS
-        .iter()
-        .rposition(|s| s.0 <= t)
-        .unwrap_or(0)
-        .min(STOPS.len() - 2);
-    let (a, b) = (STOPS[i], STOPS[i + 1]);
-    let f = (t - a.0) / (b.0 - a.0);
-    Rgb([0, 1, 2].map(|k| (a.1[k] + (b.1[k] - a.1[k]) * f).round() as u8))
+/// Where a channel's tile is in [`render`]'s picture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TilePos {
+    pub channel: usize,
+    pub x: u32,
+    pub y: u32,
 }
 
 /// The picture: the input crop (left) and the `channels` most active channels (by mean
-/// activation), tiles of `tile` pixels.
+/// activation), tiles of `tile` pixels, each scaled to its own range; and where each
+/// channel's tile is.
 pub fn render(
     crop: &RgbImage,
     acts: &(usize, usize, usize, Vec<f32>),
     channels: usize,
     tile: u32,
-) -> RgbImage {
+) -> (RgbImage, Vec<TilePos>) {
     let (c, h, w, v) = acts;
     let plane = h * w;
     let mut order: Vec<usize> = (0..*c).collect();
@@ -92,6 +81,7 @@ pub fn render(
         Rgb([255, 255, 255]),
     );
     let input = imageops::resize(crop, left, left, imageops::FilterType::Triangle);
+    let mut tiles = Vec::with_capacity(order.len());
     imageops::overlay(&mut out, &input, 0, 0);
     for (n, &k) in order.iter().enumerate() {
         let p = &v[k * plane..(k + 1) * plane];
@@ -102,16 +92,13 @@ pub fn render(
             });
         let range = if hi > lo { hi - lo } else { 1.0 };
         let small = RgbImage::from_fn(*w as u32, *h as u32, |x, y| {
-            colormap((p[y as usize * w + x as usize] - lo) / range)
+            crate::report::colormap((p[y as usize * w + x as usize] - lo) / range)
         });
         let big = imageops::resize(&small, tile, tile, imageops::FilterType::Nearest);
         let (gx, gy) = ((n as u32) % cols, (n as u32) / cols);
-        imageops::overlay(
-            &mut out,
-            &big,
-            (left + gap * 4 + gx * (tile + gap)) as i64,
-            (gy * (tile + gap)) as i64,
-        );
+        let (x, y) = (left + gap * 4 + gx * (tile + gap), gy * (tile + gap));
+        imageops::overlay(&mut out, &big, x as i64, y as i64);
+        tiles.push(TilePos { channel: k, x, y });
     }
-    out
+    (out, tiles)
 }

@@ -25,6 +25,27 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> Error {
     Error::Internal(format!("drawing: {e:?}"))
 }
 
+/// Viridis (dark blue → green → yellow), `t` in [0, 1]: perceptually even and readable with
+/// every common colour-vision deficiency.
+pub fn colormap(t: f32) -> Rgb<u8> {
+    const STOPS: [(f32, [f32; 3]); 5] = [
+        (0.0, [68.0, 1.0, 84.0]),
+        (0.25, [59.0, 82.0, 139.0]),
+        (0.5, [33.0, 145.0, 140.0]),
+        (0.75, [94.0, 201.0, 98.0]),
+        (1.0, [253.0, 231.0, 37.0]),
+    ];
+    let t = t.clamp(0.0, 1.0);
+    let i = STOPS
+        .iter()
+        .rposition(|s| s.0 <= t)
+        .unwrap_or(0)
+        .min(STOPS.len() - 2);
+    let (a, b) = (STOPS[i], STOPS[i + 1]);
+    let f = (t - a.0) / (b.0 - a.0);
+    Rgb([0, 1, 2].map(|k| (a.1[k] + (b.1[k] - a.1[k]) * f).round() as u8))
+}
+
 /// Encode an RGB buffer as PNG and write it atomically.
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
     let mut bytes = Vec::new();
@@ -61,11 +82,51 @@ fn finite_points(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Train and validation loss, and validation accuracy, per epoch.
-pub fn training_curves(history: &[EpochStats], path: &Path) -> Result<()> {
+/// Epochs worth marking on the training curves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CurveMarks {
+    /// The first epoch with the backbone unfrozen (fine-tuning after frozen epochs).
+    pub unfreeze: Option<usize>,
+    /// The epoch whose model was kept (lowest validation loss).
+    pub best: Option<usize>,
+}
+
+impl CurveMarks {
+    /// The epoch of the lowest validation loss (else training loss) in `history`.
+    pub fn best_of(history: &[EpochStats]) -> Option<usize> {
+        history
+            .iter()
+            .filter_map(|s| {
+                let v = s.val_loss.unwrap_or(s.train_loss);
+                v.is_finite().then_some((v, s.epoch))
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, e)| e)
+    }
+}
+
+// Okabe–Ito colours: distinguishable with every common colour-vision deficiency.
+const OI_BLUE: RGBColor = RGBColor(0, 114, 178);
+const OI_VERMILLION: RGBColor = RGBColor(213, 94, 0);
+const OI_GREEN: RGBColor = RGBColor(0, 158, 115);
+const OI_PURPLE: RGBColor = RGBColor(204, 121, 167);
+
+/// Integer epochs on the x axis: labels only at whole numbers.
+fn epoch_label(v: &f64) -> String {
+    if (v - v.round()).abs() < 1e-6 && *v >= 1.0 {
+        format!("{}", v.round() as i64)
+    } else {
+        String::new()
+    }
+}
+
+/// Train and validation loss, and validation accuracy, per epoch, with the unfreeze epoch
+/// and the kept (best) epoch marked.
+pub fn training_curves(history: &[EpochStats], marks: &CurveMarks, path: &Path) -> Result<()> {
     let img = render(900, 420, |root| {
         let (left, right) = root.split_horizontally(450);
         let n = history.len().max(1) as f64;
+        let ticks = history.len().clamp(1, 10);
         let losses: Vec<f64> = history
             .iter()
             .flat_map(|s| [Some(s.train_loss), s.val_loss])
@@ -82,27 +143,56 @@ pub fn training_curves(history: &[EpochStats], path: &Path) -> Result<()> {
             .map_err(plot_err)?;
         c.configure_mesh()
             .x_desc("epoch")
+            .x_labels(ticks + 1)
+            .x_label_formatter(&epoch_label)
             .label_style(("sans-serif", 12))
             .draw()
             .map_err(plot_err)?;
+        let vline =
+            |x: f64, top: f64| PathElement::new(vec![(x, 0.0), (x, top)], OI_GREY.stroke_width(1));
+        if let Some(u) = marks.unfreeze {
+            c.draw_series(std::iter::once(vline(u as f64 - 0.5, ymax)))
+                .map_err(plot_err)?
+                .label("backbone unfrozen")
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], OI_PURPLE.stroke_width(3))
+                });
+        }
         c.draw_series(LineSeries::new(
             history.iter().map(|s| (s.epoch as f64, s.train_loss)),
-            BLUE.stroke_width(2),
+            OI_BLUE.stroke_width(2),
         ))
         .map_err(plot_err)?
         .label("train")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE.stroke_width(2)));
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], OI_BLUE.stroke_width(2)));
         c.draw_series(LineSeries::new(
             history
                 .iter()
                 .filter_map(|s| s.val_loss.map(|v| (s.epoch as f64, v))),
-            RED.stroke_width(2),
+            OI_VERMILLION.stroke_width(2),
         ))
         .map_err(plot_err)?
         .label("validation")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED.stroke_width(2)));
+        .legend(|(x, y)| {
+            PathElement::new(vec![(x, y), (x + 16, y)], OI_VERMILLION.stroke_width(2))
+        });
+        if let Some(b) = marks
+            .best
+            .and_then(|b| history.iter().find(|s| s.epoch == b))
+        {
+            let y = b.val_loss.unwrap_or(b.train_loss);
+            c.draw_series(std::iter::once(Circle::new(
+                (b.epoch as f64, y),
+                6,
+                BLACK.stroke_width(2),
+            )))
+            .map_err(plot_err)?
+            .label(format!("kept (epoch {})", b.epoch))
+            .legend(|(x, y)| Circle::new((x + 8, y), 5, BLACK.stroke_width(2)));
+        }
         c.configure_series_labels()
             .label_font(("sans-serif", 12))
+            .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
             .map_err(plot_err)?;
@@ -115,14 +205,20 @@ pub fn training_curves(history: &[EpochStats], path: &Path) -> Result<()> {
             .map_err(plot_err)?;
         a.configure_mesh()
             .x_desc("epoch")
+            .x_labels(ticks + 1)
+            .x_label_formatter(&epoch_label)
             .label_style(("sans-serif", 12))
             .draw()
             .map_err(plot_err)?;
+        if let Some(u) = marks.unfreeze {
+            a.draw_series(std::iter::once(vline(u as f64 - 0.5, 100.0)))
+                .map_err(plot_err)?;
+        }
         a.draw_series(LineSeries::new(
             history
                 .iter()
                 .filter_map(|s| s.val_accuracy.map(|v| (s.epoch as f64, v * 100.0))),
-            GREEN.stroke_width(2),
+            OI_GREEN.stroke_width(2),
         ))
         .map_err(plot_err)?;
         Ok(())
@@ -152,13 +248,12 @@ pub fn confusion_matrix(m: &Metrics, path: &Path) -> Result<()> {
         for (i, row) in m.confusion.iter().enumerate() {
             let support: usize = row.iter().sum::<usize>().max(1);
             for (j, &v) in row.iter().enumerate() {
+                // share of the true class's images: viridis, the same scale on and off the
+                // diagonal (no red/green)
                 let f = v as f64 / support as f64;
-                let shade = (255.0 * (1.0 - f)) as u8;
-                let colour = if i == j {
-                    RGBColor(shade, 255 - (255 - shade) / 3, shade)
-                } else {
-                    RGBColor(255, shade, shade)
-                };
+                let Rgb([r, g, b]) = colormap(f as f32);
+                let colour = RGBColor(r, g, b);
+                let ink = if f < 0.55 { WHITE } else { BLACK };
                 let (x0, y0) = (label_w + j as i32 * cell, label_w + i as i32 * cell);
                 root.draw(&Rectangle::new(
                     [(x0, y0), (x0 + cell, y0 + cell)],
@@ -174,7 +269,7 @@ pub fn confusion_matrix(m: &Metrics, path: &Path) -> Result<()> {
                     root.draw(&Text::new(
                         v.to_string(),
                         (x0 + 3, y0 + cell / 3),
-                        font.clone(),
+                        font.clone().color(&ink),
                     ))
                     .map_err(plot_err)?;
                 }
@@ -203,9 +298,73 @@ pub fn confusion_matrix(m: &Metrics, path: &Path) -> Result<()> {
             ("sans-serif", 13).into_font(),
         ))
         .map_err(plot_err)?;
+        root.draw(&Text::new(
+            "colour: share of the true class (0 → 100 %)",
+            (6, label_w - 44),
+            ("sans-serif", 11).into_font(),
+        ))
+        .map_err(plot_err)?;
         Ok(())
     })?;
     save_png(&img, path)
+}
+
+/// The feature-map picture of [`crate::inspect::featuremap::render`] with its legend: a
+/// title (backbone, layer, channels shown), each tile's channel index, and the colour scale.
+pub fn featuremap_figure(
+    base: &RgbImage,
+    tiles: &[crate::inspect::featuremap::TilePos],
+    title: &str,
+) -> Result<RgbImage> {
+    let (top, bottom) = (34u32, 40u32);
+    let (w, h) = (base.width().max(420), base.height() + top + bottom);
+    let mut canvas = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
+    imageops::overlay(&mut canvas, base, 0, top as i64);
+    fonts();
+    let mut buf = canvas.into_raw();
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.draw(&Text::new(
+            title.to_string(),
+            (6, 8),
+            ("sans-serif", 16).into_font(),
+        ))
+        .map_err(plot_err)?;
+        for t in tiles {
+            let (x, y) = (t.x as i32, (t.y + top) as i32);
+            let label = format!("{}", t.channel);
+            let lw = 7 * label.len() as i32 + 4;
+            root.draw(&Rectangle::new(
+                [(x, y), (x + lw, y + 14)],
+                BLACK.mix(0.7).filled(),
+            ))
+            .map_err(plot_err)?;
+            root.draw(&Text::new(
+                label,
+                (x + 2, y + 1),
+                ("sans-serif", 11).into_font().color(&WHITE),
+            ))
+            .map_err(plot_err)?;
+        }
+        // the colour scale
+        let (bx, by, bw) = (6i32, (h - bottom + 8) as i32, 200i32);
+        for i in 0..bw {
+            let Rgb([r, g, b]) = colormap(i as f32 / (bw - 1) as f32);
+            root.draw(&Rectangle::new(
+                [(bx + i, by), (bx + i + 1, by + 14)],
+                RGBColor(r, g, b).filled(),
+            ))
+            .map_err(plot_err)?;
+        }
+        root.draw(&Text::new(
+            "low → high activation (each channel scaled to its own range; number: channel index)",
+            (bx + bw + 8, by + 1),
+            ("sans-serif", 11).into_font(),
+        ))
+        .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::Internal("drawing buffer".into()))
 }
 
 /// One tile of a contact sheet.
