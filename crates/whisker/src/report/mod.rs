@@ -148,8 +148,9 @@ pub fn training_curves(history: &[EpochStats], marks: &CurveMarks, path: &Path) 
             .label_style(("sans-serif", 12))
             .draw()
             .map_err(plot_err)?;
-        let vline =
-            |x: f64, top: f64| PathElement::new(vec![(x, 0.0), (x, top)], OI_GREY.stroke_width(1));
+        let vline = |x: f64, top: f64| {
+            PathElement::new(vec![(x, 0.0), (x, top)], OI_PURPLE.stroke_width(3))
+        };
         if let Some(u) = marks.unfreeze {
             c.draw_series(std::iter::once(vline(u as f64 - 0.5, ymax)))
                 .map_err(plot_err)?
