@@ -11,19 +11,6 @@ use common::*;
 use whisker::data::datasets::{Dataset, Format, Labels};
 use whisker::data::download::{download_archives, extract_archive, Archive};
 
-fn tar_gz(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut t = tar::Builder::new(enc);
-    for (name, data) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        t.append_data(&mut h, name, &data[..]).unwrap();
-    }
-    t.into_inner().unwrap().finish().unwrap()
-}
-
 fn zip_of(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
     let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let opts: zip::write::SimpleFileOptions = Default::default();

@@ -305,19 +305,6 @@ fn defect6_verified_weights_are_never_replaced_silently() {
 
 // ---------------------------------------------------------------- 7. dataset downloads
 
-fn tar_gz(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut t = tar::Builder::new(enc);
-    for (name, data) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        t.append_data(&mut h, name, &data[..]).unwrap();
-    }
-    t.into_inner().unwrap().finish().unwrap()
-}
-
 fn md5_hex(b: &[u8]) -> &'static str {
     use md5::Digest;
     Box::leak(hex::encode(md5::Md5::digest(b)).into_boxed_str())

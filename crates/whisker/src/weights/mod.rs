@@ -197,6 +197,42 @@ pub fn non_finite(tensors: &BTreeMap<String, RawTensor>) -> Option<String> {
     })
 }
 
+/// The floating-point element types checkpoints store.
+#[derive(Debug, Clone, Copy)]
+enum Float {
+    F32,
+    F64,
+    F16,
+    BF16,
+}
+
+/// Little-endian values of `kind` as f32.
+fn floats_to_f32(kind: Float, bytes: &[u8]) -> Vec<f32> {
+    match kind {
+        Float::F32 => f32_from_le(bytes),
+        Float::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        Float::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Float::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+    }
+}
+
+fn unsupported(source: &str, key: &str, dtype: impl std::fmt::Debug) -> Error {
+    Error::UnsupportedDtype {
+        source_name: source.to_string(),
+        key: key.to_string(),
+        dtype: format!("{dtype:?}"),
+    }
+}
+
 fn torch_to_f32(
     source: &str,
     key: &str,
@@ -204,28 +240,14 @@ fn torch_to_f32(
     bytes: &[u8],
 ) -> Result<Vec<f32>> {
     use pytorch_reader::DType as D;
-    Ok(match dtype {
-        D::F32 => f32_from_le(bytes),
-        D::F64 => bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-            .collect(),
-        D::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        D::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        other => {
-            return Err(Error::UnsupportedDtype {
-                source_name: source.to_string(),
-                key: key.to_string(),
-                dtype: format!("{other:?}"),
-            })
-        }
-    })
+    let kind = match dtype {
+        D::F32 => Float::F32,
+        D::F64 => Float::F64,
+        D::F16 => Float::F16,
+        D::BF16 => Float::BF16,
+        other => return Err(unsupported(source, key, other)),
+    };
+    Ok(floats_to_f32(kind, bytes))
 }
 
 fn safetensors_to_f32(
@@ -234,30 +256,15 @@ fn safetensors_to_f32(
     view: &safetensors::tensor::TensorView<'_>,
 ) -> Result<Vec<f32>> {
     use safetensors::Dtype as D;
-    let bytes = view.data();
-    Ok(match view.dtype() {
-        D::F32 => f32_from_le(bytes),
-        D::F64 => bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-            .collect(),
-        D::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        D::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        D::I64 if key.ends_with("num_batches_tracked") => Vec::new(),
-        other => {
-            return Err(Error::UnsupportedDtype {
-                source_name: source.to_string(),
-                key: key.to_string(),
-                dtype: format!("{other:?}"),
-            })
-        }
-    })
+    let kind = match view.dtype() {
+        D::F32 => Float::F32,
+        D::F64 => Float::F64,
+        D::F16 => Float::F16,
+        D::BF16 => Float::BF16,
+        D::I64 if key.ends_with("num_batches_tracked") => return Ok(Vec::new()),
+        other => return Err(unsupported(source, key, other)),
+    };
+    Ok(floats_to_f32(kind, view.data()))
 }
 
 /// f32 values as little-endian bytes.

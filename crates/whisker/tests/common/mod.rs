@@ -138,3 +138,17 @@ pub fn serve(
     });
     (format!("http://{addr}"), requests, ranged)
 }
+
+/// A `.tar.gz` archive of `(name, bytes)` entries.
+pub fn tar_gz(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut t = tar::Builder::new(enc);
+    for (name, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    t.into_inner().unwrap().finish().unwrap()
+}
