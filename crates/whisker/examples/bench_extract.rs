@@ -102,7 +102,8 @@ fn main() {
         k,
         &device,
         300,
-    );
+    )
+    .unwrap();
     println!(
         "{{\"impl\": \"whisker\", \"bench\": \"probe_fit\", \"n\": {n}, \"dim\": {d}, \"classes\": {k}, \"threads\": {threads}, \"seconds\": {:.3}, \"lbfgs_iterations\": {}, \"l2_values\": {}}}",
         t.elapsed().as_secs_f64(),

@@ -426,9 +426,9 @@ impl Learner {
         } else {
             let logits = match (&fitted.test_logits, &ex) {
                 (Some(l), _) => l.clone(),
-                (None, Some((_, ex))) => {
-                    fitted.head.logits(&gather(ex, ds, &split.test).0, &device)
-                }
+                (None, Some((_, ex))) => fitted
+                    .head
+                    .logits(&gather(ex, ds, &split.test).0, &device)?,
                 (None, None) => return Err(Error::Internal("no test logits".into())),
             };
             let labels: Vec<usize> = split.test.iter().map(|&i| ds.items[i].label).collect();
@@ -528,7 +528,7 @@ impl Learner {
             ds.classes.len(),
             &crate::default_device(),
             cfg.max_iter,
-        );
+        )?;
         obs.message(&format!(
             "L2 chosen on validation: {:e} (tried {})",
             fit.l2,
@@ -678,8 +678,8 @@ impl Learner {
             t.save(&ckpt, &fc)?;
             obs.epoch(&s, s.epoch <= fc.freeze_epochs);
         }
-        let test_logits = t.predict_logits(sp.len(), &|i| pre.load(&sp[i]).ok(), cfg.batch_size);
-        let (sd, head) = t.export();
+        let test_logits = t.predict_logits(sp.len(), &|i| pre.load(&sp[i]).ok(), cfg.batch_size)?;
+        let (sd, head) = t.export()?;
         Ok(Fitted {
             info: json!({"config": fc, "history": t.history, "units": t.backbone.units}),
             history: t.history.clone(),
@@ -942,13 +942,13 @@ impl Learner {
                 ds.root.display()
             )));
         }
-        Ok(crate::train::head::lr_find(
+        crate::train::head::lr_find(
             Samples { x: &x, y: &y },
             ex.dim,
             ds.classes.len(),
             &cfg.head_config(),
             range,
             &device,
-        ))
+        )
     }
 }

@@ -177,7 +177,7 @@ impl Model {
     pub fn logits_of_features(&self, features: &[f32]) -> Result<Vec<f32>> {
         let device = self.backbone.device();
         match &self.trained {
-            Some(t) => Ok(t.head.logits(features, &device)),
+            Some(t) => t.head.logits(features, &device),
             None => {
                 let dim = self.backbone.spec.feature_dim;
                 let n = features.len() / dim.max(1);

@@ -332,8 +332,9 @@ fn probe_on_real_digits_reaches_90_percent() {
         10,
         &device,
         200,
-    );
-    let m = evaluate(&fit.head.logits(&sx, &device), &sy, &ds.classes).unwrap();
+    )
+    .unwrap();
+    let m = evaluate(&fit.head.logits(&sx, &device).unwrap(), &sy, &ds.classes).unwrap();
     println!(
         "digits probe: test accuracy {:.3} (n = {}), l2 {}",
         m.accuracy, m.n, fit.l2
@@ -393,8 +394,14 @@ fn probe_matches_a_known_optimum() {
         2,
         &device,
         500,
-    );
-    let m = evaluate(&fit.head.logits(&x, &device), &y, &["a".into(), "b".into()]).unwrap();
+    )
+    .unwrap();
+    let m = evaluate(
+        &fit.head.logits(&x, &device).unwrap(),
+        &y,
+        &["a".into(), "b".into()],
+    )
+    .unwrap();
     assert_eq!(m.accuracy, 1.0);
     assert!(m.log_loss < 0.2 && m.log_loss.is_finite());
 }

@@ -32,7 +32,7 @@ fn dreamed_zebra_is_classified_as_a_zebra() {
     assert_eq!(r.image.dimensions(), (256, 256), "made at the resize size");
     assert!(r.probability >= 0.8, "{}", r.probability);
     // the probability reported is the saved image's, through classify's preprocessing
-    let (top, p, _) = classify_u8(&b, &r.image);
+    let (top, p, _) = classify_u8(&b, &r.image).unwrap();
     assert_eq!(top, 340);
     assert!((p - r.probability).abs() < 1e-6);
 }

@@ -74,7 +74,7 @@ fn finetune_unfreezes_the_last_units_and_resumes_exactly() {
     .unwrap();
     full.epoch(&labels, &vlabels, &c, &load_train, &load_val, &|_, _| {})
         .unwrap();
-    let (after_frozen, _) = full.export();
+    let (after_frozen, _) = full.export().unwrap();
     for (k, t) in &after_frozen.tensors {
         assert_eq!(
             t.data, original.tensors[k].data,
@@ -86,7 +86,7 @@ fn finetune_unfreezes_the_last_units_and_resumes_exactly() {
             .unwrap();
     }
     assert_eq!(full.history.len(), 3);
-    let (tuned, _) = full.export();
+    let (tuned, _) = full.export().unwrap();
     let mut changed: Vec<&str> = tuned
         .tensors
         .iter()
@@ -134,8 +134,8 @@ fn finetune_unfreezes_the_last_units_and_resumes_exactly() {
             .epoch(&labels, &vlabels, &c, &load_train, &load_val, &|_, _| {})
             .unwrap();
     }
-    let (r, rh) = resumed.export();
-    let (_, fh) = full.export();
+    let (r, rh) = resumed.export().unwrap();
+    let (_, fh) = full.export().unwrap();
     for (k, t) in &tuned.tensors {
         let d = max_abs_diff(&t.data, &r.tensors[k].data);
         assert!(d == 0.0, "{k}: resumed differs by {d}");
@@ -168,7 +168,7 @@ fn train_bn_updates_the_statistics_of_unfrozen_units_only_and_resumes_exactly() 
         full.epoch(&labels, &labels, &c, &load_train, &load_val, &|_, _| {})
             .unwrap();
     }
-    let (tuned, _) = full.export();
+    let (tuned, _) = full.export().unwrap();
     let moved: Vec<&String> = tuned
         .tensors
         .keys()
@@ -206,7 +206,7 @@ fn train_bn_updates_the_statistics_of_unfrozen_units_only_and_resumes_exactly() 
             .epoch(&labels, &labels, &c, &load_train, &load_val, &|_, _| {})
             .unwrap();
     }
-    let (r, _) = resumed.export();
+    let (r, _) = resumed.export().unwrap();
     for (k, t) in &tuned.tensors {
         assert!(
             max_abs_diff(&t.data, &r.tensors[k].data) == 0.0,

@@ -50,7 +50,7 @@ fn head_learns_and_resume_is_exact() {
         full.epoch(train, val, &c, &device).unwrap();
     }
     let m = evaluate(
-        &full.best_head().logits(&vx, &device),
+        &full.best_head().logits(&vx, &device).unwrap(),
         &vy,
         &["a".into(), "b".into(), "c".into()],
     )
@@ -133,7 +133,8 @@ fn lr_finder_finds_a_useful_learning_rate() {
             steps: 120,
         },
         &device,
-    );
+    )
+    .unwrap();
     assert!(curve.len() > 40, "{}", curve.len());
     // the loss falls well below its start before it diverges
     let first = curve[0].1;

@@ -524,13 +524,10 @@ pub struct Ranked {
 
 /// Softmax over each row of `logits` and the `k` most probable classes, labelled with
 /// `labels`.
-pub fn top_k(logits: Tensor<2>, k: usize, labels: &[&str]) -> Vec<Vec<Ranked>> {
+pub fn top_k(logits: Tensor<2>, k: usize, labels: &[&str]) -> Result<Vec<Vec<Ranked>>> {
     let [n, c] = logits.dims();
-    let l: Vec<f32> = logits
-        .into_data()
-        .try_into_vec_as::<f32>()
-        .unwrap_or_default();
-    (0..n)
+    let l: Vec<f32> = crate::tensor::to_vec(logits)?;
+    Ok((0..n)
         .map(|i| {
             let row = &l[i * c..(i + 1) * c];
             let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -550,5 +547,5 @@ pub fn top_k(logits: Tensor<2>, k: usize, labels: &[&str]) -> Vec<Vec<Ranked>> {
                 })
                 .collect()
         })
-        .collect()
+        .collect())
 }

@@ -10,7 +10,6 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use super::Classifier;
-use crate::backbones::top_k;
 use crate::data::datasets::SplitMix64;
 use crate::data::resize::{bilinear_matrix_rows, shorter_side_size};
 use crate::data::transforms::{center_crop_offset_usize, to_image, to_tensor};
@@ -104,24 +103,19 @@ pub struct AttackResult {
     pub adversarial: RgbImage,
 }
 
-/// Classify a u8 image exactly as `whisker classify` does: (top-1, its probability, all probs).
-pub fn classify_u8(c: &dyn Classifier, img: &RgbImage) -> (usize, f32, Vec<f32>) {
+/// Classify a u8 image exactly as `whisker classify` does: (top-1, its probability, all
+/// probabilities). On an exact tie the top-1 is the lowest index (for accuracy, use
+/// [`crate::train::metrics::top1`] on the probabilities: a tie is no decision).
+pub fn classify_u8(c: &dyn Classifier, img: &RgbImage) -> Result<(usize, f32, Vec<f32>)> {
     let b = c.backbone();
     let device = b.device().inner();
     let x = to_tensor(&[b.preprocess().apply(img)], &device);
     let logits = c.logits(x).inner();
-    let probs = burn::tensor::activation::softmax(logits.clone(), 1);
-    let p: Vec<f32> = probs
-        .into_data()
-        .try_into_vec_as::<f32>()
-        .unwrap_or_default();
-    let top = top_k(logits, 1, &[]);
-    let t = top
-        .first()
-        .and_then(|r| r.first())
-        .map(|r| r.index)
-        .unwrap_or(0);
-    (t, p.get(t).copied().unwrap_or(0.0), p)
+    let p = crate::tensor::to_vec(burn::tensor::activation::softmax(logits, 1))?;
+    let t = (0..p.len())
+        .max_by(|&i, &j| p[i].total_cmp(&p[j]).then(j.cmp(&i)))
+        .ok_or_else(|| Error::Internal("a model with no classes".into()))?;
+    Ok((t, p[t], p))
 }
 
 /// Run the attack on `image` with `b`, which must live on an autodiff device.
@@ -155,7 +149,7 @@ pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Resul
         .into_data()
         .try_into_vec_as::<f32>()
         .map_err(|e| Error::Invalid(format!("{e:?}")))?;
-    let (orig_top, orig_prob, _) = classify_u8(c, image);
+    let (orig_top, orig_prob, _) = classify_u8(c, image)?;
     let label = cfg.target.unwrap_or(orig_top);
     let eps = cfg.eps as f32;
     let mut rng = SplitMix64(cfg.seed);
@@ -223,10 +217,10 @@ pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Resul
             let loss = (xt.clone() - x0t.clone()).powf_scalar(2.0).sum()
                 + f.clamp_min(0.0).sum() * cfg.cw_c as f32;
             let grads = loss.backward();
-            let g: Vec<f32> = wt
-                .grad(&grads)
-                .map(|t| t.into_data().try_into_vec_as::<f32>().unwrap_or_default())
-                .unwrap_or_default();
+            let g: Vec<f32> = crate::tensor::to_vec(
+                wt.grad(&grads)
+                    .ok_or_else(|| Error::Internal("no gradient for the image".into()))?,
+            )?;
             let t = (step + 1) as i32;
             let (c1, c2) = (1.0 - 0.9f32.powi(t), 1.0 - 0.999f32.powi(t));
             for i in 0..n {
@@ -237,7 +231,7 @@ pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Resul
             }
             let x: Vec<f32> = wv.iter().map(|z| (z.tanh() + 1.0) / 2.0).collect();
             best = to_image(&x, w, h);
-            let (top, _, probs) = classify_u8(c, &best);
+            let (top, _, probs) = classify_u8(c, &best)?;
             if success_of(top, &probs) {
                 break;
             }
@@ -254,10 +248,10 @@ pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Resul
         // targeted: descend the target's cross-entropy; untargeted: ascend the true class's
         let objective = if cfg.target.is_some() { ce.neg() } else { ce };
         let grads = objective.backward();
-        let g: Vec<f32> = xt
-            .grad(&grads)
-            .map(|t| t.into_data().try_into_vec_as::<f32>().unwrap_or_default())
-            .unwrap_or_default();
+        let g: Vec<f32> = crate::tensor::to_vec(
+            xt.grad(&grads)
+                .ok_or_else(|| Error::Internal("no gradient for the image".into()))?,
+        )?;
         match cfg.norm {
             Norm::Linf => {
                 for ((xi, gi), x0i) in x.iter_mut().zip(&g).zip(&x0) {
@@ -283,12 +277,12 @@ pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Resul
             }
         }
         best = quantise(&x);
-        let (top, _, probs) = classify_u8(c, &best);
+        let (top, _, probs) = classify_u8(c, &best)?;
         if success_of(top, &probs) {
             break;
         }
     }
-    let (adv_top, adv_prob, probs) = classify_u8(c, &best);
+    let (adv_top, adv_prob, probs) = classify_u8(c, &best)?;
     let d: Vec<i32> = best
         .as_raw()
         .iter()

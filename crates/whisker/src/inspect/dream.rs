@@ -190,10 +190,10 @@ fn total_variation(x: Tensor<3>) -> Tensor<1> {
     dx.abs().mean() + dy.abs().mean()
 }
 
-fn to_u8(x: Tensor<3>) -> RgbImage {
+fn to_u8(x: Tensor<3>) -> Result<RgbImage> {
     let [_, h, w] = x.dims();
-    let v: Vec<f32> = x.into_data().try_into_vec_as::<f32>().unwrap_or_default();
-    crate::data::transforms::to_image(&v, w, h)
+    let v: Vec<f32> = crate::tensor::to_vec(x)?;
+    Ok(crate::data::transforms::to_image(&v, w, h))
 }
 
 /// Grow an image of `cfg.class` for `b` (on an autodiff device). `progress(step, steps)`.
@@ -269,10 +269,10 @@ pub fn dream(
         };
         let objective = score - total_variation(img) * cfg.tv_weight as f32;
         let grads = objective.neg().backward();
-        let g: Vec<f32> = zt
-            .grad(&grads)
-            .map(|t| t.into_data().try_into_vec_as::<f32>().unwrap_or_default())
-            .unwrap_or_default();
+        let g: Vec<f32> = crate::tensor::to_vec(
+            zt.grad(&grads)
+                .ok_or_else(|| Error::Internal("no gradient for the image".into()))?,
+        )?;
         let t = (step + 1) as i32;
         let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
         for i in 0..n {
@@ -285,16 +285,16 @@ pub fn dream(
             let zt =
                 Tensor::<1>::from_data(TensorData::new(z.clone(), [n]), &device.clone().inner());
             let b_inner = Builder::new(s, cfg.param, &device.clone().inner());
-            let u8img = to_u8(b_inner.image(zt.reshape([3, s, s])));
-            let (_, _, p) = classify_u8(c, &u8img);
+            let u8img = to_u8(b_inner.image(zt.reshape([3, s, s])))?;
+            let (_, _, p) = classify_u8(c, &u8img)?;
             history.push((step + 1, p.get(cfg.class).copied().unwrap_or(0.0)));
         }
         progress(step + 1, cfg.steps);
     }
     let zt = Tensor::<1>::from_data(TensorData::new(z, [n]), &device.clone().inner());
     let image =
-        to_u8(Builder::new(s, cfg.param, &device.clone().inner()).image(zt.reshape([3, s, s])));
-    let (top1, _, p) = classify_u8(c, &image);
+        to_u8(Builder::new(s, cfg.param, &device.clone().inner()).image(zt.reshape([3, s, s])))?;
+    let (top1, _, p) = classify_u8(c, &image)?;
     Ok(DreamResult {
         class: cfg.class,
         probability: p.get(cfg.class).copied().unwrap_or(0.0),

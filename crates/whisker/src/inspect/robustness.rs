@@ -51,10 +51,13 @@ pub fn robustness(
         seed,
     } = attack_settings;
     let n = data.len();
+    // a tie at the top is no decision (as in every whisker metric)
     let clean: Vec<bool> = data
         .iter()
-        .map(|(img, l)| classify_u8(c, img).0 == *l)
-        .collect();
+        .map(|(img, l)| {
+            classify_u8(c, img).map(|(_, _, p)| crate::train::metrics::top1(&p) == Some(*l))
+        })
+        .collect::<Result<_>>()?;
     let n_correct = clean.iter().filter(|v| **v).count();
     let mut rows = Vec::new();
     let total = eps.len() * n;

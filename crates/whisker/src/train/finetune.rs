@@ -87,14 +87,19 @@ impl ModuleMapper for SetGrad<'_> {
     }
 }
 
-struct Collect(Vec<(ParamId, Vec<usize>, Vec<f32>)>);
+/// Every float parameter's values (the first conversion failure kept as an error).
+struct Collect(Vec<(ParamId, Vec<usize>, Vec<f32>)>, Option<Error>);
 
 impl ModuleVisitor for Collect {
     fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
         let t = p.val();
         let shape = t.dims().to_vec();
-        let v = t.into_data().try_into_vec_as::<f32>().unwrap_or_default();
-        self.0.push((p.id, shape, v));
+        match crate::tensor::to_vec(t) {
+            Ok(v) => self.0.push((p.id, shape, v)),
+            Err(e) => {
+                self.1.get_or_insert(e);
+            }
+        }
     }
 }
 
@@ -290,7 +295,7 @@ impl FineTuner {
         let (val_loss, val_accuracy) = if val_labels.is_empty() {
             (None, None)
         } else {
-            let logits = self.predict_logits(val_labels.len(), load_val, bs);
+            let logits = self.predict_logits(val_labels.len(), load_val, bs)?;
             super::check_validation(&logits, self.epoch)?;
             let m =
                 super::metrics::evaluate(&logits, val_labels, &vec![String::new(); self.classes])?;
@@ -313,7 +318,7 @@ impl FineTuner {
         n: usize,
         load: &(dyn Fn(usize) -> Option<image::RgbImage> + Sync),
         bs: usize,
-    ) -> Vec<f32> {
+    ) -> Result<Vec<f32>> {
         let model = self.model.valid();
         let device = model.net.devices().into_iter().next().unwrap_or_default();
         let mut out = vec![0f32; n * self.classes];
@@ -333,23 +338,26 @@ impl FineTuner {
                 &device,
             ));
             let l = model.head.forward(model.net.features(x, &mut Taps::none()));
-            let v = l.into_data().try_into_vec_as::<f32>().unwrap_or_default();
+            let v = crate::tensor::to_vec(l)?;
             for (j, (i, _)) in ok.iter().enumerate() {
                 out[i * self.classes..(i + 1) * self.classes]
                     .copy_from_slice(&v[j * self.classes..(j + 1) * self.classes]);
             }
         }
-        out
+        Ok(out)
     }
 
     /// The fine-tuned backbone as a state dict with its checkpoint keys, and the head.
-    pub fn export(&self) -> (StateDict, LinearHead) {
-        let mut c = Collect(Vec::new());
+    pub fn export(&self) -> Result<(StateDict, LinearHead)> {
+        let mut c = Collect(Vec::new(), None);
         let mut net = self.model.net.clone();
         for bn in net.batchnorms() {
             bn.commit_train_stats();
         }
         net.visit(&mut c);
+        if let Some(e) = c.1 {
+            return Err(e);
+        }
         let by_id: std::collections::HashMap<ParamId, (Vec<usize>, Vec<f32>)> =
             c.0.into_iter().map(|(id, s, v)| (id, (s, v))).collect();
         let mut sd = StateDict {
@@ -374,22 +382,8 @@ impl FineTuner {
             }
         }
         let d = self.backbone.spec.feature_dim;
-        let w = self
-            .model
-            .head
-            .weight
-            .val()
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap_or_default();
-        let b = self
-            .model
-            .head
-            .bias
-            .val()
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap_or_default();
+        let w = crate::tensor::to_vec(self.model.head.weight.val())?;
+        let b = crate::tensor::to_vec(self.model.head.bias.val())?;
         let head = LinearHead {
             dim: d,
             classes: self.classes,
@@ -398,7 +392,7 @@ impl FineTuner {
             w,
             b,
         };
-        (sd, head)
+        Ok((sd, head))
     }
 
     /// Write a checkpoint into `dir`: weights (safetensors, checkpoint keys) and AdamW states
@@ -408,7 +402,7 @@ impl FineTuner {
     pub fn save(&self, dir: &Path, cfg: &FineTuneConfig) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let e = self.epoch;
-        let (mut sd, head) = self.export();
+        let (mut sd, head) = self.export()?;
         let (w, b) = (
             RawTensor {
                 shape: vec![head.dim, head.classes],

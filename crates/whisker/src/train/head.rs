@@ -96,13 +96,13 @@ fn t2(v: &[f32], r: usize, c: usize, d: &Device) -> Tensor<2> {
 fn t1(v: &[f32], d: &Device) -> Tensor<1> {
     Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), d)
 }
-fn vec_of<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_into_vec_as::<f32>().unwrap_or_default()
+fn vec_of<const D: usize>(t: Tensor<D>) -> crate::Result<Vec<f32>> {
+    crate::tensor::to_vec(t)
 }
 
 impl MlpHead {
     /// Logits `[n, classes]` (eval mode: no dropout).
-    pub fn logits(&self, x: &[f32], device: &Device) -> Vec<f32> {
+    pub fn logits(&self, x: &[f32], device: &Device) -> crate::Result<Vec<f32>> {
         let n = x.len() / self.dim;
         vec_of(self.logits_tensor(t2(x, n, self.dim, device)))
     }
@@ -275,7 +275,7 @@ impl HeadState {
                 yb.push(train.y[i]);
             }
             lr = lr_at(cfg, self.step, total);
-            let batch_loss = self.step_on(&xb, &yb, lr, cfg, &mut rng, &ad);
+            let batch_loss = self.step_on(&xb, &yb, lr, cfg, &mut rng, &ad)?;
             super::check_loss(
                 batch_loss,
                 self.epoch + 1,
@@ -288,7 +288,7 @@ impl HeadState {
         let (val_loss, val_accuracy) = if val.y.is_empty() {
             (None, None)
         } else {
-            let logits = self.head.logits(val.x, device);
+            let logits = self.head.logits(val.x, device)?;
             super::check_validation(&logits, self.epoch)?;
             let m = super::metrics::evaluate(&logits, val.y, &vec![String::new(); k])?;
             (Some(m.log_loss), Some(m.accuracy))
@@ -320,7 +320,7 @@ impl HeadState {
         cfg: &HeadConfig,
         rng: &mut SplitMix64,
         ad: &Device,
-    ) -> f64 {
+    ) -> crate::Result<f64> {
         let h = &self.head;
         let (dim, hid, k) = (h.dim, h.hidden, h.classes);
         let b = yb.len();
@@ -347,15 +347,25 @@ impl HeadState {
         let l = cross_entropy(logits, yb, k, cfg.label_smoothing, ad);
         let value = l.clone().into_scalar::<f32>() as f64;
         let grads = l.backward();
+        let grad = |p: &Tensor<2>, name: &str| -> crate::Result<Vec<f32>> {
+            p.grad(&grads)
+                .ok_or_else(|| crate::Error::Internal(format!("no gradient for the head's {name}")))
+                .and_then(vec_of)
+        };
+        let grad1 = |p: &Tensor<1>, name: &str| -> crate::Result<Vec<f32>> {
+            p.grad(&grads)
+                .ok_or_else(|| crate::Error::Internal(format!("no gradient for the head's {name}")))
+                .and_then(vec_of)
+        };
         let g: Vec<Vec<f32>> = vec![
-            w1.grad(&grads).map(vec_of).unwrap_or_default(),
-            b1.grad(&grads).map(vec_of).unwrap_or_default(),
-            w2.grad(&grads).map(vec_of).unwrap_or_default(),
-            b2.grad(&grads).map(vec_of).unwrap_or_default(),
+            grad(&w1, "w1")?,
+            grad1(&b1, "b1")?,
+            grad(&w2, "w2")?,
+            grad1(&b2, "b2")?,
         ];
         self.step += 1;
         self.adamw(&g, lr, cfg);
-        value
+        Ok(value)
     }
 
     /// AdamW exactly as PyTorch: decoupled weight decay on weights (not biases here), then
@@ -542,7 +552,7 @@ pub fn lr_find(
     cfg: &HeadConfig,
     range: RangeTest,
     device: &Device,
-) -> Vec<(f64, f64)> {
+) -> crate::Result<Vec<(f64, f64)>> {
     let mut state = HeadState::new(train, dim, classes, cfg);
     let ad = device.clone().autodiff();
     let z = standardize(train.x, &state.head.mean, &state.head.std);
@@ -567,7 +577,7 @@ pub fn lr_find(
             yb.push(train.y[j]);
         }
         let lr = start * (end / start).powf(i as f64 / (steps.max(2) - 1) as f64);
-        let l = state.step_on(&xb, &yb, lr, cfg, &mut rng, &ad);
+        let l = state.step_on(&xb, &yb, lr, cfg, &mut rng, &ad)?;
         avg = 0.98 * avg + 0.02 * l;
         let smoothed = avg / (1.0 - 0.98f64.powi(i as i32 + 1));
         if !smoothed.is_finite() || smoothed > 4.0 * best {
@@ -576,7 +586,7 @@ pub fn lr_find(
         best = best.min(smoothed);
         out.push((lr, smoothed));
     }
-    out
+    Ok(out)
 }
 
 /// fastai's suggestions from a range test: the learning rate of steepest descent of the

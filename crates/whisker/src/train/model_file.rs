@@ -36,7 +36,7 @@ pub enum Head {
 
 impl Head {
     /// Logits `[n, classes]` of `[n, dim]` features.
-    pub fn logits(&self, x: &[f32], device: &burn::tensor::Device) -> Vec<f32> {
+    pub fn logits(&self, x: &[f32], device: &burn::tensor::Device) -> Result<Vec<f32>> {
         match self {
             Head::Linear(h) => h.logits(x, device),
             Head::Mlp(h) => h.logits(x, device),

@@ -20,13 +20,10 @@ pub struct LinearHead {
 
 impl LinearHead {
     /// Logits of `[n, dim]` features, `[n, classes]` row-major.
-    pub fn logits(&self, x: &[f32], device: &Device) -> Vec<f32> {
+    pub fn logits(&self, x: &[f32], device: &Device) -> crate::Result<Vec<f32>> {
         let n = x.len() / self.dim;
         let f = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [n, self.dim]), device);
-        self.logits_tensor(f)
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap_or_default()
+        crate::tensor::to_vec(self.logits_tensor(f))
     }
 
     /// Logits of a `[n, dim]` feature tensor, differentiably.
@@ -113,7 +110,7 @@ impl Objective {
     }
 
     /// Loss and gradient at θ = [W (d·k), b (k)].
-    fn eval(&self, theta: &[f64]) -> (f64, Vec<f64>) {
+    fn eval(&self, theta: &[f64]) -> crate::Result<(f64, Vec<f64>)> {
         let (d, k) = (self.d, self.k);
         let w: Vec<f32> = theta[..d * k].iter().map(|v| *v as f32).collect();
         let b: Vec<f32> = theta[d * k..].iter().map(|v| *v as f32).collect();
@@ -124,18 +121,8 @@ impl Objective {
         let nll =
             -(logp.clone() * self.y.clone()).sum().into_scalar::<f32>() as f64 / self.n as f64;
         let diff = (logp.exp() - self.y.clone()) / self.n as f32;
-        let gw: Vec<f32> = self
-            .xt
-            .clone()
-            .matmul(diff.clone())
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap_or_default();
-        let gb: Vec<f32> = diff
-            .sum_dim(0)
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap_or_default();
+        let gw: Vec<f32> = crate::tensor::to_vec(self.xt.clone().matmul(diff.clone()))?;
+        let gb: Vec<f32> = crate::tensor::to_vec(diff.sum_dim(0))?;
         let mut reg = 0.0;
         let mut g = Vec::with_capacity(theta.len());
         for (i, gv) in gw.iter().enumerate() {
@@ -143,7 +130,7 @@ impl Objective {
             g.push(*gv as f64 + self.l2 * theta[i]);
         }
         g.extend(gb.iter().map(|v| *v as f64));
-        (nll + 0.5 * self.l2 * reg, g)
+        Ok((nll + 0.5 * self.l2 * reg, g))
     }
 }
 
@@ -152,9 +139,13 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Minimise with L-BFGS (memory 10, backtracking Armijo line search).
-fn lbfgs(obj: &Objective, mut x: Vec<f64>, max_iter: usize) -> (Vec<f64>, f64, usize) {
+fn lbfgs(
+    obj: &Objective,
+    mut x: Vec<f64>,
+    max_iter: usize,
+) -> crate::Result<(Vec<f64>, f64, usize)> {
     let m = 10;
-    let (mut f, mut g) = obj.eval(&x);
+    let (mut f, mut g) = obj.eval(&x)?;
     let mut s_hist: Vec<Vec<f64>> = Vec::new();
     let mut y_hist: Vec<Vec<f64>> = Vec::new();
     let mut iters = 0;
@@ -201,7 +192,7 @@ fn lbfgs(obj: &Objective, mut x: Vec<f64>, max_iter: usize) -> (Vec<f64>, f64, u
         let mut accepted = None;
         for _ in 0..30 {
             let xn: Vec<f64> = x.iter().zip(&dir).map(|(a, d)| a + step * d).collect();
-            let (fnew, gnew) = obj.eval(&xn);
+            let (fnew, gnew) = obj.eval(&xn)?;
             if fnew <= f + 1e-4 * step * slope {
                 accepted = Some((xn, fnew, gnew));
                 break;
@@ -229,7 +220,7 @@ fn lbfgs(obj: &Objective, mut x: Vec<f64>, max_iter: usize) -> (Vec<f64>, f64, u
             break;
         }
     }
-    (x, f, iters)
+    Ok((x, f, iters))
 }
 
 /// Result of a probe fit.
@@ -273,7 +264,7 @@ pub fn fit(
     classes: usize,
     device: &Device,
     max_iter: usize,
-) -> ProbeFit {
+) -> crate::Result<ProbeFit> {
     let (train_x, train_y, val_x, val_y) = (train.x, train.y, val.x, val.y);
     let (mean, std) = moments(train_x, dim);
     let zt = standardize(train_x, &mean, &std);
@@ -292,7 +283,7 @@ pub fn fit(
     let grid: &[f64] = if val_y.is_empty() { &[1e-3] } else { &L2_GRID };
     for &l2 in grid {
         let obj = Objective::new(&zt, train_y, dim, classes, l2, device);
-        let (t, _, it) = lbfgs(&obj, theta.clone(), max_iter);
+        let (t, _, it) = lbfgs(&obj, theta.clone(), max_iter)?;
         iterations += it;
         theta = t;
         if val_y.is_empty() {
@@ -300,7 +291,7 @@ pub fn fit(
             break;
         }
         let acc = accuracy(
-            &head_of(&theta, &mean, &std).logits(val_x, device),
+            &head_of(&theta, &mean, &std).logits(val_x, device)?,
             val_y,
             classes,
         );
@@ -311,12 +302,12 @@ pub fn fit(
     }
     let (l2, _, theta) = best.unwrap_or((1e-3, 0.0, theta));
     if val_y.is_empty() {
-        return ProbeFit {
+        return Ok(ProbeFit {
             head: head_of(&theta, &mean, &std),
             l2,
             search,
             iterations,
-        };
+        });
     }
     // refit on train + val with the chosen strength
     let all_x: Vec<f32> = train_x.iter().chain(val_x).copied().collect();
@@ -324,11 +315,11 @@ pub fn fit(
     let (mean2, std2) = moments(&all_x, dim);
     let z = standardize(&all_x, &mean2, &std2);
     let obj = Objective::new(&z, &all_y, dim, classes, l2, device);
-    let (theta, _, it) = lbfgs(&obj, theta, max_iter);
-    ProbeFit {
+    let (theta, _, it) = lbfgs(&obj, theta, max_iter)?;
+    Ok(ProbeFit {
         head: head_of(&theta, &mean2, &std2),
         l2,
         search,
         iterations: iterations + it,
-    }
+    })
 }
