@@ -195,7 +195,7 @@ pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Resul
             .iter()
             .map(|v| (2.0 * v - 1.0).clamp(-0.999_999, 0.999_999).atanh())
             .collect();
-        let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
+        let mut adam = super::Adam::new(n);
         let x0t = Tensor::<1>::from_data(TensorData::new(x0.clone(), [n]), &device);
         let k = c.logits(resize(x0t.clone().reshape([3, h, w]))).dims()[1];
         let mut onehot = vec![0f32; k];
@@ -221,14 +221,7 @@ pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Resul
                 wt.grad(&grads)
                     .ok_or_else(|| Error::Internal("no gradient for the image".into()))?,
             )?;
-            let t = (step + 1) as i32;
-            let (c1, c2) = (1.0 - 0.9f32.powi(t), 1.0 - 0.999f32.powi(t));
-            for i in 0..n {
-                let gi = g.get(i).copied().unwrap_or(0.0);
-                m[i] = 0.9 * m[i] + 0.1 * gi;
-                v[i] = 0.999 * v[i] + 0.001 * gi * gi;
-                wv[i] -= cfg.alpha as f32 * (m[i] / c1) / ((v[i] / c2).sqrt() + 1e-8);
-            }
+            adam.step(&mut wv, &g, cfg.alpha as f32);
             let x: Vec<f32> = wv.iter().map(|z| (z.tanh() + 1.0) / 2.0).collect();
             best = to_image(&x, w, h);
             let (top, _, probs) = classify_u8(c, &best)?;

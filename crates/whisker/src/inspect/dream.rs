@@ -227,8 +227,7 @@ pub fn dream(
     let mut z: Vec<f32> = (0..n)
         .map(|_| ((2.0 * rng.next_f64() - 1.0) * init) as f32)
         .collect();
-    let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
-    let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
+    let mut adam = super::Adam::new(n);
     let centre = (s - crop) / 2;
     let mut history = Vec::new();
     for step in 0..cfg.steps {
@@ -273,14 +272,7 @@ pub fn dream(
             zt.grad(&grads)
                 .ok_or_else(|| Error::Internal("no gradient for the image".into()))?,
         )?;
-        let t = (step + 1) as i32;
-        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-        for i in 0..n {
-            let gi = g.get(i).copied().unwrap_or(0.0);
-            m[i] = b1 * m[i] + (1.0 - b1) * gi;
-            v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
-            z[i] -= cfg.lr as f32 * (m[i] / c1) / ((v[i] / c2).sqrt() + eps);
-        }
+        adam.step(&mut z, &g, cfg.lr as f32);
         if (step + 1) % 40 == 0 || step + 1 == cfg.steps {
             let zt =
                 Tensor::<1>::from_data(TensorData::new(z.clone(), [n]), &device.clone().inner());
