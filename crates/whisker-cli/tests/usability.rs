@@ -146,6 +146,13 @@ fn runs_datasets_and_outputs_behave() {
         .output()
         .unwrap());
     assert_eq!(c.as_array().unwrap().len(), 10);
+    // a misspelt backbone name gets suggestions
+    let e = err(&whisker(h)
+        .args(["classify", "-b", "resnet5"])
+        .arg(testdata("chelsea.png"))
+        .output()
+        .unwrap());
+    assert!(e.contains("did you mean resnet50"), "{e}");
     // a misspelt class name gets suggestions
     let e = err(&whisker(h)
         .args(["attack", "--target", "zebar", "--out"])

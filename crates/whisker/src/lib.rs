@@ -20,6 +20,7 @@ pub mod learner;
 pub mod model;
 pub mod report;
 pub mod run;
+pub mod similar;
 pub mod tensor;
 pub mod train;
 pub mod weights;

@@ -329,30 +329,14 @@ pub fn class_index(labels: &[String], s: &str) -> Result<usize> {
     match hits.as_slice() {
         [i] => Ok(*i),
         [] => {
-            let want = s.trim().to_lowercase();
-            let mut near: Vec<(usize, usize)> = labels
-                .iter()
-                .enumerate()
-                .map(|(i, l)| {
-                    let l = l.to_lowercase();
-                    let d = if l.contains(&want) || want.contains(&l) {
-                        1
-                    } else {
-                        edit_distance(&l, &want)
-                    };
-                    (d, i)
-                })
-                .filter(|&(d, _)| d <= 2.max(want.len() / 4))
-                .collect();
-            near.sort();
+            let near = crate::similar::closest(s, labels, 5);
             let hint = if near.is_empty() {
                 String::new()
             } else {
                 format!(
                     "; did you mean {}?",
                     near.iter()
-                        .take(5)
-                        .map(|&(_, i)| format!("\"{}\" ({i})", labels[i]))
+                        .map(|&i| format!("\"{}\" ({i})", labels[i]))
                         .collect::<Vec<_>>()
                         .join(", ")
                 )
@@ -371,21 +355,6 @@ pub fn class_index(labels: &[String], s: &str) -> Result<usize> {
                 .join(", ")
         ))),
     }
-}
-
-/// Levenshtein distance.
-pub fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 impl crate::inspect::Classifier for Model {
@@ -420,6 +389,5 @@ mod tests {
         );
         let e = class_index(&labels, "1000").unwrap_err().to_string();
         assert!(e.contains("out of range"), "{e}");
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }

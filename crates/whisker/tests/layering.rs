@@ -5,7 +5,7 @@
 use std::path::Path;
 
 const LAYERS: &[&[&str]] = &[
-    &["error", "io", "tensor"],
+    &["error", "io", "tensor", "similar"],
     &["data"],
     &["weights"],
     &["backbones"],

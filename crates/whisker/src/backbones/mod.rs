@@ -316,13 +316,25 @@ pub static MODELS: &[ModelSpec] = &[
 
 /// Look a backbone up by name.
 pub fn spec(name: &str) -> Result<&'static ModelSpec> {
-    MODELS
-        .iter()
-        .find(|m| m.name == name)
-        .ok_or_else(|| Error::UnknownBackbone {
+    MODELS.iter().find(|m| m.name == name).ok_or_else(|| {
+        let names: Vec<&str> = MODELS.iter().map(|m| m.name).collect();
+        let near = crate::similar::closest(name, &names, 3);
+        Error::UnknownBackbone {
             name: name.to_string(),
-            known: MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
-        })
+            known: if near.is_empty() {
+                names.join(", ")
+            } else {
+                format!(
+                    "{}; did you mean {}?",
+                    names.join(", "),
+                    near.iter()
+                        .map(|&i| names[i])
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                )
+            },
+        }
+    })
 }
 
 /// The 1000 ImageNet-1k class names, in the standard order (281 tabby, 282 tiger cat…).
