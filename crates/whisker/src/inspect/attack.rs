@@ -195,7 +195,7 @@ pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Resul
             .iter()
             .map(|v| (2.0 * v - 1.0).clamp(-0.999_999, 0.999_999).atanh())
             .collect();
-        let mut adam = super::Adam::new(n);
+        let mut adam = crate::train::optim::Adam::new(n);
         let x0t = Tensor::<1>::from_data(TensorData::new(x0.clone(), [n]), &device);
         let k = c.logits(resize(x0t.clone().reshape([3, h, w]))).dims()[1];
         let mut onehot = vec![0f32; k];
@@ -221,7 +221,7 @@ pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Resul
                 wt.grad(&grads)
                     .ok_or_else(|| Error::Internal("no gradient for the image".into()))?,
             )?;
-            adam.step(&mut wv, &g, cfg.alpha as f32);
+            adam.step(&mut wv, &g, cfg.alpha);
             let x: Vec<f32> = wv.iter().map(|z| (z.tanh() + 1.0) / 2.0).collect();
             best = to_image(&x, w, h);
             let (top, _, probs) = classify_u8(c, &best)?;

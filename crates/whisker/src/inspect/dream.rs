@@ -227,7 +227,7 @@ pub fn dream(
     let mut z: Vec<f32> = (0..n)
         .map(|_| ((2.0 * rng.next_f64() - 1.0) * init) as f32)
         .collect();
-    let mut adam = super::Adam::new(n);
+    let mut adam = crate::train::optim::Adam::new(n);
     let centre = (s - crop) / 2;
     let mut history = Vec::new();
     for step in 0..cfg.steps {
@@ -272,7 +272,7 @@ pub fn dream(
             zt.grad(&grads)
                 .ok_or_else(|| Error::Internal("no gradient for the image".into()))?,
         )?;
-        adam.step(&mut z, &g, cfg.lr as f32);
+        adam.step(&mut z, &g, cfg.lr);
         if (step + 1) % 40 == 0 || step + 1 == cfg.steps {
             let zt =
                 Tensor::<1>::from_data(TensorData::new(z.clone(), [n]), &device.clone().inner());

@@ -371,10 +371,11 @@ impl HeadState {
     /// AdamW exactly as PyTorch: decoupled weight decay on weights (not biases here), then
     /// bias-corrected Adam.
     fn adamw(&mut self, grads: &[Vec<f32>], lr: f64, cfg: &HeadConfig) {
-        let t = self.step as i32;
-        let (b1, b2) = (cfg.beta1, cfg.beta2);
-        let bc1 = 1.0 - b1.powi(t);
-        let bc2 = 1.0 - b2.powi(t);
+        let a = super::optim::AdamParams {
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            eps: cfg.eps,
+        };
         let params: [&mut Vec<f32>; 4] = [
             &mut self.head.w1,
             &mut self.head.b1,
@@ -382,18 +383,18 @@ impl HeadState {
             &mut self.head.b2,
         ];
         for (pi, p) in params.into_iter().enumerate() {
+            // weight decay on the weights, not on the biases
             let decay = if pi % 2 == 0 { cfg.weight_decay } else { 0.0 };
-            let (m, v, g) = (&mut self.m[pi], &mut self.v[pi], &grads[pi]);
-            for j in 0..p.len() {
-                let gj = g.get(j).copied().unwrap_or(0.0) as f64;
-                let mut pj = p[j] as f64 * (1.0 - lr * decay);
-                let mj = b1 * m[j] as f64 + (1.0 - b1) * gj;
-                let vj = b2 * v[j] as f64 + (1.0 - b2) * gj * gj;
-                m[j] = mj as f32;
-                v[j] = vj as f32;
-                pj -= lr * (mj / bc1) / ((vj / bc2).sqrt() + cfg.eps);
-                p[j] = pj as f32;
-            }
+            super::optim::adamw_step(
+                p,
+                &mut self.m[pi],
+                &mut self.v[pi],
+                &grads[pi],
+                self.step as i32,
+                lr,
+                decay,
+                a,
+            );
         }
     }
 

@@ -5,6 +5,7 @@ pub mod finetune;
 pub mod head;
 pub mod metrics;
 pub mod model_file;
+pub mod optim;
 pub mod probe;
 
 /// Stop training when the model's outputs are no longer finite (a learning rate far too
