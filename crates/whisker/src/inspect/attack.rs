@@ -118,44 +118,122 @@ pub fn classify_u8(c: &dyn Classifier, img: &RgbImage) -> Result<(usize, f32, Ve
     Ok((t, p[t], p))
 }
 
-/// Run the attack on `image` with `b`, which must live on an autodiff device.
-pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Result<AttackResult> {
-    let b = c.backbone();
-    let device = b.device();
-    if !device.is_autodiff() {
-        return Err(Error::Invalid(
-            "attacks need the backbone on an autodiff device".into(),
-        ));
+/// What every attack method shares: the photo, its pixels, the resize-and-crop as two
+/// matrices (the preprocessing as a differentiable linear map), the label to push to (the
+/// target) or away from (the original top-1), and how success is judged.
+struct Setup<'a> {
+    c: &'a dyn Classifier,
+    cfg: &'a AttackConfig,
+    image: &'a RgbImage,
+    device: burn::tensor::Device,
+    w: usize,
+    h: usize,
+    /// `[w, crop]`: horizontal resize restricted to the crop's columns, transposed.
+    rh_t: Tensor<2>,
+    /// `[crop, h]`: vertical resize restricted to the crop's rows.
+    rv: Tensor<2>,
+    /// The photo's pixels in [0, 1], `[3, h, w]` row-major.
+    x0: Vec<f32>,
+    label: usize,
+    orig_top: usize,
+    orig_prob: f32,
+}
+
+impl<'a> Setup<'a> {
+    fn new(c: &'a dyn Classifier, image: &'a RgbImage, cfg: &'a AttackConfig) -> Result<Self> {
+        let b = c.backbone();
+        let device = b.device();
+        if !device.is_autodiff() {
+            return Err(Error::Invalid(
+                "attacks need the backbone on an autodiff device".into(),
+            ));
+        }
+        let (w, h) = (image.width() as usize, image.height() as usize);
+        let pre = b.preprocess();
+        let (rw, rh) = shorter_side_size(w as u32, h as u32, pre.resize as u32);
+        let crop = pre.crop;
+        if rw < crop || rh < crop {
+            return Err(Error::Invalid(format!(
+                "the image ({w}×{h}) resized to {rw}×{rh} is smaller than the {crop}-pixel crop"
+            )));
+        }
+        let (ox, oy) = (
+            center_crop_offset_usize(rw, crop),
+            center_crop_offset_usize(rh, crop),
+        );
+        // resize matrices: only the rows / columns the crop keeps
+        let mh = bilinear_matrix_rows(w, rw, ox..ox + crop); // [crop, w]
+        let mv = bilinear_matrix_rows(h, rh, oy..oy + crop); // [crop, h]
+        let rh_t = Tensor::<2>::from_data(TensorData::new(mh, [crop, w]), &device).transpose();
+        let rv = Tensor::<2>::from_data(TensorData::new(mv, [crop, h]), &device);
+        let x0 = crate::tensor::to_vec(to_tensor(
+            std::slice::from_ref(image),
+            &device.clone().inner(),
+        ))?;
+        let (orig_top, orig_prob, _) = classify_u8(c, image)?;
+        Ok(Setup {
+            c,
+            cfg,
+            image,
+            device,
+            w,
+            h,
+            rh_t,
+            rv,
+            x0,
+            label: cfg.target.unwrap_or(orig_top),
+            orig_top,
+            orig_prob,
+        })
     }
-    let (w, h) = (image.width() as usize, image.height() as usize);
-    let pre = b.preprocess();
-    let (rw, rh) = shorter_side_size(w as u32, h as u32, pre.resize as u32);
-    let crop = pre.crop;
-    if rw < crop || rh < crop {
-        return Err(Error::Invalid(format!(
-            "the image ({w}×{h}) resized to {rw}×{rh} is smaller than the {crop}-pixel crop"
-        )));
+
+    /// The network's input of a `[3, h, w]` photo: resized and cropped, differentiably.
+    fn resize(&self, t: Tensor<3>) -> Tensor<4> {
+        self.rv
+            .clone()
+            .unsqueeze::<3>()
+            .repeat_dim(0, 3)
+            .matmul(t.matmul(self.rh_t.clone().unsqueeze::<3>().repeat_dim(0, 3)))
+            .unsqueeze::<4>()
     }
-    let (ox, oy) = (
-        center_crop_offset_usize(rw, crop),
-        center_crop_offset_usize(rh, crop),
-    );
-    // resize matrices: only the rows / columns the crop keeps
-    let mh = bilinear_matrix_rows(w, rw, ox..ox + crop); // [crop, w]
-    let mv = bilinear_matrix_rows(h, rh, oy..oy + crop); // [crop, h]
-    let rh_t = Tensor::<2>::from_data(TensorData::new(mh, [crop, w]), &device).transpose(); // [w, crop]
-    let rv = Tensor::<2>::from_data(TensorData::new(mv, [crop, h]), &device); // [crop, h]
-    let x0: Vec<f32> = to_tensor(std::slice::from_ref(image), &device.clone().inner())
-        .into_data()
-        .try_into_vec_as::<f32>()
-        .map_err(|e| Error::Invalid(format!("{e:?}")))?;
-    let (orig_top, orig_prob, _) = classify_u8(c, image)?;
-    let label = cfg.target.unwrap_or(orig_top);
+
+    /// Pixels to the u8 image that is saved; for L∞, rounding must not leave the ball.
+    fn quantise(&self, x: &[f32]) -> RgbImage {
+        let mut img = to_image(x, self.w, self.h);
+        if self.cfg.norm == Norm::Linf {
+            let e = (self.cfg.eps * 255.0 + 1e-6).floor() as i32;
+            for (p, o) in img.as_mut().iter_mut().zip(self.image.as_raw()) {
+                *p = (*p as i32)
+                    .clamp(*o as i32 - e, *o as i32 + e)
+                    .clamp(0, 255) as u8;
+            }
+        }
+        img
+    }
+
+    fn success(&self, top: usize, probs: &[f32]) -> bool {
+        match self.cfg.target {
+            Some(t) => top == t && probs.get(t).copied().unwrap_or(0.0) >= self.cfg.min_confidence,
+            None => top != self.orig_top,
+        }
+    }
+
+    /// Whether the saved (u8) version of `img` already succeeds.
+    fn done(&self, img: &RgbImage) -> Result<bool> {
+        let (top, _, probs) = classify_u8(self.c, img)?;
+        Ok(self.success(top, &probs))
+    }
+}
+
+/// FGSM, BIM and PGD: signed (L∞) or normalised (L2) gradient steps on the cross-entropy,
+/// projected back into the epsilon ball and [0, 1]. Returns the image and the steps used.
+fn gradient_attack(s: &Setup<'_>) -> Result<(RgbImage, usize)> {
+    let (cfg, n) = (s.cfg, 3 * s.h * s.w);
     let eps = cfg.eps as f32;
-    let mut rng = SplitMix64(cfg.seed);
-    let mut x = x0.clone();
+    let mut x = s.x0.clone();
     if cfg.random_start && cfg.method == Method::Pgd {
-        for (xi, x0i) in x.iter_mut().zip(&x0) {
+        let mut rng = SplitMix64(cfg.seed);
+        for (xi, x0i) in x.iter_mut().zip(&s.x0) {
             *xi = (x0i + eps * (2.0 * rng.next_f64() as f32 - 1.0)).clamp(0.0, 1.0);
         }
     }
@@ -163,81 +241,14 @@ pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Resul
         Method::Fgsm => (1, eps),
         _ => (cfg.steps.max(1), cfg.alpha as f32),
     };
-    let quantise = |x: &[f32]| -> RgbImage {
-        let mut img = to_image(x, w, h);
-        if cfg.norm == Norm::Linf {
-            // rounding must not leave the epsilon ball
-            let e = (cfg.eps * 255.0 + 1e-6).floor() as i32;
-            for (p, o) in img.as_mut().iter_mut().zip(image.as_raw()) {
-                *p = (*p as i32)
-                    .clamp(*o as i32 - e, *o as i32 + e)
-                    .clamp(0, 255) as u8;
-            }
-        }
-        img
-    };
-    let success_of = |top: usize, probs: &[f32]| match cfg.target {
-        Some(t) => top == t && probs.get(t).copied().unwrap_or(0.0) >= cfg.min_confidence,
-        None => top != orig_top,
-    };
+    let mut best = s.quantise(&x);
     let mut used = 0;
-    let mut best = quantise(&x);
-    let resize = |t: Tensor<3>| -> Tensor<4> {
-        rv.clone()
-            .unsqueeze::<3>()
-            .repeat_dim(0, 3)
-            .matmul(t.matmul(rh_t.clone().unsqueeze::<3>().repeat_dim(0, 3)))
-            .unsqueeze::<4>()
-    };
-    if cfg.method == Method::Cw {
-        let n = 3 * h * w;
-        let mut wv: Vec<f32> = x0
-            .iter()
-            .map(|v| (2.0 * v - 1.0).clamp(-0.999_999, 0.999_999).atanh())
-            .collect();
-        let mut adam = crate::train::optim::Adam::new(n);
-        let x0t = Tensor::<1>::from_data(TensorData::new(x0.clone(), [n]), &device);
-        let k = c.logits(resize(x0t.clone().reshape([3, h, w]))).dims()[1];
-        let mut onehot = vec![0f32; k];
-        onehot[label] = 1.0;
-        let onehot = Tensor::<1>::from_data(TensorData::new(onehot, [k]), &device).unsqueeze::<2>();
-        for step in 0..cfg.steps.max(1) {
-            used = step + 1;
-            let wt =
-                Tensor::<1>::from_data(TensorData::new(wv.clone(), [n]), &device).require_grad();
-            let xt = (wt.clone().tanh() + 1.0) / 2.0;
-            let logits = c.logits(resize(xt.clone().reshape([3, h, w])));
-            let real = (logits.clone() * onehot.clone()).sum_dim(1);
-            let other = (logits - onehot.clone() * 1e4).max_dim(1);
-            let f = if cfg.target.is_some() {
-                other - real
-            } else {
-                real - other
-            };
-            let loss = (xt.clone() - x0t.clone()).powf_scalar(2.0).sum()
-                + f.clamp_min(0.0).sum() * cfg.cw_c as f32;
-            let grads = loss.backward();
-            let g: Vec<f32> = crate::tensor::to_vec(
-                wt.grad(&grads)
-                    .ok_or_else(|| Error::Internal("no gradient for the image".into()))?,
-            )?;
-            adam.step(&mut wv, &g, cfg.alpha);
-            let x: Vec<f32> = wv.iter().map(|z| (z.tanh() + 1.0) / 2.0).collect();
-            best = to_image(&x, w, h);
-            let (top, _, probs) = classify_u8(c, &best)?;
-            if success_of(top, &probs) {
-                break;
-            }
-        }
-    }
-    let steps = if cfg.method == Method::Cw { 0 } else { steps };
     for step in 0..steps {
         used = step + 1;
-        let xt =
-            Tensor::<1>::from_data(TensorData::new(x.clone(), [3 * h * w]), &device).require_grad();
-        let logits = c.logits(resize(xt.clone().reshape([3, h, w])));
+        let xt = Tensor::<1>::from_data(TensorData::new(x.clone(), [n]), &s.device).require_grad();
+        let logits = s.c.logits(s.resize(xt.clone().reshape([3, s.h, s.w])));
         let logp = burn::tensor::activation::log_softmax(logits, 1);
-        let ce = logp.slice([0..1, label..label + 1]).sum().neg();
+        let ce = logp.slice([0..1, s.label..s.label + 1]).sum().neg();
         // targeted: descend the target's cross-entropy; untargeted: ascend the true class's
         let objective = if cfg.target.is_some() { ce.neg() } else { ce };
         let grads = objective.backward();
@@ -247,7 +258,7 @@ pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Resul
         )?;
         match cfg.norm {
             Norm::Linf => {
-                for ((xi, gi), x0i) in x.iter_mut().zip(&g).zip(&x0) {
+                for ((xi, gi), x0i) in x.iter_mut().zip(&g).zip(&s.x0) {
                     let v = *xi + alpha * gi.signum();
                     *xi = (x0i + (v - x0i).clamp(-eps, eps)).clamp(0.0, 1.0);
                 }
@@ -259,22 +270,77 @@ pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Resul
                 }
                 let dn = x
                     .iter()
-                    .zip(&x0)
+                    .zip(&s.x0)
                     .map(|(a, b)| (a - b) * (a - b))
                     .sum::<f32>()
                     .sqrt();
                 let f = if dn > eps { eps / dn } else { 1.0 };
-                for (xi, x0i) in x.iter_mut().zip(&x0) {
+                for (xi, x0i) in x.iter_mut().zip(&s.x0) {
                     *xi = (x0i + (*xi - x0i) * f).clamp(0.0, 1.0);
                 }
             }
         }
-        best = quantise(&x);
-        let (top, _, probs) = classify_u8(c, &best)?;
-        if success_of(top, &probs) {
+        best = s.quantise(&x);
+        if s.done(&best)? {
             break;
         }
     }
+    Ok((best, used))
+}
+
+/// Carlini–Wagner L2: minimise ‖x − x0‖² + c·max(0, f) over x = (tanh w + 1) / 2 with Adam.
+fn carlini_wagner(s: &Setup<'_>) -> Result<(RgbImage, usize)> {
+    let (cfg, n) = (s.cfg, 3 * s.h * s.w);
+    let mut wv: Vec<f32> =
+        s.x0.iter()
+            .map(|v| (2.0 * v - 1.0).clamp(-0.999_999, 0.999_999).atanh())
+            .collect();
+    let mut adam = crate::train::optim::Adam::new(n);
+    let x0t = Tensor::<1>::from_data(TensorData::new(s.x0.clone(), [n]), &s.device);
+    let k =
+        s.c.logits(s.resize(x0t.clone().reshape([3, s.h, s.w])))
+            .dims()[1];
+    let mut onehot = vec![0f32; k];
+    onehot[s.label] = 1.0;
+    let onehot = Tensor::<1>::from_data(TensorData::new(onehot, [k]), &s.device).unsqueeze::<2>();
+    let mut best = s.quantise(&s.x0);
+    let mut used = 0;
+    for step in 0..cfg.steps.max(1) {
+        used = step + 1;
+        let wt = Tensor::<1>::from_data(TensorData::new(wv.clone(), [n]), &s.device).require_grad();
+        let xt = (wt.clone().tanh() + 1.0) / 2.0;
+        let logits = s.c.logits(s.resize(xt.clone().reshape([3, s.h, s.w])));
+        let real = (logits.clone() * onehot.clone()).sum_dim(1);
+        let other = (logits - onehot.clone() * 1e4).max_dim(1);
+        let f = if cfg.target.is_some() {
+            other - real
+        } else {
+            real - other
+        };
+        let loss = (xt.clone() - x0t.clone()).powf_scalar(2.0).sum()
+            + f.clamp_min(0.0).sum() * cfg.cw_c as f32;
+        let grads = loss.backward();
+        let g: Vec<f32> = crate::tensor::to_vec(
+            wt.grad(&grads)
+                .ok_or_else(|| Error::Internal("no gradient for the image".into()))?,
+        )?;
+        adam.step(&mut wv, &g, cfg.alpha);
+        let x: Vec<f32> = wv.iter().map(|z| (z.tanh() + 1.0) / 2.0).collect();
+        best = to_image(&x, s.w, s.h);
+        if s.done(&best)? {
+            break;
+        }
+    }
+    Ok((best, used))
+}
+
+/// Run the attack on `image` with `c`, whose backbone must live on an autodiff device.
+pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Result<AttackResult> {
+    let s = Setup::new(c, image, cfg)?;
+    let (best, used) = match cfg.method {
+        Method::Cw => carlini_wagner(&s)?,
+        Method::Fgsm | Method::Bim | Method::Pgd => gradient_attack(&s)?,
+    };
     let (adv_top, adv_prob, probs) = classify_u8(c, &best)?;
     let d: Vec<i32> = best
         .as_raw()
@@ -291,13 +357,13 @@ pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Resul
         f64::INFINITY
     };
     Ok(AttackResult {
-        original_top1: orig_top,
-        original_prob: orig_prob,
+        original_top1: s.orig_top,
+        original_prob: s.orig_prob,
         adversarial_top1: adv_top,
         adversarial_prob: adv_prob,
         target: cfg.target,
         target_prob: cfg.target.and_then(|t| probs.get(t).copied()),
-        success: success_of(adv_top, &probs),
+        success: s.success(adv_top, &probs),
         linf_255,
         linf: linf_255 as f64 / 255.0,
         l2,
