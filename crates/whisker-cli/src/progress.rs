@@ -3,14 +3,31 @@
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 
+/// What a bar counts, from its name: the rate is shown with this unit.
+fn unit(what: &str) -> &'static str {
+    match what {
+        "epochs" => "epochs",
+        "dream" => "steps",
+        "attacks" => "attacks",
+        _ => "images",
+    }
+}
+
 pub fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
     let pb = ProgressBar::new(len);
     if quiet || !std::io::stderr().is_terminal() {
         pb.set_draw_target(ProgressDrawTarget::hidden());
     }
+    let unit = unit(what);
     pb.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {rate} ETA {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key(
+                "rate",
+                move |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.1} {unit}/s", s.per_sec());
+                },
+            )
             .progress_chars("=> "),
     );
     pb.set_message(what.to_string());

@@ -412,10 +412,22 @@ pub fn contact_sheet(tiles: &[Tile<'_>], title: &str, path: &Path) -> Result<()>
             10 + (i % cols) as u32 * (tw + 10),
             40 + (i / cols) as u32 * (th + cap + 10),
         );
-        let thumb = imageops::resize(t.image, tw, th, imageops::FilterType::Triangle);
-        imageops::overlay(&mut sheet, &thumb, x as i64, y as i64);
-        for d in 0..tw {
-            sheet.put_pixel(x + d, y, Rgb([200, 0, 0]));
+        // the picture at its own aspect ratio, centred in its cell
+        let (iw, ih) = t.image.dimensions();
+        let scale = (tw as f64 / iw.max(1) as f64).min(th as f64 / ih.max(1) as f64);
+        let (nw, nh) = (
+            ((iw as f64 * scale).round() as u32).clamp(1, tw),
+            ((ih as f64 * scale).round() as u32).clamp(1, th),
+        );
+        let thumb = imageops::resize(t.image, nw, nh, imageops::FilterType::Triangle);
+        imageops::overlay(
+            &mut sheet,
+            &thumb,
+            (x + (tw - nw) / 2) as i64,
+            (y + (th - nh) / 2) as i64,
+        );
+        for d in 0..nw {
+            sheet.put_pixel(x + (tw - nw) / 2 + d, y + (th - nh) / 2, Rgb([200, 0, 0]));
         }
     }
     save_png(&sheet, path)
