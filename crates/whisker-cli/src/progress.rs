@@ -114,3 +114,13 @@ pub fn epoch_line(s: &whisker::train::head::EpochStats, tag: &str) -> String {
         s.lr
     )
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rates_have_units() {
+        assert_eq!(super::unit("epochs"), "epochs");
+        assert_eq!(super::unit("features"), "images");
+        assert_eq!(super::unit("dream"), "steps");
+    }
+}

@@ -144,6 +144,13 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Refuse settings outside their ranges (the library's own check; the CLI also checks
     /// when parsing).
+    ///
+    /// ```
+    /// use whisker::learner::{Mode, TrainConfig};
+    /// assert!(TrainConfig::default().validate().is_ok());
+    /// let bad = TrainConfig { mode: Mode::Head, dropout: 1.5, ..TrainConfig::default() };
+    /// assert!(bad.validate().unwrap_err().to_string().contains("dropout"));
+    /// ```
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str, v: String, range: &str| {
             Err(Error::Invalid(format!("{what} = {v}: must be {range}")))

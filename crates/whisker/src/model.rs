@@ -312,6 +312,15 @@ impl Model {
 }
 
 /// [`Model::class_index`] over any list of class names.
+///
+/// ```
+/// use whisker::model::class_index;
+/// let labels: Vec<String> = ["tabby", "tiger cat", "zebra"].iter().map(|s| s.to_string()).collect();
+/// assert_eq!(class_index(&labels, "Zebra").unwrap(), 2);
+/// assert_eq!(class_index(&labels, "1").unwrap(), 1);
+/// let e = class_index(&labels, "zebar").unwrap_err().to_string();
+/// assert!(e.contains("did you mean \"zebra\" (2)"));
+/// ```
 pub fn class_index(labels: &[String], s: &str) -> Result<usize> {
     if let Ok(i) = s.trim().parse::<usize>() {
         if i < labels.len() {

@@ -257,6 +257,14 @@ impl std::fmt::Display for Part {
 
 /// The key of a dataset file in `split.json`: its path relative to the dataset root, with
 /// `/` separators. `None` for a file outside the root.
+///
+/// ```
+/// use std::path::Path;
+/// use whisker::run::relative_key;
+/// let k = relative_key(Path::new("/data/pets"), Path::new("/data/pets/cat/1.jpg"));
+/// assert_eq!(k.as_deref(), Some("cat/1.jpg"));
+/// assert_eq!(relative_key(Path::new("/data/pets"), Path::new("/elsewhere/1.jpg")), None);
+/// ```
 pub fn relative_key(root: &Path, path: &Path) -> Option<String> {
     let rel = path.strip_prefix(root).ok()?;
     let parts: Vec<String> = rel

@@ -510,3 +510,85 @@ pub fn robustness_plot(points: &[(f64, f64)], title: &str, path: &Path) -> Resul
     })?;
     save_png(&img, path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contact_sheets_keep_the_aspect_ratio() {
+        let dir = tempfile::tempdir().unwrap();
+        let wide = RgbImage::from_pixel(400, 100, Rgb([0, 0, 255]));
+        let p = dir.path().join("sheet.png");
+        contact_sheet(
+            &[Tile {
+                image: &wide,
+                lines: vec!["wide".into()],
+            }],
+            "t",
+            &p,
+        )
+        .unwrap();
+        let sheet = image::open(&p).unwrap().to_rgb8();
+        // the 200×200 cell at (10, 40) holds a 200×50 picture, centred: blue in the middle
+        // row, white above and below it
+        assert_eq!(sheet.get_pixel(110, 140), &Rgb([0, 0, 255]));
+        assert_eq!(sheet.get_pixel(110, 60), &Rgb([255, 255, 255]));
+        assert_eq!(sheet.get_pixel(110, 220), &Rgb([255, 255, 255]));
+    }
+
+    #[test]
+    fn colours_are_viridis() {
+        assert_eq!(colormap(0.0), Rgb([68, 1, 84]));
+        assert_eq!(colormap(1.0), Rgb([253, 231, 37]));
+        assert_eq!(colormap(0.5), Rgb([33, 145, 140]));
+        // the confusion matrix uses the same scale on and off the diagonal: no red/green
+        assert_ne!(colormap(0.0), colormap(1.0));
+    }
+
+    #[test]
+    fn feature_map_figures_have_a_legend() {
+        let base = RgbImage::from_pixel(300, 200, Rgb([10, 10, 10]));
+        let tiles = [crate::inspect::featuremap::TilePos {
+            channel: 17,
+            x: 100,
+            y: 0,
+        }];
+        let f = featuremap_figure(&base, &tiles, "backbone · layer").unwrap();
+        assert_eq!(f.height(), 200 + 34 + 40);
+        assert!(f.width() >= 420);
+        // title text in the top band, the colour scale at the bottom (viridis' dark end)
+        let dark = (0..f.width())
+            .flat_map(|x| (0..30).map(move |y| (x, y)))
+            .filter(|&(x, y)| f.get_pixel(x, y)[0] < 128)
+            .count();
+        assert!(dark > 20, "no title drawn");
+        assert_eq!(f.get_pixel(6, 200 + 34 + 12), &colormap(0.0));
+    }
+
+    #[test]
+    fn the_kept_epoch_is_the_lowest_validation_loss() {
+        let h: Vec<EpochStats> = [
+            (1, 1.0, Some(0.9)),
+            (2, 0.8, Some(0.7)),
+            (3, 0.5, Some(0.8)),
+        ]
+        .into_iter()
+        .map(|(e, t, v)| EpochStats {
+            epoch: e,
+            train_loss: t,
+            val_loss: v,
+            val_accuracy: None,
+            lr: 1e-3,
+        })
+        .collect();
+        assert_eq!(CurveMarks::best_of(&h), Some(2));
+        let dir = tempfile::tempdir().unwrap();
+        let marks = CurveMarks {
+            unfreeze: Some(2),
+            best: Some(2),
+        };
+        training_curves(&h, &marks, &dir.path().join("c.png")).unwrap();
+        assert!(dir.path().join("c.png").is_file());
+    }
+}

@@ -68,6 +68,16 @@ pub fn decision(row: &[f32], label: usize) -> usize {
 
 /// Metrics of `[n, k]` row-major logits against labels. Ties count as errors; non-finite
 /// logits (NaN or ±Inf: broken weights or features) are an error, not a result.
+///
+/// ```
+/// use whisker::train::metrics::evaluate;
+/// let classes = vec!["cat".to_string(), "dog".to_string()];
+/// // two images of class 0: one clearly right, one tied (a tie is not a decision)
+/// let m = evaluate(&[3.0, 1.0, 2.0, 2.0], &[0, 0], &classes).unwrap();
+/// assert_eq!(m.accuracy, 0.5);
+/// assert_eq!(m.confusion, vec![vec![1, 1], vec![0, 0]]);
+/// assert!(evaluate(&[f32::NAN, 0.0], &[0], &classes).is_err());
+/// ```
 pub fn evaluate(logits: &[f32], labels: &[usize], classes: &[String]) -> Result<Metrics> {
     let k = classes.len();
     let n = labels.len();
