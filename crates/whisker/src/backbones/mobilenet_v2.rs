@@ -10,15 +10,35 @@ use crate::error::Result;
 use crate::weights::Loader;
 
 const EPS: f64 = 1e-5;
-/// (expand ratio, out channels, repeats, first stride)
-const SETTINGS: [(usize, usize, usize, usize); 7] = [
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
+/// One stage of MobileNetV2 (the paper's table 2).
+struct Stage {
+    /// Expansion ratio t.
+    expand: usize,
+    /// Output channels c.
+    cout: usize,
+    /// Repeats n.
+    repeats: usize,
+    /// Stride s of the first block.
+    stride: usize,
+}
+
+const fn stage(expand: usize, cout: usize, repeats: usize, stride: usize) -> Stage {
+    Stage {
+        expand,
+        cout,
+        repeats,
+        stride,
+    }
+}
+
+const SETTINGS: [Stage; 7] = [
+    stage(1, 16, 1, 1),
+    stage(6, 24, 2, 2),
+    stage(6, 32, 3, 2),
+    stage(6, 64, 4, 2),
+    stage(6, 96, 3, 1),
+    stage(6, 160, 3, 2),
+    stage(6, 320, 1, 1),
 ];
 
 /// A block with torchvision's MobileNetV2 key names (`features.N.conv.*`).
@@ -90,7 +110,13 @@ impl MobileNetV2 {
         let mut blocks = Vec::new();
         let mut cin = 32;
         let mut idx = 1;
-        for (t, c, n, s) in SETTINGS {
+        for Stage {
+            expand: t,
+            cout: c,
+            repeats: n,
+            stride: s,
+        } in SETTINGS
+        {
             for i in 0..n {
                 let stride = if i == 0 { s } else { 1 };
                 l.begin_unit(&format!("features.{idx}"));
