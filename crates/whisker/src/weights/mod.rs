@@ -1,7 +1,7 @@
 //! Weight files: reading checkpoints (torch zip, legacy torch pickle, safetensors) into a
 //! [`StateDict`], strict loading into modules ([`Loader`]), checkpoint key mapping (timm →
-//! torchvision / lukemelas names), deterministic formula weights for tests, and the weights
-//! cache ([`cache`]).
+//! torchvision / lukemelas names), deterministic formula weights for tests. The weights
+//! cache, which needs the backbones, is [`crate::cache`].
 
 pub mod formula;
 mod keymap;
