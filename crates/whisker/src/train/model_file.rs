@@ -114,12 +114,11 @@ impl TrainedModel {
             }
         }
         for (k, b, _) in &tensors {
-            if crate::weights::f32_from_le(b)
-                .iter()
-                .any(|v| !v.is_finite())
+            if let Some(reason) =
+                crate::weights::non_finite_tensor(k, &crate::weights::f32_from_le(b))
             {
                 return Err(Error::NonFinite(format!(
-                    "{}: not written: tensor `{k}` of the trained model holds NaN or infinity (training diverged)",
+                    "{}: not written (training diverged): {reason}",
                     path.display()
                 )));
             }
@@ -166,13 +165,7 @@ impl TrainedModel {
                 )));
             }
             let v = crate::weights::f32_from_le(view.data());
-            if let Some(reason) = crate::weights::non_finite(&std::collections::BTreeMap::from([(
-                name.clone(),
-                crate::weights::RawTensor {
-                    shape: view.shape().to_vec(),
-                    data: v,
-                },
-            )])) {
+            if let Some(reason) = crate::weights::non_finite_tensor(&name, &v) {
                 return Err(bad(reason));
             }
         }

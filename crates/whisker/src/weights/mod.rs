@@ -186,14 +186,19 @@ impl StateDict {
 /// A description of the first tensor holding NaN or infinity, if any: such weights make
 /// every output NaN, so they are refused when read.
 pub fn non_finite(tensors: &BTreeMap<String, RawTensor>) -> Option<String> {
-    tensors.iter().find_map(|(k, t)| {
-        let bad = t.data.iter().filter(|v| !v.is_finite()).count();
-        (bad > 0).then(|| {
-            format!(
-                "tensor `{k}` holds {bad} non-finite value(s) (NaN or infinity) of {}",
-                t.data.len()
-            )
-        })
+    tensors
+        .iter()
+        .find_map(|(k, t)| non_finite_tensor(k, &t.data))
+}
+
+/// The same check for one tensor's values.
+pub fn non_finite_tensor(key: &str, data: &[f32]) -> Option<String> {
+    let bad = data.iter().filter(|v| !v.is_finite()).count();
+    (bad > 0).then(|| {
+        format!(
+            "tensor `{key}` holds {bad} non-finite value(s) (NaN or infinity) of {}",
+            data.len()
+        )
     })
 }
 
