@@ -85,29 +85,13 @@ impl From<&str> for DecodeFailure {
 /// read (a FIFO or device would block or never end), at most [`MAX_FILE_BYTES`], and images
 /// declaring more than [`max_pixels`] are refused before any pixel memory is allocated.
 pub fn decode_file(path: &Path) -> Result<RgbImage> {
-    let decode_err = |reason: String| Error::Decode {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(decode_err(if meta.is_dir() {
-            "it is a directory".into()
-        } else {
-            "not a regular file (a FIFO, socket or device)".into()
-        }));
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(decode_err(format!(
-            "the file is {} bytes; whisker reads images of at most {MAX_FILE_BYTES} bytes",
-            meta.len()
-        )));
-    }
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut bytes = Vec::new();
-    f.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, e))?;
+    let bytes = read_image_file(path).map_err(|f| match f {
+        ReadFailure::Io(e) => Error::io(path, e),
+        ReadFailure::Refused(reason) => Error::Decode {
+            path: path.to_path_buf(),
+            reason,
+        },
+    })?;
     decode_bytes_limited(&bytes, max_pixels()).map_err(|f| match f {
         DecodeFailure::Invalid(reason) => Error::Decode {
             path: path.to_path_buf(),
@@ -125,6 +109,48 @@ pub fn decode_file(path: &Path) -> Result<RgbImage> {
             limit,
         },
     })
+}
+
+/// Why the bytes of an image file were not read.
+#[derive(Debug)]
+pub enum ReadFailure {
+    Io(std::io::Error),
+    /// Not a regular file, or too large: the reason.
+    Refused(String),
+}
+
+impl std::fmt::Display for ReadFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadFailure::Io(e) => write!(f, "{e}"),
+            ReadFailure::Refused(r) => write!(f, "cannot decode image: {r}"),
+        }
+    }
+}
+
+/// The bytes of an image file: only a regular file (a FIFO or device would block or never
+/// end), at most [`MAX_FILE_BYTES`]. Every reader of image files goes through this.
+pub fn read_image_file(path: &Path) -> std::result::Result<Vec<u8>, ReadFailure> {
+    let meta = std::fs::metadata(path).map_err(ReadFailure::Io)?;
+    if !meta.is_file() {
+        return Err(ReadFailure::Refused(if meta.is_dir() {
+            "it is a directory".into()
+        } else {
+            "not a regular file (a FIFO, socket or device)".into()
+        }));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(ReadFailure::Refused(format!(
+            "the file is {} bytes; whisker reads images of at most {MAX_FILE_BYTES} bytes",
+            meta.len()
+        )));
+    }
+    let f = std::fs::File::open(path).map_err(ReadFailure::Io)?;
+    let mut bytes = Vec::new();
+    f.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ReadFailure::Io)?;
+    Ok(bytes)
 }
 
 /// Decode image bytes to RGB u8 under the process's pixel limit; the error is a

@@ -64,23 +64,10 @@ impl FeatureCache {
     }
 }
 
-/// sha256 of a file's content (hex), or the reason it cannot be read. Only regular files are read (a FIFO would block forever), at most
-/// [`crate::data::decode::MAX_FILE_BYTES`].
+/// sha256 of an image file's content (hex), or the reason it cannot be read; read as the
+/// decoder reads it ([`crate::data::decode::read_image_file`]: regular files, bounded size).
 pub fn content_hash(path: &Path) -> std::result::Result<String, String> {
-    let m = fs::metadata(path).map_err(|e| e.to_string())?;
-    if !m.is_file() {
-        return Err(
-            "cannot decode image: not a regular file (a FIFO, socket, device or directory)".into(),
-        );
-    }
-    if m.len() > crate::data::decode::MAX_FILE_BYTES {
-        return Err(format!(
-            "cannot decode image: the file is {} bytes; whisker reads images of at most {} bytes",
-            m.len(),
-            crate::data::decode::MAX_FILE_BYTES
-        ));
-    }
-    let b = fs::read(path).map_err(|e| e.to_string())?;
+    let b = crate::data::decode::read_image_file(path).map_err(|e| e.to_string())?;
     Ok(hex::encode(Sha256::digest(&b)))
 }
 
