@@ -1,0 +1,588 @@
+//! Dense convolution as an implicit GEMM on NHWC activations.
+//!
+//! The output `[pixels, cout]` is `A · B`, where row `p` of `A` is the concatenation, over the
+//! kernel taps, of the `cin` input channels under tap `(ky, kx)` of output pixel `p`, and `B`
+//! is the weight `[kh·kw·cin, cout]`. `A` is never materialised: for each tile of output
+//! pixels the driver writes one pointer per (tap, pixel) — into the input, or to a row of
+//! zeros where the tap falls in the padding — and the micro-kernel reads `cin` contiguous
+//! values behind each. A 1×1 stride-1 convolution is the plain GEMM over `N·H·W` rows; a
+//! linear layer is a 1×1 convolution over a 1×1 map.
+//!
+//! `B` is packed once, at load, into panels of [`NR`] output channels (`[K][NR]`, the last
+//! panel narrower, a multiple of 16, zero-padded): the micro-kernel streams it with aligned
+//! strides and never re-lays it out. Bias, residual add and activation are applied from the
+//! registers, and each output value is written once.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::{Act, Isa, ShapeError};
+
+/// Output channels per weight panel.
+pub const NR: usize = 64;
+
+/// The geometry of a convolution's input and its padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Batch size.
+    pub n: usize,
+    /// Input height and width.
+    pub h: usize,
+    pub w: usize,
+    pub stride: usize,
+    /// Zeros before and after, vertically (top, bottom) and horizontally (left, right):
+    /// PyTorch pads symmetrically, TensorFlow's 'SAME' may put one more after.
+    pub pad: [usize; 4],
+}
+
+impl ConvShape {
+    /// A shape with the same padding on every side.
+    pub fn symmetric(n: usize, h: usize, w: usize, stride: usize, pad: usize) -> Self {
+        ConvShape {
+            n,
+            h,
+            w,
+            stride,
+            pad: [pad, pad, pad, pad],
+        }
+    }
+
+    /// Output height and width for a `kh × kw` kernel.
+    pub fn out_hw(&self, kh: usize, kw: usize) -> Result<(usize, usize), ShapeError> {
+        let [t, b, l, r] = self.pad;
+        let (hp, wp) = (self.h + t + b, self.w + l + r);
+        if self.stride == 0 || hp < kh || wp < kw {
+            return Err(ShapeError(format!(
+                "a {kh}×{kw} kernel with stride {} does not fit a {}×{} input padded by {:?}",
+                self.stride, self.h, self.w, self.pad
+            )));
+        }
+        Ok(((hp - kh) / self.stride + 1, (wp - kw) / self.stride + 1))
+    }
+}
+
+/// Convolution weights packed into the micro-kernel's panel order, with their bias.
+#[derive(Debug, Clone)]
+pub struct PackedConv {
+    pub cout: usize,
+    pub cin: usize,
+    pub kh: usize,
+    pub kw: usize,
+    /// Panels, one after the other; panel `p` starts at `offsets[p]` and is `widths[p]` wide.
+    data: Vec<f32>,
+    offsets: Vec<usize>,
+    widths: Vec<usize>,
+    /// Bias, zero-padded to the panels' total width.
+    bias: Vec<f32>,
+}
+
+impl PackedConv {
+    /// Pack PyTorch's `[cout, cin, kh, kw]` weight (and bias, zeros when `None`).
+    pub fn from_oihw(
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        cout: usize,
+        cin: usize,
+        kh: usize,
+        kw: usize,
+    ) -> Result<Self, ShapeError> {
+        if weight.len() != cout * cin * kh * kw || cout == 0 || cin == 0 || kh == 0 || kw == 0 {
+            return Err(ShapeError(format!(
+                "weight of {} values for a [{cout}, {cin}, {kh}, {kw}] convolution",
+                weight.len()
+            )));
+        }
+        Self::pack(weight, bias, cout, cin, kh, kw, |o, c, ky, kx| {
+            ((o * cin + c) * kh + ky) * kw + kx
+        })
+    }
+
+    /// Pack a linear layer's weight stored `[in, out]` (burn's layout) as a 1×1 convolution.
+    pub fn from_in_out(
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        inp: usize,
+        out: usize,
+    ) -> Result<Self, ShapeError> {
+        if weight.len() != inp * out || inp == 0 || out == 0 {
+            return Err(ShapeError(format!(
+                "weight of {} values for a {inp}→{out} linear layer",
+                weight.len()
+            )));
+        }
+        Self::pack(weight, bias, out, inp, 1, 1, |o, c, _, _| c * out + o)
+    }
+
+    fn pack(
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        cout: usize,
+        cin: usize,
+        kh: usize,
+        kw: usize,
+        index: impl Fn(usize, usize, usize, usize) -> usize,
+    ) -> Result<Self, ShapeError> {
+        if let Some(b) = bias {
+            if b.len() != cout {
+                return Err(ShapeError(format!(
+                    "bias of {} values for {cout} output channels",
+                    b.len()
+                )));
+            }
+        }
+        let k = kh * kw * cin;
+        let (mut offsets, mut widths) = (Vec::new(), Vec::new());
+        let mut total = 0;
+        let mut o0 = 0;
+        while o0 < cout {
+            let wp = (cout - o0).min(NR).div_ceil(16) * 16;
+            offsets.push(total);
+            widths.push(wp);
+            total += k * wp;
+            o0 += NR;
+        }
+        let mut data = vec![0f32; total];
+        let mut padded_bias = vec![0f32; widths.iter().sum()];
+        for (p, (&off, &wp)) in offsets.iter().zip(&widths).enumerate() {
+            for j in 0..wp {
+                let o = p * NR + j;
+                if o >= cout {
+                    break;
+                }
+                padded_bias[p * NR + j] = bias.map(|b| b[o]).unwrap_or(0.0);
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        for c in 0..cin {
+                            let kk = (ky * kw + kx) * cin + c;
+                            data[off + kk * wp + j] = weight[index(o, c, ky, kx)];
+                        }
+                    }
+                }
+            }
+        }
+        Ok(PackedConv {
+            cout,
+            cin,
+            kh,
+            kw,
+            data,
+            offsets,
+            widths,
+            bias: padded_bias,
+        })
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        (self.data.len() + self.bias.len()) * 4
+    }
+}
+
+/// A raw pointer that may cross to the worker threads (each writes disjoint elements).
+#[derive(Clone, Copy)]
+struct Ptr<T>(T);
+unsafe impl<T> Send for Ptr<T> {}
+unsafe impl<T> Sync for Ptr<T> {}
+
+thread_local! {
+    /// Per-thread scratch: the tap pointers of a block of tiles, and a row of zeros.
+    static SCRATCH: RefCell<(Vec<usize>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Pixel tiles per block: the tap pointers of a block are made once and reused for every
+/// panel, and the block's input rows stay in the cache while the panels go by.
+const TILES_PER_BLOCK: usize = 16;
+
+/// `out[p, o] = act(bias[o] + Σ x·w + residual[p, o])` for NHWC `x` `[n, h, w, cin]` and
+/// `out`, `residual` `[n, oh, ow, cout]`.
+pub fn conv2d(
+    isa: Isa,
+    wts: &PackedConv,
+    x: &[f32],
+    s: &ConvShape,
+    residual: Option<&[f32]>,
+    act: Act,
+    out: &mut [f32],
+) -> Result<(), ShapeError> {
+    let (oh, ow) = s.out_hw(wts.kh, wts.kw)?;
+    let m = s.n * oh * ow;
+    if x.len() != s.n * s.h * s.w * wts.cin {
+        return Err(ShapeError(format!(
+            "input of {} values for [{}, {}, {}, {}]",
+            x.len(),
+            s.n,
+            s.h,
+            s.w,
+            wts.cin
+        )));
+    }
+    if out.len() != m * wts.cout || residual.is_some_and(|r| r.len() != out.len()) {
+        return Err(ShapeError(format!(
+            "output of {} values (residual {:?}) for [{}, {oh}, {ow}, {}]",
+            out.len(),
+            residual.map(|r| r.len()),
+            s.n,
+            wts.cout
+        )));
+    }
+    if m == 0 {
+        return Ok(());
+    }
+    let mr = isa.rows();
+    let tiles = m.div_ceil(mr);
+    let panels = wts.widths.len();
+    let threads = rayon::current_num_threads().max(1);
+    let macs = m * wts.cout * wts.cin * wts.kh * wts.kw;
+    let threads = if macs < 1 << 16 { 1 } else { threads };
+    // Split the pixel tiles when there are enough of them, else the panels (small batches
+    // through the classifier layers: each thread then reads only its share of the weights).
+    let split_rows = tiles >= 2 * threads || panels < threads;
+    let out_ptr = Ptr(out.as_mut_ptr());
+    let job = |t: usize| {
+        let (t0, t1, p0, p1) = if split_rows {
+            let per = tiles.div_ceil(threads);
+            (t * per, ((t + 1) * per).min(tiles), 0, panels)
+        } else {
+            let per = panels.div_ceil(threads);
+            (0, tiles, t * per, ((t + 1) * per).min(panels))
+        };
+        if t0 >= t1 || p0 >= p1 {
+            return;
+        }
+        let out_ptr = out_ptr;
+        // SAFETY: each job writes the rows [t0·mr, t1·mr) ∩ [0, m) of the panels [p0, p1):
+        // disjoint from every other job's.
+        unsafe { run_range(isa, wts, x, s, (oh, ow), residual, act, out_ptr.0, t0, t1, p0, p1) };
+    };
+    if threads == 1 {
+        job(0);
+    } else {
+        (0..threads).into_par_iter().for_each(job);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_range(
+    isa: Isa,
+    wts: &PackedConv,
+    x: &[f32],
+    s: &ConvShape,
+    (oh, ow): (usize, usize),
+    residual: Option<&[f32]>,
+    act: Act,
+    out: *mut f32,
+    t0: usize,
+    t1: usize,
+    p0: usize,
+    p1: usize,
+) {
+    let mr = isa.rows();
+    let m = s.n * oh * ow;
+    let (cin, kh, kw, cout) = (wts.cin, wts.kh, wts.kw, wts.cout);
+    let taps = kh * kw;
+    let [pad_t, _, pad_l, _] = s.pad;
+    SCRATCH.with(|sc| {
+        let mut sc = sc.borrow_mut();
+        let (ptrs, zeros) = &mut *sc;
+        if zeros.len() < cin {
+            zeros.resize(cin, 0.0);
+        }
+        let zero = zeros.as_ptr() as usize;
+        let mut tb = t0;
+        while tb < t1 {
+            let te = (tb + TILES_PER_BLOCK).min(t1);
+            // tap pointers of the block's tiles: [tile][tap][row]
+            ptrs.clear();
+            for tile in tb..te {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        for i in 0..mr {
+                            let p = (tile * mr + i).min(m - 1);
+                            let (b, rem) = (p / (oh * ow), p % (oh * ow));
+                            let (oy, ox) = (rem / ow, rem % ow);
+                            let iy = (oy * s.stride + ky) as isize - pad_t as isize;
+                            let ix = (ox * s.stride + kx) as isize - pad_l as isize;
+                            let inside = iy >= 0
+                                && ix >= 0
+                                && (iy as usize) < s.h
+                                && (ix as usize) < s.w;
+                            ptrs.push(if inside {
+                                x.as_ptr().add(((b * s.h + iy as usize) * s.w + ix as usize) * cin)
+                                    as usize
+                            } else {
+                                zero
+                            });
+                        }
+                    }
+                }
+            }
+            for p in p0..p1 {
+                let (off, wp) = (wts.offsets[p], wts.widths[p]);
+                let col0 = p * NR;
+                let cols = (cout - col0).min(wp);
+                let bpanel = wts.data.as_ptr().add(off);
+                let bias = wts.bias.as_ptr().add(col0);
+                for tile in tb..te {
+                    let row0 = tile * mr;
+                    let rows = (m - row0).min(mr);
+                    let a = ptrs.as_ptr().add((tile - tb) * taps * mr) as *const *const f32;
+                    let o = out.add(row0 * cout + col0);
+                    let r = residual.map_or(std::ptr::null(), |r| r.as_ptr().add(row0 * cout + col0));
+                    let t = Tile {
+                        a,
+                        taps,
+                        cin,
+                        b: bpanel,
+                        ldb: wp,
+                        bias,
+                        out: o,
+                        ldo: cout,
+                        res: r,
+                        rows,
+                        cols,
+                        act,
+                    };
+                    micro(isa, &t, wp);
+                }
+            }
+            tb = te;
+        }
+        let _ = zero;
+    });
+}
+
+/// One micro-kernel call: `rows` × `cols` outputs from `taps` × `cin` products.
+pub(crate) struct Tile {
+    pub a: *const *const f32,
+    pub taps: usize,
+    pub cin: usize,
+    pub b: *const f32,
+    pub ldb: usize,
+    pub bias: *const f32,
+    pub out: *mut f32,
+    pub ldo: usize,
+    pub res: *const f32,
+    pub rows: usize,
+    pub cols: usize,
+    pub act: Act,
+}
+
+unsafe fn micro(isa: Isa, t: &Tile, wp: usize) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => match wp / 16 {
+            1 => x86::tile_avx512::<1>(t),
+            2 => x86::tile_avx512::<2>(t),
+            3 => x86::tile_avx512::<3>(t),
+            _ => x86::tile_avx512::<4>(t),
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            for c in (0..wp).step_by(16) {
+                if c < t.cols {
+                    x86::tile_avx2(&t.shifted(c));
+                }
+            }
+        }
+        _ => {
+            for c in (0..wp).step_by(16) {
+                if c < t.cols {
+                    tile_portable(&t.shifted(c));
+                }
+            }
+        }
+    }
+}
+
+impl Tile {
+    /// The same tile restricted to the 16 columns from `c`.
+    #[allow(dead_code)]
+    unsafe fn shifted(&self, c: usize) -> Tile {
+        Tile {
+            a: self.a,
+            taps: self.taps,
+            cin: self.cin,
+            b: self.b.add(c),
+            ldb: self.ldb,
+            bias: self.bias.add(c),
+            out: self.out.add(c),
+            ldo: self.ldo,
+            res: if self.res.is_null() {
+                self.res
+            } else {
+                self.res.add(c)
+            },
+            rows: self.rows,
+            cols: (self.cols - c).min(16),
+            act: self.act,
+        }
+    }
+}
+
+/// The portable micro-kernel: 4 pixels × 16 channels.
+unsafe fn tile_portable(t: &Tile) {
+    const MR: usize = 4;
+    let mut acc = [[0f32; 16]; MR];
+    let mut bp = t.b;
+    for tap in 0..t.taps {
+        let p: [*const f32; MR] = std::array::from_fn(|i| *t.a.add(tap * MR + i));
+        for c in 0..t.cin {
+            let b: &[f32; 16] = &*(bp as *const [f32; 16]);
+            for i in 0..MR {
+                let a = *p[i].add(c);
+                for j in 0..16 {
+                    acc[i][j] += a * b[j];
+                }
+            }
+            bp = bp.add(t.ldb);
+        }
+    }
+    for (i, row) in acc.iter().enumerate().take(t.rows) {
+        for (j, &v) in row.iter().enumerate().take(t.cols) {
+            let mut y = v + *t.bias.add(j);
+            if !t.res.is_null() {
+                y += *t.res.add(i * t.ldo + j);
+            }
+            *t.out.add(i * t.ldo + j) = t.act.apply(y);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Tile;
+    use crate::Act;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn act512(act: Act, y: __m512) -> __m512 {
+        let zero = _mm512_setzero_ps();
+        let six = _mm512_set1_ps(6.0);
+        match act {
+            Act::None => y,
+            Act::Relu => _mm512_max_ps(y, zero),
+            Act::Relu6 => _mm512_min_ps(_mm512_max_ps(y, zero), six),
+            Act::Hardswish => {
+                let h = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(y, _mm512_set1_ps(3.0)), zero), six);
+                _mm512_mul_ps(y, _mm512_div_ps(h, six))
+            }
+            Act::Hardsigmoid => {
+                let h = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(y, _mm512_set1_ps(3.0)), zero), six);
+                _mm512_div_ps(h, six)
+            }
+        }
+    }
+
+    /// 6 pixels × `NV`·16 channels, AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile_avx512<const NV: usize>(t: &Tile) {
+        const MR: usize = 6;
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        let mut bp = t.b;
+        for tap in 0..t.taps {
+            let p: [*const f32; MR] = std::array::from_fn(|i| *t.a.add(tap * MR + i));
+            for c in 0..t.cin {
+                let mut b = [_mm512_setzero_ps(); NV];
+                for (v, bv) in b.iter_mut().enumerate() {
+                    *bv = _mm512_loadu_ps(bp.add(v * 16));
+                }
+                for i in 0..MR {
+                    let a = _mm512_set1_ps(*p[i].add(c));
+                    for v in 0..NV {
+                        acc[i][v] = _mm512_fmadd_ps(a, b[v], acc[i][v]);
+                    }
+                }
+                bp = bp.add(t.ldb);
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            if i >= t.rows {
+                break;
+            }
+            for (v, &a) in row.iter().enumerate() {
+                let col = v * 16;
+                if col >= t.cols {
+                    break;
+                }
+                let left = t.cols - col;
+                let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
+                let mut y = _mm512_add_ps(a, _mm512_loadu_ps(t.bias.add(col)));
+                if !t.res.is_null() {
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, t.res.add(i * t.ldo + col)));
+                }
+                _mm512_mask_storeu_ps(t.out.add(i * t.ldo + col), mask, act512(t.act, y));
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn act256(act: Act, y: __m256) -> __m256 {
+        let zero = _mm256_setzero_ps();
+        let six = _mm256_set1_ps(6.0);
+        match act {
+            Act::None => y,
+            Act::Relu => _mm256_max_ps(y, zero),
+            Act::Relu6 => _mm256_min_ps(_mm256_max_ps(y, zero), six),
+            Act::Hardswish => {
+                let h = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(y, _mm256_set1_ps(3.0)), zero), six);
+                _mm256_mul_ps(y, _mm256_div_ps(h, six))
+            }
+            Act::Hardsigmoid => {
+                let h = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(y, _mm256_set1_ps(3.0)), zero), six);
+                _mm256_div_ps(h, six)
+            }
+        }
+    }
+
+    /// 6 pixels × 16 channels, AVX2 + FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile_avx2(t: &Tile) {
+        const MR: usize = 6;
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        let mut bp = t.b;
+        for tap in 0..t.taps {
+            let p: [*const f32; MR] = std::array::from_fn(|i| *t.a.add(tap * MR + i));
+            for c in 0..t.cin {
+                let b0 = _mm256_loadu_ps(bp);
+                let b1 = _mm256_loadu_ps(bp.add(8));
+                for i in 0..MR {
+                    let a = _mm256_broadcast_ss(&*p[i].add(c));
+                    acc[i][0] = _mm256_fmadd_ps(a, b0, acc[i][0]);
+                    acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
+                }
+                bp = bp.add(t.ldb);
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            if i >= t.rows {
+                break;
+            }
+            for (v, &a) in row.iter().enumerate() {
+                let col = v * 8;
+                if col >= t.cols {
+                    break;
+                }
+                let mut y = _mm256_add_ps(a, _mm256_loadu_ps(t.bias.add(col)));
+                let left = t.cols - col;
+                if left >= 8 {
+                    if !t.res.is_null() {
+                        y = _mm256_add_ps(y, _mm256_loadu_ps(t.res.add(i * t.ldo + col)));
+                    }
+                    _mm256_storeu_ps(t.out.add(i * t.ldo + col), act256(t.act, y));
+                } else {
+                    let mut tmp = [0f32; 8];
+                    _mm256_storeu_ps(tmp.as_mut_ptr(), y);
+                    for (j, v) in tmp.iter().enumerate().take(left) {
+                        let mut z = *v;
+                        if !t.res.is_null() {
+                            z += *t.res.add(i * t.ldo + col + j);
+                        }
+                        *t.out.add(i * t.ldo + col + j) = t.act.apply(z);
+                    }
+                }
+            }
+        }
+    }
+}

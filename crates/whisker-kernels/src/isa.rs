@@ -1,0 +1,114 @@
+//! Which instruction set the kernels use, chosen at run time.
+
+use std::sync::OnceLock;
+
+/// An instruction-set path of the kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Plain Rust, correct on every target (what the compiler vectorises for the baseline).
+    Portable,
+    /// x86-64 AVX2 with FMA (256-bit vectors).
+    Avx2,
+    /// x86-64 AVX-512F (512-bit vectors).
+    Avx512,
+}
+
+impl Isa {
+    /// The name used by `WHISKER_ISA` and in benchmark tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Parse a `WHISKER_ISA` value.
+    pub fn parse(s: &str) -> Option<Isa> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "portable" | "scalar" | "generic" => Some(Isa::Portable),
+            "avx2" => Some(Isa::Avx2),
+            "avx512" | "avx512f" | "avx-512" => Some(Isa::Avx512),
+            _ => None,
+        }
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Every path this CPU supports, lowest first (what the tests run).
+    pub fn available() -> Vec<Isa> {
+        [Isa::Portable, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|i| i.supported())
+            .collect()
+    }
+
+    /// The best path this CPU supports.
+    pub fn best() -> Isa {
+        *Isa::available().last().unwrap_or(&Isa::Portable)
+    }
+
+    /// The path to use: the best one, or the one `WHISKER_ISA` asks for when the CPU has it
+    /// (a request the CPU cannot honour falls back to the best path below it). Read once.
+    pub fn current() -> Isa {
+        static CURRENT: OnceLock<Isa> = OnceLock::new();
+        *CURRENT.get_or_init(|| match std::env::var("WHISKER_ISA").ok().as_deref().and_then(Isa::parse) {
+            Some(want) => Isa::available()
+                .into_iter()
+                .filter(|i| *i <= want)
+                .next_back()
+                .unwrap_or(Isa::Portable),
+            None => Isa::best(),
+        })
+    }
+
+    /// Output pixels per register tile (rows of the GEMM micro-kernel).
+    pub(crate) fn rows(self) -> usize {
+        match self {
+            Isa::Portable => 4,
+            Isa::Avx2 => 6,
+            Isa::Avx512 => 6,
+        }
+    }
+}
+
+/// The CPU's model name and the SIMD flags that matter here (for benchmark tables).
+pub fn cpu_description() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let mut flags = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        for (name, on) in [
+            ("avx2", is_x86_feature_detected!("avx2")),
+            ("fma", is_x86_feature_detected!("fma")),
+            ("avx512f", is_x86_feature_detected!("avx512f")),
+            ("avx512bw", is_x86_feature_detected!("avx512bw")),
+            ("avx512vnni", is_x86_feature_detected!("avx512vnni")),
+            ("avx512bf16", is_x86_feature_detected!("avx512bf16")),
+        ] {
+            if on {
+                flags.push(name);
+            }
+        }
+    }
+    format!("{model} [{}]", flags.join(" "))
+}

@@ -1,0 +1,33 @@
+//! whisker's CPU inference kernels: raw `f32` buffers in, raw `f32` buffers out.
+//!
+//! - [`conv2d`]: dense convolutions (any kernel size, stride, asymmetric padding) as an
+//!   implicit GEMM over NHWC activations with weights pre-packed at load ([`PackedConv`]);
+//!   1×1 convolutions and linear layers are the same kernel. Bias, residual add and the
+//!   activation ([`Act`]) are fused into the epilogue.
+//! - [`depthwise`]: depthwise convolutions vectorised across channels.
+//! - pooling, channel scaling (squeeze-excitation) and NCHW ↔ NHWC layout changes.
+//!
+//! Every kernel has an AVX-512F, an AVX2+FMA and a portable path, chosen at run time
+//! ([`Isa::current`], `WHISKER_ISA=avx512|avx2|portable` to force a lower one), and is tested
+//! against the naive [`reference`] on odd shapes on every path the CPU supports. Work is
+//! split statically over rayon's current thread pool.
+
+mod act;
+mod conv;
+mod depthwise;
+mod isa;
+mod layout;
+mod pool;
+pub mod reference;
+
+pub use act::Act;
+pub use conv::{conv2d, ConvShape, PackedConv, NR};
+pub use depthwise::{depthwise, PackedDepthwise};
+pub use isa::{cpu_description, Isa};
+pub use layout::{nchw_to_nhwc_normalized, nhwc_to_nchw};
+pub use pool::{adaptive_avg_pool, global_avg_pool, max_pool, scale_channels};
+
+/// A buffer or shape that does not fit the operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("kernel shape mismatch: {0}")]
+pub struct ShapeError(pub String);

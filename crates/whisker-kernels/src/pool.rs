@@ -1,0 +1,138 @@
+//! Pooling and channel-wise operations on NHWC activations.
+
+use rayon::prelude::*;
+
+use crate::ShapeError;
+
+fn check(what: &str, got: usize, want: usize) -> Result<(), ShapeError> {
+    if got != want {
+        return Err(ShapeError(format!("{what}: {got} values, expected {want}")));
+    }
+    Ok(())
+}
+
+/// Max pooling `k × k`, stride `stride`, `pad` on every side (padding never wins, as in
+/// PyTorch). `x` `[n, h, w, c]` → `out` `[n, oh, ow, c]`.
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool(
+    x: &[f32],
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    out: &mut [f32],
+) -> Result<(usize, usize), ShapeError> {
+    if stride == 0 || k == 0 || h + 2 * pad < k || w + 2 * pad < k || pad * 2 > k {
+        return Err(ShapeError(format!(
+            "max pool {k}×{k} stride {stride} pad {pad} on {h}×{w}"
+        )));
+    }
+    let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+    check("max pool input", x.len(), n * h * w * c)?;
+    check("max pool output", out.len(), n * oh * ow * c)?;
+    if c == 0 || ow == 0 {
+        return Ok((oh, ow));
+    }
+    out.par_chunks_mut(ow * c).enumerate().for_each(|(r, row)| {
+        let (b, oy) = (r / oh, r % oh);
+        let y0 = (oy * stride) as isize - pad as isize;
+        for ox in 0..ow {
+            let x0 = (ox * stride) as isize - pad as isize;
+            let o = &mut row[ox * c..(ox + 1) * c];
+            o.fill(f32::NEG_INFINITY);
+            for iy in y0.max(0)..(y0 + k as isize).min(h as isize) {
+                for ix in x0.max(0)..(x0 + k as isize).min(w as isize) {
+                    let src = &x[((b * h + iy as usize) * w + ix as usize) * c..][..c];
+                    for (m, &v) in o.iter_mut().zip(src) {
+                        // NaN propagates, as in PyTorch
+                        if v > *m || v.is_nan() {
+                            *m = v;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Ok((oh, ow))
+}
+
+/// PyTorch's adaptive average pooling to `oh × ow`: output cell `i` averages the inputs
+/// `[floor(i·h/oh), ceil((i+1)·h/oh))`.
+#[allow(clippy::too_many_arguments)]
+pub fn adaptive_avg_pool(
+    x: &[f32],
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    oh: usize,
+    ow: usize,
+    out: &mut [f32],
+) -> Result<(), ShapeError> {
+    check("average pool input", x.len(), n * h * w * c)?;
+    check("average pool output", out.len(), n * oh * ow * c)?;
+    if h == 0 || w == 0 || oh == 0 || ow == 0 {
+        return Err(ShapeError(format!("average pool of {h}×{w} to {oh}×{ow}")));
+    }
+    if c == 0 {
+        return Ok(());
+    }
+    out.par_chunks_mut(ow * c).enumerate().for_each(|(r, row)| {
+        let (b, oy) = (r / oh, r % oh);
+        let (y0, y1) = (oy * h / oh, ((oy + 1) * h).div_ceil(oh));
+        for ox in 0..ow {
+            let (x0, x1) = (ox * w / ow, ((ox + 1) * w).div_ceil(ow));
+            let o = &mut row[ox * c..(ox + 1) * c];
+            o.fill(0.0);
+            for iy in y0..y1 {
+                for ix in x0..x1 {
+                    let src = &x[((b * h + iy) * w + ix) * c..][..c];
+                    for (m, &v) in o.iter_mut().zip(src) {
+                        *m += v;
+                    }
+                }
+            }
+            let inv = ((y1 - y0) * (x1 - x0)) as f32;
+            for m in o.iter_mut() {
+                *m /= inv;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Global average pooling `[n, hw, c]` → `[n, c]`.
+pub fn global_avg_pool(
+    x: &[f32],
+    n: usize,
+    hw: usize,
+    c: usize,
+    out: &mut [f32],
+) -> Result<(), ShapeError> {
+    adaptive_avg_pool(x, n, hw, 1, c, 1, 1, out)
+}
+
+/// Scale each channel of each image: `x[b, p, c] *= s[b, c]` (squeeze-excitation).
+pub fn scale_channels(
+    x: &mut [f32],
+    n: usize,
+    hw: usize,
+    c: usize,
+    s: &[f32],
+) -> Result<(), ShapeError> {
+    check("scaled map", x.len(), n * hw * c)?;
+    check("channel scales", s.len(), n * c)?;
+    if c == 0 {
+        return Ok(());
+    }
+    x.par_chunks_mut(c).enumerate().for_each(|(p, px)| {
+        let sc = &s[(p / hw.max(1)) * c..][..c];
+        for (v, f) in px.iter_mut().zip(sc) {
+            *v *= f;
+        }
+    });
+    Ok(())
+}

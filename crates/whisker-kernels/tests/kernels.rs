@@ -1,0 +1,211 @@
+//! Every kernel against the naive reference on odd shapes (sizes, strides, asymmetric
+//! padding, channel counts that are not multiples of the vector width, batch 1 and 16), on
+//! every instruction-set path this CPU supports.
+
+use whisker_kernels::*;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+/// max |a − b| / max(1, max |b|).
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    n: usize,
+    h: usize,
+    w: usize,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: [usize; 4],
+}
+
+const fn case(n: usize, h: usize, w: usize, cin: usize, cout: usize, k: usize, stride: usize, pad: [usize; 4]) -> Case {
+    Case { n, h, w, cin, cout, k, stride, pad }
+}
+
+const DENSE: &[Case] = &[
+    case(1, 7, 5, 3, 5, 3, 1, [1, 1, 1, 1]),
+    case(2, 9, 11, 13, 70, 3, 2, [1, 1, 1, 1]),
+    case(1, 13, 13, 3, 64, 7, 2, [3, 3, 3, 3]),
+    case(16, 5, 5, 33, 17, 1, 1, [0, 0, 0, 0]),
+    case(3, 8, 6, 24, 130, 1, 2, [0, 0, 0, 0]),
+    case(1, 10, 9, 8, 40, 3, 2, [0, 1, 0, 1]),
+    case(2, 6, 7, 19, 129, 5, 1, [2, 2, 2, 2]),
+    case(1, 1, 1, 257, 1000, 1, 1, [0, 0, 0, 0]),
+    case(16, 1, 1, 100, 33, 1, 1, [0, 0, 0, 0]),
+    case(1, 4, 4, 64, 64, 3, 1, [1, 1, 1, 1]),
+];
+
+#[test]
+fn dense_convolutions_match_the_reference_on_every_path() {
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    for isa in Isa::available() {
+        for c in DENSE {
+            let s = ConvShape { n: c.n, h: c.h, w: c.w, stride: c.stride, pad: c.pad };
+            let x = rng.vec(c.n * c.h * c.w * c.cin);
+            let wt = rng.vec(c.cout * c.cin * c.k * c.k);
+            let bias = rng.vec(c.cout);
+            let (oh, ow) = s.out_hw(c.k, c.k).unwrap();
+            let res = rng.vec(c.n * oh * ow * c.cout);
+            for (act, with_res) in [(Act::None, false), (Act::Relu, true), (Act::Relu6, false), (Act::Hardswish, true)] {
+                let r = with_res.then_some(res.as_slice());
+                let want = reference::conv2d(&x, &s, c.cin, &wt, Some(&bias), c.cout, c.k, c.k, 1, r, act);
+                let p = PackedConv::from_oihw(&wt, Some(&bias), c.cout, c.cin, c.k, c.k).unwrap();
+                let mut got = vec![f32::NAN; want.len()];
+                conv2d(isa, &p, &x, &s, r, act, &mut got).unwrap();
+                let e = rel_err(&got, &want);
+                assert!(e < 2e-6, "{isa:?} {c:?} {act:?}: error {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_layers_are_1x1_convolutions() {
+    let mut rng = Rng(7);
+    for isa in Isa::available() {
+        for (n, inp, out) in [(1, 5, 3), (16, 130, 1000), (3, 64, 65)] {
+            let x = rng.vec(n * inp);
+            let w_io = rng.vec(inp * out);
+            let bias = rng.vec(out);
+            let p = PackedConv::from_in_out(&w_io, Some(&bias), inp, out).unwrap();
+            let mut got = vec![0f32; n * out];
+            conv2d(isa, &p, &x, &ConvShape::symmetric(n, 1, 1, 1, 0), None, Act::None, &mut got).unwrap();
+            let mut want = vec![0f32; n * out];
+            for b in 0..n {
+                for o in 0..out {
+                    let mut acc = bias[o] as f64;
+                    for i in 0..inp {
+                        acc += x[b * inp + i] as f64 * w_io[i * out + o] as f64;
+                    }
+                    want[b * out + o] = acc as f32;
+                }
+            }
+            let e = rel_err(&got, &want);
+            assert!(e < 2e-6, "{isa:?} linear {n}×{inp}→{out}: {e}");
+        }
+    }
+}
+
+#[test]
+fn depthwise_convolutions_match_the_reference_on_every_path() {
+    let mut rng = Rng(11);
+    let cases = [
+        (1, 7, 7, 16, 3, 1, [1, 1, 1, 1]),
+        (2, 9, 8, 72, 3, 2, [1, 1, 1, 1]),
+        (1, 11, 11, 120, 5, 1, [2, 2, 2, 2]),
+        (16, 6, 6, 13, 5, 2, [1, 2, 1, 2]),
+        (1, 8, 8, 67, 3, 2, [0, 1, 0, 1]),
+        (3, 3, 4, 200, 5, 1, [2, 2, 2, 2]),
+    ];
+    for isa in Isa::available() {
+        for (n, h, w, c, k, stride, pad) in cases {
+            let s = ConvShape { n, h, w, stride, pad };
+            let x = rng.vec(n * h * w * c);
+            let wt = rng.vec(c * k * k);
+            let bias = rng.vec(c);
+            for act in [Act::None, Act::Relu6, Act::Hardswish, Act::Relu] {
+                let want = reference::conv2d(&x, &s, c, &wt, Some(&bias), c, k, k, c, None, act);
+                let p = PackedDepthwise::from_oihw(&wt, Some(&bias), c, k, k).unwrap();
+                let mut got = vec![f32::NAN; want.len()];
+                depthwise(isa, &p, &x, &s, act, &mut got).unwrap();
+                let e = rel_err(&got, &want);
+                assert!(e < 2e-6, "{isa:?} depthwise {n}×{h}×{w}×{c} k{k} s{stride} {pad:?} {act:?}: {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn pooling_and_layout() {
+    let mut rng = Rng(3);
+    let (n, h, w, c) = (2, 9, 7, 5);
+    let x = rng.vec(n * h * w * c);
+    // max pool 3×3 stride 2 pad 1
+    let mut out = vec![0f32; n * 5 * 4 * c];
+    let (oh, ow) = max_pool(&x, n, h, w, c, 3, 2, 1, &mut out).unwrap();
+    assert_eq!((oh, ow), (5, 4));
+    for b in 0..n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ch in 0..c {
+                    let mut m = f32::NEG_INFINITY;
+                    for iy in (oy * 2).saturating_sub(1)..(oy * 2 + 2).min(h) {
+                        for ix in (ox * 2).saturating_sub(1)..(ox * 2 + 2).min(w) {
+                            m = m.max(x[((b * h + iy) * w + ix) * c + ch]);
+                        }
+                    }
+                    assert_eq!(out[((b * oh + oy) * ow + ox) * c + ch], m);
+                }
+            }
+        }
+    }
+    // adaptive average pool 9×7 → 4×3 (overlapping windows, as PyTorch)
+    let mut a = vec![0f32; n * 4 * 3 * c];
+    adaptive_avg_pool(&x, n, h, w, c, 4, 3, &mut a).unwrap();
+    let (y0, y1, x0, x1) = (9 / 4, (2 * 9usize).div_ceil(4), 7 / 3, (2 * 7usize).div_ceil(3));
+    let mut s = 0f64;
+    for iy in y0..y1 {
+        for ix in x0..x1 {
+            s += x[((h + iy) * w + ix) * c + 2] as f64;
+        }
+    }
+    let want = s / ((y1 - y0) * (x1 - x0)) as f64;
+    assert!((a[((4 + 1) * 3 + 1) * c + 2] as f64 - want).abs() < 1e-6);
+    // global average pool and channel scaling
+    let mut g = vec![0f32; n * c];
+    global_avg_pool(&x, n, h * w, c, &mut g).unwrap();
+    let m: f64 = (0..h * w).map(|p| x[(h * w + p) * c + 4] as f64).sum::<f64>() / (h * w) as f64;
+    assert!((g[c + 4] as f64 - m).abs() < 1e-6);
+    let mut y = x.clone();
+    scale_channels(&mut y, n, h * w, c, &g).unwrap();
+    assert_eq!(y[(h * w + 3) * c + 4], x[(h * w + 3) * c + 4] * g[c + 4]);
+    // layout round trip with normalisation
+    let nchw = rng.vec(n * 3 * h * w);
+    let mut nhwc = vec![0f32; nchw.len()];
+    nchw_to_nhwc_normalized(&nchw, n, 3, h, w, 255.0, &[127.0; 3], &[128.0; 3], &mut nhwc).unwrap();
+    assert_eq!(nhwc[((h + 2) * w + 3) * 3 + 1], (nchw[((3 + 1) * h + 2) * w + 3] * 255.0 - 127.0) / 128.0);
+    let mut back = vec![0f32; nchw.len()];
+    nhwc_to_nchw(&nhwc, n, h, w, 3, &mut back).unwrap();
+    assert_eq!(back[((3 + 1) * h + 2) * w + 3], nhwc[((h + 2) * w + 3) * 3 + 1]);
+}
+
+#[test]
+fn shape_mismatches_are_errors_not_panics() {
+    let p = PackedConv::from_oihw(&[0.0; 27], None, 1, 3, 3, 3).unwrap();
+    let s = ConvShape::symmetric(1, 4, 4, 1, 1);
+    let mut out = vec![0f32; 16];
+    let e = conv2d(Isa::Portable, &p, &[0.0; 5], &s, None, Act::None, &mut out).unwrap_err();
+    assert!(e.to_string().contains("input of 5 values"), "{e}");
+    assert!(PackedConv::from_oihw(&[0.0; 26], None, 1, 3, 3, 3).is_err());
+    let tiny = ConvShape::symmetric(1, 1, 1, 1, 0);
+    assert!(conv2d(Isa::Portable, &p, &[0.0; 3], &tiny, None, Act::None, &mut out).is_err());
+    assert!(max_pool(&[0.0; 4], 1, 2, 2, 1, 3, 2, 0, &mut [0.0; 1]).is_err());
+}
+
+#[test]
+fn isa_names_parse_and_the_best_is_supported() {
+    for i in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+        assert_eq!(Isa::parse(i.name()), Some(i));
+    }
+    assert!(Isa::best().supported());
+    assert!(Isa::current().supported());
+    assert!(Isa::available().contains(&Isa::Portable));
+}
