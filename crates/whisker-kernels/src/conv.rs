@@ -253,7 +253,22 @@ pub fn conv2d(
         let out_ptr = out_ptr;
         // SAFETY: each job writes the rows [t0·mr, t1·mr) ∩ [0, m) of the panels [p0, p1):
         // disjoint from every other job's.
-        unsafe { run_range(isa, wts, x, s, (oh, ow), residual, act, out_ptr.0, t0, t1, p0, p1) };
+        unsafe {
+            run_range(
+                isa,
+                wts,
+                x,
+                s,
+                (oh, ow),
+                residual,
+                act,
+                out_ptr.0,
+                t0,
+                t1,
+                p0,
+                p1,
+            )
+        };
     };
     if threads == 1 {
         job(0);
@@ -304,12 +319,11 @@ unsafe fn run_range(
                             let (oy, ox) = (rem / ow, rem % ow);
                             let iy = (oy * s.stride + ky) as isize - pad_t as isize;
                             let ix = (ox * s.stride + kx) as isize - pad_l as isize;
-                            let inside = iy >= 0
-                                && ix >= 0
-                                && (iy as usize) < s.h
-                                && (ix as usize) < s.w;
+                            let inside =
+                                iy >= 0 && ix >= 0 && (iy as usize) < s.h && (ix as usize) < s.w;
                             ptrs.push(if inside {
-                                x.as_ptr().add(((b * s.h + iy as usize) * s.w + ix as usize) * cin)
+                                x.as_ptr()
+                                    .add(((b * s.h + iy as usize) * s.w + ix as usize) * cin)
                                     as usize
                             } else {
                                 zero
@@ -329,7 +343,8 @@ unsafe fn run_range(
                     let rows = (m - row0).min(mr);
                     let a = ptrs.as_ptr().add((tile - tb) * taps * mr) as *const *const f32;
                     let o = out.add(row0 * cout + col0);
-                    let r = residual.map_or(std::ptr::null(), |r| r.as_ptr().add(row0 * cout + col0));
+                    let r =
+                        residual.map_or(std::ptr::null(), |r| r.as_ptr().add(row0 * cout + col0));
                     let t = Tile {
                         a,
                         taps,
@@ -465,11 +480,17 @@ mod x86 {
             Act::Relu => _mm512_max_ps(y, zero),
             Act::Relu6 => _mm512_min_ps(_mm512_max_ps(y, zero), six),
             Act::Hardswish => {
-                let h = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(y, _mm512_set1_ps(3.0)), zero), six);
+                let h = _mm512_min_ps(
+                    _mm512_max_ps(_mm512_add_ps(y, _mm512_set1_ps(3.0)), zero),
+                    six,
+                );
                 _mm512_mul_ps(y, _mm512_div_ps(h, six))
             }
             Act::Hardsigmoid => {
-                let h = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(y, _mm512_set1_ps(3.0)), zero), six);
+                let h = _mm512_min_ps(
+                    _mm512_max_ps(_mm512_add_ps(y, _mm512_set1_ps(3.0)), zero),
+                    six,
+                );
                 _mm512_div_ps(h, six)
             }
         }
@@ -507,7 +528,11 @@ mod x86 {
                     break;
                 }
                 let left = t.cols - col;
-                let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
+                let mask: __mmask16 = if left >= 16 {
+                    0xffff
+                } else {
+                    (1u16 << left) - 1
+                };
                 let mut y = _mm512_add_ps(a, _mm512_loadu_ps(t.bias.add(col)));
                 if !t.res.is_null() {
                     y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, t.res.add(i * t.ldo + col)));
@@ -526,11 +551,17 @@ mod x86 {
             Act::Relu => _mm256_max_ps(y, zero),
             Act::Relu6 => _mm256_min_ps(_mm256_max_ps(y, zero), six),
             Act::Hardswish => {
-                let h = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(y, _mm256_set1_ps(3.0)), zero), six);
+                let h = _mm256_min_ps(
+                    _mm256_max_ps(_mm256_add_ps(y, _mm256_set1_ps(3.0)), zero),
+                    six,
+                );
                 _mm256_mul_ps(y, _mm256_div_ps(h, six))
             }
             Act::Hardsigmoid => {
-                let h = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(y, _mm256_set1_ps(3.0)), zero), six);
+                let h = _mm256_min_ps(
+                    _mm256_max_ps(_mm256_add_ps(y, _mm256_set1_ps(3.0)), zero),
+                    six,
+                );
                 _mm256_div_ps(h, six)
             }
         }

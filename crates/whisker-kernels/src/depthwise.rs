@@ -32,7 +32,9 @@ impl PackedDepthwise {
             )));
         }
         if bias.is_some_and(|b| b.len() != c) {
-            return Err(ShapeError(format!("bias of the wrong length for {c} channels")));
+            return Err(ShapeError(format!(
+                "bias of the wrong length for {c} channels"
+            )));
         }
         let mut w = vec![0f32; c * kh * kw];
         for ch in 0..c {
@@ -78,19 +80,28 @@ pub fn depthwise(
     let rows = s.n * oh;
     let threads = rayon::current_num_threads().max(1);
     let per = rows.div_ceil(threads).max(1);
-    out.par_chunks_mut(per * row).enumerate().for_each(|(t, chunk)| {
-        let r0 = t * per;
-        let r1 = r0 + chunk.len() / row;
-        let ctx = Ctx { p, x, s, oh, ow, act };
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
-            Isa::Avx512 => unsafe { rows_avx512(&ctx, r0, r1, chunk) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { rows_avx2(&ctx, r0, r1, chunk) },
-            _ => run_rows::<16, false>(&ctx, r0, r1, chunk),
-        }
-    });
+    out.par_chunks_mut(per * row)
+        .enumerate()
+        .for_each(|(t, chunk)| {
+            let r0 = t * per;
+            let r1 = r0 + chunk.len() / row;
+            let ctx = Ctx {
+                p,
+                x,
+                s,
+                oh,
+                ow,
+                act,
+            };
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
+                Isa::Avx512 => unsafe { rows_avx512(&ctx, r0, r1, chunk) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { rows_avx2(&ctx, r0, r1, chunk) },
+                _ => run_rows::<16, false>(&ctx, r0, r1, chunk),
+            }
+        });
     Ok(())
 }
 

@@ -63,13 +63,19 @@ impl Isa {
     /// (a request the CPU cannot honour falls back to the best path below it). Read once.
     pub fn current() -> Isa {
         static CURRENT: OnceLock<Isa> = OnceLock::new();
-        *CURRENT.get_or_init(|| match std::env::var("WHISKER_ISA").ok().as_deref().and_then(Isa::parse) {
-            Some(want) => Isa::available()
-                .into_iter()
-                .filter(|i| *i <= want)
-                .next_back()
-                .unwrap_or(Isa::Portable),
-            None => Isa::best(),
+        *CURRENT.get_or_init(|| {
+            match std::env::var("WHISKER_ISA")
+                .ok()
+                .as_deref()
+                .and_then(Isa::parse)
+            {
+                Some(want) => Isa::available()
+                    .into_iter()
+                    .filter(|i| *i <= want)
+                    .next_back()
+                    .unwrap_or(Isa::Portable),
+                None => Isa::best(),
+            }
         })
     }
 

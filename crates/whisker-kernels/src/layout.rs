@@ -34,7 +34,11 @@ pub fn nchw_to_nhwc_normalized(
         for (ch, plane) in src.chunks_exact(hw).enumerate() {
             let (m, s) = (mean[ch], std[ch]);
             for (p, &v) in plane.iter().enumerate() {
-                img[p * c + ch] = if scale == 1.0 { (v - m) / s } else { (v * scale - m) / s };
+                img[p * c + ch] = if scale == 1.0 {
+                    (v - m) / s
+                } else {
+                    (v * scale - m) / s
+                };
             }
         }
     });

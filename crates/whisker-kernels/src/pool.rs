@@ -30,7 +30,10 @@ pub fn max_pool(
             "max pool {k}×{k} stride {stride} pad {pad} on {h}×{w}"
         )));
     }
-    let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+    let (oh, ow) = (
+        (h + 2 * pad - k) / stride + 1,
+        (w + 2 * pad - k) / stride + 1,
+    );
     check("max pool input", x.len(), n * h * w * c)?;
     check("max pool output", out.len(), n * oh * ow * c)?;
     if c == 0 || ow == 0 {

@@ -36,8 +36,26 @@ struct Case {
     pad: [usize; 4],
 }
 
-const fn case(n: usize, h: usize, w: usize, cin: usize, cout: usize, k: usize, stride: usize, pad: [usize; 4]) -> Case {
-    Case { n, h, w, cin, cout, k, stride, pad }
+const fn case(
+    n: usize,
+    h: usize,
+    w: usize,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: [usize; 4],
+) -> Case {
+    Case {
+        n,
+        h,
+        w,
+        cin,
+        cout,
+        k,
+        stride,
+        pad,
+    }
 }
 
 const DENSE: &[Case] = &[
@@ -58,15 +76,27 @@ fn dense_convolutions_match_the_reference_on_every_path() {
     let mut rng = Rng(0x9e3779b97f4a7c15);
     for isa in Isa::available() {
         for c in DENSE {
-            let s = ConvShape { n: c.n, h: c.h, w: c.w, stride: c.stride, pad: c.pad };
+            let s = ConvShape {
+                n: c.n,
+                h: c.h,
+                w: c.w,
+                stride: c.stride,
+                pad: c.pad,
+            };
             let x = rng.vec(c.n * c.h * c.w * c.cin);
             let wt = rng.vec(c.cout * c.cin * c.k * c.k);
             let bias = rng.vec(c.cout);
             let (oh, ow) = s.out_hw(c.k, c.k).unwrap();
             let res = rng.vec(c.n * oh * ow * c.cout);
-            for (act, with_res) in [(Act::None, false), (Act::Relu, true), (Act::Relu6, false), (Act::Hardswish, true)] {
+            for (act, with_res) in [
+                (Act::None, false),
+                (Act::Relu, true),
+                (Act::Relu6, false),
+                (Act::Hardswish, true),
+            ] {
                 let r = with_res.then_some(res.as_slice());
-                let want = reference::conv2d(&x, &s, c.cin, &wt, Some(&bias), c.cout, c.k, c.k, 1, r, act);
+                let want =
+                    reference::conv2d(&x, &s, c.cin, &wt, Some(&bias), c.cout, c.k, c.k, 1, r, act);
                 let p = PackedConv::from_oihw(&wt, Some(&bias), c.cout, c.cin, c.k, c.k).unwrap();
                 let mut got = vec![f32::NAN; want.len()];
                 conv2d(isa, &p, &x, &s, r, act, &mut got).unwrap();
@@ -87,7 +117,16 @@ fn linear_layers_are_1x1_convolutions() {
             let bias = rng.vec(out);
             let p = PackedConv::from_in_out(&w_io, Some(&bias), inp, out).unwrap();
             let mut got = vec![0f32; n * out];
-            conv2d(isa, &p, &x, &ConvShape::symmetric(n, 1, 1, 1, 0), None, Act::None, &mut got).unwrap();
+            conv2d(
+                isa,
+                &p,
+                &x,
+                &ConvShape::symmetric(n, 1, 1, 1, 0),
+                None,
+                Act::None,
+                &mut got,
+            )
+            .unwrap();
             let mut want = vec![0f32; n * out];
             for b in 0..n {
                 for o in 0..out {
@@ -117,7 +156,13 @@ fn depthwise_convolutions_match_the_reference_on_every_path() {
     ];
     for isa in Isa::available() {
         for (n, h, w, c, k, stride, pad) in cases {
-            let s = ConvShape { n, h, w, stride, pad };
+            let s = ConvShape {
+                n,
+                h,
+                w,
+                stride,
+                pad,
+            };
             let x = rng.vec(n * h * w * c);
             let wt = rng.vec(c * k * k);
             let bias = rng.vec(c);
@@ -127,7 +172,10 @@ fn depthwise_convolutions_match_the_reference_on_every_path() {
                 let mut got = vec![f32::NAN; want.len()];
                 depthwise(isa, &p, &x, &s, act, &mut got).unwrap();
                 let e = rel_err(&got, &want);
-                assert!(e < 2e-6, "{isa:?} depthwise {n}×{h}×{w}×{c} k{k} s{stride} {pad:?} {act:?}: {e}");
+                assert!(
+                    e < 2e-6,
+                    "{isa:?} depthwise {n}×{h}×{w}×{c} k{k} s{stride} {pad:?} {act:?}: {e}"
+                );
             }
         }
     }
@@ -160,7 +208,12 @@ fn pooling_and_layout() {
     // adaptive average pool 9×7 → 4×3 (overlapping windows, as PyTorch)
     let mut a = vec![0f32; n * 4 * 3 * c];
     adaptive_avg_pool(&x, n, h, w, c, 4, 3, &mut a).unwrap();
-    let (y0, y1, x0, x1) = (9 / 4, (2 * 9usize).div_ceil(4), 7 / 3, (2 * 7usize).div_ceil(3));
+    let (y0, y1, x0, x1) = (
+        9 / 4,
+        (2 * 9usize).div_ceil(4),
+        7 / 3,
+        (2 * 7usize).div_ceil(3),
+    );
     let mut s = 0f64;
     for iy in y0..y1 {
         for ix in x0..x1 {
@@ -172,7 +225,10 @@ fn pooling_and_layout() {
     // global average pool and channel scaling
     let mut g = vec![0f32; n * c];
     global_avg_pool(&x, n, h * w, c, &mut g).unwrap();
-    let m: f64 = (0..h * w).map(|p| x[(h * w + p) * c + 4] as f64).sum::<f64>() / (h * w) as f64;
+    let m: f64 = (0..h * w)
+        .map(|p| x[(h * w + p) * c + 4] as f64)
+        .sum::<f64>()
+        / (h * w) as f64;
     assert!((g[c + 4] as f64 - m).abs() < 1e-6);
     let mut y = x.clone();
     scale_channels(&mut y, n, h * w, c, &g).unwrap();
@@ -180,11 +236,28 @@ fn pooling_and_layout() {
     // layout round trip with normalisation
     let nchw = rng.vec(n * 3 * h * w);
     let mut nhwc = vec![0f32; nchw.len()];
-    nchw_to_nhwc_normalized(&nchw, n, 3, h, w, 255.0, &[127.0; 3], &[128.0; 3], &mut nhwc).unwrap();
-    assert_eq!(nhwc[((h + 2) * w + 3) * 3 + 1], (nchw[((3 + 1) * h + 2) * w + 3] * 255.0 - 127.0) / 128.0);
+    nchw_to_nhwc_normalized(
+        &nchw,
+        n,
+        3,
+        h,
+        w,
+        255.0,
+        &[127.0; 3],
+        &[128.0; 3],
+        &mut nhwc,
+    )
+    .unwrap();
+    assert_eq!(
+        nhwc[((h + 2) * w + 3) * 3 + 1],
+        (nchw[((3 + 1) * h + 2) * w + 3] * 255.0 - 127.0) / 128.0
+    );
     let mut back = vec![0f32; nchw.len()];
     nhwc_to_nchw(&nhwc, n, h, w, 3, &mut back).unwrap();
-    assert_eq!(back[((3 + 1) * h + 2) * w + 3], nhwc[((h + 2) * w + 3) * 3 + 1]);
+    assert_eq!(
+        back[((3 + 1) * h + 2) * w + 3],
+        nhwc[((h + 2) * w + 3) * 3 + 1]
+    );
 }
 
 #[test]
@@ -196,7 +269,16 @@ fn shape_mismatches_are_errors_not_panics() {
     assert!(e.to_string().contains("input of 5 values"), "{e}");
     assert!(PackedConv::from_oihw(&[0.0; 26], None, 1, 3, 3, 3).is_err());
     let tiny = ConvShape::symmetric(1, 1, 1, 1, 0);
-    assert!(conv2d(Isa::Portable, &p, &[0.0; 3], &tiny, None, Act::None, &mut out).is_err());
+    assert!(conv2d(
+        Isa::Portable,
+        &p,
+        &[0.0; 3],
+        &tiny,
+        None,
+        Act::None,
+        &mut out
+    )
+    .is_err());
     assert!(max_pool(&[0.0; 4], 1, 2, 2, 1, 3, 2, 0, &mut [0.0; 1]).is_err());
 }
 

@@ -378,6 +378,22 @@ impl Taps {
         }
     }
 
+    /// Whether the map called `name` would be recorded (so a caller can skip making it).
+    pub fn wants(&self, name: &str) -> bool {
+        match &self.mode {
+            TapMode::Off | TapMode::NamesOnly => false,
+            TapMode::All => true,
+            TapMode::Only(w) => w.iter().any(|n| n == name),
+        }
+    }
+
+    /// Pass the tap `name` without a map (one that [`Taps::wants`] declined).
+    pub fn note(&mut self, name: &str) {
+        if !matches!(self.mode, TapMode::Off) {
+            self.names.push(name.to_string());
+        }
+    }
+
     /// Whether a tap is active at all (to skip work that only serves taps).
     pub fn active(&self) -> bool {
         !matches!(self.mode, TapMode::Off)

@@ -6,6 +6,7 @@ pub mod inverted_residual;
 pub mod layers;
 pub mod mobilenet_v2;
 pub mod mobilenet_v3;
+pub mod plan;
 pub mod resnet;
 pub mod vgg;
 
@@ -421,6 +422,9 @@ pub struct Backbone {
     /// The network's units (stem, blocks, head, classifier layers) in order; the last is
     /// the ImageNet classification layer.
     pub units: Vec<String>,
+    /// The network compiled for the CPU engine, made at the first forward pass that uses it
+    /// (`None` inside: it could not be compiled, burn runs instead).
+    plan: OnceLock<Option<std::sync::Arc<plan::Plan>>>,
 }
 
 impl Backbone {
@@ -440,6 +444,7 @@ impl Backbone {
             params,
             param_info,
             units,
+            plan: OnceLock::new(),
         })
     }
 
@@ -462,6 +467,7 @@ impl Backbone {
             params,
             param_info: l.params,
             units: l.units,
+            plan: OnceLock::new(),
         })
     }
 
@@ -477,6 +483,9 @@ impl Backbone {
 
     /// Forward from normalised input (what PyTorch models take).
     pub fn forward_normalized(&self, x: Tensor<4>, taps: &mut Taps) -> Output {
+        if let Some(out) = self.run_plan(&x, true, true, taps) {
+            return out;
+        }
         let features = self.net.features(x, taps);
         let logits = self.net.classifier(features.clone());
         Output { features, logits }
@@ -485,20 +494,66 @@ impl Backbone {
     /// Forward from pixels in [0, 1] (`[N, 3, H, W]`, RGB): normalisation is inside the
     /// model, so gradients and perturbations live in pixel space.
     pub fn forward(&self, pixels: Tensor<4>, taps: &mut Taps) -> Output {
+        if let Some(out) = self.run_plan(&pixels, false, true, taps) {
+            return out;
+        }
         let x = self.spec.norm.normalize(pixels);
         self.forward_normalized(x, taps)
     }
 
     /// Feature vectors only, from pixels in [0, 1].
     pub fn features(&self, pixels: Tensor<4>) -> Tensor<2> {
+        if let Some(out) = self.run_plan(&pixels, false, false, &mut Taps::none()) {
+            return out.features;
+        }
         self.net
             .features(self.spec.norm.normalize(pixels), &mut Taps::none())
+    }
+
+    /// The CPU engine's plan, when it serves a forward pass on `x`: the engine is on
+    /// ([`plan::engine`]), `x` is on the CPU device and outside autodiff (no gradient can
+    /// flow through the engine).
+    pub fn plan_for(&self, x: &Tensor<4>) -> Option<&plan::Plan> {
+        if plan::engine() == plan::Engine::Burn || x.is_autodiff() || x.device() != Device::flex() {
+            return None;
+        }
+        self.plan
+            .get_or_init(|| plan::Plan::compile(self).ok().map(std::sync::Arc::new))
+            .as_deref()
+    }
+
+    fn run_plan(
+        &self,
+        x: &Tensor<4>,
+        normalized: bool,
+        logits: bool,
+        taps: &mut Taps,
+    ) -> Option<Output> {
+        let p = self.plan_for(x)?;
+        let dims = x.dims();
+        let device = x.device();
+        let v = crate::tensor::to_vec(x.clone()).ok()?;
+        // a failure (an image too small for the network) leaves it to burn, which reports it
+        let out = p.run(&v, dims, normalized, logits, taps, &device).ok()?;
+        let n = out.n;
+        let f = out.features;
+        let fd = f.len() / n.max(1);
+        let features = Tensor::<2>::from_data(burn::tensor::TensorData::new(f, [n, fd]), &device);
+        let logits = match out.logits {
+            Some(l) => {
+                let c = l.len() / n.max(1);
+                Tensor::<2>::from_data(burn::tensor::TensorData::new(l, [n, c]), &device)
+            }
+            None => Tensor::<2>::zeros([n, 0], &device),
+        };
+        Some(Output { features, logits })
     }
 
     /// Fold BatchNorm into the convolutions, for inference on a frozen backbone (faster;
     /// results change by float rounding only). Not for training or gradients through BN
     /// statistics.
     pub fn fold_batchnorm(mut self) -> Self {
+        self.plan = OnceLock::new();
         match &mut self.net {
             Net::ResNet(m) => m.fold_bn(),
             Net::Vgg(m) => m.fold_bn(),

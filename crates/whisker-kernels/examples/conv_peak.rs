@@ -1,0 +1,151 @@
+//! Throughput of one dense convolution as a fraction of the machine's FMA peak.
+//!
+//!     cargo run --release -p whisker-kernels --example conv_peak -- [--threads 2] [--batch 16]
+//!         [--ghz 3.0] [--size 56] [--cin 64] [--cout 64] [--k 3]
+//!
+//! Peak = threads × 2 FMA units × lanes (16 on AVX-512, 8 on AVX2, 4 portable) × 2 flops ×
+//! clock. The clock is given (`--ghz`, default: the "cpu MHz" of /proc/cpuinfo).
+
+use std::time::Instant;
+
+use whisker_kernels::*;
+
+fn main() {
+    let mut threads = 2usize;
+    let (mut batch, mut size, mut cin, mut cout, mut k) =
+        (16usize, 56usize, 64usize, 64usize, 3usize);
+    let mut ghz: Option<f64> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let v = args.next().unwrap_or_default();
+        match a.as_str() {
+            "--threads" => threads = v.parse().unwrap_or(threads),
+            "--batch" => batch = v.parse().unwrap_or(batch),
+            "--size" => size = v.parse().unwrap_or(size),
+            "--cin" => cin = v.parse().unwrap_or(cin),
+            "--cout" => cout = v.parse().unwrap_or(cout),
+            "--k" => k = v.parse().unwrap_or(k),
+            "--ghz" => ghz = v.parse().ok(),
+            _ => {
+                eprintln!("unknown option {a}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let ghz = ghz.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("cpu MHz"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .map(|mhz| mhz / 1000.0)
+            .unwrap_or(3.0)
+    });
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .unwrap();
+    let isa = Isa::current();
+    let lanes = match isa {
+        Isa::Avx512 => 16.0,
+        Isa::Avx2 => 8.0,
+        Isa::Portable => 4.0,
+    };
+    let peak = threads as f64 * 2.0 * lanes * 2.0 * ghz * 1e9;
+    let s = ConvShape::symmetric(batch, size, size, 1, k / 2);
+    let x: Vec<f32> = (0..batch * size * size * cin)
+        .map(|i| (i % 97) as f32 / 97.0)
+        .collect();
+    let w: Vec<f32> = (0..cout * cin * k * k)
+        .map(|i| (i % 89) as f32 / 890.0)
+        .collect();
+    let p = PackedConv::from_oihw(&w, None, cout, cin, k, k).unwrap();
+    let (oh, ow) = s.out_hw(k, k).unwrap();
+    let mut out = vec![0f32; batch * oh * ow * cout];
+    conv2d(isa, &p, &x, &s, None, Act::Relu, &mut out).unwrap();
+    let measured = measured_peak(isa, threads);
+    let iters = 10;
+    let t = Instant::now();
+    for _ in 0..iters {
+        conv2d(isa, &p, &x, &s, None, Act::Relu, &mut out).unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64() / iters as f64;
+    let flops = 2.0 * (batch * oh * ow * cout * cin * k * k) as f64;
+    println!(
+        "{{\"isa\": \"{}\", \"threads\": {threads}, \"shape\": \"{batch}x{size}x{size}x{cin} -> {cout}, {k}x{k}\", \"gflops\": {:.1}, \"peak_gflops\": {:.1}, \"fraction_of_peak\": {:.3}, \"measured_fma_peak_gflops\": {:.1}, \"fraction_of_measured_peak\": {:.3}, \"cpu\": \"{}\"}}",
+        isa.name(),
+        flops / secs / 1e9,
+        peak / 1e9,
+        flops / secs / peak,
+        measured / 1e9,
+        flops / secs / measured,
+        cpu_description()
+    );
+}
+
+/// FLOP/s of a loop of independent FMAs on every thread: what the cores sustain at the clock
+/// they actually run (turbo, AVX-512 licence), the ceiling any kernel can reach.
+fn measured_peak(isa: Isa, threads: usize) -> f64 {
+    use rayon::prelude::*;
+    let iters = 20_000_000u64;
+    let t = Instant::now();
+    let lanes: f64 = (0..threads)
+        .into_par_iter()
+        .map(|_| fma_loop(isa, iters))
+        .sum();
+    lanes * 2.0 * iters as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Runs `iters` rounds of 24 independent vector FMAs; returns the lanes computed per round.
+fn fma_loop(isa: Isa, iters: u64) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        #[target_feature(enable = "avx512f")]
+        unsafe fn zmm(iters: u64) -> f32 {
+            let mut a = [_mm512_set1_ps(1.0); 24];
+            let (b, c) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+            for _ in 0..iters {
+                for v in a.iter_mut() {
+                    *v = _mm512_fmadd_ps(*v, b, c);
+                }
+            }
+            a.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn ymm(iters: u64) -> f32 {
+            let mut a = [_mm256_set1_ps(1.0); 12];
+            let (b, c) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+            for _ in 0..iters {
+                for v in a.iter_mut() {
+                    *v = _mm256_fmadd_ps(*v, b, c);
+                }
+            }
+            let mut s = [0f32; 8];
+            _mm256_storeu_ps(s.as_mut_ptr(), a[0]);
+            s.iter().sum()
+        }
+        match isa {
+            Isa::Avx512 => {
+                std::hint::black_box(unsafe { zmm(iters) });
+                return 24.0 * 16.0;
+            }
+            Isa::Avx2 => {
+                std::hint::black_box(unsafe { ymm(iters) });
+                return 12.0 * 8.0;
+            }
+            Isa::Portable => {}
+        }
+    }
+    let mut a = [1f32; 32];
+    for _ in 0..iters {
+        for v in a.iter_mut() {
+            *v = *v * 0.999_999 + 1e-7;
+        }
+    }
+    std::hint::black_box(a);
+    32.0
+}

@@ -1,0 +1,861 @@
+//! The CPU inference engine: a backbone compiled once into a "plan" of kernel calls on raw
+//! NHWC `f32` buffers (`whisker-kernels`), used by every forward-only pass on the CPU.
+//!
+//! Compiling folds each BatchNorm into its convolution (in f64), packs every weight into the
+//! micro-kernels' panel order, fuses bias, activation and residual adds into the epilogues,
+//! and assigns the activations to a few reusable buffers (a value's buffer is free again
+//! after its last use), so a forward pass allocates nothing per layer. burn stays for
+//! gradients and other devices; `WHISKER_ENGINE=burn` (or [`set_engine`]) forces the burn
+//! path everywhere, for tests and comparisons.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use whisker_kernels as k;
+use whisker_kernels::{Act as KAct, ConvShape, Isa, PackedConv, PackedDepthwise};
+
+use super::inverted_residual::InvertedResidual;
+use super::layers::{tf_same_padding, Act, BatchNorm, Conv2d, ConvBnAct, Linear, Padding, Taps};
+use super::{Backbone, Net};
+use crate::data::transforms::{Normalization, IMAGENET_MEAN, IMAGENET_STD};
+use crate::error::{Error, Result};
+
+/// Which implementation runs forward-only passes on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// whisker's kernels on the CPU (the default), burn elsewhere.
+    Auto,
+    /// burn's operations everywhere (the reference path).
+    Burn,
+}
+
+static ENGINE: AtomicU8 = AtomicU8::new(0);
+
+/// Choose the forward engine for the whole process (overrides `WHISKER_ENGINE`).
+pub fn set_engine(e: Engine) {
+    ENGINE.store(
+        match e {
+            Engine::Auto => 1,
+            Engine::Burn => 2,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+/// The engine in use: [`set_engine`]'s choice, else `WHISKER_ENGINE=burn|auto`, else auto.
+pub fn engine() -> Engine {
+    match ENGINE.load(Ordering::Relaxed) {
+        1 => Engine::Auto,
+        2 => Engine::Burn,
+        _ => {
+            let e = match std::env::var("WHISKER_ENGINE").ok().as_deref() {
+                Some("burn") => Engine::Burn,
+                _ => Engine::Auto,
+            };
+            set_engine(e);
+            e
+        }
+    }
+}
+
+/// The instruction-set path the engine's kernels use on this CPU (`WHISKER_ISA` lowers it).
+pub fn isa() -> Isa {
+    Isa::current()
+}
+
+type V = usize;
+
+#[derive(Debug, Clone, Copy)]
+enum Pad {
+    Fixed([usize; 4]),
+    TfSame,
+}
+
+impl Pad {
+    fn of(p: Padding) -> Pad {
+        match p {
+            Padding::Symmetric(p) => Pad::Fixed([p; 4]),
+            Padding::TfSame => Pad::TfSame,
+        }
+    }
+    fn resolve(self, h: usize, w: usize, k: usize, stride: usize) -> [usize; 4] {
+        match self {
+            Pad::Fixed(p) => p,
+            Pad::TfSame => {
+                let (t, b) = tf_same_padding(h, k, stride);
+                let (l, r) = tf_same_padding(w, k, stride);
+                [t, b, l, r]
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Op {
+    Conv {
+        x: V,
+        out: V,
+        res: Option<V>,
+        w: PackedConv,
+        stride: usize,
+        pad: Pad,
+        act: KAct,
+    },
+    /// A linear layer over each image's whole value (`[n, h·w·c]` in NHWC order).
+    Linear {
+        x: V,
+        out: V,
+        w: PackedConv,
+        act: KAct,
+    },
+    Depthwise {
+        x: V,
+        out: V,
+        w: PackedDepthwise,
+        stride: usize,
+        pad: Pad,
+        act: KAct,
+    },
+    MaxPool {
+        x: V,
+        out: V,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    },
+    AvgPool {
+        x: V,
+        out: V,
+        oh: usize,
+        ow: usize,
+    },
+    /// Squeeze-excitation, scaling `x` in place.
+    Se {
+        x: V,
+        fc1: PackedConv,
+        fc2: PackedConv,
+    },
+    Tap {
+        name: String,
+        x: V,
+    },
+}
+
+impl Op {
+    fn inputs(&self) -> Vec<V> {
+        match self {
+            Op::Conv { x, res, .. } => std::iter::once(*x).chain(*res).collect(),
+            Op::Linear { x, .. }
+            | Op::Depthwise { x, .. }
+            | Op::MaxPool { x, .. }
+            | Op::AvgPool { x, .. }
+            | Op::Se { x, .. }
+            | Op::Tap { x, .. } => vec![*x],
+        }
+    }
+    fn output(&self) -> Option<V> {
+        match self {
+            Op::Conv { out, .. }
+            | Op::Linear { out, .. }
+            | Op::Depthwise { out, .. }
+            | Op::MaxPool { out, .. }
+            | Op::AvgPool { out, .. } => Some(*out),
+            Op::Se { .. } | Op::Tap { .. } => None,
+        }
+    }
+}
+
+/// A backbone compiled for the CPU engine.
+pub struct Plan {
+    isa: Isa,
+    /// `(x·scale − mean) / std` per input channel.
+    norm: (f32, [f32; 3], [f32; 3]),
+    ops: Vec<Op>,
+    /// Ops from this index on compute the logits from the features.
+    classifier_start: usize,
+    /// Channels of each value (value 0 is the normalised input).
+    channels: Vec<usize>,
+    /// The buffer each value lives in.
+    slot: Vec<usize>,
+    slots: usize,
+    features: V,
+    logits: V,
+    /// Buffers kept between calls.
+    arena: Mutex<Vec<Vec<f32>>>,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("isa", &self.isa)
+            .field("ops", &self.ops.len())
+            .field("buffers", &self.slots)
+            .finish()
+    }
+}
+
+/// The engine's result: feature vectors and, when asked for, logits (row-major).
+pub struct PlanOutput {
+    pub n: usize,
+    pub features: Vec<f32>,
+    pub logits: Option<Vec<f32>>,
+}
+
+struct Builder {
+    ops: Vec<Op>,
+    channels: Vec<usize>,
+}
+
+fn values(t: Tensor<1>) -> Result<Vec<f32>> {
+    crate::tensor::to_vec(t)
+}
+
+fn kact(a: Act) -> KAct {
+    match a {
+        Act::None => KAct::None,
+        Act::Relu => KAct::Relu,
+        Act::Relu6 => KAct::Relu6,
+        Act::Hardswish => KAct::Hardswish,
+    }
+}
+
+fn shape_err(e: k::ShapeError) -> Error {
+    Error::Internal(format!("compiling the CPU engine: {e}"))
+}
+
+/// A convolution's weight `[cout, cin/groups, k, k]` and bias with an eval-mode BatchNorm
+/// folded in (f64): `w·γ/√(σ²+ε)`, `(b − μ)·γ/√(σ²+ε) + β`.
+fn folded(conv: &Conv2d, bn: Option<&BatchNorm>) -> Result<(Vec<f32>, Vec<f32>, [usize; 4])> {
+    let dims = conv.weight.dims();
+    let mut w = crate::tensor::to_vec(conv.weight.val())?;
+    let mut b = match &conv.bias {
+        Some(b) => values(b.val())?,
+        None => vec![0.0; dims[0]],
+    };
+    if let Some(bn) = bn.filter(|bn| !bn.folded) {
+        let (g, beta, mean, var) = (
+            values(bn.weight.val())?,
+            values(bn.bias.val())?,
+            values(bn.running_mean.val())?,
+            values(bn.running_var.val())?,
+        );
+        let per = w.len() / dims[0].max(1);
+        for o in 0..dims[0] {
+            let s = g[o] as f64 / (var[o] as f64 + bn.eps).sqrt();
+            for v in &mut w[o * per..(o + 1) * per] {
+                *v = (*v as f64 * s) as f32;
+            }
+            b[o] = ((b[o] as f64 - mean[o] as f64) * s + beta[o] as f64) as f32;
+        }
+    }
+    Ok((w, b, dims))
+}
+
+impl Builder {
+    fn value(&mut self, channels: usize) -> V {
+        self.channels.push(channels);
+        self.channels.len() - 1
+    }
+
+    fn conv(
+        &mut self,
+        x: V,
+        conv: &Conv2d,
+        bn: Option<&BatchNorm>,
+        act: Act,
+        res: Option<V>,
+    ) -> Result<V> {
+        let (w, b, [cout, cpg, kh, kw]) = folded(conv, bn)?;
+        let pad = Pad::of(conv.padding);
+        let stride = conv.stride;
+        let act = kact(act);
+        if conv.groups == 1 {
+            let out = self.value(cout);
+            let w = PackedConv::from_oihw(&w, Some(&b), cout, cpg, kh, kw).map_err(shape_err)?;
+            self.ops.push(Op::Conv {
+                x,
+                out,
+                res,
+                w,
+                stride,
+                pad,
+                act,
+            });
+            Ok(out)
+        } else if conv.groups == cout && cpg == 1 && res.is_none() {
+            let out = self.value(cout);
+            let w = PackedDepthwise::from_oihw(&w, Some(&b), cout, kh, kw).map_err(shape_err)?;
+            self.ops.push(Op::Depthwise {
+                x,
+                out,
+                w,
+                stride,
+                pad,
+                act,
+            });
+            Ok(out)
+        } else {
+            Err(Error::Internal(format!(
+                "the CPU engine has no kernel for a grouped convolution ({} groups)",
+                conv.groups
+            )))
+        }
+    }
+
+    fn cba(&mut self, x: V, c: &ConvBnAct, res: Option<V>) -> Result<V> {
+        self.conv(x, &c.conv, Some(&c.bn), c.act, res)
+    }
+
+    /// A linear layer; `perm` maps the NHWC flattening of the input to the checkpoint's.
+    fn linear(&mut self, x: V, l: &Linear, act: KAct, perm: Option<&[usize]>) -> Result<V> {
+        let [inp, outc] = l.weight.dims();
+        let mut w = crate::tensor::to_vec(l.weight.val())?;
+        if let Some(perm) = perm {
+            let src = w.clone();
+            for (i, &j) in perm.iter().enumerate() {
+                w[i * outc..(i + 1) * outc].copy_from_slice(&src[j * outc..(j + 1) * outc]);
+            }
+        }
+        let b = values(l.bias.val())?;
+        let w = PackedConv::from_in_out(&w, Some(&b), inp, outc).map_err(shape_err)?;
+        let out = self.value(outc);
+        self.ops.push(Op::Linear { x, out, w, act });
+        Ok(out)
+    }
+
+    fn tap(&mut self, name: impl Into<String>, x: V) {
+        self.ops.push(Op::Tap {
+            name: name.into(),
+            x,
+        });
+    }
+
+    fn gap(&mut self, x: V) -> V {
+        let out = self.value(self.channels[x]);
+        self.ops.push(Op::AvgPool {
+            x,
+            out,
+            oh: 1,
+            ow: 1,
+        });
+        out
+    }
+
+    fn inverted_residual(&mut self, x: V, b: &InvertedResidual) -> Result<V> {
+        let mut y = x;
+        if let Some(e) = &b.expand {
+            y = self.cba(y, e, None)?;
+        }
+        y = self.cba(y, &b.depthwise, None)?;
+        if let Some(se) = &b.se {
+            let pack = |c: &Conv2d| -> Result<PackedConv> {
+                let (w, bias, [o, i, kh, kw]) = folded(c, None)?;
+                PackedConv::from_oihw(&w, Some(&bias), o, i, kh, kw).map_err(shape_err)
+            };
+            self.ops.push(Op::Se {
+                x: y,
+                fc1: pack(&se.fc1)?,
+                fc2: pack(&se.fc2)?,
+            });
+        }
+        self.cba(y, &b.project, b.residual.then_some(x))
+    }
+
+    /// Stem → inverted residual blocks → head, with the family's tap names.
+    fn mbconv_net(
+        &mut self,
+        x: V,
+        stem: &ConvBnAct,
+        blocks: &[InvertedResidual],
+        head: &ConvBnAct,
+        names: &dyn Fn(usize) -> String,
+    ) -> Result<V> {
+        let mut x = self.cba(x, stem, None)?;
+        self.tap(names(0), x);
+        for (i, b) in blocks.iter().enumerate() {
+            x = self.inverted_residual(x, b)?;
+            self.tap(names(i + 1), x);
+        }
+        x = self.cba(x, head, None)?;
+        self.tap(names(blocks.len() + 1), x);
+        Ok(x)
+    }
+}
+
+impl Plan {
+    /// Compile a backbone (BatchNorm folded or not) for the CPU engine.
+    pub fn compile(b: &Backbone) -> Result<Plan> {
+        let mut bl = Builder {
+            ops: Vec::new(),
+            channels: vec![3],
+        };
+        let x = 0;
+        let none = KAct::None;
+        let (features, classifier_start, logits) = match &b.net {
+            Net::ResNet(m) => {
+                let mut x = bl.conv(x, &m.conv1, Some(&m.bn1), Act::Relu, None)?;
+                bl.tap("relu", x);
+                let out = bl.value(64);
+                bl.ops.push(Op::MaxPool {
+                    x,
+                    out,
+                    k: 3,
+                    stride: 2,
+                    pad: 1,
+                });
+                x = out;
+                bl.tap("maxpool", x);
+                for (s, layer) in [&m.layer1, &m.layer2, &m.layer3, &m.layer4]
+                    .into_iter()
+                    .enumerate()
+                {
+                    for (i, blk) in layer.iter().enumerate() {
+                        let identity = match &blk.downsample {
+                            Some(d) => bl.conv(x, &d.conv, Some(&d.bn), Act::None, None)?,
+                            None => x,
+                        };
+                        let y = bl.conv(x, &blk.conv1, Some(&blk.bn1), Act::Relu, None)?;
+                        x = match (&blk.conv3, &blk.bn3) {
+                            (Some(c3), Some(b3)) => {
+                                let y = bl.conv(y, &blk.conv2, Some(&blk.bn2), Act::Relu, None)?;
+                                bl.conv(y, c3, Some(b3), Act::Relu, Some(identity))?
+                            }
+                            _ => {
+                                bl.conv(y, &blk.conv2, Some(&blk.bn2), Act::Relu, Some(identity))?
+                            }
+                        };
+                        bl.tap(format!("layer{}.{i}", s + 1), x);
+                    }
+                    bl.tap(format!("layer{}", s + 1), x);
+                }
+                let f = bl.gap(x);
+                let start = bl.ops.len();
+                (f, start, bl.linear(f, &m.fc, none, None)?)
+            }
+            Net::Vgg(m) => {
+                let mut x = x;
+                for layer in &m.features {
+                    x = bl.conv(x, &layer.conv, layer.bn.as_ref(), Act::Relu, None)?;
+                    bl.tap(format!("features.{}", layer.relu_index), x);
+                    if let Some(p) = layer.pool_index {
+                        let out = bl.value(bl.channels[x]);
+                        bl.ops.push(Op::MaxPool {
+                            x,
+                            out,
+                            k: 2,
+                            stride: 2,
+                            pad: 0,
+                        });
+                        x = out;
+                        bl.tap(format!("features.{p}"), x);
+                    }
+                }
+                let c = bl.channels[x];
+                let out = bl.value(c);
+                bl.ops.push(Op::AvgPool {
+                    x,
+                    out,
+                    oh: 7,
+                    ow: 7,
+                });
+                // NHWC flattening (p·c + ch) → the checkpoint's NCHW flattening (ch·49 + p)
+                let perm: Vec<usize> = (0..49 * c).map(|i| (i % c) * 49 + i / c).collect();
+                let f1 = bl.linear(out, &m.fc1, KAct::Relu, Some(&perm))?;
+                let f = bl.linear(f1, &m.fc2, KAct::Relu, None)?;
+                let start = bl.ops.len();
+                (f, start, bl.linear(f, &m.fc3, none, None)?)
+            }
+            Net::MobileNetV2(m) => {
+                let x =
+                    bl.mbconv_net(x, &m.stem, &m.blocks, &m.head, &|i| format!("features.{i}"))?;
+                let f = bl.gap(x);
+                let start = bl.ops.len();
+                (f, start, bl.linear(f, &m.fc, none, None)?)
+            }
+            Net::MobileNetV3(m) => {
+                let x =
+                    bl.mbconv_net(x, &m.stem, &m.blocks, &m.head, &|i| format!("features.{i}"))?;
+                let g = bl.gap(x);
+                let f = bl.linear(g, &m.fc1, KAct::Hardswish, None)?;
+                let start = bl.ops.len();
+                (f, start, bl.linear(f, &m.fc2, none, None)?)
+            }
+            Net::EfficientNetLite(m) => {
+                let n = m.blocks.len();
+                let x = bl.mbconv_net(x, &m.stem, &m.blocks, &m.head, &|i| match i {
+                    0 => "stem".to_string(),
+                    i if i == n + 1 => "head".to_string(),
+                    i => format!("_blocks.{}", i - 1),
+                })?;
+                let f = bl.gap(x);
+                let start = bl.ops.len();
+                (f, start, bl.linear(f, &m.fc, none, None)?)
+            }
+        };
+        let norm = match b.spec.norm {
+            Normalization::ImageNet => (1.0, IMAGENET_MEAN, IMAGENET_STD),
+            Normalization::Tf => (255.0, [127.0; 3], [128.0; 3]),
+        };
+        let (slot, slots) = assign_slots(&bl.ops, bl.channels.len(), &[features, logits]);
+        Ok(Plan {
+            isa: Isa::current(),
+            norm,
+            ops: bl.ops,
+            classifier_start,
+            channels: bl.channels,
+            slot,
+            slots,
+            features,
+            logits,
+            arena: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The instruction-set path this plan runs.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Forward from pixels in [0, 1] (`[n, 3, h, w]`, NCHW, row-major), normalised inside
+    /// (`normalized`: the input is already normalised). Feature maps are offered to `taps`.
+    pub fn run(
+        &self,
+        pixels: &[f32],
+        [n, c, h, w]: [usize; 4],
+        normalized: bool,
+        want_logits: bool,
+        taps: &mut Taps,
+        device: &Device,
+    ) -> Result<PlanOutput> {
+        if c != 3 || pixels.len() != n * c * h * w {
+            return Err(Error::Invalid(format!(
+                "the network takes [n, 3, h, w] images, got {} values as [{n}, {c}, {h}, {w}]",
+                pixels.len()
+            )));
+        }
+        let shapes = self.shapes(n, h, w)?;
+        let mut arena = std::mem::take(&mut *self.arena.lock().unwrap_or_else(|p| p.into_inner()));
+        arena.resize_with(self.slots, Vec::new);
+        // size every buffer for its largest value
+        let mut need = vec![0usize; self.slots];
+        for (v, &(vh, vw, vc)) in shapes.iter().enumerate() {
+            if let Some(s) = shape_slot(&self.slot, v) {
+                need[s] = need[s].max(n * vh * vw * vc);
+            }
+        }
+        for (buf, &len) in arena.iter_mut().zip(&need) {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+        }
+        let (scale, mean, std) = if normalized {
+            (1.0, [0.0; 3], [1.0; 3])
+        } else {
+            self.norm
+        };
+        let len = |v: V| n * shapes[v].0 * shapes[v].1 * shapes[v].2;
+        {
+            let buf = &mut arena[self.slot[0]][..len(0)];
+            k::nchw_to_nhwc_normalized(pixels, n, 3, h, w, scale, &mean, &std, buf)
+                .map_err(shape_err)?;
+        }
+        let end = if want_logits {
+            self.ops.len()
+        } else {
+            self.classifier_start
+        };
+        for op in &self.ops[..end] {
+            self.step(op, n, &shapes, &mut arena, taps, device)?;
+        }
+        let features = arena[self.slot[self.features]][..len(self.features)].to_vec();
+        let logits =
+            want_logits.then(|| arena[self.slot[self.logits]][..len(self.logits)].to_vec());
+        *self.arena.lock().unwrap_or_else(|p| p.into_inner()) = arena;
+        Ok(PlanOutput {
+            n,
+            features,
+            logits,
+        })
+    }
+
+    /// `(h, w, c)` of every value for an `h × w` input.
+    fn shapes(&self, n: usize, h: usize, w: usize) -> Result<Vec<(usize, usize, usize)>> {
+        let mut s = vec![(0, 0, 0); self.channels.len()];
+        s[0] = (h, w, 3);
+        let _ = n;
+        for op in &self.ops {
+            let out = match op {
+                Op::Conv {
+                    x,
+                    out,
+                    w: wt,
+                    stride,
+                    pad,
+                    ..
+                } => {
+                    let (ih, iw, _) = s[*x];
+                    let p = pad.resolve(ih, iw, wt.kh, *stride);
+                    let (oh, ow) = ConvShape {
+                        n,
+                        h: ih,
+                        w: iw,
+                        stride: *stride,
+                        pad: p,
+                    }
+                    .out_hw(wt.kh, wt.kw)
+                    .map_err(too_small)?;
+                    Some((*out, (oh, ow)))
+                }
+                Op::Depthwise {
+                    x,
+                    out,
+                    w: wt,
+                    stride,
+                    pad,
+                    ..
+                } => {
+                    let (ih, iw, _) = s[*x];
+                    let p = pad.resolve(ih, iw, wt.kh, *stride);
+                    let (oh, ow) = ConvShape {
+                        n,
+                        h: ih,
+                        w: iw,
+                        stride: *stride,
+                        pad: p,
+                    }
+                    .out_hw(wt.kh, wt.kw)
+                    .map_err(too_small)?;
+                    Some((*out, (oh, ow)))
+                }
+                Op::MaxPool {
+                    x,
+                    out,
+                    k,
+                    stride,
+                    pad,
+                } => {
+                    let (ih, iw, _) = s[*x];
+                    if ih + 2 * pad < *k || iw + 2 * pad < *k {
+                        return Err(too_small(k::ShapeError(format!(
+                            "a {k}×{k} max pool on {ih}×{iw}"
+                        ))));
+                    }
+                    Some((
+                        *out,
+                        (
+                            (ih + 2 * pad - k) / stride + 1,
+                            (iw + 2 * pad - k) / stride + 1,
+                        ),
+                    ))
+                }
+                Op::AvgPool { out, oh, ow, .. } => Some((*out, (*oh, *ow))),
+                Op::Linear { out, .. } => Some((*out, (1, 1))),
+                Op::Se { .. } | Op::Tap { .. } => None,
+            };
+            if let Some((v, (oh, ow))) = out {
+                s[v] = (oh, ow, self.channels[v]);
+            }
+        }
+        Ok(s)
+    }
+
+    fn step(
+        &self,
+        op: &Op,
+        n: usize,
+        shapes: &[(usize, usize, usize)],
+        arena: &mut [Vec<f32>],
+        taps: &mut Taps,
+        device: &Device,
+    ) -> Result<()> {
+        let isa = self.isa;
+        let len = |v: V| n * shapes[v].0 * shapes[v].1 * shapes[v].2;
+        match op {
+            Op::Conv {
+                x,
+                out,
+                res,
+                w,
+                stride,
+                pad,
+                act,
+            } => {
+                let (h, wd, _) = shapes[*x];
+                let s = ConvShape {
+                    n,
+                    h,
+                    w: wd,
+                    stride: *stride,
+                    pad: pad.resolve(h, wd, w.kh, *stride),
+                };
+                let (xi, oi, ri) = (self.slot[*x], self.slot[*out], res.map(|r| self.slot[r]));
+                let (xb, ob, rb) = split3(arena, xi, oi, ri);
+                k::conv2d(
+                    isa,
+                    w,
+                    &xb[..len(*x)],
+                    &s,
+                    rb.map(|r| &r[..len(*out)]),
+                    *act,
+                    &mut ob[..len(*out)],
+                )
+                .map_err(shape_err)
+            }
+            Op::Linear { x, out, w, act } => {
+                let s = ConvShape::symmetric(n, 1, 1, 1, 0);
+                let (xb, ob, _) = split3(arena, self.slot[*x], self.slot[*out], None);
+                k::conv2d(isa, w, &xb[..len(*x)], &s, None, *act, &mut ob[..len(*out)])
+                    .map_err(shape_err)
+            }
+            Op::Depthwise {
+                x,
+                out,
+                w,
+                stride,
+                pad,
+                act,
+            } => {
+                let (h, wd, _) = shapes[*x];
+                let s = ConvShape {
+                    n,
+                    h,
+                    w: wd,
+                    stride: *stride,
+                    pad: pad.resolve(h, wd, w.kh, *stride),
+                };
+                let (xb, ob, _) = split3(arena, self.slot[*x], self.slot[*out], None);
+                k::depthwise(isa, w, &xb[..len(*x)], &s, *act, &mut ob[..len(*out)])
+                    .map_err(shape_err)
+            }
+            Op::MaxPool {
+                x,
+                out,
+                k: kk,
+                stride,
+                pad,
+            } => {
+                let (h, wd, c) = shapes[*x];
+                let (xb, ob, _) = split3(arena, self.slot[*x], self.slot[*out], None);
+                k::max_pool(
+                    &xb[..len(*x)],
+                    n,
+                    h,
+                    wd,
+                    c,
+                    *kk,
+                    *stride,
+                    *pad,
+                    &mut ob[..len(*out)],
+                )
+                .map(|_| ())
+                .map_err(shape_err)
+            }
+            Op::AvgPool { x, out, oh, ow } => {
+                let (h, wd, c) = shapes[*x];
+                let (xb, ob, _) = split3(arena, self.slot[*x], self.slot[*out], None);
+                k::adaptive_avg_pool(&xb[..len(*x)], n, h, wd, c, *oh, *ow, &mut ob[..len(*out)])
+                    .map_err(shape_err)
+            }
+            Op::Se { x, fc1, fc2 } => {
+                let (h, wd, c) = shapes[*x];
+                let xb = &mut arena[self.slot[*x]][..len(*x)];
+                let mut pooled = vec![0f32; n * c];
+                k::global_avg_pool(xb, n, h * wd, c, &mut pooled).map_err(shape_err)?;
+                let one = ConvShape::symmetric(n, 1, 1, 1, 0);
+                let mut hidden = vec![0f32; n * fc1.cout];
+                k::conv2d(isa, fc1, &pooled, &one, None, KAct::Relu, &mut hidden)
+                    .map_err(shape_err)?;
+                k::conv2d(
+                    isa,
+                    fc2,
+                    &hidden,
+                    &one,
+                    None,
+                    KAct::Hardsigmoid,
+                    &mut pooled,
+                )
+                .map_err(shape_err)?;
+                k::scale_channels(xb, n, h * wd, c, &pooled).map_err(shape_err)
+            }
+            Op::Tap { name, x } => {
+                if taps.wants(name) {
+                    let (h, wd, c) = shapes[*x];
+                    let mut nchw = vec![0f32; len(*x)];
+                    k::nhwc_to_nchw(&arena[self.slot[*x]][..len(*x)], n, h, wd, c, &mut nchw)
+                        .map_err(shape_err)?;
+                    let t = Tensor::<4>::from_data(TensorData::new(nchw, [n, c, h, wd]), device);
+                    taps.tap(name, &t);
+                } else {
+                    taps.note(name);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn too_small(e: k::ShapeError) -> Error {
+    Error::Invalid(format!("the image is too small for this network: {}", e.0))
+}
+
+fn shape_slot(slot: &[usize], v: V) -> Option<usize> {
+    slot.get(v).copied()
+}
+
+/// Mutable output and shared inputs from distinct buffers of the arena.
+fn split3(
+    arena: &mut [Vec<f32>],
+    x: usize,
+    out: usize,
+    res: Option<usize>,
+) -> (&[f32], &mut [f32], Option<&[f32]>) {
+    debug_assert!(x != out && res != Some(out));
+    // SAFETY: `out` differs from `x` and `res` (the slot assignment never gives an op's
+    // output the buffer of one of its inputs), so the mutable borrow aliases nothing.
+    let base = arena.as_mut_ptr();
+    unsafe {
+        let o = &mut *base.add(out);
+        let xi = &*base.add(x);
+        let r = res.map(|r| (*base.add(r)).as_slice());
+        (xi.as_slice(), o.as_mut_slice(), r)
+    }
+}
+
+/// Give each value a buffer, reusing a buffer once every reader of its value has run.
+/// `keep` values are never overwritten. Returns (value → buffer, number of buffers).
+fn assign_slots(ops: &[Op], nvalues: usize, keep: &[V]) -> (Vec<usize>, usize) {
+    let mut last = vec![0usize; nvalues];
+    for (i, op) in ops.iter().enumerate() {
+        for v in op.inputs() {
+            last[v] = i;
+        }
+    }
+    for &v in keep {
+        last[v] = usize::MAX;
+    }
+    let mut slot = vec![usize::MAX; nvalues];
+    let mut free: Vec<usize> = Vec::new();
+    let mut slots = 1;
+    slot[0] = 0;
+    for (i, op) in ops.iter().enumerate() {
+        if let Some(out) = op.output() {
+            slot[out] = free.pop().unwrap_or_else(|| {
+                slots += 1;
+                slots - 1
+            });
+        }
+        for v in op.inputs() {
+            if last[v] == i && !free.contains(&slot[v]) {
+                free.push(slot[v]);
+            }
+        }
+    }
+    // values never produced (none in a well-formed plan) share buffer 0
+    for s in slot.iter_mut() {
+        if *s == usize::MAX {
+            *s = 0;
+        }
+    }
+    (slot, slots)
+}
