@@ -187,7 +187,8 @@ unsafe impl<T> Sync for Ptr<T> {}
 
 thread_local! {
     /// Per-thread scratch: the tap pointers of a block of tiles, and a row of zeros.
-    static SCRATCH: RefCell<(Vec<usize>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: RefCell<(Vec<usize>, Vec<f32>, Vec<f32>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// Pixel tiles per block: the tap pointers of a block are made once and reused for every
@@ -298,9 +299,14 @@ unsafe fn run_range(
     let (cin, kh, kw, cout) = (wts.cin, wts.kh, wts.kw, wts.cout);
     let taps = kh * kw;
     let [pad_t, _, pad_l, _] = s.pad;
+    let _ = (cin, kh, kw);
+    // A tiny `cin` (an RGB stem) would give the micro-kernel 3-long inner loops: gather each
+    // tile's patches into contiguous rows instead (a small im2col per tile).
+    let gather = cin < 16 && taps > 1;
+    let (ktaps, kcin) = if gather { (1, taps * cin) } else { (taps, cin) };
     SCRATCH.with(|sc| {
         let mut sc = sc.borrow_mut();
-        let (ptrs, zeros) = &mut *sc;
+        let (ptrs, zeros, patch) = &mut *sc;
         if zeros.len() < cin {
             zeros.resize(cin, 0.0);
         }
@@ -310,26 +316,50 @@ unsafe fn run_range(
             let te = (tb + TILES_PER_BLOCK).min(t1);
             // tap pointers of the block's tiles: [tile][tap][row]
             ptrs.clear();
+            if gather {
+                patch.clear();
+                patch.resize((te - tb) * mr * kcin, 0.0);
+            }
             for tile in tb..te {
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        for i in 0..mr {
-                            let p = (tile * mr + i).min(m - 1);
-                            let (b, rem) = (p / (oh * ow), p % (oh * ow));
-                            let (oy, ox) = (rem / ow, rem % ow);
+                for i in 0..mr {
+                    let p = (tile * mr + i).min(m - 1);
+                    let (b, rem) = (p / (oh * ow), p % (oh * ow));
+                    let (oy, ox) = (rem / ow, rem % ow);
+                    for ky in 0..kh {
+                        for kx in 0..kw {
                             let iy = (oy * s.stride + ky) as isize - pad_t as isize;
                             let ix = (ox * s.stride + kx) as isize - pad_l as isize;
                             let inside =
                                 iy >= 0 && ix >= 0 && (iy as usize) < s.h && (ix as usize) < s.w;
-                            ptrs.push(if inside {
-                                x.as_ptr()
-                                    .add(((b * s.h + iy as usize) * s.w + ix as usize) * cin)
-                                    as usize
+                            let src = if inside {
+                                ((b * s.h + iy as usize) * s.w + ix as usize) * cin
                             } else {
-                                zero
-                            });
+                                usize::MAX
+                            };
+                            if gather {
+                                if src != usize::MAX {
+                                    let row = ((tile - tb) * mr + i) * kcin + (ky * kw + kx) * cin;
+                                    patch[row..row + cin].copy_from_slice(&x[src..src + cin]);
+                                }
+                            } else {
+                                let slot = ((tile - tb) * taps + ky * kw + kx) * mr + i;
+                                if ptrs.len() <= slot {
+                                    ptrs.resize(slot + 1, 0);
+                                }
+                                ptrs[slot] = if src == usize::MAX {
+                                    zero
+                                } else {
+                                    x.as_ptr().add(src) as usize
+                                };
+                            }
                         }
                     }
+                }
+            }
+            if gather {
+                ptrs.clear();
+                for r in 0..(te - tb) * mr {
+                    ptrs.push(patch.as_ptr().add(r * kcin) as usize);
                 }
             }
             for p in p0..p1 {
@@ -338,41 +368,68 @@ unsafe fn run_range(
                 let cols = (cout - col0).min(wp);
                 let bpanel = wts.data.as_ptr().add(off);
                 let bias = wts.bias.as_ptr().add(col0);
-                for tile in tb..te {
-                    let row0 = tile * mr;
-                    let rows = (m - row0).min(mr);
-                    let a = ptrs.as_ptr().add((tile - tb) * taps * mr) as *const *const f32;
-                    let o = out.add(row0 * cout + col0);
-                    let r =
-                        residual.map_or(std::ptr::null(), |r| r.as_ptr().add(row0 * cout + col0));
-                    let t = Tile {
-                        a,
-                        taps,
-                        cin,
-                        b: bpanel,
-                        ldb: wp,
-                        bias,
-                        out: o,
-                        ldo: cout,
-                        res: r,
-                        rows,
-                        cols,
-                        act,
-                    };
-                    micro(isa, &t, wp);
+                // K blocks: the whole K when its weights fit in L1, else one tap and at most
+                // KC channels at a time, accumulated in the output.
+                let whole = ktaps * kcin * wp * 4 <= L1_WEIGHTS;
+                let kblocks: Vec<(usize, usize, usize)> = if whole {
+                    vec![(0, 0, kcin)]
+                } else {
+                    (0..ktaps)
+                        .flat_map(|t| {
+                            (0..kcin)
+                                .step_by(KC)
+                                .map(move |c0| (t, c0, (c0 + KC).min(kcin)))
+                        })
+                        .collect()
+                };
+                let nk = kblocks.len();
+                for (kb, &(tap, c0, c1)) in kblocks.iter().enumerate() {
+                    for tile in tb..te {
+                        let row0 = tile * mr;
+                        let rows = (m - row0).min(mr);
+                        let a = ptrs.as_ptr().add(((tile - tb) * ktaps + tap) * mr)
+                            as *const *const f32;
+                        let o = out.add(row0 * cout + col0);
+                        let r = residual
+                            .map_or(std::ptr::null(), |r| r.as_ptr().add(row0 * cout + col0));
+                        let t = Tile {
+                            a,
+                            taps: if whole { ktaps } else { 1 },
+                            cin: c1 - c0,
+                            coff: c0,
+                            b: bpanel.add((tap * kcin + c0) * wp),
+                            ldb: wp,
+                            bias,
+                            out: o,
+                            ldo: cout,
+                            res: r,
+                            rows,
+                            cols,
+                            act,
+                            accumulate: kb > 0,
+                            last: kb + 1 == nk,
+                        };
+                        micro(isa, &t, wp);
+                    }
                 }
             }
             tb = te;
         }
-        let _ = zero;
     });
 }
 
+/// Bytes of a weight panel's K block kept in L1 while a block of tiles goes by.
+const L1_WEIGHTS: usize = 40 * 1024;
+/// Channels per K block when the whole K does not fit.
+const KC: usize = 128;
+
 /// One micro-kernel call: `rows` × `cols` outputs from `taps` × `cin` products.
 pub(crate) struct Tile {
+    /// `taps × MR` row pointers; row `i` of tap `t` reads `a[t·MR + i][coff..coff + cin]`.
     pub a: *const *const f32,
     pub taps: usize,
     pub cin: usize,
+    pub coff: usize,
     pub b: *const f32,
     pub ldb: usize,
     pub bias: *const f32,
@@ -382,6 +439,10 @@ pub(crate) struct Tile {
     pub rows: usize,
     pub cols: usize,
     pub act: Act,
+    /// Start from the values in `out` (a later K block) instead of zero.
+    pub accumulate: bool,
+    /// The last K block: apply bias, residual and activation.
+    pub last: bool,
 }
 
 unsafe fn micro(isa: Isa, t: &Tile, wp: usize) {
@@ -419,6 +480,7 @@ impl Tile {
             a: self.a,
             taps: self.taps,
             cin: self.cin,
+            coff: self.coff,
             b: self.b.add(c),
             ldb: self.ldb,
             bias: self.bias.add(c),
@@ -432,6 +494,8 @@ impl Tile {
             rows: self.rows,
             cols: (self.cols - c).min(16),
             act: self.act,
+            accumulate: self.accumulate,
+            last: self.last,
         }
     }
 }
@@ -442,7 +506,7 @@ unsafe fn tile_portable(t: &Tile) {
     let mut acc = [[0f32; 16]; MR];
     let mut bp = t.b;
     for tap in 0..t.taps {
-        let p: [*const f32; MR] = std::array::from_fn(|i| *t.a.add(tap * MR + i));
+        let p: [*const f32; MR] = std::array::from_fn(|i| (*t.a.add(tap * MR + i)).add(t.coff));
         for c in 0..t.cin {
             let b: &[f32; 16] = &*(bp as *const [f32; 16]);
             for i in 0..MR {
@@ -456,11 +520,16 @@ unsafe fn tile_portable(t: &Tile) {
     }
     for (i, row) in acc.iter().enumerate().take(t.rows) {
         for (j, &v) in row.iter().enumerate().take(t.cols) {
-            let mut y = v + *t.bias.add(j);
-            if !t.res.is_null() {
-                y += *t.res.add(i * t.ldo + j);
+            let o = t.out.add(i * t.ldo + j);
+            let mut y = if t.accumulate { v + *o } else { v };
+            if t.last {
+                y += *t.bias.add(j);
+                if !t.res.is_null() {
+                    y += *t.res.add(i * t.ldo + j);
+                }
+                y = t.act.apply(y);
             }
-            *t.out.add(i * t.ldo + j) = t.act.apply(y);
+            *o = y;
         }
     }
 }
@@ -503,7 +572,7 @@ mod x86 {
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         let mut bp = t.b;
         for tap in 0..t.taps {
-            let p: [*const f32; MR] = std::array::from_fn(|i| *t.a.add(tap * MR + i));
+            let p: [*const f32; MR] = std::array::from_fn(|i| (*t.a.add(tap * MR + i)).add(t.coff));
             for c in 0..t.cin {
                 let mut b = [_mm512_setzero_ps(); NV];
                 for (v, bv) in b.iter_mut().enumerate() {
@@ -533,11 +602,22 @@ mod x86 {
                 } else {
                     (1u16 << left) - 1
                 };
-                let mut y = _mm512_add_ps(a, _mm512_loadu_ps(t.bias.add(col)));
-                if !t.res.is_null() {
-                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, t.res.add(i * t.ldo + col)));
+                let o = t.out.add(i * t.ldo + col);
+                let mut y = a;
+                if t.accumulate {
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, o));
                 }
-                _mm512_mask_storeu_ps(t.out.add(i * t.ldo + col), mask, act512(t.act, y));
+                if t.last {
+                    y = _mm512_add_ps(y, _mm512_loadu_ps(t.bias.add(col)));
+                    if !t.res.is_null() {
+                        y = _mm512_add_ps(
+                            y,
+                            _mm512_maskz_loadu_ps(mask, t.res.add(i * t.ldo + col)),
+                        );
+                    }
+                    y = act512(t.act, y);
+                }
+                _mm512_mask_storeu_ps(o, mask, y);
             }
         }
     }
@@ -574,7 +654,7 @@ mod x86 {
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         let mut bp = t.b;
         for tap in 0..t.taps {
-            let p: [*const f32; MR] = std::array::from_fn(|i| *t.a.add(tap * MR + i));
+            let p: [*const f32; MR] = std::array::from_fn(|i| (*t.a.add(tap * MR + i)).add(t.coff));
             for c in 0..t.cin {
                 let b0 = _mm256_loadu_ps(bp);
                 let b1 = _mm256_loadu_ps(bp.add(8));
@@ -595,22 +675,37 @@ mod x86 {
                 if col >= t.cols {
                     break;
                 }
-                let mut y = _mm256_add_ps(a, _mm256_loadu_ps(t.bias.add(col)));
                 let left = t.cols - col;
+                let o = t.out.add(i * t.ldo + col);
                 if left >= 8 {
-                    if !t.res.is_null() {
-                        y = _mm256_add_ps(y, _mm256_loadu_ps(t.res.add(i * t.ldo + col)));
+                    let mut y = a;
+                    if t.accumulate {
+                        y = _mm256_add_ps(y, _mm256_loadu_ps(o));
                     }
-                    _mm256_storeu_ps(t.out.add(i * t.ldo + col), act256(t.act, y));
+                    if t.last {
+                        y = _mm256_add_ps(y, _mm256_loadu_ps(t.bias.add(col)));
+                        if !t.res.is_null() {
+                            y = _mm256_add_ps(y, _mm256_loadu_ps(t.res.add(i * t.ldo + col)));
+                        }
+                        y = act256(t.act, y);
+                    }
+                    _mm256_storeu_ps(o, y);
                 } else {
                     let mut tmp = [0f32; 8];
-                    _mm256_storeu_ps(tmp.as_mut_ptr(), y);
+                    _mm256_storeu_ps(tmp.as_mut_ptr(), a);
                     for (j, v) in tmp.iter().enumerate().take(left) {
                         let mut z = *v;
-                        if !t.res.is_null() {
-                            z += *t.res.add(i * t.ldo + col + j);
+                        if t.accumulate {
+                            z += *o.add(j);
                         }
-                        *t.out.add(i * t.ldo + col + j) = t.act.apply(z);
+                        if t.last {
+                            z += *t.bias.add(col + j);
+                            if !t.res.is_null() {
+                                z += *t.res.add(i * t.ldo + col + j);
+                            }
+                            z = t.act.apply(z);
+                        }
+                        *o.add(j) = z;
                     }
                 }
             }

@@ -49,17 +49,22 @@ pub fn max_pool(
             for iy in y0.max(0)..(y0 + k as isize).min(h as isize) {
                 for ix in x0.max(0)..(x0 + k as isize).min(w as isize) {
                     let src = &x[((b * h + iy as usize) * w + ix as usize) * c..][..c];
-                    for (m, &v) in o.iter_mut().zip(src) {
-                        // NaN propagates, as in PyTorch
-                        if v > *m || v.is_nan() {
-                            *m = v;
-                        }
-                    }
+                    max_into(o, src);
                 }
             }
         }
     });
     Ok((oh, ow))
+}
+
+/// `o = max(o, src)` element-wise, NaN propagating as in PyTorch (branch-free, so the
+/// compiler vectorises it).
+#[inline]
+fn max_into(o: &mut [f32], src: &[f32]) {
+    for (m, &v) in o.iter_mut().zip(src) {
+        let take = (v > *m) | v.is_nan();
+        *m = if take { v } else { *m };
+    }
 }
 
 /// PyTorch's adaptive average pooling to `oh × ow`: output cell `i` averages the inputs

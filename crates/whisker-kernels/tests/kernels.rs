@@ -69,6 +69,11 @@ const DENSE: &[Case] = &[
     case(1, 1, 1, 257, 1000, 1, 1, [0, 0, 0, 0]),
     case(16, 1, 1, 100, 33, 1, 1, [0, 0, 0, 0]),
     case(1, 4, 4, 64, 64, 3, 1, [1, 1, 1, 1]),
+    // K split into blocks (tap by tap, 128 channels at a time, a partial last block)
+    case(2, 5, 6, 200, 70, 3, 1, [1, 1, 1, 1]),
+    case(1, 4, 4, 300, 16, 3, 2, [0, 1, 0, 1]),
+    // a tiny cin gathered into contiguous patches (the RGB stems)
+    case(3, 11, 10, 3, 32, 3, 2, [0, 1, 0, 1]),
 ];
 
 #[test]
@@ -205,6 +210,11 @@ fn pooling_and_layout() {
             }
         }
     }
+    // NaN propagates through max pooling, as in PyTorch
+    let mut xn = x.clone();
+    xn[0] = f32::NAN;
+    max_pool(&xn, n, h, w, c, 3, 2, 1, &mut out).unwrap();
+    assert!(out[0].is_nan() && !out[1].is_nan());
     // adaptive average pool 9×7 → 4×3 (overlapping windows, as PyTorch)
     let mut a = vec![0f32; n * 4 * 3 * c];
     adaptive_avg_pool(&x, n, h, w, c, 4, 3, &mut a).unwrap();

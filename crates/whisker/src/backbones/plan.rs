@@ -565,8 +565,17 @@ impl Plan {
         } else {
             self.classifier_start
         };
+        let profile = std::env::var_os("WHISKER_PLAN_PROFILE").is_some();
         for op in &self.ops[..end] {
+            let t = std::time::Instant::now();
             self.step(op, n, &shapes, &mut arena, taps, device)?;
+            if profile {
+                eprintln!(
+                    "{:>9.3} ms  {}",
+                    t.elapsed().as_secs_f64() * 1e3,
+                    describe(op, &shapes)
+                );
+            }
         }
         let features = arena[self.slot[self.features]][..len(self.features)].to_vec();
         let logits =
@@ -792,6 +801,41 @@ impl Plan {
                 Ok(())
             }
         }
+    }
+}
+
+/// One line about an op, for `WHISKER_PLAN_PROFILE=1` (a per-op timing on stderr).
+fn describe(op: &Op, shapes: &[(usize, usize, usize)]) -> String {
+    match op {
+        Op::Conv {
+            x,
+            out,
+            w,
+            stride,
+            res,
+            act,
+            ..
+        } => format!(
+            "conv {}x{} s{stride} {:?} -> {:?} {act:?}{}",
+            w.kh,
+            w.kw,
+            shapes[*x],
+            shapes[*out],
+            if res.is_some() { " +res" } else { "" }
+        ),
+        Op::Linear { x, out, .. } => format!("linear {:?} -> {:?}", shapes[*x], shapes[*out]),
+        Op::Depthwise {
+            x, out, w, stride, ..
+        } => {
+            format!(
+                "depthwise {}x{} s{stride} {:?} -> {:?}",
+                w.kh, w.kw, shapes[*x], shapes[*out]
+            )
+        }
+        Op::MaxPool { x, out, .. } => format!("maxpool {:?} -> {:?}", shapes[*x], shapes[*out]),
+        Op::AvgPool { x, out, .. } => format!("avgpool {:?} -> {:?}", shapes[*x], shapes[*out]),
+        Op::Se { x, .. } => format!("squeeze-excite {:?}", shapes[*x]),
+        Op::Tap { name, .. } => format!("tap {name}"),
     }
 }
 
