@@ -29,17 +29,28 @@ fn logits_features_and_blocks_match_pytorch() {
     let device = Device::flex();
     let b = model(&device);
     let g = golden("efficientnet_lite0.safetensors");
-    for (tag, file) in [("chelsea", "chelsea.png"), ("rocket", "rocket.jpg")] {
+    for (tag, file, path) in [
+        ("chelsea", "chelsea.png", "engine"),
+        ("rocket", "rocket.jpg", "engine"),
+        ("chelsea", "chelsea.png", "burn"),
+        ("rocket", "rocket.jpg", "burn"),
+    ] {
         let mut taps = Taps::all();
-        let out = b.forward_normalized(input(file, &b, &device), &mut taps);
-        let logits = to_vec(out.logits);
+        let x = input(file, &b, &device);
+        let (logits, feats) = if path == "engine" {
+            assert!(b.plan_for(&x).is_some(), "the CPU engine serves this pass");
+            let out = b.forward_normalized(x, &mut taps);
+            (to_vec(out.logits), to_vec(out.features))
+        } else {
+            let f = b.net.features(x, &mut taps);
+            (to_vec(b.net.classifier(f.clone())), to_vec(f))
+        };
         let want = &g[&format!("{tag}.logits")].1;
         let d = max_abs_diff(&logits, want);
-        println!("{tag}: max |Δlogit| = {d:e}");
+        println!("{tag} [{path}]: max |Δlogit| = {d:e}");
         assert!(d <= 1e-4, "{tag}: max |Δlogit| = {d}");
-        let feats = to_vec(out.features);
         let d = max_abs_diff(&feats, &g[&format!("{tag}.features")].1);
-        println!("{tag}: max |Δfeature| = {d:e}");
+        println!("{tag} [{path}]: max |Δfeature| = {d:e}");
         assert!(d <= 1e-4, "{tag}: max |Δfeature| = {d}");
         if tag != "chelsea" {
             continue;

@@ -7,6 +7,7 @@ mod common;
 
 use burn::tensor::Device;
 use common::*;
+use whisker::backbones::plan::{Isa, Plan};
 use whisker::backbones::Taps;
 use whisker::data::resize::resize_shorter;
 use whisker::data::transforms::{center_crop, to_tensor};
@@ -17,18 +18,47 @@ fn check(name: &str) {
     let b = Backbone::with_formula_weights(name, &device).unwrap();
     assert_eq!(b.num_params(), b.spec.params, "{name}: parameter count");
     let img = b.preprocess().load(&testdata("chelsea.png")).unwrap();
-    let out = b.forward(to_tensor(&[img], &device), &mut Taps::none());
+    let x = to_tensor(&[img], &device);
     let g = golden(&format!("{name}.safetensors"));
-    let logits = to_vec(out.logits);
-    let want = &g["logits"].1;
-    let dl = max_abs_diff(&logits, want) / max_abs(want);
-    let feats = to_vec(out.features);
+    let (want, wf) = (&g["logits"].1, &g["features"].1);
+    let rel = |got: &[f32], want: &[f32]| max_abs_diff(got, want) / max_abs(want);
+    // burn's operations (the reference path, used for gradients and other devices)
+    let f = b
+        .net
+        .features(b.spec.norm.normalize(x.clone()), &mut Taps::none());
+    let logits = to_vec(b.net.classifier(f.clone()));
+    let feats = to_vec(f);
     assert_eq!(feats.len(), b.spec.feature_dim);
-    let wf = &g["features"].1;
-    let df = max_abs_diff(&feats, wf) / max_abs(wf);
-    println!("{name}: max|Δlogit|/max|logit| = {dl:.2e}, max|Δfeat|/max|feat| = {df:.2e} (max |logit| {})", max_abs(want));
+    let (dl, df) = (rel(&logits, want), rel(&feats, wf));
+    println!("{name} [burn]: max|Δlogit|/max|logit| = {dl:.2e}, max|Δfeat|/max|feat| = {df:.2e} (max |logit| {})", max_abs(want));
     assert!(dl <= 1e-4, "{name}: relative logit error {dl}");
     assert!(df <= 1e-4, "{name}: relative feature error {df}");
+    // the CPU engine, chosen automatically for this forward pass, on every ISA path
+    assert!(
+        b.plan_for(&x).is_some(),
+        "{name}: the CPU engine does not serve this pass"
+    );
+    let auto = to_vec(b.forward(x.clone(), &mut Taps::none()).logits);
+    assert!(
+        rel(&auto, want) <= 1e-5,
+        "{name}: engine logits {}",
+        rel(&auto, want)
+    );
+    let dims = x.dims();
+    let pixels = to_vec(x);
+    for isa in Isa::available() {
+        let plan = Plan::compile(&b).unwrap().with_isa(isa).unwrap();
+        let out = plan
+            .run(&pixels, dims, false, true, &mut Taps::none(), &device)
+            .unwrap();
+        let (dl, df) = (
+            rel(out.logits.as_ref().unwrap(), want),
+            rel(&out.features, wf),
+        );
+        println!("{name} [engine {}]: max|Δlogit|/max|logit| = {dl:.2e}, max|Δfeat|/max|feat| = {df:.2e}", isa.name());
+        assert!(dl <= 1e-5, "{name} on {isa:?}: relative logit error {dl}");
+        assert!(df <= 1e-5, "{name} on {isa:?}: relative feature error {df}");
+    }
 }
 
 fn check_grad(name: &str) {

@@ -13,7 +13,8 @@ use std::sync::Mutex;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use whisker_kernels as k;
-use whisker_kernels::{Act as KAct, ConvShape, Isa, PackedConv, PackedDepthwise};
+pub use whisker_kernels::Isa;
+use whisker_kernels::{Act as KAct, ConvShape, PackedConv, PackedDepthwise};
 
 use super::inverted_residual::InvertedResidual;
 use super::layers::{tf_same_padding, Act, BatchNorm, Conv2d, ConvBnAct, Linear, Padding, Taps};
@@ -515,6 +516,24 @@ impl Plan {
     /// The instruction-set path this plan runs.
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// The same plan on another instruction-set path (one this CPU supports: see
+    /// [`Isa::available`]), to test or benchmark each path.
+    pub fn with_isa(mut self, isa: Isa) -> Result<Plan> {
+        if !isa.supported() {
+            return Err(Error::Invalid(format!(
+                "this CPU cannot run the {} kernels (it has: {})",
+                isa.name(),
+                Isa::available()
+                    .iter()
+                    .map(|i| i.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        self.isa = isa;
+        Ok(self)
     }
 
     /// Forward from pixels in [0, 1] (`[n, 3, h, w]`, NCHW, row-major), normalised inside
