@@ -1,8 +1,14 @@
 #!/usr/bin/env python3
-"""PyTorch twin of `cargo run --release --example bench_forward`: eval forward images/s,
-same models, batch, input size and thread count. One JSON object per line.
+"""PyTorch and ONNX Runtime twins of `cargo run --release --example bench_forward`: eval
+forward images/s, same models, batch, input size (each backbone's own) and thread count.
+One JSON object per line.
 
-    python tools/bench/bench_torch.py --threads 2 [--batch 16] [--iters 3] [MODEL...]
+    python tools/bench/bench_torch.py --threads 2 [--batch 16] [--min-seconds 1]
+        [--runtime torch|ort] [--onnx-dir DIR] [MODEL...]
+
+`--runtime ort` exports the model with `torch.onnx.export(..., dynamo=False)` (cached in
+--onnx-dir) and runs it with ONNX Runtime's CPU provider, `intra_op_num_threads` = --threads.
+Needs: torch, torchvision (and onnx, onnxruntime for --runtime ort): tools/bench/setup.sh.
 """
 import argparse
 import json
@@ -22,33 +28,60 @@ ALL = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "v
        "efficientnet_lite4"]
 
 
+def build(name):
+    if name in LITE:
+        w, d, size, _ = LITE[name]
+        return EfficientNetLite(w, d).eval(), size
+    return getattr(torchvision.models, name)(weights=None).eval(), 224
+
+
+def timed(fn, min_seconds):
+    fn()  # warm-up
+    t = time.perf_counter()
+    iters = 0
+    while iters < 2 or time.perf_counter() - t < min_seconds:
+        fn()
+        iters += 1
+    return (time.perf_counter() - t) / iters, iters
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--min-seconds", type=float, default=1.0)
+    ap.add_argument("--runtime", choices=["torch", "ort"], default="torch")
+    ap.add_argument("--onnx-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "whisker-bench-onnx"))
     ap.add_argument("models", nargs="*")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.set_num_interop_threads(1)
     for name in a.models or ALL:
-        if name in LITE:
-            w, d, _, _ = LITE[name]
-            m = EfficientNetLite(w, d)
+        m, size = build(name)
+        x = torch.rand(a.batch, 3, size, size)
+        if a.runtime == "torch":
+            with torch.inference_mode():
+                secs, iters = timed(lambda: m(x), a.min_seconds)
+            extra = {"torch": torch.__version__, "isa": torch.backends.cpu.get_cpu_capability()}
         else:
-            m = getattr(torchvision.models, name)(weights=None)
-        m = m.eval()
-        x = torch.rand(a.batch, 3, 224, 224)
-        with torch.inference_mode():
-            m(x)
-            t = time.perf_counter()
-            for _ in range(a.iters):
-                m(x)
-            secs = (time.perf_counter() - t) / a.iters
-        print(json.dumps({"impl": "pytorch", "model": name, "threads": a.threads, "batch": a.batch,
-                          "size": 224, "seconds_per_batch": round(secs, 4),
-                          "images_per_s": round(a.batch / secs, 2),
-                          "torch": torch.__version__}), flush=True)
+            import onnxruntime as ort
+            os.makedirs(a.onnx_dir, exist_ok=True)
+            path = os.path.join(a.onnx_dir, f"{name}-b{a.batch}-{size}.onnx")
+            if not os.path.exists(path):
+                torch.onnx.export(m, x, path + ".tmp", dynamo=False, input_names=["x"],
+                                  output_names=["logits"], opset_version=17)
+                os.replace(path + ".tmp", path)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = a.threads
+            so.inter_op_num_threads = 1
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            feed = {"x": x.numpy()}
+            secs, iters = timed(lambda: sess.run(None, feed), a.min_seconds)
+            extra = {"onnxruntime": ort.__version__}
+        print(json.dumps({"impl": a.runtime, "model": name, "threads": a.threads, "batch": a.batch,
+                          "size": size, "iters": iters, "seconds_per_batch": round(secs, 5),
+                          "images_per_s": round(a.batch / secs, 2), **extra}), flush=True)
 
 
 if __name__ == "__main__":

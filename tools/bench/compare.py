@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Forward throughput: whisker's CPU engine against PyTorch and ONNX Runtime (and, with
+--burn, whisker's burn path), same machine, same run, alternating A/B/C A/B/C so that host
+drift hits every side alike. Prints Markdown tables (best of --rounds runs per side) with the
+CPU model, its SIMD flags and the ISA each side used; --json FILE keeps every measurement.
+
+    tools/bench/compare.py [--threads 2,1] [--batch 16,1] [--rounds 2] [--min-seconds 1]
+        [--burn] [--isa avx2] [--no-ort] [--json out.json] [MODEL...]
+
+Whisker's side is `cargo run --release --example bench_forward`; the other sides are
+`tools/bench/bench_torch.py` run with PYTHON (default: the venv of tools/bench/setup.sh).
+For the AVX2-only ratio: `--isa avx2` with `ATEN_CPU_CAPABILITY=avx2` in the environment.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+ALL = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "vgg19",
+       "vgg16_bn", "vgg19_bn", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
+       "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "efficientnet_lite3",
+       "efficientnet_lite4"]
+
+
+def cpu():
+    model, flags = "?", []
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            have = line.split(":", 1)[1].split()
+            flags = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+                                 "amx_tile", "amx_bf16") if f in have]
+            break
+    return model, flags
+
+
+def run(cmd, env=None):
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        sys.stderr.write(r.stderr)
+        raise SystemExit(f"failed: {' '.join(cmd)}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", default="2")
+    ap.add_argument("--batch", default="16,1")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--min-seconds", type=float, default=1.0)
+    ap.add_argument("--burn", action="store_true", help="also whisker's burn path")
+    ap.add_argument("--isa", help="whisker's engine ISA (avx512, avx2, portable)")
+    ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--json", help="write every measurement here")
+    ap.add_argument("models", nargs="*")
+    a = ap.parse_args()
+    python = os.environ.get("PYTHON") or subprocess.run(
+        [os.path.join(ROOT, "tools", "bench", "setup.sh")], capture_output=True, text=True,
+        check=True).stdout.strip()
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "whisker", "--example", "bench_forward"],
+                   cwd=ROOT, check=True)
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    exe = os.path.join(target, "release", "examples", "bench_forward")
+    models = a.models or ALL
+    sides = ["whisker"] + (["burn"] if a.burn else []) + ["torch"] + ([] if a.no_ort else ["ort"])
+    results = []
+    model, flags = cpu()
+    for threads in [int(t) for t in a.threads.split(",")]:
+        for batch in [int(b) for b in a.batch.split(",")]:
+            best = {}
+            for m in models:
+                for r in range(a.rounds):
+                    order = sides if r % 2 == 0 else list(reversed(sides))
+                    for side in order:
+                        common = ["--threads", str(threads), "--batch", str(batch),
+                                  "--min-seconds", str(a.min_seconds)]
+                        if side in ("whisker", "burn"):
+                            cmd = [exe] + common + (["--engine", "burn"] if side == "burn" else []) \
+                                + (["--isa", a.isa] if a.isa and side == "whisker" else []) + [m]
+                        else:
+                            cmd = [python, os.path.join(ROOT, "tools", "bench", "bench_torch.py")] + common \
+                                + ["--runtime", side, m]
+                        res = run(cmd)
+                        res["side"], res["round"] = side, r
+                        results.append(res)
+                        key = (m, side)
+                        if key not in best or res["images_per_s"] > best[key]["images_per_s"]:
+                            best[key] = res
+                    print(f"  {m} t{threads} b{batch} round {r}: " + ", ".join(
+                        f"{s} {best[(m, s)]['images_per_s']}" for s in sides), file=sys.stderr)
+            t0 = next((v for (mm, s), v in best.items() if s == "torch"), {})
+            w0 = next((v for (mm, s), v in best.items() if s == "whisker"), {})
+            print(f"\n### Eval forward, batch {batch}, {threads} thread(s), each backbone at its own input size\n")
+            print(f"CPU: {model}; flags: {' '.join(flags)}; whisker engine ISA: {w0.get('isa', '?')}; "
+                  f"PyTorch {t0.get('torch', '?')} (CPU capability {t0.get('isa', '?')})"
+                  + ("" if a.no_ort else f"; ONNX Runtime {next((v.get('onnxruntime') for (mm, s), v in best.items() if s == 'ort'), '?')}")
+                  + f". Best of {a.rounds} alternated runs, images/s.\n")
+            head = "| backbone | size | whisker |" + (" whisker (burn) |" if a.burn else "") + " PyTorch |" \
+                + ("" if a.no_ort else " ONNX Runtime |") + " whisker / PyTorch |" + ("" if a.no_ort else " whisker / ORT |")
+            print(head)
+            print("|" + "---|" * (head.count("|") - 1))
+            for m in models:
+                w, t = best[(m, "whisker")], best[(m, "torch")]
+                row = f"| {m} | {w['size']} | {w['images_per_s']:.1f} |"
+                if a.burn:
+                    row += f" {best[(m, 'burn')]['images_per_s']:.1f} |"
+                row += f" {t['images_per_s']:.1f} |"
+                if not a.no_ort:
+                    row += f" {best[(m, 'ort')]['images_per_s']:.1f} |"
+                row += f" {w['images_per_s'] / t['images_per_s']:.2f}× |"
+                if not a.no_ort:
+                    row += f" {w['images_per_s'] / best[(m, 'ort')]['images_per_s']:.2f}× |"
+                print(row, flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"cpu": model, "flags": flags, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
