@@ -184,6 +184,12 @@ impl PackedConv {
 struct Ptr<T>(T);
 unsafe impl<T> Send for Ptr<T> {}
 unsafe impl<T> Sync for Ptr<T> {}
+impl<T: Copy> Ptr<T> {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    fn get(self) -> T {
+        self.0
+    }
+}
 
 thread_local! {
     /// Per-thread scratch: the tap pointers of a block of tiles, and a row of zeros.
@@ -251,7 +257,6 @@ pub fn conv2d(
         if t0 >= t1 || p0 >= p1 {
             return;
         }
-        let out_ptr = out_ptr;
         // SAFETY: each job writes the rows [t0·mr, t1·mr) ∩ [0, m) of the panels [p0, p1):
         // disjoint from every other job's.
         unsafe {
@@ -263,7 +268,7 @@ pub fn conv2d(
                 (oh, ow),
                 residual,
                 act,
-                out_ptr.0,
+                out_ptr.get(),
                 t0,
                 t1,
                 p0,

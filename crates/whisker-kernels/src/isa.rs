@@ -71,8 +71,7 @@ impl Isa {
             {
                 Some(want) => Isa::available()
                     .into_iter()
-                    .filter(|i| *i <= want)
-                    .next_back()
+                    .rfind(|i| *i <= want)
                     .unwrap_or(Isa::Portable),
                 None => Isa::best(),
             }

@@ -36,6 +36,7 @@ struct Case {
     pad: [usize; 4],
 }
 
+#[allow(clippy::too_many_arguments)]
 const fn case(
     n: usize,
     h: usize,

@@ -31,17 +31,26 @@ fn main() {
         std::process::exit(2)
     };
     while let Some(a) = args.next() {
-        let mut val = || args.next().unwrap_or_else(|| fail(format!("{a} needs a value")));
+        let mut val = || {
+            args.next()
+                .unwrap_or_else(|| fail(format!("{a} needs a value")))
+        };
         match a.as_str() {
             "--threads" => threads = val().parse().unwrap_or_else(|_| fail("--threads N".into())),
             "--batch" => batch = val().parse().unwrap_or_else(|_| fail("--batch N".into())),
-            "--min-seconds" => min_seconds = val().parse().unwrap_or_else(|_| fail("--min-seconds S".into())),
+            "--min-seconds" => {
+                min_seconds = val()
+                    .parse()
+                    .unwrap_or_else(|_| fail("--min-seconds S".into()))
+            }
             "--size" => size = Some(val().parse().unwrap_or_else(|_| fail("--size N".into()))),
-            "--engine" => burn = match val().as_str() {
-                "burn" => true,
-                "auto" => false,
-                e => fail(format!("--engine auto|burn, not {e}")),
-            },
+            "--engine" => {
+                burn = match val().as_str() {
+                    "burn" => true,
+                    "auto" => false,
+                    e => fail(format!("--engine auto|burn, not {e}")),
+                }
+            }
             "--isa" => {
                 let v = val();
                 isa = Isa::parse(&v).unwrap_or_else(|| fail(format!("unknown ISA {v}")))
@@ -65,7 +74,7 @@ fn main() {
         let s = size.unwrap_or(b.spec.input_size);
         let x = Tensor::<4>::random([batch, 3, s, s], Distribution::Uniform(0.0, 1.0), &device);
         let dims = x.dims();
-        let pixels = x.clone().into_data().to_vec::<f32>().expect("f32 pixels");
+        let pixels = whisker::tensor::to_vec(x.clone()).expect("f32 pixels");
         let plan = (!burn).then(|| {
             Plan::compile(&b)
                 .and_then(|p| p.with_isa(isa))
@@ -79,7 +88,10 @@ fn main() {
                 std::hint::black_box(out.logits);
             }
             None => {
-                let out = b.net.classifier(b.net.features(b.spec.norm.normalize(x.clone()), &mut Taps::none()));
+                let out = b.net.classifier(
+                    b.net
+                        .features(b.spec.norm.normalize(x.clone()), &mut Taps::none()),
+                );
                 let _ = out.into_data();
             }
         };
