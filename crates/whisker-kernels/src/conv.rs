@@ -304,7 +304,6 @@ unsafe fn run_range(
     let (cin, kh, kw, cout) = (wts.cin, wts.kh, wts.kw, wts.cout);
     let taps = kh * kw;
     let [pad_t, _, pad_l, _] = s.pad;
-    let _ = (cin, kh, kw);
     // A tiny `cin` (an RGB stem) would give the micro-kernel 3-long inner loops: gather each
     // tile's patches into contiguous rows instead (a small im2col per tile).
     let gather = cin < 16 && taps > 1;
@@ -321,6 +320,7 @@ unsafe fn run_range(
             let te = (tb + TILES_PER_BLOCK).min(t1);
             // tap pointers of the block's tiles: [tile][tap][row]
             ptrs.clear();
+            ptrs.resize((te - tb) * taps * mr, zero);
             if gather {
                 patch.clear();
                 patch.resize((te - tb) * mr * kcin, 0.0);
@@ -347,15 +347,10 @@ unsafe fn run_range(
                                     patch[row..row + cin].copy_from_slice(&x[src..src + cin]);
                                 }
                             } else {
-                                let slot = ((tile - tb) * taps + ky * kw + kx) * mr + i;
-                                if ptrs.len() <= slot {
-                                    ptrs.resize(slot + 1, 0);
+                                if src != usize::MAX {
+                                    let slot = ((tile - tb) * taps + ky * kw + kx) * mr + i;
+                                    ptrs[slot] = x.as_ptr().add(src) as usize;
                                 }
-                                ptrs[slot] = if src == usize::MAX {
-                                    zero
-                                } else {
-                                    x.as_ptr().add(src) as usize
-                                };
                             }
                         }
                     }
@@ -376,19 +371,15 @@ unsafe fn run_range(
                 // K blocks: the whole K when its weights fit in L1, else one tap and at most
                 // KC channels at a time, accumulated in the output.
                 let whole = ktaps * kcin * wp * 4 <= L1_WEIGHTS;
-                let kblocks: Vec<(usize, usize, usize)> = if whole {
-                    vec![(0, 0, kcin)]
-                } else {
-                    (0..ktaps)
-                        .flat_map(|t| {
-                            (0..kcin)
-                                .step_by(KC)
-                                .map(move |c0| (t, c0, (c0 + KC).min(kcin)))
-                        })
-                        .collect()
-                };
-                let nk = kblocks.len();
-                for (kb, &(tap, c0, c1)) in kblocks.iter().enumerate() {
+                let per_tap = kcin.div_ceil(KC);
+                let nk = if whole { 1 } else { ktaps * per_tap };
+                for kb in 0..nk {
+                    let (tap, c0, c1) = if whole {
+                        (0, 0, kcin)
+                    } else {
+                        let c0 = (kb % per_tap) * KC;
+                        (kb / per_tap, c0, (c0 + KC).min(kcin))
+                    };
                     for tile in tb..te {
                         let row0 = tile * mr;
                         let rows = (m - row0).min(mr);
@@ -479,7 +470,6 @@ unsafe fn micro(isa: Isa, t: &Tile, wp: usize) {
 
 impl Tile {
     /// The same tile restricted to the 16 columns from `c`.
-    #[allow(dead_code)]
     unsafe fn shifted(&self, c: usize) -> Tile {
         Tile {
             a: self.a,

@@ -486,6 +486,11 @@ impl Backbone {
         if let Some(out) = self.run_plan(&x, true, true, taps) {
             return out;
         }
+        self.forward_burn(x, taps)
+    }
+
+    /// burn's operations on normalised input.
+    fn forward_burn(&self, x: Tensor<4>, taps: &mut Taps) -> Output {
         let features = self.net.features(x, taps);
         let logits = self.net.classifier(features.clone());
         Output { features, logits }
@@ -497,8 +502,7 @@ impl Backbone {
         if let Some(out) = self.run_plan(&pixels, false, true, taps) {
             return out;
         }
-        let x = self.spec.norm.normalize(pixels);
-        self.forward_normalized(x, taps)
+        self.forward_burn(self.spec.norm.normalize(pixels), taps)
     }
 
     /// Feature vectors only, from pixels in [0, 1].

@@ -80,6 +80,23 @@ impl Pad {
             Padding::TfSame => Pad::TfSame,
         }
     }
+    /// The geometry of a `k × k` convolution with this padding on `n` images of `(h, w, _)`.
+    fn shape(
+        self,
+        n: usize,
+        (h, w, _): (usize, usize, usize),
+        k: usize,
+        stride: usize,
+    ) -> ConvShape {
+        ConvShape {
+            n,
+            h,
+            w,
+            stride,
+            pad: self.resolve(h, w, k, stride),
+        }
+    }
+
     fn resolve(self, h: usize, w: usize, k: usize, stride: usize) -> [usize; 4] {
         match self {
             Pad::Fixed(p) => p,
@@ -559,9 +576,8 @@ impl Plan {
         // size every buffer for its largest value
         let mut need = vec![0usize; self.slots];
         for (v, &(vh, vw, vc)) in shapes.iter().enumerate() {
-            if let Some(s) = shape_slot(&self.slot, v) {
-                need[s] = need[s].max(n * vh * vw * vc);
-            }
+            let s = self.slot[v];
+            need[s] = need[s].max(n * vh * vw * vc);
         }
         for (buf, &len) in arena.iter_mut().zip(&need) {
             if buf.len() < len {
@@ -611,50 +627,26 @@ impl Plan {
     fn shapes(&self, n: usize, h: usize, w: usize) -> Result<Vec<(usize, usize, usize)>> {
         let mut s = vec![(0, 0, 0); self.channels.len()];
         s[0] = (h, w, 3);
-        let _ = n;
         for op in &self.ops {
             let out = match op {
                 Op::Conv {
                     x,
                     out,
-                    w: wt,
+                    w: PackedConv { kh, kw, .. },
                     stride,
                     pad,
                     ..
-                } => {
-                    let (ih, iw, _) = s[*x];
-                    let p = pad.resolve(ih, iw, wt.kh, *stride);
-                    let (oh, ow) = ConvShape {
-                        n,
-                        h: ih,
-                        w: iw,
-                        stride: *stride,
-                        pad: p,
-                    }
-                    .out_hw(wt.kh, wt.kw)
-                    .map_err(too_small)?;
-                    Some((*out, (oh, ow)))
                 }
-                Op::Depthwise {
+                | Op::Depthwise {
                     x,
                     out,
-                    w: wt,
+                    w: PackedDepthwise { kh, kw, .. },
                     stride,
                     pad,
                     ..
                 } => {
-                    let (ih, iw, _) = s[*x];
-                    let p = pad.resolve(ih, iw, wt.kh, *stride);
-                    let (oh, ow) = ConvShape {
-                        n,
-                        h: ih,
-                        w: iw,
-                        stride: *stride,
-                        pad: p,
-                    }
-                    .out_hw(wt.kh, wt.kw)
-                    .map_err(too_small)?;
-                    Some((*out, (oh, ow)))
+                    let g = pad.shape(n, s[*x], *kh, *stride);
+                    Some((*out, g.out_hw(*kh, *kw).map_err(too_small)?))
                 }
                 Op::MaxPool {
                     x,
@@ -709,14 +701,7 @@ impl Plan {
                 pad,
                 act,
             } => {
-                let (h, wd, _) = shapes[*x];
-                let s = ConvShape {
-                    n,
-                    h,
-                    w: wd,
-                    stride: *stride,
-                    pad: pad.resolve(h, wd, w.kh, *stride),
-                };
+                let s = pad.shape(n, shapes[*x], w.kh, *stride);
                 let (xi, oi, ri) = (self.slot[*x], self.slot[*out], res.map(|r| self.slot[r]));
                 let (xb, ob, rb) = split3(arena, xi, oi, ri);
                 k::conv2d(
@@ -744,14 +729,7 @@ impl Plan {
                 pad,
                 act,
             } => {
-                let (h, wd, _) = shapes[*x];
-                let s = ConvShape {
-                    n,
-                    h,
-                    w: wd,
-                    stride: *stride,
-                    pad: pad.resolve(h, wd, w.kh, *stride),
-                };
+                let s = pad.shape(n, shapes[*x], w.kh, *stride);
                 let (xb, ob, _) = split3(arena, self.slot[*x], self.slot[*out], None);
                 k::depthwise(isa, w, &xb[..len(*x)], &s, *act, &mut ob[..len(*out)])
                     .map_err(shape_err)
@@ -860,10 +838,6 @@ fn describe(op: &Op, shapes: &[(usize, usize, usize)]) -> String {
 
 fn too_small(e: k::ShapeError) -> Error {
     Error::Invalid(format!("the image is too small for this network: {}", e.0))
-}
-
-fn shape_slot(slot: &[usize], v: V) -> Option<usize> {
-    slot.get(v).copied()
 }
 
 /// Mutable output and shared inputs from distinct buffers of the arena.
