@@ -3,6 +3,9 @@
 //!     cargo run --release -p whisker-kernels --example conv_peak -- [--threads 2] [--batch 16]
 //!         [--ghz 3.0] [--size 56] [--cin 64] [--cout 64] [--k 3]
 //!
+//! For a 3×3 kernel it also times the Winograd F(2×2, 3×3) path and reports its "effective"
+//! rate: the direct convolution's flops over Winograd's time.
+//!
 //! Peak = threads × 2 FMA units × lanes (16 on AVX-512, 8 on AVX2, 4 portable) × 2 flops ×
 //! clock. The clock is given (`--ghz`, default: the "cpu MHz" of /proc/cpuinfo).
 
@@ -74,8 +77,20 @@ fn main() {
     }
     let secs = t.elapsed().as_secs_f64() / iters as f64;
     let flops = 2.0 * (batch * oh * ow * cout * cin * k * k) as f64;
+    let winograd = if k == 3 {
+        let p = PackedConv::winograd_from_oihw(&w, None, cout, cin).unwrap();
+        conv2d(isa, &p, &x, &s, None, Act::Relu, &mut out).unwrap();
+        let t = Instant::now();
+        for _ in 0..iters {
+            conv2d(isa, &p, &x, &s, None, Act::Relu, &mut out).unwrap();
+        }
+        let ws = t.elapsed().as_secs_f64() / iters as f64;
+        format!(", \"winograd_effective_gflops\": {:.1}", flops / ws / 1e9)
+    } else {
+        String::new()
+    };
     println!(
-        "{{\"isa\": \"{}\", \"threads\": {threads}, \"shape\": \"{batch}x{size}x{size}x{cin} -> {cout}, {k}x{k}\", \"gflops\": {:.1}, \"peak_gflops\": {:.1}, \"fraction_of_peak\": {:.3}, \"measured_fma_peak_gflops\": {:.1}, \"fraction_of_measured_peak\": {:.3}, \"cpu\": \"{}\"}}",
+        "{{\"isa\": \"{}\", \"threads\": {threads}, \"shape\": \"{batch}x{size}x{size}x{cin} -> {cout}, {k}x{k}\", \"gflops\": {:.1}{winograd}, \"peak_gflops\": {:.1}, \"fraction_of_peak\": {:.3}, \"measured_fma_peak_gflops\": {:.1}, \"fraction_of_measured_peak\": {:.3}, \"cpu\": \"{}\"}}",
         isa.name(),
         flops / secs / 1e9,
         peak / 1e9,
@@ -99,43 +114,85 @@ fn measured_peak(isa: Isa, threads: usize) -> f64 {
     lanes * 2.0 * iters as f64 / t.elapsed().as_secs_f64()
 }
 
-/// Runs `iters` rounds of 24 independent vector FMAs; returns the lanes computed per round.
+/// Runs `iters` rounds of 16 independent vector FMAs; returns the lanes computed per round.
 fn fma_loop(isa: Isa, iters: u64) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::*;
+        // 16 independent FMA chains in registers (written in assembly so that no compiler
+        // spills them), on zeros (no denormal slow path).
+        macro_rules! fma_asm {
+            ($iters:expr, $zero:literal, $fma:literal, $($r:literal),*) => {
+                std::arch::asm!(
+                    $(concat!($zero, " ", $r, ", ", $r, ", ", $r),)*
+                    "2:",
+                    $(concat!($fma, " ", $r, ", ", $r, ", ", $r),)*
+                    "dec {n}",
+                    "jnz 2b",
+                    n = inout(reg) $iters => _,
+                    out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
+                    out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
+                    out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _,
+                    out("xmm12") _, out("xmm13") _, out("xmm14") _, out("xmm15") _,
+                    options(nostack),
+                )
+            };
+        }
         #[target_feature(enable = "avx512f")]
-        unsafe fn zmm(iters: u64) -> f32 {
-            let mut a = [_mm512_set1_ps(1.0); 24];
-            let (b, c) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
-            for _ in 0..iters {
-                for v in a.iter_mut() {
-                    *v = _mm512_fmadd_ps(*v, b, c);
-                }
-            }
-            a.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
+        unsafe fn zmm(iters: u64) {
+            fma_asm!(
+                iters,
+                "vxorps",
+                "vfmadd231ps",
+                "zmm0",
+                "zmm1",
+                "zmm2",
+                "zmm3",
+                "zmm4",
+                "zmm5",
+                "zmm6",
+                "zmm7",
+                "zmm8",
+                "zmm9",
+                "zmm10",
+                "zmm11",
+                "zmm12",
+                "zmm13",
+                "zmm14",
+                "zmm15"
+            );
         }
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn ymm(iters: u64) -> f32 {
-            let mut a = [_mm256_set1_ps(1.0); 12];
-            let (b, c) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-            for _ in 0..iters {
-                for v in a.iter_mut() {
-                    *v = _mm256_fmadd_ps(*v, b, c);
-                }
-            }
-            let mut s = [0f32; 8];
-            _mm256_storeu_ps(s.as_mut_ptr(), a[0]);
-            s.iter().sum()
+        unsafe fn ymm(iters: u64) {
+            fma_asm!(
+                iters,
+                "vxorps",
+                "vfmadd231ps",
+                "ymm0",
+                "ymm1",
+                "ymm2",
+                "ymm3",
+                "ymm4",
+                "ymm5",
+                "ymm6",
+                "ymm7",
+                "ymm8",
+                "ymm9",
+                "ymm10",
+                "ymm11",
+                "ymm12",
+                "ymm13",
+                "ymm14",
+                "ymm15"
+            );
         }
         match isa {
             Isa::Avx512 => {
-                std::hint::black_box(unsafe { zmm(iters) });
-                return 24.0 * 16.0;
+                unsafe { zmm(iters) };
+                return 16.0 * 16.0;
             }
             Isa::Avx2 => {
-                std::hint::black_box(unsafe { ymm(iters) });
-                return 12.0 * 8.0;
+                unsafe { ymm(iters) };
+                return 16.0 * 8.0;
             }
             Isa::Portable => {}
         }

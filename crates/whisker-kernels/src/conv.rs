@@ -70,11 +70,14 @@ pub struct PackedConv {
     pub kh: usize,
     pub kw: usize,
     /// Panels, one after the other; panel `p` starts at `offsets[p]` and is `widths[p]` wide.
-    data: Vec<f32>,
-    offsets: Vec<usize>,
-    widths: Vec<usize>,
+    pub(crate) data: Vec<f32>,
+    pub(crate) offsets: Vec<usize>,
+    pub(crate) widths: Vec<usize>,
     /// Bias, zero-padded to the panels' total width.
-    bias: Vec<f32>,
+    pub(crate) bias: Vec<f32>,
+    /// For a 3×3 stride-1 convolution packed by [`PackedConv::winograd_from_oihw`]: the
+    /// transformed weights (then `data` is empty and [`conv2d`] takes the Winograd path).
+    pub(crate) winograd: Option<Box<crate::winograd::Transformed>>,
 }
 
 impl PackedConv {
@@ -170,23 +173,33 @@ impl PackedConv {
             offsets,
             widths,
             bias: padded_bias,
+            winograd: None,
         })
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         (self.data.len() + self.bias.len()) * 4
+            + self
+                .winograd
+                .as_ref()
+                .map_or(0, |w| w.u.iter().map(PackedConv::bytes).sum())
+    }
+
+    /// Whether [`conv2d`] runs these weights with Winograd's F(2×2, 3×3).
+    pub fn is_winograd(&self) -> bool {
+        self.winograd.is_some()
     }
 }
 
 /// A raw pointer that may cross to the worker threads (each writes disjoint elements).
 #[derive(Clone, Copy)]
-struct Ptr<T>(T);
+pub(crate) struct Ptr<T>(pub(crate) T);
 unsafe impl<T> Send for Ptr<T> {}
 unsafe impl<T> Sync for Ptr<T> {}
 impl<T: Copy> Ptr<T> {
     /// The pointer (a method, so closures capture the whole `Send` wrapper).
-    fn get(self) -> T {
+    pub(crate) fn get(self) -> T {
         self.0
     }
 }
@@ -235,6 +248,9 @@ pub fn conv2d(
     }
     if m == 0 {
         return Ok(());
+    }
+    if let Some(t) = &wts.winograd {
+        return crate::winograd::run(isa, wts, t, x, s, (oh, ow), residual, act, out);
     }
     let mr = isa.rows();
     let tiles = m.div_ceil(mr);
@@ -330,27 +346,27 @@ unsafe fn run_range(
                     let p = (tile * mr + i).min(m - 1);
                     let (b, rem) = (p / (oh * ow), p % (oh * ow));
                     let (oy, ox) = (rem / ow, rem % ow);
+                    let ix0 = (ox * s.stride) as isize - pad_l as isize;
+                    // the taps of one kernel row inside the input: [lo, hi)
+                    let lo = (-ix0).clamp(0, kw as isize) as usize;
+                    let hi = (s.w as isize - ix0).clamp(lo as isize, kw as isize) as usize;
                     for ky in 0..kh {
-                        for kx in 0..kw {
-                            let iy = (oy * s.stride + ky) as isize - pad_t as isize;
-                            let ix = (ox * s.stride + kx) as isize - pad_l as isize;
-                            let inside =
-                                iy >= 0 && ix >= 0 && (iy as usize) < s.h && (ix as usize) < s.w;
-                            let src = if inside {
-                                ((b * s.h + iy as usize) * s.w + ix as usize) * cin
-                            } else {
-                                usize::MAX
-                            };
-                            if gather {
-                                if src != usize::MAX {
-                                    let row = ((tile - tb) * mr + i) * kcin + (ky * kw + kx) * cin;
-                                    patch[row..row + cin].copy_from_slice(&x[src..src + cin]);
-                                }
-                            } else {
-                                if src != usize::MAX {
-                                    let slot = ((tile - tb) * taps + ky * kw + kx) * mr + i;
-                                    ptrs[slot] = x.as_ptr().add(src) as usize;
-                                }
+                        let iy = (oy * s.stride + ky) as isize - pad_t as isize;
+                        if iy < 0 || iy as usize >= s.h || lo == hi {
+                            continue;
+                        }
+                        // the input pixel under tap kx is at0 + kx (≥ 0 for kx ≥ lo)
+                        let at0 = ((b * s.h + iy as usize) * s.w) as isize + ix0;
+                        let at = |kx: usize| (at0 + kx as isize) as usize * cin;
+                        if gather {
+                            // one contiguous run of (hi − lo)·cin values per kernel row
+                            let row = ((tile - tb) * mr + i) * kcin + ky * kw * cin;
+                            patch[row + lo * cin..row + hi * cin]
+                                .copy_from_slice(&x[at(lo)..at(hi)]);
+                        } else {
+                            for kx in lo..hi {
+                                let slot = ((tile - tb) * taps + ky * kw + kx) * mr + i;
+                                ptrs[slot] = x.as_ptr().add(at(kx)) as usize;
                             }
                         }
                     }
@@ -415,9 +431,9 @@ unsafe fn run_range(
 }
 
 /// Bytes of a weight panel's K block kept in L1 while a block of tiles goes by.
-const L1_WEIGHTS: usize = 40 * 1024;
+pub(crate) const L1_WEIGHTS: usize = 40 * 1024;
 /// Channels per K block when the whole K does not fit.
-const KC: usize = 128;
+pub(crate) const KC: usize = 128;
 
 /// One micro-kernel call: `rows` × `cols` outputs from `taps` × `cin` products.
 pub(crate) struct Tile {
@@ -441,7 +457,7 @@ pub(crate) struct Tile {
     pub last: bool,
 }
 
-unsafe fn micro(isa: Isa, t: &Tile, wp: usize) {
+pub(crate) unsafe fn micro(isa: Isa, t: &Tile, wp: usize) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => match wp / 16 {

@@ -3,7 +3,9 @@
 //! - [`conv2d`]: dense convolutions (any kernel size, stride, asymmetric padding) as an
 //!   implicit GEMM over NHWC activations with weights pre-packed at load ([`PackedConv`]);
 //!   1×1 convolutions and linear layers are the same kernel. Bias, residual add and the
-//!   activation ([`Act`]) are fused into the epilogue.
+//!   activation ([`Act`]) are fused into the epilogue. 3×3 stride-1 convolutions can be packed
+//!   for Winograd's F(2×2, 3×3) ([`PackedConv::winograd_from_oihw`]): 2.25× fewer multiplies,
+//!   the same call.
 //! - [`depthwise`]: depthwise convolutions vectorised across channels.
 //! - pooling, channel scaling (squeeze-excitation) and NCHW ↔ NHWC layout changes.
 //!
@@ -19,6 +21,7 @@ mod isa;
 mod layout;
 mod pool;
 pub mod reference;
+mod winograd;
 
 pub use act::Act;
 pub use conv::{conv2d, ConvShape, PackedConv, NR};

@@ -113,6 +113,66 @@ fn dense_convolutions_match_the_reference_on_every_path() {
     }
 }
 
+/// 3×3 stride-1 cases for Winograd: odd and even sizes (half-outside last tiles), asymmetric
+/// and no padding, channel counts off the vector width, K blocks (cin > 160), panel splits
+/// (batch 1, few tiles, many output channels), batch 16.
+const WINOGRAD: &[Case] = &[
+    case(1, 7, 5, 3, 5, 3, 1, [1, 1, 1, 1]),
+    case(2, 9, 11, 13, 70, 3, 1, [1, 1, 1, 1]),
+    case(1, 6, 6, 64, 64, 3, 1, [1, 1, 1, 1]),
+    case(16, 7, 7, 24, 40, 3, 1, [1, 1, 1, 1]),
+    case(1, 10, 9, 17, 33, 3, 1, [0, 1, 0, 1]),
+    case(2, 5, 8, 19, 129, 3, 1, [0, 0, 0, 0]),
+    case(2, 5, 6, 200, 70, 3, 1, [1, 1, 1, 1]),
+    case(1, 7, 7, 300, 260, 3, 1, [1, 1, 1, 1]),
+    case(1, 1, 1, 16, 16, 3, 1, [1, 1, 1, 1]),
+];
+
+#[test]
+fn winograd_matches_the_reference_on_every_path() {
+    let mut rng = Rng(0x2545f4914f6cdd1d);
+    for isa in Isa::available() {
+        for c in WINOGRAD {
+            let s = ConvShape {
+                n: c.n,
+                h: c.h,
+                w: c.w,
+                stride: 1,
+                pad: c.pad,
+            };
+            let x = rng.vec(c.n * c.h * c.w * c.cin);
+            let wt = rng.vec(c.cout * c.cin * 9);
+            let bias = rng.vec(c.cout);
+            let (oh, ow) = s.out_hw(3, 3).unwrap();
+            let res = rng.vec(c.n * oh * ow * c.cout);
+            let p = PackedConv::winograd_from_oihw(&wt, Some(&bias), c.cout, c.cin).unwrap();
+            assert!(p.is_winograd());
+            for (act, with_res) in [(Act::None, false), (Act::Relu, true), (Act::Relu6, true)] {
+                let r = with_res.then_some(res.as_slice());
+                let want =
+                    reference::conv2d(&x, &s, c.cin, &wt, Some(&bias), c.cout, 3, 3, 1, r, act);
+                let mut got = vec![f32::NAN; want.len()];
+                conv2d(isa, &p, &x, &s, r, act, &mut got).unwrap();
+                let e = rel_err(&got, &want);
+                // the direct kernel's error on the same case: Winograd's stays within 3× of it
+                let d = PackedConv::from_oihw(&wt, Some(&bias), c.cout, c.cin, 3, 3).unwrap();
+                let mut direct = vec![f32::NAN; want.len()];
+                conv2d(isa, &d, &x, &s, r, act, &mut direct).unwrap();
+                let ed = rel_err(&direct, &want);
+                assert!(
+                    e < 8e-6 && e <= 3.0 * ed.max(3e-7),
+                    "{isa:?} {c:?} {act:?}: Winograd error {e}, direct {ed}"
+                );
+            }
+            // stride 2 is not Winograd's: an error, not a wrong number
+            let s2 = ConvShape { stride: 2, ..s };
+            let (oh2, ow2) = s2.out_hw(3, 3).unwrap();
+            let mut o2 = vec![0.0; c.n * oh2 * ow2 * c.cout];
+            assert!(conv2d(isa, &p, &x, &s2, None, Act::None, &mut o2).is_err());
+        }
+    }
+}
+
 #[test]
 fn linear_layers_are_1x1_convolutions() {
     let mut rng = Rng(7);

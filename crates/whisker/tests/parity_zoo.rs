@@ -7,7 +7,7 @@ mod common;
 
 use burn::tensor::Device;
 use common::*;
-use whisker::backbones::plan::{Isa, Plan};
+use whisker::backbones::plan::{Isa, Plan, PlanOptions};
 use whisker::backbones::Taps;
 use whisker::data::resize::resize_shorter;
 use whisker::data::transforms::{center_crop, to_tensor};
@@ -47,17 +47,29 @@ fn check(name: &str) {
     let dims = x.dims();
     let pixels = to_vec(x);
     for isa in Isa::available() {
-        let plan = Plan::compile(&b).unwrap().with_isa(isa).unwrap();
-        let out = plan
-            .run(&pixels, dims, false, true, &mut Taps::none(), &device)
-            .unwrap();
-        let (dl, df) = (
-            rel(out.logits.as_ref().unwrap(), want),
-            rel(&out.features, wf),
-        );
-        println!("{name} [engine {}]: max|Δlogit|/max|logit| = {dl:.2e}, max|Δfeat|/max|feat| = {df:.2e}", isa.name());
-        assert!(dl <= 1e-5, "{name} on {isa:?}: relative logit error {dl}");
-        assert!(df <= 1e-5, "{name} on {isa:?}: relative feature error {df}");
+        for winograd in [false, true] {
+            let plan = Plan::compile_with(&b, PlanOptions { winograd })
+                .unwrap()
+                .with_isa(isa)
+                .unwrap();
+            let out = plan
+                .run(&pixels, dims, false, true, &mut Taps::none(), &device)
+                .unwrap();
+            let (dl, df) = (
+                rel(out.logits.as_ref().unwrap(), want),
+                rel(&out.features, wf),
+            );
+            let path = if winograd { " winograd" } else { "" };
+            println!("{name} [engine {}{path}]: max|Δlogit|/max|logit| = {dl:.2e}, max|Δfeat|/max|feat| = {df:.2e}", isa.name());
+            assert!(
+                dl <= 1e-5,
+                "{name} on {isa:?}{path}: relative logit error {dl}"
+            );
+            assert!(
+                df <= 1e-5,
+                "{name} on {isa:?}{path}: relative feature error {df}"
+            );
+        }
     }
 }
 

@@ -223,6 +223,24 @@ pub struct PlanOutput {
 struct Builder {
     ops: Vec<Op>,
     channels: Vec<usize>,
+    winograd: bool,
+}
+
+/// How a backbone is compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Run 3×3 stride-1 convolutions (16 or more input channels) with Winograd's F(2×2, 3×3):
+    /// 2.25× fewer multiplies, error within a few times the direct sum's (the parity tests
+    /// check every backbone both ways). Default: on, unless `WHISKER_WINOGRAD=0`.
+    pub winograd: bool,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        let off = std::env::var("WHISKER_WINOGRAD")
+            .is_ok_and(|v| matches!(v.trim(), "0" | "off" | "false" | "no"));
+        PlanOptions { winograd: !off }
+    }
 }
 
 fn values(t: Tensor<1>) -> Result<Vec<f32>> {
@@ -290,7 +308,12 @@ impl Builder {
         let act = kact(act);
         if conv.groups == 1 {
             let out = self.value(cout);
-            let w = PackedConv::from_oihw(&w, Some(&b), cout, cpg, kh, kw).map_err(shape_err)?;
+            let w = if self.winograd && (kh, kw, stride, cpg >= 16) == (3, 3, 1, true) {
+                PackedConv::winograd_from_oihw(&w, Some(&b), cout, cpg)
+            } else {
+                PackedConv::from_oihw(&w, Some(&b), cout, cpg, kh, kw)
+            }
+            .map_err(shape_err)?;
             self.ops.push(Op::Conv {
                 x,
                 out,
@@ -402,11 +425,18 @@ impl Builder {
 }
 
 impl Plan {
-    /// Compile a backbone (BatchNorm folded or not) for the CPU engine.
+    /// Compile a backbone (BatchNorm folded or not) for the CPU engine, with the default
+    /// [`PlanOptions`].
     pub fn compile(b: &Backbone) -> Result<Plan> {
+        Self::compile_with(b, PlanOptions::default())
+    }
+
+    /// Compile a backbone with the given options.
+    pub fn compile_with(b: &Backbone, opts: PlanOptions) -> Result<Plan> {
         let mut bl = Builder {
             ops: Vec::new(),
             channels: vec![3],
+            winograd: opts.winograd,
         };
         let x = 0;
         let none = KAct::None;
@@ -813,12 +843,13 @@ fn describe(op: &Op, shapes: &[(usize, usize, usize)]) -> String {
             act,
             ..
         } => format!(
-            "conv {}x{} s{stride} {:?} -> {:?} {act:?}{}",
+            "conv {}x{} s{stride} {:?} -> {:?} {act:?}{}{}",
             w.kh,
             w.kw,
             shapes[*x],
             shapes[*out],
-            if res.is_some() { " +res" } else { "" }
+            if res.is_some() { " +res" } else { "" },
+            if w.is_winograd() { " winograd" } else { "" }
         ),
         Op::Linear { x, out, .. } => format!("linear {:?} -> {:?}", shapes[*x], shapes[*out]),
         Op::Depthwise {
