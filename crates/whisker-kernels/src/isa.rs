@@ -60,20 +60,26 @@ impl Isa {
     }
 
     /// The path to use: the best one, or the one `WHISKER_ISA` asks for when the CPU has it
-    /// (a request the CPU cannot honour falls back to the best path below it). Read once.
+    /// (a request the CPU cannot honour falls back to the best path below it; a value that
+    /// names no path is reported once on stderr and ignored). Read once.
     pub fn current() -> Isa {
         static CURRENT: OnceLock<Isa> = OnceLock::new();
         *CURRENT.get_or_init(|| {
-            match std::env::var("WHISKER_ISA")
-                .ok()
-                .as_deref()
-                .and_then(Isa::parse)
-            {
-                Some(want) => Isa::available()
+            let asked = std::env::var("WHISKER_ISA").ok();
+            match asked.as_deref().map(|v| (v, Isa::parse(v))) {
+                Some((_, Some(want))) => Isa::available()
                     .into_iter()
                     .rfind(|i| *i <= want)
                     .unwrap_or(Isa::Portable),
-                None => Isa::best(),
+                Some((v, None)) if !v.trim().is_empty() => {
+                    let best = Isa::best();
+                    eprintln!(
+                        "whisker: WHISKER_ISA={v:?} is not one of avx512, avx2, portable; using {}",
+                        best.name()
+                    );
+                    best
+                }
+                _ => Isa::best(),
             }
         })
     }

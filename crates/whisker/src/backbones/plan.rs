@@ -50,9 +50,17 @@ pub fn engine() -> Engine {
         1 => Engine::Auto,
         2 => Engine::Burn,
         _ => {
-            let e = match std::env::var("WHISKER_ENGINE").ok().as_deref() {
+            let e = match std::env::var("WHISKER_ENGINE")
+                .ok()
+                .as_deref()
+                .map(str::trim)
+            {
                 Some("burn") => Engine::Burn,
-                _ => Engine::Auto,
+                None | Some("" | "auto" | "engine") => Engine::Auto,
+                Some(v) => {
+                    eprintln!("whisker: WHISKER_ENGINE={v:?} is not one of auto, burn; using auto");
+                    Engine::Auto
+                }
             };
             set_engine(e);
             e
@@ -237,9 +245,22 @@ pub struct PlanOptions {
 
 impl Default for PlanOptions {
     fn default() -> Self {
-        let off = std::env::var("WHISKER_WINOGRAD")
-            .is_ok_and(|v| matches!(v.trim(), "0" | "off" | "false" | "no"));
-        PlanOptions { winograd: !off }
+        static WINOGRAD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let winograd = *WINOGRAD.get_or_init(|| {
+            match std::env::var("WHISKER_WINOGRAD")
+                .ok()
+                .as_deref()
+                .map(str::trim)
+            {
+                None | Some("" | "1" | "on" | "true" | "yes") => true,
+                Some("0" | "off" | "false" | "no") => false,
+                Some(v) => {
+                    eprintln!("whisker: WHISKER_WINOGRAD={v:?} is not 0 or 1; Winograd stays on");
+                    true
+                }
+            }
+        });
+        PlanOptions { winograd }
     }
 }
 
