@@ -5,11 +5,13 @@ drift hits every side alike. Prints Markdown tables (best of --rounds runs per s
 CPU model, its SIMD flags and the ISA each side used; --json FILE keeps every measurement.
 
     tools/bench/compare.py [--threads 2,1] [--batch 16,1] [--rounds 2] [--min-seconds 1]
-        [--burn] [--isa avx2] [--no-ort] [--json out.json] [MODEL...]
+        [--burn] [--isa avx2] [--avx2] [--no-ort] [--json out.json] [MODEL...]
 
 Whisker's side is `cargo run --release --example bench_forward`; the other sides are
 `tools/bench/bench_torch.py` run with PYTHON (default: the venv of tools/bench/setup.sh).
-For the AVX2-only ratio: `--isa avx2` with `ATEN_CPU_CAPABILITY=avx2` in the environment.
+For the AVX2-only ratio, `--avx2`: whisker's AVX2 path against PyTorch with
+`ATEN_CPU_CAPABILITY=avx2` and `ONEDNN_MAX_CPU_ISA=AVX2` (oneDNN, which runs PyTorch's
+convolutions, ignores the first); ONNX Runtime has no such switch, so `--avx2` leaves it out.
 """
 import argparse
 import json
@@ -38,6 +40,7 @@ def cpu():
 
 
 def run(cmd, env=None):
+    """Run one measurement; its last stdout line is a JSON object."""
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         sys.stderr.write(r.stderr)
@@ -53,10 +56,16 @@ def main():
     ap.add_argument("--min-seconds", type=float, default=1.0)
     ap.add_argument("--burn", action="store_true", help="also whisker's burn path")
     ap.add_argument("--isa", help="whisker's engine ISA (avx512, avx2, portable)")
+    ap.add_argument("--avx2", action="store_true",
+                    help="every side limited to AVX2 (whisker --isa avx2; PyTorch and oneDNN by env)")
     ap.add_argument("--no-ort", action="store_true")
     ap.add_argument("--json", help="write every measurement here")
     ap.add_argument("models", nargs="*")
     a = ap.parse_args()
+    torch_env = None
+    if a.avx2:
+        a.isa, a.no_ort = "avx2", True
+        torch_env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
     python = os.environ.get("PYTHON") or subprocess.run(
         [os.path.join(ROOT, "tools", "bench", "setup.sh")], capture_output=True, text=True,
         check=True).stdout.strip()
@@ -83,7 +92,7 @@ def main():
                         else:
                             cmd = [python, os.path.join(ROOT, "tools", "bench", "bench_torch.py")] + common \
                                 + ["--runtime", side, m]
-                        res = run(cmd)
+                        res = run(cmd, env=None if side in ("whisker", "burn") else torch_env)
                         res["side"], res["round"] = side, r
                         results.append(res)
                         key = (m, side)
@@ -95,7 +104,8 @@ def main():
             w0 = next((v for (mm, s), v in best.items() if s == "whisker"), {})
             print(f"\n### Eval forward, batch {batch}, {threads} thread(s), each backbone at its own input size\n")
             print(f"CPU: {model}; flags: {' '.join(flags)}; whisker engine ISA: {w0.get('isa', '?')}; "
-                  f"PyTorch {t0.get('torch', '?')} (CPU capability {t0.get('isa', '?')})"
+                  f"PyTorch {t0.get('torch', '?')} (CPU capability {t0.get('isa', '?')}"
+                  + (", oneDNN limited to AVX2" if a.avx2 else "") + ")"
                   + ("" if a.no_ort else f"; ONNX Runtime {next((v.get('onnxruntime') for (mm, s), v in best.items() if s == 'ort'), '?')}")
                   + f". Best of {a.rounds} alternated runs, images/s.\n")
             head = "| backbone | size | whisker |" + (" whisker (burn) |" if a.burn else "") + " PyTorch |" \

@@ -7,6 +7,8 @@
 //!   for Winograd's F(2×2, 3×3) ([`PackedConv::winograd_from_oihw`]): 2.25× fewer multiplies,
 //!   the same call.
 //! - [`depthwise`]: depthwise convolutions vectorised across channels.
+//! - [`ConvBackward`], [`DepthwiseBackward`]: input gradients (frozen weights), each stride
+//!   phase a stride-1 convolution on the same kernels.
 //! - pooling, channel scaling (squeeze-excitation) and NCHW ↔ NHWC layout changes.
 //!
 //! Every kernel has an AVX-512F, an AVX2+FMA and a portable path, chosen at run time
@@ -15,6 +17,7 @@
 //! split statically over rayon's current thread pool.
 
 mod act;
+mod backward;
 mod conv;
 mod depthwise;
 mod isa;
@@ -24,11 +27,15 @@ pub mod reference;
 mod winograd;
 
 pub use act::Act;
+pub use backward::{ConvBackward, DepthwiseBackward};
 pub use conv::{conv2d, ConvShape, PackedConv, NR};
 pub use depthwise::{depthwise, PackedDepthwise};
 pub use isa::{cpu_description, Isa};
 pub use layout::{nchw_to_nhwc_normalized, nhwc_to_nchw};
-pub use pool::{adaptive_avg_pool, global_avg_pool, max_pool, scale_channels};
+pub use pool::{
+    adaptive_avg_pool, adaptive_avg_pool_backward, global_avg_pool, max_pool, max_pool_backward,
+    scale_channels,
+};
 
 /// A buffer or shape that does not fit the operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

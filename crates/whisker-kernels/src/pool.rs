@@ -144,3 +144,124 @@ pub fn scale_channels(
     });
     Ok(())
 }
+
+/// The input gradient of [`max_pool`]: each output's gradient goes to the input that won its
+/// window (the first maximum in scan order, or a NaN, as PyTorch picks). `accumulate` adds
+/// to `dx` instead of overwriting it.
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool_backward(
+    x: &[f32],
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    g: &[f32],
+    dx: &mut [f32],
+    accumulate: bool,
+) -> Result<(), ShapeError> {
+    if stride == 0 || k == 0 || h + 2 * pad < k || w + 2 * pad < k || pad * 2 > k {
+        return Err(ShapeError(format!(
+            "max pool {k}×{k} stride {stride} pad {pad} on {h}×{w}"
+        )));
+    }
+    let (oh, ow) = (
+        (h + 2 * pad - k) / stride + 1,
+        (w + 2 * pad - k) / stride + 1,
+    );
+    check("max pool input", x.len(), n * h * w * c)?;
+    check("max pool gradient", g.len(), n * oh * ow * c)?;
+    check("max pool input gradient", dx.len(), n * h * w * c)?;
+    if c == 0 || h == 0 || w == 0 {
+        return Ok(());
+    }
+    dx.par_chunks_mut(h * w * c).enumerate().for_each(|(b, d)| {
+        if !accumulate {
+            d.fill(0.0);
+        }
+        let xb = &x[b * h * w * c..][..h * w * c];
+        let (mut best, mut arg) = (vec![0f32; c], vec![0usize; c]);
+        for oy in 0..oh {
+            let y0 = (oy * stride) as isize - pad as isize;
+            let (ya, yb) = (
+                y0.max(0) as usize,
+                (y0 + k as isize).min(h as isize) as usize,
+            );
+            for ox in 0..ow {
+                let x0 = (ox * stride) as isize - pad as isize;
+                let (xa, xb_) = (
+                    x0.max(0) as usize,
+                    (x0 + k as isize).min(w as isize) as usize,
+                );
+                best.fill(f32::NEG_INFINITY);
+                arg.fill(ya * w + xa);
+                for iy in ya..yb {
+                    for ix in xa..xb_ {
+                        let p = iy * w + ix;
+                        for ((m, a), &v) in
+                            best.iter_mut().zip(arg.iter_mut()).zip(&xb[p * c..][..c])
+                        {
+                            if v > *m || v.is_nan() {
+                                *m = v;
+                                *a = p;
+                            }
+                        }
+                    }
+                }
+                let gr = &g[((b * oh + oy) * ow + ox) * c..][..c];
+                for (ch, (&a, &gv)) in arg.iter().zip(gr).enumerate() {
+                    d[a * c + ch] += gv;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The input gradient of [`adaptive_avg_pool`]: each output's gradient spread evenly over its
+/// cell. `accumulate` adds to `dx` instead of overwriting it.
+#[allow(clippy::too_many_arguments)]
+pub fn adaptive_avg_pool_backward(
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    oh: usize,
+    ow: usize,
+    g: &[f32],
+    dx: &mut [f32],
+    accumulate: bool,
+) -> Result<(), ShapeError> {
+    check("average pool gradient", g.len(), n * oh * ow * c)?;
+    check("average pool input gradient", dx.len(), n * h * w * c)?;
+    if h == 0 || w == 0 || oh == 0 || ow == 0 {
+        return Err(ShapeError(format!("average pool of {h}×{w} to {oh}×{ow}")));
+    }
+    if c == 0 {
+        return Ok(());
+    }
+    dx.par_chunks_mut(h * w * c).enumerate().for_each(|(b, d)| {
+        if !accumulate {
+            d.fill(0.0);
+        }
+        for oy in 0..oh {
+            let (y0, y1) = (oy * h / oh, ((oy + 1) * h).div_ceil(oh));
+            for ox in 0..ow {
+                let (x0, x1) = (ox * w / ow, ((ox + 1) * w).div_ceil(ow));
+                let inv = 1.0 / ((y1 - y0) * (x1 - x0)) as f32;
+                let gr = &g[((b * oh + oy) * ow + ox) * c..][..c];
+                for iy in y0..y1 {
+                    for ix in x0..x1 {
+                        let dst = &mut d[(iy * w + ix) * c..][..c];
+                        for (o, &v) in dst.iter_mut().zip(gr) {
+                            *o += v * inv;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}

@@ -59,3 +59,51 @@ pub fn conv2d(
     }
     out
 }
+
+/// The input gradient of [`conv2d`] (no activation: `g` is the gradient of the linear output)
+/// for `g` `[n, oh, ow, cout]`, NHWC `[n, h, w, cin]` out.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_input_grad(
+    g: &[f32],
+    s: &ConvShape,
+    cin: usize,
+    weight: &[f32],
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    groups: usize,
+) -> Vec<f32> {
+    let (oh, ow) = s.out_hw(kh, kw).expect("shape");
+    let cpg = cin / groups;
+    let opg = cout / groups;
+    let mut dx = vec![0f64; s.n * s.h * s.w * cin];
+    for b in 0..s.n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for o in 0..cout {
+                    let gv = g[((b * oh + oy) * ow + ox) * cout + o] as f64;
+                    let grp = o / opg;
+                    for ky in 0..kh {
+                        let iy = (oy * s.stride + ky) as isize - s.pad[0] as isize;
+                        if iy < 0 || iy >= s.h as isize {
+                            continue;
+                        }
+                        for kx in 0..kw {
+                            let ix = (ox * s.stride + kx) as isize - s.pad[2] as isize;
+                            if ix < 0 || ix >= s.w as isize {
+                                continue;
+                            }
+                            for c in 0..cpg {
+                                let wv = weight[((o * cpg + c) * kh + ky) * kw + kx] as f64;
+                                dx[((b * s.h + iy as usize) * s.w + ix as usize) * cin
+                                    + grp * cpg
+                                    + c] += gv * wv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    dx.into_iter().map(|v| v as f32).collect()
+}

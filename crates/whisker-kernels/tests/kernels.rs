@@ -173,6 +173,147 @@ fn winograd_matches_the_reference_on_every_path() {
     }
 }
 
+/// Input gradients: every stride phase, TF-SAME asymmetric padding, 1×1 stride 2 (phases with
+/// no taps), the 7×7 stem, Winograd sub-kernels, accumulation into an existing gradient.
+#[test]
+fn input_gradients_match_the_reference_on_every_path() {
+    let mut rng = Rng(0x51ed270b27e5e6d3);
+    let cases = [
+        case(2, 7, 6, 5, 9, 3, 1, [1, 1, 1, 1]),
+        case(1, 9, 11, 20, 24, 3, 2, [1, 1, 1, 1]),
+        case(2, 8, 8, 16, 32, 3, 2, [0, 1, 0, 1]),
+        case(1, 9, 9, 16, 32, 3, 2, [1, 1, 1, 1]),
+        case(3, 6, 7, 24, 40, 1, 2, [0, 0, 0, 0]),
+        case(1, 15, 13, 3, 64, 7, 2, [3, 3, 3, 3]),
+        case(1, 10, 9, 8, 40, 5, 2, [1, 2, 1, 2]),
+        case(2, 6, 6, 40, 24, 3, 1, [1, 1, 1, 1]),
+        case(16, 5, 5, 33, 17, 1, 1, [0, 0, 0, 0]),
+    ];
+    for isa in Isa::available() {
+        for c in &cases {
+            let s = ConvShape {
+                n: c.n,
+                h: c.h,
+                w: c.w,
+                stride: c.stride,
+                pad: c.pad,
+            };
+            let (oh, ow) = s.out_hw(c.k, c.k).unwrap();
+            let g = rng.vec(c.n * oh * ow * c.cout);
+            let wt = rng.vec(c.cout * c.cin * c.k * c.k);
+            let want = reference::conv2d_input_grad(&g, &s, c.cin, &wt, c.cout, c.k, c.k, 1);
+            let prior = rng.vec(want.len());
+            for winograd in [false, true] {
+                let b = ConvBackward::from_oihw(&wt, c.cout, c.cin, c.k, c.k, c.stride, winograd)
+                    .unwrap();
+                let mut got = vec![f32::NAN; want.len()];
+                b.input_grad(isa, &g, &s, &mut got, false).unwrap();
+                let e = rel_err(&got, &want);
+                assert!(e < 4e-6, "{isa:?} {c:?} winograd {winograd}: error {e}");
+                let mut acc = prior.clone();
+                b.input_grad(isa, &g, &s, &mut acc, true).unwrap();
+                let sum: Vec<f32> = want.iter().zip(&prior).map(|(a, b)| a + b).collect();
+                let e = rel_err(&acc, &sum);
+                assert!(e < 4e-6, "{isa:?} {c:?} accumulated: error {e}");
+            }
+            // depthwise (cin = cout)
+            let ch = c.cin;
+            let gd = rng.vec(c.n * oh * ow * ch);
+            let wd = rng.vec(ch * c.k * c.k);
+            let want = reference::conv2d_input_grad(&gd, &s, ch, &wd, ch, c.k, c.k, ch);
+            let b = DepthwiseBackward::from_oihw(&wd, ch, c.k, c.k, c.stride).unwrap();
+            let mut got = vec![f32::NAN; want.len()];
+            b.input_grad(isa, &gd, &s, &mut got, false).unwrap();
+            let e = rel_err(&got, &want);
+            assert!(e < 4e-6, "{isa:?} depthwise {c:?}: error {e}");
+        }
+    }
+}
+
+/// Pooling gradients against naive routing: max pool to the first maximum of each window
+/// (padding never wins), average pool spread over each cell; accumulation adds.
+#[test]
+fn pooling_gradients_match_naive_routing() {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    for (n, h, w, c, k, stride, pad) in [
+        (2, 7, 6, 5, 3, 2, 1),
+        (1, 8, 8, 19, 2, 2, 0),
+        (3, 5, 9, 33, 3, 1, 1),
+    ] {
+        let (oh, ow) = (
+            (h + 2 * pad - k) / stride + 1,
+            (w + 2 * pad - k) / stride + 1,
+        );
+        // quantised values, so that windows hold ties (the first one wins, as in PyTorch)
+        let x: Vec<f32> = rng
+            .vec(n * h * w * c)
+            .iter()
+            .map(|v| (v * 3.0).round())
+            .collect();
+        let g = rng.vec(n * oh * ow * c);
+        let mut want = vec![0f32; x.len()];
+        for b in 0..n {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for ch in 0..c {
+                        let mut best: Option<(f32, usize)> = None;
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let (iy, ix) = (
+                                    (oy * stride + ky) as isize - pad as isize,
+                                    (ox * stride + kx) as isize - pad as isize,
+                                );
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                let i = ((b * h + iy as usize) * w + ix as usize) * c + ch;
+                                if best.is_none_or(|(m, _)| x[i] > m) {
+                                    best = Some((x[i], i));
+                                }
+                            }
+                        }
+                        want[best.unwrap().1] += g[((b * oh + oy) * ow + ox) * c + ch];
+                    }
+                }
+            }
+        }
+        let mut got = vec![f32::NAN; x.len()];
+        max_pool_backward(&x, n, h, w, c, k, stride, pad, &g, &mut got, false).unwrap();
+        assert!(
+            rel_err(&got, &want) < 1e-6,
+            "max pool {n} {h}x{w}x{c} k{k} s{stride}"
+        );
+        let mut acc = vec![1f32; x.len()];
+        max_pool_backward(&x, n, h, w, c, k, stride, pad, &g, &mut acc, true).unwrap();
+        let plus: Vec<f32> = want.iter().map(|v| v + 1.0).collect();
+        assert!(rel_err(&acc, &plus) < 1e-6);
+        // adaptive average pool to 3×2
+        let (ah, aw) = (3, 2);
+        let ga = rng.vec(n * ah * aw * c);
+        let mut want = vec![0f32; x.len()];
+        for b in 0..n {
+            for oy in 0..ah {
+                let (y0, y1) = (oy * h / ah, ((oy + 1) * h).div_ceil(ah));
+                for ox in 0..aw {
+                    let (x0, x1) = (ox * w / aw, ((ox + 1) * w).div_ceil(aw));
+                    let cnt = ((y1 - y0) * (x1 - x0)) as f32;
+                    for iy in y0..y1 {
+                        for ix in x0..x1 {
+                            for ch in 0..c {
+                                want[((b * h + iy) * w + ix) * c + ch] +=
+                                    ga[((b * ah + oy) * aw + ox) * c + ch] / cnt;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut got = vec![f32::NAN; x.len()];
+        adaptive_avg_pool_backward(n, h, w, c, ah, aw, &ga, &mut got, false).unwrap();
+        assert!(rel_err(&got, &want) < 1e-6, "average pool {n} {h}x{w}x{c}");
+    }
+}
+
 #[test]
 fn linear_layers_are_1x1_convolutions() {
     let mut rng = Rng(7);

@@ -338,6 +338,10 @@ impl Taps {
     pub fn none() -> Self {
         Taps::default()
     }
+    /// Whether nothing is recorded (not even names).
+    pub fn is_off(&self) -> bool {
+        matches!(self.mode, TapMode::Off)
+    }
     /// Record every named feature map.
     pub fn all() -> Self {
         Taps {

@@ -8,12 +8,13 @@ pub mod mobilenet_v2;
 pub mod mobilenet_v3;
 pub mod plan;
 pub mod resnet;
+mod tracked;
 pub mod vgg;
 
 use std::path::Path;
 use std::sync::OnceLock;
 
-use burn::module::Module;
+use burn::module::{Module, ParamId};
 use burn::tensor::{Device, Tensor};
 
 pub use layers::Taps;
@@ -425,6 +426,30 @@ pub struct Backbone {
     /// The network compiled for the CPU engine, made at the first forward pass that uses it
     /// (`None` inside: it could not be compiled, burn runs instead).
     plan: OnceLock<Option<std::sync::Arc<plan::Plan>>>,
+    /// The engine with backward weights, for input gradients (compiled on first use).
+    grad_plan: OnceLock<Option<std::sync::Arc<plan::Plan>>>,
+}
+
+/// Every weight frozen: a loaded backbone takes no weight gradients until fine-tuning makes
+/// some trainable (so input gradients — attacks, dreams — skip the weight gradients and can
+/// run on the CPU engine).
+fn frozen(net: Net) -> Net {
+    require_grad(net, false, &std::collections::HashSet::new())
+}
+
+/// Every weight of `net` trainable (`on`, the `buffers` excepted) or frozen.
+fn require_grad(net: Net, on: bool, buffers: &std::collections::HashSet<ParamId>) -> Net {
+    struct Set<'a>(bool, &'a std::collections::HashSet<ParamId>);
+    impl burn::module::ModuleMapper for Set<'_> {
+        fn map_float<const D: usize>(
+            &mut self,
+            p: burn::module::Param<Tensor<D>>,
+        ) -> burn::module::Param<Tensor<D>> {
+            let on = self.0 && !self.1.contains(&p.id);
+            p.set_require_grad(on)
+        }
+    }
+    net.map(&mut Set(on, buffers))
 }
 
 impl Backbone {
@@ -434,7 +459,7 @@ impl Backbone {
         let spec = spec(name)?;
         sd.map_keys_for(name);
         let mut l = Loader::new(sd, name, device);
-        let net = Net::load(&mut l, spec.family)?;
+        let net = frozen(Net::load(&mut l, spec.family)?);
         let params = l.num_params();
         let (param_info, units) = (l.params.clone(), l.units.clone());
         l.finish()?;
@@ -445,6 +470,7 @@ impl Backbone {
             param_info,
             units,
             plan: OnceLock::new(),
+            grad_plan: OnceLock::new(),
         })
     }
 
@@ -459,7 +485,7 @@ impl Backbone {
     pub fn with_formula_weights(name: &str, device: &Device) -> Result<Self> {
         let spec = spec(name)?;
         let mut l = Loader::formula(name, device);
-        let net = Net::load(&mut l, spec.family)?;
+        let net = frozen(Net::load(&mut l, spec.family)?);
         let params = l.num_params();
         Ok(Backbone {
             spec,
@@ -468,6 +494,7 @@ impl Backbone {
             param_info: l.params,
             units: l.units,
             plan: OnceLock::new(),
+            grad_plan: OnceLock::new(),
         })
     }
 
@@ -486,6 +513,10 @@ impl Backbone {
         if let Some(out) = self.run_plan(&x, true, true, taps) {
             return out;
         }
+        if let Some(features) = self.run_tracked(&x, true, taps) {
+            let logits = self.net.classifier(features.clone());
+            return Output { features, logits };
+        }
         self.forward_burn(x, taps)
     }
 
@@ -502,6 +533,10 @@ impl Backbone {
         if let Some(out) = self.run_plan(&pixels, false, true, taps) {
             return out;
         }
+        if let Some(features) = self.run_tracked(&pixels, false, taps) {
+            let logits = self.net.classifier(features.clone());
+            return Output { features, logits };
+        }
         self.forward_burn(self.spec.norm.normalize(pixels), taps)
     }
 
@@ -509,6 +544,9 @@ impl Backbone {
     pub fn features(&self, pixels: Tensor<4>) -> Tensor<2> {
         if let Some(out) = self.run_plan(&pixels, false, false, &mut Taps::none()) {
             return out.features;
+        }
+        if let Some(features) = self.run_tracked(&pixels, false, &Taps::none()) {
+            return features;
         }
         self.net
             .features(self.spec.norm.normalize(pixels), &mut Taps::none())
@@ -524,6 +562,60 @@ impl Backbone {
         self.plan
             .get_or_init(|| plan::Plan::compile(self).ok().map(std::sync::Arc::new))
             .as_deref()
+    }
+
+    /// Make every weight trainable (BatchNorm's running statistics excepted) or freeze them
+    /// all. A loaded backbone starts frozen; fine-tuning chooses per unit.
+    pub fn set_trainable(mut self, on: bool) -> Self {
+        let buffers = self
+            .param_info
+            .iter()
+            .filter(|p| p.buffer)
+            .map(|p| p.id)
+            .collect();
+        self.net = require_grad(self.net, on, &buffers);
+        self
+    }
+
+    /// Whether any weight of the backbone takes gradients (fine-tuning); a loaded backbone
+    /// starts frozen.
+    pub fn is_trainable(&self) -> bool {
+        struct Any(bool);
+        impl burn::module::ModuleVisitor for Any {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+                self.0 |= p.val().is_require_grad();
+            }
+        }
+        let mut v = Any(false);
+        self.net.visit(&mut v);
+        v.0
+    }
+
+    /// The engine inside autodiff (input gradients through frozen weights), when it serves
+    /// `x`: the engine is on, `x` is on the autodiff CPU device, no weight is trainable and
+    /// no feature map is asked for.
+    fn run_tracked(&self, x: &Tensor<4>, normalized: bool, taps: &Taps) -> Option<Tensor<2>> {
+        if plan::engine() == plan::Engine::Burn
+            || !x.is_autodiff()
+            || !taps.is_off()
+            || x.device() != Device::flex().autodiff()
+            || self.is_trainable()
+        {
+            return None;
+        }
+        let p = self
+            .grad_plan
+            .get_or_init(|| {
+                let opts = plan::PlanOptions {
+                    backward: true,
+                    ..Default::default()
+                };
+                plan::Plan::compile_with(self, opts)
+                    .ok()
+                    .map(std::sync::Arc::new)
+            })
+            .as_ref()?;
+        tracked::features(p, x.clone(), normalized)
     }
 
     fn run_plan(
@@ -558,6 +650,7 @@ impl Backbone {
     /// statistics.
     pub fn fold_batchnorm(mut self) -> Self {
         self.plan = OnceLock::new();
+        self.grad_plan = OnceLock::new();
         match &mut self.net {
             Net::ResNet(m) => m.fold_bn(),
             Net::Vgg(m) => m.fold_bn(),

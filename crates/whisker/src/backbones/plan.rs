@@ -19,8 +19,11 @@ use whisker_kernels::{Act as KAct, ConvShape, PackedConv, PackedDepthwise};
 use super::inverted_residual::InvertedResidual;
 use super::layers::{tf_same_padding, Act, BatchNorm, Conv2d, ConvBnAct, Linear, Padding, Taps};
 use super::{Backbone, Net};
+
+mod grad;
 use crate::data::transforms::{Normalization, IMAGENET_MEAN, IMAGENET_STD};
 use crate::error::{Error, Result};
+pub use grad::Tape;
 
 /// Which implementation runs forward-only passes on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +212,8 @@ pub struct Plan {
     logits: V,
     /// Buffers kept between calls.
     arena: Mutex<Vec<Vec<f32>>>,
+    /// Backward weights per op (empty unless compiled with `PlanOptions::backward`).
+    bw: Vec<Option<grad::Bw>>,
 }
 
 impl std::fmt::Debug for Plan {
@@ -232,6 +237,8 @@ struct Builder {
     ops: Vec<Op>,
     channels: Vec<usize>,
     winograd: bool,
+    /// Backward weights of the ops that have them, by op index (with `PlanOptions::backward`).
+    bw: Option<Vec<(usize, grad::Bw)>>,
 }
 
 /// How a backbone is compiled.
@@ -241,6 +248,9 @@ pub struct PlanOptions {
     /// 2.25× fewer multiplies, error within a few times the direct sum's (the parity tests
     /// check every backbone both ways). Default: on, unless `WHISKER_WINOGRAD=0`.
     pub winograd: bool,
+    /// Also pack what input gradients need (transposed, reversed weights per stride phase):
+    /// [`Plan::forward_tape`] and [`Plan::input_grad`]. Off for forward-only plans.
+    pub backward: bool,
 }
 
 impl Default for PlanOptions {
@@ -260,7 +270,10 @@ impl Default for PlanOptions {
                 }
             }
         });
-        PlanOptions { winograd }
+        PlanOptions {
+            winograd,
+            backward: false,
+        }
     }
 }
 
@@ -327,6 +340,19 @@ impl Builder {
         let pad = Pad::of(conv.padding);
         let stride = conv.stride;
         let act = kact(act);
+        if let Some(bw) = &mut self.bw {
+            let g = if conv.groups == 1 {
+                grad::Bw::Conv(
+                    k::ConvBackward::from_oihw(&w, cout, cpg, kh, kw, stride, self.winograd)
+                        .map_err(shape_err)?,
+                )
+            } else {
+                grad::Bw::Depthwise(
+                    k::DepthwiseBackward::from_oihw(&w, cout, kh, kw, stride).map_err(shape_err)?,
+                )
+            };
+            bw.push((self.ops.len(), g));
+        }
         if conv.groups == 1 {
             let out = self.value(cout);
             let w = if self.winograd && (kh, kw, stride, cpg >= 16) == (3, 3, 1, true) {
@@ -380,6 +406,18 @@ impl Builder {
             }
         }
         let b = values(l.bias.val())?;
+        if let Some(bw) = &mut self.bw {
+            // [in, out] → [out, in, 1, 1]
+            let mut oihw = vec![0f32; inp * outc];
+            for i in 0..inp {
+                for o in 0..outc {
+                    oihw[o * inp + i] = w[i * outc + o];
+                }
+            }
+            let g =
+                k::ConvBackward::from_oihw(&oihw, outc, inp, 1, 1, 1, false).map_err(shape_err)?;
+            bw.push((self.ops.len(), grad::Bw::Conv(g)));
+        }
         let w = PackedConv::from_in_out(&w, Some(&b), inp, outc).map_err(shape_err)?;
         let out = self.value(outc);
         self.ops.push(Op::Linear { x, out, w, act });
@@ -411,6 +449,11 @@ impl Builder {
         }
         y = self.cba(y, &b.depthwise, None)?;
         if let Some(se) = &b.se {
+            if let Some(bw) = &mut self.bw {
+                let (w1, _, [hid, c, _, _]) = folded(&se.fc1, None)?;
+                let (w2, _, _) = folded(&se.fc2, None)?;
+                bw.push((self.ops.len(), grad::Bw::Se { w1, w2, hid, c }));
+            }
             let pack = |c: &Conv2d| -> Result<PackedConv> {
                 let (w, bias, [o, i, kh, kw]) = folded(c, None)?;
                 PackedConv::from_oihw(&w, Some(&bias), o, i, kh, kw).map_err(shape_err)
@@ -458,6 +501,7 @@ impl Plan {
             ops: Vec::new(),
             channels: vec![3],
             winograd: opts.winograd,
+            bw: opts.backward.then(Vec::new),
         };
         let x = 0;
         let none = KAct::None;
@@ -567,9 +611,20 @@ impl Plan {
             Normalization::Tf => (255.0, [127.0; 3], [128.0; 3]),
         };
         let (slot, slots) = assign_slots(&bl.ops, bl.channels.len(), &[features, logits]);
+        let bw = match bl.bw {
+            None => Vec::new(),
+            Some(list) => {
+                let mut v: Vec<Option<grad::Bw>> = (0..bl.ops.len()).map(|_| None).collect();
+                for (i, g) in list {
+                    v[i] = Some(g);
+                }
+                v
+            }
+        };
         Ok(Plan {
             isa: Isa::current(),
             norm,
+            bw,
             ops: bl.ops,
             classifier_start,
             channels: bl.channels,
@@ -579,6 +634,15 @@ impl Plan {
             logits,
             arena: Mutex::new(Vec::new()),
         })
+    }
+
+    /// `(scale, mean, std)` of the input normalisation, or the identity for normalised input.
+    fn norm_for(&self, normalized: bool) -> (f32, [f32; 3], [f32; 3]) {
+        if normalized {
+            (1.0, [0.0; 3], [1.0; 3])
+        } else {
+            self.norm
+        }
     }
 
     /// The instruction-set path this plan runs.
@@ -635,11 +699,7 @@ impl Plan {
                 buf.resize(len, 0.0);
             }
         }
-        let (scale, mean, std) = if normalized {
-            (1.0, [0.0; 3], [1.0; 3])
-        } else {
-            self.norm
-        };
+        let (scale, mean, std) = self.norm_for(normalized);
         let len = |v: V| n * shapes[v].0 * shapes[v].1 * shapes[v].2;
         {
             let buf = &mut arena[self.slot[0]][..len(0)];
@@ -654,7 +714,7 @@ impl Plan {
         let profile = std::env::var_os("WHISKER_PLAN_PROFILE").is_some();
         for op in &self.ops[..end] {
             let t = std::time::Instant::now();
-            self.step(op, n, &shapes, &mut arena, taps, device)?;
+            self.step(op, n, &shapes, &self.slot, &mut arena, taps, device, false)?;
             if profile {
                 eprintln!(
                     "{:>9.3} ms  {}",
@@ -731,17 +791,25 @@ impl Plan {
         Ok(s)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn step(
         &self,
         op: &Op,
         n: usize,
         shapes: &[(usize, usize, usize)],
+        slot: &[usize],
         arena: &mut [Vec<f32>],
         taps: &mut Taps,
         device: &Device,
+        defer_hardswish: bool,
     ) -> Result<()> {
         let isa = self.isa;
         let len = |v: V| n * shapes[v].0 * shapes[v].1 * shapes[v].2;
+        // a hardswish left to the caller (the tape keeps its input for the backward pass)
+        let act_of = |a: &KAct| match a {
+            KAct::Hardswish if defer_hardswish => KAct::None,
+            a => *a,
+        };
         match op {
             Op::Conv {
                 x,
@@ -753,7 +821,7 @@ impl Plan {
                 act,
             } => {
                 let s = pad.shape(n, shapes[*x], w.kh, *stride);
-                let (xi, oi, ri) = (self.slot[*x], self.slot[*out], res.map(|r| self.slot[r]));
+                let (xi, oi, ri) = (slot[*x], slot[*out], res.map(|r| slot[r]));
                 let (xb, ob, rb) = split3(arena, xi, oi, ri);
                 k::conv2d(
                     isa,
@@ -761,16 +829,24 @@ impl Plan {
                     &xb[..len(*x)],
                     &s,
                     rb.map(|r| &r[..len(*out)]),
-                    *act,
+                    act_of(act),
                     &mut ob[..len(*out)],
                 )
                 .map_err(shape_err)
             }
             Op::Linear { x, out, w, act } => {
                 let s = ConvShape::symmetric(n, 1, 1, 1, 0);
-                let (xb, ob, _) = split3(arena, self.slot[*x], self.slot[*out], None);
-                k::conv2d(isa, w, &xb[..len(*x)], &s, None, *act, &mut ob[..len(*out)])
-                    .map_err(shape_err)
+                let (xb, ob, _) = split3(arena, slot[*x], slot[*out], None);
+                k::conv2d(
+                    isa,
+                    w,
+                    &xb[..len(*x)],
+                    &s,
+                    None,
+                    act_of(act),
+                    &mut ob[..len(*out)],
+                )
+                .map_err(shape_err)
             }
             Op::Depthwise {
                 x,
@@ -781,9 +857,16 @@ impl Plan {
                 act,
             } => {
                 let s = pad.shape(n, shapes[*x], w.kh, *stride);
-                let (xb, ob, _) = split3(arena, self.slot[*x], self.slot[*out], None);
-                k::depthwise(isa, w, &xb[..len(*x)], &s, *act, &mut ob[..len(*out)])
-                    .map_err(shape_err)
+                let (xb, ob, _) = split3(arena, slot[*x], slot[*out], None);
+                k::depthwise(
+                    isa,
+                    w,
+                    &xb[..len(*x)],
+                    &s,
+                    act_of(act),
+                    &mut ob[..len(*out)],
+                )
+                .map_err(shape_err)
             }
             Op::MaxPool {
                 x,
@@ -793,7 +876,7 @@ impl Plan {
                 pad,
             } => {
                 let (h, wd, c) = shapes[*x];
-                let (xb, ob, _) = split3(arena, self.slot[*x], self.slot[*out], None);
+                let (xb, ob, _) = split3(arena, slot[*x], slot[*out], None);
                 k::max_pool(
                     &xb[..len(*x)],
                     n,
@@ -810,13 +893,13 @@ impl Plan {
             }
             Op::AvgPool { x, out, oh, ow } => {
                 let (h, wd, c) = shapes[*x];
-                let (xb, ob, _) = split3(arena, self.slot[*x], self.slot[*out], None);
+                let (xb, ob, _) = split3(arena, slot[*x], slot[*out], None);
                 k::adaptive_avg_pool(&xb[..len(*x)], n, h, wd, c, *oh, *ow, &mut ob[..len(*out)])
                     .map_err(shape_err)
             }
             Op::Se { x, fc1, fc2 } => {
                 let (h, wd, c) = shapes[*x];
-                let xb = &mut arena[self.slot[*x]][..len(*x)];
+                let xb = &mut arena[slot[*x]][..len(*x)];
                 let mut pooled = vec![0f32; n * c];
                 k::global_avg_pool(xb, n, h * wd, c, &mut pooled).map_err(shape_err)?;
                 let one = ConvShape::symmetric(n, 1, 1, 1, 0);
@@ -839,7 +922,7 @@ impl Plan {
                 if taps.wants(name) {
                     let (h, wd, c) = shapes[*x];
                     let mut nchw = vec![0f32; len(*x)];
-                    k::nhwc_to_nchw(&arena[self.slot[*x]][..len(*x)], n, h, wd, c, &mut nchw)
+                    k::nhwc_to_nchw(&arena[slot[*x]][..len(*x)], n, h, wd, c, &mut nchw)
                         .map_err(shape_err)?;
                     let t = Tensor::<4>::from_data(TensorData::new(nchw, [n, c, h, wd]), device);
                     taps.tap(name, &t);

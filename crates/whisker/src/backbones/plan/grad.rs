@@ -1,0 +1,437 @@
+//! Input gradients through the CPU engine, weights frozen: a forward pass that keeps every
+//! value (a [`Tape`]), then the ops in reverse, each turning the gradient of its output into
+//! the gradient of its inputs with the backward kernels of `whisker-kernels` (stride-phase
+//! convolutions on the forward kernels, max/average pool routing). What `attack`, `dream`
+//! and `robustness` need: d(objective)/d(pixels), no weight gradients.
+
+use whisker_kernels as k;
+use whisker_kernels::{Act as KAct, ConvShape};
+
+use super::{shape_err, Op, Plan, V};
+use crate::error::{Error, Result};
+
+/// What an op's input gradient needs beyond the forward weights.
+#[derive(Debug)]
+pub(super) enum Bw {
+    /// A dense convolution or a linear layer (a 1×1 convolution over a 1×1 map).
+    Conv(k::ConvBackward),
+    Depthwise(k::DepthwiseBackward),
+    /// Squeeze-excitation: `w1` `[hid, c]`, `w2` `[c, hid]` (biases are not needed).
+    Se {
+        w1: Vec<f32>,
+        w2: Vec<f32>,
+        hid: usize,
+        c: usize,
+    },
+}
+
+/// What an op kept from the forward pass.
+#[derive(Debug, Default)]
+enum Saved {
+    #[default]
+    Nothing,
+    /// The input of a hardswish (its derivative is not a function of its output).
+    PreActivation(Vec<f32>),
+    /// Squeeze-excitation: the map before scaling, the scales, the hidden (post-ReLU) layer.
+    Se {
+        x: Vec<f32>,
+        s: Vec<f32>,
+        hidden: Vec<f32>,
+    },
+}
+
+/// A forward pass kept for [`Plan::input_grad`].
+#[derive(Debug)]
+pub struct Tape {
+    n: usize,
+    dims: [usize; 4],
+    normalized: bool,
+    shapes: Vec<(usize, usize, usize)>,
+    values: Vec<Vec<f32>>,
+    saved: Vec<Saved>,
+    /// For a value squeeze-excitation scaled in place: the op that kept its earlier contents.
+    rescaled: Vec<Option<usize>>,
+    features: V,
+}
+
+impl Tape {
+    /// The feature vectors `[n, dim]`, row-major.
+    pub fn features(&self) -> &[f32] {
+        &self.values[self.features]
+    }
+
+    /// Images in the batch.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The input's `[n, 3, h, w]`.
+    pub fn input_dims(&self) -> [usize; 4] {
+        self.dims
+    }
+
+    /// What op `v`'s producer wrote (before any in-place squeeze-excitation).
+    fn produced(&self, v: V) -> &[f32] {
+        match self.rescaled[v].map(|i| &self.saved[i]) {
+            Some(Saved::Se { x, .. }) => x,
+            _ => &self.values[v],
+        }
+    }
+}
+
+fn hardswish_grad(g: &mut [f32], pre: &[f32]) {
+    // PyTorch's hardswish_backward
+    for (gv, &z) in g.iter_mut().zip(pre) {
+        *gv = if z < -3.0 {
+            0.0
+        } else if z <= 3.0 {
+            *gv * (z / 3.0 + 0.5)
+        } else {
+            *gv
+        };
+    }
+}
+
+/// `g` times the activation's derivative, from its output `y` (or its input, for hardswish).
+fn act_grad(act: KAct, g: &mut [f32], y: &[f32], saved: &Saved) -> Result<()> {
+    match act {
+        KAct::None => {}
+        KAct::Relu => {
+            for (gv, &v) in g.iter_mut().zip(y) {
+                if v <= 0.0 {
+                    *gv = 0.0;
+                }
+            }
+        }
+        KAct::Relu6 => {
+            for (gv, &v) in g.iter_mut().zip(y) {
+                if v <= 0.0 || v >= 6.0 {
+                    *gv = 0.0;
+                }
+            }
+        }
+        KAct::Hardswish => match saved {
+            Saved::PreActivation(pre) => hardswish_grad(g, pre),
+            _ => return Err(Error::Internal("hardswish input not kept".into())),
+        },
+        KAct::Hardsigmoid => {
+            for (gv, &v) in g.iter_mut().zip(y) {
+                *gv = if v > 0.0 && v < 1.0 { *gv / 6.0 } else { 0.0 };
+            }
+        }
+    }
+    Ok(())
+}
+
+fn add_into(slot: &mut Option<Vec<f32>>, g: &[f32]) {
+    match slot {
+        Some(a) => {
+            for (x, y) in a.iter_mut().zip(g) {
+                *x += y;
+            }
+        }
+        None => *slot = Some(g.to_vec()),
+    }
+}
+
+impl Plan {
+    /// Whether this plan was compiled with backward weights ([`super::PlanOptions::backward`]).
+    pub fn has_backward(&self) -> bool {
+        !self.bw.is_empty()
+    }
+
+    /// Forward to the features (`[n, 3, h, w]` NCHW pixels in [0, 1], or already normalised),
+    /// keeping every value for [`Plan::input_grad`].
+    pub fn forward_tape(&self, pixels: &[f32], dims: [usize; 4], normalized: bool) -> Result<Tape> {
+        if !self.has_backward() {
+            return Err(Error::Internal(
+                "this plan was compiled without backward weights".into(),
+            ));
+        }
+        let [n, c, h, w] = dims;
+        if c != 3 || pixels.len() != n * c * h * w {
+            return Err(Error::Invalid(format!(
+                "the network takes [n, 3, h, w] images, got {} values as [{n}, {c}, {h}, {w}]",
+                pixels.len()
+            )));
+        }
+        let shapes = self.shapes(n, h, w)?;
+        let len = |v: V| n * shapes[v].0 * shapes[v].1 * shapes[v].2;
+        let mut values: Vec<Vec<f32>> = (0..shapes.len()).map(|v| vec![0f32; len(v)]).collect();
+        let (scale, mean, std) = self.norm_for(normalized);
+        k::nchw_to_nhwc_normalized(pixels, n, 3, h, w, scale, &mean, &std, &mut values[0])
+            .map_err(shape_err)?;
+        let ident: Vec<usize> = (0..shapes.len()).collect();
+        let mut saved: Vec<Saved> = (0..self.ops.len()).map(|_| Saved::Nothing).collect();
+        let mut rescaled = vec![None; shapes.len()];
+        let device = burn::tensor::Device::flex();
+        let mut taps = super::Taps::none();
+        for (i, op) in self.ops[..self.classifier_start].iter().enumerate() {
+            match op {
+                Op::Se { x, fc1, fc2 } => {
+                    let (hh, ww, c) = shapes[*x];
+                    let before = values[*x].clone();
+                    let mut pooled = vec![0f32; n * c];
+                    k::global_avg_pool(&before, n, hh * ww, c, &mut pooled).map_err(shape_err)?;
+                    let one = ConvShape::symmetric(n, 1, 1, 1, 0);
+                    let mut hidden = vec![0f32; n * fc1.cout];
+                    k::conv2d(self.isa, fc1, &pooled, &one, None, KAct::Relu, &mut hidden)
+                        .map_err(shape_err)?;
+                    let mut s = vec![0f32; n * c];
+                    k::conv2d(
+                        self.isa,
+                        fc2,
+                        &hidden,
+                        &one,
+                        None,
+                        KAct::Hardsigmoid,
+                        &mut s,
+                    )
+                    .map_err(shape_err)?;
+                    k::scale_channels(&mut values[*x], n, hh * ww, c, &s).map_err(shape_err)?;
+                    saved[i] = Saved::Se {
+                        x: before,
+                        s,
+                        hidden,
+                    };
+                    rescaled[*x] = Some(i);
+                }
+                _ => {
+                    self.step(
+                        op,
+                        n,
+                        &shapes,
+                        &ident,
+                        &mut values,
+                        &mut taps,
+                        &device,
+                        true,
+                    )?;
+                    if let (Some(out), KAct::Hardswish) = (op.output(), op_act(op)) {
+                        let y = &mut values[out];
+                        saved[i] = Saved::PreActivation(y.clone());
+                        for v in y.iter_mut() {
+                            *v = KAct::Hardswish.apply(*v);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Tape {
+            n,
+            dims,
+            normalized,
+            shapes,
+            values,
+            saved,
+            rescaled,
+            features: self.features,
+        })
+    }
+
+    /// d(objective)/d(input) `[n, 3, h, w]` (NCHW, pixel space unless the tape's input was
+    /// normalised) from d(objective)/d(features) `[n, dim]`.
+    pub fn input_grad(&self, tape: &Tape, dfeatures: &[f32]) -> Result<Vec<f32>> {
+        let n = tape.n;
+        let shapes = &tape.shapes;
+        let len = |v: V| n * shapes[v].0 * shapes[v].1 * shapes[v].2;
+        if dfeatures.len() != len(self.features) {
+            return Err(Error::Invalid(format!(
+                "a feature gradient of {} values for {} features",
+                dfeatures.len(),
+                len(self.features)
+            )));
+        }
+        let isa = self.isa;
+        let mut grads: Vec<Option<Vec<f32>>> = vec![None; shapes.len()];
+        grads[self.features] = Some(dfeatures.to_vec());
+        let missing = || Error::Internal("no backward weights for an op".into());
+        for (i, op) in self.ops[..self.classifier_start].iter().enumerate().rev() {
+            let saved = &tape.saved[i];
+            match op {
+                Op::Conv {
+                    x,
+                    out,
+                    res,
+                    w,
+                    stride,
+                    pad,
+                    act,
+                } => {
+                    let Some(mut g) = grads[*out].take() else {
+                        continue;
+                    };
+                    act_grad(*act, &mut g, tape.produced(*out), saved)?;
+                    if let Some(r) = res {
+                        add_into(&mut grads[*r], &g);
+                    }
+                    let Some(Bw::Conv(b)) = &self.bw[i] else {
+                        return Err(missing());
+                    };
+                    let s = pad.shape(n, shapes[*x], w.kh, *stride);
+                    let acc = grads[*x].is_some();
+                    let dx = grads[*x].get_or_insert_with(|| vec![0f32; len(*x)]);
+                    b.input_grad(isa, &g, &s, dx, acc).map_err(shape_err)?;
+                }
+                Op::Linear { x, out, act, .. } => {
+                    let Some(mut g) = grads[*out].take() else {
+                        continue;
+                    };
+                    act_grad(*act, &mut g, tape.produced(*out), saved)?;
+                    let Some(Bw::Conv(b)) = &self.bw[i] else {
+                        return Err(missing());
+                    };
+                    let s = ConvShape::symmetric(n, 1, 1, 1, 0);
+                    let acc = grads[*x].is_some();
+                    let dx = grads[*x].get_or_insert_with(|| vec![0f32; len(*x)]);
+                    b.input_grad(isa, &g, &s, dx, acc).map_err(shape_err)?;
+                }
+                Op::Depthwise {
+                    x,
+                    out,
+                    w,
+                    stride,
+                    pad,
+                    act,
+                } => {
+                    let Some(mut g) = grads[*out].take() else {
+                        continue;
+                    };
+                    act_grad(*act, &mut g, tape.produced(*out), saved)?;
+                    let Some(Bw::Depthwise(b)) = &self.bw[i] else {
+                        return Err(missing());
+                    };
+                    let s = pad.shape(n, shapes[*x], w.kh, *stride);
+                    let acc = grads[*x].is_some();
+                    let dx = grads[*x].get_or_insert_with(|| vec![0f32; len(*x)]);
+                    b.input_grad(isa, &g, &s, dx, acc).map_err(shape_err)?;
+                }
+                Op::MaxPool {
+                    x,
+                    out,
+                    k: kk,
+                    stride,
+                    pad,
+                } => {
+                    let Some(g) = grads[*out].take() else {
+                        continue;
+                    };
+                    let (h, wd, c) = shapes[*x];
+                    let acc = grads[*x].is_some();
+                    let dx = grads[*x].get_or_insert_with(|| vec![0f32; len(*x)]);
+                    k::max_pool_backward(
+                        tape.produced(*x),
+                        n,
+                        h,
+                        wd,
+                        c,
+                        *kk,
+                        *stride,
+                        *pad,
+                        &g,
+                        dx,
+                        acc,
+                    )
+                    .map_err(shape_err)?;
+                }
+                Op::AvgPool { x, out, oh, ow } => {
+                    let Some(g) = grads[*out].take() else {
+                        continue;
+                    };
+                    let (h, wd, c) = shapes[*x];
+                    let acc = grads[*x].is_some();
+                    let dx = grads[*x].get_or_insert_with(|| vec![0f32; len(*x)]);
+                    k::adaptive_avg_pool_backward(n, h, wd, c, *oh, *ow, &g, dx, acc)
+                        .map_err(shape_err)?;
+                }
+                Op::Se { x, .. } => {
+                    let Some(g) = grads[*x].take() else {
+                        continue;
+                    };
+                    let (Some(Bw::Se { w1, w2, hid, c }), Saved::Se { x: xin, s, hidden }) =
+                        (&self.bw[i], saved)
+                    else {
+                        return Err(missing());
+                    };
+                    grads[*x] = Some(se_backward(&g, xin, s, hidden, w1, w2, n, *hid, *c));
+                }
+                Op::Tap { .. } => {}
+            }
+        }
+        // the input normalisation, and NHWC → NCHW
+        let [_, _, h, w] = tape.dims;
+        let g0 = grads[0].take().unwrap_or_else(|| vec![0f32; n * h * w * 3]);
+        let mut out = vec![0f32; g0.len()];
+        k::nhwc_to_nchw(&g0, n, h, w, 3, &mut out).map_err(shape_err)?;
+        let (scale, _, std) = self.norm_for(tape.normalized);
+        for (j, v) in out.iter_mut().enumerate() {
+            *v *= scale / std[(j / (h * w)) % 3];
+        }
+        Ok(out)
+    }
+}
+
+/// The activation an op applies to its output (none for pools, taps and SE).
+fn op_act(op: &Op) -> KAct {
+    match op {
+        Op::Conv { act, .. } | Op::Linear { act, .. } | Op::Depthwise { act, .. } => *act,
+        _ => KAct::None,
+    }
+}
+
+/// Squeeze-excitation backward: `y = x ⊙ s(mean(x))`, `s = hardsigmoid(w2·relu(w1·p + b1) + b2)`.
+#[allow(clippy::too_many_arguments)]
+fn se_backward(
+    g: &[f32],
+    x: &[f32],
+    s: &[f32],
+    hidden: &[f32],
+    w1: &[f32],
+    w2: &[f32],
+    n: usize,
+    hid: usize,
+    c: usize,
+) -> Vec<f32> {
+    let hw = g.len() / (n * c).max(1);
+    let mut dx = vec![0f32; g.len()];
+    for b in 0..n {
+        let gb = &g[b * hw * c..][..hw * c];
+        let xb = &x[b * hw * c..][..hw * c];
+        let sb = &s[b * c..][..c];
+        // ds = Σ_hw g ⊙ x, then through the hardsigmoid
+        let mut dz = vec![0f64; c];
+        for p in 0..hw {
+            for ch in 0..c {
+                dz[ch] += (gb[p * c + ch] * xb[p * c + ch]) as f64;
+            }
+        }
+        for ch in 0..c {
+            dz[ch] = if sb[ch] > 0.0 && sb[ch] < 1.0 {
+                dz[ch] / 6.0
+            } else {
+                0.0
+            };
+        }
+        // through fc2 and the ReLU
+        let hb = &hidden[b * hid..][..hid];
+        let mut dh = vec![0f64; hid];
+        for (j, d) in dh.iter_mut().enumerate() {
+            if hb[j] > 0.0 {
+                *d = (0..c).map(|ch| w2[ch * hid + j] as f64 * dz[ch]).sum();
+            }
+        }
+        // through fc1 and the mean
+        let dp: Vec<f32> = (0..c)
+            .map(|ch| {
+                ((0..hid).map(|j| w1[j * c + ch] as f64 * dh[j]).sum::<f64>() / hw as f64) as f32
+            })
+            .collect();
+        let db = &mut dx[b * hw * c..][..hw * c];
+        for p in 0..hw {
+            for ch in 0..c {
+                db[p * c + ch] = gb[p * c + ch] * sb[ch] + dp[ch];
+            }
+        }
+    }
+    dx
+}
