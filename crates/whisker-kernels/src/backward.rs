@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use crate::{conv2d, depthwise, Act, ConvShape, Isa, PackedConv, PackedDepthwise, ShapeError};
+use crate::{conv2d, Act, ConvShape, Isa, PackedConv, ShapeError};
 
 /// One phase's sub-kernel along one axis: the taps `k0, k0 + s, …` (`n` of them).
 fn taps(k: usize, stride: usize, k0: usize) -> usize {
@@ -118,7 +118,14 @@ pub struct ConvBackward {
     pub stride: usize,
     /// Sub-kernel `(ky0, kx0)` at `ky0·stride + kx0`: `None` when it has no taps.
     subs: Vec<Option<PackedConv>>,
+    /// For a few input channels (an RGB stem): `g · W` as one GEMM into patch columns
+    /// `[pixels, kh·kw·cin]`, scattered back into `dx` (col2im) — the phase convolutions
+    /// would have `cin` output channels, a fraction of a register tile.
+    cols: Option<PackedConv>,
 }
+
+/// Input channels below which the gradient goes through patch columns.
+const COLS_BELOW: usize = 16;
 
 impl ConvBackward {
     /// From PyTorch's `[cout, cin, kh, kw]` weight. `winograd`: 3×3 sub-kernels (stride 1)
@@ -139,10 +146,24 @@ impl ConvBackward {
             )));
         }
         let mut subs = Vec::new();
+        let mut cols = None;
+        if cin < COLS_BELOW && kh * kw > 1 {
+            // [kh·kw·cin, cout, 1, 1]: column (ky, kx, c) of output pixel p is Σ_o g[p, o]·w[o, c, ky, kx]
+            let k = kh * kw * cin;
+            let mut w = vec![0f32; k * cout];
+            for o in 0..cout {
+                for c in 0..cin {
+                    for t in 0..kh * kw {
+                        w[(t * cin + c) * cout + o] = weight[(o * cin + c) * kh * kw + t];
+                    }
+                }
+            }
+            cols = Some(PackedConv::from_oihw(&w, None, k, cout, 1, 1)?);
+        }
         for ky0 in 0..stride {
             for kx0 in 0..stride {
                 let kn = (taps(kh, stride, ky0), taps(kw, stride, kx0));
-                if kn.0 == 0 || kn.1 == 0 {
+                if kn.0 == 0 || kn.1 == 0 || cols.is_some() {
                     subs.push(None);
                     continue;
                 }
@@ -161,6 +182,7 @@ impl ConvBackward {
             kw,
             stride,
             subs,
+            cols,
         })
     }
 
@@ -183,6 +205,9 @@ impl ConvBackward {
             dx.len(),
             self.cin,
         )?;
+        if let Some(p) = &self.cols {
+            return self.via_columns(isa, p, g, s, (oh, ow), dx, accumulate);
+        }
         run_phases(
             s,
             (self.kh, self.kw),
@@ -201,14 +226,86 @@ impl ConvBackward {
     }
 }
 
-/// The input gradient of a depthwise convolution, weights packed per phase.
+impl ConvBackward {
+    /// Image by image: the patch columns of every output pixel (one GEMM), then each column
+    /// added to the input pixel under its tap.
+    #[allow(clippy::too_many_arguments)]
+    fn via_columns(
+        &self,
+        isa: Isa,
+        p: &PackedConv,
+        g: &[f32],
+        s: &ConvShape,
+        (oh, ow): (usize, usize),
+        dx: &mut [f32],
+        accumulate: bool,
+    ) -> Result<(), ShapeError> {
+        let (cin, kh, kw) = (self.cin, self.kh, self.kw);
+        let k = kh * kw * cin;
+        let one = ConvShape::symmetric(1, oh, ow, 1, 0);
+        let mut cols = vec![0f32; oh * ow * k];
+        let per_in = s.h * s.w * cin;
+        let per_out = oh * ow * self.cout;
+        for (b, d) in dx.chunks_mut(per_in).enumerate() {
+            conv2d(
+                isa,
+                p,
+                &g[b * per_out..][..per_out],
+                &one,
+                None,
+                Act::None,
+                &mut cols,
+            )?;
+            if !accumulate {
+                d.fill(0.0);
+            }
+            // rows of the input in two bands, one per thread at most; a band takes the
+            // columns of the output rows whose taps land in it
+            let bands = rayon::current_num_threads().clamp(1, 2).min(s.h);
+            let rows_per = s.h.div_ceil(bands);
+            let cols = &cols;
+            d.par_chunks_mut(rows_per * s.w * cin)
+                .enumerate()
+                .for_each(|(band, dd)| {
+                    let (y0, y1) = (band * rows_per, ((band + 1) * rows_per).min(s.h));
+                    for oy in 0..oh {
+                        for ky in 0..kh {
+                            let iy = (oy * s.stride + ky) as isize - s.pad[0] as isize;
+                            if iy < y0 as isize || iy >= y1 as isize {
+                                continue;
+                            }
+                            let row = (iy as usize - y0) * s.w;
+                            for ox in 0..ow {
+                                let c0 = (oy * ow + ox) * k + ky * kw * cin;
+                                for kx in 0..kw {
+                                    let ix = (ox * s.stride + kx) as isize - s.pad[2] as isize;
+                                    if ix < 0 || ix >= s.w as isize {
+                                        continue;
+                                    }
+                                    let o = (row + ix as usize) * cin;
+                                    for c in 0..cin {
+                                        dd[o + c] += cols[c0 + kx * cin + c];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                });
+        }
+        Ok(())
+    }
+}
+
+/// The input gradient of a depthwise convolution, in one pass: each input pixel gathers, for a
+/// block of channels in registers, the gradients of the outputs whose windows hold it.
 #[derive(Debug, Clone)]
 pub struct DepthwiseBackward {
     pub c: usize,
     pub kh: usize,
     pub kw: usize,
     pub stride: usize,
-    subs: Vec<Option<PackedDepthwise>>,
+    /// `[kh·kw][c]`, tap-major.
+    w: Vec<f32>,
 }
 
 impl DepthwiseBackward {
@@ -220,27 +317,16 @@ impl DepthwiseBackward {
         kw: usize,
         stride: usize,
     ) -> Result<Self, ShapeError> {
-        if weight.len() != c * kh * kw || stride == 0 || c == 0 {
+        if weight.len() != c * kh * kw || stride == 0 || c == 0 || kh > 8 || kw > 8 {
             return Err(ShapeError(format!(
-                "weight of {} values for a depthwise [{c}, 1, {kh}, {kw}] convolution, stride {stride}",
+                "weight of {} values for a depthwise [{c}, 1, {kh}, {kw}] convolution, stride {stride} (kernels up to 8×8)",
                 weight.len()
             )));
         }
-        let mut subs = Vec::new();
-        for ky0 in 0..stride {
-            for kx0 in 0..stride {
-                let kn = (taps(kh, stride, ky0), taps(kw, stride, kx0));
-                if kn.0 == 0 || kn.1 == 0 {
-                    subs.push(None);
-                    continue;
-                }
-                // per channel: [1, 1, kh, kw] reversed, i.e. sub_kernel with one in, one out
-                let mut w = Vec::with_capacity(c * kn.0 * kn.1);
-                for ch in 0..c {
-                    let wc = &weight[ch * kh * kw..(ch + 1) * kh * kw];
-                    w.extend(sub_kernel(wc, (1, 1), (kh, kw), stride, (ky0, kx0), kn));
-                }
-                subs.push(Some(PackedDepthwise::from_oihw(&w, None, c, kn.0, kn.1)?));
+        let mut w = vec![0f32; c * kh * kw];
+        for ch in 0..c {
+            for t in 0..kh * kw {
+                w[t * c + ch] = weight[ch * kh * kw + t];
             }
         }
         Ok(DepthwiseBackward {
@@ -248,7 +334,7 @@ impl DepthwiseBackward {
             kh,
             kw,
             stride,
-            subs,
+            w,
         })
     }
 
@@ -263,21 +349,130 @@ impl DepthwiseBackward {
     ) -> Result<(), ShapeError> {
         let (oh, ow) = s.out_hw(self.kh, self.kw)?;
         check(s, self.stride, g.len(), oh * ow * self.c, dx.len(), self.c)?;
-        run_phases(
+        let ctx = DwCtx {
+            p: self,
+            g,
             s,
-            (self.kh, self.kw),
-            (oh, ow),
-            self.c,
-            dx,
+            oh,
+            ow,
             accumulate,
-            |ph, out| {
-                let i = ph.k0.0 * self.stride + ph.k0.1;
-                match &self.subs[i] {
-                    Some(p) => depthwise(isa, p, g, &ph.shape, Act::None, out).map(|_| true),
-                    None => Ok(false),
-                }
-            },
-        )
+        };
+        let c = self.c;
+        dx.par_chunks_mut(s.w * c)
+            .enumerate()
+            .for_each(|(row, d)| match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { dw_row_avx512(&ctx, row, d) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { dw_row_avx2(&ctx, row, d) },
+                _ => dw_row::<16>(&ctx, row, d),
+            });
+        Ok(())
+    }
+}
+
+struct DwCtx<'a> {
+    p: &'a DepthwiseBackward,
+    g: &'a [f32],
+    s: &'a ConvShape,
+    oh: usize,
+    ow: usize,
+    accumulate: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn dw_row_avx512(ctx: &DwCtx, row: usize, d: &mut [f32]) {
+    dw_row::<64>(ctx, row, d)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dw_row_avx2(ctx: &DwCtx, row: usize, d: &mut [f32]) {
+    dw_row::<32>(ctx, row, d)
+}
+
+/// The taps `k` of an axis under which input coordinate `i` is seen, with their output
+/// coordinates: `o·stride + k − pad = i`.
+#[inline(always)]
+fn taps_of(
+    i: usize,
+    pad: usize,
+    k: usize,
+    stride: usize,
+    outs: usize,
+) -> ([(usize, usize); 8], usize) {
+    let mut t = [(0, 0); 8];
+    let mut n = 0;
+    for kk in 0..k.min(8) {
+        let num = i as isize + pad as isize - kk as isize;
+        if num >= 0 && (num as usize).is_multiple_of(stride) && (num as usize / stride) < outs {
+            t[n] = (kk, num as usize / stride);
+            n += 1;
+        }
+    }
+    (t, n)
+}
+
+#[inline(always)]
+fn dw_row<const W: usize>(ctx: &DwCtx, row: usize, d: &mut [f32]) {
+    let (p, s) = (ctx.p, ctx.s);
+    let c = p.c;
+    let (b, iy) = (row / s.h, row % s.h);
+    let (ty, ny) = taps_of(iy, s.pad[0], p.kh, p.stride, ctx.oh);
+    for ix in 0..s.w {
+        let (tx, nx) = taps_of(ix, s.pad[2], p.kw, p.stride, ctx.ow);
+        let (ty, tx) = (&ty[..ny], &tx[..nx]);
+        let o = &mut d[ix * c..(ix + 1) * c];
+        let mut c0 = 0;
+        while c0 + W <= c {
+            dw_block::<W>(ctx, b, c0, ty, tx, o);
+            c0 += W;
+        }
+        while c0 + 8 <= c {
+            dw_block::<8>(ctx, b, c0, ty, tx, o);
+            c0 += 8;
+        }
+        while c0 < c {
+            dw_block::<1>(ctx, b, c0, ty, tx, o);
+            c0 += 1;
+        }
+    }
+}
+
+/// Channels `[c0, c0 + W)` of one input pixel.
+#[inline(always)]
+fn dw_block<const W: usize>(
+    ctx: &DwCtx,
+    b: usize,
+    c0: usize,
+    ty: &[(usize, usize)],
+    tx: &[(usize, usize)],
+    o: &mut [f32],
+) {
+    let p = ctx.p;
+    let c = p.c;
+    let mut acc = [0f32; W];
+    for &(ky, oy) in ty {
+        for &(kx, ox) in tx {
+            let go = ((b * ctx.oh + oy) * ctx.ow + ox) * c + c0;
+            let wo = (ky * p.kw + kx) * c + c0;
+            let gv: &[f32; W] = ctx.g[go..go + W].try_into().unwrap_or(&[0.0; W]);
+            let wv: &[f32; W] = p.w[wo..wo + W].try_into().unwrap_or(&[0.0; W]);
+            for j in 0..W {
+                acc[j] = wv[j].mul_add(gv[j], acc[j]);
+            }
+        }
+    }
+    let dst: &mut [f32; W] = (&mut o[c0..c0 + W])
+        .try_into()
+        .unwrap_or_else(|_| unreachable!());
+    if ctx.accumulate {
+        for j in 0..W {
+            dst[j] += acc[j];
+        }
+    } else {
+        *dst = acc;
     }
 }
 

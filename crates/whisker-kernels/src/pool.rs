@@ -177,12 +177,21 @@ pub fn max_pool_backward(
     if c == 0 || h == 0 || w == 0 {
         return Ok(());
     }
-    dx.par_chunks_mut(h * w * c).enumerate().for_each(|(b, d)| {
-        if !accumulate {
-            d.fill(0.0);
-        }
+    if !accumulate {
+        dx.fill(0.0);
+    }
+    // (image, channel block) jobs: each writes only its channels of its image
+    let block = c
+        .div_ceil(2 * rayon::current_num_threads().max(1))
+        .next_multiple_of(16)
+        .min(c);
+    let blocks = c.div_ceil(block);
+    let d = crate::conv::Ptr(dx.as_mut_ptr());
+    (0..n * blocks).into_par_iter().for_each(|job| {
+        let (b, c0) = (job / blocks, (job % blocks) * block);
+        let cw = block.min(c - c0);
         let xb = &x[b * h * w * c..][..h * w * c];
-        let (mut best, mut arg) = (vec![0f32; c], vec![0usize; c]);
+        let (mut best, mut arg) = (vec![0f32; cw], vec![0usize; cw]);
         for oy in 0..oh {
             let y0 = (oy * stride) as isize - pad as isize;
             let (ya, yb) = (
@@ -191,18 +200,17 @@ pub fn max_pool_backward(
             );
             for ox in 0..ow {
                 let x0 = (ox * stride) as isize - pad as isize;
-                let (xa, xb_) = (
+                let (xa, xe) = (
                     x0.max(0) as usize,
                     (x0 + k as isize).min(w as isize) as usize,
                 );
                 best.fill(f32::NEG_INFINITY);
                 arg.fill(ya * w + xa);
                 for iy in ya..yb {
-                    for ix in xa..xb_ {
+                    for ix in xa..xe {
                         let p = iy * w + ix;
-                        for ((m, a), &v) in
-                            best.iter_mut().zip(arg.iter_mut()).zip(&xb[p * c..][..c])
-                        {
+                        let src = &xb[p * c + c0..][..cw];
+                        for ((m, a), &v) in best.iter_mut().zip(arg.iter_mut()).zip(src) {
                             if v > *m || v.is_nan() {
                                 *m = v;
                                 *a = p;
@@ -210,9 +218,10 @@ pub fn max_pool_backward(
                         }
                     }
                 }
-                let gr = &g[((b * oh + oy) * ow + ox) * c..][..c];
-                for (ch, (&a, &gv)) in arg.iter().zip(gr).enumerate() {
-                    d[a * c + ch] += gv;
+                let gr = &g[((b * oh + oy) * ow + ox) * c + c0..][..cw];
+                for (j, (&a, &gv)) in arg.iter().zip(gr).enumerate() {
+                    // SAFETY: image b, channel c0 + j < c: only this job writes it
+                    unsafe { *d.get().add((b * h * w + a) * c + c0 + j) += gv };
                 }
             }
         }

@@ -214,6 +214,8 @@ pub struct Plan {
     arena: Mutex<Vec<Vec<f32>>>,
     /// Backward weights per op (empty unless compiled with `PlanOptions::backward`).
     bw: Vec<Option<grad::Bw>>,
+    /// Buffers of the input-gradient steps, reused between them.
+    grad_pool: std::sync::Arc<grad::Pool>,
 }
 
 impl std::fmt::Debug for Plan {
@@ -625,6 +627,7 @@ impl Plan {
             isa: Isa::current(),
             norm,
             bw,
+            grad_pool: Default::default(),
             ops: bl.ops,
             classifier_start,
             channels: bl.channels,

@@ -10,6 +10,40 @@ use whisker_kernels::{Act as KAct, ConvShape};
 use super::{shape_err, Op, Plan, V};
 use crate::error::{Error, Result};
 
+/// Buffers kept between input-gradient steps (a tape's values, the gradients): reusing them
+/// avoids mapping fresh memory every step. Bounded by one step's worth.
+#[derive(Debug, Default)]
+pub(super) struct Pool(std::sync::Mutex<Vec<Vec<f32>>>);
+
+impl Pool {
+    /// A buffer of `len` values (zeros).
+    fn take(&self, len: usize) -> Vec<f32> {
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let best = p
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => {
+                let mut b = p.swap_remove(i);
+                b.clear();
+                b.resize(len, 0.0);
+                b
+            }
+            None => vec![0f32; len],
+        }
+    }
+
+    fn give(&self, b: Vec<f32>) {
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if p.len() < 512 {
+            p.push(b);
+        }
+    }
+}
+
 /// What an op's input gradient needs beyond the forward weights.
 #[derive(Debug)]
 pub(super) enum Bw {
@@ -52,6 +86,15 @@ pub struct Tape {
     /// For a value squeeze-excitation scaled in place: the op that kept its earlier contents.
     rescaled: Vec<Option<usize>>,
     features: V,
+    pool: std::sync::Arc<Pool>,
+}
+
+impl Drop for Tape {
+    fn drop(&mut self) {
+        for v in self.values.drain(..) {
+            self.pool.give(v);
+        }
+    }
 }
 
 impl Tape {
@@ -79,57 +122,60 @@ impl Tape {
     }
 }
 
-fn hardswish_grad(g: &mut [f32], pre: &[f32]) {
-    // PyTorch's hardswish_backward
-    for (gv, &z) in g.iter_mut().zip(pre) {
-        *gv = if z < -3.0 {
-            0.0
-        } else if z <= 3.0 {
-            *gv * (z / 3.0 + 0.5)
-        } else {
-            *gv
-        };
-    }
-}
-
-/// `g` times the activation's derivative, from its output `y` (or its input, for hardswish).
+/// `g` times the activation's derivative, from its output `y` (or its input, for hardswish),
+/// in parallel chunks and branch-free (selects the compiler vectorises).
 fn act_grad(act: KAct, g: &mut [f32], y: &[f32], saved: &Saved) -> Result<()> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    let by = |f: fn(f32, f32) -> f32, g: &mut [f32], y: &[f32]| {
+        g.par_chunks_mut(CHUNK)
+            .zip(y.par_chunks(CHUNK))
+            .for_each(|(gc, yc)| {
+                for (gv, &v) in gc.iter_mut().zip(yc) {
+                    *gv = f(*gv, v);
+                }
+            })
+    };
     match act {
         KAct::None => {}
-        KAct::Relu => {
-            for (gv, &v) in g.iter_mut().zip(y) {
-                if v <= 0.0 {
-                    *gv = 0.0;
-                }
-            }
-        }
-        KAct::Relu6 => {
-            for (gv, &v) in g.iter_mut().zip(y) {
-                if v <= 0.0 || v >= 6.0 {
-                    *gv = 0.0;
-                }
-            }
-        }
+        KAct::Relu => by(|g, y| if y > 0.0 { g } else { 0.0 }, g, y),
+        KAct::Relu6 => by(|g, y| if y > 0.0 && y < 6.0 { g } else { 0.0 }, g, y),
+        // PyTorch's hardswish_backward, from the input z
         KAct::Hardswish => match saved {
-            Saved::PreActivation(pre) => hardswish_grad(g, pre),
+            Saved::PreActivation(pre) => by(
+                |g, z| {
+                    if z < -3.0 {
+                        0.0
+                    } else if z <= 3.0 {
+                        g * (z / 3.0 + 0.5)
+                    } else {
+                        g
+                    }
+                },
+                g,
+                pre,
+            ),
             _ => return Err(Error::Internal("hardswish input not kept".into())),
         },
-        KAct::Hardsigmoid => {
-            for (gv, &v) in g.iter_mut().zip(y) {
-                *gv = if v > 0.0 && v < 1.0 { *gv / 6.0 } else { 0.0 };
-            }
-        }
+        KAct::Hardsigmoid => by(|g, y| if y > 0.0 && y < 1.0 { g / 6.0 } else { 0.0 }, g, y),
     }
     Ok(())
 }
 
-fn add_into(slot: &mut Option<Vec<f32>>, g: &[f32]) {
-    match slot {
-        Some(a) => {
-            for (x, y) in a.iter_mut().zip(g) {
+fn add_into_par(a: &mut [f32], g: &[f32]) {
+    use rayon::prelude::*;
+    a.par_chunks_mut(1 << 14)
+        .zip(g.par_chunks(1 << 14))
+        .for_each(|(ac, gc)| {
+            for (x, y) in ac.iter_mut().zip(gc) {
                 *x += y;
             }
-        }
+        });
+}
+
+fn add_into(slot: &mut Option<Vec<f32>>, g: &[f32]) {
+    match slot {
+        Some(a) => add_into_par(a, g),
         None => *slot = Some(g.to_vec()),
     }
 }
@@ -157,7 +203,8 @@ impl Plan {
         }
         let shapes = self.shapes(n, h, w)?;
         let len = |v: V| n * shapes[v].0 * shapes[v].1 * shapes[v].2;
-        let mut values: Vec<Vec<f32>> = (0..shapes.len()).map(|v| vec![0f32; len(v)]).collect();
+        let pool = &self.grad_pool;
+        let mut values: Vec<Vec<f32>> = (0..shapes.len()).map(|v| pool.take(len(v))).collect();
         let (scale, mean, std) = self.norm_for(normalized);
         k::nchw_to_nhwc_normalized(pixels, n, 3, h, w, scale, &mean, &std, &mut values[0])
             .map_err(shape_err)?;
@@ -226,6 +273,7 @@ impl Plan {
             saved,
             rescaled,
             features: self.features,
+            pool: self.grad_pool.clone(),
         })
     }
 
@@ -243,11 +291,15 @@ impl Plan {
             )));
         }
         let isa = self.isa;
+        let pool = &self.grad_pool;
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; shapes.len()];
         grads[self.features] = Some(dfeatures.to_vec());
         let missing = || Error::Internal("no backward weights for an op".into());
+        let profile = std::env::var_os("WHISKER_PLAN_PROFILE").is_some();
         for (i, op) in self.ops[..self.classifier_start].iter().enumerate().rev() {
             let saved = &tape.saved[i];
+            let t = std::time::Instant::now();
+            let _report = Report(profile.then(|| (t, op, shapes.as_slice())));
             match op {
                 Op::Conv {
                     x,
@@ -270,8 +322,9 @@ impl Plan {
                     };
                     let s = pad.shape(n, shapes[*x], w.kh, *stride);
                     let acc = grads[*x].is_some();
-                    let dx = grads[*x].get_or_insert_with(|| vec![0f32; len(*x)]);
+                    let dx = grads[*x].get_or_insert_with(|| pool.take(len(*x)));
                     b.input_grad(isa, &g, &s, dx, acc).map_err(shape_err)?;
+                    pool.give(g);
                 }
                 Op::Linear { x, out, act, .. } => {
                     let Some(mut g) = grads[*out].take() else {
@@ -283,8 +336,9 @@ impl Plan {
                     };
                     let s = ConvShape::symmetric(n, 1, 1, 1, 0);
                     let acc = grads[*x].is_some();
-                    let dx = grads[*x].get_or_insert_with(|| vec![0f32; len(*x)]);
+                    let dx = grads[*x].get_or_insert_with(|| pool.take(len(*x)));
                     b.input_grad(isa, &g, &s, dx, acc).map_err(shape_err)?;
+                    pool.give(g);
                 }
                 Op::Depthwise {
                     x,
@@ -303,8 +357,9 @@ impl Plan {
                     };
                     let s = pad.shape(n, shapes[*x], w.kh, *stride);
                     let acc = grads[*x].is_some();
-                    let dx = grads[*x].get_or_insert_with(|| vec![0f32; len(*x)]);
+                    let dx = grads[*x].get_or_insert_with(|| pool.take(len(*x)));
                     b.input_grad(isa, &g, &s, dx, acc).map_err(shape_err)?;
+                    pool.give(g);
                 }
                 Op::MaxPool {
                     x,
@@ -318,7 +373,7 @@ impl Plan {
                     };
                     let (h, wd, c) = shapes[*x];
                     let acc = grads[*x].is_some();
-                    let dx = grads[*x].get_or_insert_with(|| vec![0f32; len(*x)]);
+                    let dx = grads[*x].get_or_insert_with(|| pool.take(len(*x)));
                     k::max_pool_backward(
                         tape.produced(*x),
                         n,
@@ -333,6 +388,7 @@ impl Plan {
                         acc,
                     )
                     .map_err(shape_err)?;
+                    pool.give(g);
                 }
                 Op::AvgPool { x, out, oh, ow } => {
                     let Some(g) = grads[*out].take() else {
@@ -340,9 +396,10 @@ impl Plan {
                     };
                     let (h, wd, c) = shapes[*x];
                     let acc = grads[*x].is_some();
-                    let dx = grads[*x].get_or_insert_with(|| vec![0f32; len(*x)]);
+                    let dx = grads[*x].get_or_insert_with(|| pool.take(len(*x)));
                     k::adaptive_avg_pool_backward(n, h, wd, c, *oh, *ow, &g, dx, acc)
                         .map_err(shape_err)?;
+                    pool.give(g);
                 }
                 Op::Se { x, .. } => {
                     let Some(g) = grads[*x].take() else {
@@ -354,6 +411,7 @@ impl Plan {
                         return Err(missing());
                     };
                     grads[*x] = Some(se_backward(&g, xin, s, hidden, w1, w2, n, *hid, *c));
+                    pool.give(g);
                 }
                 Op::Tap { .. } => {}
             }
@@ -367,7 +425,26 @@ impl Plan {
         for (j, v) in out.iter_mut().enumerate() {
             *v *= scale / std[(j / (h * w)) % 3];
         }
+        pool.give(g0);
+        for g in grads.into_iter().flatten() {
+            pool.give(g);
+        }
         Ok(out)
+    }
+}
+
+/// Prints an op's backward time when dropped (`WHISKER_PLAN_PROFILE=1`).
+struct Report<'a>(Option<(std::time::Instant, &'a Op, &'a [(usize, usize, usize)])>);
+
+impl Drop for Report<'_> {
+    fn drop(&mut self) {
+        if let Some((t, op, shapes)) = self.0 {
+            eprintln!(
+                "{:>9.3} ms  backward of {}",
+                t.elapsed().as_secs_f64() * 1e3,
+                super::describe(op, shapes)
+            );
+        }
     }
 }
 
