@@ -299,7 +299,7 @@ impl Plan {
         for (i, op) in self.ops[..self.classifier_start].iter().enumerate().rev() {
             let saved = &tape.saved[i];
             let t = std::time::Instant::now();
-            let _report = Report(profile.then(|| (t, op, shapes.as_slice())));
+            let _report = Report(profile.then_some((t, op, shapes.as_slice())));
             match op {
                 Op::Conv {
                     x,
@@ -433,8 +433,11 @@ impl Plan {
     }
 }
 
-/// Prints an op's backward time when dropped (`WHISKER_PLAN_PROFILE=1`).
-struct Report<'a>(Option<(std::time::Instant, &'a Op, &'a [(usize, usize, usize)])>);
+/// Shapes of the plan's values.
+type Shapes<'a> = &'a [(usize, usize, usize)];
+
+/// Prints an op's backward time when dropped.
+struct Report<'a>(Option<(std::time::Instant, &'a Op, Shapes<'a>)>);
 
 impl Drop for Report<'_> {
     fn drop(&mut self) {
