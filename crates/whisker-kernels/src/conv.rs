@@ -255,24 +255,9 @@ pub fn conv2d(
     let mr = isa.rows();
     let tiles = m.div_ceil(mr);
     let panels = wts.widths.len();
-    let threads = rayon::current_num_threads().max(1);
     let macs = m * wts.cout * wts.cin * wts.kh * wts.kw;
-    let threads = if macs < 1 << 16 { 1 } else { threads };
-    // Split the pixel tiles when there are enough of them, else the panels (small batches
-    // through the classifier layers: each thread then reads only its share of the weights).
-    let split_rows = tiles >= 2 * threads || panels < threads;
     let out_ptr = Ptr(out.as_mut_ptr());
-    let job = |t: usize| {
-        let (t0, t1, p0, p1) = if split_rows {
-            let per = tiles.div_ceil(threads);
-            (t * per, ((t + 1) * per).min(tiles), 0, panels)
-        } else {
-            let per = panels.div_ceil(threads);
-            (0, tiles, t * per, ((t + 1) * per).min(panels))
-        };
-        if t0 >= t1 || p0 >= p1 {
-            return;
-        }
+    split_static(tiles, panels, macs, |(t0, t1), (p0, p1)| {
         // SAFETY: each job writes the rows [t0·mr, t1·mr) ∩ [0, m) of the panels [p0, p1):
         // disjoint from every other job's.
         unsafe {
@@ -291,13 +276,40 @@ pub fn conv2d(
                 p1,
             )
         };
+    });
+    Ok(())
+}
+
+/// The static split of a GEMM-shaped job over rayon's threads: `job(tiles, panels)` per
+/// thread, over the row tiles when there are enough of them, else over the weight panels
+/// (small batches through the classifier layers: each thread then reads only its share of
+/// the weights). One thread for tiny jobs (`macs`).
+pub(crate) fn split_static(
+    tiles: usize,
+    panels: usize,
+    macs: usize,
+    job: impl Fn((usize, usize), (usize, usize)) + Sync,
+) {
+    let threads = rayon::current_num_threads().max(1);
+    let threads = if macs < 1 << 16 { 1 } else { threads };
+    let split_rows = tiles >= 2 * threads || panels < threads;
+    let run = |t: usize| {
+        let (t0, t1, p0, p1) = if split_rows {
+            let per = tiles.div_ceil(threads);
+            (t * per, ((t + 1) * per).min(tiles), 0, panels)
+        } else {
+            let per = panels.div_ceil(threads);
+            (0, tiles, t * per, ((t + 1) * per).min(panels))
+        };
+        if t0 < t1 && p0 < p1 {
+            job((t0, t1), (p0, p1));
+        }
     };
     if threads == 1 {
-        job(0);
+        run(0);
     } else {
-        (0..threads).into_par_iter().for_each(job);
+        (0..threads).into_par_iter().for_each(run);
     }
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

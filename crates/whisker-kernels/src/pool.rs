@@ -11,6 +11,25 @@ fn check(what: &str, got: usize, want: usize) -> Result<(), ShapeError> {
     Ok(())
 }
 
+/// The output size of a `k × k` max pool (PyTorch's rules: padding at most half the window).
+fn max_pool_out(
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+) -> Result<(usize, usize), ShapeError> {
+    if stride == 0 || k == 0 || h + 2 * pad < k || w + 2 * pad < k || pad * 2 > k {
+        return Err(ShapeError(format!(
+            "max pool {k}×{k} stride {stride} pad {pad} on {h}×{w}"
+        )));
+    }
+    Ok((
+        (h + 2 * pad - k) / stride + 1,
+        (w + 2 * pad - k) / stride + 1,
+    ))
+}
+
 /// Max pooling `k × k`, stride `stride`, `pad` on every side (padding never wins, as in
 /// PyTorch). `x` `[n, h, w, c]` → `out` `[n, oh, ow, c]`.
 #[allow(clippy::too_many_arguments)]
@@ -25,15 +44,7 @@ pub fn max_pool(
     pad: usize,
     out: &mut [f32],
 ) -> Result<(usize, usize), ShapeError> {
-    if stride == 0 || k == 0 || h + 2 * pad < k || w + 2 * pad < k || pad * 2 > k {
-        return Err(ShapeError(format!(
-            "max pool {k}×{k} stride {stride} pad {pad} on {h}×{w}"
-        )));
-    }
-    let (oh, ow) = (
-        (h + 2 * pad - k) / stride + 1,
-        (w + 2 * pad - k) / stride + 1,
-    );
+    let (oh, ow) = max_pool_out(h, w, k, stride, pad)?;
     check("max pool input", x.len(), n * h * w * c)?;
     check("max pool output", out.len(), n * oh * ow * c)?;
     if c == 0 || ow == 0 {
@@ -162,15 +173,7 @@ pub fn max_pool_backward(
     dx: &mut [f32],
     accumulate: bool,
 ) -> Result<(), ShapeError> {
-    if stride == 0 || k == 0 || h + 2 * pad < k || w + 2 * pad < k || pad * 2 > k {
-        return Err(ShapeError(format!(
-            "max pool {k}×{k} stride {stride} pad {pad} on {h}×{w}"
-        )));
-    }
-    let (oh, ow) = (
-        (h + 2 * pad - k) / stride + 1,
-        (w + 2 * pad - k) / stride + 1,
-    );
+    let (oh, ow) = max_pool_out(h, w, k, stride, pad)?;
     check("max pool input", x.len(), n * h * w * c)?;
     check("max pool gradient", g.len(), n * oh * ow * c)?;
     check("max pool input gradient", dx.len(), n * h * w * c)?;

@@ -16,9 +16,7 @@
 
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
-use crate::conv::{micro, Ptr, Tile, KC, L1_WEIGHTS};
+use crate::conv::{micro, split_static, Ptr, Tile, KC, L1_WEIGHTS};
 use crate::{Act, ConvShape, Isa, PackedConv, ShapeError, NR};
 
 /// The transformed weights: one 1×1 pack `[cin] → [cout]` (no bias) per position of the
@@ -160,25 +158,11 @@ pub(crate) fn run(
     let tiles = s.n * g.th * g.tw;
     let mr = isa.rows();
     let panels = wts.widths.len();
-    let threads = rayon::current_num_threads().max(1);
-    let threads = if tiles * g.cin * g.cout < 1 << 14 {
-        1
-    } else {
-        threads
-    };
-    let split_rows = tiles.div_ceil(mr) >= 2 * threads || panels < threads;
     let out_ptr = Ptr(out.as_mut_ptr());
-    let job = |j: usize| {
-        let (t0, t1, p0, p1) = if split_rows {
-            let per = tiles.div_ceil(threads);
-            (j * per, ((j + 1) * per).min(tiles), 0, panels)
-        } else {
-            let per = panels.div_ceil(threads);
-            (0, tiles, j * per, ((j + 1) * per).min(panels))
-        };
-        if t0 >= t1 || p0 >= p1 {
-            return;
-        }
+    // in micro-tile units, as the direct path counts them; the jobs get output tiles
+    let units = tiles.div_ceil(mr);
+    split_static(units, panels, tiles * g.cin * g.cout * 4, |(u0, u1), p| {
+        let (t0, t1) = (u0 * mr, (u1 * mr).min(tiles));
         // SAFETY: each job writes the outputs of its tiles in the channels of its panels:
         // disjoint from every other job's.
         unsafe {
@@ -192,15 +176,10 @@ pub(crate) fn run(
                 act,
                 out_ptr.get(),
                 (t0, t1),
-                (p0, p1),
+                p,
             )
         };
-    };
-    if threads == 1 {
-        job(0);
-    } else {
-        (0..threads).into_par_iter().for_each(job);
-    }
+    });
     Ok(())
 }
 

@@ -301,64 +301,32 @@ impl Plan {
             let t = std::time::Instant::now();
             let _report = Report(profile.then_some((t, op, shapes.as_slice())));
             match op {
-                Op::Conv {
-                    x,
-                    out,
-                    res,
-                    w,
-                    stride,
-                    pad,
-                    act,
-                } => {
+                Op::Conv { x, out, act, .. }
+                | Op::Linear { x, out, act, .. }
+                | Op::Depthwise { x, out, act, .. } => {
                     let Some(mut g) = grads[*out].take() else {
                         continue;
                     };
                     act_grad(*act, &mut g, tape.produced(*out), saved)?;
-                    if let Some(r) = res {
+                    if let Op::Conv { res: Some(r), .. } = op {
                         add_into(&mut grads[*r], &g);
                     }
-                    let Some(Bw::Conv(b)) = &self.bw[i] else {
-                        return Err(missing());
+                    // the forward geometry (a linear layer: a 1×1 convolution on 1×1 maps)
+                    let s = match op {
+                        Op::Conv { w, stride, pad, .. } => pad.shape(n, shapes[*x], w.kh, *stride),
+                        Op::Depthwise { w, stride, pad, .. } => {
+                            pad.shape(n, shapes[*x], w.kh, *stride)
+                        }
+                        _ => ConvShape::symmetric(n, 1, 1, 1, 0),
                     };
-                    let s = pad.shape(n, shapes[*x], w.kh, *stride);
                     let acc = grads[*x].is_some();
                     let dx = grads[*x].get_or_insert_with(|| pool.take(len(*x)));
-                    b.input_grad(isa, &g, &s, dx, acc).map_err(shape_err)?;
-                    pool.give(g);
-                }
-                Op::Linear { x, out, act, .. } => {
-                    let Some(mut g) = grads[*out].take() else {
-                        continue;
-                    };
-                    act_grad(*act, &mut g, tape.produced(*out), saved)?;
-                    let Some(Bw::Conv(b)) = &self.bw[i] else {
-                        return Err(missing());
-                    };
-                    let s = ConvShape::symmetric(n, 1, 1, 1, 0);
-                    let acc = grads[*x].is_some();
-                    let dx = grads[*x].get_or_insert_with(|| pool.take(len(*x)));
-                    b.input_grad(isa, &g, &s, dx, acc).map_err(shape_err)?;
-                    pool.give(g);
-                }
-                Op::Depthwise {
-                    x,
-                    out,
-                    w,
-                    stride,
-                    pad,
-                    act,
-                } => {
-                    let Some(mut g) = grads[*out].take() else {
-                        continue;
-                    };
-                    act_grad(*act, &mut g, tape.produced(*out), saved)?;
-                    let Some(Bw::Depthwise(b)) = &self.bw[i] else {
-                        return Err(missing());
-                    };
-                    let s = pad.shape(n, shapes[*x], w.kh, *stride);
-                    let acc = grads[*x].is_some();
-                    let dx = grads[*x].get_or_insert_with(|| pool.take(len(*x)));
-                    b.input_grad(isa, &g, &s, dx, acc).map_err(shape_err)?;
+                    match &self.bw[i] {
+                        Some(Bw::Conv(b)) => b.input_grad(isa, &g, &s, dx, acc),
+                        Some(Bw::Depthwise(b)) => b.input_grad(isa, &g, &s, dx, acc),
+                        _ => return Err(missing()),
+                    }
+                    .map_err(shape_err)?;
                     pool.give(g);
                 }
                 Op::MaxPool {
