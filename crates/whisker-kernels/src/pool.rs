@@ -177,6 +177,9 @@ pub fn max_pool_backward(
     check("max pool input", x.len(), n * h * w * c)?;
     check("max pool gradient", g.len(), n * oh * ow * c)?;
     check("max pool input gradient", dx.len(), n * h * w * c)?;
+    if h * w > u32::MAX as usize {
+        return Err(ShapeError(format!("max pool on {h}×{w}: too many pixels")));
+    }
     if c == 0 || h == 0 || w == 0 {
         return Ok(());
     }
@@ -194,7 +197,8 @@ pub fn max_pool_backward(
         let (b, c0) = (job / blocks, (job % blocks) * block);
         let cw = block.min(c - c0);
         let xb = &x[b * h * w * c..][..h * w * c];
-        let (mut best, mut arg) = (vec![0f32; cw], vec![0usize; cw]);
+        // u32 positions: the selects then vectorise at the width of the values
+        let (mut best, mut arg) = (vec![0f32; cw], vec![0u32; cw]);
         for oy in 0..oh {
             let y0 = (oy * stride) as isize - pad as isize;
             let (ya, yb) = (
@@ -208,23 +212,24 @@ pub fn max_pool_backward(
                     (x0 + k as isize).min(w as isize) as usize,
                 );
                 best.fill(f32::NEG_INFINITY);
-                arg.fill(ya * w + xa);
+                arg.fill((ya * w + xa) as u32);
                 for iy in ya..yb {
                     for ix in xa..xe {
                         let p = iy * w + ix;
                         let src = &xb[p * c + c0..][..cw];
+                        let p = p as u32;
+                        // branch-free selects (the compiler vectorises them)
                         for ((m, a), &v) in best.iter_mut().zip(arg.iter_mut()).zip(src) {
-                            if v > *m || v.is_nan() {
-                                *m = v;
-                                *a = p;
-                            }
+                            let take = (v > *m) | v.is_nan();
+                            *m = if take { v } else { *m };
+                            *a = if take { p } else { *a };
                         }
                     }
                 }
                 let gr = &g[((b * oh + oy) * ow + ox) * c + c0..][..cw];
                 for (j, (&a, &gv)) in arg.iter().zip(gr).enumerate() {
                     // SAFETY: image b, channel c0 + j < c: only this job writes it
-                    unsafe { *d.get().add((b * h * w + a) * c + c0 + j) += gv };
+                    unsafe { *d.get().add((b * h * w + a as usize) * c + c0 + j) += gv };
                 }
             }
         }

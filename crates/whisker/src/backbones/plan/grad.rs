@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 pub(super) struct Pool(std::sync::Mutex<Vec<Vec<f32>>>);
 
 impl Pool {
-    /// A buffer of `len` values (zeros).
+    /// A buffer of `len` values, to be overwritten whole (not necessarily zeros).
     fn take(&self, len: usize) -> Vec<f32> {
         let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let best = p
@@ -27,8 +27,10 @@ impl Pool {
             .map(|(i, _)| i);
         match best {
             Some(i) => {
+                // the old contents stay: every user overwrites the whole buffer (a forward
+                // op its output, a backward kernel called with `accumulate: false` its dx)
                 let mut b = p.swap_remove(i);
-                b.clear();
+                b.truncate(len);
                 b.resize(len, 0.0);
                 b
             }
@@ -173,10 +175,14 @@ fn add_into_par(a: &mut [f32], g: &[f32]) {
         });
 }
 
-fn add_into(slot: &mut Option<Vec<f32>>, g: &[f32]) {
+fn add_into(slot: &mut Option<Vec<f32>>, g: &[f32], pool: &Pool) {
     match slot {
         Some(a) => add_into_par(a, g),
-        None => *slot = Some(g.to_vec()),
+        None => {
+            let mut b = pool.take(g.len());
+            b.copy_from_slice(g);
+            *slot = Some(b);
+        }
     }
 }
 
@@ -309,7 +315,7 @@ impl Plan {
                     };
                     act_grad(*act, &mut g, tape.produced(*out), saved)?;
                     if let Op::Conv { res: Some(r), .. } = op {
-                        add_into(&mut grads[*r], &g);
+                        add_into(&mut grads[*r], &g, pool);
                     }
                     // the forward geometry (a linear layer: a 1×1 convolution on 1×1 maps)
                     let s = match op {
