@@ -58,6 +58,14 @@ fn check(name: &str, size: usize) {
             .unwrap();
         let tape = plan.forward_tape(&pixels, [n, 3, h, w], false).unwrap();
         let got = plan.input_grad(&tape, &df).unwrap();
+        drop(tape);
+        // again: the buffers of the first step are reused (not zeroed) and must not leak in
+        let tape = plan.forward_tape(&pixels, [n, 3, h, w], false).unwrap();
+        assert_eq!(
+            plan.input_grad(&tape, &df).unwrap(),
+            got,
+            "{name}: a second step differs"
+        );
         let errs: Vec<f64> = (0..n)
             .map(|i| rel_l2(&got[i * per..(i + 1) * per], &want[i * per..(i + 1) * per]))
             .collect();
