@@ -559,6 +559,11 @@ impl Backbone {
         if plan::engine() == plan::Engine::Burn || x.is_autodiff() || x.device() != Device::flex() {
             return None;
         }
+        // a plan compiled for input gradients serves forward passes too (one copy of the
+        // packed weights, not two)
+        if let Some(Some(p)) = self.grad_plan.get() {
+            return Some(p);
+        }
         self.plan
             .get_or_init(|| plan::Plan::compile(self).ok().map(std::sync::Arc::new))
             .as_deref()
