@@ -552,9 +552,9 @@ impl Backbone {
             .features(self.spec.norm.normalize(pixels), &mut Taps::none())
     }
 
-    /// The CPU engine's plan, when it serves a forward pass on `x`: the engine is on
-    /// ([`plan::engine`]), `x` is on the CPU device and outside autodiff (no gradient can
-    /// flow through the engine).
+    /// The CPU engine's plan, when it serves a forward-only pass on `x`: the engine is on
+    /// ([`plan::engine`]), `x` is on the CPU device and outside autodiff (inside autodiff, a
+    /// frozen backbone runs the engine as one tracked operation: see `run_tracked`).
     pub fn plan_for(&self, x: &Tensor<4>) -> Option<&plan::Plan> {
         if plan::engine() == plan::Engine::Burn || x.is_autodiff() || x.device() != Device::flex() {
             return None;
