@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use crate::{conv2d, Act, ConvShape, Isa, PackedConv, ShapeError};
+use crate::{conv2d, Act, ConvShape, Isa, PackedConv, PackedDepthwise, ShapeError};
 
 /// One phase's sub-kernel along one axis: the taps `k0, k0 + s, …` (`n` of them).
 fn taps(k: usize, stride: usize, k0: usize) -> usize {
@@ -304,8 +304,8 @@ pub struct DepthwiseBackward {
     pub kh: usize,
     pub kw: usize,
     pub stride: usize,
-    /// `[kh·kw][c]`, tap-major.
-    w: Vec<f32>,
+    /// The weights in the forward kernel's tap-major `[kh·kw][c]` order (bias unused).
+    packed: PackedDepthwise,
 }
 
 impl DepthwiseBackward {
@@ -323,18 +323,12 @@ impl DepthwiseBackward {
                 weight.len()
             )));
         }
-        let mut w = vec![0f32; c * kh * kw];
-        for ch in 0..c {
-            for t in 0..kh * kw {
-                w[t * c + ch] = weight[ch * kh * kw + t];
-            }
-        }
         Ok(DepthwiseBackward {
             c,
             kh,
             kw,
             stride,
-            w,
+            packed: PackedDepthwise::from_oihw(weight, None, c, kh, kw)?,
         })
     }
 
@@ -458,7 +452,7 @@ fn dw_block<const W: usize>(
             let go = ((b * ctx.oh + oy) * ctx.ow + ox) * c + c0;
             let wo = (ky * p.kw + kx) * c + c0;
             let gv: &[f32; W] = ctx.g[go..go + W].try_into().unwrap_or(&[0.0; W]);
-            let wv: &[f32; W] = p.w[wo..wo + W].try_into().unwrap_or(&[0.0; W]);
+            let wv: &[f32; W] = p.packed.w[wo..wo + W].try_into().unwrap_or(&[0.0; W]);
             for j in 0..W {
                 acc[j] = wv[j].mul_add(gv[j], acc[j]);
             }

@@ -12,7 +12,8 @@ pub struct PackedDepthwise {
     pub c: usize,
     pub kh: usize,
     pub kw: usize,
-    w: Vec<f32>,
+    /// `[kh·kw][c]`, tap-major (channels contiguous).
+    pub(crate) w: Vec<f32>,
     bias: Vec<f32>,
 }
 

@@ -903,23 +903,8 @@ impl Plan {
             Op::Se { x, fc1, fc2 } => {
                 let (h, wd, c) = shapes[*x];
                 let xb = &mut arena[slot[*x]][..len(*x)];
-                let mut pooled = vec![0f32; n * c];
-                k::global_avg_pool(xb, n, h * wd, c, &mut pooled).map_err(shape_err)?;
-                let one = ConvShape::symmetric(n, 1, 1, 1, 0);
-                let mut hidden = vec![0f32; n * fc1.cout];
-                k::conv2d(isa, fc1, &pooled, &one, None, KAct::Relu, &mut hidden)
-                    .map_err(shape_err)?;
-                k::conv2d(
-                    isa,
-                    fc2,
-                    &hidden,
-                    &one,
-                    None,
-                    KAct::Hardsigmoid,
-                    &mut pooled,
-                )
-                .map_err(shape_err)?;
-                k::scale_channels(xb, n, h * wd, c, &pooled).map_err(shape_err)
+                let (_, scales) = self.se_scales(xb, n, h * wd, fc1, fc2)?;
+                k::scale_channels(xb, n, h * wd, c, &scales).map_err(shape_err)
             }
             Op::Tap { name, x } => {
                 if taps.wants(name) {
@@ -935,6 +920,39 @@ impl Plan {
                 Ok(())
             }
         }
+    }
+}
+
+impl Plan {
+    /// Squeeze-excitation's channel scales of `x` `[n, hw, c]`:
+    /// `hardsigmoid(fc2 · relu(fc1 · mean(x)))`, with the hidden layer (post-ReLU).
+    fn se_scales(
+        &self,
+        x: &[f32],
+        n: usize,
+        hw: usize,
+        fc1: &PackedConv,
+        fc2: &PackedConv,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let c = fc1.cin;
+        let mut pooled = vec![0f32; n * c];
+        k::global_avg_pool(x, n, hw, c, &mut pooled).map_err(shape_err)?;
+        let one = ConvShape::symmetric(n, 1, 1, 1, 0);
+        let mut hidden = vec![0f32; n * fc1.cout];
+        k::conv2d(self.isa, fc1, &pooled, &one, None, KAct::Relu, &mut hidden)
+            .map_err(shape_err)?;
+        let mut scales = vec![0f32; n * fc2.cout];
+        k::conv2d(
+            self.isa,
+            fc2,
+            &hidden,
+            &one,
+            None,
+            KAct::Hardsigmoid,
+            &mut scales,
+        )
+        .map_err(shape_err)?;
+        Ok((hidden, scales))
     }
 }
 

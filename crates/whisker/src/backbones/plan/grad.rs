@@ -224,23 +224,7 @@ impl Plan {
                 Op::Se { x, fc1, fc2 } => {
                     let (hh, ww, c) = shapes[*x];
                     let before = values[*x].clone();
-                    let mut pooled = vec![0f32; n * c];
-                    k::global_avg_pool(&before, n, hh * ww, c, &mut pooled).map_err(shape_err)?;
-                    let one = ConvShape::symmetric(n, 1, 1, 1, 0);
-                    let mut hidden = vec![0f32; n * fc1.cout];
-                    k::conv2d(self.isa, fc1, &pooled, &one, None, KAct::Relu, &mut hidden)
-                        .map_err(shape_err)?;
-                    let mut s = vec![0f32; n * c];
-                    k::conv2d(
-                        self.isa,
-                        fc2,
-                        &hidden,
-                        &one,
-                        None,
-                        KAct::Hardsigmoid,
-                        &mut s,
-                    )
-                    .map_err(shape_err)?;
+                    let (hidden, s) = self.se_scales(&before, n, hh * ww, fc1, fc2)?;
                     k::scale_channels(&mut values[*x], n, hh * ww, c, &s).map_err(shape_err)?;
                     saved[i] = Saved::Se {
                         x: before,
