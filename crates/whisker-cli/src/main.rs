@@ -88,6 +88,11 @@ enum Cmd {
         after_help = "Examples:\n  whisker featuremap photo.jpg --out maps.png\n  whisker featuremap --list-layers -b resnet50"
     )]
     Featuremap(inspect::FeatureMapArgs),
+    /// Where the model looked: a class-activation map (Grad-CAM) over each photo.
+    #[command(
+        after_help = "Examples:\n  whisker cam chelsea.png --out cams/\n  whisker cam dog.jpg --class tabby --method gradcam++ --out cams/ --json\n  whisker cam photo.jpg --model run --layer _blocks.12 --out cams/"
+    )]
+    Cam(inspect::CamArgs),
     /// Robust accuracy of a trained model against a range of attack budgets.
     #[command(
         after_help = "Example: whisker robustness run digits/ --eps 0,1/255,2/255,4/255 --limit 100"
@@ -153,6 +158,7 @@ fn main() {
         Cmd::LrFind(a) => predict::lr_find(a, quiet),
         Cmd::Featuremap(a) => inspect::featuremap(a),
         Cmd::Attack(a) => inspect::attack_cmd(a),
+        Cmd::Cam(a) => inspect::cam_cmd(a),
         Cmd::Dream(a) => inspect::dream_cmd(a, quiet),
         Cmd::Robustness(a) => inspect::robustness_cmd(a, quiet),
     };

@@ -367,7 +367,7 @@ fn killed_finetune_resumes_to_the_same_model() {
 }
 
 #[test]
-fn featuremap_and_attack_commands() {
+fn featuremap_cam_and_attack_commands() {
     let home = home_with_weights();
     let out = whisker(home.path())
         .args(["featuremap", "--list-layers"])
@@ -408,6 +408,53 @@ fn featuremap_and_attack_commands() {
     let out = whisker(home.path())
         .args(["featuremap", "--layer", "nope", "--out"])
         .arg(&png)
+        .arg(testdata("chelsea.png"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no layer `nope`"));
+    // where it looked: the cat's Grad-CAM at the photo's size, JSON with the peak; a file that
+    // is not an image is reported by name and the others still done (exit 1)
+    let cams = home.path().join("cams");
+    let out = whisker(home.path())
+        .args(["cam", "--json", "--out"])
+        .arg(&cams)
+        .arg(testdata("chelsea.png"))
+        .arg(home.path().join("fm.png"))
+        .arg("Cargo.toml")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &r["results"][0];
+    assert_eq!(
+        (c["label"].as_str(), c["layer"].as_str()),
+        (Some("tiger cat"), Some("head"))
+    );
+    assert_eq!(c["map"].as_array().unwrap().len(), 7);
+    let (px, py) = (
+        c["peak"]["x"].as_u64().unwrap(),
+        c["peak"]["y"].as_u64().unwrap(),
+    );
+    assert!(
+        (100..=350).contains(&px) && (40..=270).contains(&py),
+        "peak ({px}, {py})"
+    );
+    let img = image::open(cams.join("chelsea.cam.png")).unwrap();
+    assert_eq!((img.width(), img.height()), (451, 300));
+    assert!(cams.join("fm.cam.png").is_file(), "any photo is explained");
+    assert!(r["results"][2]["error"]
+        .as_str()
+        .unwrap()
+        .contains("Cargo.toml"));
+    let out = whisker(home.path())
+        .args(["cam", "--layer", "nope", "--out"])
+        .arg(&cams)
         .arg(testdata("chelsea.png"))
         .output()
         .unwrap();

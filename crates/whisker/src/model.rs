@@ -373,6 +373,14 @@ impl crate::inspect::Classifier for Model {
     fn logits(&self, pixels: Tensor<4>) -> Tensor<2> {
         Model::logits(self, pixels)
     }
+    fn logits_tapped(&self, pixels: Tensor<4>, taps: &mut crate::backbones::Taps) -> Tensor<2> {
+        match &self.trained {
+            Some(t) => t
+                .head
+                .logits_tensor(self.backbone.features_with(pixels, taps)),
+            None => self.backbone.forward(pixels, taps).logits,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
-//! Looking inside: `whisker featuremap`, `attack`, `dream`, `robustness`.
+//! Looking inside: `whisker featuremap`, `cam`, `attack`, `dream`, `robustness`.
 
 mod attack;
+pub(crate) mod cam;
 mod dream;
 mod featuremap;
 mod robustness;
 
 pub use attack::{attack_cmd, AttackArgs};
+pub use cam::{cam_cmd, CamArgs};
 pub use dream::{dream_cmd, DreamArgs};
 pub use featuremap::{featuremap, FeatureMapArgs};
 pub use robustness::{robustness_cmd, RobustnessArgs};

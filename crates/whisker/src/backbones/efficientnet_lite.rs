@@ -188,15 +188,15 @@ impl EfficientNetLite {
 
     pub fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         let mut x = self.stem.forward(x);
-        taps.tap("stem", &x);
+        x = taps.hook("stem", x);
         for (i, b) in self.blocks.iter().enumerate() {
             x = b.forward(x);
             if taps.active() {
-                taps.tap(&format!("_blocks.{i}"), &x);
+                x = taps.hook(&format!("_blocks.{i}"), x);
             }
         }
         x = self.head.forward(x);
-        taps.tap("head", &x);
+        x = taps.hook("head", x);
         global_avg_pool(x)
     }
 

@@ -331,6 +331,9 @@ enum TapMode {
     All,
     Only(Vec<String>),
     NamesOnly,
+    /// Record this one map as a new leaf that takes gradients (Grad-CAM): the forward pass
+    /// goes on from the recorded tensor, so `grad` of it is d(output)/d(map).
+    Grad(String),
 }
 
 impl Taps {
@@ -353,6 +356,14 @@ impl Taps {
     pub fn only(names: &[&str]) -> Self {
         Taps {
             mode: TapMode::Only(names.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        }
+    }
+    /// Record the map `name` as a leaf of the autodiff graph, for its gradient (the forward
+    /// pass must run in autodiff, on burn's operations: the backbone takes care of it).
+    pub fn grad(name: &str) -> Self {
+        Taps {
+            mode: TapMode::Grad(name.to_string()),
             ..Default::default()
         }
     }
@@ -379,7 +390,34 @@ impl Taps {
                     self.maps.push((name.to_string(), x.clone()));
                 }
             }
+            TapMode::Grad(w) => {
+                self.names.push(name.to_string());
+                if w == name {
+                    self.maps.push((name.to_string(), x.clone()));
+                }
+            }
         }
+    }
+
+    /// Offer a feature map under `name` and go on with what comes back: `x` itself, or (in
+    /// [`Taps::grad`] mode, at its layer) `x` as a new leaf that takes gradients.
+    pub fn hook(&mut self, name: &str, x: Tensor<4>) -> Tensor<4> {
+        if let TapMode::Grad(w) = &self.mode {
+            if w == name {
+                let leaf = x.detach().require_grad();
+                self.names.push(name.to_string());
+                self.maps.push((name.to_string(), leaf.clone()));
+                return leaf;
+            }
+        }
+        self.tap(name, &x);
+        x
+    }
+
+    /// Whether the forward pass must run on burn's operations in autodiff (a map's gradient
+    /// is asked for).
+    pub fn needs_graph(&self) -> bool {
+        matches!(self.mode, TapMode::Grad(_))
     }
 
     /// Whether the map called `name` would be recorded (so a caller can skip making it).
@@ -388,6 +426,7 @@ impl Taps {
             TapMode::Off | TapMode::NamesOnly => false,
             TapMode::All => true,
             TapMode::Only(w) => w.iter().any(|n| n == name),
+            TapMode::Grad(w) => w == name,
         }
     }
 

@@ -214,16 +214,16 @@ impl MobileNetV3 {
 
     pub fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         let mut x = self.stem.forward(x);
-        taps.tap("features.0", &x);
+        x = taps.hook("features.0", x);
         for (i, b) in self.blocks.iter().enumerate() {
             x = b.forward(x);
             if taps.active() {
-                taps.tap(&format!("features.{}", i + 1), &x);
+                x = taps.hook(&format!("features.{}", i + 1), x);
             }
         }
         x = self.head.forward(x);
         if taps.active() {
-            taps.tap(&format!("features.{}", self.blocks.len() + 1), &x);
+            x = taps.hook(&format!("features.{}", self.blocks.len() + 1), x);
         }
         Act::Hardswish.apply(self.fc1.forward(global_avg_pool(x)))
     }

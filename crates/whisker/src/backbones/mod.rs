@@ -552,6 +552,17 @@ impl Backbone {
             .features(self.spec.norm.normalize(pixels), &mut Taps::none())
     }
 
+    /// Feature vectors from pixels in [0, 1], offering the feature maps to `taps`.
+    pub fn features_with(&self, pixels: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
+        if taps.is_off() {
+            return self.features(pixels);
+        }
+        if let Some(out) = self.run_plan(&pixels, false, false, taps) {
+            return out.features;
+        }
+        self.net.features(self.spec.norm.normalize(pixels), taps)
+    }
+
     /// The CPU engine's plan, when it serves a forward-only pass on `x`: the engine is on
     /// ([`plan::engine`]), `x` is on the CPU device and outside autodiff (inside autodiff, a
     /// frozen backbone runs the engine as one tracked operation: see `run_tracked`).
@@ -630,6 +641,9 @@ impl Backbone {
         logits: bool,
         taps: &mut Taps,
     ) -> Option<Output> {
+        if taps.needs_graph() {
+            return None;
+        }
         let p = self.plan_for(x)?;
         let dims = x.dims();
         let device = x.device();

@@ -171,15 +171,17 @@ impl ResNet {
 
     /// Pooled features `[N, 512·expansion]` (the input of `fc`).
     pub fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
-        let x = Act::Relu.apply(self.bn1.forward(self.conv1.forward(x)));
-        taps.tap("relu", &x);
+        let x = taps.hook(
+            "relu",
+            Act::Relu.apply(self.bn1.forward(self.conv1.forward(x))),
+        );
         let mut x = max_pool2d(
             x,
             MaxPoolOptions::new([3, 3])
                 .with_stride([2, 2])
                 .with_padding([1, 1]),
         );
-        taps.tap("maxpool", &x);
+        x = taps.hook("maxpool", x);
         for (s, layer) in [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
             .into_iter()
             .enumerate()
@@ -187,11 +189,11 @@ impl ResNet {
             for (b, block) in layer.iter().enumerate() {
                 x = block.forward(x);
                 if taps.active() {
-                    taps.tap(&format!("layer{}.{b}", s + 1), &x);
+                    x = taps.hook(&format!("layer{}.{b}", s + 1), x);
                 }
             }
             if taps.active() {
-                taps.tap(&format!("layer{}", s + 1), &x);
+                x = taps.hook(&format!("layer{}", s + 1), x);
             }
         }
         global_avg_pool(x)

@@ -110,12 +110,12 @@ impl Vgg {
             }
             x = Act::Relu.apply(x);
             if taps.active() {
-                taps.tap(&format!("features.{}", layer.relu_index), &x);
+                x = taps.hook(&format!("features.{}", layer.relu_index), x);
             }
             if let Some(p) = layer.pool_index {
                 x = max_pool2d(x, MaxPoolOptions::new([2, 2]));
                 if taps.active() {
-                    taps.tap(&format!("features.{p}"), &x);
+                    x = taps.hook(&format!("features.{p}"), x);
                 }
             }
         }

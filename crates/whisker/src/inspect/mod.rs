@@ -1,6 +1,8 @@
-//! Looking inside a backbone: feature maps, adversarial examples.
+//! Looking inside a backbone: feature maps, class-activation maps, ideal class images,
+//! adversarial examples.
 
 pub mod attack;
+pub mod cam;
 pub mod dream;
 pub mod featuremap;
 pub mod robustness;
@@ -15,6 +17,9 @@ use crate::train::model_file::Head;
 pub trait Classifier {
     fn backbone(&self) -> &Backbone;
     fn logits(&self, pixels: Tensor<4>) -> Tensor<2>;
+    /// [`Classifier::logits`], offering the backbone's feature maps to `taps` (a map's
+    /// gradient with [`Taps::grad`]).
+    fn logits_tapped(&self, pixels: Tensor<4>, taps: &mut Taps) -> Tensor<2>;
 }
 
 impl Classifier for Backbone {
@@ -23,6 +28,9 @@ impl Classifier for Backbone {
     }
     fn logits(&self, pixels: Tensor<4>) -> Tensor<2> {
         self.forward(pixels, &mut Taps::none()).logits
+    }
+    fn logits_tapped(&self, pixels: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
+        self.forward(pixels, taps).logits
     }
 }
 
@@ -38,5 +46,9 @@ impl Classifier for Trained<'_> {
     }
     fn logits(&self, pixels: Tensor<4>) -> Tensor<2> {
         self.head.logits_tensor(self.backbone.features(pixels))
+    }
+    fn logits_tapped(&self, pixels: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
+        self.head
+            .logits_tensor(self.backbone.features_with(pixels, taps))
     }
 }

@@ -1,0 +1,106 @@
+//! Class-activation maps against PyTorch (`tools/reference/make_cam_golden.py`): Grad-CAM and
+//! Grad-CAM++ on chelsea.png, EfficientNet-Lite0 with its real weights (two layers) and two
+//! torchvision families with formula weights; and the overlay's peak lies on the cat.
+
+mod common;
+
+use burn::tensor::Device;
+use common::*;
+use whisker::backbones::Backbone;
+use whisker::inspect::cam::{self, CamOptions, Method};
+
+fn pearson(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len() as f64;
+    let ma = a.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let mb = b.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x as f64 - ma, y as f64 - mb);
+        sab += x * y;
+        saa += x * x;
+        sbb += y * y;
+    }
+    sab / (saa * sbb).sqrt()
+}
+
+fn lite0(device: &Device) -> Backbone {
+    Backbone::from_file(
+        "efficientnet_lite0",
+        &testdata("efficientnet-lite0-57934424.pth"),
+        device,
+    )
+    .expect("load the real EfficientNet-Lite0 weights")
+}
+
+#[test]
+fn grad_cam_matches_pytorch() {
+    let device = Device::flex().autodiff();
+    let g = golden("cam.safetensors");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(golden_path("cam.json")).unwrap()).unwrap();
+    for case in manifest["cases"].as_array().unwrap() {
+        let name = case["model"].as_str().unwrap();
+        let layer = case["layer"].as_str().unwrap();
+        let b = if name == "efficientnet_lite0" {
+            lite0(&device)
+        } else {
+            Backbone::with_formula_weights(name, &device).unwrap()
+        };
+        let crop = b.preprocess().load(&testdata("chelsea.png")).unwrap();
+        for (method, tag) in [
+            (Method::GradCam, "gradcam"),
+            (Method::GradCamPlusPlus, "gradcam++"),
+        ] {
+            let opts = CamOptions {
+                method,
+                class: None,
+                layer: Some(layer.to_string()),
+            };
+            let c = cam::grad_cam(&b, &crop, &opts).unwrap();
+            let (shape, want) = &g[&format!("{name}.{layer}.{tag}")];
+            assert_eq!(vec![c.h, c.w], *shape, "{name} {layer}");
+            assert_eq!(
+                c.class as u64,
+                case["class"].as_u64().unwrap(),
+                "{name} top-1"
+            );
+            let r = pearson(&c.map, want);
+            let e = rel_l2(&c.map, want);
+            println!("{name} {layer} {tag}: correlation {r:.9}, rel. L2 {e:.2e}");
+            assert!(r >= 0.99, "{name} {layer} {tag}: correlation {r}");
+            assert!(e <= 1e-4, "{name} {layer} {tag}: rel. L2 {e}");
+        }
+    }
+}
+
+#[test]
+fn the_cats_cam_peaks_on_the_cat() {
+    let device = Device::flex().autodiff();
+    let b = lite0(&device);
+    let photo = whisker::data::decode::decode_file(&testdata("chelsea.png")).unwrap();
+    let pre = b.preprocess();
+    let c = cam::grad_cam(&b, &pre.apply(&photo), &CamOptions::default()).unwrap();
+    assert_eq!(c.layer, "head", "the default layer is the last block");
+    assert_eq!(c.class, 282, "tiger cat");
+    let o = cam::overlay(&photo, &pre, &c, 0.5);
+    assert_eq!(
+        o.image.dimensions(),
+        photo.dimensions(),
+        "the photo's own size"
+    );
+    // the cat's head fills the photo but for the background on the right and the top-left
+    // corner; the peak must be on it (eyes to nose: x 120–340, y 60–250)
+    let (x, y) = o.peak;
+    println!("peak at ({x}, {y}) of {:?}", photo.dimensions());
+    assert!(
+        (100..=350).contains(&x) && (40..=270).contains(&y),
+        "peak ({x}, {y}) is off the cat's face"
+    );
+    // greyed outside the 224-pixel crop the model saw: chelsea 451×300 → 385×256 → crop
+    // x 80..304 of the resized image, i.e. x < 94 of the photo is outside
+    let left = o.image.get_pixel(5, 150).0;
+    assert!(
+        left[0] == left[1] && left[1] == left[2],
+        "outside the crop is grey, got {left:?}"
+    );
+}
