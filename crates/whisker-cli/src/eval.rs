@@ -19,7 +19,7 @@ pub struct EvalArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 16, value_parser = crate::args::count)]
     batch_size: usize,
-    /// Where to write confusion.png and top_losses.png (default: RUN_DIR/eval-SPLIT).
+    /// Where to write confusion.png, top_losses.png and report.html (default: RUN_DIR/eval-SPLIT).
     #[arg(long)]
     out: Option<PathBuf>,
     /// How many of the most confidently wrong images to show.
@@ -96,6 +96,22 @@ pub fn eval(a: EvalArgs, quiet: bool) -> Result<i32> {
         )?;
     }
     let confused = m.most_confused(10);
+    let page = whisker::learner::report::write_report(
+        &run_dir,
+        None,
+        Some(whisker::learner::report::Evaluated {
+            part: a.split.clone(),
+            ev: &ev,
+            ds: &ds,
+        }),
+        Some(&out.join("report.html")),
+        &whisker::learner::report::ReportOptions {
+            top_losses: a.top_losses,
+            cam: true,
+            batch_size: a.batch_size,
+        },
+        &|_, _, _| {},
+    )?;
     if a.json {
         let mut v = serde_json::to_value(m)?;
         v["skipped"] = json!(ev.skipped);
@@ -105,6 +121,7 @@ pub fn eval(a: EvalArgs, quiet: bool) -> Result<i32> {
             .map(|c| json!({"true": c.0, "predicted": c.1, "count": c.2}))
             .collect::<Vec<_>>());
         v["pictures"] = json!(crate::path_str(&out));
+        v["report"] = json!(crate::path_str(&page));
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(
@@ -135,13 +152,14 @@ pub fn eval(a: EvalArgs, quiet: bool) -> Result<i32> {
             }
         }
         println!(
-            "pictures: {}{}",
+            "pictures: {}{}\nreport: {}",
             out.join("confusion.png").display(),
             if imgs.is_empty() {
                 String::new()
             } else {
                 format!(", {}", sheet.display())
-            }
+            },
+            page.display()
         );
     }
     Ok(0)

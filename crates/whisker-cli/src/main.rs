@@ -8,6 +8,7 @@ mod inspect;
 mod models;
 mod predict;
 mod progress;
+mod report;
 mod train;
 mod weights;
 
@@ -77,6 +78,12 @@ enum Cmd {
     /// Evaluate a trained model on a dataset split.
     #[command(after_help = "Example: whisker eval run digits/ --split test")]
     Eval(eval::EvalArgs),
+    /// A run's report.html: metrics, per-class table, curves, confusion matrix, top losses
+    /// with Grad-CAM, skipped files; one self-contained page.
+    #[command(
+        after_help = "Examples:\n  whisker report run\n  whisker report run digits/ --split val --top-losses 24"
+    )]
+    Report(report::ReportArgs),
     /// Predict with a trained model.
     #[command(after_help = "Example: whisker predict run photo.jpg --tta")]
     Predict(predict::PredictArgs),
@@ -154,6 +161,7 @@ fn main() {
         Cmd::Data { cmd } => data::run(cmd, quiet).map(|_| 0),
         Cmd::Train(a) => train::train(a, quiet),
         Cmd::Eval(a) => eval::eval(a, quiet),
+        Cmd::Report(a) => report::report(a, quiet),
         Cmd::Predict(a) => predict::predict(a, quiet),
         Cmd::LrFind(a) => predict::lr_find(a, quiet),
         Cmd::Featuremap(a) => inspect::featuremap(a),

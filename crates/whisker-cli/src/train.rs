@@ -195,11 +195,15 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<i32> {
                 "out": crate::path_str(&a.out),
                 "settings": r.settings,
                 "metrics": r.metrics,
+                "report": r.report.as_deref().map(crate::path_str),
             }))?
         );
     } else {
         print!("{}", r.summary);
         println!("model: {}", a.out.join("model.safetensors").display());
+        if let Some(p) = &r.report {
+            println!("report: {}", p.display());
+        }
     }
     Ok(0)
 }

@@ -179,7 +179,46 @@ fn train_eval_predict_on_real_digits() {
         assert_eq!(ev["n"], doc["metrics"]["n_test"]);
         assert!((ev["accuracy"].as_f64().unwrap() - acc).abs() < 1e-12);
         assert!(run.join("eval-test/confusion.png").is_file());
+        // report.html: one self-contained page with the test accuracy, the skipped file, and
+        // each top loss (up to 12) as its photo and its Grad-CAM
+        let page = std::fs::read_to_string(run.join("report.html")).unwrap();
+        assert!(
+            page.contains(&format!("id=\"accuracy\">{:.2} %<", acc * 100.0)),
+            "{mode}: the page shows the test accuracy {acc}"
+        );
+        assert!(page.contains("Thumbs.db") && page.contains("Skipped files (1)"));
+        let n = ev["n"].as_f64().unwrap();
+        let wrong = (n * (1.0 - acc)).round() as usize;
+        assert_eq!(page.matches("<figure>").count(), wrong.min(12), "{mode}");
+        assert_eq!(
+            page.matches("src=\"data:image/jpeg;base64,").count(),
+            2 * wrong.min(12),
+            "{mode}: photo and CAM per top loss"
+        );
+        assert!(!page.contains("src=\"http") && !page.contains("href=\"http"));
+        assert_eq!(
+            ev["report"],
+            run.join("eval-test/report.html").to_str().unwrap()
+        );
+        assert!(run.join("eval-test/report.html").is_file());
     }
+    // the page drawn again, with fewer top losses: the run stays complete (predict below)
+    let out = whisker(home.path())
+        .args(["report", "--json", "--top-losses", "2"])
+        .arg(&run)
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["report"], run.join("report.html").to_str().unwrap());
+    let page = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(page.matches("<figure>").count() <= 2);
+    assert!(page.contains("id=\"curves\"") && page.contains("<polyline"));
     assert!(run.join("curves.png").is_file());
     // a finished run resumed does nothing more and gives the same model
     let before = std::fs::read(run.join("model.safetensors")).unwrap();

@@ -6,6 +6,8 @@
 //! - `metrics.json` ([`RunMetrics`]) and `history.csv` (one row per epoch);
 //! - `skipped.json`: the files left out, with the reason;
 //! - `summary.txt`, `confusion.png`, `curves.png`;
+//! - `report.html`: everything on one page, drawn after the run is complete (not in the
+//!   marker: `whisker report` draws it again);
 //! - `run.json` ([`RunMarker`]), written last: the sha256 of every file. A run without it is
 //!   incomplete (interrupted, disk full) and readers refuse it instead of using half of it.
 //!
@@ -37,6 +39,7 @@ const RUN_FILES: &[&str] = &[
     "confusion.png",
     "curves.png",
     "checkpoint.safetensors",
+    "report.html",
 ];
 const RUN_DIRS: &[&str] = &["checkpoint"];
 
@@ -127,7 +130,8 @@ impl RunWriter {
         let mut files = std::collections::BTreeMap::new();
         for f in RUN_FILES {
             let p = self.dir.join(f);
-            if p.is_file() && *f != "checkpoint.safetensors" {
+            // the checkpoint is a means, the report a view that `whisker report` redraws
+            if p.is_file() && *f != "checkpoint.safetensors" && *f != "report.html" {
                 files.insert(f.to_string(), sha256_file(&p)?);
             }
         }

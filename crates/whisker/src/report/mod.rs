@@ -2,6 +2,8 @@
 //! losses (the most confidently wrong images). PNG, written atomically; text in DejaVu Sans
 //! (embedded, so nothing depends on the fonts of the machine).
 
+pub mod html;
+
 use std::path::Path;
 use std::sync::Once;
 

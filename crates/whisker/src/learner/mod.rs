@@ -15,6 +15,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod report;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -270,6 +272,8 @@ pub struct RunResult {
     pub settings: serde_json::Value,
     /// The human summary (also `summary.txt`).
     pub summary: String,
+    /// `report.html`, unless drawing it failed (the run is complete either way).
+    pub report: Option<PathBuf>,
 }
 
 /// Trains classifiers on a backbone's features, or fine-tunes it.
@@ -428,7 +432,7 @@ impl Learner {
             (None, _) => return Err(Error::Internal("no features".into())),
         };
         let fit_secs = t1.elapsed().as_secs_f64();
-        let test_metrics: Option<Metrics> = if split.test.is_empty() {
+        let test_eval: Option<Evaluation> = if split.test.is_empty() {
             None
         } else {
             let logits = match (&fitted.test_logits, &ex) {
@@ -439,8 +443,14 @@ impl Learner {
                 (None, None) => return Err(Error::Internal("no test logits".into())),
             };
             let labels: Vec<usize> = split.test.iter().map(|&i| ds.items[i].label).collect();
-            Some(evaluate(&logits, &labels, &ds.classes)?)
+            Some(Evaluation {
+                metrics: evaluate(&logits, &labels, &ds.classes)?,
+                items: split.test.clone(),
+                logits,
+                skipped: skipped.len(),
+            })
         };
+        let test_metrics: Option<Metrics> = test_eval.as_ref().map(|e| e.metrics.clone());
         let spec = crate::backbones::spec(&cfg.backbone)?;
         let settings = json!({
             "mode": cfg.mode, "backbone": spec.name, "seed": cfg.seed, "val_split": cfg.val_split,
@@ -510,11 +520,32 @@ impl Learner {
         let summary = summary(cfg, ds, spec.name, &w.sha256, &metrics);
         write_atomic(&out.join("summary.txt"), summary.as_bytes())?;
         run.finish()?;
+        // the page is a view of the finished run: a failure to draw it is reported, and the
+        // run stays complete
+        let evaluated = test_eval.as_ref().map(|ev| report::Evaluated {
+            part: "test".into(),
+            ev,
+            ds,
+        });
+        let opts = report::ReportOptions {
+            batch_size: cfg.batch_size,
+            ..Default::default()
+        };
+        let progress = |phase: &str, d: usize, n: usize| obs.progress(phase, d, n);
+        let report = match report::write_report(out, None, evaluated, None, &opts, &progress) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                obs.message(&format!("warning: report.html was not written: {e}"));
+                None
+            }
+        };
+        obs.finished("top losses");
         Ok(RunResult {
             dir: out.to_path_buf(),
             metrics,
             settings,
             summary,
+            report,
         })
     }
 
