@@ -9,6 +9,7 @@ mod models;
 mod predict;
 mod progress;
 mod report;
+mod serve;
 mod train;
 mod weights;
 
@@ -100,6 +101,12 @@ enum Cmd {
         after_help = "Examples:\n  whisker cam chelsea.png --out cams/\n  whisker cam dog.jpg --class tabby --method gradcam++ --out cams/ --json\n  whisker cam photo.jpg --model run --layer _blocks.12 --out cams/"
     )]
     Cam(inspect::CamArgs),
+    /// A local web page: classify a photo, see where the model looked, its feature maps,
+    /// an adversarial example and an ideal class image; with a JSON API under /api/.
+    #[command(
+        after_help = "Examples:\n  whisker serve\n  whisker serve --model run -b efficientnet_lite0 --addr 127.0.0.1:9000"
+    )]
+    Serve(serve::ServeArgs),
     /// Robust accuracy of a trained model against a range of attack budgets.
     #[command(
         after_help = "Example: whisker robustness run digits/ --eps 0,1/255,2/255,4/255 --limit 100"
@@ -167,6 +174,7 @@ fn main() {
         Cmd::Featuremap(a) => inspect::featuremap(a),
         Cmd::Attack(a) => inspect::attack_cmd(a),
         Cmd::Cam(a) => inspect::cam_cmd(a),
+        Cmd::Serve(a) => serve::serve(a),
         Cmd::Dream(a) => inspect::dream_cmd(a, quiet),
         Cmd::Robustness(a) => inspect::robustness_cmd(a, quiet),
     };

@@ -101,6 +101,9 @@ pub enum Error {
     /// Another process holds a lock (a run directory being written).
     #[error("{}: {reason}", path.display())]
     Locked { path: PathBuf, reason: String },
+    /// The caller asked for the work to stop (a cancelled dream in `whisker serve`).
+    #[error("cancelled")]
+    Cancelled,
     /// A bug in whisker: an invariant did not hold.
     #[error("internal error: {0}")]
     Internal(String),

@@ -202,6 +202,16 @@ pub fn dream(
     cfg: &DreamConfig,
     progress: &dyn Fn(usize, usize),
 ) -> Result<DreamResult> {
+    dream_cancellable(c, cfg, progress, &std::sync::atomic::AtomicBool::new(false))
+}
+
+/// [`dream`] that stops with [`Error::Cancelled`] at the first step after `cancel` is set.
+pub fn dream_cancellable(
+    c: &dyn Classifier,
+    cfg: &DreamConfig,
+    progress: &dyn Fn(usize, usize),
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<DreamResult> {
     let b = c.backbone();
     let device = b.device();
     if !device.is_autodiff() {
@@ -231,6 +241,9 @@ pub fn dream(
     let centre = (s - crop) / 2;
     let mut history = Vec::new();
     for step in 0..cfg.steps {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
         let zt = Tensor::<1>::from_data(TensorData::new(z.clone(), [n]), &device).require_grad();
         let img = builder.image(zt.clone().reshape([3, s, s]));
         let j = cfg.jitter.min(centre) as i64;
