@@ -81,8 +81,17 @@ pub(crate) async fn not_found() -> ApiError {
     )
 }
 
-/// The upload: the raw request body (any content type), or a multipart field `image`.
-async fn upload(req: Request) -> ApiResult<Bytes> {
+/// The upload: the raw request body (any content type), or a multipart field `image`. A
+/// body that announces more than the limit is refused before any of it is read.
+async fn upload(state: &AppState, req: Request) -> ApiResult<Bytes> {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > state.max_body as u64) {
+        return Err(too_big(state));
+    }
     let multipart = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -128,6 +137,16 @@ async fn upload(req: Request) -> ApiResult<Bytes> {
         ));
     }
     Ok(bytes)
+}
+
+fn too_big(state: &AppState) -> ApiError {
+    ApiError(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the request body is over the server's limit of {} MB (--max-body)",
+            state.max_body >> 20
+        ),
+    )
 }
 
 fn decode(bytes: &[u8], max_pixels: u64) -> ApiResult<RgbImage> {
@@ -284,7 +303,7 @@ pub(crate) async fn classify(
     req: Request,
 ) -> ApiResult<Json<Value>> {
     let q = query(q)?;
-    let bytes = upload(req).await?;
+    let bytes = upload(&state, req).await?;
     let st = state.clone();
     job(&state, move || {
         let img = decode(&bytes, st.max_pixels)?;
@@ -324,7 +343,7 @@ pub(crate) async fn cam(
     req: Request,
 ) -> ApiResult<Json<Value>> {
     let q = query(q)?;
-    let bytes = upload(req).await?;
+    let bytes = upload(&state, req).await?;
     let st = state.clone();
     job(&state, move || {
         let img = decode(&bytes, st.max_pixels)?;
@@ -371,7 +390,7 @@ pub(crate) async fn featuremap(
     req: Request,
 ) -> ApiResult<Json<Value>> {
     let q = query(q)?;
-    let bytes = upload(req).await?;
+    let bytes = upload(&state, req).await?;
     let st = state.clone();
     job(&state, move || {
         let img = decode(&bytes, st.max_pixels)?;
@@ -430,7 +449,7 @@ pub(crate) async fn attack(
     req: Request,
 ) -> ApiResult<Json<Value>> {
     let q = query(q)?;
-    let bytes = upload(req).await?;
+    let bytes = upload(&state, req).await?;
     let st = state.clone();
     job(&state, move || {
         let img = decode(&bytes, st.max_pixels)?;

@@ -88,6 +88,8 @@ pub(crate) struct AppState {
     pub dreams: Mutex<HashMap<u64, DreamJob>>,
     pub next_dream: std::sync::atomic::AtomicU64,
     pub max_pixels: u64,
+    /// Largest request body, in bytes.
+    pub max_body: usize,
 }
 
 fn offers(a: &ServeArgs) -> Result<Vec<Offer>> {
@@ -185,6 +187,7 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
         dreams: Mutex::new(HashMap::new()),
         next_dream: std::sync::atomic::AtomicU64::new(1),
         max_pixels: whisker::data::decode::max_pixels(),
+        max_body: a.max_body * 1024 * 1024,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -214,7 +217,7 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
                 "whisker: warning: listening on {addr}: the page is reachable from the network"
             );
         }
-        let app = router(state, a.max_body * 1024 * 1024);
+        let app = router(state.clone(), state.max_body);
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;

@@ -61,3 +61,63 @@ pub fn digits(dir: &Path, classes: &[&str], per_class: usize) -> PathBuf {
     }
     data
 }
+
+/// `whisker serve` on a free port of 127.0.0.1, stopped (SIGINT, then killed) when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Server {
+    /// Start `whisker serve --addr 127.0.0.1:0 --json ARGS…` and wait for its address.
+    pub fn start(home: &Path, args: &[&str]) -> Server {
+        use std::io::BufRead;
+        let mut child = whisker(home)
+            .args(["serve", "--addr", "127.0.0.1:0", "--json"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("serve announced {line:?}: {e}"));
+        Server {
+            child,
+            url: v["url"].as_str().unwrap().trim_end_matches('/').to_string(),
+        }
+    }
+
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// Send SIGINT (Ctrl-C) and wait for the exit status.
+    pub fn interrupt(mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child process by its pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let t = std::time::Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                t.elapsed().as_secs() < 20,
+                "the server did not stop on SIGINT"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
