@@ -302,8 +302,9 @@ pub(crate) async fn classify(
     q: std::result::Result<Query<ClassifyQuery>, QueryRejection>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
-    let q = query(q)?;
+    // the body first: a client gets its answer after sending it, even a 400 for the query
     let bytes = upload(&state, req).await?;
+    let q = query(q)?;
     let st = state.clone();
     job(&state, move || {
         let img = decode(&bytes, st.max_pixels)?;
@@ -342,8 +343,9 @@ pub(crate) async fn cam(
     q: std::result::Result<Query<CamQuery>, QueryRejection>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
-    let q = query(q)?;
+    // the body first: a client gets its answer after sending it, even a 400 for the query
     let bytes = upload(&state, req).await?;
+    let q = query(q)?;
     let st = state.clone();
     job(&state, move || {
         let img = decode(&bytes, st.max_pixels)?;
@@ -389,8 +391,9 @@ pub(crate) async fn featuremap(
     q: std::result::Result<Query<FeatureQuery>, QueryRejection>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
-    let q = query(q)?;
+    // the body first: a client gets its answer after sending it, even a 400 for the query
     let bytes = upload(&state, req).await?;
+    let q = query(q)?;
     let st = state.clone();
     job(&state, move || {
         let img = decode(&bytes, st.max_pixels)?;
@@ -448,8 +451,9 @@ pub(crate) async fn attack(
     q: std::result::Result<Query<AttackQuery>, QueryRejection>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
-    let q = query(q)?;
+    // the body first: a client gets its answer after sending it, even a 400 for the query
     let bytes = upload(&state, req).await?;
+    let q = query(q)?;
     let st = state.clone();
     job(&state, move || {
         let img = decode(&bytes, st.max_pixels)?;
