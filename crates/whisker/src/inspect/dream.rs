@@ -262,14 +262,19 @@ pub fn dream_cancellable(
             let a = view_frac / sc;
             let (sn, cs) = th.sin_cos();
             let (tx, ty) = (2.0 * dx / s as f32, 2.0 * dy / s as f32);
-            let theta = Tensor::<3>::from_data(
-                TensorData::new(vec![a * cs, -a * sn, tx, a * sn, a * cs, ty], [1, 2, 3]),
-                &device,
-            );
-            let grid = burn::tensor::grid::affine_grid_2d(theta, [1, 3, crop, crop]);
-            img.clone()
-                .unsqueeze::<4>()
-                .grid_sample_2d(grid, burn::tensor::ops::GridSampleOptions::default())
+            let theta = [a * cs, -a * sn, tx, a * sn, a * cs, ty];
+            // on the CPU one tracked operation; elsewhere burn's grid sample (the same numbers)
+            match super::sample::affine_view(&img, theta, crop, crop) {
+                Some(v) => v,
+                None => {
+                    let theta =
+                        Tensor::<3>::from_data(TensorData::new(theta.to_vec(), [1, 2, 3]), &device);
+                    let grid = burn::tensor::grid::affine_grid_2d(theta, [1, 3, crop, crop]);
+                    img.clone()
+                        .unsqueeze::<4>()
+                        .grid_sample_2d(grid, burn::tensor::ops::GridSampleOptions::default())
+                }
+            }
         };
         let logits = c.logits(view);
         let score = if cfg.log_prob {

@@ -6,6 +6,7 @@ pub mod cam;
 pub mod dream;
 pub mod featuremap;
 pub mod robustness;
+mod sample;
 
 use burn::tensor::Tensor;
 
