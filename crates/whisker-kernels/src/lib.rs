@@ -9,6 +9,8 @@
 //! - [`depthwise`]: depthwise convolutions vectorised across channels.
 //! - [`ConvBackward`], [`DepthwiseBackward`]: input gradients (frozen weights), each stride
 //!   phase a stride-1 convolution on the same kernels.
+//! - [`conv2d_weight_grad`], [`depthwise_weight_grad`]: weight and bias gradients, blocked
+//!   two-level sums over the batch's pixels.
 //! - pooling, channel scaling (squeeze-excitation) and NCHW ↔ NHWC layout changes.
 //!
 //! Every kernel has an AVX-512F, an AVX2+FMA and a portable path, chosen at run time
@@ -24,6 +26,7 @@ mod isa;
 mod layout;
 mod pool;
 pub mod reference;
+mod weight_grad;
 mod winograd;
 
 pub use act::Act;
@@ -36,6 +39,7 @@ pub use pool::{
     adaptive_avg_pool, adaptive_avg_pool_backward, global_avg_pool, max_pool, max_pool_backward,
     scale_channels,
 };
+pub use weight_grad::{conv2d_weight_grad, depthwise_weight_grad};
 
 /// A buffer or shape that does not fit the operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

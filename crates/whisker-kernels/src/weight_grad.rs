@@ -1,0 +1,433 @@
+//! Weight gradients, for fine-tuning: of dense convolutions (linear layers are 1×1 ones) and
+//! of depthwise convolutions, on NHWC activations.
+//!
+//! Dense: for each kernel tap `(ky, kx)`, `dW_tap[c, o] = Σ_p x_tap[p, c] · g[p, o]` — a GEMM
+//! whose reduction runs over every output pixel of the batch (`p`, often 50,000 long). The
+//! rows of `x` a tap reads are gathered into a panel (zeros where the tap falls in the
+//! padding) block by block of [`KC`] pixels; register tiles of `MR` input × `NR` output
+//! channels sum one block from zero, then add into the thread's accumulator: a two-level sum,
+//! whose rounding error grows with `KC + P/KC` rather than with `P` (burn-flex's sequential
+//! sums are 1000× less accurate than PyTorch on a ResNet stem; see the fine-tuning parity
+//! test). Threads split the pixels and their accumulators are added at the end.
+//!
+//! Depthwise: `dW[c, tap] = Σ_p g[p, c] · x_tap[p, c]`, vectorised across channels, with the
+//! same blocking.
+
+use rayon::prelude::*;
+
+use crate::{ConvShape, Isa, ShapeError};
+
+/// Output pixels per block of the reduction.
+const KC: usize = 256;
+
+/// Accumulators of more than this many values per thread split the work by taps instead
+/// of by pixels (none of the zoo's convolutions come near it).
+const MAX_PARTIAL: usize = 1 << 24;
+
+/// `dW` (PyTorch's `[cout, cin, kh, kw]`) and `db` (`[cout]`, when asked) of a dense
+/// convolution with input `x` (`[n, h, w, cin]`) and output gradient `g` (`[n, oh, ow, cout]`,
+/// the gradient of the linear output: activations already differentiated). Overwrites them.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_weight_grad(
+    isa: Isa,
+    x: &[f32],
+    s: &ConvShape,
+    cin: usize,
+    g: &[f32],
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+) -> Result<(), ShapeError> {
+    let (oh, ow) = s.out_hw(kh, kw)?;
+    let p_total = s.n * oh * ow;
+    if x.len() != s.n * s.h * s.w * cin
+        || g.len() != p_total * cout
+        || dw.len() != cout * cin * kh * kw
+        || db.as_ref().is_some_and(|b| b.len() != cout)
+    {
+        return Err(ShapeError(format!(
+            "weight gradient: x {} / g {} / dW {} values for [{}, {}, {}, {cin}] → [{oh}, {ow}, {cout}], {kh}×{kw}",
+            x.len(),
+            g.len(),
+            dw.len(),
+            s.n,
+            s.h,
+            s.w
+        )));
+    }
+    let taps = kh * kw;
+    let size = taps * cin * cout;
+    let threads = rayon::current_num_threads().max(1);
+    let threads = if p_total * size < 1 << 16 || size * threads > MAX_PARTIAL {
+        1
+    } else {
+        threads.min(p_total.div_ceil(KC)).max(1)
+    };
+    let per = p_total.div_ceil(threads);
+    let geo = Geo {
+        x,
+        g,
+        s,
+        cin,
+        cout,
+        kh,
+        kw,
+        oh,
+        ow,
+    };
+    let partials: Vec<Vec<f32>> = (0..threads)
+        .into_par_iter()
+        .map(|t| {
+            let (p0, p1) = (t * per, ((t + 1) * per).min(p_total));
+            let mut acc = vec![0f32; size];
+            if p0 < p1 {
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
+                    Isa::Avx512 => unsafe { dense_avx512(&geo, p0, p1, &mut acc) },
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => unsafe { dense_avx2(&geo, p0, p1, &mut acc) },
+                    _ => dense::<4, 8, false>(&geo, p0, p1, &mut acc),
+                }
+            }
+            acc
+        })
+        .collect();
+    // [tap][c][o] partials → [o][c][ky][kx]
+    dw.par_chunks_mut(cin * taps)
+        .enumerate()
+        .for_each(|(o, row)| {
+            for c in 0..cin {
+                for t in 0..taps {
+                    let i = (t * cin + c) * cout + o;
+                    row[c * taps + t] = partials.iter().map(|a| a[i]).sum();
+                }
+            }
+        });
+    if let Some(db) = db {
+        bias_grad(g, cout, db);
+    }
+    Ok(())
+}
+
+/// `db[o] = Σ_p g[p, o]`, in blocks (two-level sums).
+fn bias_grad(g: &[f32], cout: usize, db: &mut [f32]) {
+    let mut total = vec![0f64; cout];
+    for block in g.chunks(KC * cout) {
+        let mut part = vec![0f32; cout];
+        for row in block.chunks_exact(cout) {
+            for (a, v) in part.iter_mut().zip(row) {
+                *a += v;
+            }
+        }
+        for (t, v) in total.iter_mut().zip(&part) {
+            *t += *v as f64;
+        }
+    }
+    for (d, t) in db.iter_mut().zip(total) {
+        *d = t as f32;
+    }
+}
+
+struct Geo<'a> {
+    x: &'a [f32],
+    g: &'a [f32],
+    s: &'a ConvShape,
+    cin: usize,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geo<'_> {
+    /// The input row (`cin` values) tap `(ky, kx)` of output pixel `p` reads, if inside.
+    #[inline(always)]
+    fn row(&self, p: usize, ky: usize, kx: usize) -> Option<&[f32]> {
+        let (b, rem) = (p / (self.oh * self.ow), p % (self.oh * self.ow));
+        let (oy, ox) = (rem / self.ow, rem % self.ow);
+        let iy = (oy * self.s.stride + ky) as isize - self.s.pad[0] as isize;
+        let ix = (ox * self.s.stride + kx) as isize - self.s.pad[2] as isize;
+        if iy < 0 || ix < 0 || iy >= self.s.h as isize || ix >= self.s.w as isize {
+            return None;
+        }
+        let at = ((b * self.s.h + iy as usize) * self.s.w + ix as usize) * self.cin;
+        Some(&self.x[at..at + self.cin])
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn dense_avx512(geo: &Geo, p0: usize, p1: usize, acc: &mut [f32]) {
+    dense::<6, 32, true>(geo, p0, p1, acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dense_avx2(geo: &Geo, p0: usize, p1: usize, acc: &mut [f32]) {
+    dense::<6, 16, true>(geo, p0, p1, acc)
+}
+
+/// Pixels `p0..p1` into `acc` (`[tap][cin][cout]`).
+#[inline(always)]
+fn dense<const MR: usize, const NR: usize, const FMA: bool>(
+    geo: &Geo,
+    p0: usize,
+    p1: usize,
+    acc: &mut [f32],
+) {
+    let (cin, cout) = (geo.cin, geo.cout);
+    let mut panel = vec![0f32; KC * cin];
+    let mut b0 = p0;
+    while b0 < p1 {
+        let kc = KC.min(p1 - b0);
+        let gblk = &geo.g[b0 * cout..(b0 + kc) * cout];
+        for ky in 0..geo.kh {
+            for kx in 0..geo.kw {
+                // the rows this tap reads, zeros in the padding
+                let mut any = false;
+                for (r, dst) in panel.chunks_exact_mut(cin).take(kc).enumerate() {
+                    match geo.row(b0 + r, ky, kx) {
+                        Some(src) => {
+                            dst.copy_from_slice(src);
+                            any = true;
+                        }
+                        None => dst.fill(0.0),
+                    }
+                }
+                if !any {
+                    continue;
+                }
+                let tap = &mut acc[(ky * geo.kw + kx) * cin * cout..][..cin * cout];
+                gemm_tn::<MR, NR, FMA>(&panel[..kc * cin], cin, gblk, cout, kc, tap);
+            }
+        }
+        b0 += kc;
+    }
+}
+
+/// `c[i, j] += Σ_p a[p, i] · b[p, j]` for `a` `[kc, m]`, `b` `[kc, n]`, `c` `[m, n]`: register
+/// tiles that sum the block from zero and add into `c` once.
+#[inline(always)]
+fn gemm_tn<const MR: usize, const NR: usize, const FMA: bool>(
+    a: &[f32],
+    m: usize,
+    b: &[f32],
+    n: usize,
+    kc: usize,
+    c: &mut [f32],
+) {
+    let mut j0 = 0;
+    while j0 < n {
+        let width = n - j0;
+        let mut i0 = 0;
+        while i0 + MR <= m {
+            if width >= NR {
+                tile::<MR, NR, FMA>(a, m, b, n, kc, i0, j0, c);
+            } else if width >= 8 {
+                tile::<MR, 8, FMA>(a, m, b, n, kc, i0, j0, c);
+            } else {
+                tile_any::<FMA>(a, m, b, n, kc, i0, MR, j0, width, c);
+            }
+            i0 += MR;
+        }
+        let step = if width >= NR {
+            NR
+        } else if width >= 8 {
+            8
+        } else {
+            width
+        };
+        if i0 < m {
+            tile_any::<FMA>(a, m, b, n, kc, i0, m - i0, j0, step, c);
+        }
+        j0 += step;
+    }
+}
+
+#[inline(always)]
+fn fma<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn tile<const MR: usize, const NR: usize, const FMA: bool>(
+    a: &[f32],
+    m: usize,
+    b: &[f32],
+    n: usize,
+    kc: usize,
+    i0: usize,
+    j0: usize,
+    c: &mut [f32],
+) {
+    let mut t = [[0f32; NR]; MR];
+    for p in 0..kc {
+        let br: &[f32; NR] = b[p * n + j0..p * n + j0 + NR].try_into().unwrap();
+        let ar: &[f32; MR] = a[p * m + i0..p * m + i0 + MR].try_into().unwrap();
+        for i in 0..MR {
+            for j in 0..NR {
+                t[i][j] = fma::<FMA>(ar[i], br[j], t[i][j]);
+            }
+        }
+    }
+    for (i, row) in t.iter().enumerate() {
+        let dst = &mut c[(i0 + i) * n + j0..(i0 + i) * n + j0 + NR];
+        for (d, v) in dst.iter_mut().zip(row) {
+            *d += v;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn tile_any<const FMA: bool>(
+    a: &[f32],
+    m: usize,
+    b: &[f32],
+    n: usize,
+    kc: usize,
+    i0: usize,
+    mr: usize,
+    j0: usize,
+    nr: usize,
+    c: &mut [f32],
+) {
+    for i in i0..i0 + mr {
+        for j in j0..j0 + nr {
+            let mut t = 0f32;
+            for p in 0..kc {
+                t = fma::<FMA>(a[p * m + i], b[p * n + j], t);
+            }
+            c[i * n + j] += t;
+        }
+    }
+}
+
+/// `dW` (PyTorch's `[c, 1, kh, kw]`) and `db` (`[c]`, when asked) of a depthwise convolution
+/// with input `x` (`[n, h, w, c]`) and output gradient `g` (`[n, oh, ow, c]`). Overwrites them.
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise_weight_grad(
+    isa: Isa,
+    x: &[f32],
+    s: &ConvShape,
+    c: usize,
+    g: &[f32],
+    kh: usize,
+    kw: usize,
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+) -> Result<(), ShapeError> {
+    let (oh, ow) = s.out_hw(kh, kw)?;
+    let p_total = s.n * oh * ow;
+    if x.len() != s.n * s.h * s.w * c
+        || g.len() != p_total * c
+        || dw.len() != c * kh * kw
+        || db.as_ref().is_some_and(|b| b.len() != c)
+    {
+        return Err(ShapeError(format!(
+            "depthwise weight gradient: x {} / g {} / dW {} values for [{}, {}, {}, {c}] → [{oh}, {ow}], {kh}×{kw}",
+            x.len(),
+            g.len(),
+            dw.len(),
+            s.n,
+            s.h,
+            s.w
+        )));
+    }
+    let taps = kh * kw;
+    let threads = rayon::current_num_threads().max(1);
+    let threads = if p_total * taps * c < 1 << 15 {
+        1
+    } else {
+        threads.min(p_total.div_ceil(KC)).max(1)
+    };
+    let per = p_total.div_ceil(threads);
+    let geo = Geo {
+        x,
+        g,
+        s,
+        cin: c,
+        cout: c,
+        kh,
+        kw,
+        oh,
+        ow,
+    };
+    let partials: Vec<Vec<f32>> = (0..threads)
+        .into_par_iter()
+        .map(|t| {
+            let (p0, p1) = (t * per, ((t + 1) * per).min(p_total));
+            let mut acc = vec![0f32; taps * c];
+            if p0 < p1 {
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
+                    Isa::Avx512 => unsafe { dw_avx512(&geo, p0, p1, &mut acc) },
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => unsafe { dw_avx2(&geo, p0, p1, &mut acc) },
+                    _ => dw_rows::<false>(&geo, p0, p1, &mut acc),
+                }
+            }
+            acc
+        })
+        .collect();
+    for ch in 0..c {
+        for t in 0..taps {
+            dw[ch * taps + t] = partials.iter().map(|a| a[t * c + ch]).sum();
+        }
+    }
+    if let Some(db) = db {
+        bias_grad(g, c, db);
+    }
+    Ok(())
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn dw_avx512(geo: &Geo, p0: usize, p1: usize, acc: &mut [f32]) {
+    dw_rows::<true>(geo, p0, p1, acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dw_avx2(geo: &Geo, p0: usize, p1: usize, acc: &mut [f32]) {
+    dw_rows::<true>(geo, p0, p1, acc)
+}
+
+/// Pixels `p0..p1` into `acc` (`[tap][c]`), block by block.
+#[inline(always)]
+fn dw_rows<const FMA: bool>(geo: &Geo, p0: usize, p1: usize, acc: &mut [f32]) {
+    let c = geo.cin;
+    let mut part = vec![0f32; acc.len()];
+    let mut b0 = p0;
+    while b0 < p1 {
+        let kc = KC.min(p1 - b0);
+        part.fill(0.0);
+        for p in b0..b0 + kc {
+            let gr = &geo.g[p * c..(p + 1) * c];
+            for ky in 0..geo.kh {
+                for kx in 0..geo.kw {
+                    if let Some(xr) = geo.row(p, ky, kx) {
+                        let dst = &mut part[(ky * geo.kw + kx) * c..][..c];
+                        for ((d, &gv), &xv) in dst.iter_mut().zip(gr).zip(xr) {
+                            *d = fma::<FMA>(gv, xv, *d);
+                        }
+                    }
+                }
+            }
+        }
+        for (a, v) in acc.iter_mut().zip(&part) {
+            *a += v;
+        }
+        b0 += kc;
+    }
+}
