@@ -12,8 +12,10 @@ steps in float32 give PyTorch's own error, against which whisker's float32 is ju
 first-layer weight gradient of VGG-16-BN is a sum of 18,000 terms that cancel: PyTorch's
 float32 is 1e-3 away from float64 there). Per backbone it writes the loss before each of 3
 SGD steps and after them, and for every parameter's gradient at the first step: its L2 norm,
-its sum of absolute values and 256 evenly strided elements (whole gradients would be hundreds
-of MB), and PyTorch float32's relative L2 error on the whole gradient. One family each: resnet18,
+its sum of absolute values, 256 evenly strided elements and its dot products with 8
+pseudo-random sign vectors (whose relative error estimates the whole gradient's: whole
+gradients would be hundreds of MB), and PyTorch float32's relative L2 error on the whole
+gradient, on those elements and on those projections. One family each: resnet18,
 vgg16_bn, mobilenet_v2, mobilenet_v3_small with formula weights (as make_golden.py), and
 EfficientNet-Lite0 with its real weights. Input: chelsea.png and coffee.png, resized and
 centre-cropped to 96 px (small, so the test is quick), labels 282 (tiger cat) and 967 (espresso).
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -39,6 +42,28 @@ def batch(data, norm):
     xs = [g.to_input(g.crop_u8(os.path.join(data, f), RESIZE, SIZE), norm)
           for f in ("chelsea.png", "coffee.png")]
     return torch.cat(xs, 0)
+
+
+PROJECTIONS = 8
+
+
+def signs(n, j):
+    """±1 for each of n elements, projection j: an integer hash (mirrored in
+    crates/whisker/tests/train_parity.rs)."""
+    m32 = np.uint64(0xFFFFFFFF)
+    i = np.arange(n, dtype=np.uint64)
+    h = (i * np.uint64(0x9E3779B1) + np.uint64(j) * np.uint64(0x85EBCA6B) + np.uint64(0x165667B1)) & m32
+    h ^= h >> np.uint64(15)
+    h = (h * np.uint64(0x2C1B3C6D)) & m32
+    h ^= h >> np.uint64(12)
+    return np.where((h & np.uint64(1)) == 1, 1.0, -1.0)
+
+
+def projections(grad):
+    """The gradient's dot products with PROJECTIONS pseudo-random sign vectors (float64): their
+    relative error estimates the whole gradient's relative L2 error."""
+    flat = grad.detach().flatten().double().numpy()
+    return [float(np.dot(flat, signs(flat.size, j))) for j in range(PROJECTIONS)]
 
 
 def summarise(grad):
@@ -88,8 +113,15 @@ def run(name, make, x, out, manifest):
         s = summarise(g64)
         out[f"{name}.{k}.samples"] = s["samples"].contiguous()
         err32 = float((grads32[k] - g64).norm() / g64.norm().clamp_min(1e-300))
+        s32 = summarise(grads32[k])["samples"].double()
+        s64 = s["samples"].double()
+        err32s = float((s32 - s64).norm() / s64.norm().clamp_min(1e-300))
+        p64, p32 = np.array(projections(g64)), np.array(projections(grads32[k]))
+        err32p = float(np.linalg.norm(p32 - p64) / max(np.linalg.norm(p64), 1e-300))
         keys.append({"key": k, "shape": list(g64.shape), "norm": s["norm"],
-                     "abs_sum": s["abs_sum"], "torch_f32_rel_l2": err32})
+                     "abs_sum": s["abs_sum"], "projections": p64.tolist(),
+                     "torch_f32_rel_l2": err32, "torch_f32_samples_rel_l2": err32s,
+                     "torch_f32_projections_rel_l2": err32p})
     manifest[name] = {"losses": losses, "losses_torch_f32": losses32, "grads": keys}
     worst = max(keys, key=lambda k: k["torch_f32_rel_l2"])
     print(name, "losses", [f"{l:.6f}" for l in losses], len(keys), "parameters; PyTorch f32's worst",

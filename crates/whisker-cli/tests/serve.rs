@@ -1,7 +1,7 @@
 //! `whisker serve`'s JSON API end to end, over HTTP: every endpoint on real photos and the
 //! real EfficientNet-Lite0, hostile uploads (truncated JPEG, a text file, a 60000×60000 PNG
 //! header, an oversized body), concurrent requests against the bounded queue, and a
-//! graceful stop on Ctrl-C.
+//! graceful stop on Ctrl-C and on SIGTERM.
 
 mod common;
 
@@ -396,4 +396,7 @@ fn concurrent_heavy_requests_are_queued_or_refused_with_retry_after() {
         .read_to_string(&mut buf)
         .unwrap();
     assert!(buf.contains("<title>whisker</title>"));
+    // SIGTERM (a service manager's stop): a graceful exit too
+    let status = s.signal(libc::SIGTERM);
+    assert!(status.success(), "{status:?}");
 }

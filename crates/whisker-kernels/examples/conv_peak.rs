@@ -89,6 +89,18 @@ fn main() {
     } else {
         String::new()
     };
+    // the weight gradient of the same layer (fine-tuning), the same FLOPs
+    let g: Vec<f32> = (0..batch * oh * ow * cout)
+        .map(|i| (i % 83) as f32 / 83.0 - 0.5)
+        .collect();
+    let mut dw = vec![0f32; w.len()];
+    conv2d_weight_grad(isa, &x, &s, cin, &g, cout, k, k, &mut dw, None).unwrap();
+    let t = Instant::now();
+    for _ in 0..iters {
+        conv2d_weight_grad(isa, &x, &s, cin, &g, cout, k, k, &mut dw, None).unwrap();
+    }
+    let wg = flops / (t.elapsed().as_secs_f64() / iters as f64) / 1e9;
+    let winograd = format!("{winograd}, \"weight_grad_gflops\": {wg:.1}");
     println!(
         "{{\"isa\": \"{}\", \"threads\": {threads}, \"shape\": \"{batch}x{size}x{size}x{cin} -> {cout}, {k}x{k}\", \"gflops\": {:.1}{winograd}, \"peak_gflops\": {:.1}, \"fraction_of_peak\": {:.3}, \"measured_fma_peak_gflops\": {:.1}, \"fraction_of_measured_peak\": {:.3}, \"cpu\": \"{}\"}}",
         isa.name(),

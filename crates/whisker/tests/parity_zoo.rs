@@ -50,7 +50,7 @@ fn check(name: &str) {
         for winograd in [false, true] {
             let opts = PlanOptions {
                 winograd,
-                backward: false,
+                ..Default::default()
             };
             let plan = Plan::compile_with(&b, opts).unwrap().with_isa(isa).unwrap();
             let out = plan

@@ -6,8 +6,6 @@ use anyhow::{bail, Result};
 use serde_json::json;
 use whisker::inspect::attack::{attack, diff_image, AttackConfig, Method, Norm};
 
-use super::load_model;
-
 #[derive(clap::Args)]
 pub struct AttackArgs {
     /// The photo to perturb (any size; the model sees it through its preprocessing).
@@ -48,15 +46,8 @@ pub struct AttackArgs {
     /// Seed of the random start.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Backbone (see `whisker models`).
-    #[arg(long, short, default_value = "efficientnet_lite0")]
-    backbone: String,
-    /// Backbone weights file (default: the cache).
-    #[arg(long, short)]
-    weights: Option<PathBuf>,
-    /// A trained whisker model (run directory or model.safetensors) instead of a zoo backbone.
-    #[arg(long)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    which: super::ModelArgs,
     /// The adversarial image (PNG, original resolution).
     #[arg(long)]
     out: PathBuf,
@@ -78,7 +69,7 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
         crate::args::check_linf(eps)?;
     }
     let device = whisker::default_device().autodiff();
-    let subject = load_model(a.model.as_ref(), &a.backbone, a.weights.as_ref(), &device)?;
+    let subject = a.which.load(&device)?;
     let img = whisker::data::decode_file(&a.image)?;
     let alpha = match a.alpha {
         Some(v) => v,

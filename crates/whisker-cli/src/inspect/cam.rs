@@ -7,8 +7,6 @@ use serde_json::{json, Value};
 use whisker::inspect::cam::{self, CamOptions, Method};
 use whisker::model::Model;
 
-use super::load_model;
-
 #[derive(clap::Args)]
 pub struct CamArgs {
     /// Photos to explain (any size; the model sees them through its preprocessing).
@@ -28,15 +26,8 @@ pub struct CamArgs {
     /// Opacity of the heat map over the photo, 0–1.
     #[arg(long, default_value_t = 0.5, value_parser = crate::args::probability)]
     alpha: f32,
-    /// Backbone (see `whisker models`).
-    #[arg(long, short, default_value = "efficientnet_lite0")]
-    backbone: String,
-    /// Backbone weights file (default: the cache).
-    #[arg(long, short)]
-    weights: Option<PathBuf>,
-    /// A trained whisker model (run directory or model.safetensors) instead of a zoo backbone.
-    #[arg(long)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    which: super::ModelArgs,
     /// Folder for the overlays (`<photo name>.cam.png`, at each photo's own size).
     #[arg(long)]
     out: PathBuf,
@@ -95,7 +86,7 @@ fn out_name(dir: &Path, image: &Path, k: usize) -> PathBuf {
 
 pub fn cam_cmd(a: CamArgs) -> Result<i32> {
     let device = whisker::default_device().autodiff();
-    let model = load_model(a.model.as_ref(), &a.backbone, a.weights.as_ref(), &device)?;
+    let model = a.which.load(&device)?;
     let method: Method = a.method.parse()?;
     let class = a
         .class

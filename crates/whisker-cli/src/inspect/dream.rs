@@ -5,19 +5,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use serde_json::json;
 
-use super::load_model;
-
 #[derive(clap::Args)]
 pub struct DreamArgs {
     /// Class index or ImageNet label ("tabby", "zebra").
     #[arg(long)]
     class: String,
-    /// Backbone (see `whisker models`).
-    #[arg(long, short, default_value = "efficientnet_lite0")]
-    backbone: String,
-    /// Backbone weights file (default: the cache).
-    #[arg(long, short)]
-    weights: Option<PathBuf>,
     /// Gradient-ascent steps.
     #[arg(long, default_value_t = 300, value_parser = crate::args::count)]
     steps: usize,
@@ -49,9 +41,8 @@ pub struct DreamArgs {
     /// Seed of the starting image and the random views.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// A trained whisker model (run directory or model.safetensors) instead of a zoo backbone.
-    #[arg(long)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    which: super::ModelArgs,
     /// The picture (PNG).
     #[arg(long)]
     out: PathBuf,
@@ -63,7 +54,7 @@ pub struct DreamArgs {
 pub fn dream_cmd(a: DreamArgs, quiet: bool) -> Result<i32> {
     use whisker::inspect::dream::{dream, DreamConfig, Param};
     let device = whisker::default_device().autodiff();
-    let subject = load_model(a.model.as_ref(), &a.backbone, a.weights.as_ref(), &device)?;
+    let subject = a.which.load(&device)?;
     let class = subject.class_index(&a.class)?;
     let cfg = DreamConfig {
         class,

@@ -5,19 +5,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use whisker::inspect::featuremap;
 
-use super::load_model;
-
 #[derive(clap::Args)]
 pub struct FeatureMapArgs {
     /// The photo whose activations are shown.
     #[arg(required_unless_present = "list_layers")]
     image: Option<PathBuf>,
-    /// Backbone (see `whisker models`).
-    #[arg(long, short, default_value = "efficientnet_lite0")]
-    backbone: String,
-    /// Backbone weights file (default: the cache).
-    #[arg(long, short)]
-    weights: Option<PathBuf>,
     /// Layer to show (default: a mid-level one); see --list-layers.
     #[arg(long)]
     layer: Option<String>,
@@ -27,32 +19,26 @@ pub struct FeatureMapArgs {
     /// How many channels (the most active ones).
     #[arg(long, default_value_t = 32, value_parser = crate::args::count)]
     channels: usize,
-    /// A trained whisker model (its backbone, fine-tuned or not) instead of a zoo backbone.
-    #[arg(long)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    which: super::ModelArgs,
     /// The picture (PNG).
     #[arg(long, required_unless_present = "list_layers")]
     out: Option<PathBuf>,
 }
 
-pub fn featuremap(a: FeatureMapArgs) -> Result<i32> {
-    let device = whisker::default_device();
-    let subject = load_model(a.model.as_ref(), &a.backbone, a.weights.as_ref(), &device)?;
-    let b = subject.backbone();
-    if a.list_layers {
-        for n in b.layer_names() {
-            println!("{n}");
-        }
-        return Ok(0);
-    }
-    let layer = a
-        .layer
-        .clone()
-        .unwrap_or_else(|| featuremap::default_layer(b));
-    let image = a.image.clone().unwrap_or_default();
-    let crop = b.preprocess().load(&image)?;
-    let acts = featuremap::activations(b, &crop, &layer)?;
-    let (base, tiles) = featuremap::render(&crop, &acts, a.channels, 96);
+/// A layer's activations: `(channels, h, w, values)`.
+pub(crate) type Activations = (usize, usize, usize, Vec<f32>);
+
+/// The picture of `layer` for a preprocessed crop: the crop beside its `channels` most active
+/// channels, titled; the activations; the channels shown.
+pub(crate) fn figure(
+    b: &whisker::Backbone,
+    crop: &image::RgbImage,
+    layer: &str,
+    channels: usize,
+) -> whisker::Result<(image::RgbImage, Activations, Vec<usize>)> {
+    let acts = featuremap::activations(b, crop, layer)?;
+    let (base, tiles) = featuremap::render(crop, &acts, channels, 96);
     let img = whisker::report::featuremap_figure(
         &base,
         &tiles,
@@ -66,6 +52,27 @@ pub fn featuremap(a: FeatureMapArgs) -> Result<i32> {
             acts.2
         ),
     )?;
+    let shown = tiles.iter().map(|t| t.channel).collect();
+    Ok((img, acts, shown))
+}
+
+pub fn featuremap(a: FeatureMapArgs) -> Result<i32> {
+    let device = whisker::default_device();
+    let subject = a.which.load(&device)?;
+    let b = subject.backbone();
+    if a.list_layers {
+        for n in b.layer_names() {
+            println!("{n}");
+        }
+        return Ok(0);
+    }
+    let layer = a
+        .layer
+        .clone()
+        .unwrap_or_else(|| featuremap::default_layer(b));
+    let image = a.image.clone().unwrap_or_default();
+    let crop = b.preprocess().load(&image)?;
+    let (img, acts, _) = figure(b, &crop, &layer, a.channels)?;
     let out = a.out.clone().unwrap_or_default();
     whisker::report::save_png(&img, &out)?;
     println!(

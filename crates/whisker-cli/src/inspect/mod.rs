@@ -3,7 +3,7 @@
 mod attack;
 pub(crate) mod cam;
 mod dream;
-mod featuremap;
+pub(crate) mod featuremap;
 mod robustness;
 
 pub use attack::{attack_cmd, AttackArgs};
@@ -16,6 +16,32 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use whisker::model::Model;
+
+/// Which model a command looks inside: a zoo backbone (ImageNet classes) or a trained whisker
+/// model (its classes).
+#[derive(clap::Args)]
+pub(crate) struct ModelArgs {
+    /// Backbone (see `whisker models`).
+    #[arg(long, short, default_value = "efficientnet_lite0")]
+    backbone: String,
+    /// Backbone weights file (default: the cache).
+    #[arg(long, short)]
+    weights: Option<PathBuf>,
+    /// A trained whisker model (run directory or model.safetensors) instead of a zoo backbone.
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    pub(crate) fn load(&self, device: &burn::tensor::Device) -> Result<Model> {
+        load_model(
+            self.model.as_ref(),
+            &self.backbone,
+            self.weights.as_ref(),
+            device,
+        )
+    }
+}
 
 /// A zoo backbone (ImageNet classes) or a trained whisker model (its classes), on a device.
 pub(crate) fn load_model(

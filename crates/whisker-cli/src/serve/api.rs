@@ -240,6 +240,33 @@ fn png_uri(img: &RgbImage) -> ApiResult<String> {
     Ok(whisker::report::html::data_uri(&bytes))
 }
 
+/// A query that may name the model.
+pub(crate) trait ModelChoice {
+    fn model(&self) -> Option<&str>;
+}
+
+/// What every upload endpoint does: read the image (before judging the query, so that a
+/// client still sending gets its answer), parse the query, then on a worker decode the image,
+/// load the model and run `f` on them; the model's id joins the answer.
+async fn with_image<Q: ModelChoice + Send + 'static>(
+    state: Arc<AppState>,
+    q: std::result::Result<Query<Q>, QueryRejection>,
+    req: Request,
+    f: impl FnOnce(Q, RgbImage, &Model) -> ApiResult<Value> + Send + 'static,
+) -> ApiResult<Json<Value>> {
+    let bytes = upload(&state, req).await?;
+    let q = query(q)?;
+    let st = state.clone();
+    job(&state, move || {
+        let img = decode(&bytes, st.max_pixels)?;
+        let (id, m) = model(&st, q.model())?;
+        let mut v = f(q, img, &m)?;
+        v["model"] = json!(id);
+        Ok(Json(v))
+    })
+    .await
+}
+
 #[derive(Deserialize)]
 pub(crate) struct ModelQuery {
     model: Option<String>,
@@ -297,19 +324,19 @@ pub(crate) struct ClassifyQuery {
     top: Option<usize>,
 }
 
+impl ModelChoice for ClassifyQuery {
+    fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+}
+
 pub(crate) async fn classify(
     State(state): State<Arc<AppState>>,
     q: std::result::Result<Query<ClassifyQuery>, QueryRejection>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
-    // the body first: a client gets its answer after sending it, even a 400 for the query
-    let bytes = upload(&state, req).await?;
-    let q = query(q)?;
-    let st = state.clone();
-    job(&state, move || {
-        let img = decode(&bytes, st.max_pixels)?;
-        let (id, m) = model(&st, q.model.as_deref())?;
-        let (_, _, probs) = attack::classify_u8(m.as_ref(), &img)?;
+    with_image(state, q, req, |q, img, m| {
+        let (_, _, probs) = attack::classify_u8(m, &img)?;
         let k = q.top.unwrap_or(5).clamp(1, probs.len());
         let mut order: Vec<usize> = (0..probs.len()).collect();
         order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
@@ -318,13 +345,12 @@ pub(crate) async fn classify(
             .iter()
             .map(|&i| json!({"index": i, "label": labels[i], "prob": probs[i]}))
             .collect();
-        Ok(Json(json!({
+        Ok(json!({
             "backbone": m.backbone().spec.name,
-            "model": id,
             "weights_sha256": m.weights_sha256(),
             "tta": false,
             "results": [{"image": "upload", "top": top}],
-        })))
+        }))
     })
     .await
 }
@@ -338,18 +364,18 @@ pub(crate) struct CamQuery {
     alpha: Option<f32>,
 }
 
+impl ModelChoice for CamQuery {
+    fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+}
+
 pub(crate) async fn cam(
     State(state): State<Arc<AppState>>,
     q: std::result::Result<Query<CamQuery>, QueryRejection>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
-    // the body first: a client gets its answer after sending it, even a 400 for the query
-    let bytes = upload(&state, req).await?;
-    let q = query(q)?;
-    let st = state.clone();
-    job(&state, move || {
-        let img = decode(&bytes, st.max_pixels)?;
-        let (id, m) = model(&st, q.model.as_deref())?;
+    with_image(state, q, req, |q, img, m| {
         let method = match q.method.as_deref() {
             None | Some("") => Default::default(),
             Some(s) => s.parse()?,
@@ -360,21 +386,20 @@ pub(crate) async fn cam(
         }
         let opts = CamOptions {
             method,
-            class: class_of(&m, q.class.as_deref())?,
+            class: class_of(m, q.class.as_deref())?,
             layer: q.layer.filter(|l| !l.is_empty()),
         };
         let (c, o) =
-            crate::inspect::cam::explain(&m, &img, &opts, alpha).map_err(|e| match e
+            crate::inspect::cam::explain(m, &img, &opts, alpha).map_err(|e| match e
                 .downcast::<whisker::Error>()
             {
                 Ok(w) => ApiError::from(w),
                 Err(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
             })?;
-        let mut v = crate::inspect::cam::cam_json(&m, &c, o.peak);
-        v["model"] = json!(id);
+        let mut v = crate::inspect::cam::cam_json(m, &c, o.peak);
         v["image"] = json!("upload");
         v["overlay"] = json!(png_uri(&o.image)?);
-        Ok(Json(v))
+        Ok(v)
     })
     .await
 }
@@ -386,18 +411,18 @@ pub(crate) struct FeatureQuery {
     channels: Option<usize>,
 }
 
+impl ModelChoice for FeatureQuery {
+    fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+}
+
 pub(crate) async fn featuremap(
     State(state): State<Arc<AppState>>,
     q: std::result::Result<Query<FeatureQuery>, QueryRejection>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
-    // the body first: a client gets its answer after sending it, even a 400 for the query
-    let bytes = upload(&state, req).await?;
-    let q = query(q)?;
-    let st = state.clone();
-    job(&state, move || {
-        let img = decode(&bytes, st.max_pixels)?;
-        let (id, m) = model(&st, q.model.as_deref())?;
+    with_image(state, q, req, |q, img, m| {
         let b = m.backbone();
         let layer = q
             .layer
@@ -405,30 +430,15 @@ pub(crate) async fn featuremap(
             .unwrap_or_else(|| whisker::inspect::featuremap::default_layer(b));
         let channels = q.channels.unwrap_or(16).clamp(1, 256);
         let crop = b.preprocess().apply(&img);
-        let acts = whisker::inspect::featuremap::activations(b, &crop, &layer)?;
-        let (base, tiles) = whisker::inspect::featuremap::render(&crop, &acts, channels, 96);
-        let fig = whisker::report::featuremap_figure(
-            &base,
-            &tiles,
-            &format!(
-                "{} · layer {} · {} most active of {} channels ({}×{})",
-                b.spec.name,
-                layer,
-                tiles.len(),
-                acts.0,
-                acts.1,
-                acts.2
-            ),
-        )?;
-        Ok(Json(json!({
-            "model": id,
+        let (fig, acts, shown) = crate::inspect::featuremap::figure(b, &crop, &layer, channels)?;
+        Ok(json!({
             "layer": layer,
             "channels": acts.0,
             "h": acts.1,
             "w": acts.2,
-            "shown": tiles.iter().map(|t| t.channel).collect::<Vec<_>>(),
+            "shown": shown,
             "image": png_uri(&fig)?,
-        })))
+        }))
     })
     .await
 }
@@ -446,18 +456,18 @@ pub(crate) struct AttackQuery {
     seed: Option<u64>,
 }
 
+impl ModelChoice for AttackQuery {
+    fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+}
+
 pub(crate) async fn attack(
     State(state): State<Arc<AppState>>,
     q: std::result::Result<Query<AttackQuery>, QueryRejection>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
-    // the body first: a client gets its answer after sending it, even a 400 for the query
-    let bytes = upload(&state, req).await?;
-    let q = query(q)?;
-    let st = state.clone();
-    job(&state, move || {
-        let img = decode(&bytes, st.max_pixels)?;
-        let (id, m) = model(&st, q.model.as_deref())?;
+    with_image(state, q, req, |q, img, m| {
         let eps = crate::args::epsilon(q.eps.as_deref().unwrap_or("4/255"))
             .map_err(|e| ApiError::bad(format!("eps: {e}")))?;
         let method: Method = q.method.as_deref().unwrap_or("pgd").parse()?;
@@ -480,22 +490,21 @@ pub(crate) async fn attack(
             alpha,
             steps,
             random_start: false,
-            target: class_of(&m, q.target.as_deref())?,
+            target: class_of(m, q.target.as_deref())?,
             seed: q.seed.unwrap_or(0),
             min_confidence: 0.0,
             cw_c: 1.0,
         };
-        let r = attack::attack(m.as_ref(), &img, &cfg)?;
+        let r = attack::attack(m, &img, &cfg)?;
         let labels = m.labels();
         let mut v = serde_json::to_value(&r)
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         v["original_label"] = json!(labels[r.original_top1]);
         v["adversarial_label"] = json!(labels[r.adversarial_top1]);
         v["settings"] = serde_json::to_value(&cfg).unwrap_or_default();
-        v["model"] = json!(id);
         v["adversarial"] = json!(png_uri(&r.adversarial)?);
         v["perturbation"] = json!(png_uri(&attack::diff_image(&img, &r.adversarial, 10.0))?);
-        Ok(Json(v))
+        Ok(v)
     })
     .await
 }

@@ -6,7 +6,7 @@
 //! decoded up to `--max-pixels` (decompression bombs are refused before decoding); heavy jobs
 //! bounded (`--workers` at a time, `--queue` waiting; beyond that 503 with Retry-After); a bad
 //! upload is a 4xx with a message and the server goes on; only the models given are read;
-//! Ctrl-C stops it gracefully.
+//! Ctrl-C or SIGTERM stops it gracefully.
 
 mod api;
 
@@ -177,6 +177,31 @@ pub(crate) fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .with_state(state)
 }
 
+/// Ctrl-C (SIGINT), or SIGTERM (a service manager's stop): finish the requests in flight, then
+/// exit.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    eprintln!("whisker serve: stopping");
+}
+
 pub fn serve(a: ServeArgs) -> Result<i32> {
     let offers = offers(&a)?;
     let state = Arc::new(AppState {
@@ -219,10 +244,7 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
         }
         let app = router(state.clone(), state.max_body);
         axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-                eprintln!("whisker serve: stopping");
-            })
+            .with_graceful_shutdown(stop_signal())
             .await
             .context("serving")?;
         Ok::<_, anyhow::Error>(())

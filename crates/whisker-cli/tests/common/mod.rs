@@ -96,10 +96,15 @@ impl Server {
     }
 
     /// Send SIGINT (Ctrl-C) and wait for the exit status.
-    pub fn interrupt(mut self) -> std::process::ExitStatus {
+    pub fn interrupt(self) -> std::process::ExitStatus {
+        self.signal(libc::SIGINT)
+    }
+
+    /// Send `sig` and wait for the exit status.
+    pub fn signal(mut self, sig: libc::c_int) -> std::process::ExitStatus {
         // SAFETY: signalling our own child process by its pid.
         unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
+            libc::kill(self.child.id() as libc::pid_t, sig);
         }
         let t = std::time::Instant::now();
         loop {
@@ -108,7 +113,7 @@ impl Server {
             }
             assert!(
                 t.elapsed().as_secs() < 20,
-                "the server did not stop on SIGINT"
+                "the server did not stop on signal {sig}"
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }

@@ -23,7 +23,7 @@ use super::{Backbone, Net};
 mod grad;
 use crate::data::transforms::{Normalization, IMAGENET_MEAN, IMAGENET_STD};
 use crate::error::{Error, Result};
-pub use grad::Tape;
+pub use grad::{ParamGrad, Tape};
 
 /// Which implementation runs forward-only passes on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +214,8 @@ pub struct Plan {
     arena: Mutex<Vec<Vec<f32>>>,
     /// Backward weights per op (empty unless compiled with `PlanOptions::backward`).
     bw: Vec<Option<grad::Bw>>,
+    /// Parameters per op (empty unless compiled with `PlanOptions::weight_grads`).
+    pm: Vec<Option<grad::ParamMap>>,
     /// Buffers of the input-gradient steps, reused between them.
     grad_pool: std::sync::Arc<grad::Pool>,
 }
@@ -241,6 +243,8 @@ struct Builder {
     winograd: bool,
     /// Backward weights of the ops that have them, by op index (with `PlanOptions::backward`).
     bw: Option<Vec<(usize, grad::Bw)>>,
+    /// The parameters of the ops that have them, by op index (`PlanOptions::weight_grads`).
+    pm: Option<Vec<(usize, grad::ParamMap)>>,
 }
 
 /// How a backbone is compiled.
@@ -253,6 +257,9 @@ pub struct PlanOptions {
     /// Also pack what input gradients need (transposed, reversed weights per stride phase):
     /// [`Plan::forward_tape`] and [`Plan::input_grad`]. Off for forward-only plans.
     pub backward: bool,
+    /// Also keep what weight gradients need (implies `backward`): each op's parameters (their
+    /// ids, the unfolded weights, the BatchNorm folding), for [`Plan::backward`].
+    pub weight_grads: bool,
 }
 
 impl Default for PlanOptions {
@@ -275,6 +282,21 @@ impl Default for PlanOptions {
         PlanOptions {
             winograd,
             backward: false,
+            weight_grads: false,
+        }
+    }
+}
+
+/// A list of `(op index, item)` as one slot per op (empty when there is no list).
+fn by_op<T>(list: Option<Vec<(usize, T)>>, ops: usize) -> Vec<Option<T>> {
+    match list {
+        None => Vec::new(),
+        Some(list) => {
+            let mut v: Vec<Option<T>> = (0..ops).map(|_| None).collect();
+            for (i, g) in list {
+                v[i] = Some(g);
+            }
+            v
         }
     }
 }
@@ -339,6 +361,9 @@ impl Builder {
         res: Option<V>,
     ) -> Result<V> {
         let (w, b, [cout, cpg, kh, kw]) = folded(conv, bn)?;
+        if let Some(pm) = &mut self.pm {
+            pm.push((self.ops.len(), grad::ParamMap::conv(conv, bn)?));
+        }
         let pad = Pad::of(conv.padding);
         let stride = conv.stride;
         let act = kact(act);
@@ -408,6 +433,18 @@ impl Builder {
             }
         }
         let b = values(l.bias.val())?;
+        if let Some(pm) = &mut self.pm {
+            pm.push((
+                self.ops.len(),
+                grad::ParamMap::Linear {
+                    weight: l.weight.id,
+                    bias: l.bias.id,
+                    perm: perm.map(|p| p.to_vec()),
+                    inp,
+                    outc,
+                },
+            ));
+        }
         if let Some(bw) = &mut self.bw {
             // [in, out] → [out, in, 1, 1]
             let mut oihw = vec![0f32; inp * outc];
@@ -456,6 +493,22 @@ impl Builder {
                 let (w2, _, _) = folded(&se.fc2, None)?;
                 bw.push((self.ops.len(), grad::Bw::Se { w1, w2, hid, c }));
             }
+            if let Some(pm) = &mut self.pm {
+                let bias = |c: &Conv2d| {
+                    c.bias.as_ref().map(|b| b.id).ok_or_else(|| {
+                        Error::Internal("a squeeze-excitation layer without bias".into())
+                    })
+                };
+                pm.push((
+                    self.ops.len(),
+                    grad::ParamMap::Se {
+                        w1: se.fc1.weight.id,
+                        b1: bias(&se.fc1)?,
+                        w2: se.fc2.weight.id,
+                        b2: bias(&se.fc2)?,
+                    },
+                ));
+            }
             let pack = |c: &Conv2d| -> Result<PackedConv> {
                 let (w, bias, [o, i, kh, kw]) = folded(c, None)?;
                 PackedConv::from_oihw(&w, Some(&bias), o, i, kh, kw).map_err(shape_err)
@@ -503,7 +556,8 @@ impl Plan {
             ops: Vec::new(),
             channels: vec![3],
             winograd: opts.winograd,
-            bw: opts.backward.then(Vec::new),
+            bw: (opts.backward || opts.weight_grads).then(Vec::new),
+            pm: opts.weight_grads.then(Vec::new),
         };
         let x = 0;
         let none = KAct::None;
@@ -613,20 +667,13 @@ impl Plan {
             Normalization::Tf => (255.0, [127.0; 3], [128.0; 3]),
         };
         let (slot, slots) = assign_slots(&bl.ops, bl.channels.len(), &[features, logits]);
-        let bw = match bl.bw {
-            None => Vec::new(),
-            Some(list) => {
-                let mut v: Vec<Option<grad::Bw>> = (0..bl.ops.len()).map(|_| None).collect();
-                for (i, g) in list {
-                    v[i] = Some(g);
-                }
-                v
-            }
-        };
+        let bw = by_op(bl.bw, bl.ops.len());
+        let pm = by_op(bl.pm, bl.ops.len());
         Ok(Plan {
             isa: Isa::current(),
             norm,
             bw,
+            pm,
             grad_pool: Default::default(),
             ops: bl.ops,
             classifier_start,

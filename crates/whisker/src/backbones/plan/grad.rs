@@ -1,14 +1,164 @@
-//! Input gradients through the CPU engine, weights frozen: a forward pass that keeps every
-//! value (a [`Tape`]), then the ops in reverse, each turning the gradient of its output into
-//! the gradient of its inputs with the backward kernels of `whisker-kernels` (stride-phase
-//! convolutions on the forward kernels, max/average pool routing). What `attack`, `dream`
-//! and `robustness` need: d(objective)/d(pixels), no weight gradients.
+//! Gradients through the CPU engine: a forward pass that keeps every value (a [`Tape`]), then
+//! the ops in reverse, each turning the gradient of its output into the gradient of its
+//! inputs with the backward kernels of `whisker-kernels` (stride-phase convolutions on the
+//! forward kernels, max/average pool routing) — what `attack`, `dream` and `robustness` need,
+//! d(objective)/d(pixels) — and, for a plan compiled with `weight_grads`, the gradient of
+//! every parameter ([`Plan::backward`]): each convolution's weight gradient with its
+//! BatchNorm folded in, mapped back to the convolution's weight, BatchNorm's γ and β and the
+//! biases (frozen running statistics: fine-tuning's default).
 
 use whisker_kernels as k;
 use whisker_kernels::{Act as KAct, ConvShape};
 
-use super::{shape_err, Op, Plan, V};
+use burn::module::ParamId;
+
+use super::{shape_err, values, Op, Plan, V};
+use crate::backbones::layers::{BatchNorm, Conv2d};
 use crate::error::{Error, Result};
+
+/// An eval-mode BatchNorm folded into its convolution: its parameters and, per channel,
+/// `γ/√(σ²+ε)`, `1/√(σ²+ε)` and the running mean.
+#[derive(Debug)]
+pub(super) struct BnFold {
+    gamma: ParamId,
+    beta: ParamId,
+    scale: Vec<f64>,
+    inv_std: Vec<f64>,
+    mean: Vec<f64>,
+}
+
+/// The parameters an op computes with, to map the gradients of its (folded, packed) weights
+/// back to them.
+#[derive(Debug)]
+pub(super) enum ParamMap {
+    /// A convolution, dense or depthwise: its unfolded weight `[cout, cin/groups, kh, kw]`,
+    /// its bias (zeros when it has none) and the BatchNorm folded into it.
+    Conv {
+        weight: ParamId,
+        w: Vec<f32>,
+        dims: [usize; 4],
+        bias: Option<ParamId>,
+        bias_v: Vec<f32>,
+        bn: Option<BnFold>,
+    },
+    /// A linear layer (burn's `[in, out]` weight); `perm` maps the NHWC flattening of its
+    /// input to the checkpoint's.
+    Linear {
+        weight: ParamId,
+        bias: ParamId,
+        perm: Option<Vec<usize>>,
+        inp: usize,
+        outc: usize,
+    },
+    /// Squeeze-excitation's two 1×1 convolutions.
+    Se {
+        w1: ParamId,
+        b1: ParamId,
+        w2: ParamId,
+        b2: ParamId,
+    },
+}
+
+impl ParamMap {
+    pub(super) fn conv(conv: &Conv2d, bn: Option<&BatchNorm>) -> Result<ParamMap> {
+        let dims = conv.weight.dims();
+        let w = crate::tensor::to_vec(conv.weight.val())?;
+        let bias_v = match &conv.bias {
+            Some(b) => values(b.val())?,
+            None => vec![0.0; dims[0]],
+        };
+        let bn = match bn.filter(|bn| !bn.folded) {
+            None => None,
+            Some(bn) => {
+                let (g, var, mean) = (
+                    values(bn.weight.val())?,
+                    values(bn.running_var.val())?,
+                    values(bn.running_mean.val())?,
+                );
+                let inv_std: Vec<f64> = var
+                    .iter()
+                    .map(|&v| 1.0 / (v as f64 + bn.eps).sqrt())
+                    .collect();
+                Some(BnFold {
+                    gamma: bn.weight.id,
+                    beta: bn.bias.id,
+                    scale: g.iter().zip(&inv_std).map(|(&g, s)| g as f64 * s).collect(),
+                    inv_std,
+                    mean: mean.iter().map(|&m| m as f64).collect(),
+                })
+            }
+        };
+        Ok(ParamMap::Conv {
+            weight: conv.weight.id,
+            w,
+            dims,
+            bias: conv.bias.as_ref().map(|b| b.id),
+            bias_v,
+            bn,
+        })
+    }
+
+    /// The parameters' gradients from the gradients of the folded weight `[cout, per]` and
+    /// bias: `W' = W·s`, `b' = (b − μ)·s + β` with `s = γ/√(σ²+ε)` give
+    /// `dW = dW'·s`, `db = db'·s`, `dβ = db'`, `dγ = (Σ_k dW'·W + db'·(b − μ))/√(σ²+ε)`.
+    fn conv_grads(&self, dw: &[f32], db: &[f32], out: &mut Vec<ParamGrad>) {
+        let ParamMap::Conv {
+            weight,
+            w,
+            dims,
+            bias,
+            bias_v,
+            bn,
+        } = self
+        else {
+            return;
+        };
+        let cout = dims[0];
+        let per = w.len() / cout.max(1);
+        let Some(bn) = bn else {
+            out.push(ParamGrad::new(*weight, dims.to_vec(), dw.to_vec()));
+            if let Some(b) = bias {
+                out.push(ParamGrad::new(*b, vec![cout], db.to_vec()));
+            }
+            return;
+        };
+        let mut gw = vec![0f32; w.len()];
+        let (mut gg, mut gb) = (vec![0f32; cout], vec![0f32; cout]);
+        let mut gbias = vec![0f32; cout];
+        for o in 0..cout {
+            let (d, wo) = (&dw[o * per..(o + 1) * per], &w[o * per..(o + 1) * per]);
+            let s = bn.scale[o];
+            for (g, &v) in gw[o * per..(o + 1) * per].iter_mut().zip(d) {
+                *g = (v as f64 * s) as f32;
+            }
+            let dot: f64 = d.iter().zip(wo).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let dbo = db[o] as f64;
+            gg[o] = ((dot + dbo * (bias_v[o] as f64 - bn.mean[o])) * bn.inv_std[o]) as f32;
+            gb[o] = db[o];
+            gbias[o] = (dbo * s) as f32;
+        }
+        out.push(ParamGrad::new(*weight, dims.to_vec(), gw));
+        if let Some(b) = bias {
+            out.push(ParamGrad::new(*b, vec![cout], gbias));
+        }
+        out.push(ParamGrad::new(bn.gamma, vec![cout], gg));
+        out.push(ParamGrad::new(bn.beta, vec![cout], gb));
+    }
+}
+
+/// The gradient of one parameter, in burn's layout of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamGrad {
+    pub id: ParamId,
+    pub dims: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+impl ParamGrad {
+    fn new(id: ParamId, dims: Vec<usize>, values: Vec<f32>) -> Self {
+        ParamGrad { id, dims, values }
+    }
+}
 
 /// Buffers kept between input-gradient steps (a tape's values, the gradients): reusing them
 /// avoids mapping fresh memory every step. Bounded by one step's worth.
@@ -270,6 +420,24 @@ impl Plan {
     /// d(objective)/d(input) `[n, 3, h, w]` (NCHW, pixel space unless the tape's input was
     /// normalised) from d(objective)/d(features) `[n, dim]`.
     pub fn input_grad(&self, tape: &Tape, dfeatures: &[f32]) -> Result<Vec<f32>> {
+        Ok(self.backward(tape, dfeatures, false)?.0)
+    }
+
+    /// The input gradient and, when `params` (the plan compiled with
+    /// [`super::PlanOptions::weight_grads`]), the gradient of every parameter the features
+    /// depend on, in burn's layouts.
+    pub fn backward(
+        &self,
+        tape: &Tape,
+        dfeatures: &[f32],
+        params: bool,
+    ) -> Result<(Vec<f32>, Vec<ParamGrad>)> {
+        if params && self.pm.is_empty() {
+            return Err(Error::Internal(
+                "this plan was compiled without weight gradients".into(),
+            ));
+        }
+        let mut pgrads = Vec::new();
         let n = tape.n;
         let shapes = &tape.shapes;
         let len = |v: V| n * shapes[v].0 * shapes[v].1 * shapes[v].2;
@@ -300,6 +468,11 @@ impl Plan {
                     act_grad(*act, &mut g, tape.produced(*out), saved)?;
                     if let Op::Conv { res: Some(r), .. } = op {
                         add_into(&mut grads[*r], &g, pool);
+                    }
+                    if params {
+                        if let Some(pm) = &self.pm[i] {
+                            self.op_param_grads(op, pm, tape, &g, &mut pgrads)?;
+                        }
                     }
                     // the forward geometry (a linear layer: a 1×1 convolution on 1×1 maps)
                     let s = match op {
@@ -368,8 +541,18 @@ impl Plan {
                     else {
                         return Err(missing());
                     };
-                    grads[*x] = Some(se_backward(&g, xin, s, hidden, w1, w2, n, *hid, *c));
+                    let (dx, sg) = se_backward(&g, xin, s, hidden, w1, w2, n, *hid, *c);
+                    grads[*x] = Some(dx);
                     pool.give(g);
+                    let se_params = if params { self.pm[i].as_ref() } else { None };
+                    if let Some(ParamMap::Se { w1, b1, w2, b2 }) = se_params {
+                        let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
+                        let (hid, c) = (*hid, *c);
+                        pgrads.push(ParamGrad::new(*w1, vec![hid, c, 1, 1], f(sg.w1)));
+                        pgrads.push(ParamGrad::new(*b1, vec![hid], f(sg.b1)));
+                        pgrads.push(ParamGrad::new(*w2, vec![c, hid, 1, 1], f(sg.w2)));
+                        pgrads.push(ParamGrad::new(*b2, vec![c], f(sg.b2)));
+                    }
                 }
                 Op::Tap { .. } => {}
             }
@@ -387,7 +570,115 @@ impl Plan {
         for g in grads.into_iter().flatten() {
             pool.give(g);
         }
-        Ok(out)
+        Ok((out, pgrads))
+    }
+
+    /// The parameter gradients of a convolution, depthwise convolution or linear layer from
+    /// the gradient `g` of its linear output (`[n, oh, ow, cout]`).
+    fn op_param_grads(
+        &self,
+        op: &Op,
+        pm: &ParamMap,
+        tape: &Tape,
+        g: &[f32],
+        out: &mut Vec<ParamGrad>,
+    ) -> Result<()> {
+        let n = tape.n;
+        let isa = self.isa;
+        match (op, pm) {
+            (
+                Op::Conv {
+                    x, w, stride, pad, ..
+                },
+                ParamMap::Conv { dims, .. },
+            ) => {
+                let [cout, cin, kh, kw] = *dims;
+                let s = pad.shape(n, tape.shapes[*x], w.kh, *stride);
+                let mut dw = vec![0f32; cout * cin * kh * kw];
+                let mut db = vec![0f32; cout];
+                k::conv2d_weight_grad(
+                    isa,
+                    &tape.values[*x],
+                    &s,
+                    cin,
+                    g,
+                    cout,
+                    kh,
+                    kw,
+                    &mut dw,
+                    Some(&mut db),
+                )
+                .map_err(shape_err)?;
+                pm.conv_grads(&dw, &db, out);
+            }
+            (
+                Op::Depthwise {
+                    x, w, stride, pad, ..
+                },
+                ParamMap::Conv { dims, .. },
+            ) => {
+                let [c, _, kh, kw] = *dims;
+                let s = pad.shape(n, tape.shapes[*x], w.kh, *stride);
+                let mut dw = vec![0f32; c * kh * kw];
+                let mut db = vec![0f32; c];
+                k::depthwise_weight_grad(
+                    isa,
+                    &tape.values[*x],
+                    &s,
+                    c,
+                    g,
+                    kh,
+                    kw,
+                    &mut dw,
+                    Some(&mut db),
+                )
+                .map_err(shape_err)?;
+                pm.conv_grads(&dw, &db, out);
+            }
+            (
+                Op::Linear { x, .. },
+                ParamMap::Linear {
+                    weight,
+                    bias,
+                    perm,
+                    inp,
+                    outc,
+                },
+            ) => {
+                let s = ConvShape::symmetric(n, 1, 1, 1, 0);
+                let mut dw = vec![0f32; inp * outc];
+                let mut db = vec![0f32; *outc];
+                k::conv2d_weight_grad(
+                    isa,
+                    &tape.values[*x],
+                    &s,
+                    *inp,
+                    g,
+                    *outc,
+                    1,
+                    1,
+                    &mut dw,
+                    Some(&mut db),
+                )
+                .map_err(shape_err)?;
+                // [out][in (NHWC order)] → burn's [in (checkpoint order)][out]
+                let mut gw = vec![0f32; inp * outc];
+                for o in 0..*outc {
+                    for i in 0..*inp {
+                        let row = perm.as_ref().map_or(i, |p| p[i]);
+                        gw[row * outc + o] = dw[o * inp + i];
+                    }
+                }
+                out.push(ParamGrad::new(*weight, vec![*inp, *outc], gw));
+                out.push(ParamGrad::new(*bias, vec![*outc], db));
+            }
+            _ => {
+                return Err(Error::Internal(
+                    "parameters recorded for the wrong kind of op".into(),
+                ))
+            }
+        }
+        Ok(())
     }
 }
 
@@ -417,6 +708,15 @@ fn op_act(op: &Op) -> KAct {
     }
 }
 
+/// Squeeze-excitation's parameter gradients: `w1` `[hid, c]`, `b1`, `w2` `[c, hid]`, `b2`.
+#[derive(Debug, Default)]
+struct SeGrads {
+    w1: Vec<f64>,
+    b1: Vec<f64>,
+    w2: Vec<f64>,
+    b2: Vec<f64>,
+}
+
 /// Squeeze-excitation backward: `y = x ⊙ s(mean(x))`, `s = hardsigmoid(w2·relu(w1·p + b1) + b2)`.
 #[allow(clippy::too_many_arguments)]
 fn se_backward(
@@ -429,21 +729,30 @@ fn se_backward(
     n: usize,
     hid: usize,
     c: usize,
-) -> Vec<f32> {
+) -> (Vec<f32>, SeGrads) {
     let hw = g.len() / (n * c).max(1);
     let mut dx = vec![0f32; g.len()];
+    let mut pg = SeGrads {
+        w1: vec![0.0; hid * c],
+        b1: vec![0.0; hid],
+        w2: vec![0.0; c * hid],
+        b2: vec![0.0; c],
+    };
     for b in 0..n {
         let gb = &g[b * hw * c..][..hw * c];
         let xb = &x[b * hw * c..][..hw * c];
         let sb = &s[b * c..][..c];
-        // ds = Σ_hw g ⊙ x, then through the hardsigmoid
+        // ds = Σ_hw g ⊙ x, then through the hardsigmoid; the pooled input on the way
         let mut dz = vec![0f64; c];
+        let mut pooled = vec![0f64; c];
         for p in 0..hw {
             for ch in 0..c {
                 dz[ch] += (gb[p * c + ch] * xb[p * c + ch]) as f64;
+                pooled[ch] += xb[p * c + ch] as f64;
             }
         }
         for ch in 0..c {
+            pooled[ch] /= hw as f64;
             dz[ch] = if sb[ch] > 0.0 && sb[ch] < 1.0 {
                 dz[ch] / 6.0
             } else {
@@ -456,6 +765,18 @@ fn se_backward(
         for (j, d) in dh.iter_mut().enumerate() {
             if hb[j] > 0.0 {
                 *d = (0..c).map(|ch| w2[ch * hid + j] as f64 * dz[ch]).sum();
+            }
+        }
+        for ((b2, row), &d) in pg.b2.iter_mut().zip(pg.w2.chunks_exact_mut(hid)).zip(&dz) {
+            *b2 += d;
+            for (w, &h) in row.iter_mut().zip(hb) {
+                *w += d * h as f64;
+            }
+        }
+        for ((b1, row), &d) in pg.b1.iter_mut().zip(pg.w1.chunks_exact_mut(c)).zip(&dh) {
+            *b1 += d;
+            for (w, &p) in row.iter_mut().zip(&pooled) {
+                *w += d * p;
             }
         }
         // through fc1 and the mean
@@ -471,5 +792,5 @@ fn se_backward(
             }
         }
     }
-    dx
+    (dx, pg)
 }
