@@ -162,25 +162,45 @@ impl Geo<'_> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn dense_avx512(geo: &Geo, p0: usize, p1: usize, acc: &mut [f32]) {
-    dense::<6, 32, true>(geo, p0, p1, acc)
+    dense_with(geo, p0, p1, acc, |a, m, b, n, kc, c| {
+        // SAFETY: this function runs only where AVX-512F is supported.
+        unsafe { simd::gemm_tn_avx512(a, m, b, n, kc, c) }
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dense_avx2(geo: &Geo, p0: usize, p1: usize, acc: &mut [f32]) {
-    dense::<6, 16, true>(geo, p0, p1, acc)
+    dense_with(geo, p0, p1, acc, |a, m, b, n, kc, c| {
+        // SAFETY: this function runs only where AVX2 and FMA are supported.
+        unsafe { simd::gemm_tn_avx2(a, m, b, n, kc, c) }
+    })
 }
 
-/// Pixels `p0..p1` into `acc` (`[tap][cin][cout]`).
-#[inline(always)]
+/// Pixels `p0..p1` into `acc` (`[tap][cin][cout]`), portably.
 fn dense<const MR: usize, const NR: usize, const FMA: bool>(
     geo: &Geo,
     p0: usize,
     p1: usize,
     acc: &mut [f32],
 ) {
+    dense_with(geo, p0, p1, acc, gemm_tn::<MR, NR, FMA>)
+}
+
+/// Pixels `p0..p1` into `acc` (`[tap][cin][cout]`): per block of [`KC`] pixels and per tap,
+/// the rows the tap reads gathered into a panel (zeros in the padding), then
+/// `gemm(panel, cin, g block, cout, kc, acc of the tap)`.
+#[inline(always)]
+fn dense_with(
+    geo: &Geo,
+    p0: usize,
+    p1: usize,
+    acc: &mut [f32],
+    gemm: impl Fn(&[f32], usize, &[f32], usize, usize, &mut [f32]),
+) {
     let (cin, cout) = (geo.cin, geo.cout);
-    let mut panel = vec![0f32; KC * cin];
+    // a few values past the last row: the SIMD tiles read whole register rows
+    let mut panel = vec![0f32; KC * cin + 16];
     let mut b0 = p0;
     while b0 < p1 {
         let kc = KC.min(p1 - b0);
@@ -202,7 +222,7 @@ fn dense<const MR: usize, const NR: usize, const FMA: bool>(
                     continue;
                 }
                 let tap = &mut acc[(ky * geo.kw + kx) * cin * cout..][..cin * cout];
-                gemm_tn::<MR, NR, FMA>(&panel[..kc * cin], cin, gblk, cout, kc, tap);
+                gemm(&panel[..kc * cin + 16], cin, gblk, cout, kc, tap);
             }
         }
         b0 += kc;
@@ -429,5 +449,165 @@ fn dw_rows<const FMA: bool>(geo: &Geo, p0: usize, p1: usize, acc: &mut [f32]) {
             *a += v;
         }
         b0 += kc;
+    }
+}
+
+/// The register tiles of the dense weight gradient: 6 input channels × 32 (AVX-512) or 16
+/// (AVX2) output channels, summing a block of pixels from zero in registers; column tails
+/// with masked loads and stores, row tails by storing only the valid rows.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    const MR: usize = 6;
+
+    /// `c[i, j] += Σ_p a[p·m + i] · b[p·n + j]`; `a` holds at least `MR` values past its
+    /// last row's `m`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gemm_tn_avx512(
+        a: &[f32],
+        m: usize,
+        b: &[f32],
+        n: usize,
+        kc: usize,
+        c: &mut [f32],
+    ) {
+        debug_assert!(a.len() >= (kc - 1) * m + m + MR && b.len() >= kc * n && c.len() >= m * n);
+        let mask = |w: usize| -> __mmask16 {
+            if w >= 16 {
+                0xffff
+            } else {
+                ((1u32 << w) - 1) as __mmask16
+            }
+        };
+        let mut j0 = 0;
+        while j0 < n {
+            let cols = (n - j0).min(32);
+            let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
+            let mut i0 = 0;
+            while i0 < m {
+                let rows = (m - i0).min(MR);
+                let (ap, bp) = (a.as_ptr().add(i0), b.as_ptr().add(j0));
+                let cp = c.as_mut_ptr().add(i0 * n + j0);
+                if cols > 16 {
+                    tile512::<2>(ap, m, bp, n, kc, [m0, m1], cp, n, rows);
+                } else {
+                    tile512::<1>(ap, m, bp, n, kc, [m0, m1], cp, n, rows);
+                }
+                i0 += MR;
+            }
+            j0 += 32;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn tile512<const NV: usize>(
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        kc: usize,
+        masks: [__mmask16; 2],
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        let (mut ap, mut bp) = (a, b);
+        for _ in 0..kc {
+            let mut bv = [_mm512_setzero_ps(); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = _mm512_maskz_loadu_ps(masks[v], bp.add(v * 16));
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*ap.add(i));
+                for (x, &y) in row.iter_mut().zip(&bv) {
+                    *x = _mm512_fmadd_ps(av, y, *x);
+                }
+            }
+            ap = ap.add(lda);
+            bp = bp.add(ldb);
+        }
+        for (i, row) in acc.iter().enumerate().take(rows) {
+            for (v, &x) in row.iter().enumerate() {
+                let o = c.add(i * ldc + v * 16);
+                let y = _mm512_add_ps(x, _mm512_maskz_loadu_ps(masks[v], o));
+                _mm512_mask_storeu_ps(o, masks[v], y);
+            }
+        }
+    }
+
+    /// [`gemm_tn_avx512`] with AVX2: 6 × 16 tiles.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn gemm_tn_avx2(
+        a: &[f32],
+        m: usize,
+        b: &[f32],
+        n: usize,
+        kc: usize,
+        c: &mut [f32],
+    ) {
+        debug_assert!(a.len() >= (kc - 1) * m + m + MR && b.len() >= kc * n && c.len() >= m * n);
+        let mask = |w: usize| -> __m256i {
+            let lanes: [i32; 8] = std::array::from_fn(|l| if l < w { -1 } else { 0 });
+            _mm256_loadu_si256(lanes.as_ptr() as *const __m256i)
+        };
+        let mut j0 = 0;
+        while j0 < n {
+            let cols = (n - j0).min(16);
+            let masks = [mask(cols), mask(cols.saturating_sub(8))];
+            let mut i0 = 0;
+            while i0 < m {
+                let rows = (m - i0).min(MR);
+                let (ap, bp) = (a.as_ptr().add(i0), b.as_ptr().add(j0));
+                let cp = c.as_mut_ptr().add(i0 * n + j0);
+                if cols > 8 {
+                    tile256::<2>(ap, m, bp, n, kc, masks, cp, n, rows);
+                } else {
+                    tile256::<1>(ap, m, bp, n, kc, masks, cp, n, rows);
+                }
+                i0 += MR;
+            }
+            j0 += 16;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn tile256<const NV: usize>(
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        kc: usize,
+        masks: [__m256i; 2],
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+        let (mut ap, mut bp) = (a, b);
+        for _ in 0..kc {
+            let mut bv = [_mm256_setzero_ps(); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = _mm256_maskload_ps(bp.add(v * 8), masks[v]);
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*ap.add(i));
+                for (x, &y) in row.iter_mut().zip(&bv) {
+                    *x = _mm256_fmadd_ps(av, y, *x);
+                }
+            }
+            ap = ap.add(lda);
+            bp = bp.add(ldb);
+        }
+        for (i, row) in acc.iter().enumerate().take(rows) {
+            for (v, &x) in row.iter().enumerate() {
+                let o = c.add(i * ldc + v * 8);
+                let y = _mm256_add_ps(x, _mm256_maskload_ps(o, masks[v]));
+                _mm256_maskstore_ps(o, masks[v], y);
+            }
+        }
     }
 }
