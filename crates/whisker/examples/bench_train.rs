@@ -19,7 +19,6 @@ use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamWConfig, GradientsParams, SgdConfig};
 use burn::tensor::{Device, Distribution, Tensor};
-use whisker::backbones::Taps;
 use whisker::{Backbone, MODELS};
 
 struct Trainable<'a>(&'a HashSet<ParamId>);
@@ -74,6 +73,7 @@ fn main() {
         let b =
             Backbone::with_formula_weights(&name, &device).unwrap_or_else(|e| fail(e.to_string()));
         let s = b.spec.input_size;
+        let norm = b.spec.norm;
         // the classifier (the last unit) and the top `unfreeze` units of the backbone
         let n_units = b.units.len() - 1;
         let first = unfreeze.map(|k| n_units.saturating_sub(k)).unwrap_or(0);
@@ -106,7 +106,8 @@ fn main() {
             _ => AdamWConfig::new().with_weight_decay(1e-2).init(),
         };
         let mut step = |net: whisker::backbones::Net| {
-            let logits = net.classifier(net.features(x.clone(), &mut Taps::none()));
+            let f = whisker::backbones::train_features(&net, norm, x.clone(), bn == "train");
+            let logits = net.classifier(f);
             let loss = whisker::train::head::cross_entropy(logits, &labels, 1000, 0.0, &device);
             let mut grads = loss.backward();
             let gp = GradientsParams::from_module(&mut grads, &net);

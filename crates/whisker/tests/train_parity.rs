@@ -13,8 +13,8 @@
 //! 8 pseudo-random sign vectors (their relative error estimates the whole tensor's) and 256
 //! strided elements.
 //!
-//! Two paths: fine-tuning as it runs today (burn's autodiff, SGD steps), and the CPU engine's
-//! weight gradients (`Plan::backward`, every ISA path), the first step's.
+//! Both paths of fine-tuning: the CPU engine (`train_features`, the default) and burn's
+//! operations; and the engine's weight gradients on every ISA path (`Plan::backward`).
 
 mod common;
 
@@ -117,7 +117,8 @@ fn compare(
     }
 }
 
-fn check(name: &str) {
+/// Fine-tuning steps on `path`: the default (the engine on the CPU) or burn's operations.
+fn check(name: &str, burn: bool) {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(golden_path("train.json")).unwrap()).unwrap();
     let golden = golden("train.safetensors");
@@ -155,7 +156,8 @@ fn check(name: &str) {
         .iter()
         .map(|f| pre.load(&testdata(f)).unwrap())
         .collect();
-    let x = b.spec.norm.normalize(to_tensor(&imgs, &device));
+    let norm = b.spec.norm;
+    let x = norm.normalize(to_tensor(&imgs, &device));
     let params: Vec<_> = b.param_info.iter().filter(|p| !p.buffer).cloned().collect();
     let want_grads = m["grads"].as_array().unwrap();
     assert_eq!(params.len(), want_grads.len(), "{name}: parameter count");
@@ -181,7 +183,12 @@ fn check(name: &str) {
         .collect();
     let (mut worst_norm, mut worst_samples) = (0f64, 0f64);
     for step in 0..=steps {
-        let logits = net.classifier(net.features(x.clone(), &mut Taps::none()));
+        let f = if burn {
+            net.features(x.clone(), &mut Taps::none())
+        } else {
+            whisker::backbones::train_features(&net, norm, x.clone(), false)
+        };
+        let logits = net.classifier(f);
         let loss = whisker::train::head::cross_entropy(logits, &labels, 1000, 0.0, &device);
         let l = loss.clone().into_scalar::<f32>() as f64;
         let rel = (l - want_losses[step]).abs() / want_losses[step].abs();
@@ -227,36 +234,49 @@ fn check(name: &str) {
     );
 }
 
-// Today's fine-tuning runs on burn-flex, whose weight gradients are less accurate than
-// PyTorch's float32 in the first layers (measured 2026-11-28 against float64, whole-tensor
-// relative L2 estimated by projections): resnet18 conv1.weight 6.0e-4 (PyTorch float32:
-// 4.8e-7), vgg16_bn features.0.weight 3.4e-2 (9.5e-4). The engine's weight gradients (the
-// `engine_*` tests below) pass for every family; once fine-tuning runs on them, these run too.
 #[test]
-#[ignore = "burn-flex's conv1 weight gradient is 6.0e-4 off float64 (PyTorch float32: 4.8e-7)"]
 fn resnet18_fine_tuning_steps_match_pytorch() {
-    check("resnet18");
+    check("resnet18", false);
 }
 
 #[test]
-#[ignore = "burn-flex's features.0 weight gradient is 3.4e-2 off float64 (PyTorch float32: 9.5e-4)"]
 fn vgg16_bn_fine_tuning_steps_match_pytorch() {
-    check("vgg16_bn");
+    check("vgg16_bn", false);
 }
 
 #[test]
 fn mobilenet_v2_fine_tuning_steps_match_pytorch() {
-    check("mobilenet_v2");
+    check("mobilenet_v2", false);
 }
 
 #[test]
 fn mobilenet_v3_small_fine_tuning_steps_match_pytorch() {
-    check("mobilenet_v3_small");
+    check("mobilenet_v3_small", false);
 }
 
 #[test]
 fn efficientnet_lite0_fine_tuning_steps_match_pytorch() {
-    check("efficientnet_lite0");
+    check("efficientnet_lite0", false);
+}
+
+// burn's operations (other devices, `--train-bn`, `WHISKER_ENGINE=burn`): their weight
+// gradients are less accurate than PyTorch's float32 in the first layers (measured 2026-11-28
+// against float64, whole-tensor relative L2 estimated by projections): resnet18 conv1.weight
+// 6.0e-4 (PyTorch float32: 4.8e-7), vgg16_bn features.0.weight 3.4e-2 (9.5e-4).
+#[test]
+#[ignore = "burn-flex's conv1 weight gradient is 6.0e-4 off float64 (PyTorch float32: 4.8e-7)"]
+fn resnet18_fine_tuning_steps_on_burn_match_pytorch() {
+    check("resnet18", true);
+}
+
+#[test]
+fn mobilenet_v3_small_fine_tuning_steps_on_burn_match_pytorch() {
+    check("mobilenet_v3_small", true);
+}
+
+#[test]
+fn efficientnet_lite0_fine_tuning_steps_on_burn_match_pytorch() {
+    check("efficientnet_lite0", true);
 }
 
 /// The CPU engine's weight gradients (`Plan::backward`) at the first step, against the same

@@ -696,6 +696,29 @@ impl Backbone {
     }
 }
 
+/// The features of normalised input `x` for fine-tuning `net` (with its current weights): on
+/// the CPU, the engine as one tracked operation that gives every trainable parameter its
+/// gradient (BatchNorm with its running statistics, folded); elsewhere, with BatchNorm
+/// normalising with batch statistics (`train_bn`), or with `WHISKER_ENGINE=burn`, burn's
+/// operations.
+pub fn train_features(
+    net: &Net,
+    norm: crate::data::transforms::Normalization,
+    x: Tensor<4>,
+    train_bn: bool,
+) -> Tensor<2> {
+    if !train_bn
+        && plan::engine() == plan::Engine::Auto
+        && x.is_autodiff()
+        && x.device() == Device::flex().autodiff()
+    {
+        if let Some(f) = tracked::train_features(net, norm, x.clone()) {
+            return f;
+        }
+    }
+    net.features(x, &mut Taps::none())
+}
+
 /// One of the top-k classes of a prediction.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Ranked {

@@ -552,6 +552,12 @@ impl Plan {
 
     /// Compile a backbone with the given options.
     pub fn compile_with(b: &Backbone, opts: PlanOptions) -> Result<Plan> {
+        Self::compile_net(&b.net, b.spec.norm, opts)
+    }
+
+    /// Compile a network (with its current weights: fine-tuning compiles every step) that
+    /// takes input normalised with `norm`.
+    pub fn compile_net(net: &Net, norm: Normalization, opts: PlanOptions) -> Result<Plan> {
         let mut bl = Builder {
             ops: Vec::new(),
             channels: vec![3],
@@ -561,7 +567,7 @@ impl Plan {
         };
         let x = 0;
         let none = KAct::None;
-        let (features, classifier_start, logits) = match &b.net {
+        let (features, classifier_start, logits) = match net {
             Net::ResNet(m) => {
                 let mut x = bl.conv(x, &m.conv1, Some(&m.bn1), Act::Relu, None)?;
                 bl.tap("relu", x);
@@ -662,7 +668,7 @@ impl Plan {
                 (f, start, bl.linear(f, &m.fc, none, None)?)
             }
         };
-        let norm = match b.spec.norm {
+        let norm = match norm {
             Normalization::ImageNet => (1.0, IMAGENET_MEAN, IMAGENET_STD),
             Normalization::Tf => (255.0, [127.0; 3], [128.0; 3]),
         };

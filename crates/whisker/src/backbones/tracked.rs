@@ -79,3 +79,143 @@ pub(super) fn features(plan: &Arc<Plan>, x: Tensor<4>, normalized: bool) -> Opti
     };
     Some(Tensor::<2>::from_primitive::<Autodiff<Flex>>(y))
 }
+
+/// The engine for fine-tuning: pixels → features as one tracked operation whose backward pass
+/// gives the input gradient (when the input takes one) and every trainable parameter's
+/// gradient ([`Plan::backward`]), registered under the parameters' own autodiff nodes, where
+/// burn's optimisers find them (`GradientsParams::from_module`).
+#[derive(Debug)]
+struct EngineTrain;
+
+/// What the training backward pass needs: the plan, its tape, and the autodiff node of each
+/// trainable parameter.
+#[derive(Debug, Clone)]
+struct TrainState {
+    plan: Arc<Plan>,
+    tape: Arc<Tape>,
+    nodes: Arc<std::collections::HashMap<burn::module::ParamId, burn_autodiff::NodeId>>,
+    input_grad: bool,
+}
+
+impl Backward<Flex, 2> for EngineTrain {
+    type State = TrainState;
+
+    fn backward(self, ops: Ops<TrainState, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = grads.consume::<Flex>(&ops.node);
+        let g = Tensor::<2>::from_primitive::<Flex>(g);
+        let TrainState {
+            plan,
+            tape,
+            nodes,
+            input_grad,
+        } = ops.state;
+        // The tape and the feature gradient come from the forward pass of this same plan, so
+        // their shapes agree; a failure here is a bug, not bad input.
+        let (dx, pgrads) = crate::tensor::to_vec(g)
+            .and_then(|gv| plan.backward(&tape, &gv, true))
+            .expect("the engine's backward pass");
+        for p in pgrads {
+            if let Some(&id) = nodes.get(&p.id) {
+                register(grads, id, p.values, &p.dims);
+            }
+        }
+        if let (true, Some(parent)) = (input_grad, &ops.parents[0]) {
+            let dims = tape.input_dims();
+            let dx = Tensor::<4>::from_data(TensorData::new(dx, dims), &Device::flex())
+                .try_into_primitive::<Flex>()
+                .expect("a flex tensor");
+            grads.register::<Flex>(parent.id, dx);
+        }
+    }
+}
+
+/// Register `values` (shaped `dims`, rank 1, 2 or 4: every parameter of the zoo) as the
+/// gradient of node `id`.
+fn register(grads: &mut Gradients, id: burn_autodiff::NodeId, values: Vec<f32>, dims: &[usize]) {
+    let d = TensorData::new(values, dims.to_vec());
+    let device = Device::flex();
+    let t = match dims.len() {
+        1 => Tensor::<1>::from_data(d, &device).try_into_primitive::<Flex>(),
+        2 => Tensor::<2>::from_data(d, &device).try_into_primitive::<Flex>(),
+        4 => Tensor::<4>::from_data(d, &device).try_into_primitive::<Flex>(),
+        r => panic!("a parameter of rank {r}"),
+    };
+    grads.register::<Flex>(id, t.expect("a flex tensor"));
+}
+
+/// Features `[n, dim]` of normalised input `x` (`[n, 3, h, w]`, autodiff CPU device) through
+/// `net` compiled now (its current weights), tracked so that every parameter of `net` that
+/// takes gradients gets them from the engine. `None` when the engine cannot serve it.
+pub(super) fn train_features(
+    net: &super::Net,
+    norm: crate::data::transforms::Normalization,
+    x: Tensor<4>,
+) -> Option<Tensor<2>> {
+    // the trainable parameters' own autodiff nodes (not of a view of them: a reshape would
+    // be a new node)
+    type Prim = <Autodiff<Flex> as burn_backend::BackendTypes>::FloatTensorPrimitive;
+    struct Collect {
+        nodes: std::collections::HashMap<burn::module::ParamId, burn_autodiff::NodeId>,
+        first: Option<Prim>,
+        failed: bool,
+    }
+    impl burn::module::ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+            let v = p.val();
+            if v.is_require_grad() {
+                match v.try_into_primitive::<Autodiff<Flex>>() {
+                    Ok(a) => {
+                        self.nodes.insert(p.id, a.id());
+                        self.first.get_or_insert(a);
+                    }
+                    Err(_) => self.failed = true,
+                }
+            }
+        }
+    }
+    let mut c = Collect {
+        nodes: std::collections::HashMap::new(),
+        first: None,
+        failed: false,
+    };
+    burn::module::Module::visit(net, &mut c);
+    if c.failed {
+        return None;
+    }
+    let (nodes, pa) = (c.nodes, c.first?);
+    let opts = super::plan::PlanOptions {
+        weight_grads: true,
+        ..Default::default()
+    };
+    let plan = Arc::new(Plan::compile_net(net, norm, opts).ok()?);
+    let dims = x.dims();
+    let v = crate::tensor::to_vec(x.clone().inner()).ok()?;
+    let tape = plan.forward_tape(&v, dims, true).ok()?;
+    let n = tape.n();
+    let f = tape.features().to_vec();
+    let fd = f.len() / n.max(1);
+    let out = Tensor::<2>::from_data(TensorData::new(f, [n, fd]), &Device::flex())
+        .try_into_primitive::<Flex>()
+        .ok()?;
+    let input_grad = x.is_require_grad();
+    let xa = x.try_into_primitive::<Autodiff<Flex>>().ok()?;
+    // a trainable parameter is the second parent: the op is tracked even when the images
+    // take no gradient
+    let y = match EngineTrain
+        .prepare::<NoCheckpointing>([xa.node(), pa.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(
+            TrainState {
+                plan,
+                tape: Arc::new(tape),
+                nodes: Arc::new(nodes),
+                input_grad,
+            },
+            out,
+        ),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Some(Tensor::<2>::from_primitive::<Autodiff<Flex>>(y))
+}

@@ -261,7 +261,7 @@ impl FineTuner {
             }
             let labels: Vec<usize> = idx.iter().map(|&i| train_labels[i]).collect();
             let x = norm.normalize(to_tensor(&imgs, &device));
-            let f = self.model.net.features(x, &mut Taps::none());
+            let f = crate::backbones::train_features(&self.model.net, norm, x, cfg.train_bn);
             let logits = self.model.head.forward(f);
             let loss = super::head::cross_entropy(
                 logits,
