@@ -159,6 +159,32 @@ impl Geo<'_> {
     }
 }
 
+impl Geo<'_> {
+    /// The whole input patch of output pixel `p` (`kh·kw·cin` values, tap-major, zeros in the
+    /// padding), each kernel row copied in one piece.
+    fn patch(&self, p: usize, dst: &mut [f32]) {
+        let (s, cin, kw) = (self.s, self.cin, self.kw);
+        let (b, rem) = (p / (self.oh * self.ow), p % (self.oh * self.ow));
+        let (oy, ox) = (rem / self.ow, rem % self.ow);
+        let ix0 = (ox * s.stride) as isize - s.pad[2] as isize;
+        // the kernel columns inside the image
+        let ka = (-ix0).clamp(0, kw as isize) as usize;
+        let kb = (s.w as isize - ix0).clamp(0, kw as isize) as usize;
+        for ky in 0..self.kh {
+            let d = &mut dst[ky * kw * cin..(ky + 1) * kw * cin];
+            let iy = (oy * s.stride + ky) as isize - s.pad[0] as isize;
+            if iy < 0 || iy >= s.h as isize || ka >= kb {
+                d.fill(0.0);
+                continue;
+            }
+            d[..ka * cin].fill(0.0);
+            d[kb * cin..].fill(0.0);
+            let at = ((b * s.h + iy as usize) * s.w + (ix0 + ka as isize) as usize) * cin;
+            d[ka * cin..kb * cin].copy_from_slice(&self.x[at..at + (kb - ka) * cin]);
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn dense_avx512(geo: &Geo, p0: usize, p1: usize, acc: &mut [f32]) {
@@ -199,6 +225,24 @@ fn dense_with(
     gemm: impl Fn(&[f32], usize, &[f32], usize, usize, &mut [f32]),
 ) {
     let (cin, cout) = (geo.cin, geo.cout);
+    let taps = geo.kh * geo.kw;
+    if cin < 16 && taps > 1 {
+        // few input channels (the RGB stems): whole patches as the rows, one GEMM of
+        // taps·cin rows (the accumulator's [tap][cin] order) instead of taps thin ones
+        let m = taps * cin;
+        let mut panel = vec![0f32; KC * m + 16];
+        let mut b0 = p0;
+        while b0 < p1 {
+            let kc = KC.min(p1 - b0);
+            for (r, dst) in panel.chunks_exact_mut(m).take(kc).enumerate() {
+                geo.patch(b0 + r, dst);
+            }
+            let gblk = &geo.g[b0 * cout..(b0 + kc) * cout];
+            gemm(&panel[..kc * m + 16], m, gblk, cout, kc, acc);
+            b0 += kc;
+        }
+        return;
+    }
     // a few values past the last row: the SIMD tiles read whole register rows
     let mut panel = vec![0f32; KC * cin + 16];
     let mut b0 = p0;

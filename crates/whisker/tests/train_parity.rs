@@ -346,7 +346,7 @@ fn check_engine(name: &str) {
         let mut grads = loss.backward();
         let df = to_vec(f.grad(&grads).unwrap());
         let classifier = GradientsParams::from_module(&mut grads, &b.net);
-        let (_, engine) = plan.backward(&tape, &df, true).unwrap();
+        let (_, engine) = plan.backward(&tape, &df, false, true).unwrap();
         let (mut worst, mut worst_key, mut checked) = (0f64, String::new(), 0);
         for want in want_grads {
             let key = want["key"].as_str().unwrap();

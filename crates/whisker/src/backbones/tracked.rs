@@ -112,7 +112,7 @@ impl Backward<Flex, 2> for EngineTrain {
         // The tape and the feature gradient come from the forward pass of this same plan, so
         // their shapes agree; a failure here is a bug, not bad input.
         let (dx, pgrads) = crate::tensor::to_vec(g)
-            .and_then(|gv| plan.backward(&tape, &gv, true))
+            .and_then(|gv| plan.backward(&tape, &gv, input_grad, true))
             .expect("the engine's backward pass");
         for p in pgrads {
             if let Some(&id) = nodes.get(&p.id) {

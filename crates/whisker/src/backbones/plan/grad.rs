@@ -420,16 +420,17 @@ impl Plan {
     /// d(objective)/d(input) `[n, 3, h, w]` (NCHW, pixel space unless the tape's input was
     /// normalised) from d(objective)/d(features) `[n, dim]`.
     pub fn input_grad(&self, tape: &Tape, dfeatures: &[f32]) -> Result<Vec<f32>> {
-        Ok(self.backward(tape, dfeatures, false)?.0)
+        Ok(self.backward(tape, dfeatures, true, false)?.0)
     }
 
-    /// The input gradient and, when `params` (the plan compiled with
-    /// [`super::PlanOptions::weight_grads`]), the gradient of every parameter the features
-    /// depend on, in burn's layouts.
+    /// The input gradient (zeros unless `input_grad`) and, when `params` (the plan compiled
+    /// with [`super::PlanOptions::weight_grads`]), the gradient of every parameter the
+    /// features depend on, in burn's layouts.
     pub fn backward(
         &self,
         tape: &Tape,
         dfeatures: &[f32],
+        input_grad: bool,
         params: bool,
     ) -> Result<(Vec<f32>, Vec<ParamGrad>)> {
         if params && self.pm.is_empty() {
@@ -482,6 +483,11 @@ impl Plan {
                         }
                         _ => ConvShape::symmetric(n, 1, 1, 1, 0),
                     };
+                    // the image's own gradient only when asked for (fine-tuning needs none)
+                    if *x == 0 && !input_grad {
+                        pool.give(g);
+                        continue;
+                    }
                     let acc = grads[*x].is_some();
                     let dx = grads[*x].get_or_insert_with(|| pool.take(len(*x)));
                     match &self.bw[i] {
