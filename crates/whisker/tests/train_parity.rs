@@ -117,45 +117,76 @@ fn compare(
     }
 }
 
+/// A family's case: the goldens, its settings, the trainable backbone and the two photos.
+struct Case {
+    manifest: serde_json::Value,
+    golden: std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>,
+    labels: Vec<usize>,
+    /// Strided elements per gradient.
+    k: usize,
+    b: Backbone,
+    imgs: Vec<image::RgbImage>,
+}
+
+impl Case {
+    fn new(name: &str) -> Case {
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(golden_path("train.json")).unwrap()).unwrap();
+        let us = |k: &str| manifest[k].as_u64().unwrap() as usize;
+        let device = Device::flex().autodiff();
+        let b = if name == "efficientnet_lite0" {
+            Backbone::from_file(name, &testdata("efficientnet-lite0-57934424.pth"), &device)
+                .unwrap()
+        } else {
+            Backbone::with_formula_weights(name, &device).unwrap()
+        }
+        .set_trainable(true);
+        let pre = Preprocess {
+            resize: us("resize"),
+            crop: us("size"),
+            norm: b.spec.norm,
+        };
+        let imgs = ["chelsea.png", "coffee.png"]
+            .iter()
+            .map(|f| pre.load(&testdata(f)).unwrap())
+            .collect();
+        Case {
+            labels: manifest["labels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect(),
+            k: us("samples"),
+            golden: golden("train.safetensors"),
+            manifest,
+            b,
+            imgs,
+        }
+    }
+
+    fn model(&self, name: &str) -> &serde_json::Value {
+        &self.manifest["models"][name]
+    }
+}
+
 /// Fine-tuning steps on `path`: the default (the engine on the CPU) or burn's operations.
 fn check(name: &str, burn: bool) {
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(golden_path("train.json")).unwrap()).unwrap();
-    let golden = golden("train.safetensors");
+    let Case {
+        manifest,
+        golden,
+        labels,
+        k,
+        b,
+        imgs,
+    } = Case::new(name);
     let m = &manifest["models"][name];
-    let (size, resize) = (
-        manifest["size"].as_u64().unwrap() as usize,
-        manifest["resize"].as_u64().unwrap() as usize,
-    );
-    let labels: Vec<usize> = manifest["labels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as usize)
-        .collect();
     let (lr, momentum) = (
         manifest["lr"].as_f64().unwrap(),
         manifest["momentum"].as_f64().unwrap(),
     );
     let steps = manifest["steps"].as_u64().unwrap() as usize;
-    let k = manifest["samples"].as_u64().unwrap() as usize;
-
     let device = Device::flex().autodiff();
-    let b = if name == "efficientnet_lite0" {
-        Backbone::from_file(name, &testdata("efficientnet-lite0-57934424.pth"), &device).unwrap()
-    } else {
-        Backbone::with_formula_weights(name, &device).unwrap()
-    }
-    .set_trainable(true);
-    let pre = Preprocess {
-        resize,
-        crop: size,
-        norm: b.spec.norm,
-    };
-    let imgs: Vec<_> = ["chelsea.png", "coffee.png"]
-        .iter()
-        .map(|f| pre.load(&testdata(f)).unwrap())
-        .collect();
     let norm = b.spec.norm;
     let x = norm.normalize(to_tensor(&imgs, &device));
     let params: Vec<_> = b.param_info.iter().filter(|p| !p.buffer).cloned().collect();
@@ -283,43 +314,17 @@ fn efficientnet_lite0_fine_tuning_steps_on_burn_match_pytorch() {
 /// float64 goldens: the features' gradient from the classifier and the loss (burn), then every
 /// backbone parameter's gradient from the engine's backward pass, on every ISA path.
 fn check_engine(name: &str) {
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(golden_path("train.json")).unwrap()).unwrap();
-    let golden = golden("train.safetensors");
-    let m = &manifest["models"][name];
-    let (size, resize) = (
-        manifest["size"].as_u64().unwrap() as usize,
-        manifest["resize"].as_u64().unwrap() as usize,
-    );
-    let labels: Vec<usize> = manifest["labels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as usize)
-        .collect();
-    let k = manifest["samples"].as_u64().unwrap() as usize;
+    let c = Case::new(name);
+    let (m, golden, labels, k, b) = (c.model(name), &c.golden, &c.labels, c.k, &c.b);
+    let size = c.manifest["size"].as_u64().unwrap() as usize;
     let device = Device::flex().autodiff();
-    let b = if name == "efficientnet_lite0" {
-        Backbone::from_file(name, &testdata("efficientnet-lite0-57934424.pth"), &device).unwrap()
-    } else {
-        Backbone::with_formula_weights(name, &device).unwrap()
-    }
-    .set_trainable(true);
-    let pre = Preprocess {
-        resize,
-        crop: size,
-        norm: b.spec.norm,
-    };
-    let imgs: Vec<_> = ["chelsea.png", "coffee.png"]
-        .iter()
-        .map(|f| pre.load(&testdata(f)).unwrap())
-        .collect();
-    let x = to_vec(b.spec.norm.normalize(to_tensor(&imgs, &Device::flex())));
+    let imgs = &c.imgs;
+    let x = to_vec(b.spec.norm.normalize(to_tensor(imgs, &Device::flex())));
     let dims = [2, 3, size, size];
     let want_grads = m["grads"].as_array().unwrap();
     for isa in Isa::available() {
         let plan = Plan::compile_with(
-            &b,
+            b,
             PlanOptions {
                 weight_grads: true,
                 ..Default::default()
@@ -336,7 +341,7 @@ fn check_engine(name: &str) {
         )
         .require_grad();
         let logits = b.net.classifier(f.clone());
-        let loss = whisker::train::head::cross_entropy(logits, &labels, 1000, 0.0, &device);
+        let loss = whisker::train::head::cross_entropy(logits, labels, 1000, 0.0, &device);
         let l = loss.clone().into_scalar::<f32>() as f64;
         let want_loss = m["losses"][0].as_f64().unwrap();
         assert!(

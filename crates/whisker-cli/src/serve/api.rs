@@ -218,7 +218,7 @@ fn model(state: &AppState, id: Option<&str>) -> ApiResult<(String, Arc<Model>)> 
     Ok((offer.id.clone(), m))
 }
 
-fn query<T>(q: std::result::Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+fn query<T>(q: Q<T>) -> ApiResult<T> {
     q.map(|Query(v)| v)
         .map_err(|e| ApiError::bad(format!("query: {}", e.body_text())))
 }
@@ -245,14 +245,28 @@ pub(crate) trait ModelChoice {
     fn model(&self) -> Option<&str>;
 }
 
+macro_rules! model_choice {
+    ($($t:ty),*) => {$(
+        impl ModelChoice for $t {
+            fn model(&self) -> Option<&str> {
+                self.model.as_deref()
+            }
+        }
+    )*};
+}
+model_choice!(ClassifyQuery, CamQuery, FeatureQuery, AttackQuery);
+
+/// A query string, or why it could not be read.
+type Q<T> = std::result::Result<Query<T>, QueryRejection>;
+
 /// What every upload endpoint does: read the image (before judging the query, so that a
 /// client still sending gets its answer), parse the query, then on a worker decode the image,
 /// load the model and run `f` on them; the model's id joins the answer.
-async fn with_image<Q: ModelChoice + Send + 'static>(
+async fn with_image<T: ModelChoice + Send + 'static>(
     state: Arc<AppState>,
-    q: std::result::Result<Query<Q>, QueryRejection>,
+    q: Q<T>,
     req: Request,
-    f: impl FnOnce(Q, RgbImage, &Model) -> ApiResult<Value> + Send + 'static,
+    f: impl FnOnce(T, RgbImage, &Model) -> ApiResult<Value> + Send + 'static,
 ) -> ApiResult<Json<Value>> {
     let bytes = upload(&state, req).await?;
     let q = query(q)?;
@@ -288,7 +302,7 @@ pub(crate) async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
 
 pub(crate) async fn classes(
     State(state): State<Arc<AppState>>,
-    q: std::result::Result<Query<ModelQuery>, QueryRejection>,
+    q: Q<ModelQuery>,
 ) -> ApiResult<Json<Value>> {
     let q = query(q)?;
     let st = state.clone();
@@ -301,7 +315,7 @@ pub(crate) async fn classes(
 
 pub(crate) async fn layers(
     State(state): State<Arc<AppState>>,
-    q: std::result::Result<Query<ModelQuery>, QueryRejection>,
+    q: Q<ModelQuery>,
 ) -> ApiResult<Json<Value>> {
     let q = query(q)?;
     let st = state.clone();
@@ -324,15 +338,9 @@ pub(crate) struct ClassifyQuery {
     top: Option<usize>,
 }
 
-impl ModelChoice for ClassifyQuery {
-    fn model(&self) -> Option<&str> {
-        self.model.as_deref()
-    }
-}
-
 pub(crate) async fn classify(
     State(state): State<Arc<AppState>>,
-    q: std::result::Result<Query<ClassifyQuery>, QueryRejection>,
+    q: Q<ClassifyQuery>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
     with_image(state, q, req, |q, img, m| {
@@ -364,15 +372,9 @@ pub(crate) struct CamQuery {
     alpha: Option<f32>,
 }
 
-impl ModelChoice for CamQuery {
-    fn model(&self) -> Option<&str> {
-        self.model.as_deref()
-    }
-}
-
 pub(crate) async fn cam(
     State(state): State<Arc<AppState>>,
-    q: std::result::Result<Query<CamQuery>, QueryRejection>,
+    q: Q<CamQuery>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
     with_image(state, q, req, |q, img, m| {
@@ -411,15 +413,9 @@ pub(crate) struct FeatureQuery {
     channels: Option<usize>,
 }
 
-impl ModelChoice for FeatureQuery {
-    fn model(&self) -> Option<&str> {
-        self.model.as_deref()
-    }
-}
-
 pub(crate) async fn featuremap(
     State(state): State<Arc<AppState>>,
-    q: std::result::Result<Query<FeatureQuery>, QueryRejection>,
+    q: Q<FeatureQuery>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
     with_image(state, q, req, |q, img, m| {
@@ -456,15 +452,9 @@ pub(crate) struct AttackQuery {
     seed: Option<u64>,
 }
 
-impl ModelChoice for AttackQuery {
-    fn model(&self) -> Option<&str> {
-        self.model.as_deref()
-    }
-}
-
 pub(crate) async fn attack(
     State(state): State<Arc<AppState>>,
-    q: std::result::Result<Query<AttackQuery>, QueryRejection>,
+    q: Q<AttackQuery>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
     with_image(state, q, req, |q, img, m| {
@@ -521,7 +511,7 @@ pub(crate) struct DreamQuery {
 /// events), the state at `/api/dream/{id}`, `DELETE` to cancel.
 pub(crate) async fn dream_start(
     State(state): State<Arc<AppState>>,
-    q: std::result::Result<Query<DreamQuery>, QueryRejection>,
+    q: Q<DreamQuery>,
 ) -> ApiResult<Response> {
     let q = query(q)?;
     let steps = q.steps.unwrap_or(100);
