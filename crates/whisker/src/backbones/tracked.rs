@@ -182,7 +182,30 @@ pub(super) fn train_features(
     if c.failed {
         return None;
     }
-    let (nodes, pa) = (c.nodes, c.first?);
+    let (nodes, pa) = match (c.nodes, c.first) {
+        (nodes, Some(pa)) => (nodes, pa),
+        // nothing trainable (fastai's frozen first epoch) and no input gradient: the engine's
+        // forward pass alone, its features a constant for the head
+        (_, None) if !x.is_require_grad() => {
+            let plan = Plan::compile_net(net, norm, Default::default()).ok()?;
+            let dims = x.dims();
+            let v = crate::tensor::to_vec(x.clone().inner()).ok()?;
+            let out = plan
+                .run(
+                    &v,
+                    dims,
+                    true,
+                    false,
+                    &mut super::Taps::none(),
+                    &Device::flex(),
+                )
+                .ok()?;
+            let fd = out.features.len() / out.n.max(1);
+            let f = TensorData::new(out.features, [out.n, fd]);
+            return Some(Tensor::<2>::from_data(f, &x.device()));
+        }
+        (_, None) => return None,
+    };
     let opts = super::plan::PlanOptions {
         weight_grads: true,
         ..Default::default()
