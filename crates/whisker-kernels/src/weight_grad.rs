@@ -59,13 +59,6 @@ pub fn conv2d_weight_grad(
     }
     let taps = kh * kw;
     let size = taps * cin * cout;
-    let threads = rayon::current_num_threads().max(1);
-    let threads = if p_total * size < 1 << 16 || size * threads > MAX_PARTIAL {
-        1
-    } else {
-        threads.min(p_total.div_ceil(KC)).max(1)
-    };
-    let per = p_total.div_ceil(threads);
     let geo = Geo {
         x,
         g,
@@ -77,24 +70,15 @@ pub fn conv2d_weight_grad(
         oh,
         ow,
     };
-    let partials: Vec<Vec<f32>> = (0..threads)
-        .into_par_iter()
-        .map(|t| {
-            let (p0, p1) = (t * per, ((t + 1) * per).min(p_total));
-            let mut acc = vec![0f32; size];
-            if p0 < p1 {
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
-                    Isa::Avx512 => unsafe { dense_avx512(&geo, p0, p1, &mut acc) },
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => unsafe { dense_avx2(&geo, p0, p1, &mut acc) },
-                    _ => dense::<4, 8, false>(&geo, p0, p1, &mut acc),
-                }
-            }
-            acc
-        })
-        .collect();
+    let one_thread = p_total * size < 1 << 16 || size * rayon::current_num_threads() > MAX_PARTIAL;
+    let partials = per_thread(p_total, size, one_thread, |p0, p1, acc| match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
+        Isa::Avx512 => unsafe { dense_avx512(&geo, p0, p1, acc) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { dense_avx2(&geo, p0, p1, acc) },
+        _ => dense::<4, 8, false>(&geo, p0, p1, acc),
+    });
     // [tap][c][o] partials → [o][c][ky][kx]
     dw.par_chunks_mut(cin * taps)
         .enumerate()
@@ -110,6 +94,37 @@ pub fn conv2d_weight_grad(
         bias_grad(g, cout, db);
     }
     Ok(())
+}
+
+/// The batch's `p_total` output pixels split over the threads (one thread when `one_thread`,
+/// never more than blocks of [`KC`]), each summing its range into its own zeroed accumulator
+/// of `size` values with `job(p0, p1, acc)`; the accumulators, to be added by the caller.
+fn per_thread(
+    p_total: usize,
+    size: usize,
+    one_thread: bool,
+    job: impl Fn(usize, usize, &mut [f32]) + Sync,
+) -> Vec<Vec<f32>> {
+    let threads = if one_thread {
+        1
+    } else {
+        rayon::current_num_threads()
+            .max(1)
+            .min(p_total.div_ceil(KC))
+            .max(1)
+    };
+    let per = p_total.div_ceil(threads);
+    (0..threads)
+        .into_par_iter()
+        .map(|t| {
+            let (p0, p1) = (t * per, ((t + 1) * per).min(p_total));
+            let mut acc = vec![0f32; size];
+            if p0 < p1 {
+                job(p0, p1, &mut acc);
+            }
+            acc
+        })
+        .collect()
 }
 
 /// `db[o] = Σ_p g[p, o]`, in blocks (two-level sums).
@@ -408,13 +423,6 @@ pub fn depthwise_weight_grad(
         )));
     }
     let taps = kh * kw;
-    let threads = rayon::current_num_threads().max(1);
-    let threads = if p_total * taps * c < 1 << 15 {
-        1
-    } else {
-        threads.min(p_total.div_ceil(KC)).max(1)
-    };
-    let per = p_total.div_ceil(threads);
     let geo = Geo {
         x,
         g,
@@ -426,24 +434,21 @@ pub fn depthwise_weight_grad(
         oh,
         ow,
     };
-    let partials: Vec<Vec<f32>> = (0..threads)
-        .into_par_iter()
-        .map(|t| {
-            let (p0, p1) = (t * per, ((t + 1) * per).min(p_total));
-            let mut acc = vec![0f32; taps * c];
-            if p0 < p1 {
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
-                    Isa::Avx512 => unsafe { dw_avx512(&geo, p0, p1, &mut acc) },
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => unsafe { dw_avx2(&geo, p0, p1, &mut acc) },
-                    _ => dw_rows::<false>(&geo, p0, p1, &mut acc),
-                }
+    let partials = per_thread(
+        p_total,
+        taps * c,
+        p_total * taps * c < 1 << 15,
+        |p0, p1, acc| {
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
+                Isa::Avx512 => unsafe { dw_avx512(&geo, p0, p1, acc) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { dw_avx2(&geo, p0, p1, acc) },
+                _ => dw_rows::<false>(&geo, p0, p1, acc),
             }
-            acc
-        })
-        .collect();
+        },
+    );
     for ch in 0..c {
         for t in 0..taps {
             dw[ch * taps + t] = partials.iter().map(|a| a[t * c + ch]).sum();

@@ -36,32 +36,36 @@ impl Backward<Flex, 1> for EngineFeatures {
         };
         let g = Tensor::<2>::from_primitive::<Flex>(g);
         let State { plan, tape } = ops.state;
-        let dims = tape.input_dims();
         // The tape and the feature gradient come from the forward pass of this same plan, so
         // their shapes agree; a failure here is a bug, not bad input.
         let dx = crate::tensor::to_vec(g)
             .and_then(|gv| plan.input_grad(&tape, &gv))
             .expect("the engine's input gradient");
-        let dx = Tensor::<4>::from_data(TensorData::new(dx, dims), &Device::flex())
-            .try_into_primitive::<Flex>()
-            .expect("a flex tensor");
-        grads.register::<Flex>(parent.id, dx);
+        register(grads, parent.id, dx, &tape.input_dims());
     }
 }
 
-/// Features `[n, dim]` of `x` (`[n, 3, h, w]` on the autodiff CPU device; pixels, or
-/// normalised input when `normalized`), tracked so that gradients reach `x`. `None` when the
-/// engine cannot serve it (the caller then uses burn).
-pub(super) fn features(plan: &Arc<Plan>, x: Tensor<4>, normalized: bool) -> Option<Tensor<2>> {
-    let dims = x.dims();
+/// The flex backend's float tensor.
+type FlexFloat = <Flex as burn_backend::BackendTypes>::FloatTensorPrimitive;
+
+/// `plan`'s forward tape of `x` and its features `[n, dim]` as a flex tensor.
+fn tape_and_features(plan: &Plan, x: &Tensor<4>, normalized: bool) -> Option<(Tape, FlexFloat)> {
     let v = crate::tensor::to_vec(x.clone().inner()).ok()?;
-    let tape = plan.forward_tape(&v, dims, normalized).ok()?;
+    let tape = plan.forward_tape(&v, x.dims(), normalized).ok()?;
     let n = tape.n();
     let f = tape.features().to_vec();
     let fd = f.len() / n.max(1);
     let out = Tensor::<2>::from_data(TensorData::new(f, [n, fd]), &Device::flex())
         .try_into_primitive::<Flex>()
         .ok()?;
+    Some((tape, out))
+}
+
+/// Features `[n, dim]` of `x` (`[n, 3, h, w]` on the autodiff CPU device; pixels, or
+/// normalised input when `normalized`), tracked so that gradients reach `x`. `None` when the
+/// engine cannot serve it (the caller then uses burn).
+pub(super) fn features(plan: &Arc<Plan>, x: Tensor<4>, normalized: bool) -> Option<Tensor<2>> {
+    let (tape, out) = tape_and_features(plan, &x, normalized)?;
     let xa = x.try_into_primitive::<Autodiff<Flex>>().ok()?;
     let y = match EngineFeatures
         .prepare::<NoCheckpointing>([xa.node()])
@@ -120,17 +124,13 @@ impl Backward<Flex, 2> for EngineTrain {
             }
         }
         if let (true, Some(parent)) = (input_grad, &ops.parents[0]) {
-            let dims = tape.input_dims();
-            let dx = Tensor::<4>::from_data(TensorData::new(dx, dims), &Device::flex())
-                .try_into_primitive::<Flex>()
-                .expect("a flex tensor");
-            grads.register::<Flex>(parent.id, dx);
+            register(grads, parent.id, dx, &tape.input_dims());
         }
     }
 }
 
-/// Register `values` (shaped `dims`, rank 1, 2 or 4: every parameter of the zoo) as the
-/// gradient of node `id`.
+/// Register `values` (shaped `dims`, rank 1, 2 or 4: the input and every parameter of the
+/// zoo) as the gradient of node `id`.
 fn register(grads: &mut Gradients, id: burn_autodiff::NodeId, values: Vec<f32>, dims: &[usize]) {
     let d = TensorData::new(values, dims.to_vec());
     let device = Device::flex();
@@ -211,15 +211,7 @@ pub(super) fn train_features(
         ..Default::default()
     };
     let plan = Arc::new(Plan::compile_net(net, norm, opts).ok()?);
-    let dims = x.dims();
-    let v = crate::tensor::to_vec(x.clone().inner()).ok()?;
-    let tape = plan.forward_tape(&v, dims, true).ok()?;
-    let n = tape.n();
-    let f = tape.features().to_vec();
-    let fd = f.len() / n.max(1);
-    let out = Tensor::<2>::from_data(TensorData::new(f, [n, fd]), &Device::flex())
-        .try_into_primitive::<Flex>()
-        .ok()?;
+    let (tape, out) = tape_and_features(&plan, &x, true)?;
     let input_grad = x.is_require_grad();
     let xa = x.try_into_primitive::<Autodiff<Flex>>().ok()?;
     // a trainable parameter is the second parent: the op is tracked even when the images
