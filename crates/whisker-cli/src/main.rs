@@ -1,6 +1,7 @@
 //! `whisker`: the command-line face of the whisker library.
 
 mod args;
+mod bench;
 mod classify;
 mod data;
 mod eval;
@@ -26,8 +27,9 @@ struct Cli {
     /// Worker threads for compute and decoding (default: all cores).
     #[arg(long, global = true, value_parser = args::count)]
     threads: Option<usize>,
-    /// Compute device: cpu, or cuda / cuda:N in a build with CUDA [default: WHISKER_DEVICE,
-    /// else cpu].
+    /// Compute device: cpu; cuda / cuda:N (NVIDIA, a build with `--features cuda`); wgpu /
+    /// wgpu:N (Vulkan or Metal, a build with `--features wgpu`) [default: WHISKER_DEVICE, else
+    /// cpu].
     #[arg(long, global = true)]
     device: Option<String>,
     /// Largest image, in pixels, that is decoded (default: Pillow's 89,478,485; also
@@ -107,6 +109,9 @@ enum Cmd {
         after_help = "Examples:\n  whisker serve\n  whisker serve --model run -b efficientnet_lite0 --addr 127.0.0.1:9000"
     )]
     Serve(serve::ServeArgs),
+    /// Measure a backbone's speed on this machine and device: eval forward and fine-tuning
+    /// step images/s at the batch sizes given.
+    Bench(bench::BenchArgs),
     /// Robust accuracy of a trained model against a range of attack budgets.
     #[command(
         after_help = "Example: whisker robustness run digits/ --eps 0,1/255,2/255,4/255 --limit 100"
@@ -175,6 +180,7 @@ fn main() {
         Cmd::Attack(a) => inspect::attack_cmd(a),
         Cmd::Cam(a) => inspect::cam_cmd(a),
         Cmd::Serve(a) => serve::serve(a),
+        Cmd::Bench(a) => bench::bench(a, quiet),
         Cmd::Dream(a) => inspect::dream_cmd(a, quiet),
         Cmd::Robustness(a) => inspect::robustness_cmd(a, quiet),
     };

@@ -101,6 +101,9 @@ pub enum Error {
     /// Another process holds a lock (a run directory being written).
     #[error("{}: {reason}", path.display())]
     Locked { path: PathBuf, reason: String },
+    /// A compute device that this build lacks, or that cannot be opened (no GPU, no driver).
+    #[error("device `{device}`: {reason}")]
+    Device { device: String, reason: String },
     /// The caller asked for the work to stop (a cancelled dream in `whisker serve`).
     #[error("cancelled")]
     Cancelled,

@@ -1,0 +1,192 @@
+//! The compute device, by name: `cpu` (burn-flex, with whisker's CPU engine), `cuda` /
+//! `cuda:N` (NVIDIA GPUs, the `cuda` feature), `wgpu` / `wgpu:N` (Vulkan on Linux and
+//! Windows, Metal on macOS, the `wgpu` feature).
+//!
+//! A device this build lacks is an error naming the feature to build with; a GPU device is
+//! opened and checked with a small computation before it is used ([`open_device`]), so that
+//! a missing driver or GPU is a clear error instead of a panic deep inside the runtime.
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::error::{Error, Result};
+
+static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+
+/// The device names this build accepts, for messages.
+pub fn device_names() -> &'static str {
+    match (cfg!(feature = "cuda"), cfg!(feature = "wgpu")) {
+        (true, true) => "cpu, cuda, cuda:N, wgpu, wgpu:N",
+        (true, false) => "cpu, cuda, cuda:N",
+        (false, true) => "cpu, wgpu, wgpu:N",
+        (false, false) => "cpu",
+    }
+}
+
+/// A device by name, not yet opened. `cuda` is `cuda:0`; `wgpu` is the adapter wgpu prefers
+/// (a discrete GPU first), `wgpu:N` the N-th discrete GPU.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let spec = spec.trim();
+    let err = |reason: String| Error::Device {
+        device: spec.to_string(),
+        reason,
+    };
+    let (kind, index) = match spec.split_once(':') {
+        Some((k, n)) => {
+            let n: usize = n
+                .parse()
+                .map_err(|_| err(format!("`{n}` is not a device index (a number)")))?;
+            (k, Some(n))
+        }
+        None => (spec, None),
+    };
+    match kind {
+        "cpu" if index.is_none() => Ok(Device::flex()),
+        "cuda" => cuda(index.unwrap_or(0)).ok_or_else(|| {
+            err("this whisker was built without CUDA; build it with `tools/setup-gpu.sh && cargo build --release --features cuda`".into())
+        }),
+        "wgpu" => wgpu(index).ok_or_else(|| {
+            err("this whisker was built without wgpu (Vulkan / Metal); build it with `cargo build --release --features wgpu`".into())
+        }),
+        _ => Err(err(format!(
+            "unknown device (this build has: {})",
+            device_names()
+        ))),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(index: usize) -> Option<Device> {
+    Some(Device::cuda(index))
+}
+#[cfg(not(feature = "cuda"))]
+fn cuda(_index: usize) -> Option<Device> {
+    None
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu(index: Option<usize>) -> Option<Device> {
+    use burn::tensor::DeviceKind;
+    Some(Device::wgpu(match index {
+        Some(n) => DeviceKind::DiscreteGpu(n),
+        None => DeviceKind::DefaultDevice,
+    }))
+}
+#[cfg(not(feature = "wgpu"))]
+fn wgpu(_index: Option<usize>) -> Option<Device> {
+    None
+}
+
+/// A device by name, opened: a GPU device runs a small computation first, and a missing
+/// driver, GPU or adapter is an [`Error::Device`] that says so (the runtimes panic there).
+pub fn open_device(spec: &str) -> Result<Device> {
+    let device = parse_device(spec)?;
+    if device == Device::flex() {
+        return Ok(device);
+    }
+    let d = device.clone();
+    let probe = move || {
+        let x = Tensor::<1>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0], [3]), &d);
+        (x.clone() * x).sum().into_data().try_to_vec::<f32>()
+    };
+    // the runtimes report a missing driver by panicking: catch it, without the panic message
+    // on stderr, and say what it means
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let got = std::panic::catch_unwind(probe);
+    std::panic::set_hook(hook);
+    let why = match got {
+        Ok(Ok(v)) if v == [14.0] => return Ok(device),
+        Ok(Ok(v)) => format!("a test computation gave {v:?} instead of [14.0]"),
+        Ok(Err(e)) => format!("cannot read a result back: {e:?}"),
+        Err(p) => p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the runtime failed".into()),
+    };
+    let hint = if spec.trim().starts_with("cuda") {
+        "CUDA needs an NVIDIA GPU and its driver (libcuda.so.1, driver 570 or newer); `nvidia-smi` lists the GPUs"
+    } else {
+        "wgpu needs a GPU with a Vulkan driver and the Vulkan loader (libvulkan.so.1), or Metal on macOS; `vulkaninfo --summary` lists the adapters"
+    };
+    Err(Error::Device {
+        device: spec.trim().to_string(),
+        reason: format!("cannot be opened: {}. {hint}", first_line(&why)),
+    })
+}
+
+fn first_line(s: &str) -> &str {
+    let s = s.lines().next().unwrap_or(s).trim();
+    // cudarc lists every library name it searched; the first sentence says enough
+    s.split(" - ").next().unwrap_or(s)
+}
+
+/// Choose the device [`default_device`] returns for the rest of the process: opened (see
+/// [`open_device`]) and set once; choosing another one later is an error.
+pub fn set_device(spec: &str) -> Result<()> {
+    let d = open_device(spec)?;
+    match DEVICE.set(d.clone()) {
+        Ok(()) => Ok(()),
+        Err(_) if DEVICE.get() == Some(&d) => Ok(()),
+        Err(_) => Err(Error::Device {
+            device: spec.to_string(),
+            reason: format!("the device was already chosen ({:?})", DEVICE.get()),
+        }),
+    }
+}
+
+/// The compute device: the one chosen with [`set_device`], else `WHISKER_DEVICE` (opened on
+/// first use; one that cannot be opened is reported on stderr once and the CPU is used),
+/// else the CPU (burn-flex, with whisker's CPU engine).
+pub fn default_device() -> Device {
+    DEVICE
+        .get_or_init(|| match std::env::var("WHISKER_DEVICE") {
+            Ok(v) if !v.trim().is_empty() => open_device(&v).unwrap_or_else(|e| {
+                eprintln!("whisker: warning: WHISKER_DEVICE: {e}; using the CPU");
+                Device::flex()
+            }),
+            _ => Device::flex(),
+        })
+        .clone()
+}
+
+/// A device's name for people: `cpu`, or the runtime's description of the GPU device.
+pub fn describe(device: &Device) -> String {
+    if is_cpu(device) {
+        "cpu".into()
+    } else {
+        format!("{device:?}")
+    }
+}
+
+/// Whether `device` is the CPU (burn-flex), plain or with autodiff: there whisker's CPU
+/// engine runs; elsewhere burn's kernels do.
+pub fn is_cpu(device: &Device) -> bool {
+    *device == Device::flex() || *device == Device::flex().autodiff()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(matches!(parse_device("cpu"), Ok(d) if d == Device::flex()));
+        assert!(matches!(open_device(" cpu "), Ok(d) if d == Device::flex()));
+        for bad in ["gpu", "cpu:1", "cuda:x", "wgpu:-1", ""] {
+            let e = parse_device(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("device `{}`", bad.trim())), "{e}");
+        }
+        if !cfg!(feature = "cuda") {
+            let e = parse_device("cuda:1").unwrap_err().to_string();
+            assert!(
+                e.contains("--features cuda") && e.contains("setup-gpu"),
+                "{e}"
+            );
+        }
+        if !cfg!(feature = "wgpu") {
+            let e = parse_device("wgpu").unwrap_err().to_string();
+            assert!(e.contains("--features wgpu"), "{e}");
+        }
+    }
+}
