@@ -27,7 +27,7 @@ die() { say "$*"; exit 1; }
 command -v python3 >/dev/null || die "python3 (>= 3.10) is needed: llvm-config is a Python script"
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
   die "python3 is $(python3 --version 2>&1); LLVM's llvm-config needs >= 3.10"
-command -v c++ >/dev/null || command -v g++ >/dev/null ||
+command -v c++ >/dev/null ||
   die "a C++ compiler is needed to link LLVM (Debian: apt-get install g++)"
 command -v unzip >/dev/null || python3 -c 'import zipfile' || die "unzip is needed"
 

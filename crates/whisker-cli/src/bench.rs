@@ -29,8 +29,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     warmup: usize,
     /// One JSON document on stdout.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "jsonl")]
     json: bool,
+    /// One JSON object per case on stdout, printed as each one finishes (for long runs).
+    #[arg(long)]
+    jsonl: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -171,7 +174,7 @@ pub fn bench(a: BenchArgs, quiet: bool) -> Result<i32> {
         })
         .collect();
     let bar = crate::progress::bar(plan.len() as u64, "bench", quiet);
-    if !a.json {
+    if !a.json && !a.jsonl {
         bar.suspend(|| println!("device {name}, {threads} CPU threads"));
         bar.suspend(|| {
             println!(
@@ -187,7 +190,12 @@ pub fn bench(a: BenchArgs, quiet: bool) -> Result<i32> {
             _ => train_case(m, b, &a, &device),
         }
         .with_context(|| format!("{m}, {kind} batch {b}"))?;
-        if !a.json {
+        if a.jsonl {
+            let mut line = serde_json::to_value(&c)?;
+            line["device"] = name.clone().into();
+            line["threads"] = threads.into();
+            bar.suspend(|| println!("{line}"));
+        } else if !a.json {
             bar.suspend(|| {
                 println!(
                     "{:<22} {:>5} {:>6} {:>10.2} {:>10.2}",

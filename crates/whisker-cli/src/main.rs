@@ -111,6 +111,9 @@ enum Cmd {
     Serve(serve::ServeArgs),
     /// Measure a backbone's speed on this machine and device: eval forward and fine-tuning
     /// step images/s at the batch sizes given.
+    #[command(
+        after_help = "Examples:\n  whisker bench\n  whisker --device cuda bench resnet50 --batch 64,256 --train-batch 64 --json"
+    )]
     Bench(bench::BenchArgs),
     /// Robust accuracy of a trained model against a range of attack budgets.
     #[command(
@@ -159,6 +162,13 @@ fn main() {
         if let Err(e) = whisker::set_device(&d) {
             eprintln!("whisker: error: {e}");
             std::process::exit(2);
+        }
+        // wgpu may settle on a software rasterizer when it finds no GPU: say so
+        if let Some((name, false)) = whisker::device::gpu_identity(&whisker::default_device()) {
+            eprintln!(
+                "whisker: warning: device `{d}` is `{name}`, not a GPU (a CPU or software adapter): \
+                 `--device cpu` is faster"
+            );
         }
     }
     if let Some(n) = cli.max_pixels {

@@ -131,7 +131,20 @@ fn runs_datasets_and_outputs_behave() {
         .args(["--device", "tpu", "models"])
         .output()
         .unwrap());
-    assert!(e.contains("unknown device `tpu`"), "{e}");
+    assert!(e.contains("device `tpu`: unknown device"), "{e}");
+    let e = err(&whisker(h)
+        .args(["--device", "wgpu", "models"])
+        .output()
+        .unwrap());
+    assert!(
+        e.contains("built without wgpu") && e.contains("--features wgpu"),
+        "{e}"
+    );
+    let e = err(&whisker(h)
+        .args(["--device", "cuda:x", "models"])
+        .output()
+        .unwrap());
+    assert!(e.contains("`x` is not a device index"), "{e}");
     // class names and indices
     let o = whisker(h).args(["classes", "tiger"]).output().unwrap();
     assert!(o.status.success());
@@ -224,6 +237,50 @@ fn lr_find_and_dream_commands() {
 /// Every option and argument of every command says what it is, and every command shows an
 /// example.
 #[test]
+fn bench_measures_eval_and_training_steps() {
+    let home = tempfile::tempdir().unwrap();
+    let o = whisker(home.path())
+        .args(["-q", "--threads", "2", "bench", "mobilenet_v3_small"])
+        .args([
+            "--batch",
+            "1,2",
+            "--train-batch",
+            "2",
+            "--min-seconds",
+            "0.01",
+        ])
+        .args(["--warmup", "0", "--json"])
+        .output()
+        .unwrap();
+    let d = ok(&o);
+    assert_eq!(d["device"], "cpu");
+    assert_eq!(d["threads"], 2);
+    let r = d["results"].as_array().unwrap();
+    let got: Vec<(&str, u64)> = r
+        .iter()
+        .map(|c| (c["kind"].as_str().unwrap(), c["batch"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(got, [("eval", 1), ("eval", 2), ("train", 2)]);
+    for c in r {
+        assert_eq!(c["model"], "mobilenet_v3_small");
+        assert_eq!(c["size"], 224);
+        let (ms, ips) = (
+            c["ms_per_batch"].as_f64().unwrap(),
+            c["images_per_s"].as_f64().unwrap(),
+        );
+        let b = c["batch"].as_f64().unwrap();
+        assert!(ms > 0.0 && c["iters"].as_u64().unwrap() >= 2, "{c}");
+        // images/s and ms/batch describe the same time (both rounded to 0.01)
+        assert!((ips * ms / 1000.0 - b).abs() < 0.02 * b, "{c}");
+    }
+    let e = err(&whisker(home.path())
+        .args(["bench", "resnet9000"])
+        .output()
+        .unwrap());
+    assert!(e.contains("unknown backbone `resnet9000`"), "{e}");
+}
+
+#[test]
 fn every_option_has_help_and_every_command_an_example() {
     let home = tempfile::tempdir().unwrap();
     let commands: &[&[&str]] = &[
@@ -242,6 +299,10 @@ fn every_option_has_help_and_every_command_an_example() {
         &["robustness"],
         &["dream"],
         &["attack"],
+        &["cam"],
+        &["report"],
+        &["serve"],
+        &["bench"],
     ];
     let mut missing = Vec::new();
     for cmd in commands {

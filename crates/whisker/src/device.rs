@@ -88,21 +88,30 @@ pub fn open_device(spec: &str) -> Result<Device> {
         let x = Tensor::<1>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0], [3]), &d);
         (x.clone() * x).sum().into_data().try_to_vec::<f32>()
     };
-    // the runtimes report a missing driver by panicking: catch it, without the panic message
-    // on stderr, and say what it means
+    // the runtimes report a missing driver by panicking, often on their own device thread
+    // (then this one sees a closed channel): catch it, keep the first message instead of
+    // printing it, and say what it means
+    static FIRST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
     let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    std::panic::set_hook(Box::new(|info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the runtime failed".into());
+        if let Ok(mut first) = FIRST.lock() {
+            first.get_or_insert(msg);
+        }
+    }));
     let got = std::panic::catch_unwind(probe);
     std::panic::set_hook(hook);
+    let first = FIRST.lock().ok().and_then(|mut f| f.take());
     let why = match got {
         Ok(Ok(v)) if v == [14.0] => return Ok(device),
         Ok(Ok(v)) => format!("a test computation gave {v:?} instead of [14.0]"),
         Ok(Err(e)) => format!("cannot read a result back: {e:?}"),
-        Err(p) => p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "the runtime failed".into()),
+        Err(_) => first.unwrap_or_else(|| "the runtime failed".into()),
     };
     let hint = if spec.trim().starts_with("cuda") {
         "CUDA needs an NVIDIA GPU and its driver (libcuda.so.1, driver 570 or newer); `nvidia-smi` lists the GPUs"
@@ -150,12 +159,31 @@ pub fn default_device() -> Device {
         .clone()
 }
 
-/// A device's name for people: `cpu`, or the runtime's description of the GPU device.
+/// The GPU's name as its runtime reports it (`NVIDIA H200`, `llvmpipe (LLVM 19.1.7, 256
+/// bits)`), and whether it is a real card (not a CPU or a software rasterizer); `None` on the
+/// CPU.
+pub fn gpu_identity(device: &Device) -> Option<(String, bool)> {
+    if is_cpu(device) {
+        return None;
+    }
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    {
+        device
+            .identity()
+            .map(|id| (id.name.clone(), id.physical.is_some()))
+    }
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    None
+}
+
+/// A device's name for people: `cpu`, or the GPU's name with burn's description of the device.
 pub fn describe(device: &Device) -> String {
     if is_cpu(device) {
-        "cpu".into()
-    } else {
-        format!("{device:?}")
+        return "cpu".into();
+    }
+    match gpu_identity(device) {
+        Some((name, _)) => format!("{name} ({device:?})"),
+        None => format!("{device:?}"),
     }
 }
 

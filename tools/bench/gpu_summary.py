@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""The verdicts and the table of tools/gpu-check.sh: reads PAYLOAD's CPU references and OUT's
+GPU results, writes OUT/gpu-check.json and OUT/gpu-check.md, prints the table, and exits 1
+when a parity check fails (or did not run).
+
+    python3 tools/bench/gpu_summary.py PAYLOAD OUT
+"""
+import json
+import os
+import sys
+
+LOGIT_TOL = 1e-3
+LOSS_TOL = 1e-3
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def logits(doc):
+    """{image file name: {class index: logit}}"""
+    return {os.path.basename(r["image"]): {t["index"]: t["logit"] for t in r["top"]}
+            for r in doc["results"]}
+
+
+def main():
+    p, out = sys.argv[1], sys.argv[2]
+    report = {"machine": load(os.path.join(out, "machine.json")), "checks": {}, "bench": [],
+              "timing": {"bench-torch": load(os.path.join(out, "bench-torch.rc"))}}
+    ok = True
+
+    for what in ("gpu", "wgpu"):
+        ref, got = load(os.path.join(p, "ref-classify.json")), load(os.path.join(out, f"classify-{what}.json"))
+        c = {"tolerance": LOGIT_TOL, "timing": load(os.path.join(out, f"classify-{what}.rc"))}
+        if what == "wgpu" and c["timing"] is None:
+            continue  # not asked for
+        if ref and got:
+            a, b = logits(ref), logits(got)
+            diffs = [abs(a[im][k] - b[im][k]) for im in a for k in a[im] if im in b and k in b[im]]
+            c.update(images=len(b), logits_compared=len(diffs), max_abs_diff=max(diffs) if diffs else None,
+                     top1_same=all(max(a[im], key=a[im].get) == max(b[im], key=b[im].get) for im in a if im in b))
+            c["pass"] = len(diffs) == 1000 * len(a) and max(diffs) <= LOGIT_TOL
+        else:
+            c["pass"] = False
+            c["error"] = f"no result (see classify-{what}.err)"
+        report["checks"]["logits" if what == "gpu" else "logits_wgpu"] = c
+        ok &= c["pass"]
+
+    ref, got = load(os.path.join(p, "ref-train.json")), load(os.path.join(out, "train-gpu.json"))
+    c = {"tolerance": LOSS_TOL, "timing": load(os.path.join(out, "train-gpu.rc"))}
+    if ref and got:
+        rows = []
+        for r, g in zip(ref["settings"]["fit"]["history"], got["settings"]["fit"]["history"]):
+            for key in ("train_loss", "val_loss"):
+                rows.append({"epoch": r["epoch"], "what": key, "cpu": r[key], "gpu": g[key],
+                             "rel": abs(r[key] - g[key]) / abs(r[key])})
+        # the verdict is on the training losses (each step's batch, before its update); the
+        # validation losses (3 images, after the update) are shown: AdamW's first steps move
+        # by ±lr wherever a gradient is ~0, so their last digits depend on rounding
+        c.update(losses=rows, max_rel=max(x["rel"] for x in rows if x["what"] == "train_loss"),
+                 max_rel_val=max(x["rel"] for x in rows if x["what"] == "val_loss"),
+                 test_accuracy={"cpu": ref["metrics"]["test"]["accuracy"],
+                                "gpu": got["metrics"]["test"]["accuracy"]})
+        c["pass"] = len(rows) == 6 and c["max_rel"] <= LOSS_TOL
+    else:
+        c["pass"] = False
+        c["error"] = "no GPU fine-tune result (see train-gpu.err)"
+    report["checks"]["finetune"] = c
+    ok &= c["pass"]
+
+    ref, got = load(os.path.join(p, "ref-cam.json")), load(os.path.join(out, "cam-gpu.json"))
+    c = {"tolerance": LOGIT_TOL}
+    if ref and got:
+        a, b = ref["results"][0], got["results"][0]
+        diffs = [abs(x - y) for ra, rb in zip(a["map"], b["map"]) for x, y in zip(ra, rb)]
+        c.update(max_abs_diff=max(diffs), cells=len(diffs), peak_cpu=a["peak"], peak_gpu=b["peak"],
+                 prob_cpu=a["prob"], prob_gpu=b["prob"])
+        c["pass"] = max(diffs) <= LOGIT_TOL and a["class"] == b["class"]
+    else:
+        c["pass"] = False
+        c["error"] = "no GPU Grad-CAM result (see cam-gpu.err)"
+    report["checks"]["cam"] = c
+    ok &= c["pass"]
+    ref, got = load(os.path.join(p, "ref-attack.json")), load(os.path.join(out, "attack-gpu.json"))
+    report["checks"]["attack"] = {
+        k: {"cpu": ref and ref.get(k), "gpu": got and got.get(k)}
+        for k in ("success", "target_prob", "steps_used", "linf_255", "l2")}
+    report["checks"]["runs"] = {n: load(os.path.join(out, n + ".rc"))
+                                for n in ("attack-gpu", "dream-gpu", "featuremap-gpu")}
+    ok &= all((r or {}).get("rc") == 0 for r in report["checks"]["runs"].values())
+
+    wh = {"results": []}
+    for name in sorted(os.listdir(out)):
+        if name.startswith("bench-whisker-") and name.endswith(".json"):
+            report["timing"][name[:-5]] = load(os.path.join(out, name[:-5] + ".rc"))
+            with open(os.path.join(out, name)) as f:
+                wh["results"] += [json.loads(line) for line in f if line.strip()]
+    torch_rows = []
+    try:
+        with open(os.path.join(out, "bench-torch.json")) as f:
+            torch_rows = [json.loads(line) for line in f if line.strip()]
+    except OSError:
+        pass
+    tv = {(r["mode"], r["model"], r["kind"], r["batch"]): r for r in torch_rows}
+    lines = []
+    gpu = (report["machine"] or {}).get("gpu", "?")
+    lines.append(f"GPU: {gpu}; CPU: {(report['machine'] or {}).get('cpu', '?')}")
+    lines.append("")
+    lines.append("| model | step | batch | whisker img/s | PyTorch fp32 img/s | ratio | PyTorch default (TF32) img/s | ratio |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in wh["results"]:
+        key = (r["model"], r["kind"], r["batch"])
+        f32, dft = tv.get(("fp32",) + key), tv.get(("default",) + key)
+        row = dict(r, torch_fp32=f32 and f32["images_per_s"], torch_default=dft and dft["images_per_s"])
+        report["bench"].append(row)
+
+        def cell(t):
+            return (f"{t['images_per_s']:.1f}", f"{r['images_per_s'] / t['images_per_s']:.2f}×") if t else ("–", "–")
+        a, b = cell(f32), cell(dft)
+        lines.append(f"| {r['model']} | {r['kind']} | {r['batch']} | {r['images_per_s']:.1f} | {a[0]} | {a[1]} | {b[0]} | {b[1]} |")
+    if not wh["results"]:
+        lines.append("| (whisker bench gave no result: see bench-whisker-*.err) |||||||")
+    lc, ft = report["checks"]["logits"], report["checks"]["finetune"]
+    lines.append("")
+    lines.append(f"Logits parity (real Lite0, {lc.get('images', 0)} photos × 1000): max |Δ| = "
+                 f"{lc.get('max_abs_diff')} (≤ {LOGIT_TOL}): {'pass' if lc['pass'] else 'FAIL'}")
+    lines.append(f"Fine-tune, 3 steps (every layer trainable, AdamW): training loss max relative Δ = "
+                 f"{ft.get('max_rel')} (≤ {LOSS_TOL}): {'pass' if ft['pass'] else 'FAIL'}; "
+                 f"validation loss {ft.get('max_rel_val')}")
+    if "logits_wgpu" in report["checks"]:
+        lw = report["checks"]["logits_wgpu"]
+        lines.append(f"Logits parity through wgpu (Vulkan): max |Δ| = {lw.get('max_abs_diff')} "
+                     f"(≤ {LOGIT_TOL}): {'pass' if lw['pass'] else 'FAIL'}")
+    cc = report["checks"]["cam"]
+    lines.append(f"Grad-CAM map (chelsea, Lite0 `head`): max |Δ| = {cc.get('max_abs_diff')} "
+                 f"(≤ {LOGIT_TOL}): {'pass' if cc['pass'] else 'FAIL'}")
+    at = report["checks"]["attack"]
+    lines.append("PGD attack (coffee → tiger cat, ε 4/255, 10 steps): " + ", ".join(
+        f"{k} CPU {v['cpu']} / GPU {v['gpu']}" for k, v in at.items()))
+    lines.append("Runs on the GPU: " + ", ".join(
+        f"{n[:-4]} {'ok' if (r or {}).get('rc') == 0 else 'FAILED'} ({(r or {}).get('ms')} ms)"
+        for n, r in report["checks"]["runs"].items()))
+    md = "\n".join(lines) + "\n"
+    report["pass"] = bool(ok)
+    with open(os.path.join(out, "gpu-check.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    with open(os.path.join(out, "gpu-check.md"), "w") as f:
+        f.write(md)
+    print(md)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
