@@ -5,10 +5,10 @@
 #   tools/gpu-check.sh [PAYLOAD] [OUT]     # PAYLOAD: default .gpu; OUT: default gpu-check
 #
 # 1. parity: the 1000 logits of real EfficientNet-Lite0 weights on three photos, GPU vs the
-#    CPU's (|Δ| ≤ 1e-3); with WGPU=wgpu (a build with both features), the same through Vulkan;
+#    CPU's (|Δ| ≤ 1e-3; `--precision tf32`'s shown too); with WGPU=wgpu (a build with both features), the same through Vulkan;
 # 2. a 3-step fine-tune (digits, every layer trainable, one step an epoch): the losses, GPU vs
 #    the CPU's (relative ≤ 1e-3);
-# 3. throughput (`whisker bench`): eval forward at batch 64 and 256, a training step at batch
+# 3. throughput (`whisker bench`, --precision fp32 and tf32): eval forward at batch 64 and 256, a training step at batch
 #    64, for resnet50, mobilenet_v2 and efficientnet_lite0; and, when python3 has PyTorch
 #    with CUDA, the same in PyTorch (tools/bench/gpu_torch.py) in the same run;
 # 4. Grad-CAM's map vs the CPU's; a PGD attack, an ideal-class image and feature maps run.
@@ -80,6 +80,8 @@ say "2/5 fine-tune 3 steps"
 stage train-gpu 300 "$W" -q --device "$DEVICE" train "$tmp/digits" --out "$tmp/run" --mode finetune \
   --unfreeze all --freeze-epochs 0 --epochs 3 --no-augment --batch-size 32 --json
 
+stage classify-tf32 200 "$W" -q --device "$DEVICE" --precision tf32 classify "$P/photos" -k 1000 --json
+
 if [ -n "${WGPU:-}" ]; then
   say "2b: the wgpu build's logits (Vulkan), WGPU=$WGPU"
   stage classify-wgpu 200 "$W" -q --device "$WGPU" classify "$P/photos" -k 1000 --json
@@ -87,8 +89,11 @@ fi
 
 say "3/5 whisker bench"
 for m in $MODELS; do
-  stage "bench-whisker-$m" "${BENCH_TIMEOUT:-240}" "$W" -q --device "$DEVICE" bench "$m" --batch "$BATCHES" \
-    --train-batch "$TRAIN_BATCHES" --min-seconds "$MIN_SECONDS" --warmup 3 --jsonl
+  for prec in fp32 tf32; do
+    stage "bench-whisker-$m-$prec" "${BENCH_TIMEOUT:-240}" "$W" -q --device "$DEVICE" --precision "$prec" \
+      bench "$m" --batch "$BATCHES" --train-batch "$TRAIN_BATCHES" --min-seconds "$MIN_SECONDS" \
+      --warmup 3 --jsonl
+  done
 done
 
 if python3 -c 'import torch, torchvision; assert torch.cuda.is_available()' 2>/dev/null; then

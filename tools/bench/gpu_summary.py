@@ -33,10 +33,10 @@ def main():
               "timing": {"bench-torch": load(os.path.join(out, "bench-torch.rc"))}}
     ok = True
 
-    for what in ("gpu", "wgpu"):
+    for what in ("gpu", "tf32", "wgpu"):
         ref, got = load(os.path.join(p, "ref-classify.json")), load(os.path.join(out, f"classify-{what}.json"))
         c = {"tolerance": LOGIT_TOL, "timing": load(os.path.join(out, f"classify-{what}.rc"))}
-        if what == "wgpu" and c["timing"] is None:
+        if what != "gpu" and c["timing"] is None:
             continue  # not asked for
         if ref and got:
             a, b = logits(ref), logits(got)
@@ -47,6 +47,9 @@ def main():
         else:
             c["pass"] = False
             c["error"] = f"no result (see classify-{what}.err)"
+        if what == "tf32":
+            report["checks"]["logits_tf32"] = c  # shown, not a verdict: TF32 is ~1e-3 by design
+            continue
         report["checks"]["logits" if what == "gpu" else "logits_wgpu"] = c
         ok &= c["pass"]
 
@@ -110,18 +113,29 @@ def main():
     gpu = (report["machine"] or {}).get("gpu", "?")
     lines.append(f"GPU: {gpu}; CPU: {(report['machine'] or {}).get('cpu', '?')}")
     lines.append("")
-    lines.append("| model | step | batch | whisker img/s | PyTorch fp32 img/s | ratio | PyTorch default (TF32) img/s | ratio |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    lines.append("| model | step | batch | whisker fp32 | PyTorch fp32 | ratio | whisker tf32 | PyTorch default (TF32 convs) | ratio |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    wv = {(r.get("precision", "fp32"), r["model"], r["kind"], r["batch"]): r for r in wh["results"]}
+    keys = []
     for r in wh["results"]:
-        key = (r["model"], r["kind"], r["batch"])
+        k = (r["model"], r["kind"], r["batch"])
+        if k not in keys:
+            keys.append(k)
+    for key in keys:
+        w32, w19 = wv.get(("fp32",) + key), wv.get(("tf32",) + key)
         f32, dft = tv.get(("fp32",) + key), tv.get(("default",) + key)
-        row = dict(r, torch_fp32=f32 and f32["images_per_s"], torch_default=dft and dft["images_per_s"])
-        report["bench"].append(row)
+        ips = lambda r: r and r["images_per_s"]  # noqa: E731
+        report["bench"].append({"model": key[0], "kind": key[1], "batch": key[2],
+                                "whisker_fp32": ips(w32), "whisker_tf32": ips(w19),
+                                "torch_fp32": ips(f32), "torch_default": ips(dft)})
 
-        def cell(t):
-            return (f"{t['images_per_s']:.1f}", f"{r['images_per_s'] / t['images_per_s']:.2f}×") if t else ("–", "–")
-        a, b = cell(f32), cell(dft)
-        lines.append(f"| {r['model']} | {r['kind']} | {r['batch']} | {r['images_per_s']:.1f} | {a[0]} | {a[1]} | {b[0]} | {b[1]} |")
+        def num(r):
+            return f"{r['images_per_s']:.1f}" if r else "–"
+
+        def ratio(a, b):
+            return f"{a['images_per_s'] / b['images_per_s']:.2f}×" if a and b else "–"
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {num(w32)} | {num(f32)} | {ratio(w32, f32)} "
+                     f"| {num(w19)} | {num(dft)} | {ratio(w19, dft)} |")
     if not wh["results"]:
         lines.append("| (whisker bench gave no result: see bench-whisker-*.err) |||||||")
     lc, ft = report["checks"]["logits"], report["checks"]["finetune"]
@@ -131,6 +145,9 @@ def main():
     lines.append(f"Fine-tune, 3 steps (every layer trainable, AdamW): training loss max relative Δ = "
                  f"{ft.get('max_rel')} (≤ {LOSS_TOL}): {'pass' if ft['pass'] else 'FAIL'}; "
                  f"validation loss {ft.get('max_rel_val')}")
+    if "logits_tf32" in report["checks"]:
+        lt = report["checks"]["logits_tf32"]
+        lines.append(f"Logits with --precision tf32 (shown, not a verdict): max |Δ| = {lt.get('max_abs_diff')}")
     if "logits_wgpu" in report["checks"]:
         lw = report["checks"]["logits_wgpu"]
         lines.append(f"Logits parity through wgpu (Vulkan): max |Δ| = {lw.get('max_abs_diff')} "

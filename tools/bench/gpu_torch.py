@@ -46,6 +46,7 @@ def main():
     ap.add_argument("--modes", default="fp32,default")
     ap.add_argument("models", nargs="*")
     a = ap.parse_args()
+    torch.set_grad_enabled(True)  # the reference models' module turns it off
     dev = torch.device("cuda")
     batches = [int(b) for b in a.batch.split(",") if int(b) > 0]
     train_batches = [int(b) for b in a.train_batch.split(",") if int(b) > 0]

@@ -175,7 +175,13 @@ pub fn bench(a: BenchArgs, quiet: bool) -> Result<i32> {
         .collect();
     let bar = crate::progress::bar(plan.len() as u64, "bench", quiet);
     if !a.json && !a.jsonl {
-        bar.suspend(|| println!("device {name}, {threads} CPU threads"));
+        let precision = if whisker::device::is_cpu(&device) {
+            String::new()
+        } else {
+            let p = format!("{:?}", whisker::device::gpu_precision()).to_lowercase();
+            format!(", GPU precision {p}")
+        };
+        bar.suspend(|| println!("device {name}, {threads} CPU threads{precision}"));
         bar.suspend(|| {
             println!(
                 "{:<22} {:>5} {:>6} {:>10} {:>10}",
@@ -194,6 +200,7 @@ pub fn bench(a: BenchArgs, quiet: bool) -> Result<i32> {
             let mut line = serde_json::to_value(&c)?;
             line["device"] = name.clone().into();
             line["threads"] = threads.into();
+            line["precision"] = serde_json::to_value(whisker::device::gpu_precision())?;
             bar.suspend(|| println!("{line}"));
         } else if !a.json {
             bar.suspend(|| {
@@ -211,6 +218,7 @@ pub fn bench(a: BenchArgs, quiet: bool) -> Result<i32> {
         let doc = serde_json::json!({
             "device": name,
             "threads": threads,
+            "precision": whisker::device::gpu_precision(),
             "whisker": env!("CARGO_PKG_VERSION"),
             "results": cases,
         });

@@ -32,6 +32,12 @@ struct Cli {
     /// cpu].
     #[arg(long, global = true)]
     device: Option<String>,
+    /// GPU arithmetic of convolutions and matrix products: fp32 (f32 results; on NVIDIA tensor
+    /// cores three TF32 products each) or tf32 (one TF32 product: faster, ~1e-3 relative
+    /// error, PyTorch's default for convolutions). The CPU always computes in f32 [default:
+    /// WHISKER_GPU_PRECISION, else fp32].
+    #[arg(long, global = true, value_parser = ["fp32", "tf32"])]
+    precision: Option<String>,
     /// Largest image, in pixels, that is decoded (default: Pillow's 89,478,485; also
     /// WHISKER_MAX_PIXELS): larger ones are refused as possible decompression bombs.
     #[arg(long, global = true, value_parser = args::count)]
@@ -158,6 +164,13 @@ fn main() {
             .ok()
             .filter(|v| !v.is_empty())
     });
+    if let Some(p) = &cli.precision {
+        let set = p.parse().and_then(whisker::device::set_gpu_precision);
+        if let Err(e) = set {
+            eprintln!("whisker: error: {e}");
+            std::process::exit(2);
+        }
+    }
     if let Some(d) = device {
         if let Err(e) = whisker::set_device(&d) {
             eprintln!("whisker: error: {e}");

@@ -187,6 +187,69 @@ pub fn describe(device: &Device) -> String {
     }
 }
 
+/// How a GPU multiplies f32 in convolutions and matrix products. NVIDIA tensor cores (and
+/// burn's fastest CUDA kernels with them) round f32 operands to TF32, a 10-bit mantissa: about
+/// 1e-3 relative error per product, as PyTorch's default for convolutions on Ampere and newer.
+/// The CPU always computes in f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuPrecision {
+    /// f32 results (the default): each operand is split into a TF32-exact high part and the
+    /// rest, and three TF32 products are summed (hi·hi + hi·lo + lo·hi): errors ~1e-6, three
+    /// times the tensor-core work.
+    Fp32,
+    /// One TF32 product: faster, ~1e-3 relative error.
+    Tf32,
+}
+
+impl std::str::FromStr for GpuPrecision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "fp32" | "f32" => Ok(GpuPrecision::Fp32),
+            "tf32" => Ok(GpuPrecision::Tf32),
+            other => Err(Error::Invalid(format!(
+                "unknown GPU precision `{other}` (fp32, tf32)"
+            ))),
+        }
+    }
+}
+
+static PRECISION: std::sync::OnceLock<GpuPrecision> = std::sync::OnceLock::new();
+
+/// Choose the GPU precision for the rest of the process (once; a different later choice is an
+/// error).
+pub fn set_gpu_precision(p: GpuPrecision) -> Result<()> {
+    match PRECISION.set(p) {
+        Ok(()) => Ok(()),
+        Err(_) if PRECISION.get() == Some(&p) => Ok(()),
+        Err(_) => Err(Error::Invalid(format!(
+            "the GPU precision was already chosen ({:?})",
+            PRECISION.get()
+        ))),
+    }
+}
+
+/// The GPU precision: the one set with [`set_gpu_precision`], else `WHISKER_GPU_PRECISION`
+/// (fp32 | tf32), else fp32.
+pub fn gpu_precision() -> GpuPrecision {
+    *PRECISION.get_or_init(|| {
+        std::env::var("WHISKER_GPU_PRECISION")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(GpuPrecision::Fp32)
+    })
+}
+
+/// Whether f32 convolutions and matrix products on `device` must be split to stay f32: a CUDA
+/// device (whose tensor-core kernels take TF32) with [`GpuPrecision::Fp32`].
+pub fn split_for_f32(device: &Device) -> bool {
+    cfg!(feature = "cuda")
+        && !is_cpu(device)
+        && gpu_precision() == GpuPrecision::Fp32
+        && format!("{device:?}").contains("Cuda(")
+}
+
 /// Whether `device` is the CPU (burn-flex), plain or with autodiff: there whisker's CPU
 /// engine runs; elsewhere burn's kernels do.
 pub fn is_cpu(device: &Device) -> bool {

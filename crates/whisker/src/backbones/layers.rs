@@ -109,13 +109,27 @@ impl Conv2d {
         };
         let opts =
             ConvOptions::new_with_padding([self.stride, self.stride], padding, [1, 1], self.groups);
-        conv2d(
-            x,
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-            opts,
-        )
+        let bias = self.bias.as_ref().map(|b| b.val());
+        if crate::device::split_for_f32(&x.device()) {
+            let (xh, xl) = tf32_split(x);
+            let (wh, wl) = tf32_split(self.weight.val());
+            return conv2d(xh.clone(), wh.clone(), bias, opts.clone())
+                + conv2d(xh, wl, None, opts.clone())
+                + conv2d(xl, wh, None, opts);
+        }
+        conv2d(x, self.weight.val(), bias, opts)
     }
+}
+
+/// `x` as `hi + lo`, `hi` with at most 11 significant bits (Veltkamp's split with 2^13 + 1), so
+/// that a TF32 tensor core multiplies it exactly; `lo` is the rest (≤ 2^-11 |x|). The sum of
+/// hi·hi, hi·lo and lo·hi products is then the f32 product to ~2^-21. Gradients flow as through
+/// `x` itself (d hi/dx = 1, d lo/dx = 0). Separate kernels, not fused: the rounding is kept.
+fn tf32_split<const D: usize>(x: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
+    let c = x.clone() * 8193.0;
+    let hi = c.clone() - (c - x.clone());
+    let lo = x - hi.clone();
+    (hi, lo)
 }
 
 /// BatchNorm over channels, always using its running statistics (a frozen backbone, as in
@@ -244,6 +258,13 @@ impl Linear {
     }
 
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        if crate::device::split_for_f32(&x.device()) {
+            let (xh, xl) = tf32_split(x);
+            let (wh, wl) = tf32_split(self.weight.val());
+            return linear(xh.clone(), wh.clone(), Some(self.bias.val()))
+                + linear(xh, wl, None)
+                + linear(xl, wh, None);
+        }
         linear(x, self.weight.val(), Some(self.bias.val()))
     }
 
@@ -452,4 +473,60 @@ impl Taps {
 pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
     let [n, c, _, _] = x.dims();
     burn::tensor::module::adaptive_avg_pool2d(x, [1, 1]).reshape([n, c])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    /// `f` rounded to TF32 (10 mantissa bits, to nearest, ties to even), as tensor cores take
+    /// f32 operands.
+    fn tf32(f: f32) -> f32 {
+        let b = f.to_bits();
+        let rest = b & 0x1FFF;
+        let mut t = b & !0x1FFF;
+        if rest > 0x1000 || (rest == 0x1000 && t & 0x2000 != 0) {
+            t += 0x2000;
+        }
+        f32::from_bits(t)
+    }
+
+    #[test]
+    fn tf32_split_gives_f32_products_on_tf32_units() {
+        let n = 4096;
+        let val = |i: usize, s: f32| ((i as f32 * s).sin() * 10f32.powi((i % 9) as i32 - 4)) as f32;
+        let x: Vec<f32> = (0..n).map(|i| val(i, 0.7371)).collect();
+        let w: Vec<f32> = (0..n).map(|i| val(i, 1.1939) * 0.05).collect();
+        let split = |v: &[f32]| {
+            let t = Tensor::<1>::from_data(TensorData::new(v.to_vec(), [n]), &Device::flex());
+            let (h, l) = tf32_split(t);
+            (
+                crate::tensor::to_vec(h).unwrap(),
+                crate::tensor::to_vec(l).unwrap(),
+            )
+        };
+        let ((xh, xl), (wh, wl)) = (split(&x), split(&w));
+        for i in 0..n {
+            assert_eq!(xh[i] + xl[i], x[i], "{i}: hi + lo is x exactly");
+            assert_eq!(tf32(xh[i]), xh[i], "{i}: hi is exact in TF32");
+            assert!(xl[i].abs() <= x[i].abs() * 2f32.powi(-11), "{i}");
+        }
+        // products through TF32 multipliers (exact products of the rounded operands, in f64)
+        let mul = |p: f32, q: f32| tf32(p) as f64 * tf32(q) as f64;
+        let (mut plain, mut three) = (0f64, 0f64);
+        for i in 0..n {
+            let exact = x[i] as f64 * w[i] as f64;
+            let rel = |v: f64| (v - exact).abs() / exact.abs().max(1e-30);
+            plain = plain.max(rel(mul(x[i], w[i])));
+            three = three.max(rel(mul(xh[i], wh[i])
+                + mul(xh[i], wl[i])
+                + mul(xl[i], wh[i])));
+        }
+        assert!(plain > 1e-4, "one TF32 product errs up to 2^-11: {plain:e}");
+        assert!(
+            three < 1e-6,
+            "three TF32 products are f32-accurate: {three:e}"
+        );
+    }
 }
