@@ -80,29 +80,29 @@ say "2/5 fine-tune 3 steps"
 stage train-gpu 300 "$W" -q --device "$DEVICE" train "$tmp/digits" --out "$tmp/run" --mode finetune \
   --unfreeze all --freeze-epochs 0 --epochs 3 --no-augment --batch-size 32 --json
 
-stage classify-tf32 200 "$W" -q --device "$DEVICE" --precision tf32 classify "$P/photos" -k 1000 --json
-
-if [ -n "${WGPU:-}" ]; then
-  say "2b: the wgpu build's logits (Vulkan), WGPU=$WGPU"
-  stage classify-wgpu 200 "$W" -q --device "$WGPU" classify "$P/photos" -k 1000 --json
+if python3 -c 'import torch, torchvision; assert torch.cuda.is_available()' 2>/dev/null; then
+  say "3/5 PyTorch"
+  # shellcheck disable=SC2086
+  stage bench-torch "${TORCH_TIMEOUT:-300}" python3 tools/bench/gpu_torch.py --batch "$BATCHES" \
+    --train-batch "$TRAIN_BATCHES" --min-seconds "$MIN_SECONDS" $MODELS
+else
+  say "3/5 PyTorch with CUDA not importable: no PyTorch numbers"
 fi
 
-say "3/5 whisker bench"
+say "4/5 whisker bench"
 for m in $MODELS; do
   for prec in fp32 tf32; do
-    stage "bench-whisker-$m-$prec" "${BENCH_TIMEOUT:-240}" "$W" -q --device "$DEVICE" --precision "$prec" \
+    stage "bench-whisker-$m-$prec" "${BENCH_TIMEOUT:-150}" "$W" -q --device "$DEVICE" --precision "$prec" \
       bench "$m" --batch "$BATCHES" --train-batch "$TRAIN_BATCHES" --min-seconds "$MIN_SECONDS" \
       --warmup 3 --jsonl
   done
 done
 
-if python3 -c 'import torch, torchvision; assert torch.cuda.is_available()' 2>/dev/null; then
-  say "4/5 PyTorch"
-  # shellcheck disable=SC2086
-  stage bench-torch "${TORCH_TIMEOUT:-300}" python3 tools/bench/gpu_torch.py --batch "$BATCHES" \
-    --train-batch "$TRAIN_BATCHES" --min-seconds "$MIN_SECONDS" $MODELS
-else
-  say "4/5 PyTorch with CUDA not importable: no PyTorch numbers"
+stage classify-tf32 200 "$W" -q --device "$DEVICE" --precision tf32 classify "$P/photos" -k 1000 --json
+
+if [ -n "${WGPU:-}" ]; then
+  say "the wgpu build's logits (Vulkan), WGPU=$WGPU"
+  stage classify-wgpu 200 "$W" -q --device "$WGPU" classify "$P/photos" -k 1000 --json
 fi
 
 say "5/5 inspecting: Grad-CAM, a PGD attack, an ideal-class image, feature maps"
