@@ -240,7 +240,7 @@ fn lr_find_and_dream_commands() {
 fn bench_measures_eval_and_training_steps() {
     let home = tempfile::tempdir().unwrap();
     let o = whisker(home.path())
-        .args(["-q", "--threads", "2", "bench", "mobilenet_v3_small"])
+        .args(["--threads", "2", "bench", "mobilenet_v3_small"])
         .args([
             "--batch",
             "1,2",
