@@ -139,7 +139,10 @@ pub fn set_device(spec: &str) -> Result<()> {
         Err(_) if DEVICE.get() == Some(&d) => Ok(()),
         Err(_) => Err(Error::Device {
             device: spec.to_string(),
-            reason: format!("the device was already chosen ({:?})", DEVICE.get()),
+            reason: format!(
+                "the device was already chosen ({}): choose it once, before its first use",
+                DEVICE.get().map(describe).unwrap_or_default()
+            ),
         }),
     }
 }
