@@ -495,7 +495,7 @@ mod tests {
     #[test]
     fn tf32_split_gives_f32_products_on_tf32_units() {
         let n = 4096;
-        let val = |i: usize, s: f32| ((i as f32 * s).sin() * 10f32.powi((i % 9) as i32 - 4)) as f32;
+        let val = |i: usize, s: f32| (i as f32 * s).sin() * 10f32.powi((i % 9) as i32 - 4);
         let x: Vec<f32> = (0..n).map(|i| val(i, 0.7371)).collect();
         let w: Vec<f32> = (0..n).map(|i| val(i, 1.1939) * 0.05).collect();
         let split = |v: &[f32]| {
