@@ -27,67 +27,72 @@ def logits(doc):
             for r in doc["results"]}
 
 
+def check(p, out, ref_name, stage, tolerance, judge):
+    """A parity check: `judge(ref, got)` gives its figures and "pass" when both the CPU's
+    reference (PAYLOAD/ref_name) and the GPU's result (OUT/stage.json) exist; else a failure
+    naming the missing result. None when the stage was not run at all."""
+    timing = load(os.path.join(out, stage + ".rc"))
+    ref, got = load(os.path.join(p, ref_name)), load(os.path.join(out, stage + ".json"))
+    c = {"tolerance": tolerance, "timing": timing}
+    if ref and got:
+        c.update(judge(ref, got))
+    else:
+        c.update({"pass": False, "error": f"no result (see {stage}.err)" if timing else "not run"})
+    return c
+
+
+def judge_logits(ref, got):
+    a, b = logits(ref), logits(got)
+    diffs = [abs(a[im][k] - b[im][k]) for im in a for k in a[im] if im in b and k in b[im]]
+    return {"images": len(b), "logits_compared": len(diffs),
+            "max_abs_diff": max(diffs) if diffs else None,
+            "top1_same": all(max(a[im], key=a[im].get) == max(b[im], key=b[im].get)
+                             for im in a if im in b),
+            "pass": len(diffs) == 1000 * len(a) and bool(diffs) and max(diffs) <= LOGIT_TOL}
+
+
+def judge_finetune(ref, got):
+    rows = []
+    for r, g in zip(ref["settings"]["fit"]["history"], got["settings"]["fit"]["history"]):
+        for key in ("train_loss", "val_loss"):
+            rows.append({"epoch": r["epoch"], "what": key, "cpu": r[key], "gpu": g[key],
+                         "rel": abs(r[key] - g[key]) / abs(r[key])})
+    # the verdict is on the training losses (each step's batch, before its update); the
+    # validation losses (3 images, after the update) are shown: AdamW's first steps move by
+    # ±lr wherever a gradient is ~0, so their last digits depend on rounding
+    max_rel = max(x["rel"] for x in rows if x["what"] == "train_loss")
+    return {"losses": rows, "max_rel": max_rel,
+            "max_rel_val": max(x["rel"] for x in rows if x["what"] == "val_loss"),
+            "test_accuracy": {"cpu": ref["metrics"]["test"]["accuracy"],
+                              "gpu": got["metrics"]["test"]["accuracy"]},
+            "pass": len(rows) == 6 and max_rel <= LOSS_TOL}
+
+
+def judge_cam(ref, got):
+    a, b = ref["results"][0], got["results"][0]
+    diffs = [abs(x - y) for ra, rb in zip(a["map"], b["map"]) for x, y in zip(ra, rb)]
+    return {"max_abs_diff": max(diffs), "cells": len(diffs), "peak_cpu": a["peak"],
+            "peak_gpu": b["peak"], "prob_cpu": a["prob"], "prob_gpu": b["prob"],
+            "pass": max(diffs) <= LOGIT_TOL and a["class"] == b["class"]}
+
+
 def main():
     p, out = sys.argv[1], sys.argv[2]
     report = {"machine": load(os.path.join(out, "machine.json")), "checks": {}, "bench": [],
               "timing": {"bench-torch": load(os.path.join(out, "bench-torch.rc"))}}
-    ok = True
+    checks = report["checks"]
+    checks["logits"] = check(p, out, "ref-classify.json", "classify-gpu", LOGIT_TOL, judge_logits)
+    # shown, not a verdict: TF32 is ~1e-3 by design
+    tf32 = check(p, out, "ref-classify.json", "classify-tf32", LOGIT_TOL, judge_logits)
+    if tf32["timing"]:
+        checks["logits_tf32"] = tf32
+    wgpu = check(p, out, "ref-classify.json", "classify-wgpu", LOGIT_TOL, judge_logits)
+    if wgpu["timing"]:
+        checks["logits_wgpu"] = wgpu
+    checks["finetune"] = check(p, out, "ref-train.json", "train-gpu", LOSS_TOL, judge_finetune)
+    checks["cam"] = check(p, out, "ref-cam.json", "cam-gpu", LOGIT_TOL, judge_cam)
+    ok = all(c["pass"] for k, c in checks.items() if k != "logits_tf32")
 
-    for what in ("gpu", "tf32", "wgpu"):
-        ref, got = load(os.path.join(p, "ref-classify.json")), load(os.path.join(out, f"classify-{what}.json"))
-        c = {"tolerance": LOGIT_TOL, "timing": load(os.path.join(out, f"classify-{what}.rc"))}
-        if what != "gpu" and c["timing"] is None:
-            continue  # not asked for
-        if ref and got:
-            a, b = logits(ref), logits(got)
-            diffs = [abs(a[im][k] - b[im][k]) for im in a for k in a[im] if im in b and k in b[im]]
-            c.update(images=len(b), logits_compared=len(diffs), max_abs_diff=max(diffs) if diffs else None,
-                     top1_same=all(max(a[im], key=a[im].get) == max(b[im], key=b[im].get) for im in a if im in b))
-            c["pass"] = len(diffs) == 1000 * len(a) and max(diffs) <= LOGIT_TOL
-        else:
-            c["pass"] = False
-            c["error"] = f"no result (see classify-{what}.err)"
-        if what == "tf32":
-            report["checks"]["logits_tf32"] = c  # shown, not a verdict: TF32 is ~1e-3 by design
-            continue
-        report["checks"]["logits" if what == "gpu" else "logits_wgpu"] = c
-        ok &= c["pass"]
-
-    ref, got = load(os.path.join(p, "ref-train.json")), load(os.path.join(out, "train-gpu.json"))
-    c = {"tolerance": LOSS_TOL, "timing": load(os.path.join(out, "train-gpu.rc"))}
-    if ref and got:
-        rows = []
-        for r, g in zip(ref["settings"]["fit"]["history"], got["settings"]["fit"]["history"]):
-            for key in ("train_loss", "val_loss"):
-                rows.append({"epoch": r["epoch"], "what": key, "cpu": r[key], "gpu": g[key],
-                             "rel": abs(r[key] - g[key]) / abs(r[key])})
-        # the verdict is on the training losses (each step's batch, before its update); the
-        # validation losses (3 images, after the update) are shown: AdamW's first steps move
-        # by ±lr wherever a gradient is ~0, so their last digits depend on rounding
-        c.update(losses=rows, max_rel=max(x["rel"] for x in rows if x["what"] == "train_loss"),
-                 max_rel_val=max(x["rel"] for x in rows if x["what"] == "val_loss"),
-                 test_accuracy={"cpu": ref["metrics"]["test"]["accuracy"],
-                                "gpu": got["metrics"]["test"]["accuracy"]})
-        c["pass"] = len(rows) == 6 and c["max_rel"] <= LOSS_TOL
-    else:
-        c["pass"] = False
-        c["error"] = "no GPU fine-tune result (see train-gpu.err)"
-    report["checks"]["finetune"] = c
-    ok &= c["pass"]
-
-    ref, got = load(os.path.join(p, "ref-cam.json")), load(os.path.join(out, "cam-gpu.json"))
-    c = {"tolerance": LOGIT_TOL}
-    if ref and got:
-        a, b = ref["results"][0], got["results"][0]
-        diffs = [abs(x - y) for ra, rb in zip(a["map"], b["map"]) for x, y in zip(ra, rb)]
-        c.update(max_abs_diff=max(diffs), cells=len(diffs), peak_cpu=a["peak"], peak_gpu=b["peak"],
-                 prob_cpu=a["prob"], prob_gpu=b["prob"])
-        c["pass"] = max(diffs) <= LOGIT_TOL and a["class"] == b["class"]
-    else:
-        c["pass"] = False
-        c["error"] = "no GPU Grad-CAM result (see cam-gpu.err)"
-    report["checks"]["cam"] = c
-    ok &= c["pass"]
     ref, got = load(os.path.join(p, "ref-attack.json")), load(os.path.join(out, "attack-gpu.json"))
     report["checks"]["attack"] = {
         k: {"cpu": ref and ref.get(k), "gpu": got and got.get(k)}
