@@ -151,8 +151,17 @@ pub fn bench(a: BenchArgs, quiet: bool) -> Result<i32> {
     } else {
         a.models.clone()
     };
+    // one batch of input pixels must fit in memory: refuse absurd batch sizes up front
+    const MAX_INPUT: usize = 1 << 30; // f32 values: 4 GiB
     for m in &models {
-        whisker::backbones::spec(m)?;
+        let size = whisker::backbones::spec(m)?.input_size;
+        for &b in a.batch.iter().chain(&a.train_batch) {
+            if b.saturating_mul(3 * size * size) > MAX_INPUT {
+                bail!(
+                    "{m}: a batch of {b} images of {size}×{size} is over 4 GiB of input; give smaller --batch / --train-batch sizes"
+                );
+            }
+        }
     }
     let name = whisker::device::describe(&device);
     let threads = rayon::current_num_threads();

@@ -278,6 +278,11 @@ fn bench_measures_eval_and_training_steps() {
         .output()
         .unwrap());
     assert!(e.contains("unknown backbone `resnet9000`"), "{e}");
+    let e = err(&whisker(home.path())
+        .args(["bench", "resnet18", "--batch", "100000000000"])
+        .output()
+        .unwrap());
+    assert!(e.contains("over 4 GiB of input"), "{e}");
 }
 
 #[test]
