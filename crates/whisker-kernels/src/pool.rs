@@ -183,58 +183,113 @@ pub fn max_pool_backward(
     if c == 0 || h == 0 || w == 0 {
         return Ok(());
     }
-    if !accumulate {
-        dx.fill(0.0);
-    }
-    // (image, channel block) jobs: each writes only its channels of its image
-    let block = c
-        .div_ceil(2 * rayon::current_num_threads().max(1))
-        .next_multiple_of(16)
-        .min(c);
+    // (image, channel block) jobs, each writing only its channels of its image; whole
+    // images when the batch alone keeps the threads busy
+    let per_image = (2 * rayon::current_num_threads().max(1)).div_ceil(n).max(1);
+    let block = c.div_ceil(per_image).next_multiple_of(LANES).min(c);
     let blocks = c.div_ceil(block);
     let d = crate::conv::Ptr(dx.as_mut_ptr());
     (0..n * blocks).into_par_iter().for_each(|job| {
         let (b, c0) = (job / blocks, (job % blocks) * block);
         let cw = block.min(c - c0);
         let xb = &x[b * h * w * c..][..h * w * c];
-        // u32 positions: the selects then vectorise at the width of the values
-        let (mut best, mut arg) = (vec![0f32; cw], vec![0u32; cw]);
+        // SAFETY: image b's values; this job touches only channels c0..c0 + cw of them
+        let db = unsafe { std::slice::from_raw_parts_mut(d.get().add(b * h * w * c), h * w * c) };
+        if !accumulate {
+            if cw == c {
+                db.fill(0.0);
+            } else {
+                db.chunks_exact_mut(c).for_each(|px| px[c0..c0 + cw].fill(0.0));
+            }
+        }
         for oy in 0..oh {
             let y0 = (oy * stride) as isize - pad as isize;
-            let (ya, yb) = (
-                y0.max(0) as usize,
-                (y0 + k as isize).min(h as isize) as usize,
-            );
+            let ys = y0.max(0) as usize..(y0 + k as isize).min(h as isize) as usize;
             for ox in 0..ow {
                 let x0 = (ox * stride) as isize - pad as isize;
-                let (xa, xe) = (
-                    x0.max(0) as usize,
-                    (x0 + k as isize).min(w as isize) as usize,
-                );
-                best.fill(f32::NEG_INFINITY);
-                arg.fill((ya * w + xa) as u32);
-                for iy in ya..yb {
-                    for ix in xa..xe {
-                        let p = iy * w + ix;
-                        let src = &xb[p * c + c0..][..cw];
-                        let p = p as u32;
-                        // branch-free selects (the compiler vectorises them)
-                        for ((m, a), &v) in best.iter_mut().zip(arg.iter_mut()).zip(src) {
-                            let take = (v > *m) | v.is_nan();
-                            *m = if take { v } else { *m };
-                            *a = if take { p } else { *a };
-                        }
+                let xs = x0.max(0) as usize..(x0 + k as isize).min(w as isize) as usize;
+                let gr = &g[((b * oh + oy) * ow + ox) * c..][..c];
+                let mut ch = c0;
+                while ch < c0 + cw {
+                    let l = LANES.min(c0 + cw - ch);
+                    if l == LANES {
+                        pool_select::<LANES>(xb, db, gr, w, c, ch, ys.clone(), xs.clone());
+                    } else {
+                        pool_select_n(xb, db, gr, w, c, ch, l, ys.clone(), xs.clone());
                     }
-                }
-                let gr = &g[((b * oh + oy) * ow + ox) * c + c0..][..cw];
-                for (j, (&a, &gv)) in arg.iter().zip(gr).enumerate() {
-                    // SAFETY: image b, channel c0 + j < c: only this job writes it
-                    unsafe { *d.get().add((b * h * w + a as usize) * c + c0 + j) += gv };
+                    ch += l;
                 }
             }
         }
     });
     Ok(())
+}
+
+/// Channels a max-pool backward step handles at once (one AVX-512 register).
+const LANES: usize = 16;
+
+/// Max-pool backward for one window and `L` channels from `ch`: find each channel's winner
+/// (first maximum in scan order, or the last NaN, as PyTorch) with branch-free selects on fixed-size arrays
+/// (registers), then add the output gradient to it.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn pool_select<const L: usize>(
+    x: &[f32],
+    dx: &mut [f32],
+    g: &[f32],
+    w: usize,
+    c: usize,
+    ch: usize,
+    ys: std::ops::Range<usize>,
+    xs: std::ops::Range<usize>,
+) {
+    let first = (ys.start * w + xs.start) as u32;
+    let (mut best, mut arg) = ([f32::NEG_INFINITY; L], [first; L]);
+    for iy in ys {
+        for ix in xs.clone() {
+            let p = iy * w + ix;
+            let src: &[f32; L] = x[p * c + ch..][..L].try_into().expect("L values");
+            let p = p as u32;
+            for j in 0..L {
+                let take = (src[j] > best[j]) | src[j].is_nan();
+                best[j] = if take { src[j] } else { best[j] };
+                arg[j] = if take { p } else { arg[j] };
+            }
+        }
+    }
+    for j in 0..L {
+        dx[arg[j] as usize * c + ch + j] += g[ch + j];
+    }
+}
+
+/// [`pool_select`] for the last `l` < [`LANES`] channels.
+#[allow(clippy::too_many_arguments)]
+fn pool_select_n(
+    x: &[f32],
+    dx: &mut [f32],
+    g: &[f32],
+    w: usize,
+    c: usize,
+    ch: usize,
+    l: usize,
+    ys: std::ops::Range<usize>,
+    xs: std::ops::Range<usize>,
+) {
+    let first = (ys.start * w + xs.start) as u32;
+    let (mut best, mut arg) = ([f32::NEG_INFINITY; LANES], [first; LANES]);
+    for iy in ys {
+        for ix in xs.clone() {
+            let p = iy * w + ix;
+            for (j, &v) in x[p * c + ch..][..l].iter().enumerate() {
+                if v > best[j] || v.is_nan() {
+                    (best[j], arg[j]) = (v, p as u32);
+                }
+            }
+        }
+    }
+    for j in 0..l {
+        dx[arg[j] as usize * c + ch + j] += g[ch + j];
+    }
 }
 
 /// The input gradient of [`adaptive_avg_pool`]: each output's gradient spread evenly over its

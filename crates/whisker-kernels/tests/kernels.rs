@@ -331,7 +331,7 @@ fn weight_gradients_stay_accurate_over_long_cancelling_sums() {
 }
 
 /// Pooling gradients against naive routing: max pool to the first maximum of each window
-/// (padding never wins), average pool spread over each cell; accumulation adds.
+/// (padding never wins; a NaN does), average pool spread over each cell; accumulation adds.
 #[test]
 fn pooling_gradients_match_naive_routing() {
     let mut rng = Rng(0x1234_5678_9abc_def1);
@@ -339,16 +339,19 @@ fn pooling_gradients_match_naive_routing() {
         (2, 7, 6, 5, 3, 2, 1),
         (1, 8, 8, 19, 2, 2, 0),
         (3, 5, 9, 33, 3, 1, 1),
+        (4, 9, 9, 48, 3, 2, 1),
     ] {
         let (oh, ow) = (
             (h + 2 * pad - k) / stride + 1,
             (w + 2 * pad - k) / stride + 1,
         );
-        // quantised values, so that windows hold ties (the first one wins, as in PyTorch)
+        // quantised values, so that windows hold ties (the first one wins, as in PyTorch),
+        // and a few NaNs (a NaN wins, the last one when a window has two, as in PyTorch)
         let x: Vec<f32> = rng
             .vec(n * h * w * c)
             .iter()
-            .map(|v| (v * 3.0).round())
+            .enumerate()
+            .map(|(i, v)| if i % 37 == 5 { f32::NAN } else { (v * 3.0).round() })
             .collect();
         let g = rng.vec(n * oh * ow * c);
         let mut want = vec![0f32; x.len()];
@@ -367,7 +370,7 @@ fn pooling_gradients_match_naive_routing() {
                                     continue;
                                 }
                                 let i = ((b * h + iy as usize) * w + ix as usize) * c + ch;
-                                if best.is_none_or(|(m, _)| x[i] > m) {
+                                if best.is_none_or(|(m, _)| x[i] > m || x[i].is_nan()) {
                                     best = Some((x[i], i));
                                 }
                             }

@@ -767,7 +767,7 @@ impl Plan {
         } else {
             self.classifier_start
         };
-        let profile = std::env::var_os("WHISKER_PLAN_PROFILE").is_some();
+        let profile = profiling();
         for op in &self.ops[..end] {
             let t = std::time::Instant::now();
             self.step(op, n, &shapes, &self.slot, &mut arena, taps, device, false)?;
@@ -1006,6 +1006,19 @@ impl Plan {
         )
         .map_err(shape_err)?;
         Ok((hidden, scales))
+    }
+}
+
+/// Whether `WHISKER_PLAN_PROFILE` asks for per-op and per-phase timings on stderr.
+pub(crate) fn profiling() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("WHISKER_PLAN_PROFILE").is_some())
+}
+
+/// With [`profiling`], the time since `t` as one `== phase` line on stderr.
+pub(crate) fn profile_phase(phase: &str, t: std::time::Instant) {
+    if profiling() {
+        eprintln!("{:>9.3} ms  == {phase}", t.elapsed().as_secs_f64() * 1e3);
     }
 }
 

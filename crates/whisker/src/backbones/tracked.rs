@@ -115,9 +115,11 @@ impl Backward<Flex, 2> for EngineTrain {
         } = ops.state;
         // The tape and the feature gradient come from the forward pass of this same plan, so
         // their shapes agree; a failure here is a bug, not bad input.
+        let t = std::time::Instant::now();
         let (dx, pgrads) = crate::tensor::to_vec(g)
             .and_then(|gv| plan.backward(&tape, &gv, input_grad, true))
             .expect("the engine's backward pass");
+        super::plan::profile_phase("backward", t);
         for p in pgrads {
             if let Some(&id) = nodes.get(&p.id) {
                 register(grads, id, p.values, &p.dims);
@@ -210,8 +212,12 @@ pub(super) fn train_features(
         weight_grads: true,
         ..Default::default()
     };
+    let t = std::time::Instant::now();
     let plan = Arc::new(Plan::compile_net(net, norm, opts).ok()?);
+    super::plan::profile_phase("compile", t);
+    let t = std::time::Instant::now();
     let (tape, out) = tape_and_features(&plan, &x, true)?;
+    super::plan::profile_phase("forward tape", t);
     let input_grad = x.is_require_grad();
     let xa = x.try_into_primitive::<Autodiff<Flex>>().ok()?;
     // a trainable parameter is the second parent: the op is tracked even when the images

@@ -454,7 +454,7 @@ impl Plan {
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; shapes.len()];
         grads[self.features] = Some(dfeatures.to_vec());
         let missing = || Error::Internal("no backward weights for an op".into());
-        let profile = std::env::var_os("WHISKER_PLAN_PROFILE").is_some();
+        let profile = super::profiling();
         for (i, op) in self.ops[..self.classifier_start].iter().enumerate().rev() {
             let saved = &tape.saved[i];
             let t = std::time::Instant::now();
@@ -472,7 +472,12 @@ impl Plan {
                     }
                     if params {
                         if let Some(pm) = &self.pm[i] {
+                            let t = std::time::Instant::now();
                             self.op_param_grads(op, pm, tape, &g, &mut pgrads)?;
+                            if profile {
+                                let ms = t.elapsed().as_secs_f64() * 1e3;
+                                eprintln!("{ms:>9.3} ms    of which weight gradients");
+                            }
                         }
                     }
                     // the forward geometry (a linear layer: a 1×1 convolution on 1×1 maps)
