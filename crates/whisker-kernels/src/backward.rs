@@ -82,32 +82,6 @@ fn phases(
     Ok(out)
 }
 
-/// The reversed sub-kernel `(ky0, kx0)` of `[cout, cin/groups, kh, kw]` weights, as
-/// `[cin, cout, ny, nx]` (dense) or `[c, 1, ny, nx]` (depthwise).
-fn sub_kernel(
-    w: &[f32],
-    (o_n, i_n): (usize, usize),
-    (kh, kw): (usize, usize),
-    stride: usize,
-    (ky0, kx0): (usize, usize),
-    (ny, nx): (usize, usize),
-) -> Vec<f32> {
-    let mut out = vec![0f32; i_n * o_n * ny * nx];
-    for o in 0..o_n {
-        for i in 0..i_n {
-            for jy in 0..ny {
-                for jx in 0..nx {
-                    let ky = ky0 + stride * (ny - 1 - jy);
-                    let kx = kx0 + stride * (nx - 1 - jx);
-                    out[((i * o_n + o) * ny + jy) * nx + jx] =
-                        w[((o * i_n + i) * kh + ky) * kw + kx];
-                }
-            }
-        }
-    }
-    out
-}
-
 /// The input gradient of a dense convolution (groups = 1), weights packed per phase.
 #[derive(Debug, Clone)]
 pub struct ConvBackward {
@@ -145,36 +119,46 @@ impl ConvBackward {
                 weight.len()
             )));
         }
-        let mut subs = Vec::new();
         let mut cols = None;
         if cin < COLS_BELOW && kh * kw > 1 {
             // [kh·kw·cin, cout, 1, 1]: column (ky, kx, c) of output pixel p is Σ_o g[p, o]·w[o, c, ky, kx]
             let k = kh * kw * cin;
-            let mut w = vec![0f32; k * cout];
-            for o in 0..cout {
-                for c in 0..cin {
-                    for t in 0..kh * kw {
-                        w[(t * cin + c) * cout + o] = weight[(o * cin + c) * kh * kw + t];
-                    }
-                }
-            }
-            cols = Some(PackedConv::from_oihw(&w, None, k, cout, 1, 1)?);
+            cols = Some(PackedConv::pack(
+                weight,
+                None,
+                k,
+                cout,
+                1,
+                1,
+                |r, o, _, _| {
+                    let (t, c) = (r / cin, r % cin);
+                    (o * cin + c) * kh * kw + t
+                },
+            )?);
         }
-        for ky0 in 0..stride {
-            for kx0 in 0..stride {
-                let kn = (taps(kh, stride, ky0), taps(kw, stride, kx0));
-                if kn.0 == 0 || kn.1 == 0 || cols.is_some() {
-                    subs.push(None);
-                    continue;
+        // per stride phase, the flipped and transposed sub-kernel it applies: input channel
+        // i, output channel o, tap (jy, jx) ↦ w[o, i, ky0 + stride·(ny−1−jy), kx0 + …]
+        let subs = (0..stride * stride)
+            .into_par_iter()
+            .map(|phase| {
+                let (ky0, kx0) = (phase / stride, phase % stride);
+                let (ny, nx) = (taps(kh, stride, ky0), taps(kw, stride, kx0));
+                if ny == 0 || nx == 0 || cols.is_some() {
+                    return Ok(None);
                 }
-                let w = sub_kernel(weight, (cout, cin), (kh, kw), stride, (ky0, kx0), kn);
-                subs.push(Some(if winograd && kn == (3, 3) && cout >= 16 {
-                    PackedConv::winograd_from_oihw(&w, None, cin, cout)?
+                let at = |i: usize, o: usize, jy: usize, jx: usize| {
+                    let (ky, kx) = (ky0 + stride * (ny - 1 - jy), kx0 + stride * (nx - 1 - jx));
+                    ((o * cin + i) * kh + ky) * kw + kx
+                };
+                Ok(Some(if winograd && (ny, nx) == (3, 3) && cout >= 16 {
+                    PackedConv::winograd_with(None, cin, cout, |i, o, jy, jx| {
+                        weight[at(i, o, jy, jx)]
+                    })?
                 } else {
-                    PackedConv::from_oihw(&w, None, cin, cout, kn.0, kn.1)?
-                }));
-            }
-        }
+                    PackedConv::pack(weight, None, cin, cout, ny, nx, at)?
+                }))
+            })
+            .collect::<Result<Vec<_>, ShapeError>>()?;
         Ok(ConvBackward {
             cout,
             cin,

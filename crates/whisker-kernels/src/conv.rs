@@ -117,24 +117,9 @@ impl PackedConv {
         Self::pack(weight, bias, out, inp, 1, 1, |o, c, _, _| c * out + o)
     }
 
-    fn pack(
-        weight: &[f32],
-        bias: Option<&[f32]>,
-        cout: usize,
-        cin: usize,
-        kh: usize,
-        kw: usize,
-        index: impl Fn(usize, usize, usize, usize) -> usize,
-    ) -> Result<Self, ShapeError> {
-        if let Some(b) = bias {
-            if b.len() != cout {
-                return Err(ShapeError(format!(
-                    "bias of {} values for {cout} output channels",
-                    b.len()
-                )));
-            }
-        }
-        let k = kh * kw * cin;
+    /// The panels of `cout` outputs over `k` products: their offsets, widths (multiples of
+    /// 16, at most [`NR`]) and the values they take together.
+    pub(crate) fn layout(cout: usize, k: usize) -> (Vec<usize>, Vec<usize>, usize) {
         let (mut offsets, mut widths) = (Vec::new(), Vec::new());
         let mut total = 0;
         let mut o0 = 0;
@@ -145,23 +130,67 @@ impl PackedConv {
             total += k * wp;
             o0 += NR;
         }
+        (offsets, widths, total)
+    }
+
+    /// `data` (of [`PackedConv::layout`]) cut into its panels.
+    pub(crate) fn panels<'a>(
+        data: &'a mut [f32],
+        widths: &[usize],
+        k: usize,
+    ) -> Vec<&'a mut [f32]> {
+        let mut panels = Vec::with_capacity(widths.len());
+        let mut rest = data;
+        for &wp in widths {
+            let (panel, tail) = rest.split_at_mut(k * wp);
+            panels.push(panel);
+            rest = tail;
+        }
+        panels
+    }
+
+    /// Pack `cout × cin × kh × kw` weights read through `index(o, c, ky, kx)` (a position in
+    /// `weight`), the panels in parallel.
+    pub(crate) fn pack(
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        cout: usize,
+        cin: usize,
+        kh: usize,
+        kw: usize,
+        index: impl Fn(usize, usize, usize, usize) -> usize + Sync,
+    ) -> Result<Self, ShapeError> {
+        if let Some(b) = bias {
+            if b.len() != cout {
+                return Err(ShapeError(format!(
+                    "bias of {} values for {cout} output channels",
+                    b.len()
+                )));
+            }
+        }
+        let k = kh * kw * cin;
+        let (offsets, widths, total) = Self::layout(cout, k);
         let mut data = vec![0f32; total];
-        let mut padded_bias = vec![0f32; widths.iter().sum()];
-        for (p, (&off, &wp)) in offsets.iter().zip(&widths).enumerate() {
-            for j in 0..wp {
-                let o = p * NR + j;
-                if o >= cout {
-                    break;
-                }
-                padded_bias[p * NR + j] = bias.map(|b| b[o]).unwrap_or(0.0);
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        for c in 0..cin {
-                            let kk = (ky * kw + kx) * cin + c;
-                            data[off + kk * wp + j] = weight[index(o, c, ky, kx)];
+        let panels = Self::panels(&mut data, &widths, k);
+        // each panel row by row: contiguous writes
+        panels.into_par_iter().enumerate().for_each(|(p, d)| {
+            let wp = d.len() / k;
+            let cols = wp.min(cout - p * NR);
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    for c in 0..cin {
+                        let kk = (ky * kw + kx) * cin + c;
+                        for (j, v) in d[kk * wp..kk * wp + cols].iter_mut().enumerate() {
+                            *v = weight[index(p * NR + j, c, ky, kx)];
                         }
                     }
                 }
+            }
+        });
+        let mut padded_bias = vec![0f32; widths.iter().sum()];
+        if let Some(b) = bias {
+            for (o, &v) in b.iter().enumerate() {
+                padded_bias[(o / NR) * NR + o % NR] = v;
             }
         }
         Ok(PackedConv {

@@ -12,6 +12,7 @@
 //! - [`conv2d_weight_grad`], [`depthwise_weight_grad`]: weight and bias gradients, blocked
 //!   two-level sums over the batch's pixels.
 //! - pooling, channel scaling (squeeze-excitation) and NCHW ↔ NHWC layout changes.
+//! - [`buffers`]: a process-wide cache of the large buffers a training step reuses.
 //!
 //! Every kernel has an AVX-512F, an AVX2+FMA and a portable path, chosen at run time
 //! ([`Isa::current`], `WHISKER_ISA=avx512|avx2|portable` to force a lower one), and is tested
@@ -20,6 +21,7 @@
 
 mod act;
 mod backward;
+pub mod buffers;
 mod conv;
 mod depthwise;
 mod isa;

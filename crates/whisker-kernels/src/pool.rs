@@ -199,7 +199,8 @@ pub fn max_pool_backward(
             if cw == c {
                 db.fill(0.0);
             } else {
-                db.chunks_exact_mut(c).for_each(|px| px[c0..c0 + cw].fill(0.0));
+                db.chunks_exact_mut(c)
+                    .for_each(|px| px[c0..c0 + cw].fill(0.0));
             }
         }
         for oy in 0..oh {

@@ -4,25 +4,31 @@
 //! Dense: for each kernel tap `(ky, kx)`, `dW_tap[c, o] = Σ_p x_tap[p, c] · g[p, o]` — a GEMM
 //! whose reduction runs over every output pixel of the batch (`p`, often 50,000 long). The
 //! rows of `x` a tap reads are gathered into a panel (zeros where the tap falls in the
-//! padding) block by block of [`KC`] pixels; register tiles of `MR` input × `NR` output
-//! channels sum one block from zero, then add into the thread's accumulator: a two-level sum,
-//! whose rounding error grows with `KC + P/KC` rather than with `P` (burn-flex's sequential
-//! sums are 1000× less accurate than PyTorch on a ResNet stem; see the fine-tuning parity
-//! test). Threads split the pixels and their accumulators are added at the end.
+//! padding) block by block of [`KC`] pixels; register tiles of [`MR`] input × up to 64 output
+//! channels sum one block from zero, then add into the accumulator: a two-level sum, whose
+//! rounding error grows with `KC + P/KC` rather than with `P` (burn-flex's sequential sums are
+//! 1000× less accurate than PyTorch on a ResNet stem; see the fine-tuning parity test). Both
+//! GEMM operands are packed per block so that the tiles read them contiguously: the panel as
+//! `[MR-row block][pixel][MR]`, the output gradient as column stripes `[pixel][stripe width]`
+//! (power-of-two channel strides would otherwise map a tile's rows onto a few L1 sets).
+//!
+//! Work split: where the weight gradient is small next to the output gradient (large maps),
+//! threads split the pixels, each summing into its own accumulator, added at the end; where it
+//! is large (deep layers on small maps, linear layers), threads split the taps and input
+//! channels, each owning its part of the result.
 //!
 //! Depthwise: `dW[c, tap] = Σ_p g[p, c] · x_tap[p, c]`, vectorised across channels, with the
 //! same blocking.
 
 use rayon::prelude::*;
 
-use crate::{ConvShape, Isa, ShapeError};
+use crate::{buffers, ConvShape, Isa, ShapeError};
 
 /// Output pixels per block of the reduction.
-const KC: usize = 256;
+const KC: usize = 128;
 
-/// Accumulators of more than this many values per thread split the work by taps instead
-/// of by pixels (none of the zoo's convolutions come near it).
-const MAX_PARTIAL: usize = 1 << 24;
+/// Input channels (rows of the weight gradient) per register tile.
+const MR: usize = 6;
 
 /// `dW` (PyTorch's `[cout, cin, kh, kw]`) and `db` (`[cout]`, when asked) of a dense
 /// convolution with input `x` (`[n, h, w, cin]`) and output gradient `g` (`[n, oh, ow, cout]`,
@@ -70,26 +76,70 @@ pub fn conv2d_weight_grad(
         oh,
         ow,
     };
-    let one_thread = p_total * size < 1 << 16 || size * rayon::current_num_threads() > MAX_PARTIAL;
-    let partials = per_thread(p_total, size, one_thread, |p0, p1, acc| match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
-        Isa::Avx512 => unsafe { dense_avx512(&geo, p0, p1, acc) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { dense_avx2(&geo, p0, p1, acc) },
-        _ => dense::<4, 8, false>(&geo, p0, p1, acc),
-    });
-    // [tap][c][o] partials → [o][c][ky][kx]
-    dw.par_chunks_mut(cin * taps)
+    let threads = rayon::current_num_threads().max(1);
+    let job =
+        |taps: std::ops::Range<usize>, chans: std::ops::Range<usize>, p0, p1, acc: &mut [f32]| {
+            let part = Part {
+                taps,
+                chans,
+                p0,
+                p1,
+            };
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
+                Isa::Avx512 => unsafe { dense_avx512(&geo, &part, acc) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { dense_avx2(&geo, &part, acc) },
+                _ => dense_portable(&geo, &part, acc),
+            }
+        };
+    let stem = cin < 16 && taps > 1;
+    // (first input channel, channels, accumulator [tap][channel][cout]) of each job
+    let parts: Vec<(usize, usize, Vec<f32>)> =
+        if !stem && p_total * size >= 1 << 16 && taps * cin * threads > p_total {
+            // the result is larger than the output gradient: split it, input-channel ranges
+            // over all taps and pixels (each job reads the output gradient once)
+            let chunk = cin.div_ceil(2 * threads).next_multiple_of(MR).min(cin);
+            (0..cin.div_ceil(chunk))
+                .into_par_iter()
+                .map(|i| {
+                    let (c0, m) = (i * chunk, chunk.min(cin - i * chunk));
+                    let mut acc = buffers::take_zeroed(taps * m * cout);
+                    job(0..taps, c0..c0 + m, 0, p_total, &mut acc);
+                    (c0, m, acc)
+                })
+                .collect()
+        } else {
+            let one_thread = p_total * size < 1 << 16;
+            per_thread(p_total, size, one_thread, |p0, p1, acc| {
+                job(0..taps, 0..cin, p0, p1, acc)
+            })
+            .into_iter()
+            .map(|acc| (0, cin, acc))
+            .collect()
+        };
+    // [tap][c][o] accumulators → [o][c][ky][kx], 16 outputs at a time (whole cache lines read)
+    dw.par_chunks_mut(16 * cin * taps)
         .enumerate()
-        .for_each(|(o, row)| {
-            for c in 0..cin {
-                for t in 0..taps {
-                    let i = (t * cin + c) * cout + o;
-                    row[c * taps + t] = partials.iter().map(|a| a[i]).sum();
+        .for_each(|(ob, rows)| {
+            rows.fill(0.0);
+            let o0 = ob * 16;
+            let no = rows.len() / (cin * taps);
+            for (c0, m, acc) in &parts {
+                for c in *c0..c0 + m {
+                    for t in 0..taps {
+                        let i = (t * m + c - c0) * cout + o0;
+                        for (j, v) in acc[i..i + no].iter().enumerate() {
+                            rows[j * cin * taps + c * taps + t] += v;
+                        }
+                    }
                 }
             }
         });
+    for (_, _, acc) in parts {
+        buffers::give(acc);
+    }
     if let Some(db) = db {
         bias_grad(g, cout, db);
     }
@@ -118,7 +168,7 @@ fn per_thread(
         .into_par_iter()
         .map(|t| {
             let (p0, p1) = (t * per, ((t + 1) * per).min(p_total));
-            let mut acc = vec![0f32; size];
+            let mut acc = buffers::take_zeroed(size);
             if p0 < p1 {
                 job(p0, p1, &mut acc);
             }
@@ -127,20 +177,26 @@ fn per_thread(
         .collect()
 }
 
-/// `db[o] = Σ_p g[p, o]`, in blocks (two-level sums).
+/// `db[o] = Σ_p g[p, o]`, in blocks (two-level sums; the blocks' sums added in f64).
 fn bias_grad(g: &[f32], cout: usize, db: &mut [f32]) {
-    let mut total = vec![0f64; cout];
-    for block in g.chunks(KC * cout) {
-        let mut part = vec![0f32; cout];
-        for row in block.chunks_exact(cout) {
-            for (a, v) in part.iter_mut().zip(row) {
-                *a += v;
+    let total = g
+        .par_chunks(KC * cout)
+        .map(|block| {
+            let mut part = vec![0f32; cout];
+            for row in block.chunks_exact(cout) {
+                for (a, v) in part.iter_mut().zip(row) {
+                    *a += v;
+                }
             }
-        }
-        for (t, v) in total.iter_mut().zip(&part) {
-            *t += *v as f64;
-        }
-    }
+            part.into_iter().map(f64::from).collect::<Vec<f64>>()
+        })
+        .reduce(
+            || vec![0f64; cout],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
     for (d, t) in db.iter_mut().zip(total) {
         *d = t as f32;
     }
@@ -158,12 +214,43 @@ struct Geo<'a> {
     ow: usize,
 }
 
+/// An output pixel: its image and position.
+#[derive(Clone, Copy)]
+struct Px {
+    b: usize,
+    oy: usize,
+    ox: usize,
+}
+
 impl Geo<'_> {
-    /// The input row (`cin` values) tap `(ky, kx)` of output pixel `p` reads, if inside.
-    #[inline(always)]
-    fn row(&self, p: usize, ky: usize, kx: usize) -> Option<&[f32]> {
+    /// Output pixel `p` of the batch.
+    fn px(&self, p: usize) -> Px {
         let (b, rem) = (p / (self.oh * self.ow), p % (self.oh * self.ow));
-        let (oy, ox) = (rem / self.ow, rem % self.ow);
+        Px {
+            b,
+            oy: rem / self.ow,
+            ox: rem % self.ow,
+        }
+    }
+
+    /// The next output pixel (no divisions: the gathers call it per pixel).
+    #[inline(always)]
+    fn next(&self, q: &mut Px) {
+        q.ox += 1;
+        if q.ox == self.ow {
+            q.ox = 0;
+            q.oy += 1;
+            if q.oy == self.oh {
+                q.oy = 0;
+                q.b += 1;
+            }
+        }
+    }
+
+    /// The input row (`cin` values) tap `(ky, kx)` of output pixel `q` reads, if inside.
+    #[inline(always)]
+    fn row(&self, q: Px, ky: usize, kx: usize) -> Option<&[f32]> {
+        let Px { b, oy, ox } = q;
         let iy = (oy * self.s.stride + ky) as isize - self.s.pad[0] as isize;
         let ix = (ox * self.s.stride + kx) as isize - self.s.pad[2] as isize;
         if iy < 0 || ix < 0 || iy >= self.s.h as isize || ix >= self.s.w as isize {
@@ -175,12 +262,11 @@ impl Geo<'_> {
 }
 
 impl Geo<'_> {
-    /// The whole input patch of output pixel `p` (`kh·kw·cin` values, tap-major, zeros in the
+    /// The whole input patch of output pixel `q` (`kh·kw·cin` values, tap-major, zeros in the
     /// padding), each kernel row copied in one piece.
-    fn patch(&self, p: usize, dst: &mut [f32]) {
+    fn patch(&self, q: Px, dst: &mut [f32]) {
         let (s, cin, kw) = (self.s, self.cin, self.kw);
-        let (b, rem) = (p / (self.oh * self.ow), p % (self.oh * self.ow));
-        let (oy, ox) = (rem / self.ow, rem % self.ow);
+        let Px { b, oy, ox } = q;
         let ix0 = (ox * s.stride) as isize - s.pad[2] as isize;
         // the kernel columns inside the image
         let ka = (-ix0).clamp(0, kw as isize) as usize;
@@ -200,131 +286,186 @@ impl Geo<'_> {
     }
 }
 
+/// What one job sums: pixels `p0..p1` of taps `taps` and input channels `chans`, into an
+/// accumulator `[tap in taps][c in chans][cout]`.
+struct Part {
+    taps: std::ops::Range<usize>,
+    chans: std::ops::Range<usize>,
+    p0: usize,
+    p1: usize,
+}
+
+/// A path's GEMM on packed operands: `c[i, j] += Σ_p a[p, i] · b[p, j]` for `m` rows and `n`
+/// columns, `kc` pixels, blocks `kb` pixels apart in `a` and `b` (see [`put_a`], [`pack_b`]),
+/// `c` with rows `ldc` apart.
+type Gemm = fn(&[f32], usize, &[f32], usize, usize, usize, &mut [f32], usize);
+
+/// A path: its GEMM, its column stripe width and the lane count stripes round up to.
+#[derive(Clone, Copy)]
+struct Path {
+    gemm: Gemm,
+    stripe: usize,
+    lanes: usize,
+}
+
+impl Path {
+    /// The width of the stripe that starts with `left` columns to go.
+    #[inline(always)]
+    fn width(&self, left: usize) -> usize {
+        left.next_multiple_of(self.lanes).min(self.stripe)
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn dense_avx512(geo: &Geo, p0: usize, p1: usize, acc: &mut [f32]) {
-    dense_with(geo, p0, p1, acc, |a, m, b, n, kc, c| {
-        // SAFETY: this function runs only where AVX-512F is supported.
-        unsafe { simd::gemm_tn_avx512(a, m, b, n, kc, c) }
-    })
+unsafe fn dense_avx512(geo: &Geo, part: &Part, acc: &mut [f32]) {
+    let gemm: Gemm = |a, m, b, n, kc, kb, c, ldc| {
+        // SAFETY: this path runs only where AVX-512F is supported.
+        unsafe { simd::gemm_avx512(a, m, b, n, kc, kb, c, ldc) }
+    };
+    dense_with(
+        geo,
+        part,
+        acc,
+        Path {
+            gemm,
+            stripe: 64,
+            lanes: 16,
+        },
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dense_avx2(geo: &Geo, p0: usize, p1: usize, acc: &mut [f32]) {
-    dense_with(geo, p0, p1, acc, |a, m, b, n, kc, c| {
-        // SAFETY: this function runs only where AVX2 and FMA are supported.
-        unsafe { simd::gemm_tn_avx2(a, m, b, n, kc, c) }
-    })
+unsafe fn dense_avx2(geo: &Geo, part: &Part, acc: &mut [f32]) {
+    let gemm: Gemm = |a, m, b, n, kc, kb, c, ldc| {
+        // SAFETY: this path runs only where AVX2 and FMA are supported.
+        unsafe { simd::gemm_avx2(a, m, b, n, kc, kb, c, ldc) }
+    };
+    dense_with(
+        geo,
+        part,
+        acc,
+        Path {
+            gemm,
+            stripe: 16,
+            lanes: 8,
+        },
+    )
 }
 
-/// Pixels `p0..p1` into `acc` (`[tap][cin][cout]`), portably.
-fn dense<const MR: usize, const NR: usize, const FMA: bool>(
-    geo: &Geo,
-    p0: usize,
-    p1: usize,
-    acc: &mut [f32],
-) {
-    dense_with(geo, p0, p1, acc, gemm_tn::<MR, NR, FMA>)
+fn dense_portable(geo: &Geo, part: &Part, acc: &mut [f32]) {
+    dense_with(
+        geo,
+        part,
+        acc,
+        Path {
+            gemm: gemm_portable,
+            stripe: 8,
+            lanes: 8,
+        },
+    )
 }
 
-/// Pixels `p0..p1` into `acc` (`[tap][cin][cout]`): per block of [`KC`] pixels and per tap,
-/// the rows the tap reads gathered into a panel (zeros in the padding), then
-/// `gemm(panel, cin, g block, cout, kc, acc of the tap)`.
+/// Row `r` of a packed panel of `m` columns (`None`: zeros): `[m/MR blocks][kb][MR]`.
 #[inline(always)]
-fn dense_with(
-    geo: &Geo,
-    p0: usize,
-    p1: usize,
-    acc: &mut [f32],
-    gemm: impl Fn(&[f32], usize, &[f32], usize, usize, &mut [f32]),
-) {
-    let (cin, cout) = (geo.cin, geo.cout);
-    let taps = geo.kh * geo.kw;
-    if cin < 16 && taps > 1 {
-        // few input channels (the RGB stems): whole patches as the rows, one GEMM of
-        // taps·cin rows (the accumulator's [tap][cin] order) instead of taps thin ones
-        let m = taps * cin;
-        let mut panel = vec![0f32; KC * m + 16];
-        let mut b0 = p0;
-        while b0 < p1 {
-            let kc = KC.min(p1 - b0);
-            for (r, dst) in panel.chunks_exact_mut(m).take(kc).enumerate() {
-                geo.patch(b0 + r, dst);
-            }
-            let gblk = &geo.g[b0 * cout..(b0 + kc) * cout];
-            gemm(&panel[..kc * m + 16], m, gblk, cout, kc, acc);
-            b0 += kc;
-        }
-        return;
+fn put_a(dst: &mut [f32], kb: usize, r: usize, row: Option<&[f32]>, m: usize) {
+    let full = m / MR;
+    // whole blocks as fixed-size copies (register moves, not memmove calls)
+    for ib in 0..full {
+        let d: &mut [f32; MR] = (&mut dst[(ib * kb + r) * MR..][..MR])
+            .try_into()
+            .expect("MR values");
+        *d = match row {
+            Some(src) => src[ib * MR..][..MR].try_into().expect("MR values"),
+            None => [0.0; MR],
+        };
     }
-    // a few values past the last row: the SIMD tiles read whole register rows
-    let mut panel = vec![0f32; KC * cin + 16];
+    let l = m - full * MR;
+    if l > 0 {
+        let d = &mut dst[(full * kb + r) * MR..][..l];
+        match row {
+            Some(src) => d.copy_from_slice(&src[full * MR..m]),
+            None => d.fill(0.0),
+        }
+    }
+}
+
+/// `kc` rows of `n` values into column stripes: the stripe from column `j0` (width `w`) at
+/// `j0·kb`, `[kb][w]`; the lanes past `n` are never written (zero from allocation).
+#[inline(always)]
+fn pack_b(src: &[f32], n: usize, kc: usize, kb: usize, path: Path, dst: &mut [f32]) {
+    let mut j0 = 0;
+    while j0 < n {
+        let w = path.width(n - j0);
+        let cols = w.min(n - j0);
+        let d = &mut dst[j0 * kb..][..kb * w];
+        for (r, row) in src.chunks_exact(n).take(kc).enumerate() {
+            d[r * w..r * w + cols].copy_from_slice(&row[j0..j0 + cols]);
+        }
+        j0 += w;
+    }
+}
+
+/// One job's pixels into its accumulator: per block of [`KC`] pixels the output gradient
+/// packed once, then per tap the rows it reads gathered into a packed panel (zeros in the
+/// padding) and multiplied.
+#[inline(always)]
+fn dense_with(geo: &Geo, part: &Part, acc: &mut [f32], path: Path) {
+    let (cin, cout) = (geo.cin, geo.cout);
+    let (p0, p1) = (part.p0, part.p1);
+    let kb = KC.min(p1 - p0).max(1);
+    let mut b = buffers::take_zeroed(kb * cout.next_multiple_of(path.lanes));
+    let stem = cin < 16 && geo.kh * geo.kw > 1;
+    // the stems (few input channels): whole patches as the rows, one GEMM of taps·cin rows
+    // (the accumulator's [tap][cin] order) instead of taps thin ones
+    let m = if stem {
+        geo.kh * geo.kw * cin
+    } else {
+        part.chans.len()
+    };
+    let mut a = buffers::take_zeroed(m.div_ceil(MR) * MR * kb);
+    let mut patch = vec![0f32; if stem { m } else { 0 }];
     let mut b0 = p0;
     while b0 < p1 {
-        let kc = KC.min(p1 - b0);
-        let gblk = &geo.g[b0 * cout..(b0 + kc) * cout];
-        for ky in 0..geo.kh {
-            for kx in 0..geo.kw {
-                // the rows this tap reads, zeros in the padding
+        let kc = kb.min(p1 - b0);
+        pack_b(
+            &geo.g[b0 * cout..(b0 + kc) * cout],
+            cout,
+            kc,
+            kb,
+            path,
+            &mut b,
+        );
+        if stem {
+            let mut q = geo.px(b0);
+            for r in 0..kc {
+                geo.patch(q, &mut patch);
+                put_a(&mut a, kb, r, Some(&patch), m);
+                geo.next(&mut q);
+            }
+            (path.gemm)(&a, m, &b, cout, kc, kb, acc, cout);
+        } else {
+            for (ti, t) in part.taps.clone().enumerate() {
+                let (ky, kx) = (t / geo.kw, t % geo.kw);
                 let mut any = false;
-                for (r, dst) in panel.chunks_exact_mut(cin).take(kc).enumerate() {
-                    match geo.row(b0 + r, ky, kx) {
-                        Some(src) => {
-                            dst.copy_from_slice(src);
-                            any = true;
-                        }
-                        None => dst.fill(0.0),
-                    }
+                let mut q = geo.px(b0);
+                for r in 0..kc {
+                    let row = geo.row(q, ky, kx).map(|src| &src[part.chans.clone()]);
+                    any |= row.is_some();
+                    put_a(&mut a, kb, r, row, m);
+                    geo.next(&mut q);
                 }
-                if !any {
-                    continue;
+                if any {
+                    let tap = &mut acc[ti * m * cout..][..m * cout];
+                    (path.gemm)(&a, m, &b, cout, kc, kb, tap, cout);
                 }
-                let tap = &mut acc[(ky * geo.kw + kx) * cin * cout..][..cin * cout];
-                gemm(&panel[..kc * cin + 16], cin, gblk, cout, kc, tap);
             }
         }
         b0 += kc;
     }
-}
-
-/// `c[i, j] += Σ_p a[p, i] · b[p, j]` for `a` `[kc, m]`, `b` `[kc, n]`, `c` `[m, n]`: register
-/// tiles that sum the block from zero and add into `c` once.
-#[inline(always)]
-fn gemm_tn<const MR: usize, const NR: usize, const FMA: bool>(
-    a: &[f32],
-    m: usize,
-    b: &[f32],
-    n: usize,
-    kc: usize,
-    c: &mut [f32],
-) {
-    let mut j0 = 0;
-    while j0 < n {
-        let width = n - j0;
-        let mut i0 = 0;
-        while i0 + MR <= m {
-            if width >= NR {
-                tile::<MR, NR, FMA>(a, m, b, n, kc, i0, j0, c);
-            } else if width >= 8 {
-                tile::<MR, 8, FMA>(a, m, b, n, kc, i0, j0, c);
-            } else {
-                tile_any::<FMA>(a, m, b, n, kc, i0, MR, j0, width, c);
-            }
-            i0 += MR;
-        }
-        let step = if width >= NR {
-            NR
-        } else if width >= 8 {
-            8
-        } else {
-            width
-        };
-        if i0 < m {
-            tile_any::<FMA>(a, m, b, n, kc, i0, m - i0, j0, step, c);
-        }
-        j0 += step;
-    }
+    buffers::give(a);
+    buffers::give(b);
 }
 
 #[inline(always)]
@@ -336,57 +477,37 @@ fn fma<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
+/// The portable GEMM on packed operands: [`MR`] × 8 tiles, plain multiply-adds.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn tile<const MR: usize, const NR: usize, const FMA: bool>(
+fn gemm_portable(
     a: &[f32],
     m: usize,
     b: &[f32],
     n: usize,
     kc: usize,
-    i0: usize,
-    j0: usize,
+    kb: usize,
     c: &mut [f32],
+    ldc: usize,
 ) {
-    let mut t = [[0f32; NR]; MR];
-    for p in 0..kc {
-        let br: &[f32; NR] = b[p * n + j0..p * n + j0 + NR].try_into().unwrap();
-        let ar: &[f32; MR] = a[p * m + i0..p * m + i0 + MR].try_into().unwrap();
-        for i in 0..MR {
-            for j in 0..NR {
-                t[i][j] = fma::<FMA>(ar[i], br[j], t[i][j]);
+    for j0 in (0..n).step_by(8) {
+        let cols = 8.min(n - j0);
+        let bs = &b[j0 * kb..][..kb * 8];
+        for (ib, i0) in (0..m).step_by(MR).enumerate() {
+            let ab = &a[ib * kb * MR..][..kb * MR];
+            let mut t = [[0f32; 8]; MR];
+            for (ar, br) in ab.chunks_exact(MR).zip(bs.chunks_exact(8)).take(kc) {
+                for i in 0..MR {
+                    for j in 0..8 {
+                        t[i][j] += ar[i] * br[j];
+                    }
+                }
             }
-        }
-    }
-    for (i, row) in t.iter().enumerate() {
-        let dst = &mut c[(i0 + i) * n + j0..(i0 + i) * n + j0 + NR];
-        for (d, v) in dst.iter_mut().zip(row) {
-            *d += v;
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn tile_any<const FMA: bool>(
-    a: &[f32],
-    m: usize,
-    b: &[f32],
-    n: usize,
-    kc: usize,
-    i0: usize,
-    mr: usize,
-    j0: usize,
-    nr: usize,
-    c: &mut [f32],
-) {
-    for i in i0..i0 + mr {
-        for j in j0..j0 + nr {
-            let mut t = 0f32;
-            for p in 0..kc {
-                t = fma::<FMA>(a[p * m + i], b[p * n + j], t);
+            for (i, row) in t.iter().enumerate().take(m - i0) {
+                let dst = &mut c[(i0 + i) * ldc + j0..][..cols];
+                for (d, v) in dst.iter_mut().zip(row) {
+                    *d += v;
+                }
             }
-            c[i * n + j] += t;
         }
     }
 }
@@ -481,11 +602,14 @@ fn dw_rows<const FMA: bool>(geo: &Geo, p0: usize, p1: usize, acc: &mut [f32]) {
     while b0 < p1 {
         let kc = KC.min(p1 - b0);
         part.fill(0.0);
+        let mut q = geo.px(b0);
         for p in b0..b0 + kc {
             let gr = &geo.g[p * c..(p + 1) * c];
+            let here = q;
+            geo.next(&mut q);
             for ky in 0..geo.kh {
                 for kx in 0..geo.kw {
-                    if let Some(xr) = geo.row(p, ky, kx) {
+                    if let Some(xr) = geo.row(here, ky, kx) {
                         let dst = &mut part[(ky * geo.kw + kx) * c..][..c];
                         for ((d, &gv), &xv) in dst.iter_mut().zip(gr).zip(xr) {
                             *d = fma::<FMA>(gv, xv, *d);
@@ -501,73 +625,65 @@ fn dw_rows<const FMA: bool>(geo: &Geo, p0: usize, p1: usize, acc: &mut [f32]) {
     }
 }
 
-/// The register tiles of the dense weight gradient: 6 input channels × 32 (AVX-512) or 16
-/// (AVX2) output channels, summing a block of pixels from zero in registers; column tails
-/// with masked loads and stores, row tails by storing only the valid rows.
+/// The register tiles of the dense weight gradient on packed operands: [`MR`] input channels
+/// × up to 64 (AVX-512) or 16 (AVX2) output channels, summing a block of pixels from zero in
+/// registers, then adding into the accumulator; column tails with masked stores, row tails
+/// by storing only the valid rows.
 #[cfg(target_arch = "x86_64")]
 mod simd {
+    use super::MR;
     use std::arch::x86_64::*;
 
-    const MR: usize = 6;
-
-    /// `c[i, j] += Σ_p a[p·m + i] · b[p·n + j]`; `a` holds at least `MR` values past its
-    /// last row's `m`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn gemm_tn_avx512(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn gemm_avx512(
         a: &[f32],
         m: usize,
         b: &[f32],
         n: usize,
         kc: usize,
+        kb: usize,
         c: &mut [f32],
+        ldc: usize,
     ) {
-        debug_assert!(a.len() >= (kc - 1) * m + m + MR && b.len() >= kc * n && c.len() >= m * n);
-        let mask = |w: usize| -> __mmask16 {
-            if w >= 16 {
-                0xffff
-            } else {
-                ((1u32 << w) - 1) as __mmask16
-            }
-        };
+        debug_assert!(a.len() >= m.div_ceil(MR) * MR * kb && kc <= kb);
+        debug_assert!(b.len() >= n.next_multiple_of(16) * kb && c.len() >= (m - 1) * ldc + n);
         let mut j0 = 0;
         while j0 < n {
-            let cols = (n - j0).min(32);
-            let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
-            let mut i0 = 0;
-            while i0 < m {
-                let rows = (m - i0).min(MR);
-                let (ap, bp) = (a.as_ptr().add(i0), b.as_ptr().add(j0));
-                let cp = c.as_mut_ptr().add(i0 * n + j0);
-                if cols > 16 {
-                    tile512::<2>(ap, m, bp, n, kc, [m0, m1], cp, n, rows);
-                } else {
-                    tile512::<1>(ap, m, bp, n, kc, [m0, m1], cp, n, rows);
+            let w = (n - j0).next_multiple_of(16).min(64);
+            let cols = w.min(n - j0);
+            let bp = b.as_ptr().add(j0 * kb);
+            for (ib, i0) in (0..m).step_by(MR).enumerate() {
+                let rows = MR.min(m - i0);
+                let ap = a.as_ptr().add(ib * kb * MR);
+                let cp = c.as_mut_ptr().add(i0 * ldc + j0);
+                match w / 16 {
+                    1 => tile512::<1>(ap, bp, kc, cp, ldc, rows, cols),
+                    2 => tile512::<2>(ap, bp, kc, cp, ldc, rows, cols),
+                    3 => tile512::<3>(ap, bp, kc, cp, ldc, rows, cols),
+                    _ => tile512::<4>(ap, bp, kc, cp, ldc, rows, cols),
                 }
-                i0 += MR;
             }
-            j0 += 32;
+            j0 += w;
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn tile512<const NV: usize>(
         a: *const f32,
-        lda: usize,
         b: *const f32,
-        ldb: usize,
         kc: usize,
-        masks: [__mmask16; 2],
         c: *mut f32,
         ldc: usize,
         rows: usize,
+        cols: usize,
     ) {
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         let (mut ap, mut bp) = (a, b);
         for _ in 0..kc {
             let mut bv = [_mm512_setzero_ps(); NV];
             for (v, x) in bv.iter_mut().enumerate() {
-                *x = _mm512_maskz_loadu_ps(masks[v], bp.add(v * 16));
+                *x = _mm512_loadu_ps(bp.add(v * 16));
             }
             for (i, row) in acc.iter_mut().enumerate() {
                 let av = _mm512_set1_ps(*ap.add(i));
@@ -575,60 +691,63 @@ mod simd {
                     *x = _mm512_fmadd_ps(av, y, *x);
                 }
             }
-            ap = ap.add(lda);
-            bp = bp.add(ldb);
+            ap = ap.add(MR);
+            bp = bp.add(NV * 16);
         }
         for (i, row) in acc.iter().enumerate().take(rows) {
             for (v, &x) in row.iter().enumerate() {
+                let left = cols.saturating_sub(v * 16).min(16);
+                let mask = ((1u32 << left) - 1) as __mmask16;
                 let o = c.add(i * ldc + v * 16);
-                let y = _mm512_add_ps(x, _mm512_maskz_loadu_ps(masks[v], o));
-                _mm512_mask_storeu_ps(o, masks[v], y);
+                let y = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, o));
+                _mm512_mask_storeu_ps(o, mask, y);
             }
         }
     }
 
-    /// [`gemm_tn_avx512`] with AVX2: 6 × 16 tiles.
+    /// [`gemm_avx512`] with AVX2: stripes of 16 columns.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn gemm_tn_avx2(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn gemm_avx2(
         a: &[f32],
         m: usize,
         b: &[f32],
         n: usize,
         kc: usize,
+        kb: usize,
         c: &mut [f32],
+        ldc: usize,
     ) {
-        debug_assert!(a.len() >= (kc - 1) * m + m + MR && b.len() >= kc * n && c.len() >= m * n);
+        debug_assert!(a.len() >= m.div_ceil(MR) * MR * kb && kc <= kb);
+        debug_assert!(b.len() >= n.next_multiple_of(8) * kb && c.len() >= (m - 1) * ldc + n);
         let mask = |w: usize| -> __m256i {
             let lanes: [i32; 8] = std::array::from_fn(|l| if l < w { -1 } else { 0 });
             _mm256_loadu_si256(lanes.as_ptr() as *const __m256i)
         };
         let mut j0 = 0;
         while j0 < n {
-            let cols = (n - j0).min(16);
-            let masks = [mask(cols), mask(cols.saturating_sub(8))];
-            let mut i0 = 0;
-            while i0 < m {
-                let rows = (m - i0).min(MR);
-                let (ap, bp) = (a.as_ptr().add(i0), b.as_ptr().add(j0));
-                let cp = c.as_mut_ptr().add(i0 * n + j0);
-                if cols > 8 {
-                    tile256::<2>(ap, m, bp, n, kc, masks, cp, n, rows);
+            let w = (n - j0).next_multiple_of(8).min(16);
+            let cols = w.min(n - j0);
+            let masks = [mask(cols.min(8)), mask(cols.saturating_sub(8))];
+            let bp = b.as_ptr().add(j0 * kb);
+            for (ib, i0) in (0..m).step_by(MR).enumerate() {
+                let rows = MR.min(m - i0);
+                let ap = a.as_ptr().add(ib * kb * MR);
+                let cp = c.as_mut_ptr().add(i0 * ldc + j0);
+                if w > 8 {
+                    tile256::<2>(ap, bp, kc, masks, cp, ldc, rows);
                 } else {
-                    tile256::<1>(ap, m, bp, n, kc, masks, cp, n, rows);
+                    tile256::<1>(ap, bp, kc, masks, cp, ldc, rows);
                 }
-                i0 += MR;
             }
-            j0 += 16;
+            j0 += w;
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn tile256<const NV: usize>(
         a: *const f32,
-        lda: usize,
         b: *const f32,
-        ldb: usize,
         kc: usize,
         masks: [__m256i; 2],
         c: *mut f32,
@@ -640,7 +759,7 @@ mod simd {
         for _ in 0..kc {
             let mut bv = [_mm256_setzero_ps(); NV];
             for (v, x) in bv.iter_mut().enumerate() {
-                *x = _mm256_maskload_ps(bp.add(v * 8), masks[v]);
+                *x = _mm256_loadu_ps(bp.add(v * 8));
             }
             for (i, row) in acc.iter_mut().enumerate() {
                 let av = _mm256_broadcast_ss(&*ap.add(i));
@@ -648,8 +767,8 @@ mod simd {
                     *x = _mm256_fmadd_ps(av, y, *x);
                 }
             }
-            ap = ap.add(lda);
-            bp = bp.add(ldb);
+            ap = ap.add(MR);
+            bp = bp.add(NV * 8);
         }
         for (i, row) in acc.iter().enumerate().take(rows) {
             for (v, &x) in row.iter().enumerate() {

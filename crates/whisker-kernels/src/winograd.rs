@@ -16,6 +16,8 @@
 
 use std::cell::RefCell;
 
+use rayon::prelude::*;
+
 use crate::conv::{micro, split_static, Ptr, Tile, KC, L1_WEIGHTS};
 use crate::{Act, ConvShape, Isa, PackedConv, ShapeError, NR};
 
@@ -24,6 +26,21 @@ use crate::{Act, ConvShape, Isa, PackedConv, ShapeError, NR};
 #[derive(Debug, Clone)]
 pub(crate) struct Transformed {
     pub(crate) u: Vec<PackedConv>,
+}
+
+/// `G g Gᵀ` (row-major 4×4) with `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`, by its
+/// structure: the same values as the matrix products (halving is exact), a third the work.
+#[inline(always)]
+fn g_gt(g: &[[f64; 3]; 3]) -> [f64; 16] {
+    let apply = |a: f64, b: f64, c: f64| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+    // t = G g: 4 rows × 3 columns, column by column
+    let cols: [[f64; 4]; 3] = std::array::from_fn(|j| apply(g[0][j], g[1][j], g[2][j]));
+    let mut u = [0f64; 16];
+    for i in 0..4 {
+        let row = apply(cols[0][i], cols[1][i], cols[2][i]);
+        u[i * 4..i * 4 + 4].copy_from_slice(&row);
+    }
+    u
 }
 
 impl PackedConv {
@@ -35,11 +52,27 @@ impl PackedConv {
         cout: usize,
         cin: usize,
     ) -> Result<Self, ShapeError> {
-        if weight.len() != cout * cin * 9 || cout == 0 || cin == 0 {
+        if weight.len() != cout * cin * 9 {
             return Err(ShapeError(format!(
                 "weight of {} values for a [{cout}, {cin}, 3, 3] convolution",
                 weight.len()
             )));
+        }
+        Self::winograd_with(bias, cout, cin, |o, c, ky, kx| {
+            weight[((o * cin + c) * 3 + ky) * 3 + kx]
+        })
+    }
+
+    /// [`PackedConv::winograd_from_oihw`] of the `[cout, cin, 3, 3]` weight whose values
+    /// `at(o, c, ky, kx)` gives; transforms and packing in parallel.
+    pub(crate) fn winograd_with(
+        bias: Option<&[f32]>,
+        cout: usize,
+        cin: usize,
+        at: impl Fn(usize, usize, usize, usize) -> f32 + Sync,
+    ) -> Result<Self, ShapeError> {
+        if cout == 0 || cin == 0 {
+            return Err(ShapeError(format!("a [{cout}, {cin}, 3, 3] convolution")));
         }
         if bias.is_some_and(|b| b.len() != cout) {
             return Err(ShapeError(format!(
@@ -47,32 +80,53 @@ impl PackedConv {
                 bias.map_or(0, <[f32]>::len)
             )));
         }
-        const G: [[f64; 3]; 4] = [
-            [1.0, 0.0, 0.0],
-            [0.5, 0.5, 0.5],
-            [0.5, -0.5, 0.5],
-            [0.0, 0.0, 1.0],
-        ];
-        let mut u = vec![vec![0f32; cout * cin]; 16];
-        for (oc, g) in weight.chunks_exact(9).enumerate() {
-            // G g Gᵀ in f64
-            let mut t = [[0f64; 3]; 4];
-            for (i, row) in t.iter_mut().enumerate() {
-                for (j, v) in row.iter_mut().enumerate() {
-                    *v = (0..3).map(|k| G[i][k] * g[k * 3 + j] as f64).sum();
-                }
-            }
-            for i in 0..4 {
-                for j in 0..4 {
-                    let v: f64 = (0..3).map(|k| t[i][k] * G[j][k]).sum();
-                    u[i * 4 + j][oc] = v as f32;
-                }
+        // G g Gᵀ in f64 per (o, c), written straight into the 16 packed 1×1 weights, a
+        // panel of outputs per job
+        let (offsets, widths, total) = PackedConv::layout(cout, cin);
+        let mut data: Vec<Vec<f32>> = (0..16).map(|_| vec![0f32; total]).collect();
+        let mut per_panel: Vec<Vec<&mut [f32]>> = widths.iter().map(|_| Vec::new()).collect();
+        for d in data.iter_mut() {
+            for (p, panel) in PackedConv::panels(d, &widths, cin).into_iter().enumerate() {
+                per_panel[p].push(panel);
             }
         }
-        let u = u
-            .iter()
-            .map(|w| PackedConv::from_oihw(w, None, cout, cin, 1, 1))
-            .collect::<Result<Vec<_>, _>>()?;
+        per_panel
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(p, mut planes)| {
+                let wp = planes[0].len() / cin;
+                let cols = wp.min(cout - p * NR);
+                // blocks of 16 input channels: a weight row's 16 channels are read together,
+                // and the 16·16 lines written stay in L1 while the panel's outputs go by
+                for cb in (0..cin).step_by(16) {
+                    for (j, c) in
+                        (0..cols).flat_map(|j| (cb..(cb + 16).min(cin)).map(move |c| (j, c)))
+                    {
+                        let o = p * NR + j;
+                        let g: [[f64; 3]; 3] = std::array::from_fn(|k| {
+                            std::array::from_fn(|jj| at(o, c, k, jj) as f64)
+                        });
+                        let u = g_gt(&g);
+                        for (plane, v) in planes.iter_mut().zip(u) {
+                            plane[c * wp + j] = v as f32;
+                        }
+                    }
+                }
+            });
+        let u: Vec<PackedConv> = data
+            .into_iter()
+            .map(|data| PackedConv {
+                cout,
+                cin,
+                kh: 1,
+                kw: 1,
+                data,
+                offsets: offsets.clone(),
+                widths: widths.clone(),
+                bias: vec![0f32; widths.iter().sum()],
+                winograd: None,
+            })
+            .collect();
         let (offsets, widths) = (u[0].offsets.clone(), u[0].widths.clone());
         let mut padded_bias = vec![0f32; widths.iter().sum()];
         if let Some(b) = bias {

@@ -246,54 +246,74 @@ fn weight_gradients_match_the_reference_on_every_path() {
         case(16, 12, 12, 13, 70, 3, 1, [1, 1, 1, 1]),
         case(4, 20, 19, 32, 130, 1, 1, [0, 0, 0, 0]),
         case(2, 9, 9, 7, 3, 3, 2, [0, 1, 0, 1]),
+        // results larger than the output gradient: split by input channels, not pixels
+        case(2, 4, 4, 64, 48, 3, 1, [1, 1, 1, 1]),
+        case(5, 1, 1, 300, 70, 1, 1, [0, 0, 0, 0]),
     ];
-    for isa in Isa::available() {
-        for c in &cases {
-            let s = ConvShape {
-                n: c.n,
-                h: c.h,
-                w: c.w,
-                stride: c.stride,
-                pad: c.pad,
-            };
-            let (oh, ow) = s.out_hw(c.k, c.k).unwrap();
-            let x = rng.vec(c.n * c.h * c.w * c.cin);
-            let g = rng.vec(c.n * oh * ow * c.cout);
-            let (want_w, want_b) =
-                reference::conv2d_weight_grad(&x, &s, c.cin, &g, c.cout, c.k, c.k, 1);
-            let mut dw = vec![f32::NAN; want_w.len()];
-            let mut db = vec![f32::NAN; c.cout];
-            conv2d_weight_grad(
-                isa,
-                &x,
-                &s,
-                c.cin,
-                &g,
-                c.cout,
-                c.k,
-                c.k,
-                &mut dw,
-                Some(&mut db),
-            )
-            .unwrap();
-            let (ew, eb) = (rel_err(&dw, &want_w), rel_err(&db, &want_b));
-            assert!(
-                ew < 4e-6 && eb < 4e-6,
-                "{isa:?} {c:?}: dW error {ew}, db error {eb}"
-            );
-            // depthwise (cin = cout)
-            let ch = c.cin;
-            let gd = rng.vec(c.n * oh * ow * ch);
-            let (want_w, want_b) = reference::conv2d_weight_grad(&x, &s, ch, &gd, ch, c.k, c.k, ch);
-            let mut dw = vec![f32::NAN; want_w.len()];
-            let mut db = vec![f32::NAN; ch];
-            depthwise_weight_grad(isa, &x, &s, ch, &gd, c.k, c.k, &mut dw, Some(&mut db)).unwrap();
-            let (ew, eb) = (rel_err(&dw, &want_w), rel_err(&db, &want_b));
-            assert!(
-                ew < 4e-6 && eb < 4e-6,
-                "{isa:?} depthwise {c:?}: dW error {ew}, db error {eb}"
-            );
-        }
+    // both work splits on any machine: one thread and three
+    let pools: Vec<_> = [1, 3]
+        .map(|t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+        })
+        .into_iter()
+        .collect();
+    for (isa, pool) in Isa::available()
+        .into_iter()
+        .flat_map(|i| pools.iter().map(move |p| (i, p)))
+    {
+        pool.install(|| {
+            for c in &cases {
+                let s = ConvShape {
+                    n: c.n,
+                    h: c.h,
+                    w: c.w,
+                    stride: c.stride,
+                    pad: c.pad,
+                };
+                let (oh, ow) = s.out_hw(c.k, c.k).unwrap();
+                let x = rng.vec(c.n * c.h * c.w * c.cin);
+                let g = rng.vec(c.n * oh * ow * c.cout);
+                let (want_w, want_b) =
+                    reference::conv2d_weight_grad(&x, &s, c.cin, &g, c.cout, c.k, c.k, 1);
+                let mut dw = vec![f32::NAN; want_w.len()];
+                let mut db = vec![f32::NAN; c.cout];
+                conv2d_weight_grad(
+                    isa,
+                    &x,
+                    &s,
+                    c.cin,
+                    &g,
+                    c.cout,
+                    c.k,
+                    c.k,
+                    &mut dw,
+                    Some(&mut db),
+                )
+                .unwrap();
+                let (ew, eb) = (rel_err(&dw, &want_w), rel_err(&db, &want_b));
+                assert!(
+                    ew < 4e-6 && eb < 4e-6,
+                    "{isa:?} {c:?}: dW error {ew}, db error {eb}"
+                );
+                // depthwise (cin = cout)
+                let ch = c.cin;
+                let gd = rng.vec(c.n * oh * ow * ch);
+                let (want_w, want_b) =
+                    reference::conv2d_weight_grad(&x, &s, ch, &gd, ch, c.k, c.k, ch);
+                let mut dw = vec![f32::NAN; want_w.len()];
+                let mut db = vec![f32::NAN; ch];
+                depthwise_weight_grad(isa, &x, &s, ch, &gd, c.k, c.k, &mut dw, Some(&mut db))
+                    .unwrap();
+                let (ew, eb) = (rel_err(&dw, &want_w), rel_err(&db, &want_b));
+                assert!(
+                    ew < 4e-6 && eb < 4e-6,
+                    "{isa:?} depthwise {c:?}: dW error {ew}, db error {eb}"
+                );
+            }
+        });
     }
 }
 
@@ -351,7 +371,13 @@ fn pooling_gradients_match_naive_routing() {
             .vec(n * h * w * c)
             .iter()
             .enumerate()
-            .map(|(i, v)| if i % 37 == 5 { f32::NAN } else { (v * 3.0).round() })
+            .map(|(i, v)| {
+                if i % 37 == 5 {
+                    f32::NAN
+                } else {
+                    (v * 3.0).round()
+                }
+            })
             .collect();
         let g = rng.vec(n * oh * ow * c);
         let mut want = vec![0f32; x.len()];

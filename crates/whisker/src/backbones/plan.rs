@@ -216,8 +216,6 @@ pub struct Plan {
     bw: Vec<Option<grad::Bw>>,
     /// Parameters per op (empty unless compiled with `PlanOptions::weight_grads`).
     pm: Vec<Option<grad::ParamMap>>,
-    /// Buffers of the input-gradient steps, reused between them.
-    grad_pool: std::sync::Arc<grad::Pool>,
 }
 
 impl std::fmt::Debug for Plan {
@@ -321,8 +319,18 @@ fn shape_err(e: k::ShapeError) -> Error {
 /// A convolution's weight `[cout, cin/groups, k, k]` and bias with an eval-mode BatchNorm
 /// folded in (f64): `w·γ/√(σ²+ε)`, `(b − μ)·γ/√(σ²+ε) + β`.
 fn folded(conv: &Conv2d, bn: Option<&BatchNorm>) -> Result<(Vec<f32>, Vec<f32>, [usize; 4])> {
+    let w = crate::tensor::to_vec(conv.weight.val())?;
+    fold_into(w, conv, bn)
+}
+
+/// [`folded`] of the weight values `w` (read once by the caller), in place.
+fn fold_into(
+    mut w: Vec<f32>,
+    conv: &Conv2d,
+    bn: Option<&BatchNorm>,
+) -> Result<(Vec<f32>, Vec<f32>, [usize; 4])> {
+    use rayon::prelude::*;
     let dims = conv.weight.dims();
-    let mut w = crate::tensor::to_vec(conv.weight.val())?;
     let mut b = match &conv.bias {
         Some(b) => values(b.val())?,
         None => vec![0.0; dims[0]],
@@ -334,13 +342,17 @@ fn folded(conv: &Conv2d, bn: Option<&BatchNorm>) -> Result<(Vec<f32>, Vec<f32>, 
             values(bn.running_mean.val())?,
             values(bn.running_var.val())?,
         );
-        let per = w.len() / dims[0].max(1);
-        for o in 0..dims[0] {
-            let s = g[o] as f64 / (var[o] as f64 + bn.eps).sqrt();
-            for v in &mut w[o * per..(o + 1) * per] {
+        let scale: Vec<f64> = (0..dims[0])
+            .map(|o| g[o] as f64 / (var[o] as f64 + bn.eps).sqrt())
+            .collect();
+        let per = (w.len() / dims[0].max(1)).max(1);
+        w.par_chunks_mut(per).zip(&scale).for_each(|(row, &s)| {
+            for v in row {
                 *v = (*v as f64 * s) as f32;
             }
-            b[o] = ((b[o] as f64 - mean[o] as f64) * s + beta[o] as f64) as f32;
+        });
+        for o in 0..dims[0] {
+            b[o] = ((b[o] as f64 - mean[o] as f64) * scale[o] + beta[o] as f64) as f32;
         }
     }
     Ok((w, b, dims))
@@ -360,10 +372,16 @@ impl Builder {
         act: Act,
         res: Option<V>,
     ) -> Result<V> {
-        let (w, b, [cout, cpg, kh, kw]) = folded(conv, bn)?;
-        if let Some(pm) = &mut self.pm {
-            pm.push((self.ops.len(), grad::ParamMap::conv(conv, bn)?));
-        }
+        // the weight read once: folded for the kernels, kept as it is for its gradients
+        let raw = crate::tensor::to_vec(conv.weight.val())?;
+        let (w, b, [cout, cpg, kh, kw]) = match &mut self.pm {
+            Some(pm) => {
+                let folded = fold_into(raw.clone(), conv, bn)?;
+                pm.push((self.ops.len(), grad::ParamMap::conv(conv, bn, raw)?));
+                folded
+            }
+            None => fold_into(raw, conv, bn)?,
+        };
         let pad = Pad::of(conv.padding);
         let stride = conv.stride;
         let act = kact(act);
@@ -680,7 +698,6 @@ impl Plan {
             norm,
             bw,
             pm,
-            grad_pool: Default::default(),
             ops: bl.ops,
             classifier_start,
             channels: bl.channels,

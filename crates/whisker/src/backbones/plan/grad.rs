@@ -60,9 +60,9 @@ pub(super) enum ParamMap {
 }
 
 impl ParamMap {
-    pub(super) fn conv(conv: &Conv2d, bn: Option<&BatchNorm>) -> Result<ParamMap> {
+    /// The map of `conv` (weight values `w`) and the BatchNorm folded into it.
+    pub(super) fn conv(conv: &Conv2d, bn: Option<&BatchNorm>, w: Vec<f32>) -> Result<ParamMap> {
         let dims = conv.weight.dims();
-        let w = crate::tensor::to_vec(conv.weight.val())?;
         let bias_v = match &conv.bias {
             Some(b) => values(b.val())?,
             None => vec![0.0; dims[0]],
@@ -160,42 +160,6 @@ impl ParamGrad {
     }
 }
 
-/// Buffers kept between input-gradient steps (a tape's values, the gradients): reusing them
-/// avoids mapping fresh memory every step. Bounded by one step's worth.
-#[derive(Debug, Default)]
-pub(super) struct Pool(std::sync::Mutex<Vec<Vec<f32>>>);
-
-impl Pool {
-    /// A buffer of `len` values, to be overwritten whole (not necessarily zeros).
-    fn take(&self, len: usize) -> Vec<f32> {
-        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let best = p
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.capacity() >= len)
-            .min_by_key(|(_, b)| b.capacity())
-            .map(|(i, _)| i);
-        match best {
-            Some(i) => {
-                // the old contents stay: every user overwrites the whole buffer (a forward
-                // op its output, a backward kernel called with `accumulate: false` its dx)
-                let mut b = p.swap_remove(i);
-                b.truncate(len);
-                b.resize(len, 0.0);
-                b
-            }
-            None => vec![0f32; len],
-        }
-    }
-
-    fn give(&self, b: Vec<f32>) {
-        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if p.len() < 512 {
-            p.push(b);
-        }
-    }
-}
-
 /// What an op's input gradient needs beyond the forward weights.
 #[derive(Debug)]
 pub(super) enum Bw {
@@ -238,13 +202,13 @@ pub struct Tape {
     /// For a value squeeze-excitation scaled in place: the op that kept its earlier contents.
     rescaled: Vec<Option<usize>>,
     features: V,
-    pool: std::sync::Arc<Pool>,
 }
 
+/// A tape's values go back to the buffer cache: the next step's tape reuses them.
 impl Drop for Tape {
     fn drop(&mut self) {
         for v in self.values.drain(..) {
-            self.pool.give(v);
+            k::buffers::give(v);
         }
     }
 }
@@ -325,11 +289,11 @@ fn add_into_par(a: &mut [f32], g: &[f32]) {
         });
 }
 
-fn add_into(slot: &mut Option<Vec<f32>>, g: &[f32], pool: &Pool) {
+fn add_into(slot: &mut Option<Vec<f32>>, g: &[f32]) {
     match slot {
         Some(a) => add_into_par(a, g),
         None => {
-            let mut b = pool.take(g.len());
+            let mut b = k::buffers::take(g.len());
             b.copy_from_slice(g);
             *slot = Some(b);
         }
@@ -359,8 +323,9 @@ impl Plan {
         }
         let shapes = self.shapes(n, h, w)?;
         let len = |v: V| n * shapes[v].0 * shapes[v].1 * shapes[v].2;
-        let pool = &self.grad_pool;
-        let mut values: Vec<Vec<f32>> = (0..shapes.len()).map(|v| pool.take(len(v))).collect();
+        let mut values: Vec<Vec<f32>> = (0..shapes.len())
+            .map(|v| k::buffers::take(len(v)))
+            .collect();
         let (scale, mean, std) = self.norm_for(normalized);
         k::nchw_to_nhwc_normalized(pixels, n, 3, h, w, scale, &mean, &std, &mut values[0])
             .map_err(shape_err)?;
@@ -413,7 +378,6 @@ impl Plan {
             saved,
             rescaled,
             features: self.features,
-            pool: self.grad_pool.clone(),
         })
     }
 
@@ -450,7 +414,6 @@ impl Plan {
             )));
         }
         let isa = self.isa;
-        let pool = &self.grad_pool;
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; shapes.len()];
         grads[self.features] = Some(dfeatures.to_vec());
         let missing = || Error::Internal("no backward weights for an op".into());
@@ -468,7 +431,7 @@ impl Plan {
                     };
                     act_grad(*act, &mut g, tape.produced(*out), saved)?;
                     if let Op::Conv { res: Some(r), .. } = op {
-                        add_into(&mut grads[*r], &g, pool);
+                        add_into(&mut grads[*r], &g);
                     }
                     if params {
                         if let Some(pm) = &self.pm[i] {
@@ -490,18 +453,18 @@ impl Plan {
                     };
                     // the image's own gradient only when asked for (fine-tuning needs none)
                     if *x == 0 && !input_grad {
-                        pool.give(g);
+                        k::buffers::give(g);
                         continue;
                     }
                     let acc = grads[*x].is_some();
-                    let dx = grads[*x].get_or_insert_with(|| pool.take(len(*x)));
+                    let dx = grads[*x].get_or_insert_with(|| k::buffers::take(len(*x)));
                     match &self.bw[i] {
                         Some(Bw::Conv(b)) => b.input_grad(isa, &g, &s, dx, acc),
                         Some(Bw::Depthwise(b)) => b.input_grad(isa, &g, &s, dx, acc),
                         _ => return Err(missing()),
                     }
                     .map_err(shape_err)?;
-                    pool.give(g);
+                    k::buffers::give(g);
                 }
                 Op::MaxPool {
                     x,
@@ -515,7 +478,7 @@ impl Plan {
                     };
                     let (h, wd, c) = shapes[*x];
                     let acc = grads[*x].is_some();
-                    let dx = grads[*x].get_or_insert_with(|| pool.take(len(*x)));
+                    let dx = grads[*x].get_or_insert_with(|| k::buffers::take(len(*x)));
                     k::max_pool_backward(
                         tape.produced(*x),
                         n,
@@ -530,7 +493,7 @@ impl Plan {
                         acc,
                     )
                     .map_err(shape_err)?;
-                    pool.give(g);
+                    k::buffers::give(g);
                 }
                 Op::AvgPool { x, out, oh, ow } => {
                     let Some(g) = grads[*out].take() else {
@@ -538,10 +501,10 @@ impl Plan {
                     };
                     let (h, wd, c) = shapes[*x];
                     let acc = grads[*x].is_some();
-                    let dx = grads[*x].get_or_insert_with(|| pool.take(len(*x)));
+                    let dx = grads[*x].get_or_insert_with(|| k::buffers::take(len(*x)));
                     k::adaptive_avg_pool_backward(n, h, wd, c, *oh, *ow, &g, dx, acc)
                         .map_err(shape_err)?;
-                    pool.give(g);
+                    k::buffers::give(g);
                 }
                 Op::Se { x, .. } => {
                     let Some(g) = grads[*x].take() else {
@@ -554,7 +517,7 @@ impl Plan {
                     };
                     let (dx, sg) = se_backward(&g, xin, s, hidden, w1, w2, n, *hid, *c);
                     grads[*x] = Some(dx);
-                    pool.give(g);
+                    k::buffers::give(g);
                     let se_params = if params { self.pm[i].as_ref() } else { None };
                     if let Some(ParamMap::Se { w1, b1, w2, b2 }) = se_params {
                         let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
@@ -577,9 +540,9 @@ impl Plan {
         for (j, v) in out.iter_mut().enumerate() {
             *v *= scale / std[(j / (h * w)) % 3];
         }
-        pool.give(g0);
+        k::buffers::give(g0);
         for g in grads.into_iter().flatten() {
-            pool.give(g);
+            k::buffers::give(g);
         }
         Ok((out, pgrads))
     }
