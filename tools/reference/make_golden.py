@@ -138,11 +138,11 @@ class LiteBlock(nn.Module):
         self.res = s == 1 and cin == cout
         if e != 1:
             self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
-            self._bn0 = nn.BatchNorm2d(mid, eps=1e-3)
+            self._bn0 = nn.BatchNorm2d(mid, eps=1e-3, momentum=0.01)
         self._depthwise_conv = nn.Conv2d(mid, mid, k, s, groups=mid, bias=False)
-        self._bn1 = nn.BatchNorm2d(mid, eps=1e-3)
+        self._bn1 = nn.BatchNorm2d(mid, eps=1e-3, momentum=0.01)
         self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
-        self._bn2 = nn.BatchNorm2d(cout, eps=1e-3)
+        self._bn2 = nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)
 
     def forward(self, x):
         y = x
@@ -157,11 +157,11 @@ class EfficientNetLite(nn.Module):
     def __init__(self, width, depth):
         super().__init__()
         self._conv_stem = nn.Conv2d(3, 32, 3, 2, bias=False)
-        self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
+        self._bn0 = nn.BatchNorm2d(32, eps=1e-3, momentum=0.01)
         specs = lite_blocks(width, depth)
         self._blocks = nn.ModuleList([LiteBlock(*b) for b in specs])
         self._conv_head = nn.Conv2d(specs[-1][4], 1280, 1, bias=False)
-        self._bn1 = nn.BatchNorm2d(1280, eps=1e-3)
+        self._bn1 = nn.BatchNorm2d(1280, eps=1e-3, momentum=0.01)
         self._fc = nn.Linear(1280, 1000)
 
     def forward(self, x, taps=None):

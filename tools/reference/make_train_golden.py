@@ -6,6 +6,12 @@ running statistics, trainable affine parameters), cross-entropy over the backbon
 (not CI) after `tools/fetch-testdata.sh`:
 
     <venv>/bin/python tools/reference/make_train_golden.py --data .testdata --out crates/whisker/tests/golden
+    <venv>/bin/python tools/reference/make_train_golden.py --bn train ...
+
+`--bn train` (whisker's `--train-bn`) normalises with each batch's statistics and updates
+the running ones (momentum 0.1, unbiased variance; dropout stays off): it writes
+`train_bn.safetensors` / `train_bn.json`, with every BatchNorm's running mean and variance
+after the 3 steps.
 
 The reference is computed in float64 (the exact answer, as far as a test can tell); the same
 steps in float32 give PyTorch's own error, against which whisker's float32 is judged (a
@@ -38,9 +44,16 @@ LR, MOMENTUM, STEPS = 1e-4, 0.9, 3
 SAMPLES = 256
 
 
+PHOTOS = ["chelsea.png", "coffee.png"]
+# batch statistics over two 96-pixel photos are too few values in the deep layers (3×3 maps:
+# 18 per channel) for float32 to follow float64 through three steps: four 128-pixel photos
+BN_PHOTOS = PHOTOS + ["astronaut.png", "rocket.jpg"]
+BN_LABELS = LABELS + [834, 812]  # suit, space shuttle
+BN_SIZE, BN_RESIZE = 128, 146
+
+
 def batch(data, norm):
-    xs = [g.to_input(g.crop_u8(os.path.join(data, f), RESIZE, SIZE), norm)
-          for f in ("chelsea.png", "coffee.png")]
+    xs = [g.to_input(g.crop_u8(os.path.join(data, f), RESIZE, SIZE), norm) for f in PHOTOS]
     return torch.cat(xs, 0)
 
 
@@ -78,10 +91,17 @@ def summarise(grad):
     }
 
 
+BN_TRAIN = False
+
+
 def steps(model, x, dtype):
     """Losses before each step and after the last; the first step's gradients by name."""
     model = model.to(dtype)
     model.eval()
+    if BN_TRAIN:
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.train()
     for p in model.parameters():
         p.requires_grad_(True)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
@@ -102,12 +122,21 @@ def steps(model, x, dtype):
         if step == 0:
             grads = {k: p.grad.detach().double().clone() for k, p in model.named_parameters()}
         opt.step()
-    return losses, grads
+    if BN_TRAIN:
+        running = {k: b.detach().double().clone() for k, b in model.named_buffers()
+                   if k.endswith("running_mean") or k.endswith("running_var")}
+        return losses, grads, running
+    return losses, grads, {}
 
 
 def run(name, make, x, out, manifest):
-    losses, grads = steps(make(), x, torch.float64)
-    losses32, grads32 = steps(make(), x, torch.float32)
+    losses, grads, running = steps(make(), x, torch.float64)
+    losses32, grads32, running32 = steps(make(), x, torch.float32)
+    stats = []
+    for k, v in running.items():
+        out[f"{name}.{k}"] = v.float().contiguous()
+        err32 = float((running32[k] - v).norm() / v.norm().clamp_min(1e-300))
+        stats.append({"key": k, "torch_f32_rel_l2": err32})
     keys = []
     for k, g64 in grads.items():
         s = summarise(g64)
@@ -122,7 +151,8 @@ def run(name, make, x, out, manifest):
                      "abs_sum": s["abs_sum"], "projections": p64.tolist(),
                      "torch_f32_rel_l2": err32, "torch_f32_samples_rel_l2": err32s,
                      "torch_f32_projections_rel_l2": err32p})
-    manifest[name] = {"losses": losses, "losses_torch_f32": losses32, "grads": keys}
+    manifest[name] = {"losses": losses, "losses_torch_f32": losses32, "grads": keys,
+                      "running": sorted(stats, key=lambda r: r["key"])}
     worst = max(keys, key=lambda k: k["torch_f32_rel_l2"])
     print(name, "losses", [f"{l:.6f}" for l in losses], len(keys), "parameters; PyTorch f32's worst",
           f"{worst['torch_f32_rel_l2']:.1e}", worst["key"])
@@ -132,12 +162,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=".testdata")
     ap.add_argument("--out", default="crates/whisker/tests/golden")
+    ap.add_argument("--bn", choices=["eval", "train"], default="eval")
     args = ap.parse_args()
+    global BN_TRAIN, PHOTOS, LABELS, SIZE, RESIZE
+    BN_TRAIN = args.bn == "train"
+    stem = "train_bn" if BN_TRAIN else "train"
+    if BN_TRAIN:
+        PHOTOS, LABELS, SIZE, RESIZE = BN_PHOTOS, BN_LABELS, BN_SIZE, BN_RESIZE
     torch.set_num_threads(2)
     torch.manual_seed(0)
     out, manifest = {}, {"torch": torch.__version__, "size": SIZE, "resize": RESIZE,
                          "labels": LABELS, "lr": LR, "momentum": MOMENTUM, "steps": STEPS,
-                         "samples": SAMPLES, "models": {}}
+                         "samples": SAMPLES, "bn": args.bn, "photos": PHOTOS, "models": {}}
     for name in ["resnet18", "vgg16_bn", "mobilenet_v2", "mobilenet_v3_small"]:
         def make(name=name):
             m = getattr(torchvision.models, name)(weights=None)
@@ -151,8 +187,8 @@ def main():
                                      map_location="cpu", weights_only=True), strict=True)
         return m
     run("efficientnet_lite0", lite, batch(args.data, "tf"), out, manifest["models"])
-    save_file(out, os.path.join(args.out, "train.safetensors"))
-    with open(os.path.join(args.out, "train.json"), "w") as f:
+    save_file(out, os.path.join(args.out, f"{stem}.safetensors"))
+    with open(os.path.join(args.out, f"{stem}.json"), "w") as f:
         json.dump(manifest, f, indent=1)
 
 

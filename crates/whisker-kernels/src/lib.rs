@@ -11,6 +11,8 @@
 //!   phase a stride-1 convolution on the same kernels.
 //! - [`conv2d_weight_grad`], [`depthwise_weight_grad`]: weight and bias gradients, blocked
 //!   two-level sums over the batch's pixels.
+//! - [`batch_norm_train`], [`batch_norm_train_backward`]: BatchNorm with batch statistics
+//!   (fine-tuning with `--train-bn`).
 //! - pooling, channel scaling (squeeze-excitation) and NCHW ↔ NHWC layout changes.
 //! - [`buffers`]: a process-wide cache of the large buffers a training step reuses.
 //!
@@ -26,6 +28,7 @@ mod conv;
 mod depthwise;
 mod isa;
 mod layout;
+mod norm;
 mod pool;
 pub mod reference;
 mod weight_grad;
@@ -37,6 +40,7 @@ pub use conv::{conv2d, ConvShape, PackedConv, NR};
 pub use depthwise::{depthwise, PackedDepthwise};
 pub use isa::{cpu_description, Isa};
 pub use layout::{nchw_to_nhwc_normalized, nhwc_to_nchw};
+pub use norm::{batch_norm_train, batch_norm_train_backward, BatchStats};
 pub use pool::{
     adaptive_avg_pool, adaptive_avg_pool_backward, global_avg_pool, max_pool, max_pool_backward,
     scale_channels,

@@ -632,3 +632,94 @@ fn isa_names_parse_and_the_best_is_supported() {
     assert!(Isa::current().supported());
     assert!(Isa::available().contains(&Isa::Portable));
 }
+
+/// BatchNorm with batch statistics, in f64: the output, and the gradient of Σ w·output with
+/// respect to x, γ and β by central differences.
+fn bn_reference(x: &[f64], c: usize, gamma: &[f64], beta: &[f64], eps: f64) -> Vec<f64> {
+    let p = x.len() / c;
+    let mut out = vec![0f64; x.len()];
+    for j in 0..c {
+        let mean = (0..p).map(|i| x[i * c + j]).sum::<f64>() / p as f64;
+        let var = (0..p).map(|i| (x[i * c + j] - mean).powi(2)).sum::<f64>() / p as f64;
+        for i in 0..p {
+            out[i * c + j] = (x[i * c + j] - mean) / (var + eps).sqrt() * gamma[j] + beta[j];
+        }
+    }
+    out
+}
+
+/// Training-mode BatchNorm against an f64 reference: statistics, output (with residual and
+/// activation), and the input, γ and β gradients against central differences.
+#[test]
+fn batch_norm_train_matches_the_reference_and_finite_differences() {
+    let mut rng = Rng(0x51ed_270b_a5c3_9f17);
+    for (p, c) in [(300, 19), (7, 64), (1030, 3)] {
+        // an offset mean, so that the variance pass has something to cancel
+        let x: Vec<f32> = rng.vec(p * c).iter().map(|v| v * 2.0 + 3.0).collect();
+        let gamma: Vec<f32> = rng.vec(c).iter().map(|v| v + 1.0).collect();
+        let beta = rng.vec(c);
+        let res = rng.vec(p * c);
+        let eps = 1e-5;
+        let f64s = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+        let (xd, gd, bd) = (f64s(&x), f64s(&gamma), f64s(&beta));
+        let want = bn_reference(&xd, c, &gd, &bd, eps);
+        let mut out = vec![f32::NAN; p * c];
+        let stats =
+            batch_norm_train(&x, c, &gamma, &beta, eps, Some(&res), Act::Relu, &mut out).unwrap();
+        assert_eq!(stats.count, p);
+        let want_out: Vec<f32> = want
+            .iter()
+            .zip(&res)
+            .map(|(w, r)| (*w as f32 + r).max(0.0))
+            .collect();
+        assert!(rel_err(&out, &want_out) < 2e-6, "{p}×{c}: output");
+        // backward of L = Σ w·bn(x) (the activation and residual are the caller's)
+        let w = rng.vec(p * c);
+        let mut dx = vec![0.5f32; p * c];
+        let (dg, db) = batch_norm_train_backward(&x, &w, c, &gamma, &stats, &mut dx, true).unwrap();
+        let loss = |xd: &[f64], gd: &[f64], bd: &[f64]| -> f64 {
+            bn_reference(xd, c, gd, bd, eps)
+                .iter()
+                .zip(&w)
+                .map(|(o, &wv)| o * wv as f64)
+                .sum()
+        };
+        let h = 1e-4;
+        let diff = |v: &mut Vec<f64>, i: usize, which: usize| {
+            let at = |v: &Vec<f64>| match which {
+                0 => loss(v, &gd, &bd),
+                1 => loss(&xd, v, &bd),
+                _ => loss(&xd, &gd, v),
+            };
+            let keep = v[i];
+            v[i] = keep + h;
+            let up = at(v);
+            v[i] = keep - h;
+            let down = at(v);
+            v[i] = keep;
+            (up - down) / (2.0 * h)
+        };
+        let scale = |g: &[f32]| g.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+        let (sx, sg, sb) = (scale(&dx), scale(&dg), scale(&db));
+        for i in (0..p * c).step_by((p * c / 23).max(1)) {
+            let num = diff(&mut xd.clone(), i, 0);
+            let got = dx[i] as f64 - 0.5;
+            assert!(
+                (got - num).abs() <= 1e-4 * sx.max(1.0),
+                "{p}×{c}: dx[{i}] {got} vs {num}"
+            );
+        }
+        for j in 0..c {
+            let ng = diff(&mut gd.clone(), j, 1);
+            let nb = diff(&mut bd.clone(), j, 2);
+            assert!(
+                (dg[j] as f64 - ng).abs() <= 1e-4 * sg.max(1.0),
+                "{p}×{c}: dγ[{j}]"
+            );
+            assert!(
+                (db[j] as f64 - nb).abs() <= 1e-4 * sb.max(1.0),
+                "{p}×{c}: dβ[{j}]"
+            );
+        }
+    }
+}

@@ -14,6 +14,8 @@ use crate::error::Result;
 use crate::weights::Loader;
 
 const EPS: f64 = 1e-3;
+/// BatchNorm momentum of the running statistics (`--train-bn`): TensorFlow's decay 0.99.
+const MOMENTUM: f64 = 0.01;
 
 /// (expand, kernel, stride, in, out, repeats) of the seven stages of the B0/Lite0 network.
 const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
@@ -178,12 +180,17 @@ impl EfficientNetLite {
         )?;
         l.begin_unit("_fc");
         let fc = Linear::load(l, "_fc", 1280, 1000)?;
-        Ok(EfficientNetLite {
+        let mut m = EfficientNetLite {
             stem,
             blocks: bl,
             head,
             fc,
-        })
+        };
+        // TensorFlow's decay 0.99 (lukemelas' EfficientNet-PyTorch: momentum 0.01)
+        for bn in m.batchnorms() {
+            bn.momentum = MOMENTUM;
+        }
+        Ok(m)
     }
 
     pub fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {

@@ -146,9 +146,51 @@ pub struct BatchNorm {
     #[module(skip)]
     pub folded: bool,
     /// `--train-bn`: normalise with batch statistics while training (autodiff input) and
-    /// keep running statistics here (momentum 0.1, unbiased variance, as PyTorch).
+    /// keep running statistics here (unbiased variance, as PyTorch).
     #[module(skip)]
-    pub train_stats: Option<std::sync::Arc<std::sync::Mutex<(Tensor<1>, Tensor<1>)>>>,
+    pub train_stats: Option<TrainStats>,
+    /// The running statistics' momentum: 0.1 (PyTorch's default), 0.01 where the family's
+    /// reference has it (MobileNetV3, EfficientNet-Lite).
+    #[module(skip)]
+    pub momentum: f64,
+}
+
+/// A BatchNorm's running `(mean, variance)` while it trains them (see `train_stats`).
+pub type TrainStats = std::sync::Arc<std::sync::Mutex<(Tensor<1>, Tensor<1>)>>;
+
+/// [`update_running`] from per-channel values (the CPU engine's statistics).
+pub fn update_running_values(
+    stats: &TrainStats,
+    momentum: f64,
+    mean: &[f64],
+    biased_var: &[f64],
+    count: usize,
+) {
+    let device = stats.lock().unwrap_or_else(|p| p.into_inner()).0.device();
+    let t = |v: &[f64]| {
+        let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        let n = v.len();
+        Tensor::<1>::from_data(burn::tensor::TensorData::new(v, [n]), &device)
+    };
+    update_running(stats, momentum, t(mean), t(biased_var), count)
+}
+
+/// Fold one batch's statistics into running ones as PyTorch does, the variance unbiased
+/// (`count / (count − 1)`).
+pub fn update_running(
+    stats: &TrainStats,
+    momentum: f64,
+    mean: Tensor<1>,
+    biased_var: Tensor<1>,
+    count: usize,
+) {
+    let m = momentum as f32;
+    let count = count as f32;
+    let unbiased = biased_var * (count / (count - 1.0).max(1.0));
+    let mut st = stats.lock().unwrap_or_else(|p| p.into_inner());
+    let mean = st.0.clone() * (1.0 - m) + mean * m;
+    let var = st.1.clone() * (1.0 - m) + unbiased * m;
+    *st = (mean, var);
 }
 
 impl BatchNorm {
@@ -161,6 +203,7 @@ impl BatchNorm {
             eps,
             folded: false,
             train_stats: None,
+            momentum: 0.1,
         })
     }
 
@@ -169,24 +212,27 @@ impl BatchNorm {
             return x;
         }
         if let Some(stats) = &self.train_stats {
-            let mut st = stats.lock().unwrap_or_else(|p| p.into_inner());
             if x.is_autodiff() {
                 let [n, _, h, w] = x.dims();
-                let count = (n * h * w) as f32;
                 let out = burn::tensor::module::batch_norm_train(
                     x,
                     self.weight.val(),
                     self.bias.val(),
                     self.eps,
                 );
-                let m = 0.1f32;
-                let unbiased = out.variance.detach() * (count / (count - 1.0).max(1.0));
-                let mean = st.0.clone() * (1.0 - m) + out.mean.detach().inner() * m;
-                let var = st.1.clone() * (1.0 - m) + unbiased.inner() * m;
-                *st = (mean, var);
+                update_running(
+                    stats,
+                    self.momentum,
+                    out.mean.detach().inner(),
+                    out.variance.detach().inner(),
+                    n * h * w,
+                );
                 return out.output;
             }
-            let (mean, var) = (st.0.clone(), st.1.clone());
+            let (mean, var) = {
+                let st = stats.lock().unwrap_or_else(|p| p.into_inner());
+                (st.0.clone(), st.1.clone())
+            };
             return batch_norm(x, self.weight.val(), self.bias.val(), mean, var, self.eps);
         }
         batch_norm(

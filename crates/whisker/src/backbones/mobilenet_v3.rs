@@ -13,6 +13,8 @@ use crate::error::Result;
 use crate::weights::Loader;
 
 const EPS: f64 = 1e-3;
+/// BatchNorm momentum of the running statistics (`--train-bn`), as torchvision's.
+const MOMENTUM: f64 = 0.01;
 
 /// One block: in, kernel, expanded, out channels, squeeze-excitation, hardswish, stride.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,7 +199,7 @@ impl MobileNetV3 {
             EPS,
             Act::Hardswish,
         )?;
-        Ok(MobileNetV3 {
+        let mut m = MobileNetV3 {
             stem,
             blocks,
             head,
@@ -209,7 +211,12 @@ impl MobileNetV3 {
                 l.begin_unit("classifier.3");
                 Linear::load(l, "classifier.3", hidden, 1000)?
             },
-        })
+        };
+        // torchvision's MobileNetV3 BatchNorms: momentum 0.01
+        for bn in m.batchnorms() {
+            bn.momentum = MOMENTUM;
+        }
+        Ok(m)
     }
 
     pub fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {

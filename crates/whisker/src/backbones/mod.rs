@@ -698,21 +698,20 @@ impl Backbone {
 
 /// The features of normalised input `x` for fine-tuning `net` (with its current weights): on
 /// the CPU, the engine as one tracked operation that gives every trainable parameter its
-/// gradient (BatchNorm with its running statistics, folded); elsewhere, with BatchNorm
-/// normalising with batch statistics (`train_bn`), or with `WHISKER_ENGINE=burn`, burn's
-/// operations.
+/// gradient (BatchNorm with its running statistics, folded, or with `train_bn` those that
+/// train their statistics normalising with the batch's); elsewhere, or with
+/// `WHISKER_ENGINE=burn`, burn's operations.
 pub fn train_features(
     net: &Net,
     norm: crate::data::transforms::Normalization,
     x: Tensor<4>,
     train_bn: bool,
 ) -> Tensor<2> {
-    if !train_bn
-        && plan::engine() == plan::Engine::Auto
+    if plan::engine() == plan::Engine::Auto
         && x.is_autodiff()
         && x.device() == Device::flex().autodiff()
     {
-        if let Some(f) = tracked::train_features(net, norm, x.clone()) {
+        if let Some(f) = tracked::train_features(net, norm, x.clone(), train_bn) {
             return f;
         }
     }

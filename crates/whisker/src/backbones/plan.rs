@@ -159,6 +159,19 @@ enum Op {
         oh: usize,
         ow: usize,
     },
+    /// BatchNorm normalising with the batch's own statistics (fine-tuning with
+    /// `--train-bn`), then the residual and the activation; `stats` keeps the running ones.
+    BatchNorm {
+        x: V,
+        out: V,
+        res: Option<V>,
+        gamma: Vec<f32>,
+        beta: Vec<f32>,
+        eps: f64,
+        act: KAct,
+        stats: super::layers::TrainStats,
+        momentum: f64,
+    },
     /// Squeeze-excitation, scaling `x` in place.
     Se {
         x: V,
@@ -174,7 +187,9 @@ enum Op {
 impl Op {
     fn inputs(&self) -> Vec<V> {
         match self {
-            Op::Conv { x, res, .. } => std::iter::once(*x).chain(*res).collect(),
+            Op::Conv { x, res, .. } | Op::BatchNorm { x, res, .. } => {
+                std::iter::once(*x).chain(*res).collect()
+            }
             Op::Linear { x, .. }
             | Op::Depthwise { x, .. }
             | Op::MaxPool { x, .. }
@@ -188,6 +203,7 @@ impl Op {
             Op::Conv { out, .. }
             | Op::Linear { out, .. }
             | Op::Depthwise { out, .. }
+            | Op::BatchNorm { out, .. }
             | Op::MaxPool { out, .. }
             | Op::AvgPool { out, .. } => Some(*out),
             Op::Se { .. } | Op::Tap { .. } => None,
@@ -243,6 +259,8 @@ struct Builder {
     bw: Option<Vec<(usize, grad::Bw)>>,
     /// The parameters of the ops that have them, by op index (`PlanOptions::weight_grads`).
     pm: Option<Vec<(usize, grad::ParamMap)>>,
+    /// BatchNorms training their statistics normalise with the batch's (`train_bn`).
+    train_bn: bool,
 }
 
 /// How a backbone is compiled.
@@ -258,6 +276,10 @@ pub struct PlanOptions {
     /// Also keep what weight gradients need (implies `backward`): each op's parameters (their
     /// ids, the unfolded weights, the BatchNorm folding), for [`Plan::backward`].
     pub weight_grads: bool,
+    /// BatchNorms that train their statistics (`BatchNorm::enable_train_stats`, fine-tuning
+    /// with `--train-bn`) normalise with the batch's statistics and update their running
+    /// ones in [`Plan::forward_tape`], instead of being folded into their convolution.
+    pub train_bn: bool,
 }
 
 impl Default for PlanOptions {
@@ -281,6 +303,7 @@ impl Default for PlanOptions {
             winograd,
             backward: false,
             weight_grads: false,
+            train_bn: false,
         }
     }
 }
@@ -372,6 +395,37 @@ impl Builder {
         act: Act,
         res: Option<V>,
     ) -> Result<V> {
+        // a BatchNorm with batch statistics: the convolution alone, then the BatchNorm
+        if let Some((bn, stats)) = bn.filter(|_| self.train_bn).and_then(|bn| {
+            let stats = bn.train_stats.clone().filter(|_| !bn.folded)?;
+            Some((bn, stats))
+        }) {
+            // direct, not Winograd: the BatchNorm subtracts the batch mean, which turns the
+            // convolution's rounding error relative to its mean into error relative to its
+            // spread (10–100× larger on VGG's post-ReLU inputs), and Winograd's transforms
+            // err a few times more than the direct sum (measured: VGG-16-BN's 4th block
+            // gradients 3.6e-4 off float64 with Winograd, 2.2e-6 without; PyTorch 1.8e-6)
+            let winograd = std::mem::replace(&mut self.winograd, false);
+            let z = self.conv(x, conv, None, Act::None, None);
+            self.winograd = winograd;
+            let z = z?;
+            let out = self.value(self.channels[z]);
+            if let Some(pm) = &mut self.pm {
+                pm.push((self.ops.len(), grad::ParamMap::bn(bn)));
+            }
+            self.ops.push(Op::BatchNorm {
+                x: z,
+                out,
+                res,
+                gamma: values(bn.weight.val())?,
+                beta: values(bn.bias.val())?,
+                eps: bn.eps,
+                act: kact(act),
+                stats,
+                momentum: bn.momentum,
+            });
+            return Ok(out);
+        }
         // the weight read once: folded for the kernels, kept as it is for its gradients
         let raw = crate::tensor::to_vec(conv.weight.val())?;
         let (w, b, [cout, cpg, kh, kw]) = match &mut self.pm {
@@ -582,6 +636,7 @@ impl Plan {
             winograd: opts.winograd,
             bw: (opts.backward || opts.weight_grads).then(Vec::new),
             pm: opts.weight_grads.then(Vec::new),
+            train_bn: opts.train_bn,
         };
         let x = 0;
         let none = KAct::None;
@@ -855,6 +910,7 @@ impl Plan {
                 }
                 Op::AvgPool { out, oh, ow, .. } => Some((*out, (*oh, *ow))),
                 Op::Linear { out, .. } => Some((*out, (1, 1))),
+                Op::BatchNorm { x, out, .. } => Some((*out, (s[*x].0, s[*x].1))),
                 Op::Se { .. } | Op::Tap { .. } => None,
             };
             if let Some((v, (oh, ow))) = out {
@@ -970,6 +1026,9 @@ impl Plan {
                 k::adaptive_avg_pool(&xb[..len(*x)], n, h, wd, c, *oh, *ow, &mut ob[..len(*out)])
                     .map_err(shape_err)
             }
+            Op::BatchNorm { .. } => self
+                .batch_norm(op, n, shapes, slot, arena, act_of)
+                .map(|_| ()),
             Op::Se { x, fc1, fc2 } => {
                 let (h, wd, c) = shapes[*x];
                 let xb = &mut arena[slot[*x]][..len(*x)];
@@ -994,6 +1053,44 @@ impl Plan {
 }
 
 impl Plan {
+    /// A [`Op::BatchNorm`] step: the batch's statistics, which it returns.
+    fn batch_norm(
+        &self,
+        op: &Op,
+        n: usize,
+        shapes: &[(usize, usize, usize)],
+        slot: &[usize],
+        arena: &mut [Vec<f32>],
+        act_of: impl Fn(&KAct) -> KAct,
+    ) -> Result<k::BatchStats> {
+        let Op::BatchNorm {
+            x,
+            out,
+            res,
+            gamma,
+            beta,
+            eps,
+            act,
+            ..
+        } = op
+        else {
+            return Err(Error::Internal("not a BatchNorm".into()));
+        };
+        let len = |v: V| n * shapes[v].0 * shapes[v].1 * shapes[v].2;
+        let (xb, ob, rb) = split3(arena, slot[*x], slot[*out], res.map(|r| slot[r]));
+        k::batch_norm_train(
+            &xb[..len(*x)],
+            shapes[*x].2,
+            gamma,
+            beta,
+            *eps,
+            rb.map(|r| &r[..len(*out)]),
+            act_of(act),
+            &mut ob[..len(*out)],
+        )
+        .map_err(shape_err)
+    }
+
     /// Squeeze-excitation's channel scales of `x` `[n, hw, c]`:
     /// `hardsigmoid(fc2 · relu(fc1 · mean(x)))`, with the hidden layer (post-ReLU).
     fn se_scales(
@@ -1070,6 +1167,11 @@ fn describe(op: &Op, shapes: &[(usize, usize, usize)]) -> String {
         }
         Op::MaxPool { x, out, .. } => format!("maxpool {:?} -> {:?}", shapes[*x], shapes[*out]),
         Op::AvgPool { x, out, .. } => format!("avgpool {:?} -> {:?}", shapes[*x], shapes[*out]),
+        Op::BatchNorm { x, res, act, .. } => format!(
+            "batchnorm (batch statistics) {:?} {act:?}{}",
+            shapes[*x],
+            if res.is_some() { " +res" } else { "" }
+        ),
         Op::Se { x, .. } => format!("squeeze-excite {:?}", shapes[*x]),
         Op::Tap { name, .. } => format!("tap {name}"),
     }

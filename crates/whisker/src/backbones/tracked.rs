@@ -1,7 +1,8 @@
-//! The CPU engine inside autodiff: pixels → features as one tracked operation whose backward
-//! pass is the engine's input gradient ([`Plan::input_grad`]). Used when the backbone's
-//! weights are frozen (nothing asks for their gradients): `attack`, `dream`, `robustness`.
-//! A backbone with trainable weights keeps burn's operations, which give weight gradients.
+//! The CPU engine inside autodiff: pixels → features as one tracked operation. With frozen
+//! weights (`attack`, `dream`, `robustness`) its backward pass is the engine's input gradient
+//! ([`Plan::input_grad`]); when fine-tuning ([`train_features`]) it also gives every trainable
+//! parameter its gradient ([`Plan::backward`]), BatchNorm folded or, with `--train-bn`,
+//! normalising with batch statistics.
 
 use std::sync::Arc;
 
@@ -147,11 +148,14 @@ fn register(grads: &mut Gradients, id: burn_autodiff::NodeId, values: Vec<f32>, 
 
 /// Features `[n, dim]` of normalised input `x` (`[n, 3, h, w]`, autodiff CPU device) through
 /// `net` compiled now (its current weights), tracked so that every parameter of `net` that
-/// takes gradients gets them from the engine. `None` when the engine cannot serve it.
+/// takes gradients gets them from the engine; with `train_bn`, BatchNorms that train their
+/// statistics use the batch's (and update their running ones). `None` when the engine cannot
+/// serve it.
 pub(super) fn train_features(
     net: &super::Net,
     norm: crate::data::transforms::Normalization,
     x: Tensor<4>,
+    train_bn: bool,
 ) -> Option<Tensor<2>> {
     // the trainable parameters' own autodiff nodes (not of a view of them: a reshape would
     // be a new node)
@@ -210,6 +214,7 @@ pub(super) fn train_features(
     };
     let opts = super::plan::PlanOptions {
         weight_grads: true,
+        train_bn,
         ..Default::default()
     };
     let t = std::time::Instant::now();

@@ -50,6 +50,8 @@ pub(super) enum ParamMap {
         inp: usize,
         outc: usize,
     },
+    /// A BatchNorm with batch statistics: its affine parameters.
+    Bn { gamma: ParamId, beta: ParamId },
     /// Squeeze-excitation's two 1×1 convolutions.
     Se {
         w1: ParamId,
@@ -60,6 +62,13 @@ pub(super) enum ParamMap {
 }
 
 impl ParamMap {
+    pub(super) fn bn(bn: &BatchNorm) -> ParamMap {
+        ParamMap::Bn {
+            gamma: bn.weight.id,
+            beta: bn.bias.id,
+        }
+    }
+
     /// The map of `conv` (weight values `w`) and the BatchNorm folded into it.
     pub(super) fn conv(conv: &Conv2d, bn: Option<&BatchNorm>, w: Vec<f32>) -> Result<ParamMap> {
         let dims = conv.weight.dims();
@@ -201,6 +210,8 @@ pub struct Tape {
     saved: Vec<Saved>,
     /// For a value squeeze-excitation scaled in place: the op that kept its earlier contents.
     rescaled: Vec<Option<usize>>,
+    /// The batch statistics of each BatchNorm op (`train_bn`).
+    stats: Vec<Option<k::BatchStats>>,
     features: V,
 }
 
@@ -332,6 +343,7 @@ impl Plan {
         let ident: Vec<usize> = (0..shapes.len()).collect();
         let mut saved: Vec<Saved> = (0..self.ops.len()).map(|_| Saved::Nothing).collect();
         let mut rescaled = vec![None; shapes.len()];
+        let mut stats: Vec<Option<k::BatchStats>> = (0..self.ops.len()).map(|_| None).collect();
         let device = burn::tensor::Device::flex();
         let mut taps = super::Taps::none();
         for (i, op) in self.ops[..self.classifier_start].iter().enumerate() {
@@ -349,16 +361,35 @@ impl Plan {
                     rescaled[*x] = Some(i);
                 }
                 _ => {
-                    self.step(
-                        op,
-                        n,
-                        &shapes,
-                        &ident,
-                        &mut values,
-                        &mut taps,
-                        &device,
-                        true,
-                    )?;
+                    if let Op::BatchNorm {
+                        stats: running,
+                        momentum,
+                        ..
+                    } = op
+                    {
+                        // the batch's statistics: kept for the backward pass, and folded
+                        // into the running ones (as PyTorch's training-mode forward does)
+                        let defer = |a: &KAct| match a {
+                            KAct::Hardswish => KAct::None,
+                            a => *a,
+                        };
+                        let st = self.batch_norm(op, n, &shapes, &ident, &mut values, defer)?;
+                        crate::backbones::layers::update_running_values(
+                            running, *momentum, &st.mean, &st.var, st.count,
+                        );
+                        stats[i] = Some(st);
+                    } else {
+                        self.step(
+                            op,
+                            n,
+                            &shapes,
+                            &ident,
+                            &mut values,
+                            &mut taps,
+                            &device,
+                            true,
+                        )?;
+                    }
                     if let (Some(out), KAct::Hardswish) = (op.output(), op_act(op)) {
                         let y = &mut values[out];
                         saved[i] = Saved::PreActivation(y.clone());
@@ -377,6 +408,7 @@ impl Plan {
             values,
             saved,
             rescaled,
+            stats,
             features: self.features,
         })
     }
@@ -464,6 +496,36 @@ impl Plan {
                         _ => return Err(missing()),
                     }
                     .map_err(shape_err)?;
+                    k::buffers::give(g);
+                }
+                Op::BatchNorm {
+                    x,
+                    out,
+                    res,
+                    gamma,
+                    act,
+                    ..
+                } => {
+                    let Some(mut g) = grads[*out].take() else {
+                        continue;
+                    };
+                    act_grad(*act, &mut g, tape.produced(*out), saved)?;
+                    if let Some(r) = res {
+                        add_into(&mut grads[*r], &g);
+                    }
+                    let st = tape.stats[i]
+                        .as_ref()
+                        .ok_or_else(|| Error::Internal("BatchNorm statistics not kept".into()))?;
+                    let acc = grads[*x].is_some();
+                    let dx = grads[*x].get_or_insert_with(|| k::buffers::take(len(*x)));
+                    let c = shapes[*x].2;
+                    let (dg, db) =
+                        k::batch_norm_train_backward(&tape.values[*x], &g, c, gamma, st, dx, acc)
+                            .map_err(shape_err)?;
+                    if let (true, Some(ParamMap::Bn { gamma, beta })) = (params, &self.pm[i]) {
+                        pgrads.push(ParamGrad::new(*gamma, vec![c], dg));
+                        pgrads.push(ParamGrad::new(*beta, vec![c], db));
+                    }
                     k::buffers::give(g);
                 }
                 Op::MaxPool {
@@ -677,7 +739,10 @@ impl Drop for Report<'_> {
 /// The activation an op applies to its output (none for pools, taps and SE).
 fn op_act(op: &Op) -> KAct {
     match op {
-        Op::Conv { act, .. } | Op::Linear { act, .. } | Op::Depthwise { act, .. } => *act,
+        Op::Conv { act, .. }
+        | Op::Linear { act, .. }
+        | Op::Depthwise { act, .. }
+        | Op::BatchNorm { act, .. } => *act,
         _ => KAct::None,
     }
 }

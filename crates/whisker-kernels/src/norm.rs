@@ -1,0 +1,209 @@
+//! BatchNorm with the batch's own statistics (training mode), on NHWC values `[p, c]` (`p`:
+//! every pixel of the batch).
+//!
+//! Forward: per-channel mean and biased variance in two passes (the mean, then the squared
+//! deviations: no cancellation), each a two-level sum (blocks of [`BLOCK`] pixels in `f32`,
+//! the blocks added in `f64`); then `y = act((x − μ)·γ/√(σ²+ε) + β + residual)` in one pass.
+//! Backward (PyTorch's `batch_norm_backward` in training mode): with `x̂ = (x − μ)/√(σ²+ε)`,
+//! `dβ = Σ g`, `dγ = Σ g·x̂` and `dx = γ/√(σ²+ε) · (g − Σg/p − x̂·Σ(g·x̂)/p)`: one reduction
+//! pass, one elementwise pass.
+
+use rayon::prelude::*;
+
+use crate::{Act, ShapeError};
+
+/// Pixels per block of the two-level sums.
+const BLOCK: usize = 256;
+
+/// Per-channel sums over blocks of pixels: `f(row, acc)` adds one pixel's row into a block's
+/// `f32` accumulator; the blocks' sums are added in `f64`.
+fn channel_sums(x: &[f32], c: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f64> {
+    x.par_chunks(BLOCK * c)
+        .map(|block| {
+            let mut part = vec![0f32; c];
+            for row in block.chunks_exact(c) {
+                f(row, &mut part);
+            }
+            part.into_iter().map(f64::from).collect::<Vec<f64>>()
+        })
+        .reduce(
+            || vec![0f64; c],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+fn check(what: &str, len: usize, want: usize) -> Result<(), ShapeError> {
+    if len == want {
+        Ok(())
+    } else {
+        Err(ShapeError(format!("{what}: {len} values, expected {want}")))
+    }
+}
+
+/// What the forward pass keeps for the backward pass and the running statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchStats {
+    /// Per-channel mean.
+    pub mean: Vec<f64>,
+    /// Per-channel biased variance (divided by the pixel count).
+    pub var: Vec<f64>,
+    /// Per-channel `1/√(σ² + ε)`.
+    pub inv_std: Vec<f64>,
+    /// Pixels the statistics are over.
+    pub count: usize,
+}
+
+/// BatchNorm in training mode: `out = act((x − μ)·γ/√(σ²+ε) + β (+ res))` with the batch's
+/// per-channel statistics of `x` (`[p, c]`), which it returns.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_train(
+    x: &[f32],
+    c: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    res: Option<&[f32]>,
+    act: Act,
+    out: &mut [f32],
+) -> Result<BatchStats, ShapeError> {
+    if c == 0 || !x.len().is_multiple_of(c) || x.is_empty() {
+        return Err(ShapeError(format!(
+            "batch norm of {} values over {c} channels",
+            x.len()
+        )));
+    }
+    check("batch norm γ", gamma.len(), c)?;
+    check("batch norm β", beta.len(), c)?;
+    check("batch norm output", out.len(), x.len())?;
+    if let Some(r) = res {
+        check("batch norm residual", r.len(), x.len())?;
+    }
+    let p = x.len() / c;
+    let mean: Vec<f64> = channel_sums(x, c, |row, acc| {
+        acc.iter_mut().zip(row).for_each(|(a, v)| *a += v)
+    })
+    .into_iter()
+    .map(|s| s / p as f64)
+    .collect();
+    let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+    let var: Vec<f64> = channel_sums(x, c, |row, acc| {
+        for ((a, v), m) in acc.iter_mut().zip(row).zip(&mean32) {
+            let d = v - m;
+            *a += d * d;
+        }
+    })
+    .into_iter()
+    .map(|s| s / p as f64)
+    .collect();
+    let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let scale: Vec<f32> = (0..c)
+        .map(|j| (gamma[j] as f64 * inv_std[j]) as f32)
+        .collect();
+    out.par_chunks_mut(BLOCK * c)
+        .enumerate()
+        .for_each(|(b, ob)| {
+            let x0 = b * BLOCK * c;
+            for (r, orow) in ob.chunks_exact_mut(c).enumerate() {
+                let at = x0 + r * c;
+                let xr = &x[at..at + c];
+                for j in 0..c {
+                    orow[j] = (xr[j] - mean32[j]) * scale[j] + beta[j];
+                }
+                if let Some(res) = res {
+                    orow.iter_mut()
+                        .zip(&res[at..at + c])
+                        .for_each(|(o, v)| *o += v);
+                }
+                if act != Act::None {
+                    orow.iter_mut().for_each(|o| *o = act.apply(*o));
+                }
+            }
+        });
+    Ok(BatchStats {
+        mean,
+        var,
+        inv_std,
+        count: p,
+    })
+}
+
+/// The backward pass of [`batch_norm_train`] from `g` (`[p, c]`, the gradient of its
+/// normalised output: activation and residual already handled): `dx` (added to when
+/// `accumulate`) and `(dγ, dβ)`.
+pub fn batch_norm_train_backward(
+    x: &[f32],
+    g: &[f32],
+    c: usize,
+    gamma: &[f32],
+    stats: &BatchStats,
+    dx: &mut [f32],
+    accumulate: bool,
+) -> Result<(Vec<f32>, Vec<f32>), ShapeError> {
+    check("batch norm gradient", g.len(), x.len())?;
+    check("batch norm input gradient", dx.len(), x.len())?;
+    check("batch norm γ", gamma.len(), c)?;
+    check("batch norm statistics", stats.mean.len(), c)?;
+    if c == 0 || x.len() != stats.count * c {
+        return Err(ShapeError(format!(
+            "batch norm gradient of {} values over {c} channels, statistics of {} pixels",
+            x.len(),
+            stats.count
+        )));
+    }
+    let p = stats.count as f64;
+    let mean32: Vec<f32> = stats.mean.iter().map(|&m| m as f32).collect();
+    // Σ g and Σ g·(x − μ) per channel, side by side
+    let both: Vec<f64> = g
+        .par_chunks(BLOCK * c)
+        .enumerate()
+        .map(|(b, gb)| {
+            let mut part = vec![0f32; 2 * c];
+            let x0 = b * BLOCK * c;
+            for (r, grow) in gb.chunks_exact(c).enumerate() {
+                let xr = &x[x0 + r * c..x0 + (r + 1) * c];
+                let (sg, sgx) = part.split_at_mut(c);
+                for j in 0..c {
+                    sg[j] += grow[j];
+                    sgx[j] += grow[j] * (xr[j] - mean32[j]);
+                }
+            }
+            part.into_iter().map(f64::from).collect::<Vec<f64>>()
+        })
+        .reduce(
+            || vec![0f64; 2 * c],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    let (sum_g, sum_gxc) = both.split_at(c);
+    let inv = &stats.inv_std;
+    // dγ = Σ g·x̂ = inv_std·Σ g·(x − μ)
+    let dgamma: Vec<f32> = (0..c).map(|j| (sum_gxc[j] * inv[j]) as f32).collect();
+    let dbeta: Vec<f32> = sum_g.iter().map(|&s| s as f32).collect();
+    // dx = k1·g + k2·(x − μ) + k3
+    let k1: Vec<f32> = (0..c).map(|j| (gamma[j] as f64 * inv[j]) as f32).collect();
+    let k2: Vec<f32> = (0..c)
+        .map(|j| (-(gamma[j] as f64) * inv[j] * inv[j] * inv[j] * sum_gxc[j] / p) as f32)
+        .collect();
+    let k3: Vec<f32> = (0..c)
+        .map(|j| (-(gamma[j] as f64) * inv[j] * sum_g[j] / p) as f32)
+        .collect();
+    dx.par_chunks_mut(BLOCK * c)
+        .enumerate()
+        .for_each(|(b, db)| {
+            let x0 = b * BLOCK * c;
+            for (r, drow) in db.chunks_exact_mut(c).enumerate() {
+                let at = x0 + r * c;
+                let (xr, gr) = (&x[at..at + c], &g[at..at + c]);
+                for j in 0..c {
+                    let v = k1[j] * gr[j] + k2[j] * (xr[j] - mean32[j]) + k3[j];
+                    drow[j] = if accumulate { drow[j] + v } else { v };
+                }
+            }
+        });
+    Ok((dgamma, dbeta))
+}
