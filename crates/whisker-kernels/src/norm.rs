@@ -109,8 +109,11 @@ pub fn batch_norm_train(
             for (r, orow) in ob.chunks_exact_mut(c).enumerate() {
                 let at = x0 + r * c;
                 let xr = &x[at..at + c];
-                for j in 0..c {
-                    orow[j] = (xr[j] - mean32[j]) * scale[j] + beta[j];
+                // zipped, so that the loop has no bounds checks and vectorises
+                for ((((o, &v), &m), &sc), &b) in
+                    orow.iter_mut().zip(xr).zip(&mean32).zip(&scale).zip(beta)
+                {
+                    *o = (v - m) * sc + b;
                 }
                 if let Some(res) = res {
                     orow.iter_mut()
@@ -162,12 +165,16 @@ pub fn batch_norm_train_backward(
         .map(|(b, gb)| {
             let mut part = vec![0f32; 2 * c];
             let x0 = b * BLOCK * c;
+            let (sg, sgx) = part.split_at_mut(c);
             for (r, grow) in gb.chunks_exact(c).enumerate() {
                 let xr = &x[x0 + r * c..x0 + (r + 1) * c];
-                let (sg, sgx) = part.split_at_mut(c);
-                for j in 0..c {
-                    sg[j] += grow[j];
-                    sgx[j] += grow[j] * (xr[j] - mean32[j]);
+                for ((a, &gv), (b, (&xv, &m))) in sg
+                    .iter_mut()
+                    .zip(grow)
+                    .zip(sgx.iter_mut().zip(xr.iter().zip(&mean32)))
+                {
+                    *a += gv;
+                    *b += gv * (xv - m);
                 }
             }
             part.into_iter().map(f64::from).collect::<Vec<f64>>()
@@ -199,9 +206,19 @@ pub fn batch_norm_train_backward(
             for (r, drow) in db.chunks_exact_mut(c).enumerate() {
                 let at = x0 + r * c;
                 let (xr, gr) = (&x[at..at + c], &g[at..at + c]);
-                for j in 0..c {
-                    let v = k1[j] * gr[j] + k2[j] * (xr[j] - mean32[j]) + k3[j];
-                    drow[j] = if accumulate { drow[j] + v } else { v };
+                let terms = gr
+                    .iter()
+                    .zip(xr)
+                    .zip(k1.iter().zip(&k2))
+                    .zip(k3.iter().zip(&mean32));
+                if accumulate {
+                    for (d, (((&gv, &xv), (&a, &b)), (&k, &m))) in drow.iter_mut().zip(terms) {
+                        *d += a * gv + b * (xv - m) + k;
+                    }
+                } else {
+                    for (d, (((&gv, &xv), (&a, &b)), (&k, &m))) in drow.iter_mut().zip(terms) {
+                        *d = a * gv + b * (xv - m) + k;
+                    }
                 }
             }
         });

@@ -261,6 +261,8 @@ struct Builder {
     pm: Option<Vec<(usize, grad::ParamMap)>>,
     /// BatchNorms training their statistics normalise with the batch's (`train_bn`).
     train_bn: bool,
+    /// Pack input gradients for Winograd even where the forward pass is direct.
+    winograd_backward: bool,
 }
 
 /// How a backbone is compiled.
@@ -400,14 +402,17 @@ impl Builder {
             let stats = bn.train_stats.clone().filter(|_| !bn.folded)?;
             Some((bn, stats))
         }) {
-            // direct, not Winograd: the BatchNorm subtracts the batch mean, which turns the
-            // convolution's rounding error relative to its mean into error relative to its
-            // spread (10–100× larger on VGG's post-ReLU inputs), and Winograd's transforms
-            // err a few times more than the direct sum (measured: VGG-16-BN's 4th block
-            // gradients 3.6e-4 off float64 with Winograd, 2.2e-6 without; PyTorch 1.8e-6)
+            // the forward pass direct, not Winograd: the BatchNorm subtracts the batch mean,
+            // which turns the convolution's rounding error relative to its mean into error
+            // relative to its spread (10–100× larger on VGG's post-ReLU inputs), and
+            // Winograd's transforms err a few times more than the direct sum (measured:
+            // VGG-16-BN's 4th block gradients 3.6e-4 off float64 with Winograd, 2.2e-6
+            // without; PyTorch 1.8e-6). The input gradient has no such mean: Winograd stays
+            // (4.0e-6 there).
             let winograd = std::mem::replace(&mut self.winograd, false);
+            self.winograd_backward = winograd;
             let z = self.conv(x, conv, None, Act::None, None);
-            self.winograd = winograd;
+            (self.winograd, self.winograd_backward) = (winograd, false);
             let z = z?;
             let out = self.value(self.channels[z]);
             if let Some(pm) = &mut self.pm {
@@ -442,8 +447,16 @@ impl Builder {
         if let Some(bw) = &mut self.bw {
             let g = if conv.groups == 1 {
                 grad::Bw::Conv(
-                    k::ConvBackward::from_oihw(&w, cout, cpg, kh, kw, stride, self.winograd)
-                        .map_err(shape_err)?,
+                    k::ConvBackward::from_oihw(
+                        &w,
+                        cout,
+                        cpg,
+                        kh,
+                        kw,
+                        stride,
+                        self.winograd || self.winograd_backward,
+                    )
+                    .map_err(shape_err)?,
                 )
             } else {
                 grad::Bw::Depthwise(
@@ -637,6 +650,7 @@ impl Plan {
             bw: (opts.backward || opts.weight_grads).then(Vec::new),
             pm: opts.weight_grads.then(Vec::new),
             train_bn: opts.train_bn,
+            winograd_backward: false,
         };
         let x = 0;
         let none = KAct::None;
