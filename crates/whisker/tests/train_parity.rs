@@ -542,3 +542,48 @@ fn mobilenet_v3_small_fine_tuning_steps_with_batch_statistics_match_pytorch() {
 fn efficientnet_lite0_fine_tuning_steps_with_batch_statistics_match_pytorch() {
     check_with("efficientnet_lite0", false, true);
 }
+
+/// `--unfreeze K` on the engine: asked for the top units' parameters only, the backward pass
+/// gives exactly those (the same values as the full pass) and stops below them.
+#[test]
+fn engine_gives_only_the_wanted_gradients() {
+    for (name, top) in [
+        ("resnet18", "layer4.1."),
+        ("mobilenet_v3_small", "features.11."),
+    ] {
+        let c = Case::new(name);
+        let b = &c.b;
+        let size = c.manifest["size"].as_u64().unwrap() as usize;
+        let x = to_vec(b.spec.norm.normalize(to_tensor(&c.imgs, &Device::flex())));
+        let opts = PlanOptions {
+            weight_grads: true,
+            ..Default::default()
+        };
+        let plan = Plan::compile_with(b, opts).unwrap();
+        let tape = plan.forward_tape(&x, [2, 3, size, size], true).unwrap();
+        // any feature gradient will do: a fixed pattern
+        let df: Vec<f32> = (0..tape.features().len())
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 1e-3)
+            .collect();
+        let (_, all) = plan.backward(&tape, &df, false, true).unwrap();
+        let wanted: std::collections::HashSet<_> = b
+            .param_info
+            .iter()
+            .filter(|p| p.key.starts_with(top) && !p.buffer)
+            .map(|p| p.id)
+            .collect();
+        assert!(!wanted.is_empty(), "{name}: no parameter under {top}");
+        let pick = |id| wanted.contains(&id);
+        let (_, some) = plan.backward_for(&tape, &df, false, Some(&pick)).unwrap();
+        let got: std::collections::HashSet<_> = some.iter().map(|g| g.id).collect();
+        assert_eq!(got, wanted, "{name}: the gradients given");
+        for g in &some {
+            let full = all.iter().find(|a| a.id == g.id).unwrap();
+            assert_eq!(g.values, full.values, "{name}: a top gradient differs");
+        }
+        // nothing asked for: nothing computed
+        let none = |_| false;
+        let (_, nothing) = plan.backward_for(&tape, &df, false, Some(&none)).unwrap();
+        assert!(nothing.is_empty(), "{name}: gradients nobody asked for");
+    }
+}

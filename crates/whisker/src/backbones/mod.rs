@@ -718,6 +718,23 @@ pub fn train_features(
     net.features(x, &mut Taps::none())
 }
 
+/// The features of normalised input `x` (outside autodiff) through `net` with its current
+/// weights, for evaluation during fine-tuning: on the CPU the engine (compiled now, BatchNorm
+/// folded with its running statistics — the ones being trained, with `--train-bn`), elsewhere
+/// or with `WHISKER_ENGINE=burn` burn's operations.
+pub fn eval_features(
+    net: &Net,
+    norm: crate::data::transforms::Normalization,
+    x: Tensor<4>,
+) -> Tensor<2> {
+    if plan::engine() == plan::Engine::Auto && !x.is_autodiff() && x.device() == Device::flex() {
+        if let Some(f) = tracked::forward(net, norm, &x) {
+            return f;
+        }
+    }
+    net.features(x, &mut Taps::none())
+}
+
 /// One of the top-k classes of a prediction.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Ranked {

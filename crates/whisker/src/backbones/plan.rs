@@ -341,6 +341,24 @@ fn shape_err(e: k::ShapeError) -> Error {
     Error::Internal(format!("compiling the CPU engine: {e}"))
 }
 
+/// A BatchNorm's running `(mean, variance)`: the ones it is training (`--train-bn`) while it
+/// trains them, else its buffers.
+pub(super) fn running_stats(bn: &BatchNorm) -> Result<(Vec<f32>, Vec<f32>)> {
+    match &bn.train_stats {
+        Some(st) => {
+            let (m, v) = {
+                let st = st.lock().unwrap_or_else(|p| p.into_inner());
+                (st.0.clone(), st.1.clone())
+            };
+            Ok((values(m)?, values(v)?))
+        }
+        None => Ok((
+            values(bn.running_mean.val())?,
+            values(bn.running_var.val())?,
+        )),
+    }
+}
+
 /// A convolution's weight `[cout, cin/groups, k, k]` and bias with an eval-mode BatchNorm
 /// folded in (f64): `w·γ/√(σ²+ε)`, `(b − μ)·γ/√(σ²+ε) + β`.
 fn folded(conv: &Conv2d, bn: Option<&BatchNorm>) -> Result<(Vec<f32>, Vec<f32>, [usize; 4])> {
@@ -361,12 +379,8 @@ fn fold_into(
         None => vec![0.0; dims[0]],
     };
     if let Some(bn) = bn.filter(|bn| !bn.folded) {
-        let (g, beta, mean, var) = (
-            values(bn.weight.val())?,
-            values(bn.bias.val())?,
-            values(bn.running_mean.val())?,
-            values(bn.running_var.val())?,
-        );
+        let (g, beta) = (values(bn.weight.val())?, values(bn.bias.val())?);
+        let (mean, var) = running_stats(bn)?;
         let scale: Vec<f64> = (0..dims[0])
             .map(|o| g[o] as f64 / (var[o] as f64 + bn.eps).sqrt())
             .collect();

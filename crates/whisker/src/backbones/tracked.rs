@@ -118,7 +118,11 @@ impl Backward<Flex, 2> for EngineTrain {
         // their shapes agree; a failure here is a bug, not bad input.
         let t = std::time::Instant::now();
         let (dx, pgrads) = crate::tensor::to_vec(g)
-            .and_then(|gv| plan.backward(&tape, &gv, input_grad, true))
+            .and_then(|gv| {
+                // only the trainable parameters' gradients; nothing below the lowest of them
+                let trainable = |id| nodes.contains_key(&id);
+                plan.backward_for(&tape, &gv, input_grad, Some(&trainable))
+            })
             .expect("the engine's backward pass");
         super::plan::profile_phase("backward", t);
         for p in pgrads {
@@ -147,6 +151,36 @@ fn register(grads: &mut Gradients, id: burn_autodiff::NodeId, values: Vec<f32>, 
 }
 
 /// Features `[n, dim]` of normalised input `x` (`[n, 3, h, w]`, autodiff CPU device) through
+/// Features `[n, dim]` of normalised input `x` (`[n, 3, h, w]`, on the CPU, taking no
+/// gradient) through `net` compiled now with its current weights (BatchNorm folded with its
+/// running statistics): the engine's forward pass alone. `None` when the engine cannot serve it.
+pub(super) fn forward(
+    net: &super::Net,
+    norm: crate::data::transforms::Normalization,
+    x: &Tensor<4>,
+) -> Option<Tensor<2>> {
+    let plan = Plan::compile_net(net, norm, Default::default()).ok()?;
+    let dims = x.dims();
+    let v = if x.is_autodiff() {
+        crate::tensor::to_vec(x.clone().inner()).ok()?
+    } else {
+        crate::tensor::to_vec(x.clone()).ok()?
+    };
+    let out = plan
+        .run(
+            &v,
+            dims,
+            true,
+            false,
+            &mut super::Taps::none(),
+            &Device::flex(),
+        )
+        .ok()?;
+    let fd = out.features.len() / out.n.max(1);
+    let f = TensorData::new(out.features, [out.n, fd]);
+    Some(Tensor::<2>::from_data(f, &x.device()))
+}
+
 /// `net` compiled now (its current weights), tracked so that every parameter of `net` that
 /// takes gradients gets them from the engine; with `train_bn`, BatchNorms that train their
 /// statistics use the batch's (and update their running ones). `None` when the engine cannot
@@ -192,24 +226,7 @@ pub(super) fn train_features(
         (nodes, Some(pa)) => (nodes, pa),
         // nothing trainable (fastai's frozen first epoch) and no input gradient: the engine's
         // forward pass alone, its features a constant for the head
-        (_, None) if !x.is_require_grad() => {
-            let plan = Plan::compile_net(net, norm, Default::default()).ok()?;
-            let dims = x.dims();
-            let v = crate::tensor::to_vec(x.clone().inner()).ok()?;
-            let out = plan
-                .run(
-                    &v,
-                    dims,
-                    true,
-                    false,
-                    &mut super::Taps::none(),
-                    &Device::flex(),
-                )
-                .ok()?;
-            let fd = out.features.len() / out.n.max(1);
-            let f = TensorData::new(out.features, [out.n, fd]);
-            return Some(Tensor::<2>::from_data(f, &x.device()));
-        }
+        (_, None) if !x.is_require_grad() => return forward(net, norm, &x),
         (_, None) => return None,
     };
     let opts = super::plan::PlanOptions {

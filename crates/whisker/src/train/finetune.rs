@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::head::{lr_at, EpochStats, HeadConfig};
 use super::probe::LinearHead;
-use crate::backbones::{Backbone, Net, Taps};
+use crate::backbones::{Backbone, Net};
 use crate::data::augment::Augment;
 use crate::data::datasets::SplitMix64;
 use crate::data::transforms::to_tensor;
@@ -337,7 +337,9 @@ impl FineTuner {
                 &ok.iter().map(|p| p.1.clone()).collect::<Vec<_>>(),
                 &device,
             ));
-            let l = model.head.forward(model.net.features(x, &mut Taps::none()));
+            let norm = self.backbone.spec.norm;
+            let f = crate::backbones::eval_features(&model.net, norm, x);
+            let l = model.head.forward(f);
             let v = crate::tensor::to_vec(l)?;
             for (j, (i, _)) in ok.iter().enumerate() {
                 out[i * self.classes..(i + 1) * self.classes]

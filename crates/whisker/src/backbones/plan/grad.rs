@@ -62,6 +62,25 @@ pub(super) enum ParamMap {
 }
 
 impl ParamMap {
+    /// The parameters whose gradients this op gives.
+    fn ids(&self) -> Vec<ParamId> {
+        match self {
+            ParamMap::Conv {
+                weight, bias, bn, ..
+            } => {
+                let mut v = vec![*weight];
+                v.extend(*bias);
+                if let Some(bn) = bn {
+                    v.extend([bn.gamma, bn.beta]);
+                }
+                v
+            }
+            ParamMap::Linear { weight, bias, .. } => vec![*weight, *bias],
+            ParamMap::Bn { gamma, beta } => vec![*gamma, *beta],
+            ParamMap::Se { w1, b1, w2, b2 } => vec![*w1, *b1, *w2, *b2],
+        }
+    }
+
     pub(super) fn bn(bn: &BatchNorm) -> ParamMap {
         ParamMap::Bn {
             gamma: bn.weight.id,
@@ -79,11 +98,8 @@ impl ParamMap {
         let bn = match bn.filter(|bn| !bn.folded) {
             None => None,
             Some(bn) => {
-                let (g, var, mean) = (
-                    values(bn.weight.val())?,
-                    values(bn.running_var.val())?,
-                    values(bn.running_mean.val())?,
-                );
+                let g = values(bn.weight.val())?;
+                let (mean, var) = super::running_stats(bn)?;
                 let inv_std: Vec<f64> = var
                     .iter()
                     .map(|&v| 1.0 / (v as f64 + bn.eps).sqrt())
@@ -429,6 +445,22 @@ impl Plan {
         input_grad: bool,
         params: bool,
     ) -> Result<(Vec<f32>, Vec<ParamGrad>)> {
+        let all = |_: ParamId| true;
+        self.backward_for(tape, dfeatures, input_grad, params.then_some(&all))
+    }
+
+    /// [`Plan::backward`] giving only the gradients of the parameters `wanted` accepts (when
+    /// given: none otherwise): an op without one computes no weight gradient, and the pass
+    /// stops below the lowest op that has one, unless the input gradient is asked for
+    /// (fine-tuning the top units: nothing below them runs).
+    pub fn backward_for(
+        &self,
+        tape: &Tape,
+        dfeatures: &[f32],
+        input_grad: bool,
+        wanted: Option<&dyn Fn(ParamId) -> bool>,
+    ) -> Result<(Vec<f32>, Vec<ParamGrad>)> {
+        let params = wanted.is_some();
         if params && self.pm.is_empty() {
             return Err(Error::Internal(
                 "this plan was compiled without weight gradients".into(),
@@ -450,7 +482,25 @@ impl Plan {
         grads[self.features] = Some(dfeatures.to_vec());
         let missing = || Error::Internal("no backward weights for an op".into());
         let profile = super::profiling();
+        // the ops with a wanted parameter, and the lowest of them
+        let needs: Vec<bool> = (0..self.classifier_start)
+            .map(|i| match (wanted, self.pm.get(i)) {
+                (Some(w), Some(Some(pm))) => pm.ids().into_iter().any(w),
+                _ => false,
+            })
+            .collect();
+        let lowest = if input_grad {
+            0
+        } else {
+            needs
+                .iter()
+                .position(|&b| b)
+                .unwrap_or(self.classifier_start)
+        };
         for (i, op) in self.ops[..self.classifier_start].iter().enumerate().rev() {
+            if i < lowest {
+                break;
+            }
             let saved = &tape.saved[i];
             let t = std::time::Instant::now();
             let _report = Report(profile.then_some((t, op, shapes.as_slice())));
@@ -465,7 +515,7 @@ impl Plan {
                     if let Op::Conv { res: Some(r), .. } = op {
                         add_into(&mut grads[*r], &g);
                     }
-                    if params {
+                    if needs[i] {
                         if let Some(pm) = &self.pm[i] {
                             let t = std::time::Instant::now();
                             self.op_param_grads(op, pm, tape, &g, &mut pgrads)?;
@@ -483,8 +533,9 @@ impl Plan {
                         }
                         _ => ConvShape::symmetric(n, 1, 1, 1, 0),
                     };
-                    // the image's own gradient only when asked for (fine-tuning needs none)
-                    if *x == 0 && !input_grad {
+                    // the image's own gradient only when asked for (fine-tuning needs none),
+                    // and none below the lowest op with a wanted parameter
+                    if (*x == 0 || i == lowest) && !input_grad {
                         k::buffers::give(g);
                         continue;
                     }
@@ -522,7 +573,7 @@ impl Plan {
                     let (dg, db) =
                         k::batch_norm_train_backward(&tape.values[*x], &g, c, gamma, st, dx, acc)
                             .map_err(shape_err)?;
-                    if let (true, Some(ParamMap::Bn { gamma, beta })) = (params, &self.pm[i]) {
+                    if let (true, Some(ParamMap::Bn { gamma, beta })) = (needs[i], &self.pm[i]) {
                         pgrads.push(ParamGrad::new(*gamma, vec![c], dg));
                         pgrads.push(ParamGrad::new(*beta, vec![c], db));
                     }
@@ -580,7 +631,7 @@ impl Plan {
                     let (dx, sg) = se_backward(&g, xin, s, hidden, w1, w2, n, *hid, *c);
                     grads[*x] = Some(dx);
                     k::buffers::give(g);
-                    let se_params = if params { self.pm[i].as_ref() } else { None };
+                    let se_params = if needs[i] { self.pm[i].as_ref() } else { None };
                     if let Some(ParamMap::Se { w1, b1, w2, b2 }) = se_params {
                         let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
                         let (hid, c) = (*hid, *c);
