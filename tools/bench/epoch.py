@@ -93,7 +93,7 @@ def main():
                       file=sys.stderr)
         rows.append((m, best["whisker"], best["torch"]))
     print(f"\n### One fine-tuning epoch on {a.limit} digits, BatchNorm {a.bn}, {a.threads} thread(s)\n")
-    print(f"CPU: {model_cpu}; flags: {flags}. Best of {a.rounds} alternated rounds; whisker: the "
+    print(f"CPU: {model_cpu}; flags: {' '.join(flags)}. Best of {a.rounds} alternated rounds; whisker: the "
           "whole command; PyTorch: its loop (2-worker DataLoader). Peak resident memory from "
           "/usr/bin/time (PyTorch: main process).\n")
     print("| backbone | whisker s | PyTorch s | whisker speed / PyTorch | whisker peak MB | PyTorch peak MB |")

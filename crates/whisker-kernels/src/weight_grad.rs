@@ -14,8 +14,9 @@
 //!
 //! Work split: where the weight gradient is small next to the output gradient (large maps),
 //! threads split the pixels, each summing into its own accumulator, added at the end; where it
-//! is large (deep layers on small maps, linear layers), threads split the taps and input
-//! channels, each owning its part of the result.
+//! is large (deep layers on small maps, linear layers), jobs split the input channels, each
+//! owning its rows of the result over every tap and pixel. Accumulators and packed panels come
+//! from the buffer cache ([`crate::buffers`]): fresh pages cost more than the arithmetic.
 //!
 //! Depthwise: `dW[c, tap] = Σ_p g[p, c] · x_tap[p, c]`, vectorised across channels, with the
 //! same blocking.

@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 
+use burn::module::ParamId;
 use burn::tensor::{Device, Tensor, TensorData};
 use whisker_kernels as k;
 pub use whisker_kernels::Isa;
@@ -251,7 +252,7 @@ pub struct PlanOutput {
     pub logits: Option<Vec<f32>>,
 }
 
-struct Builder {
+struct Builder<'a> {
     ops: Vec<Op>,
     channels: Vec<usize>,
     winograd: bool,
@@ -263,6 +264,11 @@ struct Builder {
     train_bn: bool,
     /// Pack input gradients for Winograd even where the forward pass is direct.
     winograd_backward: bool,
+    /// The parameters that train, when the plan is told (fine-tuning without an input
+    /// gradient): the ops below the first of them get no backward weights or parameter maps.
+    trainable: Option<&'a dyn Fn(ParamId) -> bool>,
+    /// Whether an op with a trainable parameter was built.
+    seen_trainable: bool,
 }
 
 /// How a backbone is compiled.
@@ -397,7 +403,20 @@ fn fold_into(
     Ok((w, b, dims))
 }
 
-impl Builder {
+impl Builder<'_> {
+    /// Whether an op with parameters `ids` lies in the frozen prefix: below every trainable
+    /// parameter, so that neither its weight gradients nor its input gradient is ever needed.
+    fn frozen(&mut self, ids: &[ParamId]) -> bool {
+        let Some(t) = self.trainable else {
+            return false;
+        };
+        if self.seen_trainable || ids.iter().any(|&i| t(i)) {
+            self.seen_trainable = true;
+            return false;
+        }
+        true
+    }
+
     fn value(&mut self, channels: usize) -> V {
         self.channels.push(channels);
         self.channels.len() - 1
@@ -445,9 +464,15 @@ impl Builder {
             });
             return Ok(out);
         }
+        let mut ids = vec![conv.weight.id];
+        ids.extend(conv.bias.as_ref().map(|b| b.id));
+        if let Some(bn) = bn {
+            ids.extend([bn.weight.id, bn.bias.id]);
+        }
+        let frozen = self.frozen(&ids);
         // the weight read once: folded for the kernels, kept as it is for its gradients
         let raw = crate::tensor::to_vec(conv.weight.val())?;
-        let (w, b, [cout, cpg, kh, kw]) = match &mut self.pm {
+        let (w, b, [cout, cpg, kh, kw]) = match self.pm.as_mut().filter(|_| !frozen) {
             Some(pm) => {
                 let folded = fold_into(raw.clone(), conv, bn)?;
                 pm.push((self.ops.len(), grad::ParamMap::conv(conv, bn, raw)?));
@@ -458,7 +483,7 @@ impl Builder {
         let pad = Pad::of(conv.padding);
         let stride = conv.stride;
         let act = kact(act);
-        if let Some(bw) = &mut self.bw {
+        if let Some(bw) = self.bw.as_mut().filter(|_| !frozen) {
             let g = if conv.groups == 1 {
                 grad::Bw::Conv(
                     k::ConvBackward::from_oihw(
@@ -532,7 +557,8 @@ impl Builder {
             }
         }
         let b = values(l.bias.val())?;
-        if let Some(pm) = &mut self.pm {
+        let frozen = self.frozen(&[l.weight.id, l.bias.id]);
+        if let Some(pm) = self.pm.as_mut().filter(|_| !frozen) {
             pm.push((
                 self.ops.len(),
                 grad::ParamMap::Linear {
@@ -544,7 +570,7 @@ impl Builder {
                 },
             ));
         }
-        if let Some(bw) = &mut self.bw {
+        if let Some(bw) = self.bw.as_mut().filter(|_| !frozen) {
             // [in, out] → [out, in, 1, 1]
             let mut oihw = vec![0f32; inp * outc];
             for i in 0..inp {
@@ -587,12 +613,16 @@ impl Builder {
         }
         y = self.cba(y, &b.depthwise, None)?;
         if let Some(se) = &b.se {
-            if let Some(bw) = &mut self.bw {
+            let mut ids = vec![se.fc1.weight.id, se.fc2.weight.id];
+            ids.extend(se.fc1.bias.as_ref().map(|b| b.id));
+            ids.extend(se.fc2.bias.as_ref().map(|b| b.id));
+            let frozen = self.frozen(&ids);
+            if let Some(bw) = self.bw.as_mut().filter(|_| !frozen) {
                 let (w1, _, [hid, c, _, _]) = folded(&se.fc1, None)?;
                 let (w2, _, _) = folded(&se.fc2, None)?;
                 bw.push((self.ops.len(), grad::Bw::Se { w1, w2, hid, c }));
             }
-            if let Some(pm) = &mut self.pm {
+            if let Some(pm) = self.pm.as_mut().filter(|_| !frozen) {
                 let bias = |c: &Conv2d| {
                     c.bias.as_ref().map(|b| b.id).ok_or_else(|| {
                         Error::Internal("a squeeze-excitation layer without bias".into())
@@ -657,6 +687,18 @@ impl Plan {
     /// Compile a network (with its current weights: fine-tuning compiles every step) that
     /// takes input normalised with `norm`.
     pub fn compile_net(net: &Net, norm: Normalization, opts: PlanOptions) -> Result<Plan> {
+        Self::compile_net_for(net, norm, opts, None)
+    }
+
+    /// [`Plan::compile_net`] told which parameters train (`trainable`, for fine-tuning without
+    /// an input gradient): the ops below the first trainable one are packed for the forward
+    /// pass only — [`Plan::backward_for`] never goes below it.
+    pub fn compile_net_for(
+        net: &Net,
+        norm: Normalization,
+        opts: PlanOptions,
+        trainable: Option<&dyn Fn(ParamId) -> bool>,
+    ) -> Result<Plan> {
         let mut bl = Builder {
             ops: Vec::new(),
             channels: vec![3],
@@ -665,6 +707,8 @@ impl Plan {
             pm: opts.weight_grads.then(Vec::new),
             train_bn: opts.train_bn,
             winograd_backward: false,
+            trainable,
+            seen_trainable: false,
         };
         let x = 0;
         let none = KAct::None;

@@ -235,12 +235,16 @@ pub(super) fn train_features(
         ..Default::default()
     };
     let t = std::time::Instant::now();
-    let plan = Arc::new(Plan::compile_net(net, norm, opts).ok()?);
+    // told which parameters train: nothing below the lowest of them is packed for backward
+    let input_grad = x.is_require_grad();
+    let trains = |id| nodes.contains_key(&id);
+    let trainable: Option<&dyn Fn(burn::module::ParamId) -> bool> =
+        (!input_grad).then_some(&trains);
+    let plan = Arc::new(Plan::compile_net_for(net, norm, opts, trainable).ok()?);
     super::plan::profile_phase("compile", t);
     let t = std::time::Instant::now();
     let (tape, out) = tape_and_features(&plan, &x, true)?;
     super::plan::profile_phase("forward tape", t);
-    let input_grad = x.is_require_grad();
     let xa = x.try_into_primitive::<Autodiff<Flex>>().ok()?;
     // a trainable parameter is the second parent: the op is tracked even when the images
     // take no gradient

@@ -147,20 +147,28 @@ impl ParamMap {
             }
             return;
         };
+        // per output channel, in parallel: dW = dW'·s and the dot product dγ needs
+        use rayon::prelude::*;
         let mut gw = vec![0f32; w.len()];
+        let dots: Vec<f64> = gw
+            .par_chunks_mut(per.max(1))
+            .zip(dw.par_chunks(per.max(1)).zip(w.par_chunks(per.max(1))))
+            .enumerate()
+            .map(|(o, (gwo, (d, wo)))| {
+                let s = bn.scale[o];
+                for (g, &v) in gwo.iter_mut().zip(d) {
+                    *g = (v as f64 * s) as f32;
+                }
+                d.iter().zip(wo).map(|(&a, &b)| a as f64 * b as f64).sum()
+            })
+            .collect();
         let (mut gg, mut gb) = (vec![0f32; cout], vec![0f32; cout]);
         let mut gbias = vec![0f32; cout];
         for o in 0..cout {
-            let (d, wo) = (&dw[o * per..(o + 1) * per], &w[o * per..(o + 1) * per]);
-            let s = bn.scale[o];
-            for (g, &v) in gw[o * per..(o + 1) * per].iter_mut().zip(d) {
-                *g = (v as f64 * s) as f32;
-            }
-            let dot: f64 = d.iter().zip(wo).map(|(&a, &b)| a as f64 * b as f64).sum();
             let dbo = db[o] as f64;
-            gg[o] = ((dot + dbo * (bias_v[o] as f64 - bn.mean[o])) * bn.inv_std[o]) as f32;
+            gg[o] = ((dots[o] + dbo * (bias_v[o] as f64 - bn.mean[o])) * bn.inv_std[o]) as f32;
             gb[o] = db[o];
-            gbias[o] = (dbo * s) as f32;
+            gbias[o] = (dbo * bn.scale[o]) as f32;
         }
         out.push(ParamGrad::new(*weight, dims.to_vec(), gw));
         if let Some(b) = bias {
@@ -681,7 +689,8 @@ impl Plan {
             ) => {
                 let [cout, cin, kh, kw] = *dims;
                 let s = pad.shape(n, tape.shapes[*x], w.kh, *stride);
-                let mut dw = vec![0f32; cout * cin * kh * kw];
+                // overwritten whole by the kernel; given back once mapped
+                let mut dw = k::buffers::take(cout * cin * kh * kw);
                 let mut db = vec![0f32; cout];
                 k::conv2d_weight_grad(
                     isa,
@@ -697,6 +706,7 @@ impl Plan {
                 )
                 .map_err(shape_err)?;
                 pm.conv_grads(&dw, &db, out);
+                k::buffers::give(dw);
             }
             (
                 Op::Depthwise {
