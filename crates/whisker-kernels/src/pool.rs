@@ -213,11 +213,7 @@ pub fn max_pool_backward(
                 let mut ch = c0;
                 while ch < c0 + cw {
                     let l = LANES.min(c0 + cw - ch);
-                    if l == LANES {
-                        pool_select::<LANES>(xb, db, gr, w, c, ch, ys.clone(), xs.clone());
-                    } else {
-                        pool_select_n(xb, db, gr, w, c, ch, l, ys.clone(), xs.clone());
-                    }
+                    pool_select::<LANES>(xb, db, gr, w, c, ch, l, ys.clone(), xs.clone());
                     ch += l;
                 }
             }
@@ -229,43 +225,13 @@ pub fn max_pool_backward(
 /// Channels a max-pool backward step handles at once (one AVX-512 register).
 const LANES: usize = 16;
 
-/// Max-pool backward for one window and `L` channels from `ch`: find each channel's winner
-/// (first maximum in scan order, or the last NaN, as PyTorch) with branch-free selects on fixed-size arrays
-/// (registers), then add the output gradient to it.
+/// Max-pool backward for one window and `l` ≤ `L` channels from `ch`: find each channel's
+/// winner (first maximum in scan order, or the last NaN, as PyTorch) with branch-free selects
+/// on fixed-size arrays (registers; a tail of fewer channels padded with −∞, which never
+/// wins), then add the output gradient to it.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn pool_select<const L: usize>(
-    x: &[f32],
-    dx: &mut [f32],
-    g: &[f32],
-    w: usize,
-    c: usize,
-    ch: usize,
-    ys: std::ops::Range<usize>,
-    xs: std::ops::Range<usize>,
-) {
-    let first = (ys.start * w + xs.start) as u32;
-    let (mut best, mut arg) = ([f32::NEG_INFINITY; L], [first; L]);
-    for iy in ys {
-        for ix in xs.clone() {
-            let p = iy * w + ix;
-            let src: &[f32; L] = x[p * c + ch..][..L].try_into().expect("L values");
-            let p = p as u32;
-            for j in 0..L {
-                let take = (src[j] > best[j]) | src[j].is_nan();
-                best[j] = if take { src[j] } else { best[j] };
-                arg[j] = if take { p } else { arg[j] };
-            }
-        }
-    }
-    for j in 0..L {
-        dx[arg[j] as usize * c + ch + j] += g[ch + j];
-    }
-}
-
-/// [`pool_select`] for the last `l` < [`LANES`] channels.
-#[allow(clippy::too_many_arguments)]
-fn pool_select_n(
     x: &[f32],
     dx: &mut [f32],
     g: &[f32],
@@ -277,14 +243,22 @@ fn pool_select_n(
     xs: std::ops::Range<usize>,
 ) {
     let first = (ys.start * w + xs.start) as u32;
-    let (mut best, mut arg) = ([f32::NEG_INFINITY; LANES], [first; LANES]);
+    let (mut best, mut arg) = ([f32::NEG_INFINITY; L], [first; L]);
+    let mut tail = [f32::NEG_INFINITY; L];
     for iy in ys {
         for ix in xs.clone() {
             let p = iy * w + ix;
-            for (j, &v) in x[p * c + ch..][..l].iter().enumerate() {
-                if v > best[j] || v.is_nan() {
-                    (best[j], arg[j]) = (v, p as u32);
-                }
+            let src: &[f32; L] = if l == L {
+                x[p * c + ch..][..L].try_into().expect("L values")
+            } else {
+                tail[..l].copy_from_slice(&x[p * c + ch..][..l]);
+                &tail
+            };
+            let p = p as u32;
+            for j in 0..L {
+                let take = (src[j] > best[j]) | src[j].is_nan();
+                best[j] = if take { src[j] } else { best[j] };
+                arg[j] = if take { p } else { arg[j] };
             }
         }
     }
