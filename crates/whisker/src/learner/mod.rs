@@ -716,6 +716,9 @@ impl Learner {
             t.save(&ckpt, &fc)?;
             obs.epoch(&s, s.epoch <= fc.freeze_epochs);
         }
+        // the training steps' cached buffers (tapes, gradients: up to a few GB) are not
+        // needed by what follows
+        whisker_kernels::buffers::release();
         let test_logits = t.predict_logits(sp.len(), &|i| pre.load(&sp[i]).ok(), cfg.batch_size)?;
         let (sd, head) = t.export()?;
         Ok(Fitted {
