@@ -15,19 +15,26 @@ use crate::{Act, ShapeError};
 /// Pixels per block of the two-level sums.
 const BLOCK: usize = 256;
 
-/// Per-channel sums over blocks of pixels: `f(row, acc)` adds one pixel's row into a block's
-/// `f32` accumulator; the blocks' sums are added in `f64`.
-fn channel_sums(x: &[f32], c: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f64> {
-    x.par_chunks(BLOCK * c)
-        .map(|block| {
-            let mut part = vec![0f32; c];
-            for row in block.chunks_exact(c) {
-                f(row, &mut part);
+/// Per-channel sums over pixels `0..p`, `width` values each, in blocks of `block` pixels:
+/// `f(i, acc)` adds pixel `i`'s values into its block's `f32` accumulator, and the blocks'
+/// sums are added in `f64` (a two-level sum: rounding grows with `block + p/block`, not `p`).
+pub(crate) fn block_sums(
+    p: usize,
+    width: usize,
+    block: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f64> {
+    (0..p.div_ceil(block))
+        .into_par_iter()
+        .map(|b| {
+            let mut part = vec![0f32; width];
+            for i in b * block..((b + 1) * block).min(p) {
+                f(i, &mut part);
             }
             part.into_iter().map(f64::from).collect::<Vec<f64>>()
         })
         .reduce(
-            || vec![0f64; c],
+            || vec![0f64; width],
             |mut a, b| {
                 a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
                 a
@@ -82,15 +89,16 @@ pub fn batch_norm_train(
         check("batch norm residual", r.len(), x.len())?;
     }
     let p = x.len() / c;
-    let mean: Vec<f64> = channel_sums(x, c, |row, acc| {
-        acc.iter_mut().zip(row).for_each(|(a, v)| *a += v)
+    let row = |i: usize| &x[i * c..(i + 1) * c];
+    let mean: Vec<f64> = block_sums(p, c, BLOCK, |i, acc| {
+        acc.iter_mut().zip(row(i)).for_each(|(a, v)| *a += v)
     })
     .into_iter()
     .map(|s| s / p as f64)
     .collect();
     let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-    let var: Vec<f64> = channel_sums(x, c, |row, acc| {
-        for ((a, v), m) in acc.iter_mut().zip(row).zip(&mean32) {
+    let var: Vec<f64> = block_sums(p, c, BLOCK, |i, acc| {
+        for ((a, v), m) in acc.iter_mut().zip(row(i)).zip(&mean32) {
             let d = v - m;
             *a += d * d;
         }
@@ -159,33 +167,18 @@ pub fn batch_norm_train_backward(
     let p = stats.count as f64;
     let mean32: Vec<f32> = stats.mean.iter().map(|&m| m as f32).collect();
     // Σ g and Σ g·(x − μ) per channel, side by side
-    let both: Vec<f64> = g
-        .par_chunks(BLOCK * c)
-        .enumerate()
-        .map(|(b, gb)| {
-            let mut part = vec![0f32; 2 * c];
-            let x0 = b * BLOCK * c;
-            let (sg, sgx) = part.split_at_mut(c);
-            for (r, grow) in gb.chunks_exact(c).enumerate() {
-                let xr = &x[x0 + r * c..x0 + (r + 1) * c];
-                for ((a, &gv), (b, (&xv, &m))) in sg
-                    .iter_mut()
-                    .zip(grow)
-                    .zip(sgx.iter_mut().zip(xr.iter().zip(&mean32)))
-                {
-                    *a += gv;
-                    *b += gv * (xv - m);
-                }
-            }
-            part.into_iter().map(f64::from).collect::<Vec<f64>>()
-        })
-        .reduce(
-            || vec![0f64; 2 * c],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+    let both = block_sums(stats.count, 2 * c, BLOCK, |i, part| {
+        let (sg, sgx) = part.split_at_mut(c);
+        let (grow, xr) = (&g[i * c..(i + 1) * c], &x[i * c..(i + 1) * c]);
+        for ((a, &gv), (b, (&xv, &m))) in sg
+            .iter_mut()
+            .zip(grow)
+            .zip(sgx.iter_mut().zip(xr.iter().zip(&mean32)))
+        {
+            *a += gv;
+            *b += gv * (xv - m);
+        }
+    });
     let (sum_g, sum_gxc) = both.split_at(c);
     let inv = &stats.inv_std;
     // dγ = Σ g·x̂ = inv_std·Σ g·(x − μ)

@@ -178,26 +178,13 @@ fn per_thread(
         .collect()
 }
 
-/// `db[o] = Σ_p g[p, o]`, in blocks (two-level sums; the blocks' sums added in f64).
+/// `db[o] = Σ_p g[p, o]`, in blocks of [`KC`] pixels (two-level sums).
 fn bias_grad(g: &[f32], cout: usize, db: &mut [f32]) {
-    let total = g
-        .par_chunks(KC * cout)
-        .map(|block| {
-            let mut part = vec![0f32; cout];
-            for row in block.chunks_exact(cout) {
-                for (a, v) in part.iter_mut().zip(row) {
-                    *a += v;
-                }
-            }
-            part.into_iter().map(f64::from).collect::<Vec<f64>>()
-        })
-        .reduce(
-            || vec![0f64; cout],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+    let total = crate::norm::block_sums(g.len() / cout.max(1), cout, KC, |i, acc| {
+        acc.iter_mut()
+            .zip(&g[i * cout..(i + 1) * cout])
+            .for_each(|(a, v)| *a += v)
+    });
     for (d, t) in db.iter_mut().zip(total) {
         *d = t as f32;
     }
