@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use crate::{conv2d, Act, ConvShape, Isa, PackedConv, PackedDepthwise, ShapeError};
+use crate::{buffers, conv2d, Act, ConvShape, Isa, PackedConv, PackedDepthwise, ShapeError};
 
 /// One phase's sub-kernel along one axis: the taps `k0, k0 + s, …` (`n` of them).
 fn taps(k: usize, stride: usize, k0: usize) -> usize {
@@ -180,6 +180,39 @@ impl ConvBackward {
         dx: &mut [f32],
         accumulate: bool,
     ) -> Result<(), ShapeError> {
+        let to = if accumulate { To::Add } else { To::Write };
+        self.input_grad_to(isa, g, s, dx, to)
+    }
+
+    /// `dx = prev + ∂/∂x`: the input gradient added to another one (`prev`, the same size as
+    /// `dx`) as it is written — where a stride-1 convolution's input also feeds a residual
+    /// branch, no separate pass over the sum.
+    pub fn input_grad_plus(
+        &self,
+        isa: Isa,
+        g: &[f32],
+        s: &ConvShape,
+        prev: &[f32],
+        dx: &mut [f32],
+    ) -> Result<(), ShapeError> {
+        if prev.len() != dx.len() {
+            return Err(ShapeError(format!(
+                "input gradient: {} values to add to {}",
+                prev.len(),
+                dx.len()
+            )));
+        }
+        self.input_grad_to(isa, g, s, dx, To::Sum(prev))
+    }
+
+    fn input_grad_to(
+        &self,
+        isa: Isa,
+        g: &[f32],
+        s: &ConvShape,
+        dx: &mut [f32],
+        to: To,
+    ) -> Result<(), ShapeError> {
         let (oh, ow) = s.out_hw(self.kh, self.kw)?;
         check(
             s,
@@ -190,7 +223,7 @@ impl ConvBackward {
             self.cin,
         )?;
         if let Some(p) = &self.cols {
-            return self.via_columns(isa, p, g, s, (oh, ow), dx, accumulate);
+            return self.via_columns(isa, p, g, s, (oh, ow), dx, to);
         }
         run_phases(
             s,
@@ -198,16 +231,24 @@ impl ConvBackward {
             (oh, ow),
             self.cin,
             dx,
-            accumulate,
-            |ph, out| {
+            to,
+            |ph, out, residual| {
                 let i = ph.k0.0 * self.stride + ph.k0.1;
                 match &self.subs[i] {
-                    Some(p) => conv2d(isa, p, g, &ph.shape, None, Act::None, out).map(|_| true),
+                    Some(p) => conv2d(isa, p, g, &ph.shape, residual, Act::None, out).map(|_| true),
                     None => Ok(false),
                 }
             },
         )
     }
+}
+
+/// Where an input gradient goes: over `dx`, added to it, or `dx = prev + gradient`.
+#[derive(Clone, Copy)]
+enum To<'a> {
+    Write,
+    Add,
+    Sum(&'a [f32]),
 }
 
 impl ConvBackward {
@@ -222,7 +263,7 @@ impl ConvBackward {
         s: &ConvShape,
         (oh, ow): (usize, usize),
         dx: &mut [f32],
-        accumulate: bool,
+        to: To,
     ) -> Result<(), ShapeError> {
         let (cin, kh, kw) = (self.cin, self.kh, self.kw);
         let k = kh * kw * cin;
@@ -240,8 +281,10 @@ impl ConvBackward {
                 Act::None,
                 &mut cols,
             )?;
-            if !accumulate {
-                d.fill(0.0);
+            match to {
+                To::Write => d.fill(0.0),
+                To::Add => {}
+                To::Sum(prev) => d.copy_from_slice(&prev[b * per_in..][..per_in]),
             }
             // rows of the input in two bands, one per thread at most; a band takes the
             // columns of the output rows whose taps land in it
@@ -472,20 +515,19 @@ fn check(
     Ok(())
 }
 
-/// Runs each phase (`conv(phase, out) → Ok(false)` when it has no taps) and adds or writes its
-/// rows into `dx` at the phase's stride and offset.
+/// Runs each phase (`conv(phase, out, residual) → Ok(false)` when it has no taps) and writes,
+/// adds or sums (`to`) its rows into `dx` at the phase's stride and offset.
 fn run_phases(
     s: &ConvShape,
     (kh, kw): (usize, usize),
     (oh, ow): (usize, usize),
     c: usize,
     dx: &mut [f32],
-    accumulate: bool,
-    mut conv: impl FnMut(&Phase, &mut [f32]) -> Result<bool, ShapeError>,
+    to: To,
+    mut conv: impl FnMut(&Phase, &mut [f32], Option<&[f32]>) -> Result<bool, ShapeError>,
 ) -> Result<(), ShapeError> {
     let st = s.stride;
     let (n, h, w) = (s.n, s.h, s.w);
-    let mut tmp = Vec::new();
     for ph in phases(s, kh, kw, oh, ow)? {
         if ph.hq == 0 || ph.wq == 0 {
             continue;
@@ -495,18 +537,28 @@ fn run_phases(
         } else {
             ph.shape.out_hw(ph.kn.0, ph.kn.1)?
         };
-        // stride 1, overwriting, exact size: straight into dx
-        if st == 1 && !accumulate && (ph_h, ph_w) == (h, w) {
-            if !conv(&ph, dx)? {
-                dx.fill(0.0);
+        // stride 1, exact size: straight into dx (a sum through the kernel's residual input)
+        if st == 1 && (ph_h, ph_w) == (h, w) {
+            match to {
+                To::Write => {
+                    if !conv(&ph, dx, None)? {
+                        dx.fill(0.0);
+                    }
+                    continue;
+                }
+                To::Sum(prev) => {
+                    if !conv(&ph, dx, Some(prev))? {
+                        dx.copy_from_slice(prev);
+                    }
+                    continue;
+                }
+                To::Add => {}
             }
-            continue;
         }
-        tmp.clear();
-        tmp.resize(n * ph_h * ph_w * c, 0.0);
-        let has = conv(&ph, &mut tmp)?;
+        let mut tmp = buffers::take(n * ph_h * ph_w * c);
+        let has = conv(&ph, &mut tmp, None)?;
         let (ry, rx) = ph.r;
-        let tmp = &tmp;
+        let tmp_ref = &tmp;
         // rows of dx: (image, input row) pairs of this phase, in parallel
         dx.par_chunks_mut(w * c).enumerate().for_each(|(row, d)| {
             let (b, iy) = (row / h, row % h);
@@ -516,23 +568,28 @@ fn run_phases(
             let qy = iy / st;
             for qx in 0..ph.wq {
                 let ix = qx * st + rx;
-                let dst = &mut d[ix * c..(ix + 1) * c];
-                if !has {
-                    if !accumulate {
-                        dst.fill(0.0);
+                let at = ix * c;
+                let dst = &mut d[at..at + c];
+                let src = &tmp_ref[((b * ph_h + qy) * ph_w + qx) * c..][..c];
+                match (to, has) {
+                    (To::Write, false) => dst.fill(0.0),
+                    (To::Write, true) => dst.copy_from_slice(src),
+                    (To::Add, false) => {}
+                    (To::Add, true) => dst.iter_mut().zip(src).for_each(|(o, v)| *o += v),
+                    (To::Sum(prev), has) => {
+                        let p = &prev[row * w * c + at..][..c];
+                        if has {
+                            dst.iter_mut()
+                                .zip(src.iter().zip(p))
+                                .for_each(|(o, (v, q))| *o = q + v);
+                        } else {
+                            dst.copy_from_slice(p);
+                        }
                     }
-                    continue;
-                }
-                let src = &tmp[((b * ph_h + qy) * ph_w + qx) * c..][..c];
-                if accumulate {
-                    for (o, v) in dst.iter_mut().zip(src) {
-                        *o += v;
-                    }
-                } else {
-                    dst.copy_from_slice(src);
                 }
             }
         });
+        buffers::give(tmp);
     }
     Ok(())
 }

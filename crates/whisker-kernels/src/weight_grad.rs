@@ -284,9 +284,9 @@ struct Part {
 }
 
 /// A path's GEMM on packed operands: `c[i, j] += Σ_p a[p, i] · b[p, j]` for `m` rows and `n`
-/// columns, `kc` pixels, blocks `kb` pixels apart in `a` and `b` (see [`put_a`], [`pack_b`]),
-/// `c` with rows `ldc` apart.
-type Gemm = fn(&[f32], usize, &[f32], usize, usize, usize, &mut [f32], usize);
+/// columns, `kc` pixels; `a`'s [`MR`]-row blocks `ka` pixels apart (see [`put_a`]), `b`'s
+/// column stripes `kb` pixels apart (see [`pack_b`]); `c` with rows `ldc` apart.
+type Gemm = fn(&[f32], usize, usize, &[f32], usize, usize, usize, &mut [f32], usize);
 
 /// A path: its GEMM, its column stripe width and the lane count stripes round up to.
 #[derive(Clone, Copy)]
@@ -307,9 +307,9 @@ impl Path {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn dense_avx512(geo: &Geo, part: &Part, acc: &mut [f32]) {
-    let gemm: Gemm = |a, m, b, n, kc, kb, c, ldc| {
+    let gemm: Gemm = |a, ka, m, b, n, kc, kb, c, ldc| {
         // SAFETY: this path runs only where AVX-512F is supported.
-        unsafe { simd::gemm_avx512(a, m, b, n, kc, kb, c, ldc) }
+        unsafe { simd::gemm_avx512(a, ka, m, b, n, kc, kb, c, ldc) }
     };
     dense_with(
         geo,
@@ -326,9 +326,9 @@ unsafe fn dense_avx512(geo: &Geo, part: &Part, acc: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dense_avx2(geo: &Geo, part: &Part, acc: &mut [f32]) {
-    let gemm: Gemm = |a, m, b, n, kc, kb, c, ldc| {
+    let gemm: Gemm = |a, ka, m, b, n, kc, kb, c, ldc| {
         // SAFETY: this path runs only where AVX2 and FMA are supported.
-        unsafe { simd::gemm_avx2(a, m, b, n, kc, kb, c, ldc) }
+        unsafe { simd::gemm_avx2(a, ka, m, b, n, kc, kb, c, ldc) }
     };
     dense_with(
         geo,
@@ -401,10 +401,13 @@ fn pack_b(src: &[f32], n: usize, kc: usize, kb: usize, path: Path, dst: &mut [f3
 #[inline(always)]
 fn dense_with(geo: &Geo, part: &Part, acc: &mut [f32], path: Path) {
     let (cin, cout) = (geo.cin, geo.cout);
+    let stem = cin < 16 && geo.kh * geo.kw > 1;
+    if stem && geo.s.stride * cin == MR {
+        return rows_in_place(geo, part, acc, path);
+    }
     let (p0, p1) = (part.p0, part.p1);
     let kb = KC.min(p1 - p0).max(1);
     let mut b = buffers::take_zeroed(kb * cout.next_multiple_of(path.lanes));
-    let stem = cin < 16 && geo.kh * geo.kw > 1;
     // the stems (few input channels): whole patches as the rows, one GEMM of taps·cin rows
     // (the accumulator's [tap][cin] order) instead of taps thin ones
     let m = if stem {
@@ -432,7 +435,7 @@ fn dense_with(geo: &Geo, part: &Part, acc: &mut [f32], path: Path) {
                 put_a(&mut a, kb, r, Some(&patch), m);
                 geo.next(&mut q);
             }
-            (path.gemm)(&a, m, &b, cout, kc, kb, acc, cout);
+            (path.gemm)(&a, kb, m, &b, cout, kc, kb, acc, cout);
         } else {
             for (ti, t) in part.taps.clone().enumerate() {
                 let (ky, kx) = (t / geo.kw, t % geo.kw);
@@ -446,13 +449,57 @@ fn dense_with(geo: &Geo, part: &Part, acc: &mut [f32], path: Path) {
                 }
                 if any {
                     let tap = &mut acc[ti * m * cout..][..m * cout];
-                    (path.gemm)(&a, m, &b, cout, kc, kb, tap, cout);
+                    (path.gemm)(&a, kb, m, &b, cout, kc, kb, tap, cout);
                 }
             }
         }
         b0 += kc;
     }
     buffers::give(a);
+    buffers::give(b);
+}
+
+/// A stem whose stride × input channels is [`MR`] (RGB at stride 2): along an output row,
+/// kernel row `ky`'s patch values (`kw·cin` of them, `(kx, c)` order) for output pixel `ox`
+/// are the zero-padded input row's from `MR·ox` on. So the packed panel the GEMM reads —
+/// [`MR`]-row blocks, pixels [`MR`] values apart — is that padded row itself, its blocks one
+/// pixel apart: one row copy per output row and kernel row instead of a gather per pixel.
+#[inline(always)]
+fn rows_in_place(geo: &Geo, part: &Part, acc: &mut [f32], path: Path) {
+    let (s, cin, cout) = (geo.s, geo.cin, geo.cout);
+    let m = geo.kw * cin;
+    let blocks = m.div_ceil(MR);
+    let kb = KC.min(geo.ow);
+    let mut b = buffers::take_zeroed(kb * cout.next_multiple_of(path.lanes));
+    // pad[2] zero columns, the input row, zeros up to the last pixel's last block
+    let (left, width) = (s.pad[2] * cin, s.w * cin);
+    let mut row = buffers::take_zeroed((MR * (geo.ow - 1 + blocks)).max(left + width));
+    let mut p = part.p0;
+    while p < part.p1 {
+        let q = geo.px(p);
+        // pixels of this output row, at most a block
+        let kc = (geo.ow - q.ox).min(part.p1 - p).min(kb);
+        pack_b(
+            &geo.g[p * cout..(p + kc) * cout],
+            cout,
+            kc,
+            kb,
+            path,
+            &mut b,
+        );
+        for ky in 0..geo.kh {
+            let iy = (q.oy * s.stride + ky) as isize - s.pad[0] as isize;
+            if iy < 0 || iy >= s.h as isize {
+                continue;
+            }
+            let at = (q.b * s.h + iy as usize) * width;
+            row[left..left + width].copy_from_slice(&geo.x[at..at + width]);
+            let tap_rows = &mut acc[ky * m * cout..][..m * cout];
+            (path.gemm)(&row[MR * q.ox..], 1, m, &b, cout, kc, kb, tap_rows, cout);
+        }
+        p += kc;
+    }
+    buffers::give(row);
     buffers::give(b);
 }
 
@@ -469,6 +516,7 @@ fn fma<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 #[allow(clippy::too_many_arguments)]
 fn gemm_portable(
     a: &[f32],
+    ka: usize,
     m: usize,
     b: &[f32],
     n: usize,
@@ -481,7 +529,7 @@ fn gemm_portable(
         let cols = 8.min(n - j0);
         let bs = &b[j0 * kb..][..kb * 8];
         for (ib, i0) in (0..m).step_by(MR).enumerate() {
-            let ab = &a[ib * kb * MR..][..kb * MR];
+            let ab = &a[ib * ka * MR..][..kc * MR];
             let mut t = [[0f32; 8]; MR];
             for (ar, br) in ab.chunks_exact(MR).zip(bs.chunks_exact(8)).take(kc) {
                 for i in 0..MR {
@@ -626,6 +674,7 @@ mod simd {
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn gemm_avx512(
         a: &[f32],
+        ka: usize,
         m: usize,
         b: &[f32],
         n: usize,
@@ -634,7 +683,7 @@ mod simd {
         c: &mut [f32],
         ldc: usize,
     ) {
-        debug_assert!(a.len() >= m.div_ceil(MR) * MR * kb && kc <= kb);
+        debug_assert!(a.len() >= ((m.div_ceil(MR) - 1) * ka + kc) * MR && kc <= kb);
         debug_assert!(b.len() >= n.next_multiple_of(16) * kb && c.len() >= (m - 1) * ldc + n);
         let mut j0 = 0;
         while j0 < n {
@@ -643,7 +692,7 @@ mod simd {
             let bp = b.as_ptr().add(j0 * kb);
             for (ib, i0) in (0..m).step_by(MR).enumerate() {
                 let rows = MR.min(m - i0);
-                let ap = a.as_ptr().add(ib * kb * MR);
+                let ap = a.as_ptr().add(ib * ka * MR);
                 let cp = c.as_mut_ptr().add(i0 * ldc + j0);
                 match w / 16 {
                     1 => tile512::<1>(ap, bp, kc, cp, ldc, rows, cols),
@@ -698,6 +747,7 @@ mod simd {
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn gemm_avx2(
         a: &[f32],
+        ka: usize,
         m: usize,
         b: &[f32],
         n: usize,
@@ -706,7 +756,7 @@ mod simd {
         c: &mut [f32],
         ldc: usize,
     ) {
-        debug_assert!(a.len() >= m.div_ceil(MR) * MR * kb && kc <= kb);
+        debug_assert!(a.len() >= ((m.div_ceil(MR) - 1) * ka + kc) * MR && kc <= kb);
         debug_assert!(b.len() >= n.next_multiple_of(8) * kb && c.len() >= (m - 1) * ldc + n);
         let mask = |w: usize| -> __m256i {
             let lanes: [i32; 8] = std::array::from_fn(|l| if l < w { -1 } else { 0 });
@@ -720,7 +770,7 @@ mod simd {
             let bp = b.as_ptr().add(j0 * kb);
             for (ib, i0) in (0..m).step_by(MR).enumerate() {
                 let rows = MR.min(m - i0);
-                let ap = a.as_ptr().add(ib * kb * MR);
+                let ap = a.as_ptr().add(ib * ka * MR);
                 let cp = c.as_mut_ptr().add(i0 * ldc + j0);
                 if w > 8 {
                     tile256::<2>(ap, bp, kc, masks, cp, ldc, rows);

@@ -215,6 +215,10 @@ fn input_gradients_match_the_reference_on_every_path() {
                 let sum: Vec<f32> = want.iter().zip(&prior).map(|(a, b)| a + b).collect();
                 let e = rel_err(&acc, &sum);
                 assert!(e < 4e-6, "{isa:?} {c:?} accumulated: error {e}");
+                // the sum written in one pass: the same values as adding afterwards
+                let mut plus = vec![f32::NAN; want.len()];
+                b.input_grad_plus(isa, &g, &s, &prior, &mut plus).unwrap();
+                assert_eq!(plus, acc, "{isa:?} {c:?} winograd {winograd}: summed");
             }
             // depthwise (cin = cout)
             let ch = c.cin;
@@ -246,6 +250,10 @@ fn weight_gradients_match_the_reference_on_every_path() {
         case(16, 12, 12, 13, 70, 3, 1, [1, 1, 1, 1]),
         case(4, 20, 19, 32, 130, 1, 1, [0, 0, 0, 0]),
         case(2, 9, 9, 7, 3, 3, 2, [0, 1, 0, 1]),
+        // stride × channels = 6: the padded input rows read in place (rows longer than a
+        // reduction block, one-sided padding, stride 1)
+        case(2, 9, 300, 3, 24, 3, 2, [0, 1, 0, 1]),
+        case(1, 8, 9, 6, 20, 5, 1, [2, 2, 2, 2]),
         // results larger than the output gradient: split by input channels, not pixels
         case(2, 4, 4, 64, 48, 3, 1, [1, 1, 1, 1]),
         case(5, 1, 1, 300, 70, 1, 1, [0, 0, 0, 0]),

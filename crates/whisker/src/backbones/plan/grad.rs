@@ -547,14 +547,29 @@ impl Plan {
                         k::buffers::give(g);
                         continue;
                     }
-                    let acc = grads[*x].is_some();
-                    let dx = grads[*x].get_or_insert_with(|| k::buffers::take(len(*x)));
-                    match &self.bw[i] {
-                        Some(Bw::Conv(b)) => b.input_grad(isa, &g, &s, dx, acc),
-                        Some(Bw::Depthwise(b)) => b.input_grad(isa, &g, &s, dx, acc),
+                    match (&self.bw[i], grads[*x].take()) {
+                        // the input also feeds another branch: the sum written in one pass
+                        (Some(Bw::Conv(b)), Some(prev)) => {
+                            let mut dx = k::buffers::take(len(*x));
+                            b.input_grad_plus(isa, &g, &s, &prev, &mut dx)
+                                .map_err(shape_err)?;
+                            k::buffers::give(prev);
+                            grads[*x] = Some(dx);
+                        }
+                        (Some(Bw::Conv(b)), None) => {
+                            let mut dx = k::buffers::take(len(*x));
+                            b.input_grad(isa, &g, &s, &mut dx, false)
+                                .map_err(shape_err)?;
+                            grads[*x] = Some(dx);
+                        }
+                        (Some(Bw::Depthwise(b)), prev) => {
+                            let acc = prev.is_some();
+                            let mut dx = prev.unwrap_or_else(|| k::buffers::take(len(*x)));
+                            b.input_grad(isa, &g, &s, &mut dx, acc).map_err(shape_err)?;
+                            grads[*x] = Some(dx);
+                        }
                         _ => return Err(missing()),
                     }
-                    .map_err(shape_err)?;
                     k::buffers::give(g);
                 }
                 Op::BatchNorm {
