@@ -78,6 +78,7 @@ pub fn conv2d_weight_grad(
         ow,
     };
     let threads = rayon::current_num_threads().max(1);
+    let halo = Halo::of(&geo);
     let job =
         |taps: std::ops::Range<usize>, chans: std::ops::Range<usize>, p0, p1, acc: &mut [f32]| {
             let part = Part {
@@ -111,6 +112,26 @@ pub fn conv2d_weight_grad(
                     (c0, m, acc)
                 })
                 .collect()
+        } else if let Some(h) = &halo {
+            // row blocks as the work items
+            let one_thread = p_total * size < 1 << 16;
+            per_thread_by(
+                h.units(&geo),
+                2,
+                size,
+                one_thread,
+                |u0, u1, acc| match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
+                    Isa::Avx512 => unsafe { halo_avx512(&geo, h, u0, u1, acc) },
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => unsafe { halo_avx2(&geo, h, u0, u1, acc) },
+                    _ => halo_with(&geo, h, u0, u1, acc, PORTABLE),
+                },
+            )
+            .into_iter()
+            .map(|acc| (0, cin, acc))
+            .collect()
         } else {
             let one_thread = p_total * size < 1 << 16;
             per_thread(p_total, size, one_thread, |p0, p1, acc| {
@@ -156,12 +177,23 @@ fn per_thread(
     one_thread: bool,
     job: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) -> Vec<Vec<f32>> {
+    per_thread_by(p_total, KC, size, one_thread, job)
+}
+
+/// [`per_thread`] of `items` work items, at least `grain` of them per thread.
+fn per_thread_by(
+    p_total: usize,
+    grain: usize,
+    size: usize,
+    one_thread: bool,
+    job: impl Fn(usize, usize, &mut [f32]) + Sync,
+) -> Vec<Vec<f32>> {
     let threads = if one_thread {
         1
     } else {
         rayon::current_num_threads()
             .max(1)
-            .min(p_total.div_ceil(KC))
+            .min(p_total.div_ceil(grain))
             .max(1)
     };
     let per = p_total.div_ceil(threads);
@@ -305,54 +337,145 @@ impl Path {
 }
 
 #[cfg(target_arch = "x86_64")]
+const AVX512: Path = Path {
+    // SAFETY: this path runs only where AVX-512F is supported.
+    gemm: |a, ka, m, b, n, kc, kb, c, ldc| unsafe {
+        simd::gemm_avx512(a, ka, m, b, n, kc, kb, c, ldc)
+    },
+    stripe: 64,
+    lanes: 16,
+};
+
+#[cfg(target_arch = "x86_64")]
+const AVX2: Path = Path {
+    // SAFETY: this path runs only where AVX2 and FMA are supported.
+    gemm: |a, ka, m, b, n, kc, kb, c, ldc| unsafe {
+        simd::gemm_avx2(a, ka, m, b, n, kc, kb, c, ldc)
+    },
+    stripe: 16,
+    lanes: 8,
+};
+
+const PORTABLE: Path = Path {
+    gemm: gemm_portable,
+    stripe: 8,
+    lanes: 8,
+};
+
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn dense_avx512(geo: &Geo, part: &Part, acc: &mut [f32]) {
-    let gemm: Gemm = |a, ka, m, b, n, kc, kb, c, ldc| {
-        // SAFETY: this path runs only where AVX-512F is supported.
-        unsafe { simd::gemm_avx512(a, ka, m, b, n, kc, kb, c, ldc) }
-    };
-    dense_with(
-        geo,
-        part,
-        acc,
-        Path {
-            gemm,
-            stripe: 64,
-            lanes: 16,
-        },
-    )
+    dense_with(geo, part, acc, AVX512)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dense_avx2(geo: &Geo, part: &Part, acc: &mut [f32]) {
-    let gemm: Gemm = |a, ka, m, b, n, kc, kb, c, ldc| {
-        // SAFETY: this path runs only where AVX2 and FMA are supported.
-        unsafe { simd::gemm_avx2(a, ka, m, b, n, kc, kb, c, ldc) }
-    };
-    dense_with(
-        geo,
-        part,
-        acc,
-        Path {
-            gemm,
-            stripe: 16,
-            lanes: 8,
-        },
-    )
+    dense_with(geo, part, acc, AVX2)
 }
 
 fn dense_portable(geo: &Geo, part: &Part, acc: &mut [f32]) {
-    dense_with(
-        geo,
-        part,
-        acc,
-        Path {
-            gemm: gemm_portable,
-            stripe: 8,
-            lanes: 8,
-        },
-    )
+    dense_with(geo, part, acc, PORTABLE)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn halo_avx512(geo: &Geo, h: &Halo, u0: usize, u1: usize, acc: &mut [f32]) {
+    halo_with(geo, h, u0, u1, acc, AVX512)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn halo_avx2(geo: &Geo, h: &Halo, u0: usize, u1: usize, acc: &mut [f32]) {
+    halo_with(geo, h, u0, u1, acc, AVX2)
+}
+
+/// Stride-1 kernels on maps wide enough: the input rows around a block of output rows packed
+/// once, zero-padded, as a panel of "padded pixels" (`Wp = ow + kw − 1` a row); output pixel
+/// `(r, ox)` of the block is padded pixel `r·Wp + ox`, and tap `(ky, kx)` reads padded pixel
+/// `r·Wp + ox + ky·Wp + kx` — the same panel shifted, so every tap's GEMM reads it in place
+/// instead of a gather per tap. The `kw − 1` padded pixels past each output row's end are
+/// computed with a zero output gradient (they add nothing; the cost is `(kw − 1)/Wp` more
+/// arithmetic, hence the width bound).
+struct Halo {
+    /// Output rows per block.
+    rows: usize,
+    /// Padded row width.
+    wp: usize,
+    /// Padded pixels between the panel's [`MR`]-channel blocks.
+    ka: usize,
+}
+
+impl Halo {
+    fn of(geo: &Geo) -> Option<Halo> {
+        let s = geo.s;
+        let taps = geo.kh * geo.kw;
+        if s.stride != 1 || taps == 1 || geo.cin < 16 || geo.ow < 24 {
+            return None;
+        }
+        let wp = geo.ow + geo.kw - 1;
+        let rows = (KC / wp).max(1).min(geo.oh);
+        Some(Halo {
+            rows,
+            wp,
+            ka: (rows + geo.kh) * wp,
+        })
+    }
+
+    /// Work items: (image, block of output rows) pairs.
+    fn units(&self, geo: &Geo) -> usize {
+        geo.s.n * geo.oh.div_ceil(self.rows)
+    }
+}
+
+/// Row blocks `u0..u1` (see [`Halo`]) of every tap and input channel into `acc`
+/// (`[tap][cin][cout]`).
+#[inline(always)]
+fn halo_with(geo: &Geo, h: &Halo, u0: usize, u1: usize, acc: &mut [f32], path: Path) {
+    let (s, cin, cout) = (geo.s, geo.cin, geo.cout);
+    let blocks = cin.div_ceil(MR);
+    let kb = h.rows * h.wp;
+    let mut b = buffers::take_zeroed(kb * cout.next_multiple_of(path.lanes));
+    let mut a = buffers::take_zeroed(blocks * h.ka * MR);
+    let per_image = geo.oh.div_ceil(h.rows);
+    let (pt, pl) = (s.pad[0], s.pad[2]);
+    for u in u0..u1 {
+        let (img, oy0) = (u / per_image, (u % per_image) * h.rows);
+        let rows = h.rows.min(geo.oh - oy0);
+        let kc = rows * h.wp;
+        // the output gradient: real pixels' rows, zeros past each row's end
+        let gi = |k: usize| {
+            let (r, ox) = (k / h.wp, k % h.wp);
+            (ox < geo.ow).then(|| {
+                let at = ((img * geo.oh + oy0 + r) * geo.ow + ox) * cout;
+                &geo.g[at..at + cout]
+            })
+        };
+        pack_b_rows(gi, cout, kc, kb, path, &mut b);
+        // the input rows the block's taps read: halo row i is input row oy0 + i − pt
+        for i in 0..rows + geo.kh - 1 {
+            let iy = (oy0 + i) as isize - pt as isize;
+            let inside = iy >= 0 && (iy as usize) < s.h;
+            for ix in 0..s.w {
+                let r = i * h.wp + pl + ix;
+                let src = inside.then(|| {
+                    let at = ((img * s.h + iy as usize) * s.w + ix) * cin;
+                    &geo.x[at..at + cin]
+                });
+                put_a(&mut a, h.ka, r, src, cin);
+            }
+        }
+        for ky in 0..geo.kh {
+            for kx in 0..geo.kw {
+                let t = ky * geo.kw + kx;
+                let off = ky * h.wp + kx;
+                let tap = &mut acc[t * cin * cout..][..cin * cout];
+                (path.gemm)(&a[off * MR..], h.ka, cin, &b, cout, kc, kb, tap, cout);
+            }
+        }
+    }
+    buffers::give(a);
+    buffers::give(b);
 }
 
 /// Row `r` of a packed panel of `m` columns (`None`: zeros): `[m/MR blocks][kb][MR]`.
@@ -390,6 +513,32 @@ fn pack_b(src: &[f32], n: usize, kc: usize, kb: usize, path: Path, dst: &mut [f3
         let d = &mut dst[j0 * kb..][..kb * w];
         for (r, row) in src.chunks_exact(n).take(kc).enumerate() {
             d[r * w..r * w + cols].copy_from_slice(&row[j0..j0 + cols]);
+        }
+        j0 += w;
+    }
+}
+
+/// [`pack_b`] of rows given one by one (`None`: zeros).
+#[inline(always)]
+fn pack_b_rows<'a>(
+    row: impl Fn(usize) -> Option<&'a [f32]>,
+    n: usize,
+    kc: usize,
+    kb: usize,
+    path: Path,
+    dst: &mut [f32],
+) {
+    let mut j0 = 0;
+    while j0 < n {
+        let w = path.width(n - j0);
+        let cols = w.min(n - j0);
+        let d = &mut dst[j0 * kb..][..kb * w];
+        for r in 0..kc {
+            let out = &mut d[r * w..r * w + cols];
+            match row(r) {
+                Some(src) => out.copy_from_slice(&src[j0..j0 + cols]),
+                None => out.fill(0.0),
+            }
         }
         j0 += w;
     }

@@ -254,6 +254,10 @@ fn weight_gradients_match_the_reference_on_every_path() {
         // reduction block, one-sided padding, stride 1)
         case(2, 9, 300, 3, 24, 3, 2, [0, 1, 0, 1]),
         case(1, 8, 9, 6, 20, 5, 1, [2, 2, 2, 2]),
+        // stride 1 on wide maps: the rows around a block of output rows packed once, each
+        // tap reading them shifted (uneven row blocks, channel tails, one-sided padding)
+        case(2, 9, 30, 20, 24, 3, 1, [1, 1, 1, 1]),
+        case(1, 7, 27, 17, 40, 5, 1, [2, 1, 0, 2]),
         // results larger than the output gradient: split by input channels, not pixels
         case(2, 4, 4, 64, 48, 3, 1, [1, 1, 1, 1]),
         case(5, 1, 1, 300, 70, 1, 1, [0, 0, 0, 0]),

@@ -366,40 +366,45 @@ pub(super) fn running_stats(bn: &BatchNorm) -> Result<(Vec<f32>, Vec<f32>)> {
 }
 
 /// A convolution's weight `[cout, cin/groups, k, k]` and bias with an eval-mode BatchNorm
-/// folded in (f64): `w·γ/√(σ²+ε)`, `(b − μ)·γ/√(σ²+ε) + β`.
+/// folded in (f64): `w·γ/√(σ²+ε)`, `(b − μ)·γ/√(σ²+ε) + β`. The weight is read in place
+/// (see [`crate::tensor::with_values`]) and the folded one written into a buffer of the cache
+/// (a fine-tuning step folds every weight again; give it back once packed).
 fn folded(conv: &Conv2d, bn: Option<&BatchNorm>) -> Result<(Vec<f32>, Vec<f32>, [usize; 4])> {
-    let w = crate::tensor::to_vec(conv.weight.val())?;
-    fold_into(w, conv, bn)
-}
-
-/// [`folded`] of the weight values `w` (read once by the caller), in place.
-fn fold_into(
-    mut w: Vec<f32>,
-    conv: &Conv2d,
-    bn: Option<&BatchNorm>,
-) -> Result<(Vec<f32>, Vec<f32>, [usize; 4])> {
     use rayon::prelude::*;
     let dims = conv.weight.dims();
     let mut b = match &conv.bias {
         Some(b) => values(b.val())?,
         None => vec![0.0; dims[0]],
     };
-    if let Some(bn) = bn.filter(|bn| !bn.folded) {
-        let (g, beta) = (values(bn.weight.val())?, values(bn.bias.val())?);
-        let (mean, var) = running_stats(bn)?;
-        let scale: Vec<f64> = (0..dims[0])
-            .map(|o| g[o] as f64 / (var[o] as f64 + bn.eps).sqrt())
-            .collect();
-        let per = (w.len() / dims[0].max(1)).max(1);
-        w.par_chunks_mut(per).zip(&scale).for_each(|(row, &s)| {
-            for v in row {
-                *v = (*v as f64 * s) as f32;
+    let scale = match bn.filter(|bn| !bn.folded) {
+        Some(bn) => {
+            let (g, beta) = (values(bn.weight.val())?, values(bn.bias.val())?);
+            let (mean, var) = running_stats(bn)?;
+            let scale: Vec<f64> = (0..dims[0])
+                .map(|o| g[o] as f64 / (var[o] as f64 + bn.eps).sqrt())
+                .collect();
+            for o in 0..dims[0] {
+                b[o] = ((b[o] as f64 - mean[o] as f64) * scale[o] + beta[o] as f64) as f32;
             }
-        });
-        for o in 0..dims[0] {
-            b[o] = ((b[o] as f64 - mean[o] as f64) * scale[o] + beta[o] as f64) as f32;
+            Some(scale)
         }
-    }
+        None => None,
+    };
+    let w = crate::tensor::with_values(&conv.weight.val(), |src| {
+        let mut w = k::buffers::take(src.len());
+        let per = (src.len() / dims[0].max(1)).max(1);
+        w.par_chunks_mut(per)
+            .zip(src.par_chunks(per))
+            .enumerate()
+            .for_each(|(o, (d, s))| match &scale {
+                Some(sc) => d
+                    .iter_mut()
+                    .zip(s)
+                    .for_each(|(d, &v)| *d = (v as f64 * sc[o]) as f32),
+                None => d.copy_from_slice(s),
+            });
+        w
+    })?;
     Ok((w, b, dims))
 }
 
@@ -470,16 +475,10 @@ impl Builder<'_> {
             ids.extend([bn.weight.id, bn.bias.id]);
         }
         let frozen = self.frozen(&ids);
-        // the weight read once: folded for the kernels, kept as it is for its gradients
-        let raw = crate::tensor::to_vec(conv.weight.val())?;
-        let (w, b, [cout, cpg, kh, kw]) = match self.pm.as_mut().filter(|_| !frozen) {
-            Some(pm) => {
-                let folded = fold_into(raw.clone(), conv, bn)?;
-                pm.push((self.ops.len(), grad::ParamMap::conv(conv, bn, raw)?));
-                folded
-            }
-            None => fold_into(raw, conv, bn)?,
-        };
+        let (w, b, [cout, cpg, kh, kw]) = folded(conv, bn)?;
+        if let Some(pm) = self.pm.as_mut().filter(|_| !frozen) {
+            pm.push((self.ops.len(), grad::ParamMap::conv(conv, bn)?));
+        }
         let pad = Pad::of(conv.padding);
         let stride = conv.stride;
         let act = kact(act);
@@ -506,12 +505,14 @@ impl Builder<'_> {
         }
         if conv.groups == 1 {
             let out = self.value(cout);
-            let w = if self.winograd && (kh, kw, stride, cpg >= 16) == (3, 3, 1, true) {
+            let packed = if self.winograd && (kh, kw, stride, cpg >= 16) == (3, 3, 1, true) {
                 PackedConv::winograd_from_oihw(&w, Some(&b), cout, cpg)
             } else {
                 PackedConv::from_oihw(&w, Some(&b), cout, cpg, kh, kw)
             }
             .map_err(shape_err)?;
+            k::buffers::give(w);
+            let w = packed;
             self.ops.push(Op::Conv {
                 x,
                 out,
@@ -524,7 +525,10 @@ impl Builder<'_> {
             Ok(out)
         } else if conv.groups == cout && cpg == 1 && res.is_none() {
             let out = self.value(cout);
-            let w = PackedDepthwise::from_oihw(&w, Some(&b), cout, kh, kw).map_err(shape_err)?;
+            let packed =
+                PackedDepthwise::from_oihw(&w, Some(&b), cout, kh, kw).map_err(shape_err)?;
+            k::buffers::give(w);
+            let w = packed;
             self.ops.push(Op::Depthwise {
                 x,
                 out,
@@ -1201,11 +1205,29 @@ pub(crate) fn profiling() -> bool {
     *ON.get_or_init(|| std::env::var_os("WHISKER_PLAN_PROFILE").is_some())
 }
 
-/// With [`profiling`], the time since `t` as one `== phase` line on stderr.
+/// With [`profiling`], the time since `t` as one `== phase` line on stderr, with the minor
+/// page faults (fresh pages touched) since the last such line where the OS tells them.
 pub(crate) fn profile_phase(phase: &str, t: std::time::Instant) {
     if profiling() {
-        eprintln!("{:>9.3} ms  == {phase}", t.elapsed().as_secs_f64() * 1e3);
+        static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let faults = minor_faults()
+            .map(|f| {
+                let d = f - LAST.swap(f, std::sync::atomic::Ordering::Relaxed);
+                format!(" ({d} page faults)")
+            })
+            .unwrap_or_default();
+        eprintln!(
+            "{:>9.3} ms  == {phase}{faults}",
+            t.elapsed().as_secs_f64() * 1e3
+        );
     }
+}
+
+/// This process's minor page faults so far (Linux: `/proc/self/stat`'s 10th field).
+fn minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(7)?.parse().ok()
 }
 
 /// One line about an op, for `WHISKER_PLAN_PROFILE=1` (a per-op timing on stderr).

@@ -125,6 +125,7 @@ impl Backward<Flex, 2> for EngineTrain {
             })
             .expect("the engine's backward pass");
         super::plan::profile_phase("backward", t);
+        let t = std::time::Instant::now();
         for p in pgrads {
             if let Some(&id) = nodes.get(&p.id) {
                 register(grads, id, p.values, &p.dims);
@@ -133,6 +134,7 @@ impl Backward<Flex, 2> for EngineTrain {
         if let (true, Some(parent)) = (input_grad, &ops.parents[0]) {
             register(grads, parent.id, dx, &tape.input_dims());
         }
+        super::plan::profile_phase("gradients to burn", t);
     }
 }
 

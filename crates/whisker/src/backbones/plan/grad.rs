@@ -35,7 +35,7 @@ pub(super) enum ParamMap {
     /// its bias (zeros when it has none) and the BatchNorm folded into it.
     Conv {
         weight: ParamId,
-        w: Vec<f32>,
+        w: Box<burn::tensor::Tensor<4>>,
         dims: [usize; 4],
         bias: Option<ParamId>,
         bias_v: Vec<f32>,
@@ -88,8 +88,8 @@ impl ParamMap {
         }
     }
 
-    /// The map of `conv` (weight values `w`) and the BatchNorm folded into it.
-    pub(super) fn conv(conv: &Conv2d, bn: Option<&BatchNorm>, w: Vec<f32>) -> Result<ParamMap> {
+    /// The map of `conv` and the BatchNorm folded into it.
+    pub(super) fn conv(conv: &Conv2d, bn: Option<&BatchNorm>) -> Result<ParamMap> {
         let dims = conv.weight.dims();
         let bias_v = match &conv.bias {
             Some(b) => values(b.val())?,
@@ -115,7 +115,7 @@ impl ParamMap {
         };
         Ok(ParamMap::Conv {
             weight: conv.weight.id,
-            w,
+            w: Box::new(conv.weight.val()),
             dims,
             bias: conv.bias.as_ref().map(|b| b.id),
             bias_v,
@@ -126,7 +126,7 @@ impl ParamMap {
     /// The parameters' gradients from the gradients of the folded weight `[cout, per]` and
     /// bias: `W' = W·s`, `b' = (b − μ)·s + β` with `s = γ/√(σ²+ε)` give
     /// `dW = dW'·s`, `db = db'·s`, `dβ = db'`, `dγ = (Σ_k dW'·W + db'·(b − μ))/√(σ²+ε)`.
-    fn conv_grads(&self, dw: &[f32], db: &[f32], out: &mut Vec<ParamGrad>) {
+    fn conv_grads(&self, mut dw: Vec<f32>, db: Vec<f32>, out: &mut Vec<ParamGrad>) -> Result<()> {
         let ParamMap::Conv {
             weight,
             w,
@@ -136,32 +136,35 @@ impl ParamMap {
             bn,
         } = self
         else {
-            return;
+            return Ok(());
         };
         let cout = dims[0];
-        let per = w.len() / cout.max(1);
+        let per = (dw.len() / cout.max(1)).max(1);
         let Some(bn) = bn else {
-            out.push(ParamGrad::new(*weight, dims.to_vec(), dw.to_vec()));
+            out.push(ParamGrad::new(*weight, dims.to_vec(), dw));
             if let Some(b) = bias {
-                out.push(ParamGrad::new(*b, vec![cout], db.to_vec()));
+                out.push(ParamGrad::new(*b, vec![cout], db));
             }
-            return;
+            return Ok(());
         };
-        // per output channel, in parallel: dW = dW'·s and the dot product dγ needs
+        // per output channel, in parallel: dW = dW'·s (in place) and the dot product dγ
+        // needs, with the weight read where it lies
         use rayon::prelude::*;
-        let mut gw = vec![0f32; w.len()];
-        let dots: Vec<f64> = gw
-            .par_chunks_mut(per.max(1))
-            .zip(dw.par_chunks(per.max(1)).zip(w.par_chunks(per.max(1))))
-            .enumerate()
-            .map(|(o, (gwo, (d, wo)))| {
-                let s = bn.scale[o];
-                for (g, &v) in gwo.iter_mut().zip(d) {
-                    *g = (v as f64 * s) as f32;
-                }
-                d.iter().zip(wo).map(|(&a, &b)| a as f64 * b as f64).sum()
-            })
-            .collect();
+        let dots: Vec<f64> = crate::tensor::with_values(w, |w| {
+            dw.par_chunks_mut(per)
+                .zip(w.par_chunks(per))
+                .enumerate()
+                .map(|(o, (d, wo))| {
+                    let s = bn.scale[o];
+                    let dot = d.iter().zip(wo).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    for g in d.iter_mut() {
+                        *g = (*g as f64 * s) as f32;
+                    }
+                    dot
+                })
+                .collect()
+        })?;
+        let gw = dw;
         let (mut gg, mut gb) = (vec![0f32; cout], vec![0f32; cout]);
         let mut gbias = vec![0f32; cout];
         for o in 0..cout {
@@ -176,6 +179,7 @@ impl ParamMap {
         }
         out.push(ParamGrad::new(bn.gamma, vec![cout], gg));
         out.push(ParamGrad::new(bn.beta, vec![cout], gb));
+        Ok(())
     }
 }
 
@@ -704,7 +708,7 @@ impl Plan {
             ) => {
                 let [cout, cin, kh, kw] = *dims;
                 let s = pad.shape(n, tape.shapes[*x], w.kh, *stride);
-                // overwritten whole by the kernel; given back once mapped
+                // overwritten whole by the kernel
                 let mut dw = k::buffers::take(cout * cin * kh * kw);
                 let mut db = vec![0f32; cout];
                 k::conv2d_weight_grad(
@@ -720,8 +724,7 @@ impl Plan {
                     Some(&mut db),
                 )
                 .map_err(shape_err)?;
-                pm.conv_grads(&dw, &db, out);
-                k::buffers::give(dw);
+                pm.conv_grads(dw, db, out)?;
             }
             (
                 Op::Depthwise {
@@ -745,7 +748,7 @@ impl Plan {
                     Some(&mut db),
                 )
                 .map_err(shape_err)?;
-                pm.conv_grads(&dw, &db, out);
+                pm.conv_grads(dw, db, out)?;
             }
             (
                 Op::Linear { x, .. },
