@@ -446,7 +446,11 @@ impl Builder<'_> {
             // Winograd's transforms err a few times more than the direct sum (measured:
             // VGG-16-BN's 4th block gradients 3.6e-4 off float64 with Winograd, 2.2e-6
             // without; PyTorch 1.8e-6). The input gradient has no such mean: Winograd stays
-            // (4.0e-6 there).
+            // (4.0e-6 there). Centring the input (x − m, conv(m) added back per border class)
+            // does not cure it: post-ReLU inputs are sparse, and a channel whose output is
+            // nearly constant (its receptive fields mostly zero) is exact in the direct sum
+            // of zeros but not once centred (measured: VGG-16-BN 6.3e-4 with centring; the
+            // 64-channel block-1 conv alone 4.6e-3 on the first layer's gradient).
             let winograd = std::mem::replace(&mut self.winograd, false);
             self.winograd_backward = winograd;
             let z = self.conv(x, conv, None, Act::None, None);

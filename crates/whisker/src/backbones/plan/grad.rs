@@ -374,7 +374,10 @@ impl Plan {
         let mut stats: Vec<Option<k::BatchStats>> = (0..self.ops.len()).map(|_| None).collect();
         let device = burn::tensor::Device::flex();
         let mut taps = super::Taps::none();
+        let profile = super::profiling();
         for (i, op) in self.ops[..self.classifier_start].iter().enumerate() {
+            let t = std::time::Instant::now();
+            let _report = Report(profile.then_some((t, op, shapes.as_slice())), "forward");
             match op {
                 Op::Se { x, fc1, fc2 } => {
                     let (hh, ww, c) = shapes[*x];
@@ -515,7 +518,7 @@ impl Plan {
             }
             let saved = &tape.saved[i];
             let t = std::time::Instant::now();
-            let _report = Report(profile.then_some((t, op, shapes.as_slice())));
+            let _report = Report(profile.then_some((t, op, shapes.as_slice())), "backward");
             match op {
                 Op::Conv { x, out, act, .. }
                 | Op::Linear { x, out, act, .. }
@@ -801,14 +804,18 @@ impl Plan {
 type Shapes<'a> = &'a [(usize, usize, usize)];
 
 /// Prints an op's backward time when dropped.
-struct Report<'a>(Option<(std::time::Instant, &'a Op, Shapes<'a>)>);
+struct Report<'a>(
+    Option<(std::time::Instant, &'a Op, Shapes<'a>)>,
+    &'static str,
+);
 
 impl Drop for Report<'_> {
     fn drop(&mut self) {
         if let Some((t, op, shapes)) = self.0 {
             eprintln!(
-                "{:>9.3} ms  backward of {}",
+                "{:>9.3} ms  {} of {}",
                 t.elapsed().as_secs_f64() * 1e3,
+                self.1,
                 super::describe(op, shapes)
             );
         }
