@@ -328,14 +328,16 @@ fn add_into_par(a: &mut [f32], g: &[f32]) {
         });
 }
 
-fn add_into(slot: &mut Option<Vec<f32>>, g: &[f32]) {
+/// An output gradient done with: added into the residual branch's gradient `slot` when
+/// there is one (becoming it, without a copy, when it is the first), else given back.
+fn hand_over(slot: Option<&mut Option<Vec<f32>>>, g: Vec<f32>) {
     match slot {
-        Some(a) => add_into_par(a, g),
-        None => {
-            let mut b = k::buffers::take(g.len());
-            b.copy_from_slice(g);
-            *slot = Some(b);
+        Some(Some(a)) => {
+            add_into_par(a, &g);
+            k::buffers::give(g);
         }
+        Some(slot) => *slot = Some(g),
+        None => k::buffers::give(g),
     }
 }
 
@@ -527,9 +529,11 @@ impl Plan {
                         continue;
                     };
                     act_grad(*act, &mut g, tape.produced(*out), saved)?;
-                    if let Op::Conv { res: Some(r), .. } = op {
-                        add_into(&mut grads[*r], &g);
-                    }
+                    // the residual branch's share: g itself, handed over once used here
+                    let res = match op {
+                        Op::Conv { res, .. } => *res,
+                        _ => None,
+                    };
                     if needs[i] {
                         if let Some(pm) = &self.pm[i] {
                             let t = std::time::Instant::now();
@@ -551,7 +555,7 @@ impl Plan {
                     // the image's own gradient only when asked for (fine-tuning needs none),
                     // and none below the lowest op with a wanted parameter
                     if (*x == 0 || i == lowest) && !input_grad {
-                        k::buffers::give(g);
+                        hand_over(res.map(|r| &mut grads[r]), g);
                         continue;
                     }
                     match (&self.bw[i], grads[*x].take()) {
@@ -577,7 +581,7 @@ impl Plan {
                         }
                         _ => return Err(missing()),
                     }
-                    k::buffers::give(g);
+                    hand_over(res.map(|r| &mut grads[r]), g);
                 }
                 Op::BatchNorm {
                     x,
@@ -591,9 +595,6 @@ impl Plan {
                         continue;
                     };
                     act_grad(*act, &mut g, tape.produced(*out), saved)?;
-                    if let Some(r) = res {
-                        add_into(&mut grads[*r], &g);
-                    }
                     let st = tape.stats[i]
                         .as_ref()
                         .ok_or_else(|| Error::Internal("BatchNorm statistics not kept".into()))?;
@@ -607,7 +608,7 @@ impl Plan {
                         pgrads.push(ParamGrad::new(*gamma, vec![c], dg));
                         pgrads.push(ParamGrad::new(*beta, vec![c], db));
                     }
-                    k::buffers::give(g);
+                    hand_over(res.map(|r| &mut grads[r]), g);
                 }
                 Op::MaxPool {
                     x,
@@ -711,8 +712,8 @@ impl Plan {
             ) => {
                 let [cout, cin, kh, kw] = *dims;
                 let s = pad.shape(n, tape.shapes[*x], w.kh, *stride);
-                // overwritten whole by the kernel
-                let mut dw = k::buffers::take(cout * cin * kh * kw);
+                // handed to burn (not from the buffer cache: it would not come back)
+                let mut dw = vec![0f32; cout * cin * kh * kw];
                 let mut db = vec![0f32; cout];
                 k::conv2d_weight_grad(
                     isa,
