@@ -688,7 +688,9 @@ fn batch_norm_train_matches_the_reference_and_finite_differences() {
         // backward of L = Σ w·bn(x) (the activation and residual are the caller's)
         let w = rng.vec(p * c);
         let mut dx = vec![0.5f32; p * c];
-        let (dg, db) = batch_norm_train_backward(&x, &w, c, &gamma, &stats, &mut dx, true).unwrap();
+        let (dg, db) =
+            batch_norm_train_backward(&x, &mut w.clone(), None, c, &gamma, &stats, &mut dx, true)
+                .unwrap();
         let loss = |xd: &[f64], gd: &[f64], bd: &[f64]| -> f64 {
             bn_reference(xd, c, gd, bd, eps)
                 .iter()
@@ -732,6 +734,43 @@ fn batch_norm_train_matches_the_reference_and_finite_differences() {
                 (db[j] as f64 - nb).abs() <= 1e-4 * sb.max(1.0),
                 "{p}×{c}: dβ[{j}]"
             );
+        }
+        // the ReLU's derivative fused into the sums' pass: the same numbers as applied
+        // before, and the gradient left masked
+        for act in [Act::Relu, Act::Relu6] {
+            let y: Vec<f32> = out.iter().map(|&v| act.apply(v * 4.0)).collect();
+            let keep = |v: f32| v > 0.0 && (act == Act::Relu || v < 6.0);
+            let masked: Vec<f32> = w
+                .iter()
+                .zip(&y)
+                .map(|(&g, &v)| if keep(v) { g } else { 0.0 })
+                .collect();
+            let (mut dx1, mut dx2) = (vec![0f32; p * c], vec![0f32; p * c]);
+            let r1 = batch_norm_train_backward(
+                &x,
+                &mut masked.clone(),
+                None,
+                c,
+                &gamma,
+                &stats,
+                &mut dx1,
+                false,
+            )
+            .unwrap();
+            let mut g = w.clone();
+            let r2 = batch_norm_train_backward(
+                &x,
+                &mut g,
+                Some((act, &y)),
+                c,
+                &gamma,
+                &stats,
+                &mut dx2,
+                false,
+            )
+            .unwrap();
+            assert_eq!((dx1, r1), (dx2, r2), "{p}×{c} {act:?}: fused");
+            assert_eq!(g, masked, "{p}×{c} {act:?}: the gradient left masked");
         }
     }
 }

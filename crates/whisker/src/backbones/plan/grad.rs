@@ -594,16 +594,29 @@ impl Plan {
                     let Some(mut g) = grads[*out].take() else {
                         continue;
                     };
-                    act_grad(*act, &mut g, tape.produced(*out), saved)?;
+                    // ReLU's derivative in the kernel's first pass; others here
+                    let fused = matches!(act, KAct::Relu | KAct::Relu6);
+                    if !fused {
+                        act_grad(*act, &mut g, tape.produced(*out), saved)?;
+                    }
+                    let mask = fused.then(|| (*act, tape.produced(*out)));
                     let st = tape.stats[i]
                         .as_ref()
                         .ok_or_else(|| Error::Internal("BatchNorm statistics not kept".into()))?;
                     let acc = grads[*x].is_some();
                     let dx = grads[*x].get_or_insert_with(|| k::buffers::take(len(*x)));
                     let c = shapes[*x].2;
-                    let (dg, db) =
-                        k::batch_norm_train_backward(&tape.values[*x], &g, c, gamma, st, dx, acc)
-                            .map_err(shape_err)?;
+                    let (dg, db) = k::batch_norm_train_backward(
+                        &tape.values[*x],
+                        &mut g,
+                        mask,
+                        c,
+                        gamma,
+                        st,
+                        dx,
+                        acc,
+                    )
+                    .map_err(shape_err)?;
                     if let (true, Some(ParamMap::Bn { gamma, beta })) = (needs[i], &self.pm[i]) {
                         pgrads.push(ParamGrad::new(*gamma, vec![c], dg));
                         pgrads.push(ParamGrad::new(*beta, vec![c], db));
