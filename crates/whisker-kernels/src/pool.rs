@@ -158,7 +158,9 @@ pub fn scale_channels(
 
 /// The input gradient of [`max_pool`]: each output's gradient goes to the input that won its
 /// window (the first maximum in scan order, or a NaN, as PyTorch picks). `accumulate` adds
-/// to `dx` instead of overwriting it.
+/// to `dx` instead of overwriting it. `relu_input`: `x` is a ReLU's output and `dx` is to be
+/// that ReLU's input gradient — a gradient whose winner is not positive (zero, or NaN) is
+/// dropped, as ReLU's backward would zero it (a pass over `dx` saved).
 #[allow(clippy::too_many_arguments)]
 pub fn max_pool_backward(
     x: &[f32],
@@ -172,6 +174,7 @@ pub fn max_pool_backward(
     g: &[f32],
     dx: &mut [f32],
     accumulate: bool,
+    relu_input: bool,
 ) -> Result<(), ShapeError> {
     let (oh, ow) = max_pool_out(h, w, k, stride, pad)?;
     check("max pool input", x.len(), n * h * w * c)?;
@@ -213,7 +216,15 @@ pub fn max_pool_backward(
                 let mut ch = c0;
                 while ch < c0 + cw {
                     let l = LANES.min(c0 + cw - ch);
-                    pool_select::<LANES>(xb, db, gr, w, c, ch, l, ys.clone(), xs.clone());
+                    pool_select::<LANES>(
+                        xb,
+                        db,
+                        gr,
+                        (w, c, ch, l),
+                        ys.clone(),
+                        xs.clone(),
+                        relu_input,
+                    );
                     ch += l;
                 }
             }
@@ -235,12 +246,10 @@ fn pool_select<const L: usize>(
     x: &[f32],
     dx: &mut [f32],
     g: &[f32],
-    w: usize,
-    c: usize,
-    ch: usize,
-    l: usize,
+    (w, c, ch, l): (usize, usize, usize, usize),
     ys: std::ops::Range<usize>,
     xs: std::ops::Range<usize>,
+    relu_input: bool,
 ) {
     let first = (ys.start * w + xs.start) as u32;
     let (mut best, mut arg) = ([f32::NEG_INFINITY; L], [first; L]);
@@ -263,7 +272,9 @@ fn pool_select<const L: usize>(
         }
     }
     for j in 0..l {
-        dx[arg[j] as usize * c + ch + j] += g[ch + j];
+        if !relu_input || best[j] > 0.0 {
+            dx[arg[j] as usize * c + ch + j] += g[ch + j];
+        }
     }
 }
 

@@ -514,6 +514,19 @@ impl Plan {
                 .position(|&b| b)
                 .unwrap_or(self.classifier_start)
         };
+        // a max pool right after a ReLU (its only consumer): ReLU's backward done in the
+        // pool's, and skipped by the op that applied the ReLU
+        let mut consumers = vec![0usize; shapes.len()];
+        let mut relu_out = vec![false; shapes.len()];
+        for op in &self.ops {
+            if !matches!(op, Op::Tap { .. }) {
+                op.inputs().into_iter().for_each(|v| consumers[v] += 1);
+            }
+            if let (Some(v), KAct::Relu) = (op.output(), op_act(op)) {
+                relu_out[v] = true;
+            }
+        }
+        let mut premasked = vec![false; shapes.len()];
         for (i, op) in self.ops[..self.classifier_start].iter().enumerate().rev() {
             if i < lowest {
                 break;
@@ -528,7 +541,9 @@ impl Plan {
                     let Some(mut g) = grads[*out].take() else {
                         continue;
                     };
-                    act_grad(*act, &mut g, tape.produced(*out), saved)?;
+                    if !premasked[*out] {
+                        act_grad(*act, &mut g, tape.produced(*out), saved)?;
+                    }
                     // the residual branch's share: g itself, handed over once used here
                     let res = match op {
                         Op::Conv { res, .. } => *res,
@@ -596,10 +611,10 @@ impl Plan {
                     };
                     // ReLU's derivative in the kernel's first pass; others here
                     let fused = matches!(act, KAct::Relu | KAct::Relu6);
-                    if !fused {
+                    if !fused && !premasked[*out] {
                         act_grad(*act, &mut g, tape.produced(*out), saved)?;
                     }
-                    let mask = fused.then(|| (*act, tape.produced(*out)));
+                    let mask = (fused && !premasked[*out]).then(|| (*act, tape.produced(*out)));
                     let st = tape.stats[i]
                         .as_ref()
                         .ok_or_else(|| Error::Internal("BatchNorm statistics not kept".into()))?;
@@ -635,6 +650,7 @@ impl Plan {
                     };
                     let (h, wd, c) = shapes[*x];
                     let acc = grads[*x].is_some();
+                    let relu = relu_out[*x] && consumers[*x] == 1 && !acc;
                     let dx = grads[*x].get_or_insert_with(|| k::buffers::take(len(*x)));
                     k::max_pool_backward(
                         tape.produced(*x),
@@ -648,8 +664,10 @@ impl Plan {
                         &g,
                         dx,
                         acc,
+                        relu,
                     )
                     .map_err(shape_err)?;
+                    premasked[*x] = relu;
                     k::buffers::give(g);
                 }
                 Op::AvgPool { x, out, oh, ow } => {
