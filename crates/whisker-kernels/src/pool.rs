@@ -271,10 +271,10 @@ fn pool_select<const L: usize>(
             }
         }
     }
+    // branch-free: after a ReLU about half the winners are zeros, in no predictable order
+    let keep: [bool; L] = std::array::from_fn(|j| !relu_input || best[j] > 0.0);
     for j in 0..l {
-        if !relu_input || best[j] > 0.0 {
-            dx[arg[j] as usize * c + ch + j] += g[ch + j];
-        }
+        dx[arg[j] as usize * c + ch + j] += if keep[j] { g[ch + j] } else { 0.0 };
     }
 }
 
