@@ -47,6 +47,7 @@ fn grad_cam_matches_pytorch() {
             Backbone::with_formula_weights(name, &device).unwrap()
         };
         let crop = b.preprocess().load(&testdata("chelsea.png")).unwrap();
+        let other = b.preprocess().load(&testdata("coffee.png")).unwrap();
         for (method, tag) in [
             (Method::GradCam, "gradcam"),
             (Method::GradCamPlusPlus, "gradcam++"),
@@ -69,6 +70,26 @@ fn grad_cam_matches_pytorch() {
             println!("{name} {layer} {tag}: correlation {r:.9}, rel. L2 {e:.2e}");
             assert!(r >= 0.99, "{name} {layer} {tag}: correlation {r}");
             assert!(e <= 1e-4, "{name} {layer} {tag}: rel. L2 {e}");
+            // in a batch (as the report draws them), beside another photo and another class:
+            // the same map
+            let both =
+                cam::grad_cams(&b, &[other.clone(), crop.clone()], &[Some(7), None], &opts)
+                    .unwrap();
+            assert_eq!(both[0].class, 7);
+            let (cb, eb) = (&both[1], rel_l2(&both[1].map, &c.map));
+            assert_eq!((cb.class, cb.top1, cb.h, cb.w), (c.class, c.top1, c.h, c.w));
+            assert!(eb <= 1e-5, "{name} {layer} {tag}: batched rel. L2 {eb}");
+            let alone = cam::grad_cam(
+                &b,
+                &other,
+                &CamOptions {
+                    class: Some(7),
+                    ..opts.clone()
+                },
+            )
+            .unwrap();
+            let eo = rel_l2(&both[0].map, &alone.map);
+            assert!(eo <= 1e-5, "{name} {layer} {tag}: batched class 7 rel. L2 {eo}");
         }
     }
 }

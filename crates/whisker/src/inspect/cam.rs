@@ -96,6 +96,20 @@ pub fn default_layer(b: &Backbone) -> String {
 /// The class-activation map of `crop` (an image already preprocessed to the model's input
 /// size, as [`Preprocess::apply`] makes it).
 pub fn grad_cam(c: &dyn Classifier, crop: &RgbImage, opts: &CamOptions) -> Result<Cam> {
+    grad_cams(c, std::slice::from_ref(crop), &[opts.class], opts)?
+        .pop()
+        .ok_or_else(|| Error::Internal("no map for one photo".into()))
+}
+
+/// The maps of several crops in one batch (one forward and one backward pass: the images do
+/// not interact, the model being in inference mode), each of the class `classes[i]` (its
+/// top-1 when `None`); `opts.class` is not used.
+pub fn grad_cams(
+    c: &dyn Classifier,
+    crops: &[RgbImage],
+    classes: &[Option<usize>],
+    opts: &CamOptions,
+) -> Result<Vec<Cam>> {
     let b = c.backbone();
     let device = b.device();
     if !device.is_autodiff() {
@@ -103,9 +117,20 @@ pub fn grad_cam(c: &dyn Classifier, crop: &RgbImage, opts: &CamOptions) -> Resul
             "class-activation maps need the backbone on an autodiff device".into(),
         ));
     }
+    if classes.len() != crops.len() {
+        return Err(Error::Internal(format!(
+            "{} classes for {} photos",
+            classes.len(),
+            crops.len()
+        )));
+    }
+    if crops.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = crops.len();
     let layer = opts.layer.clone().unwrap_or_else(|| default_layer(b));
     let mut taps = Taps::grad(&layer);
-    let x = to_tensor(std::slice::from_ref(crop), &device);
+    let x = to_tensor(crops, &device);
     let logits = c.logits_tapped(x, &mut taps);
     let a: Tensor<4> = taps.get(&layer).cloned().ok_or_else(|| {
         Error::Invalid(format!(
@@ -119,33 +144,54 @@ pub fn grad_cam(c: &dyn Classifier, crop: &RgbImage, opts: &CamOptions) -> Resul
         logits.clone().detach(),
         1,
     ))?;
-    let top1 = (0..k)
-        .max_by(|&i, &j| probs[i].total_cmp(&probs[j]).then(j.cmp(&i)))
-        .ok_or_else(|| Error::Internal("a model with no classes".into()))?;
-    let class = opts.class.unwrap_or(top1);
-    if class >= k {
-        return Err(Error::Invalid(format!(
-            "class {class} is out of range: the model has {k} classes"
-        )));
+    let mut picks = Vec::with_capacity(n);
+    for (i, class) in classes.iter().enumerate() {
+        let p = &probs[i * k..(i + 1) * k];
+        let top1 = (0..k)
+            .max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a)))
+            .ok_or_else(|| Error::Internal("a model with no classes".into()))?;
+        let class = class.unwrap_or(top1);
+        if class >= k {
+            return Err(Error::Invalid(format!(
+                "class {class} is out of range: the model has {k} classes"
+            )));
+        }
+        picks.push((class, p[class], top1));
     }
-    let grads = logits.slice([0..1, class..class + 1]).sum().backward();
+    // Σ_i y_{class_i} of image i: each image's activations get their own class's gradient
+    let mut pick = vec![0f32; n * k];
+    for (i, &(class, _, _)) in picks.iter().enumerate() {
+        pick[i * k + class] = 1.0;
+    }
+    let pick = Tensor::<2>::from_data(burn::tensor::TensorData::new(pick, [n, k]), &device);
+    let grads = (logits * pick).sum().backward();
     let g = a
         .grad(&grads)
         .ok_or_else(|| Error::Internal(format!("no gradient reached layer `{layer}`")))?;
     let [_, ch, h, w] = a.dims();
     let av = crate::tensor::to_vec(a.detach())?;
     let gv = crate::tensor::to_vec(g)?;
-    let map = combine(opts.method, &av, &gv, ch, h * w);
-    Ok(Cam {
-        method: opts.method,
-        layer,
-        class,
-        prob: probs[class],
-        top1,
-        h,
-        w,
-        map,
-    })
+    let per = ch * h * w;
+    Ok(picks
+        .into_iter()
+        .enumerate()
+        .map(|(i, (class, prob, top1))| Cam {
+            method: opts.method,
+            layer: layer.clone(),
+            class,
+            prob,
+            top1,
+            h,
+            w,
+            map: combine(
+                opts.method,
+                &av[i * per..(i + 1) * per],
+                &gv[i * per..(i + 1) * per],
+                ch,
+                h * w,
+            ),
+        })
+        .collect())
 }
 
 /// `relu(Σ_k w_k A_k)` from activations and gradients `[ch, hw]`.

@@ -256,13 +256,33 @@ fn gallery(
 ) -> Result<Vec<GalleryItem>> {
     let losses = e.ev.top_losses(e.ds, opts.top_losses);
     let pre = model.preprocess();
+    // the photos that still decode, then their maps a batch at a time
+    let shown: Vec<_> = losses
+        .iter()
+        .filter_map(|t| {
+            let photo = crate::data::decode_file(&e.ds.items[t.item].path).ok()?;
+            Some((t, photo))
+        })
+        .collect();
+    let mut cams = Vec::with_capacity(shown.len());
+    if opts.cam {
+        // a few at a time: burn's tape of a deep backbone is large
+        for chunk in shown.chunks(opts.batch_size.clamp(1, 4)) {
+            progress("top losses", cams.len(), shown.len());
+            let crops: Vec<RgbImage> = chunk.iter().map(|(_, p)| pre.apply(p)).collect();
+            let classes: Vec<Option<usize>> =
+                chunk.iter().map(|(t, _)| Some(t.predicted)).collect();
+            cams.extend(cam::grad_cams(
+                model,
+                &crops,
+                &classes,
+                &CamOptions::default(),
+            )?);
+        }
+    }
     let mut out = Vec::new();
-    for (n, t) in losses.iter().enumerate() {
-        progress("top losses", n, losses.len());
+    for (n, (t, photo)) in shown.iter().enumerate() {
         let item = &e.ds.items[t.item];
-        let Ok(photo) = crate::data::decode_file(&item.path) else {
-            continue;
-        };
         let row = e.ev.items.iter().position(|&i| i == t.item).map(|r| {
             let k = e.ds.classes.len();
             &e.ev.logits[r * k..(r + 1) * k]
@@ -273,27 +293,20 @@ fn gallery(
                 (row[item.label] as f64 - lse).exp()
             })
             .unwrap_or(f64::NAN);
-        let (cam_img, caption) = if opts.cam {
-            let c = cam::grad_cam(
-                model,
-                &pre.apply(&photo),
-                &CamOptions {
-                    class: Some(t.predicted),
-                    ..Default::default()
-                },
-            )?;
-            // drawn on the thumbnail (the overlay maps by proportion): cheaper for big
-            // photos, finer for tiny ones
-            let o = cam::overlay(&thumbnail(&photo, 320), &pre, &c, 0.5);
-            (
-                Some(jpeg(&o.image)?),
-                format!(
-                    "{} of “{}” at {}",
-                    c.method, e.ds.classes[t.predicted], c.layer
-                ),
-            )
-        } else {
-            (None, String::new())
+        let (cam_img, caption) = match cams.get(n) {
+            Some(c) => {
+                // drawn on the thumbnail (the overlay maps by proportion): cheaper for big
+                // photos, finer for tiny ones
+                let o = cam::overlay(&thumbnail(photo, 320), &pre, c, 0.5);
+                (
+                    Some(jpeg(&o.image)?),
+                    format!(
+                        "{} of “{}” at {}",
+                        c.method, e.ds.classes[t.predicted], c.layer
+                    ),
+                )
+            }
+            None => (None, String::new()),
         };
         out.push(GalleryItem {
             name: crate::run::relative_key(&e.ds.root, &item.path)
@@ -303,7 +316,7 @@ fn gallery(
             prob_predicted: t.probability,
             prob_true,
             loss: t.loss,
-            photo: jpeg(&thumbnail(&photo, 320))?,
+            photo: jpeg(&thumbnail(photo, 320))?,
             cam: cam_img,
             cam_caption: caption,
         });
