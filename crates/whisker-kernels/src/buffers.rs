@@ -28,15 +28,18 @@ fn cache() -> std::sync::MutexGuard<'static, Cache> {
 }
 
 /// A buffer of `len` values whose contents are unspecified (earlier values): for callers
-/// that overwrite it whole. The smallest cached buffer that holds `len`, else a new one.
+/// that overwrite it whole. The smallest cached buffer that holds `len` without being more
+/// than twice its size, else a new one (a small request must not take, and keep, a large
+/// buffer: the next large request would then map a fresh one, and the cache grow).
 pub fn take(len: usize) -> Vec<f32> {
     let found = {
         let mut c = cache();
+        let most = len.saturating_mul(2).max(len + 256);
         let best = c
             .bufs
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.capacity() >= len)
+            .filter(|(_, b)| (len..=most).contains(&b.capacity()))
             .min_by_key(|(_, b)| b.capacity())
             .map(|(i, _)| i);
         best.map(|i| {

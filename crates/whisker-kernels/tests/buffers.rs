@@ -41,6 +41,12 @@ fn buffers_are_reused_bounded_and_released() {
     assert_eq!(large.as_ptr(), big_ptr);
     buffers::give(small);
     buffers::give(large);
+    // but not one more than twice the size asked for: that stays for a large request
+    let tiny = buffers::take(100);
+    assert!(tiny.as_ptr() != ptr && tiny.as_ptr() != big_ptr);
+    let again = buffers::take(4500);
+    assert_eq!(again.as_ptr(), big_ptr);
+    drop((tiny, again));
     // bounded in count
     let many: Vec<Vec<f32>> = (0..buffers::MAX_BUFFERS + 10)
         .map(|_| vec![0f32; 4])

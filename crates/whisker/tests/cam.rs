@@ -72,9 +72,8 @@ fn grad_cam_matches_pytorch() {
             assert!(e <= 1e-4, "{name} {layer} {tag}: rel. L2 {e}");
             // in a batch (as the report draws them), beside another photo and another class:
             // the same map
-            let both =
-                cam::grad_cams(&b, &[other.clone(), crop.clone()], &[Some(7), None], &opts)
-                    .unwrap();
+            let both = cam::grad_cams(&b, &[other.clone(), crop.clone()], &[Some(7), None], &opts)
+                .unwrap();
             assert_eq!(both[0].class, 7);
             let (cb, eb) = (&both[1], rel_l2(&both[1].map, &c.map));
             assert_eq!((cb.class, cb.top1, cb.h, cb.w), (c.class, c.top1, c.h, c.w));
@@ -89,7 +88,10 @@ fn grad_cam_matches_pytorch() {
             )
             .unwrap();
             let eo = rel_l2(&both[0].map, &alone.map);
-            assert!(eo <= 1e-5, "{name} {layer} {tag}: batched class 7 rel. L2 {eo}");
+            assert!(
+                eo <= 1e-5,
+                "{name} {layer} {tag}: batched class 7 rel. L2 {eo}"
+            );
         }
     }
 }

@@ -367,8 +367,7 @@ pub(super) fn running_stats(bn: &BatchNorm) -> Result<(Vec<f32>, Vec<f32>)> {
 
 /// A convolution's weight `[cout, cin/groups, k, k]` and bias with an eval-mode BatchNorm
 /// folded in (f64): `w·γ/√(σ²+ε)`, `(b − μ)·γ/√(σ²+ε) + β`. The weight is read in place
-/// (see [`crate::tensor::with_values`]) and the folded one written into a buffer of the cache
-/// (a fine-tuning step folds every weight again; give it back once packed).
+/// (see [`crate::tensor::with_values`]; a fine-tuning step folds every weight again).
 fn folded(conv: &Conv2d, bn: Option<&BatchNorm>) -> Result<(Vec<f32>, Vec<f32>, [usize; 4])> {
     use rayon::prelude::*;
     let dims = conv.weight.dims();
@@ -391,7 +390,7 @@ fn folded(conv: &Conv2d, bn: Option<&BatchNorm>) -> Result<(Vec<f32>, Vec<f32>, 
         None => None,
     };
     let w = crate::tensor::with_values(&conv.weight.val(), |src| {
-        let mut w = k::buffers::take(src.len());
+        let mut w = vec![0f32; src.len()];
         let per = (src.len() / dims[0].max(1)).max(1);
         w.par_chunks_mut(per)
             .zip(src.par_chunks(per))
@@ -515,7 +514,6 @@ impl Builder<'_> {
                 PackedConv::from_oihw(&w, Some(&b), cout, cpg, kh, kw)
             }
             .map_err(shape_err)?;
-            k::buffers::give(w);
             let w = packed;
             self.ops.push(Op::Conv {
                 x,
@@ -531,7 +529,6 @@ impl Builder<'_> {
             let out = self.value(cout);
             let packed =
                 PackedDepthwise::from_oihw(&w, Some(&b), cout, kh, kw).map_err(shape_err)?;
-            k::buffers::give(w);
             let w = packed;
             self.ops.push(Op::Depthwise {
                 x,
