@@ -97,6 +97,7 @@ pub fn conv2d_weight_grad(
             }
         };
     let stem = cin < 16 && taps > 1;
+    let one_thread = p_total * size < 1 << 16;
     // (first input channel, channels, accumulator [tap][channel][cout]) of each job
     let parts: Vec<(usize, usize, Vec<f32>)> =
         if !stem && p_total * size >= 1 << 16 && taps * cin * threads > p_total {
@@ -114,7 +115,6 @@ pub fn conv2d_weight_grad(
                 .collect()
         } else if let Some(h) = &halo {
             // row blocks as the work items
-            let one_thread = p_total * size < 1 << 16;
             per_thread_by(
                 h.units(&geo),
                 2,
@@ -133,7 +133,6 @@ pub fn conv2d_weight_grad(
             .map(|acc| (0, cin, acc))
             .collect()
         } else {
-            let one_thread = p_total * size < 1 << 16;
             per_thread(p_total, size, one_thread, |p0, p1, acc| {
                 job(0..taps, 0..cin, p0, p1, acc)
             })
@@ -506,16 +505,7 @@ fn put_a(dst: &mut [f32], kb: usize, r: usize, row: Option<&[f32]>, m: usize) {
 /// `j0·kb`, `[kb][w]`; the lanes past `n` are never written (zero from allocation).
 #[inline(always)]
 fn pack_b(src: &[f32], n: usize, kc: usize, kb: usize, path: Path, dst: &mut [f32]) {
-    let mut j0 = 0;
-    while j0 < n {
-        let w = path.width(n - j0);
-        let cols = w.min(n - j0);
-        let d = &mut dst[j0 * kb..][..kb * w];
-        for (r, row) in src.chunks_exact(n).take(kc).enumerate() {
-            d[r * w..r * w + cols].copy_from_slice(&row[j0..j0 + cols]);
-        }
-        j0 += w;
-    }
+    pack_b_rows(|r| Some(&src[r * n..(r + 1) * n]), n, kc, kb, path, dst)
 }
 
 /// [`pack_b`] of rows given one by one (`None`: zeros).

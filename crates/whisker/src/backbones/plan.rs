@@ -508,13 +508,12 @@ impl Builder<'_> {
         }
         if conv.groups == 1 {
             let out = self.value(cout);
-            let packed = if self.winograd && (kh, kw, stride, cpg >= 16) == (3, 3, 1, true) {
+            let w = if self.winograd && (kh, kw, stride, cpg >= 16) == (3, 3, 1, true) {
                 PackedConv::winograd_from_oihw(&w, Some(&b), cout, cpg)
             } else {
                 PackedConv::from_oihw(&w, Some(&b), cout, cpg, kh, kw)
             }
             .map_err(shape_err)?;
-            let w = packed;
             self.ops.push(Op::Conv {
                 x,
                 out,
@@ -527,9 +526,7 @@ impl Builder<'_> {
             Ok(out)
         } else if conv.groups == cout && cpg == 1 && res.is_none() {
             let out = self.value(cout);
-            let packed =
-                PackedDepthwise::from_oihw(&w, Some(&b), cout, kh, kw).map_err(shape_err)?;
-            let w = packed;
+            let w = PackedDepthwise::from_oihw(&w, Some(&b), cout, kh, kw).map_err(shape_err)?;
             self.ops.push(Op::Depthwise {
                 x,
                 out,
