@@ -11,6 +11,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use super::attack::classify_u8;
+use super::decorrelated::Decorrelated;
 use super::Classifier;
 use crate::data::datasets::SplitMix64;
 use crate::error::{Error, Result};
@@ -130,6 +131,8 @@ struct Builder {
     scale: Tensor<3>,
     colour: Tensor<2>,
     param: Param,
+    /// The same map as one tracked operation with fast transforms (the CPU's path).
+    fused: std::sync::Arc<Decorrelated>,
 }
 
 impl Builder {
@@ -146,8 +149,9 @@ impl Builder {
                 sc[u * s + v] = 1.0 / f.max(1.0 / s as f32) / s as f32 * 16.0;
             }
         }
-        let scale = Tensor::<2>::from_data(TensorData::new(sc, [s, s]), device).unsqueeze::<3>();
         let c = colour_matrix();
+        let fused = std::sync::Arc::new(Decorrelated::new(s, sc.clone(), c));
+        let scale = Tensor::<2>::from_data(TensorData::new(sc, [s, s]), device).unsqueeze::<3>();
         let colour = Tensor::<2>::from_data(
             TensorData::new(c.iter().flatten().copied().collect::<Vec<_>>(), [3, 3]),
             device,
@@ -159,11 +163,22 @@ impl Builder {
             scale,
             colour,
             param,
+            fused,
         }
     }
 
     /// Latent `[3, s, s]` → image `[3, s, s]` in (0, 1).
     fn image(&self, z: Tensor<3>) -> Tensor<3> {
+        if self.param == Param::Fft {
+            if let Some(img) = super::decorrelated::image(&self.fused, &z) {
+                return img;
+            }
+        }
+        self.image_by_burn(z)
+    }
+
+    /// [`Builder::image`] in burn's tensor operations (any device).
+    fn image_by_burn(&self, z: Tensor<3>) -> Tensor<3> {
         let s = self.s;
         match self.param {
             Param::Pixel => burn::tensor::activation::sigmoid(z),
@@ -231,6 +246,8 @@ pub fn dream_cancellable(
     // the shorter side to the backbone's resize size
     let view_frac = crop as f32 / b.spec.resize as f32;
     let builder = Builder::new(s, cfg.param, &device);
+    // the saved image's builder (and the history's), without the tape
+    let untracked = Builder::new(s, cfg.param, &device.clone().inner());
     let mut rng = SplitMix64(cfg.seed);
     let n = 3 * s * s;
     let init = if cfg.param == Param::Fft { 0.01 } else { 0.1 };
@@ -294,16 +311,14 @@ pub fn dream_cancellable(
         if (step + 1) % 40 == 0 || step + 1 == cfg.steps {
             let zt =
                 Tensor::<1>::from_data(TensorData::new(z.clone(), [n]), &device.clone().inner());
-            let b_inner = Builder::new(s, cfg.param, &device.clone().inner());
-            let u8img = to_u8(b_inner.image(zt.reshape([3, s, s])))?;
+            let u8img = to_u8(untracked.image(zt.reshape([3, s, s])))?;
             let (_, _, p) = classify_u8(c, &u8img)?;
             history.push((step + 1, p.get(cfg.class).copied().unwrap_or(0.0)));
         }
         progress(step + 1, cfg.steps);
     }
     let zt = Tensor::<1>::from_data(TensorData::new(z, [n]), &device.clone().inner());
-    let image =
-        to_u8(Builder::new(s, cfg.param, &device.clone().inner()).image(zt.reshape([3, s, s])))?;
+    let image = to_u8(untracked.image(zt.reshape([3, s, s])))?;
     let (top1, _, p) = classify_u8(c, &image)?;
     Ok(DreamResult {
         class: cfg.class,
@@ -312,4 +327,62 @@ pub fn dream_cancellable(
         history,
         image,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPU's fused decorrelated image (fast cosine transforms) equals burn's matrix
+    /// products, forward and backward, tracked and untracked; at an odd size and at 256.
+    #[test]
+    fn fused_image_equals_burns_ops() {
+        let device = Device::flex().autodiff();
+        for s in [21usize, 256] {
+            let b = Builder::new(s, Param::Fft, &device);
+            let n = 3 * s * s;
+            let mut rng = SplitMix64(s as u64);
+            let mut draw = |k: f64| -> Vec<f32> {
+                (0..n)
+                    .map(|_| ((2.0 * rng.next_f64() - 1.0) * k) as f32)
+                    .collect()
+            };
+            // latents as large as a dream's after many steps, so that the sigmoid saturates
+            let (z, g) = (draw(4.0), draw(1.0));
+            let run = |fused: bool| {
+                let zt = Tensor::<3>::from_data(TensorData::new(z.clone(), [3, s, s]), &device)
+                    .require_grad();
+                let img = if fused {
+                    b.image(zt.clone())
+                } else {
+                    b.image_by_burn(zt.clone())
+                };
+                let gt = Tensor::<3>::from_data(TensorData::new(g.clone(), [3, s, s]), &device);
+                let grads = (img.clone() * gt).sum().backward();
+                let dz = crate::tensor::to_vec(zt.grad(&grads).unwrap()).unwrap();
+                (crate::tensor::to_vec(img.inner()).unwrap(), dz)
+            };
+            let (ours, ours_dz) = run(true);
+            let (burns, burns_dz) = run(false);
+            let rel = |a: &[f32], b: &[f32]| {
+                let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+                let r: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+                (d / r).sqrt()
+            };
+            let (fwd, bwd) = (rel(&ours, &burns), rel(&ours_dz, &burns_dz));
+            println!("s = {s}: rel. L2 forward {fwd:e}, backward {bwd:e}");
+            assert!(fwd < 1e-6 && bwd < 1e-5, "s = {s}: {fwd:e} {bwd:e}");
+            // the image spans the sigmoid's range and the gradient is not trivial
+            assert!(ours.iter().any(|v| *v < 0.2) && ours.iter().any(|v| *v > 0.8));
+            assert!(burns_dz.iter().map(|v| v.abs()).fold(0f32, f32::max) > 1e-3);
+            // untracked (the saved image's path) gives the same numbers
+            let plain = Builder::new(s, Param::Fft, &device.clone().inner());
+            let zt = Tensor::<3>::from_data(
+                TensorData::new(z.clone(), [3, s, s]),
+                &device.clone().inner(),
+            );
+            let untracked = crate::tensor::to_vec(plain.image(zt)).unwrap();
+            assert_eq!(untracked, ours);
+        }
+    }
 }

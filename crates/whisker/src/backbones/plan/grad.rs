@@ -282,7 +282,9 @@ impl Tape {
 fn act_grad(act: KAct, g: &mut [f32], y: &[f32], saved: &Saved) -> Result<()> {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 14;
-    let by = |f: fn(f32, f32) -> f32, g: &mut [f32], y: &[f32]| {
+    // generic (not a `fn` pointer), so that `f` is inlined into the loop and vectorised: a
+    // pointer was one call an element (10 % of a `dream` step)
+    fn by<F: Fn(f32, f32) -> f32 + Sync>(f: F, g: &mut [f32], y: &[f32]) {
         g.par_chunks_mut(CHUNK)
             .zip(y.par_chunks(CHUNK))
             .for_each(|(gc, yc)| {
@@ -290,7 +292,7 @@ fn act_grad(act: KAct, g: &mut [f32], y: &[f32], saved: &Saved) -> Result<()> {
                     *gv = f(*gv, v);
                 }
             })
-    };
+    }
     match act {
         KAct::None => {}
         KAct::Relu => by(|g, y| if y > 0.0 { g } else { 0.0 }, g, y),
