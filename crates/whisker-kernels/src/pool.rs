@@ -1,5 +1,7 @@
 //! Pooling and channel-wise operations on NHWC activations.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::ShapeError;
@@ -160,7 +162,8 @@ pub fn scale_channels(
 /// window (the first maximum in scan order, or a NaN, as PyTorch picks). `accumulate` adds
 /// to `dx` instead of overwriting it. `relu_input`: `x` is a ReLU's output and `dx` is to be
 /// that ReLU's input gradient — a gradient whose winner is not positive (zero, or NaN) is
-/// dropped, as ReLU's backward would zero it (a pass over `dx` saved).
+/// dropped, as ReLU's backward would zero it (a pass over `dx` saved). `isa`: the
+/// instruction-set path.
 #[allow(clippy::too_many_arguments)]
 pub fn max_pool_backward(
     x: &[f32],
@@ -175,6 +178,7 @@ pub fn max_pool_backward(
     dx: &mut [f32],
     accumulate: bool,
     relu_input: bool,
+    isa: crate::Isa,
 ) -> Result<(), ShapeError> {
     let (oh, ow) = max_pool_out(h, w, k, stride, pad)?;
     check("max pool input", x.len(), n * h * w * c)?;
@@ -194,52 +198,121 @@ pub fn max_pool_backward(
     let d = crate::conv::Ptr(dx.as_mut_ptr());
     (0..n * blocks).into_par_iter().for_each(|job| {
         let (b, c0) = (job / blocks, (job % blocks) * block);
-        let cw = block.min(c - c0);
-        let xb = &x[b * h * w * c..][..h * w * c];
-        // SAFETY: image b's values; this job touches only channels c0..c0 + cw of them
+        let j = PoolJob {
+            x: &x[b * h * w * c..][..h * w * c],
+            g: &g[b * oh * ow * c..][..oh * ow * c],
+            dims: (h, w, c, oh, ow),
+            window: (k, stride, pad),
+            channels: c0..c0 + block.min(c - c0),
+            accumulate,
+            relu_input,
+        };
+        // SAFETY: image b's values; this job touches only its channels of them
         let db = unsafe { std::slice::from_raw_parts_mut(d.get().add(b * h * w * c), h * w * c) };
-        if !accumulate {
-            if cw == c {
-                db.fill(0.0);
-            } else {
-                db.chunks_exact_mut(c)
-                    .for_each(|px| px[c0..c0 + cw].fill(0.0));
-            }
-        }
-        for oy in 0..oh {
-            let y0 = (oy * stride) as isize - pad as isize;
-            let ys = y0.max(0) as usize..(y0 + k as isize).min(h as isize) as usize;
-            for ox in 0..ow {
-                let x0 = (ox * stride) as isize - pad as isize;
-                let xs = x0.max(0) as usize..(x0 + k as isize).min(w as isize) as usize;
-                let gr = &g[((b * oh + oy) * ow + ox) * c..][..c];
-                let mut ch = c0;
-                while ch < c0 + cw {
-                    let l = LANES.min(c0 + cw - ch);
-                    pool_select::<LANES>(
-                        xb,
-                        db,
-                        gr,
-                        (w, c, ch, l),
-                        ys.clone(),
-                        xs.clone(),
-                        relu_input,
-                    );
-                    ch += l;
-                }
-            }
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
+            crate::Isa::Avx512 => unsafe { pool_job_avx512(&j, db) },
+            #[cfg(target_arch = "x86_64")]
+            crate::Isa::Avx2 => unsafe { pool_job_avx2(&j, db) },
+            _ => pool_job::<8>(&j, db, pool_select::<8>),
         }
     });
     Ok(())
 }
 
-/// Channels a max-pool backward step handles at once (one AVX-512 register).
+/// One image's max-pool backward for a block of its channels.
+struct PoolJob<'a> {
+    /// The image's input `[h, w, c]` and output gradient `[oh, ow, c]`.
+    x: &'a [f32],
+    g: &'a [f32],
+    dims: (usize, usize, usize, usize, usize),
+    /// Kernel, stride, padding.
+    window: (usize, usize, usize),
+    channels: std::ops::Range<usize>,
+    accumulate: bool,
+    relu_input: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pool_job_avx512(j: &PoolJob, db: &mut [f32]) {
+    pool_job::<16>(j, db, |x, dx, g, at, ys, xs, relu| {
+        // SAFETY: within this function's AVX-512 context
+        unsafe { select_avx512(x, dx, g, at, ys, xs, relu) }
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pool_job_avx2(j: &PoolJob, db: &mut [f32]) {
+    pool_job::<8>(j, db, pool_select::<8>)
+}
+
+/// One window's max-pool backward for `l` channels from `ch` (see [`pool_select`]).
+type Select = (usize, usize, usize, usize);
+
+/// [`PoolJob`] with `L` channels a step (one vector register of the path), each window's
+/// channels by `select`.
+#[inline(always)]
+fn pool_job<const L: usize>(
+    j: &PoolJob,
+    db: &mut [f32],
+    select: impl Fn(&[f32], &mut [f32], &[f32], Select, Range<usize>, Range<usize>, bool),
+) {
+    let (h, w, c, oh, ow) = j.dims;
+    let (k, stride, pad) = j.window;
+    let (c0, cw) = (j.channels.start, j.channels.len());
+    // without `accumulate`, input rows are zeroed just before their first window adds to
+    // them (while they are in cache), not in a pass of their own
+    let mut zeroed = 0;
+    let mut zero_to = |db: &mut [f32], end: usize| {
+        if !j.accumulate && end > zeroed {
+            let rows = &mut db[zeroed * w * c..end * w * c];
+            if cw == c {
+                rows.fill(0.0);
+            } else {
+                rows.chunks_exact_mut(c)
+                    .for_each(|px| px[c0..c0 + cw].fill(0.0));
+            }
+            zeroed = end;
+        }
+    };
+    for oy in 0..oh {
+        let y0 = (oy * stride) as isize - pad as isize;
+        let ys = y0.max(0) as usize..(y0 + k as isize).min(h as isize) as usize;
+        zero_to(db, ys.end);
+        for ox in 0..ow {
+            let x0 = (ox * stride) as isize - pad as isize;
+            let xs = x0.max(0) as usize..(x0 + k as isize).min(w as isize) as usize;
+            let gr = &j.g[(oy * ow + ox) * c..][..c];
+            let mut ch = c0;
+            while ch < c0 + cw {
+                let l = L.min(c0 + cw - ch);
+                select(
+                    j.x,
+                    db,
+                    gr,
+                    (w, c, ch, l),
+                    ys.clone(),
+                    xs.clone(),
+                    j.relu_input,
+                );
+                ch += l;
+            }
+        }
+    }
+    zero_to(db, h);
+}
+
+/// Channels a max-pool backward job's block is a multiple of (one AVX-512 register).
 const LANES: usize = 16;
 
 /// Max-pool backward for one window and `l` ≤ `L` channels from `ch`: find each channel's
-/// winner (first maximum in scan order, or the last NaN, as PyTorch) with branch-free selects
-/// on fixed-size arrays (registers; a tail of fewer channels padded with −∞, which never
-/// wins), then add the output gradient to it.
+/// winner (first maximum in scan order, or the last NaN, as PyTorch) as its tap number in the
+/// window, with branch-free selects on fixed-size arrays (registers; a tail of fewer channels
+/// padded with −∞, which never wins), then add the output gradient to the winners tap by tap
+/// (a select a tap, vectorised across channels, instead of one scattered add a channel).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn pool_select<const L: usize>(
@@ -251,10 +324,10 @@ fn pool_select<const L: usize>(
     xs: std::ops::Range<usize>,
     relu_input: bool,
 ) {
-    let first = (ys.start * w + xs.start) as u32;
-    let (mut best, mut arg) = ([f32::NEG_INFINITY; L], [first; L]);
+    let (mut best, mut arg) = ([f32::NEG_INFINITY; L], [0u32; L]);
     let mut tail = [f32::NEG_INFINITY; L];
-    for iy in ys {
+    let mut t = 0u32;
+    for iy in ys.clone() {
         for ix in xs.clone() {
             let p = iy * w + ix;
             let src: &[f32; L] = if l == L {
@@ -263,18 +336,94 @@ fn pool_select<const L: usize>(
                 tail[..l].copy_from_slice(&x[p * c + ch..][..l]);
                 &tail
             };
-            let p = p as u32;
             for j in 0..L {
                 let take = (src[j] > best[j]) | src[j].is_nan();
                 best[j] = if take { src[j] } else { best[j] };
-                arg[j] = if take { p } else { arg[j] };
+                arg[j] = if take { t } else { arg[j] };
             }
+            t += 1;
         }
     }
     // branch-free: after a ReLU about half the winners are zeros, in no predictable order
-    let keep: [bool; L] = std::array::from_fn(|j| !relu_input || best[j] > 0.0);
-    for j in 0..l {
-        dx[arg[j] as usize * c + ch + j] += if keep[j] { g[ch + j] } else { 0.0 };
+    let mut gv = [0f32; L];
+    gv[..l].copy_from_slice(&g[ch..ch + l]);
+    let gv: [f32; L] = std::array::from_fn(|j| {
+        if !relu_input || best[j] > 0.0 {
+            gv[j]
+        } else {
+            0.0
+        }
+    });
+    let mut t = 0u32;
+    for iy in ys {
+        for ix in xs.clone() {
+            let d = &mut dx[(iy * w + ix) * c + ch..][..l];
+            if l == L {
+                let d: &mut [f32; L] = d.try_into().expect("L values");
+                for j in 0..L {
+                    d[j] += if arg[j] == t { gv[j] } else { 0.0 };
+                }
+            } else {
+                for j in 0..l {
+                    d[j] += if arg[j] == t { gv[j] } else { 0.0 };
+                }
+            }
+            t += 1;
+        }
+    }
+}
+
+/// [`pool_select`] in AVX-512 intrinsics (16 channels a register; a tail by masks): the
+/// winners' tap numbers in a register, the gradient added to each tap's winners by a masked
+/// add (the other channels' values untouched).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn select_avx512(
+    x: &[f32],
+    dx: &mut [f32],
+    g: &[f32],
+    (w, c, ch, l): Select,
+    ys: Range<usize>,
+    xs: Range<usize>,
+    relu_input: bool,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(l <= 16);
+    let lanes: __mmask16 = if l >= 16 { 0xffff } else { (1u16 << l) - 1 };
+    let last = ((ys.end - 1) * w + xs.end - 1) * c + ch;
+    assert!(ys.start < ys.end && xs.start < xs.end && last + l <= x.len().min(dx.len()));
+    assert!(ch + l <= g.len());
+    let (xp, dp) = (x.as_ptr(), dx.as_mut_ptr());
+    let mut best = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut arg = _mm512_setzero_si512();
+    let mut t = 0i32;
+    for iy in ys.clone() {
+        for ix in xs.clone() {
+            // SAFETY: within `x` (checked above for the window's last pixel)
+            let v = _mm512_maskz_loadu_ps(lanes, xp.add((iy * w + ix) * c + ch));
+            let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best)
+                | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            best = _mm512_mask_mov_ps(best, take, v);
+            arg = _mm512_mask_mov_epi32(arg, take, _mm512_set1_epi32(t));
+            t += 1;
+        }
+    }
+    let keep = if relu_input {
+        _mm512_cmp_ps_mask::<_CMP_GT_OQ>(best, _mm512_setzero_ps())
+    } else {
+        0xffff
+    };
+    let gv = _mm512_maskz_loadu_ps(lanes, g.as_ptr().add(ch));
+    let mut t = 0i32;
+    for iy in ys {
+        for ix in xs.clone() {
+            let won = lanes & keep & _mm512_cmpeq_epi32_mask(arg, _mm512_set1_epi32(t));
+            let p = dp.add((iy * w + ix) * c + ch);
+            let d = _mm512_maskz_loadu_ps(lanes, p);
+            _mm512_mask_storeu_ps(p, lanes, _mm512_mask_add_ps(d, won, d, gv));
+            t += 1;
+        }
     }
 }
 

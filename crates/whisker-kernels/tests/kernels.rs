@@ -418,43 +418,58 @@ fn pooling_gradients_match_naive_routing() {
                 }
             }
         }
-        let mut got = vec![f32::NAN; x.len()];
-        max_pool_backward(&x, n, h, w, c, k, stride, pad, &g, &mut got, false, false).unwrap();
-        assert!(
-            rel_err(&got, &want) < 1e-6,
-            "max pool {n} {h}x{w}x{c} k{k} s{stride}"
-        );
-        let mut acc = vec![1f32; x.len()];
-        max_pool_backward(&x, n, h, w, c, k, stride, pad, &g, &mut acc, true, false).unwrap();
-        let plus: Vec<f32> = want.iter().map(|v| v + 1.0).collect();
-        assert!(rel_err(&acc, &plus) < 1e-6);
-        // after a ReLU (its outputs: zeros where it clipped, some whole windows of them),
-        // ReLU's backward fused: the same values as the pool's then ReLU's
-        let y: Vec<f32> = x.iter().map(|&v| (v - 0.3).max(0.0)).collect();
-        let mut pooled = vec![0f32; x.len()];
-        max_pool_backward(
-            &y,
-            n,
-            h,
-            w,
-            c,
-            k,
-            stride,
-            pad,
-            &g,
-            &mut pooled,
-            false,
-            false,
-        )
-        .unwrap();
-        let relu_back: Vec<f32> = pooled
-            .iter()
-            .zip(&y)
-            .map(|(&d, &v)| if v > 0.0 { d } else { 0.0 })
-            .collect();
-        let mut fused = vec![f32::NAN; x.len()];
-        max_pool_backward(&y, n, h, w, c, k, stride, pad, &g, &mut fused, false, true).unwrap();
-        assert_eq!(fused, relu_back, "max pool {n} {h}x{w}x{c}: ReLU fused");
+        for isa in Isa::available() {
+            let mut got = vec![f32::NAN; x.len()];
+            max_pool_backward(
+                &x, n, h, w, c, k, stride, pad, &g, &mut got, false, false, isa,
+            )
+            .unwrap();
+            assert!(
+                rel_err(&got, &want) < 1e-6,
+                "{isa:?}: max pool {n} {h}x{w}x{c} k{k} s{stride}"
+            );
+            let mut acc = vec![1f32; x.len()];
+            max_pool_backward(
+                &x, n, h, w, c, k, stride, pad, &g, &mut acc, true, false, isa,
+            )
+            .unwrap();
+            let plus: Vec<f32> = want.iter().map(|v| v + 1.0).collect();
+            assert!(rel_err(&acc, &plus) < 1e-6);
+            // after a ReLU (its outputs: zeros where it clipped, some whole windows of them),
+            // ReLU's backward fused: the same values as the pool's then ReLU's
+            let y: Vec<f32> = x.iter().map(|&v| (v - 0.3).max(0.0)).collect();
+            let mut pooled = vec![0f32; x.len()];
+            max_pool_backward(
+                &y,
+                n,
+                h,
+                w,
+                c,
+                k,
+                stride,
+                pad,
+                &g,
+                &mut pooled,
+                false,
+                false,
+                isa,
+            )
+            .unwrap();
+            let relu_back: Vec<f32> = pooled
+                .iter()
+                .zip(&y)
+                .map(|(&d, &v)| if v > 0.0 { d } else { 0.0 })
+                .collect();
+            let mut fused = vec![f32::NAN; x.len()];
+            max_pool_backward(
+                &y, n, h, w, c, k, stride, pad, &g, &mut fused, false, true, isa,
+            )
+            .unwrap();
+            assert_eq!(
+                fused, relu_back,
+                "{isa:?}: max pool {n} {h}x{w}x{c}: ReLU fused"
+            );
+        }
         // adaptive average pool to 3×2
         let (ah, aw) = (3, 2);
         let ga = rng.vec(n * ah * aw * c);

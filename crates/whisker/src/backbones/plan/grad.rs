@@ -667,6 +667,7 @@ impl Plan {
                         dx,
                         acc,
                         relu,
+                        isa,
                     )
                     .map_err(shape_err)?;
                     premasked[*x] = relu;
