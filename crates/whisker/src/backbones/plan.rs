@@ -369,6 +369,16 @@ pub(super) fn running_stats(bn: &BatchNorm) -> Result<(Vec<f32>, Vec<f32>)> {
 /// folded in (f64): `w·γ/√(σ²+ε)`, `(b − μ)·γ/√(σ²+ε) + β`. The weight is read in place
 /// (see [`crate::tensor::with_values`]; a fine-tuning step folds every weight again).
 fn folded(conv: &Conv2d, bn: Option<&BatchNorm>) -> Result<(Vec<f32>, Vec<f32>, [usize; 4])> {
+    folded_with(conv, bn, |w, b, dims| (w.to_vec(), b, dims))
+}
+
+/// `f(weight, bias, dims)` of `conv` with `bn` folded in (unless it is already folded); without
+/// a BatchNorm to fold, `f` reads the weight in place (no copy).
+fn folded_with<R>(
+    conv: &Conv2d,
+    bn: Option<&BatchNorm>,
+    f: impl FnOnce(&[f32], Vec<f32>, [usize; 4]) -> R,
+) -> Result<R> {
     use rayon::prelude::*;
     let dims = conv.weight.dims();
     let mut b = match &conv.bias {
@@ -385,9 +395,9 @@ fn folded(conv: &Conv2d, bn: Option<&BatchNorm>) -> Result<(Vec<f32>, Vec<f32>, 
             for o in 0..dims[0] {
                 b[o] = ((b[o] as f64 - mean[o] as f64) * scale[o] + beta[o] as f64) as f32;
             }
-            Some(scale)
+            scale
         }
-        None => None,
+        None => return crate::tensor::with_values(&conv.weight.val(), |src| f(src, b, dims)),
     };
     let w = crate::tensor::with_values(&conv.weight.val(), |src| {
         let mut w = vec![0f32; src.len()];
@@ -395,16 +405,14 @@ fn folded(conv: &Conv2d, bn: Option<&BatchNorm>) -> Result<(Vec<f32>, Vec<f32>, 
         w.par_chunks_mut(per)
             .zip(src.par_chunks(per))
             .enumerate()
-            .for_each(|(o, (d, s))| match &scale {
-                Some(sc) => d
-                    .iter_mut()
+            .for_each(|(o, (d, s))| {
+                d.iter_mut()
                     .zip(s)
-                    .for_each(|(d, &v)| *d = (v as f64 * sc[o]) as f32),
-                None => d.copy_from_slice(s),
+                    .for_each(|(d, &v)| *d = (v as f64 * scale[o]) as f32)
             });
         w
     })?;
-    Ok((w, b, dims))
+    Ok(f(&w, b, dims))
 }
 
 impl Builder<'_> {
@@ -478,70 +486,93 @@ impl Builder<'_> {
             ids.extend([bn.weight.id, bn.bias.id]);
         }
         let frozen = self.frozen(&ids);
-        let (w, b, [cout, cpg, kh, kw]) = folded(conv, bn)?;
         if let Some(pm) = self.pm.as_mut().filter(|_| !frozen) {
             pm.push((self.ops.len(), grad::ParamMap::conv(conv, bn)?));
         }
         let pad = Pad::of(conv.padding);
         let stride = conv.stride;
         let act = kact(act);
-        if let Some(bw) = self.bw.as_mut().filter(|_| !frozen) {
-            let g = if conv.groups == 1 {
-                grad::Bw::Conv(
-                    k::ConvBackward::from_oihw(
-                        &w,
-                        cout,
-                        cpg,
-                        kh,
-                        kw,
-                        stride,
-                        self.winograd || self.winograd_backward,
-                    )
-                    .map_err(shape_err)?,
-                )
-            } else {
-                grad::Bw::Depthwise(
-                    k::DepthwiseBackward::from_oihw(&w, cout, kh, kw, stride).map_err(shape_err)?,
-                )
-            };
-            bw.push((self.ops.len(), g));
-        }
-        if conv.groups == 1 {
-            let out = self.value(cout);
-            let w = if self.winograd && (kh, kw, stride, cpg >= 16) == (3, 3, 1, true) {
-                PackedConv::winograd_from_oihw(&w, Some(&b), cout, cpg)
-            } else {
-                PackedConv::from_oihw(&w, Some(&b), cout, cpg, kh, kw)
-            }
-            .map_err(shape_err)?;
-            self.ops.push(Op::Conv {
-                x,
-                out,
-                res,
-                w,
-                stride,
-                pad,
-                act,
-            });
-            Ok(out)
-        } else if conv.groups == cout && cpg == 1 && res.is_none() {
-            let out = self.value(cout);
-            let w = PackedDepthwise::from_oihw(&w, Some(&b), cout, kh, kw).map_err(shape_err)?;
-            self.ops.push(Op::Depthwise {
-                x,
-                out,
-                w,
-                stride,
-                pad,
-                act,
-            });
-            Ok(out)
-        } else {
-            Err(Error::Internal(format!(
+        let backward = self.bw.is_some() && !frozen;
+        let winograd = self.winograd;
+        let winograd_backward = self.winograd || self.winograd_backward;
+        let depthwise = conv.groups != 1;
+        if depthwise && !(conv.groups == conv.weight.dims()[0] && conv.weight.dims()[1] == 1) {
+            return Err(Error::Internal(format!(
                 "the CPU engine has no kernel for a grouped convolution ({} groups)",
                 conv.groups
-            )))
+            )));
         }
+        if depthwise && res.is_some() {
+            return Err(Error::Internal(
+                "the CPU engine has no depthwise convolution with a residual".into(),
+            ));
+        }
+        let out = self.value(conv.weight.dims()[0]);
+        // the backward and forward packs of the weights side by side (a small layer's packs
+        // are one panel each, one thread's work)
+        let (bw, fw) = folded_with(conv, bn, |w, b, [cout, cpg, kh, kw]| {
+            rayon::join(
+                || -> Result<Option<grad::Bw>> {
+                    if !backward {
+                        return Ok(None);
+                    }
+                    Ok(Some(if depthwise {
+                        grad::Bw::Depthwise(
+                            k::DepthwiseBackward::from_oihw(w, cout, kh, kw, stride)
+                                .map_err(shape_err)?,
+                        )
+                    } else {
+                        grad::Bw::Conv(
+                            k::ConvBackward::from_oihw(
+                                w,
+                                cout,
+                                cpg,
+                                kh,
+                                kw,
+                                stride,
+                                winograd_backward,
+                            )
+                            .map_err(shape_err)?,
+                        )
+                    }))
+                },
+                || -> Result<Op> {
+                    Ok(if depthwise {
+                        let w = PackedDepthwise::from_oihw(w, Some(&b), cout, kh, kw)
+                            .map_err(shape_err)?;
+                        Op::Depthwise {
+                            x,
+                            out,
+                            w,
+                            stride,
+                            pad,
+                            act,
+                        }
+                    } else {
+                        let w = if winograd && (kh, kw, stride, cpg >= 16) == (3, 3, 1, true) {
+                            PackedConv::winograd_from_oihw(w, Some(&b), cout, cpg)
+                        } else {
+                            PackedConv::from_oihw(w, Some(&b), cout, cpg, kh, kw)
+                        }
+                        .map_err(shape_err)?;
+                        Op::Conv {
+                            x,
+                            out,
+                            res,
+                            w,
+                            stride,
+                            pad,
+                            act,
+                        }
+                    })
+                },
+            )
+        })?;
+        if let (Some(bw), Some(g)) = (self.bw.as_mut(), bw?) {
+            bw.push((self.ops.len(), g));
+        }
+        self.ops.push(fw?);
+        Ok(out)
     }
 
     fn cba(&mut self, x: V, c: &ConvBnAct, res: Option<V>) -> Result<V> {
