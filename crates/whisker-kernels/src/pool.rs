@@ -246,7 +246,10 @@ unsafe fn pool_job_avx512(j: &PoolJob, db: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn pool_job_avx2(j: &PoolJob, db: &mut [f32]) {
-    pool_job::<8>(j, db, pool_select::<8>)
+    pool_job::<8>(j, db, |x, dx, g, at, ys, xs, relu| {
+        // SAFETY: within this function's AVX2 context
+        unsafe { select_avx2(x, dx, g, at, ys, xs, relu) }
+    })
 }
 
 /// One window's max-pool backward for `l` channels from `ch` (see [`pool_select`]).
@@ -422,6 +425,63 @@ unsafe fn select_avx512(
             let p = dp.add((iy * w + ix) * c + ch);
             let d = _mm512_maskz_loadu_ps(lanes, p);
             _mm512_mask_storeu_ps(p, lanes, _mm512_mask_add_ps(d, won, d, gv));
+            t += 1;
+        }
+    }
+}
+
+/// [`pool_select`] in AVX2 intrinsics for 8 channels (a tail of fewer by the portable
+/// code): as [`select_avx512`], the gradient blended into each tap's winners.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn select_avx2(
+    x: &[f32],
+    dx: &mut [f32],
+    g: &[f32],
+    (w, c, ch, l): Select,
+    ys: Range<usize>,
+    xs: Range<usize>,
+    relu_input: bool,
+) {
+    use std::arch::x86_64::*;
+    if l < 8 {
+        return pool_select::<8>(x, dx, g, (w, c, ch, l), ys, xs, relu_input);
+    }
+    let last = ((ys.end - 1) * w + xs.end - 1) * c + ch;
+    assert!(ys.start < ys.end && xs.start < xs.end && last + 8 <= x.len().min(dx.len()));
+    assert!(ch + 8 <= g.len());
+    let (xp, dp) = (x.as_ptr(), dx.as_mut_ptr());
+    let mut best = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut arg = _mm256_setzero_ps();
+    let mut t = 0i32;
+    for iy in ys.clone() {
+        for ix in xs.clone() {
+            // SAFETY: within `x` (checked above for the window's last pixel)
+            let v = _mm256_loadu_ps(xp.add((iy * w + ix) * c + ch));
+            let take = _mm256_or_ps(
+                _mm256_cmp_ps::<_CMP_GT_OQ>(v, best),
+                _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v),
+            );
+            best = _mm256_blendv_ps(best, v, take);
+            arg = _mm256_blendv_ps(arg, _mm256_castsi256_ps(_mm256_set1_epi32(t)), take);
+            t += 1;
+        }
+    }
+    let mut gv = _mm256_loadu_ps(g.as_ptr().add(ch));
+    if relu_input {
+        gv = _mm256_and_ps(gv, _mm256_cmp_ps::<_CMP_GT_OQ>(best, _mm256_setzero_ps()));
+    }
+    let arg = _mm256_castps_si256(arg);
+    let mut t = 0i32;
+    for iy in ys {
+        for ix in xs.clone() {
+            let won = _mm256_castsi256_ps(_mm256_cmpeq_epi32(arg, _mm256_set1_epi32(t)));
+            if _mm256_movemask_ps(won) != 0 {
+                let p = dp.add((iy * w + ix) * c + ch);
+                let d = _mm256_loadu_ps(p);
+                _mm256_storeu_ps(p, _mm256_blendv_ps(d, _mm256_add_ps(d, gv), won));
+            }
             t += 1;
         }
     }
