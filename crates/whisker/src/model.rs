@@ -381,6 +381,12 @@ impl crate::inspect::Classifier for Model {
             None => self.backbone.forward(pixels, taps).logits,
         }
     }
+    fn head_logits(&self, features: Tensor<2>) -> Tensor<2> {
+        match &self.trained {
+            Some(t) => t.head.logits_tensor(features),
+            None => self.backbone.net.classifier(features),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -127,3 +127,63 @@ fn the_cats_cam_peaks_on_the_cat() {
         "outside the crop is grey, got {left:?}"
     );
 }
+
+/// On the CPU a frozen backbone's maps come from the engine (forward tape, backward pass down
+/// to the map); a trainable one's from burn's operations: the same maps, at the last map and
+/// inside the network — after a ReLU whose only consumer is a max pool (the engine's pool
+/// backward would apply the ReLU's derivative for it), inside squeeze-excitation blocks.
+/// Grad-CAM++ (squares and cubes of the gradient over sums of them) amplifies the two float32
+/// paths' ~1e-6 differences in early layers (to ~1e-3 on Lite0's second block): it is
+/// compared at the last map, as the PyTorch goldens are.
+#[test]
+fn engine_maps_equal_burns() {
+    let device = Device::flex().autodiff();
+    for (name, layers) in [
+        ("resnet18", &["relu", "layer2", "layer4"][..]),
+        ("mobilenet_v3_large", &["features.5", "features.16"][..]),
+        (
+            "efficientnet_lite0",
+            &["_blocks.1", "_blocks.5", "head"][..],
+        ),
+    ] {
+        let load = || {
+            if name == "efficientnet_lite0" {
+                lite0(&device)
+            } else {
+                Backbone::with_formula_weights(name, &device).unwrap()
+            }
+        };
+        let (engine, burn) = (load(), load().set_trainable(true));
+        let crops = [
+            engine.preprocess().load(&testdata("chelsea.png")).unwrap(),
+            engine.preprocess().load(&testdata("coffee.png")).unwrap(),
+        ];
+        for (l, layer) in layers.iter().enumerate() {
+            let methods: &[Method] = if l + 1 == layers.len() {
+                &[Method::GradCam, Method::GradCamPlusPlus]
+            } else {
+                &[Method::GradCam]
+            };
+            for &method in methods {
+                let opts = CamOptions {
+                    method,
+                    class: None,
+                    layer: Some(layer.to_string()),
+                };
+                let a = cam::grad_cams(&engine, &crops, &[None, Some(3)], &opts).unwrap();
+                let b = cam::grad_cams(&burn, &crops, &[None, Some(3)], &opts).unwrap();
+                for (x, y) in a.iter().zip(&b) {
+                    let e = rel_l2(&x.map, &y.map);
+                    println!("{name} {layer} {method:?}: engine vs burn rel. L2 {e:.2e}");
+                    assert_eq!((x.class, x.top1, x.h, x.w), (y.class, y.top1, y.h, y.w));
+                    assert!((x.prob - y.prob).abs() <= 1e-5, "{name} {layer}");
+                    assert!(
+                        y.map.iter().any(|v| *v > 0.0),
+                        "{name} {layer}: an empty map"
+                    );
+                    assert!(e <= 1e-5, "{name} {layer} {method:?}: rel. L2 {e}");
+                }
+            }
+        }
+    }
+}

@@ -619,8 +619,12 @@ impl Backbone {
         {
             return None;
         }
-        let p = self
-            .grad_plan
+        tracked::features(self.grad_plan()?, x.clone(), normalized)
+    }
+
+    /// The engine with backward weights (frozen weights: compiled once, on first use).
+    fn grad_plan(&self) -> Option<&std::sync::Arc<plan::Plan>> {
+        self.grad_plan
             .get_or_init(|| {
                 let opts = plan::PlanOptions {
                     backward: true,
@@ -630,8 +634,38 @@ impl Backbone {
                     .ok()
                     .map(std::sync::Arc::new)
             })
-            .as_ref()?;
-        tracked::features(p, x.clone(), normalized)
+            .as_ref()
+    }
+
+    /// The CPU engine's forward pass of `pixels` (`[n, 3, h, w]` in [0, 1]) keeping what the
+    /// gradient of the feature map `layer` needs, and the features `[n, dim]`. `None` where
+    /// the engine does not serve it (burn's operations then do): another device, the
+    /// engine switched off, trainable weights, a layer the plan has no tap for.
+    pub fn map_tape(&self, pixels: &Tensor<4>, layer: &str) -> Option<(MapTape, Vec<f32>)> {
+        if plan::engine() == plan::Engine::Burn
+            || self.is_trainable()
+            || pixels.device() != Device::flex()
+        {
+            return None;
+        }
+        let p = self.grad_plan()?;
+        let v = p.tap_value(layer)?;
+        let data = if pixels.is_autodiff() {
+            crate::tensor::to_vec(pixels.clone().inner())
+        } else {
+            crate::tensor::to_vec(pixels.clone())
+        }
+        .ok()?;
+        let tape = p.forward_tape(&data, pixels.dims(), false).ok()?;
+        let features = tape.features().to_vec();
+        Some((
+            MapTape {
+                plan: p.clone(),
+                tape,
+                v,
+            },
+            features,
+        ))
     }
 
     fn run_plan(
@@ -733,6 +767,30 @@ pub fn eval_features(
         }
     }
     net.features(x, &mut Taps::none())
+}
+
+/// An engine forward pass kept for one feature map's gradient ([`Backbone::map_tape`]).
+pub struct MapTape {
+    plan: std::sync::Arc<plan::Plan>,
+    tape: plan::Tape,
+    v: usize,
+}
+
+impl MapTape {
+    /// The feature map (`[n, c, h, w]`, NCHW as burn's), d(objective)/d(map) from
+    /// d(objective)/d(features) (`[n, dim]`), and the map's dimensions.
+    pub fn map_and_grad(&self, dfeatures: &[f32]) -> Result<(Vec<f32>, Vec<f32>, [usize; 4])> {
+        let g = self.plan.value_grad(&self.tape, dfeatures, self.v)?;
+        let (a, (h, w, c)) = self.plan.tape_value(&self.tape, self.v);
+        let n = self.tape.n();
+        let nchw = |x: &[f32]| -> Result<Vec<f32>> {
+            let mut out = vec![0f32; x.len()];
+            whisker_kernels::nhwc_to_nchw(x, n, h, w, c, &mut out)
+                .map_err(|e| Error::Internal(e.0))?;
+            Ok(out)
+        };
+        Ok((nchw(a)?, nchw(&g)?, [n, c, h, w]))
+    }
 }
 
 /// One of the top-k classes of a prediction.

@@ -129,16 +129,30 @@ pub fn grad_cams(
     }
     let n = crops.len();
     let layer = opts.layer.clone().unwrap_or_else(|| default_layer(b));
-    let mut taps = Taps::grad(&layer);
     let x = to_tensor(crops, &device);
-    let logits = c.logits_tapped(x, &mut taps);
-    let a: Tensor<4> = taps.get(&layer).cloned().ok_or_else(|| {
-        Error::Invalid(format!(
-            "{} has no layer `{layer}`; its layers: {}",
-            b.spec.name,
-            taps.names.join(", ")
-        ))
-    })?;
+    // On the CPU: the engine's forward tape, burn's autodiff for the head alone (from the
+    // features), and the engine's backward pass down to the map. Elsewhere: burn's
+    // operations, the map a tap in its graph.
+    let (logits, source) = match b.map_tape(&x, &layer) {
+        Some((tape, f)) => {
+            let dim = f.len() / n;
+            let f = Tensor::<2>::from_data(burn::tensor::TensorData::new(f, [n, dim]), &device)
+                .require_grad();
+            (c.head_logits(f.clone()), MapSource::Engine(tape, f))
+        }
+        None => {
+            let mut taps = Taps::grad(&layer);
+            let logits = c.logits_tapped(x, &mut taps);
+            let a: Tensor<4> = taps.get(&layer).cloned().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{} has no layer `{layer}`; its layers: {}",
+                    b.spec.name,
+                    taps.names.join(", ")
+                ))
+            })?;
+            (logits, MapSource::Burn(a))
+        }
+    };
     let [_, k] = logits.dims();
     let probs = crate::tensor::to_vec(burn::tensor::activation::softmax(
         logits.clone().detach(),
@@ -165,12 +179,22 @@ pub fn grad_cams(
     }
     let pick = Tensor::<2>::from_data(burn::tensor::TensorData::new(pick, [n, k]), &device);
     let grads = (logits * pick).sum().backward();
-    let g = a
-        .grad(&grads)
-        .ok_or_else(|| Error::Internal(format!("no gradient reached layer `{layer}`")))?;
-    let [_, ch, h, w] = a.dims();
-    let av = crate::tensor::to_vec(a.detach())?;
-    let gv = crate::tensor::to_vec(g)?;
+    let no_grad = || Error::Internal(format!("no gradient reached layer `{layer}`"));
+    let (av, gv, [_, ch, h, w]) = match source {
+        MapSource::Engine(tape, f) => {
+            let df = crate::tensor::to_vec(f.grad(&grads).ok_or_else(no_grad)?)?;
+            tape.map_and_grad(&df)?
+        }
+        MapSource::Burn(a) => {
+            let g = a.grad(&grads).ok_or_else(no_grad)?;
+            let dims = a.dims();
+            (
+                crate::tensor::to_vec(a.detach())?,
+                crate::tensor::to_vec(g)?,
+                dims,
+            )
+        }
+    };
     let per = ch * h * w;
     Ok(picks
         .into_iter()
@@ -192,6 +216,14 @@ pub fn grad_cams(
             ),
         })
         .collect())
+}
+
+/// Where a map and its gradient come from.
+enum MapSource {
+    /// The engine's tape, and the features (a leaf of burn's graph) the head read.
+    Engine(crate::backbones::MapTape, Tensor<2>),
+    /// A tap in burn's graph.
+    Burn(Tensor<4>),
 }
 
 /// `relu(Σ_k w_k A_k)` from activations and gradients `[ch, hw]`.

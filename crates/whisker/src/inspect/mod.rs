@@ -22,6 +22,8 @@ pub trait Classifier {
     /// [`Classifier::logits`], offering the backbone's feature maps to `taps` (a map's
     /// gradient with [`Taps::grad`]).
     fn logits_tapped(&self, pixels: Tensor<4>, taps: &mut Taps) -> Tensor<2>;
+    /// The backbone's features `[N, dim]` → class logits (the head alone).
+    fn head_logits(&self, features: Tensor<2>) -> Tensor<2>;
 }
 
 impl Classifier for Backbone {
@@ -33,6 +35,9 @@ impl Classifier for Backbone {
     }
     fn logits_tapped(&self, pixels: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         self.forward(pixels, taps).logits
+    }
+    fn head_logits(&self, features: Tensor<2>) -> Tensor<2> {
+        self.net.classifier(features)
     }
 }
 
@@ -52,5 +57,8 @@ impl Classifier for Trained<'_> {
     fn logits_tapped(&self, pixels: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         self.head
             .logits_tensor(self.backbone.features_with(pixels, taps))
+    }
+    fn head_logits(&self, features: Tensor<2>) -> Tensor<2> {
+        self.head.logits_tensor(features)
     }
 }

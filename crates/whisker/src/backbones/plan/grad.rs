@@ -479,6 +479,38 @@ impl Plan {
         input_grad: bool,
         wanted: Option<&dyn Fn(ParamId) -> bool>,
     ) -> Result<(Vec<f32>, Vec<ParamGrad>)> {
+        self.backward_to(tape, dfeatures, input_grad, wanted, None)
+    }
+
+    /// The value the tap `name` offers (a feature map), if the plan has that tap.
+    pub fn tap_value(&self, name: &str) -> Option<V> {
+        self.ops.iter().find_map(|op| match op {
+            Op::Tap { name: n, x } if n == name => Some(*x),
+            _ => None,
+        })
+    }
+
+    /// The tape's final value of `v` (`[n, h, w, c]`, NHWC) and its shape `(h, w, c)`.
+    pub fn tape_value<'t>(&self, tape: &'t Tape, v: V) -> (&'t [f32], (usize, usize, usize)) {
+        (&tape.values[v], tape.shapes[v])
+    }
+
+    /// d(objective)/d(value `v`) (`[n, h, w, c]`, NHWC) from d(objective)/d(features): the
+    /// backward pass over the ops after the last one that writes `v` — the gradient a tap on
+    /// `v` sees (Grad-CAM's), with no weight or input gradient computed below it.
+    pub fn value_grad(&self, tape: &Tape, dfeatures: &[f32], v: V) -> Result<Vec<f32>> {
+        Ok(self.backward_to(tape, dfeatures, false, None, Some(v))?.0)
+    }
+
+    /// [`Plan::backward_for`], or with `stop_at`, [`Plan::value_grad`] (its first result).
+    fn backward_to(
+        &self,
+        tape: &Tape,
+        dfeatures: &[f32],
+        input_grad: bool,
+        wanted: Option<&dyn Fn(ParamId) -> bool>,
+        stop_at: Option<V>,
+    ) -> Result<(Vec<f32>, Vec<ParamGrad>)> {
         let params = wanted.is_some();
         if params && self.pm.is_empty() {
             return Err(Error::Internal(
@@ -508,13 +540,21 @@ impl Plan {
                 _ => false,
             })
             .collect();
-        let lowest = if input_grad {
-            0
-        } else {
-            needs
+        // the last op writing `stop_at` (its producer, or a squeeze-excitation rescaling it
+        // in place): the pass runs over the ops after it
+        let stop_op = stop_at.map(|v| {
+            self.ops[..self.classifier_start]
+                .iter()
+                .rposition(|op| op.output() == Some(v) || matches!(op, Op::Se { x, .. } if *x == v))
+        });
+        let lowest = match stop_op {
+            Some(Some(i)) => i + 1,
+            Some(None) => 0,
+            None if input_grad => 0,
+            None => needs
                 .iter()
                 .position(|&b| b)
-                .unwrap_or(self.classifier_start)
+                .unwrap_or(self.classifier_start),
         };
         // a max pool right after a ReLU (its only consumer): ReLU's backward done in the
         // pool's, and skipped by the op that applied the ReLU
@@ -571,7 +611,8 @@ impl Plan {
                     };
                     // the image's own gradient only when asked for (fine-tuning needs none),
                     // and none below the lowest op with a wanted parameter
-                    if (*x == 0 || i == lowest) && !input_grad {
+                    let wanted_input = input_grad || stop_at == Some(*x);
+                    if (*x == 0 || i == lowest) && !wanted_input {
                         hand_over(res.map(|r| &mut grads[r]), g);
                         continue;
                     }
@@ -652,7 +693,8 @@ impl Plan {
                     };
                     let (h, wd, c) = shapes[*x];
                     let acc = grads[*x].is_some();
-                    let relu = relu_out[*x] && consumers[*x] == 1 && !acc;
+                    // (not for a value whose own gradient is asked for)
+                    let relu = relu_out[*x] && consumers[*x] == 1 && !acc && stop_at != Some(*x);
                     let dx = grads[*x].get_or_insert_with(|| k::buffers::take(len(*x)));
                     k::max_pool_backward(
                         tape.produced(*x),
@@ -708,6 +750,13 @@ impl Plan {
                 }
                 Op::Tap { .. } => {}
             }
+        }
+        if let Some(v) = stop_at {
+            let g = grads[v].take().unwrap_or_else(|| vec![0f32; len(v)]);
+            for g in grads.into_iter().flatten() {
+                k::buffers::give(g);
+            }
+            return Ok((g, pgrads));
         }
         // the input normalisation, and NHWC → NCHW
         let [_, _, h, w] = tape.dims;
