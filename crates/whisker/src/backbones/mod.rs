@@ -769,6 +769,39 @@ pub fn eval_features(
     net.features(x, &mut Taps::none())
 }
 
+/// [`eval_features`] for many batches with the same weights (an evaluation pass while
+/// fine-tuning): the engine's plan compiled once, at the first batch, instead of per batch.
+pub struct EvalFeatures<'a> {
+    net: &'a Net,
+    norm: Normalization,
+    /// Compiled at the first CPU batch (`Some(None)`: the engine cannot serve this network).
+    plan: Option<Option<plan::Plan>>,
+}
+
+impl<'a> EvalFeatures<'a> {
+    pub fn new(net: &'a Net, norm: Normalization) -> Self {
+        EvalFeatures {
+            net,
+            norm,
+            plan: None,
+        }
+    }
+
+    /// Feature vectors `[n, dim]` of normalised input `x`.
+    pub fn features(&mut self, x: Tensor<4>) -> Tensor<2> {
+        if plan::engine() == plan::Engine::Auto && !x.is_autodiff() && x.device() == Device::flex()
+        {
+            let (net, norm) = (self.net, self.norm);
+            if let Some(p) = self.plan.get_or_insert_with(|| tracked::compile(net, norm)) {
+                if let Some(f) = tracked::run(p, &x) {
+                    return f;
+                }
+            }
+        }
+        self.net.features(x, &mut Taps::none())
+    }
+}
+
 /// An engine forward pass kept for one feature map's gradient ([`Backbone::map_tape`]).
 pub struct MapTape {
     plan: std::sync::Arc<plan::Plan>,

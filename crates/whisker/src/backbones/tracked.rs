@@ -161,7 +161,20 @@ pub(super) fn forward(
     norm: crate::data::transforms::Normalization,
     x: &Tensor<4>,
 ) -> Option<Tensor<2>> {
-    let plan = Plan::compile_net(net, norm, Default::default()).ok()?;
+    run(&compile(net, norm)?, x)
+}
+
+/// `net` compiled for the engine's forward pass with its current weights (BatchNorm folded
+/// with its running statistics); `None` when the engine cannot serve it.
+pub(super) fn compile(
+    net: &super::Net,
+    norm: crate::data::transforms::Normalization,
+) -> Option<Plan> {
+    Plan::compile_net(net, norm, Default::default()).ok()
+}
+
+/// Features `[n, dim]` of `x` (on the CPU, taking no gradient) through a compiled `plan`.
+pub(super) fn run(plan: &Plan, x: &Tensor<4>) -> Option<Tensor<2>> {
     let dims = x.dims();
     let v = if x.is_autodiff() {
         crate::tensor::to_vec(x.clone().inner()).ok()?

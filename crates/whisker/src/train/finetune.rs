@@ -323,6 +323,7 @@ impl FineTuner {
         let device = model.net.devices().into_iter().next().unwrap_or_default();
         let mut out = vec![0f32; n * self.classes];
         let idx: Vec<usize> = (0..n).collect();
+        let mut features = crate::backbones::EvalFeatures::new(&model.net, self.backbone.spec.norm);
         for chunk in idx.chunks(bs.max(1)) {
             let imgs: Vec<(usize, Option<image::RgbImage>)> =
                 chunk.par_iter().map(|&i| (i, load(i))).collect();
@@ -337,8 +338,7 @@ impl FineTuner {
                 &ok.iter().map(|p| p.1.clone()).collect::<Vec<_>>(),
                 &device,
             ));
-            let norm = self.backbone.spec.norm;
-            let f = crate::backbones::eval_features(&model.net, norm, x);
+            let f = features.features(x);
             let l = model.head.forward(f);
             let v = crate::tensor::to_vec(l)?;
             for (j, (i, _)) in ok.iter().enumerate() {
