@@ -252,7 +252,8 @@ unsafe fn pool_job_avx2(j: &PoolJob, db: &mut [f32]) {
     })
 }
 
-/// One window's max-pool backward for `l` channels from `ch` (see [`pool_select`]).
+/// Where a window's select works: `(w, c, ch, l)` — the image's width and channels, and `l`
+/// channels from `ch` (see [`pool_select`]).
 type Select = (usize, usize, usize, usize);
 
 /// [`PoolJob`] with `L` channels a step (one vector register of the path), each window's
@@ -322,9 +323,9 @@ fn pool_select<const L: usize>(
     x: &[f32],
     dx: &mut [f32],
     g: &[f32],
-    (w, c, ch, l): (usize, usize, usize, usize),
-    ys: std::ops::Range<usize>,
-    xs: std::ops::Range<usize>,
+    (w, c, ch, l): Select,
+    ys: Range<usize>,
+    xs: Range<usize>,
     relu_input: bool,
 ) {
     let (mut best, mut arg) = ([f32::NEG_INFINITY; L], [0u32; L]);

@@ -761,12 +761,7 @@ pub fn eval_features(
     norm: crate::data::transforms::Normalization,
     x: Tensor<4>,
 ) -> Tensor<2> {
-    if plan::engine() == plan::Engine::Auto && !x.is_autodiff() && x.device() == Device::flex() {
-        if let Some(f) = tracked::forward(net, norm, &x) {
-            return f;
-        }
-    }
-    net.features(x, &mut Taps::none())
+    EvalFeatures::new(net, norm).features(x)
 }
 
 /// [`eval_features`] for many batches with the same weights (an evaluation pass while

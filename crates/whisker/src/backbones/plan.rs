@@ -495,8 +495,9 @@ impl Builder<'_> {
         let backward = self.bw.is_some() && !frozen;
         let winograd = self.winograd;
         let winograd_backward = self.winograd || self.winograd_backward;
+        let [cout, cpg, _, _] = conv.weight.dims();
         let depthwise = conv.groups != 1;
-        if depthwise && !(conv.groups == conv.weight.dims()[0] && conv.weight.dims()[1] == 1) {
+        if depthwise && !(conv.groups == cout && cpg == 1) {
             return Err(Error::Internal(format!(
                 "the CPU engine has no kernel for a grouped convolution ({} groups)",
                 conv.groups
@@ -507,7 +508,7 @@ impl Builder<'_> {
                 "the CPU engine has no depthwise convolution with a residual".into(),
             ));
         }
-        let out = self.value(conv.weight.dims()[0]);
+        let out = self.value(cout);
         // the backward and forward packs of the weights side by side (a small layer's packs
         // are one panel each, one thread's work)
         let (bw, fw) = folded_with(conv, bn, |w, b, [cout, cpg, kh, kw]| {

@@ -152,7 +152,6 @@ fn register(grads: &mut Gradients, id: burn_autodiff::NodeId, values: Vec<f32>, 
     grads.register::<Flex>(id, t.expect("a flex tensor"));
 }
 
-/// Features `[n, dim]` of normalised input `x` (`[n, 3, h, w]`, autodiff CPU device) through
 /// Features `[n, dim]` of normalised input `x` (`[n, 3, h, w]`, on the CPU, taking no
 /// gradient) through `net` compiled now with its current weights (BatchNorm folded with its
 /// running statistics): the engine's forward pass alone. `None` when the engine cannot serve it.
