@@ -9,12 +9,6 @@
 use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use burn_autodiff::checkpoint::base::Checkpointer;
-use burn_autodiff::checkpoint::strategy::NoCheckpointing;
-use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{Backward, Ops, OpsKind};
-use burn_autodiff::Autodiff;
-use burn_flex::Flex;
 use rayon::prelude::*;
 use rustdct::{Dct2, Dct3, DctPlanner};
 
@@ -197,31 +191,6 @@ fn transpose(src: &[f32], dst: &mut [f32], s: usize) {
     }
 }
 
-#[derive(Debug)]
-struct DecorrelatedOp;
-
-impl Backward<Flex, 1> for DecorrelatedOp {
-    type State = (Arc<Decorrelated>, Vec<f32>);
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let g = grads.consume::<Flex>(&ops.node);
-        let [Some(parent)] = ops.parents else {
-            return;
-        };
-        let (op, img) = ops.state;
-        let g = crate::tensor::to_vec(Tensor::<3>::from_primitive::<Flex>(g))
-            .expect("the image's gradient");
-        let s = op.s;
-        let dz = Tensor::<3>::from_data(
-            TensorData::new(op.backward(&img, &g), [3, s, s]),
-            &Device::flex(),
-        )
-        .try_into_primitive::<Flex>()
-        .expect("a flex tensor");
-        grads.register::<Flex>(parent.id, dz);
-    }
-}
-
 /// The image of latent `z` (`[3, s, s]`), tracked, when `z` is on the autodiff CPU device;
 /// computed untracked on the plain CPU device; `None` elsewhere (the caller then uses
 /// burn's ops).
@@ -231,32 +200,20 @@ pub(crate) fn image(op: &Arc<Decorrelated>, z: &Tensor<3>) -> Option<Tensor<3>> 
         return None;
     }
     let flex = Device::flex();
-    if !z.is_autodiff() {
-        if z.device() != flex {
-            return None;
-        }
-        let x = crate::tensor::to_vec(z.clone()).ok()?;
-        return Some(Tensor::from_data(
-            TensorData::new(op.forward(&x), [3, s, s]),
-            &flex,
-        ));
-    }
-    if z.device() != flex.clone().autodiff() {
+    // (a device compares equal to its autodiff wrapper)
+    if z.device() != flex {
         return None;
     }
-    let x = crate::tensor::to_vec(z.clone().inner()).ok()?;
+    let x = if z.is_autodiff() {
+        crate::tensor::to_vec(z.clone().inner())
+    } else {
+        crate::tensor::to_vec(z.clone())
+    }
+    .ok()?;
     let img = op.forward(&x);
-    let out = Tensor::<3>::from_data(TensorData::new(img.clone(), [3, s, s]), &flex)
-        .try_into_primitive::<Flex>()
-        .ok()?;
-    let za = z.clone().try_into_primitive::<Autodiff<Flex>>().ok()?;
-    let y = match DecorrelatedOp
-        .prepare::<NoCheckpointing>([za.node()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((op.clone(), img), out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    Some(Tensor::<3>::from_primitive::<Autodiff<Flex>>(y))
+    if !z.is_autodiff() {
+        return Some(Tensor::from_data(TensorData::new(img, [3, s, s]), &flex));
+    }
+    let (op, saved) = (op.clone(), img.clone());
+    super::cpu_op::tracked(z, img, [3, s, s], Arc::new(move |g| op.backward(&saved, g)))
 }

@@ -3,6 +3,7 @@
 
 pub mod attack;
 pub mod cam;
+mod cpu_op;
 mod decorrelated;
 pub mod dream;
 pub mod featuremap;

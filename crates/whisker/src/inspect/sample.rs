@@ -4,13 +4,7 @@
 //! (the transpose: each output's gradient spread over its four taps) in plain loops, instead
 //! of burn's generic autodiff of the grid sample (≈ 22 ms of a 75 ms dream step).
 
-use burn::tensor::{Device, Tensor, TensorData};
-use burn_autodiff::checkpoint::base::Checkpointer;
-use burn_autodiff::checkpoint::strategy::NoCheckpointing;
-use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{Backward, Ops, OpsKind};
-use burn_autodiff::Autodiff;
-use burn_flex::Flex;
+use burn::tensor::{Device, Tensor};
 
 /// For each output pixel, its four taps (flat input indices; `u32::MAX` outside the image)
 /// and their bilinear weights.
@@ -119,27 +113,6 @@ impl Taps {
     }
 }
 
-#[derive(Debug)]
-struct AffineView;
-
-impl Backward<Flex, 1> for AffineView {
-    type State = (std::sync::Arc<Taps>, [usize; 3]);
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let g = grads.consume::<Flex>(&ops.node);
-        let [Some(parent)] = ops.parents else {
-            return;
-        };
-        let (taps, dims) = ops.state;
-        let g = crate::tensor::to_vec(Tensor::<4>::from_primitive::<Flex>(g))
-            .expect("the view's gradient");
-        let dx = Tensor::<3>::from_data(TensorData::new(taps.backward(&g), dims), &Device::flex())
-            .try_into_primitive::<Flex>()
-            .expect("a flex tensor");
-        grads.register::<Flex>(parent.id, dx);
-    }
-}
-
 /// The view `[1, c, oh, ow]` of `img` (`[c, h, w]`) through the affine map `theta`, tracked;
 /// `None` when `img` is not on the autodiff CPU device (the caller then uses burn's ops).
 pub(crate) fn affine_view(
@@ -154,27 +127,19 @@ pub(crate) fn affine_view(
     let [c, h, w] = img.dims();
     let taps = std::sync::Arc::new(Taps::new(theta, c, h, w, oh, ow));
     let x = crate::tensor::to_vec(img.clone().inner()).ok()?;
-    let out = Tensor::<4>::from_data(
-        TensorData::new(taps.forward(&x), [1, c, oh, ow]),
-        &Device::flex(),
+    let out = taps.forward(&x);
+    super::cpu_op::tracked(
+        img,
+        out,
+        [1, c, oh, ow],
+        std::sync::Arc::new(move |g| taps.backward(g)),
     )
-    .try_into_primitive::<Flex>()
-    .ok()?;
-    let xa = img.clone().try_into_primitive::<Autodiff<Flex>>().ok()?;
-    let y = match AffineView
-        .prepare::<NoCheckpointing>([xa.node()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((taps, [c, h, w]), out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    Some(Tensor::<4>::from_primitive::<Autodiff<Flex>>(y))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::TensorData;
 
     /// The tracked view equals burn's affine grid + grid sample, forward and backward.
     #[test]
