@@ -5,12 +5,15 @@
 #   tools/gpu-check.sh [PAYLOAD] [OUT]     # PAYLOAD: default .gpu; OUT: default gpu-check
 #
 # 1. parity: the 1000 logits of real EfficientNet-Lite0 weights on three photos, GPU vs the
-#    CPU's (|Δ| ≤ 1e-3; `--precision tf32`'s shown too); with WGPU=wgpu (a build with both features), the same through Vulkan;
+#    CPU's (|Δ| ≤ 1e-3; `--precision tf32`, `bf16` and `f16`'s shown too); with WGPU=wgpu (a
+#    build with both features), the same through Vulkan; the same classify twice with an
+#    empty autotune cache, to time the first run and the run after it (the cache on disk);
 # 2. a 3-step fine-tune (digits, every layer trainable, one step an epoch): the losses, GPU vs
-#    the CPU's (relative ≤ 1e-3);
-# 3. throughput (`whisker bench`, --precision fp32 and tf32): eval forward at batch 64 and 256, a training step at batch
-#    64, for resnet50, mobilenet_v2 and efficientnet_lite0; and, when python3 has PyTorch
-#    with CUDA, the same in PyTorch (tools/bench/gpu_torch.py) in the same run;
+#    the CPU's (relative ≤ 1e-3); with --precision bf16 too (shown: mixed precision's effect);
+# 3. throughput (`whisker bench`, each of PRECISIONS, default fp32 tf32 bf16): eval forward at
+#    batch 64 and 256, a training step at batch 64, for resnet50, mobilenet_v2 and
+#    efficientnet_lite0; and, when python3 has PyTorch with CUDA, the same in PyTorch
+#    (tools/bench/gpu_torch.py: fp32, its default, autocast bf16 / f16) in the same run;
 # 4. Grad-CAM's map vs the CPU's; a PGD attack, an ideal-class image and feature maps run.
 # Each step has a time limit, and the whole check stops after BUDGET seconds (default 900).
 # Writes OUT/gpu-check.json and OUT/gpu-check.md (the table); exits 1 when a parity check fails.
@@ -27,6 +30,7 @@ BATCHES=${BATCHES:-64,256}
 TRAIN_BATCHES=${TRAIN_BATCHES:-64}
 # DEVICE=cpu is a dry run of the script itself on any machine
 DEVICE=${DEVICE:-cuda}
+PRECISIONS=${PRECISIONS:-fp32 tf32 bf16}
 BUDGET=${BUDGET:-900}
 DEADLINE=$(($(date +%s) + BUDGET))
 mkdir -p "$OUT"
@@ -73,32 +77,40 @@ cat "$OUT/machine.json" >&2
 "$W" -q weights fetch efficientnet_lite0 --from "$P/efficientnet-lite0.pth" >/dev/null || exit 2
 
 say "1/5 logits parity (classify, real Lite0 weights)"
+# autotune's cost on a first run, and with its choices on disk (a fresh cache directory)
+XDG_CACHE_HOME=$tmp/xdg stage classify-cold 300 "$W" -q --device "$DEVICE" classify "$P/photos" -k 1000 --json
+XDG_CACHE_HOME=$tmp/xdg stage classify-warm 120 "$W" -q --device "$DEVICE" classify "$P/photos" -k 1000 --json
 stage classify-gpu 300 "$W" -q --device "$DEVICE" classify "$P/photos" -k 1000 --json
 
 say "2/5 fine-tune 3 steps"
 "$W" -q data digits "$tmp/digits" --from "$P/digits.csv.gz" --limit 40 >/dev/null
-stage train-gpu 300 "$W" -q --device "$DEVICE" train "$tmp/digits" --out "$tmp/run" --mode finetune \
+stage train-gpu 420 "$W" -q --device "$DEVICE" train "$tmp/digits" --out "$tmp/run" --mode finetune \
   --unfreeze all --freeze-epochs 0 --epochs 3 --no-augment --batch-size 32 --json
+stage train-bf16 300 "$W" -q --device "$DEVICE" --precision bf16 train "$tmp/digits" --out "$tmp/run-bf16" \
+  --mode finetune --unfreeze all --freeze-epochs 0 --epochs 3 --no-augment --batch-size 32 --json
 
 if python3 -c 'import torch, torchvision; assert torch.cuda.is_available()' 2>/dev/null; then
   say "3/5 PyTorch"
   # shellcheck disable=SC2086
+  modes=$(echo "$PRECISIONS" | sed 's/tf32/default/' | tr ' ' ,)
   stage bench-torch "${TORCH_TIMEOUT:-300}" python3 tools/bench/gpu_torch.py --batch "$BATCHES" \
-    --train-batch "$TRAIN_BATCHES" --min-seconds "$MIN_SECONDS" $MODELS
+    --train-batch "$TRAIN_BATCHES" --min-seconds "$MIN_SECONDS" --modes "$modes" $MODELS
 else
   say "3/5 PyTorch with CUDA not importable: no PyTorch numbers"
 fi
 
 say "4/5 whisker bench"
 for m in $MODELS; do
-  for prec in fp32 tf32; do
+  for prec in $PRECISIONS; do
     stage "bench-whisker-$m-$prec" "${BENCH_TIMEOUT:-150}" "$W" -q --device "$DEVICE" --precision "$prec" \
       bench "$m" --batch "$BATCHES" --train-batch "$TRAIN_BATCHES" --min-seconds "$MIN_SECONDS" \
       --warmup 3 --jsonl
   done
 done
 
-stage classify-tf32 200 "$W" -q --device "$DEVICE" --precision tf32 classify "$P/photos" -k 1000 --json
+for prec in tf32 bf16 f16; do
+  stage "classify-$prec" 200 "$W" -q --device "$DEVICE" --precision "$prec" classify "$P/photos" -k 1000 --json
+done
 
 if [ -n "${WGPU:-}" ]; then
   say "the wgpu build's logits (Vulkan), WGPU=$WGPU"

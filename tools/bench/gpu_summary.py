@@ -82,16 +82,22 @@ def main():
               "timing": {"bench-torch": load(os.path.join(out, "bench-torch.rc"))}}
     checks = report["checks"]
     checks["logits"] = check(p, out, "ref-classify.json", "classify-gpu", LOGIT_TOL, judge_logits)
-    # shown, not a verdict: TF32 is ~1e-3 by design
-    tf32 = check(p, out, "ref-classify.json", "classify-tf32", LOGIT_TOL, judge_logits)
-    if tf32["timing"]:
-        checks["logits_tf32"] = tf32
+    # shown, not verdicts: TF32 is ~1e-3 by design, bf16 / f16 coarser still
+    for prec in ("tf32", "bf16", "f16"):
+        c = check(p, out, "ref-classify.json", "classify-" + prec, LOGIT_TOL, judge_logits)
+        if c["timing"]:
+            checks["logits_" + prec] = c
+    for prec in ("bf16", "f16"):
+        c = check(p, out, "ref-train.json", "train-" + prec, LOSS_TOL, judge_finetune)
+        if c["timing"]:
+            checks["finetune_" + prec] = c
     wgpu = check(p, out, "ref-classify.json", "classify-wgpu", LOGIT_TOL, judge_logits)
     if wgpu["timing"]:
         checks["logits_wgpu"] = wgpu
     checks["finetune"] = check(p, out, "ref-train.json", "train-gpu", LOSS_TOL, judge_finetune)
     checks["cam"] = check(p, out, "ref-cam.json", "cam-gpu", LOGIT_TOL, judge_cam)
-    ok = all(c["pass"] for k, c in checks.items() if k != "logits_tf32")
+    shown = {"logits_tf32", "logits_bf16", "logits_f16", "finetune_bf16", "finetune_f16"}
+    ok = all(c["pass"] for k, c in checks.items() if k not in shown)
 
     ref, got = load(os.path.join(p, "ref-attack.json")), load(os.path.join(out, "attack-gpu.json"))
     report["checks"]["attack"] = {
@@ -118,29 +124,38 @@ def main():
     gpu = (report["machine"] or {}).get("gpu", "?")
     lines.append(f"GPU: {gpu}; CPU: {(report['machine'] or {}).get('cpu', '?')}")
     lines.append("")
-    lines.append("| model | step | batch | whisker fp32 | PyTorch fp32 | ratio | whisker tf32 | PyTorch default (TF32 convs) | ratio |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    # whisker's precision modes and PyTorch's counterparts, side by side where measured
+    pairs = [("fp32", "fp32", "PyTorch fp32"), ("tf32", "default", "PyTorch default (TF32 convs)"),
+             ("bf16", "bf16", "PyTorch autocast bf16"), ("f16", "f16", "PyTorch autocast f16")]
     wv = {(r.get("precision", "fp32"), r["model"], r["kind"], r["batch"]): r for r in wh["results"]}
+    present = {k[0] for k in wv}
+    pairs = [p for p in pairs if p[0] in present]
+    head = "| model | step | batch |" + "".join(f" whisker {w} | {t} | ratio |" for w, _, t in pairs)
+    lines.append(head)
+    lines.append("|---|---|---:|" + "---:|---:|---:|" * len(pairs))
     keys = []
     for r in wh["results"]:
         k = (r["model"], r["kind"], r["batch"])
         if k not in keys:
             keys.append(k)
+
+    def ips(r):
+        return r and r["images_per_s"]
+
+    def num(r):
+        return f"{r['images_per_s']:.1f}" if r else "–"
+
+    def ratio(a, b):
+        return f"{a['images_per_s'] / b['images_per_s']:.2f}×" if a and b else "–"
     for key in keys:
-        w32, w19 = wv.get(("fp32",) + key), wv.get(("tf32",) + key)
-        f32, dft = tv.get(("fp32",) + key), tv.get(("default",) + key)
-        ips = lambda r: r and r["images_per_s"]  # noqa: E731
-        report["bench"].append({"model": key[0], "kind": key[1], "batch": key[2],
-                                "whisker_fp32": ips(w32), "whisker_tf32": ips(w19),
-                                "torch_fp32": ips(f32), "torch_default": ips(dft)})
-
-        def num(r):
-            return f"{r['images_per_s']:.1f}" if r else "–"
-
-        def ratio(a, b):
-            return f"{a['images_per_s'] / b['images_per_s']:.2f}×" if a and b else "–"
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {num(w32)} | {num(f32)} | {ratio(w32, f32)} "
-                     f"| {num(w19)} | {num(dft)} | {ratio(w19, dft)} |")
+        row = {"model": key[0], "kind": key[1], "batch": key[2]}
+        cells = ""
+        for w, t, _ in pairs:
+            wr, tr = wv.get((w,) + key), tv.get((t,) + key)
+            row[f"whisker_{w}"], row[f"torch_{t}"] = ips(wr), ips(tr)
+            cells += f" {num(wr)} | {num(tr)} | {ratio(wr, tr)} |"
+        report["bench"].append(row)
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} |" + cells)
     if not wh["results"]:
         lines.append("| (whisker bench gave no result: see bench-whisker-*.err) |||||||")
     lc, ft = report["checks"]["logits"], report["checks"]["finetune"]
@@ -150,9 +165,22 @@ def main():
     lines.append(f"Fine-tune, 3 steps (every layer trainable, AdamW): training loss max relative Δ = "
                  f"{ft.get('max_rel')} (≤ {LOSS_TOL}): {'pass' if ft['pass'] else 'FAIL'}; "
                  f"validation loss {ft.get('max_rel_val')}")
-    if "logits_tf32" in report["checks"]:
-        lt = report["checks"]["logits_tf32"]
-        lines.append(f"Logits with --precision tf32 (shown, not a verdict): max |Δ| = {lt.get('max_abs_diff')}")
+    for prec in ("tf32", "bf16", "f16"):
+        lt = report["checks"].get("logits_" + prec)
+        if lt:
+            lines.append(f"Logits with --precision {prec} (shown, not a verdict): max |Δ| = "
+                         f"{lt.get('max_abs_diff')}, top-1 the same: {lt.get('top1_same')}")
+    for prec in ("bf16", "f16"):
+        fp = report["checks"].get("finetune_" + prec)
+        if fp:
+            lines.append(f"Fine-tune 3 steps with --precision {prec} (shown): training loss max "
+                         f"relative Δ = {fp.get('max_rel')}, test accuracy "
+                         f"{fp.get('test_accuracy')}")
+    cold, warm = (load(os.path.join(out, n + ".rc")) for n in ("classify-cold", "classify-warm"))
+    if cold or warm:
+        report["timing"]["autotune_cache"] = {"cold": cold, "warm": warm}
+        lines.append(f"classify of 3 photos with an empty autotune cache: {(cold or {}).get('ms')} ms; "
+                     f"again, the cache on disk: {(warm or {}).get('ms')} ms")
     if "logits_wgpu" in report["checks"]:
         lw = report["checks"]["logits_wgpu"]
         lines.append(f"Logits parity through wgpu (Vulkan): max |Δ| = {lw.get('max_abs_diff')} "

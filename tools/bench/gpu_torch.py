@@ -5,12 +5,15 @@ backward, SGD momentum 0.9, every weight trainable, BatchNorm in eval mode). One
 per line, for each precision mode:
 
 - `fp32`: TF32 off for convolutions and matmuls (IEEE fp32, what whisker computes);
-- `default`: PyTorch's defaults (cuDNN convolutions in TF32 on Ampere and newer).
+- `default`: PyTorch's defaults (cuDNN convolutions in TF32 on Ampere and newer);
+- `bf16`, `f16`: automatic mixed precision (`torch.autocast`, f32 weights; f16 training with
+  a `GradScaler`), as `whisker --precision bf16|f16`.
 
     python3 tools/bench/gpu_torch.py [--batch 64,256] [--train-batch 64] [--min-seconds 3]
-        [--modes fp32,default] [MODEL...]
+        [--modes fp32,default,bf16,f16] [MODEL...]
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -60,6 +63,12 @@ def main():
         torch.backends.cudnn.allow_tf32 = not strict
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.benchmark = True
+        low = {"bf16": torch.bfloat16, "f16": torch.float16}.get(mode)
+
+        def autocast():
+            return (torch.autocast("cuda", dtype=low) if low is not None
+                    else contextlib.nullcontext())
+        scaler = torch.amp.GradScaler("cuda") if mode == "f16" else None
         for name in a.models or ["resnet50", "mobilenet_v2", "efficientnet_lite0"]:
             m, size = build(name)
             m = m.to(dev)
@@ -68,7 +77,7 @@ def main():
             for b in batches:
                 x = torch.rand(b, 3, size, size, device=dev)
                 m.eval()
-                with torch.inference_mode():
+                with torch.inference_mode(), autocast():
                     secs, iters = timed(lambda: logits(m(x)).cpu(), a.warmup, a.min_seconds)
                 print(json.dumps({**base, "kind": "eval", "batch": b, "iters": iters,
                                   "ms_per_batch": round(secs * 1e3, 2),
@@ -83,9 +92,15 @@ def main():
 
                 def step():
                     opt.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(logits(m(x)), y)
-                    loss.backward()
-                    opt.step()
+                    with autocast():
+                        loss = F.cross_entropy(logits(m(x)).float(), y)
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        opt.step()
                     return loss.item()
 
                 secs, iters = timed(step, a.warmup, a.min_seconds)

@@ -33,10 +33,12 @@ struct Cli {
     #[arg(long, global = true)]
     device: Option<String>,
     /// GPU arithmetic of convolutions and matrix products: fp32 (f32 results; on NVIDIA tensor
-    /// cores three TF32 products each) or tf32 (one TF32 product: faster, ~1e-3 relative
-    /// error, PyTorch's default for convolutions). The CPU always computes in f32 [default:
+    /// cores three TF32 products each), tf32 (one TF32 product: faster, ~1e-3 relative error,
+    /// PyTorch's default for convolutions), bf16 or f16 (mixed precision as PyTorch's autocast:
+    /// bfloat16 / half operands and results, f32 weights, BatchNorm, loss and optimizer; f16
+    /// training scales the loss dynamically). The CPU always computes in f32 [default:
     /// WHISKER_GPU_PRECISION, else fp32].
-    #[arg(long, global = true, value_parser = ["fp32", "tf32"])]
+    #[arg(long, global = true, value_parser = ["fp32", "tf32", "bf16", "f16"])]
     precision: Option<String>,
     /// Largest image, in pixels, that is decoded (default: Pillow's 89,478,485; also
     /// WHISKER_MAX_PIXELS): larger ones are refused as possible decompression bombs.
@@ -183,6 +185,16 @@ fn main() {
                  `--device cpu` is faster"
             );
         }
+    }
+    if cli.precision.is_some()
+        && whisker::device::is_cpu(&whisker::default_device())
+        && whisker::device::gpu_precision().reduced_dtype().is_some()
+        && whisker::backbones::plan::engine() == whisker::backbones::plan::Engine::Auto
+    {
+        eprintln!(
+            "whisker: warning: --precision {} applies to GPU devices; the CPU computes in f32",
+            cli.precision.as_deref().unwrap_or_default()
+        );
     }
     if let Some(n) = cli.max_pixels {
         whisker::data::decode::set_max_pixels(n as u64);

@@ -563,3 +563,77 @@ fn featuremap_cam_and_attack_commands() {
     );
     assert!(plot.is_file());
 }
+
+/// `--precision bf16|f16` (mixed precision, for GPUs) emulated on the CPU with burn's
+/// operations: the logits move by the reduced precision's rounding (real Lite0 weights), the
+/// ranking holds, and the feature cache keeps each precision's features apart. With the CPU
+/// engine the flag changes nothing and says so.
+#[test]
+fn mixed_precision_is_emulated_on_burns_operations_and_cached_apart() {
+    let home = home_with_weights();
+    let classify = |engine: &str, precision: &str| -> (Vec<Vec<(u64, f64)>>, String) {
+        let out = whisker(home.path())
+            .env("WHISKER_ENGINE", engine)
+            .args(["--precision", precision, "classify", "--json", "-k", "1000"])
+            .arg(testdata("chelsea.png"))
+            .arg(testdata("rocket.jpg"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rows = doc["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let mut v: Vec<(u64, f64)> = r["top"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| (t["index"].as_u64().unwrap(), t["logit"].as_f64().unwrap()))
+                    .collect();
+                v.sort_by_key(|p| p.0);
+                assert_eq!(v.len(), 1000);
+                v
+            })
+            .collect();
+        (rows, stderr(&out))
+    };
+    let top5 = |v: &[(u64, f64)]| {
+        let mut s = v.to_vec();
+        s.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut t: Vec<u64> = s[..5].iter().map(|p| p.0).collect();
+        t.sort();
+        t
+    };
+    let (f32s, _) = classify("auto", "fp32");
+    // measured: bf16 0.086 (chelsea) and 0.27 (rocket), f16 0.014 and 0.037 (burn-flex sums
+    // half in half); the head alone in reduced precision (features from the f32 cache) moves
+    // them by ≤ 0.027 / 0.004
+    for (precision, lo, hi) in [("bf16", 0.04, 0.6), ("f16", 0.006, 0.1)] {
+        let (got, _) = classify("burn", precision);
+        for (a, b) in f32s.iter().zip(&got) {
+            let d = a
+                .iter()
+                .zip(b)
+                .fold(0f64, |m, (p, q)| m.max((p.1 - q.1).abs()));
+            assert!(d > lo && d < hi, "{precision}: max |Δlogit| {d}");
+            assert_eq!(top5(a), top5(b), "{precision}: the top five");
+        }
+    }
+    // the CPU engine computes in f32 whatever the flag: the same numbers, and a warning
+    let (same, err) = classify("auto", "bf16");
+    assert_eq!(same, f32s);
+    assert!(err.contains("applies to GPU devices"), "{err}");
+    let caches = std::fs::read_dir(home.path().join("features"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("efficientnet_lite0-")
+        })
+        .count();
+    assert_eq!(caches, 3, "f32, bf16 and f16 features apart");
+}

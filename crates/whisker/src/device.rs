@@ -83,6 +83,7 @@ pub fn open_device(spec: &str) -> Result<Device> {
     if device == Device::flex() {
         return Ok(device);
     }
+    pin_gpu_cache();
     let d = device.clone();
     let probe = move || {
         let x = Tensor::<1>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0], [3]), &d);
@@ -108,7 +109,7 @@ pub fn open_device(spec: &str) -> Result<Device> {
     std::panic::set_hook(hook);
     let first = FIRST.lock().ok().and_then(|mut f| f.take());
     let why = match got {
-        Ok(Ok(v)) if v == [14.0] => return Ok(device),
+        Ok(Ok(v)) if v == [14.0] => return check_precision(spec.trim(), device),
         Ok(Ok(v)) => format!("a test computation gave {v:?} instead of [14.0]"),
         Ok(Err(e)) => format!("cannot read a result back: {e:?}"),
         Err(_) => first.unwrap_or_else(|| "the runtime failed".into()),
@@ -122,6 +123,54 @@ pub fn open_device(spec: &str) -> Result<Device> {
         device: spec.trim().to_string(),
         reason: format!("cannot be opened: {}. {hint}", first_line(&why)),
     })
+}
+
+/// Where the GPU runtime keeps what it learns (autotune choices, compiled kernels): cubecl's
+/// configuration (a `cubecl.toml` or `burn.toml` found from the working directory up, and
+/// `CUBECL_*` variables) where it names a place, else the user's cache directory
+/// (`~/.cache/cubecl` on Linux). cubecl's own default is the `target/` folder of the outermost
+/// Cargo project above the working directory: a run inside some other project would tune again
+/// and write into that project.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub fn pin_gpu_cache() {
+    use burn::cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut cfg = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        if matches!(cfg.environment.path, CacheConfig::Target) {
+            cfg.environment.path = CacheConfig::Global;
+        }
+        // false when the configuration was read already (a library user's own choice): kept
+        let _ = CubeClRuntimeConfig::try_set(cfg);
+    });
+}
+/// Without a GPU backend there is no GPU cache to place.
+#[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+pub fn pin_gpu_cache() {}
+
+/// `device` when it computes in the chosen precision's reduced type (bf16 / f16), else an
+/// error: a GPU without the type (bf16 through Vulkan, f16 on some adapters) would give wrong
+/// numbers, not an error.
+fn check_precision(spec: &str, device: Device) -> Result<Device> {
+    let p = gpu_precision();
+    match p.reduced_dtype() {
+        Some(dt) if !device.supports_dtype(dt) => Err(Error::Device {
+            device: spec.to_string(),
+            reason: format!(
+                "{} does not compute in {}: choose another --precision (fp32{})",
+                gpu_identity(&device)
+                    .map(|(name, _)| name)
+                    .unwrap_or_else(|| format!("{device:?}")),
+                format!("{p:?}").to_lowercase(),
+                if p == GpuPrecision::Bf16 && device.supports_dtype(burn::tensor::FloatDType::F16) {
+                    ", or f16"
+                } else {
+                    ""
+                }
+            ),
+        }),
+        _ => Ok(device),
+    }
 }
 
 fn first_line(s: &str) -> &str {
@@ -190,10 +239,11 @@ pub fn describe(device: &Device) -> String {
     }
 }
 
-/// How a GPU multiplies f32 in convolutions and matrix products. NVIDIA tensor cores (and
+/// How a GPU multiplies in convolutions and matrix products. NVIDIA tensor cores (and
 /// burn's fastest CUDA kernels with them) round f32 operands to TF32, a 10-bit mantissa: about
 /// 1e-3 relative error per product, as PyTorch's default for convolutions on Ampere and newer.
-/// The CPU always computes in f32.
+/// The CPU always computes in f32 (its engine); `bf16` / `f16` there apply only to burn's
+/// operations (`WHISKER_ENGINE=burn`), an emulation to measure their effect without a GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GpuPrecision {
@@ -203,6 +253,27 @@ pub enum GpuPrecision {
     Fp32,
     /// One TF32 product: faster, ~1e-3 relative error.
     Tf32,
+    /// Mixed precision with bfloat16 (as PyTorch's autocast): convolutions and matrix products
+    /// take bf16 operands (8-bit mantissa) and give bf16 results, converted back to f32;
+    /// weights, BatchNorm, activations, the loss and the optimizer stay f32 (f32 master
+    /// weights). Twice the tensor-core rate of TF32, half the memory traffic; no loss scaling
+    /// needed (bf16 has f32's exponent range).
+    Bf16,
+    /// Mixed precision with IEEE half (10-bit mantissa, largest value 65504): as `bf16`, more
+    /// precise but with a narrow range, so training scales the loss (dynamically, as PyTorch's
+    /// `GradScaler`) to keep small gradients from vanishing. For GPUs without bf16 (V100, T4).
+    F16,
+}
+
+impl GpuPrecision {
+    /// The reduced float type of a mixed-precision mode; `None` for the f32 modes.
+    pub fn reduced_dtype(self) -> Option<burn::tensor::FloatDType> {
+        match self {
+            GpuPrecision::Fp32 | GpuPrecision::Tf32 => None,
+            GpuPrecision::Bf16 => Some(burn::tensor::FloatDType::BF16),
+            GpuPrecision::F16 => Some(burn::tensor::FloatDType::F16),
+        }
+    }
 }
 
 impl std::str::FromStr for GpuPrecision {
@@ -211,8 +282,10 @@ impl std::str::FromStr for GpuPrecision {
         match s.trim() {
             "fp32" | "f32" => Ok(GpuPrecision::Fp32),
             "tf32" => Ok(GpuPrecision::Tf32),
+            "bf16" => Ok(GpuPrecision::Bf16),
+            "f16" | "fp16" => Ok(GpuPrecision::F16),
             other => Err(Error::Invalid(format!(
-                "unknown GPU precision `{other}` (fp32, tf32)"
+                "unknown GPU precision `{other}` (fp32, tf32, bf16, f16)"
             ))),
         }
     }
@@ -234,13 +307,14 @@ pub fn set_gpu_precision(p: GpuPrecision) -> Result<()> {
 }
 
 /// The GPU precision: the one set with [`set_gpu_precision`], else `WHISKER_GPU_PRECISION`
-/// (fp32 | tf32), else fp32.
+/// (fp32 | tf32 | bf16 | f16), else fp32.
 pub fn gpu_precision() -> GpuPrecision {
-    *PRECISION.get_or_init(|| {
-        std::env::var("WHISKER_GPU_PRECISION")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(GpuPrecision::Fp32)
+    *PRECISION.get_or_init(|| match std::env::var("WHISKER_GPU_PRECISION") {
+        Ok(v) if !v.trim().is_empty() => v.parse().unwrap_or_else(|e| {
+            eprintln!("whisker: warning: WHISKER_GPU_PRECISION: {e}; using fp32");
+            GpuPrecision::Fp32
+        }),
+        _ => GpuPrecision::Fp32,
     })
 }
 
@@ -282,5 +356,24 @@ mod tests {
             let e = parse_device("wgpu").unwrap_err().to_string();
             assert!(e.contains("--features wgpu"), "{e}");
         }
+    }
+
+    #[test]
+    fn precisions() {
+        use burn::tensor::FloatDType;
+        for (s, p, dt) in [
+            ("fp32", GpuPrecision::Fp32, None),
+            ("tf32", GpuPrecision::Tf32, None),
+            ("bf16", GpuPrecision::Bf16, Some(FloatDType::BF16)),
+            ("fp16", GpuPrecision::F16, Some(FloatDType::F16)),
+            (" f16", GpuPrecision::F16, Some(FloatDType::F16)),
+        ] {
+            let got: GpuPrecision = s.parse().unwrap();
+            assert_eq!((got, got.reduced_dtype()), (p, dt), "{s}");
+        }
+        let e = "half".parse::<GpuPrecision>().unwrap_err().to_string();
+        assert!(e.contains("`half`") && e.contains("bf16, f16"), "{e}");
+        // the CPU computes every reduced type (burn-flex): opening it never refuses one
+        assert!(check_precision("cpu", Device::flex()).is_ok());
     }
 }

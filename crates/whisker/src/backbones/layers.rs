@@ -4,7 +4,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::module::{batch_norm, conv2d, linear};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 
 use crate::error::Result;
 use crate::weights::Loader;
@@ -110,14 +110,86 @@ impl Conv2d {
         let opts =
             ConvOptions::new_with_padding([self.stride, self.stride], padding, [1, 1], self.groups);
         let bias = self.bias.as_ref().map(|b| b.val());
-        if crate::device::split_for_f32(&x.device()) {
-            let (xh, xl) = tf32_split(x);
-            let (wh, wl) = tf32_split(self.weight.val());
-            return conv2d(xh.clone(), wh.clone(), bias, opts.clone())
-                + conv2d(xh, wl, None, opts.clone())
-                + conv2d(xl, wh, None, opts);
+        conv2d_in(arith(&x.device()), x, self.weight.val(), bias, opts)
+    }
+}
+
+/// How burn's convolutions and matrix products compute on a device (see
+/// [`crate::device::GpuPrecision`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arith {
+    /// The backend's f32 kernels as they are (the CPU; TF32 on CUDA with `--precision tf32`).
+    F32,
+    /// f32 from TF32 tensor cores: three products of split operands ([`tf32_split`]).
+    SplitF32,
+    /// Mixed precision: operands cast to this type, the result cast back to f32; the bias is
+    /// added in f32. Gradients flow back through the casts as f32.
+    Cast(burn::tensor::FloatDType),
+}
+
+/// The arithmetic of burn's convolutions and matrix products on `device`: the chosen GPU
+/// precision; on the CPU f32, unless burn's operations are forced (`WHISKER_ENGINE=burn`) with
+/// `bf16` / `f16` chosen (an emulation that measures mixed precision without a GPU).
+pub fn arith(device: &burn::tensor::Device) -> Arith {
+    let p = crate::device::gpu_precision();
+    match p.reduced_dtype() {
+        Some(dt)
+            if !crate::device::is_cpu(device)
+                || super::plan::engine() == super::plan::Engine::Burn =>
+        {
+            Arith::Cast(dt)
         }
-        conv2d(x, self.weight.val(), bias, opts)
+        _ if crate::device::split_for_f32(device) => Arith::SplitF32,
+        _ => Arith::F32,
+    }
+}
+
+/// `conv2d` computed as `a` says.
+pub fn conv2d_in(
+    a: Arith,
+    x: Tensor<4>,
+    w: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    opts: ConvOptions<2>,
+) -> Tensor<4> {
+    match a {
+        Arith::F32 => conv2d(x, w, bias, opts),
+        Arith::SplitF32 => {
+            let (xh, xl) = tf32_split(x);
+            let (wh, wl) = tf32_split(w);
+            conv2d(xh.clone(), wh.clone(), bias, opts.clone())
+                + conv2d(xh, wl, None, opts.clone())
+                + conv2d(xl, wh, None, opts)
+        }
+        Arith::Cast(dt) => {
+            let y = conv2d(x.cast(dt), w.cast(dt), None, opts).cast(FloatDType::F32);
+            match bias {
+                Some(b) => {
+                    let c = b.dims()[0];
+                    y + b.reshape([1, c, 1, 1])
+                }
+                None => y,
+            }
+        }
+    }
+}
+
+/// `linear` (`x·w + b`, `w` as `[in, out]`) computed as `a` says.
+pub fn linear_in(a: Arith, x: Tensor<2>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
+    match a {
+        Arith::F32 => linear(x, w, bias),
+        Arith::SplitF32 => {
+            let (xh, xl) = tf32_split(x);
+            let (wh, wl) = tf32_split(w);
+            linear(xh.clone(), wh.clone(), bias) + linear(xh, wl, None) + linear(xl, wh, None)
+        }
+        Arith::Cast(dt) => {
+            let y = linear(x.cast(dt), w.cast(dt), None).cast(FloatDType::F32);
+            match bias {
+                Some(b) => y + b.unsqueeze(),
+                None => y,
+            }
+        }
     }
 }
 
@@ -304,14 +376,12 @@ impl Linear {
     }
 
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        if crate::device::split_for_f32(&x.device()) {
-            let (xh, xl) = tf32_split(x);
-            let (wh, wl) = tf32_split(self.weight.val());
-            return linear(xh.clone(), wh.clone(), Some(self.bias.val()))
-                + linear(xh, wl, None)
-                + linear(xl, wh, None);
-        }
-        linear(x, self.weight.val(), Some(self.bias.val()))
+        linear_in(
+            arith(&x.device()),
+            x,
+            self.weight.val(),
+            Some(self.bias.val()),
+        )
     }
 
     pub fn in_features(&self) -> usize {
@@ -574,5 +644,149 @@ mod tests {
             three < 1e-6,
             "three TF32 products are f32-accurate: {three:e}"
         );
+    }
+
+    /// A naive convolution (stride 1, padding 1, no groups) in f64 of operands rounded by `r`.
+    fn conv_ref(
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        [c, h, wd]: [usize; 3],
+        co: usize,
+        r: &dyn Fn(f32) -> f32,
+    ) -> Vec<f64> {
+        let mut out = vec![0f64; co * h * wd];
+        for o in 0..co {
+            for y in 0..h {
+                for xx in 0..wd {
+                    let mut acc = 0f64;
+                    for ci in 0..c {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (iy, ix) = (y + ky, xx + kx);
+                                if iy < 1 || ix < 1 || iy > h || ix > wd {
+                                    continue;
+                                }
+                                let xv = r(x[(ci * h + iy - 1) * wd + ix - 1]) as f64;
+                                acc += xv * r(w[((o * c + ci) * 3 + ky) * 3 + kx]) as f64;
+                            }
+                        }
+                    }
+                    out[(o * h + y) * wd + xx] = acc + b[o] as f64;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn mixed_precision_convolutions_round_operands_and_keep_f32_gradients() {
+        let device = Device::flex().autodiff();
+        let (c, h, wd, co) = (3, 6, 5, 4);
+        let val = |i: usize, s: f32| (i as f32 * s).sin() * (1.0 + (i % 7) as f32);
+        let x: Vec<f32> = (0..c * h * wd).map(|i| val(i, 0.917)).collect();
+        let w: Vec<f32> = (0..co * c * 9).map(|i| val(i, 1.303) * 0.1).collect();
+        let b: Vec<f32> = (0..co).map(|i| 0.25 * i as f32 - 0.3).collect();
+        let opts = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+        let bf = |f: f32| half::bf16::from_f32(f).to_f32();
+        let hf = |f: f32| half::f16::from_f32(f).to_f32();
+        let exact = conv_ref(&x, &w, &b, [c, h, wd], co, &|f| f);
+        // bf16 on burn-flex: f32 sums of the rounded operands, rounded once (one ulp); f16 on
+        // burn-flex accumulates in half (GPUs' tensor cores in f32): each of the 27 additions
+        // may round, so the bound is 28 ulp of Σ|x·w|
+        for (dt, round, ulp, adds) in [
+            (
+                FloatDType::BF16,
+                &bf as &dyn Fn(f32) -> f32,
+                2f64.powi(-8),
+                false,
+            ),
+            (FloatDType::F16, &hf, 2f64.powi(-11), true),
+        ] {
+            let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [1, c, h, wd]), &device)
+                .require_grad();
+            let wt = Tensor::<4>::from_data(TensorData::new(w.clone(), [co, c, 3, 3]), &device)
+                .require_grad();
+            let bt = Tensor::<1>::from_data(TensorData::new(b.clone(), [co]), &device);
+            let y = conv2d_in(
+                Arith::Cast(dt),
+                xt.clone(),
+                wt.clone(),
+                Some(bt),
+                opts.clone(),
+            );
+            assert_eq!(y.dtype(), burn::tensor::DType::F32, "{dt:?}: f32 out");
+            let got = crate::tensor::to_vec(y.clone()).unwrap();
+            // the reduced-precision conv: f32 products of rounded operands, the sum rounded
+            // once to the reduced type (one ulp of slack for the order of summation), then
+            // the f32 bias
+            let want = conv_ref(&x, &w, &vec![0.0; co], [c, h, wd], co, round);
+            let abs: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+            let wabs: Vec<f32> = w.iter().map(|v| v.abs()).collect();
+            let mag = conv_ref(&abs, &wabs, &vec![0.0; co], [c, h, wd], co, round);
+            let mut moved = 0f64;
+            for (i, g) in got.iter().enumerate() {
+                let o = i / (h * wd);
+                let (g, r) = (*g as f64 - b[o] as f64, want[i]);
+                let bound = if adds {
+                    28.0 * ulp * mag[i]
+                } else {
+                    1.01 * ulp * r.abs()
+                };
+                assert!((g - r).abs() <= bound + 1e-6, "{dt:?} {i}: {g} vs {r}");
+                moved = moved.max((*got.get(i).unwrap() as f64 - exact[i]).abs());
+            }
+            // and it is not the f32 convolution
+            assert!(
+                moved > 1e-4,
+                "{dt:?}: the operands were rounded ({moved:e})"
+            );
+            // gradients: f32 tensors of the f32 inputs, close to the f32 convolution's
+            let r: Vec<f32> = (0..co * h * wd).map(|i| val(i, 0.51)).collect();
+            let rt = Tensor::<4>::from_data(TensorData::new(r.clone(), [1, co, h, wd]), &device);
+            let g = (y * rt.clone()).sum().backward();
+            let (gx, gw) = (xt.grad(&g).unwrap(), wt.grad(&g).unwrap());
+            assert_eq!(gw.dtype(), burn::tensor::DType::F32);
+            assert_eq!(gx.dtype(), burn::tensor::DType::F32);
+            let x32 = Tensor::<4>::from_data(TensorData::new(x.clone(), [1, c, h, wd]), &device)
+                .require_grad();
+            let w32 = Tensor::<4>::from_data(TensorData::new(w.clone(), [co, c, 3, 3]), &device)
+                .require_grad();
+            let y32 = conv2d_in(Arith::F32, x32.clone(), w32.clone(), None, opts.clone());
+            let g32 = (y32 * rt).sum().backward();
+            for (a, e, what) in [
+                (gx, x32.grad(&g32).unwrap().inner(), "input"),
+                (gw, w32.grad(&g32).unwrap().inner(), "weight"),
+            ] {
+                let (a, e) = (
+                    crate::tensor::to_vec(a).unwrap(),
+                    crate::tensor::to_vec(e).unwrap(),
+                );
+                let scale = e.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+                let d = a
+                    .iter()
+                    .zip(&e)
+                    .fold(0f64, |m, (p, q)| m.max((p - q).abs() as f64));
+                assert!(
+                    d > 1e-7 * scale && d < 16.0 * ulp * scale,
+                    "{dt:?} {what} gradient: max |Δ| {d:e} of {scale:e}"
+                );
+            }
+        }
+        // linear: x·w + b with rounded operands
+        let xl = Tensor::<2>::from_data(TensorData::new(x[..12].to_vec(), [2, 6]), &device);
+        let wl = Tensor::<2>::from_data(TensorData::new(w[..18].to_vec(), [6, 3]), &device);
+        let bl = Tensor::<1>::from_data(TensorData::new(b[..3].to_vec(), [3]), &device);
+        let got = crate::tensor::to_vec(linear_in(Arith::Cast(FloatDType::BF16), xl, wl, Some(bl)))
+            .unwrap();
+        for r in 0..2 {
+            for o in 0..3 {
+                let want: f64 = (0..6)
+                    .map(|k| bf(x[r * 6 + k]) as f64 * bf(w[k * 3 + o]) as f64)
+                    .sum();
+                let g = got[r * 3 + o] as f64 - b[o] as f64;
+                assert!((g - want).abs() <= 1.01 * 2f64.powi(-8) * want.abs() + 1e-6);
+            }
+        }
     }
 }

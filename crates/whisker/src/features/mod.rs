@@ -30,10 +30,18 @@ impl FeatureCache {
     /// (default `$WHISKER_HOME`).
     pub fn new(home: Option<&Path>, backbone: &Backbone, weights_sha256: &str) -> Self {
         let pre = backbone.preprocess();
-        let key = format!(
+        let mut key = format!(
             "{}|{}|{}|{}|{:?}",
             backbone.spec.name, weights_sha256, pre.resize, pre.crop, pre.norm
         );
+        // features computed with coarser arithmetic (GPU mixed precision, TF32) are kept apart
+        // from f32 ones
+        if let Some(device) = burn::module::Module::devices(&backbone.net)
+            .into_iter()
+            .next()
+        {
+            key.push_str(arith_tag(&device));
+        }
         let h = hex::encode(Sha256::digest(key.as_bytes()));
         let home = home.map(Path::to_path_buf).unwrap_or_else(whisker_home);
         FeatureCache {
@@ -61,6 +69,24 @@ impl FeatureCache {
     pub fn put(&self, content: &str, v: &[f32]) -> Result<()> {
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         crate::io::write_atomic(&self.path(content), &bytes)
+    }
+}
+
+/// How a device's convolutions compute, for the cache key: empty for f32 (the CPU, and fp32 on
+/// GPUs), else the precision's name.
+fn arith_tag(device: &burn::tensor::Device) -> &'static str {
+    use crate::backbones::layers::{arith, Arith};
+    use crate::device::GpuPrecision;
+    match arith(device) {
+        Arith::Cast(burn::tensor::FloatDType::BF16) => "|bf16",
+        Arith::Cast(_) => "|f16",
+        Arith::F32
+            if !crate::device::is_cpu(device)
+                && crate::device::gpu_precision() == GpuPrecision::Tf32 =>
+        {
+            "|tf32"
+        }
+        _ => "",
     }
 }
 

@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::head::{lr_at, EpochStats, HeadConfig};
+use super::loss_scale::{self, LossScaler};
 use super::probe::LinearHead;
 use crate::backbones::{Backbone, Net};
 use crate::data::augment::Augment;
@@ -63,6 +64,8 @@ pub struct FineTuner {
     pub step: u64,
     pub history: Vec<EpochStats>,
     pub classes: usize,
+    /// The loss scale of f16 mixed precision (`--precision f16` on a GPU); unused otherwise.
+    pub loss_scale: LossScaler,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -74,6 +77,9 @@ struct Meta {
     classes: usize,
     /// sha256 of each optimiser-state file of this epoch.
     files: BTreeMap<String, String>,
+    /// f16 mixed precision's loss scale (absent in older checkpoints: the initial one).
+    #[serde(default)]
+    loss_scale: LossScaler,
 }
 
 struct SetGrad<'a> {
@@ -173,6 +179,7 @@ impl FineTuner {
             step: 0,
             history: Vec::new(),
             classes,
+            loss_scale: LossScaler::default(),
         })
     }
 
@@ -244,6 +251,7 @@ impl FineTuner {
             .next()
             .unwrap_or_default();
         let norm = self.backbone.spec.norm;
+        let scaling = loss_scale::needed(&device);
         let mut sum = 0.0;
         let mut seen = 0;
         let mut lr = cfg.lr;
@@ -274,20 +282,37 @@ impl FineTuner {
             super::check_loss(batch_loss, self.epoch + 1, bi + 1)?;
             sum += batch_loss * labels.len() as f64;
             seen += labels.len();
-            let mut grads = loss.backward();
+            let mut grads = if scaling {
+                self.loss_scale.scale_loss(loss).backward()
+            } else {
+                loss.backward()
+            };
             let step_in_phase = phase_epoch as u64 * steps + bi as u64;
             lr = lr_at(&head_cfg(cfg), step_in_phase, steps * phase_len as u64);
-            let g_head = GradientsParams::from_module(&mut grads, &self.model.head);
-            let g_net = GradientsParams::from_module(&mut grads, &self.model.net);
-            let FineTuneModel { net, head } =
-                std::mem::replace(&mut self.model, placeholder(&self.backbone, self.classes));
-            let head = self.opt_head.step(lr, head, g_head);
-            let net = if frozen_phase {
-                net
+            let mut g_head = GradientsParams::from_module(&mut grads, &self.model.head);
+            let mut g_net = GradientsParams::from_module(&mut grads, &self.model.net);
+            // f16: gradients back to their true size; an overflowed step is skipped
+            let apply = if scaling {
+                let mut u = self.loss_scale.unscaling();
+                u.apply(&mut g_head, &self.model.head);
+                u.apply(&mut g_net, &self.model.net);
+                let finite = u.finish()?;
+                self.loss_scale.update(finite);
+                finite
             } else {
-                self.opt_net.step(lr / cfg.lr_mult, net, g_net)
+                true
             };
-            self.model = FineTuneModel { net, head };
+            if apply {
+                let FineTuneModel { net, head } =
+                    std::mem::replace(&mut self.model, placeholder(&self.backbone, self.classes));
+                let head = self.opt_head.step(lr, head, g_head);
+                let net = if frozen_phase {
+                    net
+                } else {
+                    self.opt_net.step(lr / cfg.lr_mult, net, g_net)
+                };
+                self.model = FineTuneModel { net, head };
+            }
             self.step += 1;
             progress(seen, n);
         }
@@ -445,6 +470,7 @@ impl FineTuner {
             config: cfg.clone(),
             classes: self.classes,
             files,
+            loss_scale: self.loss_scale,
         };
         let state =
             serde_json::to_string_pretty(&meta).map_err(|err| Error::Internal(err.to_string()))?;
@@ -559,6 +585,7 @@ impl FineTuner {
         t.epoch = meta.epoch;
         t.step = meta.step;
         t.history = meta.history;
+        t.loss_scale = meta.loss_scale;
         Ok((t, meta.config))
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod finetune;
 pub mod head;
+pub mod loss_scale;
 pub mod metrics;
 pub mod model_file;
 pub mod optim;
