@@ -12,30 +12,6 @@ use whisker::data::transforms::center_crop;
 use whisker::train::finetune::{FineTuneConfig, FineTuner};
 use whisker::Backbone;
 
-fn digits(n: usize) -> (Vec<image::RgbImage>, Vec<usize>) {
-    let dir = tempfile::tempdir().unwrap();
-    whisker::data::digits::write_image_folder(
-        &std::fs::read(testdata("digits.csv.gz")).unwrap(),
-        dir.path(),
-        Some(200),
-    )
-    .unwrap();
-    let mut imgs = Vec::new();
-    let mut labels = Vec::new();
-    for class in 0..3 {
-        let mut files: Vec<_> = std::fs::read_dir(dir.path().join(class.to_string()))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files.into_iter().take(n) {
-            imgs.push(whisker::data::decode_file(&f).unwrap());
-            labels.push(class);
-        }
-    }
-    (imgs, labels)
-}
-
 fn cfg() -> FineTuneConfig {
     FineTuneConfig {
         unfreeze: Some(2),

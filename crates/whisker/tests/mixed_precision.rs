@@ -15,37 +15,16 @@ use whisker::train::finetune::{FineTuneConfig, FineTuner};
 use whisker::train::loss_scale::{LossScaler, INIT_SCALE};
 use whisker::Backbone;
 
-fn digits(n: usize) -> (Vec<image::RgbImage>, Vec<usize>) {
-    let dir = tempfile::tempdir().unwrap();
-    whisker::data::digits::write_image_folder(
-        &std::fs::read(testdata("digits.csv.gz")).unwrap(),
-        dir.path(),
-        Some(200),
-    )
-    .unwrap();
-    let mut imgs = Vec::new();
-    let mut labels = Vec::new();
-    for class in 0..3 {
-        let mut files: Vec<_> = std::fs::read_dir(dir.path().join(class.to_string()))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files.into_iter().take(n) {
-            let img = whisker::data::decode_file(&f).unwrap();
-            imgs.push(center_crop(&resize_shorter(&img, 73), 64));
-            labels.push(class);
-        }
-    }
-    (imgs, labels)
-}
-
 #[test]
 fn f16_fine_tuning_scales_the_loss_and_tracks_f32() {
     set_gpu_precision(GpuPrecision::F16).unwrap();
     let device = Device::flex().autodiff();
     let weights = testdata("efficientnet-lite0-57934424.pth");
     let (imgs, labels) = digits(6);
+    let imgs: Vec<image::RgbImage> = imgs
+        .iter()
+        .map(|img| center_crop(&resize_shorter(img, 73), 64))
+        .collect();
     let c = FineTuneConfig {
         unfreeze: None,
         freeze_epochs: 0,

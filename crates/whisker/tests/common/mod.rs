@@ -152,3 +152,29 @@ pub fn tar_gz(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
     }
     t.into_inner().unwrap().finish().unwrap()
 }
+
+/// `n` real digits of each of the classes 0, 1 and 2 (scikit-learn's, as 8×8 images scaled
+/// up by `whisker data digits`), decoded, with their labels.
+pub fn digits(n: usize) -> (Vec<image::RgbImage>, Vec<usize>) {
+    let dir = tempfile::tempdir().unwrap();
+    whisker::data::digits::write_image_folder(
+        &std::fs::read(testdata("digits.csv.gz")).unwrap(),
+        dir.path(),
+        Some(200),
+    )
+    .unwrap();
+    let mut imgs = Vec::new();
+    let mut labels = Vec::new();
+    for class in 0..3 {
+        let mut files: Vec<_> = std::fs::read_dir(dir.path().join(class.to_string()))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files.into_iter().take(n) {
+            imgs.push(whisker::data::decode_file(&f).unwrap());
+            labels.push(class);
+        }
+    }
+    (imgs, labels)
+}
