@@ -6,8 +6,8 @@
 #
 # 1. parity: the 1000 logits of real EfficientNet-Lite0 weights on three photos, GPU vs the
 #    CPU's (|Δ| ≤ 1e-3; `--precision tf32`, `bf16` and `f16`'s shown too); with WGPU=wgpu (a
-#    build with both features), the same through Vulkan; the same classify twice with an
-#    empty autotune cache, to time the first run and the run after it (the cache on disk);
+#    build with both features), the same through Vulkan; without a seeded cache (below), the
+#    same classify first with an empty one: autotune's first-run cost;
 # 2. a 3-step fine-tune (digits, every layer trainable, one step an epoch): the losses, GPU vs
 #    the CPU's (relative ≤ 1e-3); with --precision bf16 too (shown: mixed precision's effect);
 # 3. throughput (`whisker bench`, each of PRECISIONS, default fp32 tf32 bf16): eval forward at
@@ -17,6 +17,10 @@
 # 4. Grad-CAM's map vs the CPU's; a PGD attack, an ideal-class image and feature maps run.
 # Each step has a time limit, and the whole check stops after BUDGET seconds (default 900).
 # Writes OUT/gpu-check.json and OUT/gpu-check.md (the table); exits 1 when a parity check fails.
+# The GPU runtime's cache (autotune choices, compiled kernels) starts from PAYLOAD/cubecl-cache.tar.gz
+# when the payload carries one (a previous run's on the same kind of GPU: `GPU_CACHE=…
+# tools/gpu-payload.sh`), else empty, and is written to OUT/cubecl-cache.tar.gz for the next run:
+# autotune's first run costs minutes.
 # Needs python3 (the comparisons), xz; nvidia-smi for the GPU's name. Kernels that use
 # exp/log/tanh need CUDA's libdevice: found under CUDA_PATH, /usr/local/cuda or the PyPI wheel
 # nvidia-cuda-nvcc (set CUDA_PATH to its nvidia/cuda_nvcc folder).
@@ -44,6 +48,9 @@ stage() {
   left=$((DEADLINE - $(date +%s)))
   [ "$left" -lt "$limit" ] && limit=$left
   if [ "$limit" -lt 5 ]; then say "$name skipped: out of time (BUDGET=$BUDGET s)"; return; fi
+  # no feature cached by an earlier stage (another device or precision) may stand in for
+  # this one's
+  rm -rf "$WHISKER_HOME/features"
   t0=$(date +%s%N)
   timeout "$limit" "$@" >"$OUT/$name.json" 2>"$OUT/$name.err"
   rc=$?
@@ -58,6 +65,13 @@ trap 'rm -rf "$tmp"' EXIT
 xz -dc "$P/whisker.xz" >"$tmp/whisker" && chmod +x "$tmp/whisker" || { say "cannot unpack $P/whisker.xz"; exit 2; }
 W=$tmp/whisker
 export WHISKER_HOME=$tmp/home
+export XDG_CACHE_HOME=$tmp/cache
+mkdir -p "$XDG_CACHE_HOME"
+seeded=
+if [ -f "$P/cubecl-cache.tar.gz" ]; then
+  tar -xzf "$P/cubecl-cache.tar.gz" -C "$XDG_CACHE_HOME" && seeded=1 &&
+    say "GPU runtime cache seeded from $P/cubecl-cache.tar.gz"
+fi
 
 if [ -z "${CUDA_PATH:-}" ]; then
   for d in /usr/local/cuda /usr/lib/cuda \
@@ -77,9 +91,11 @@ cat "$OUT/machine.json" >&2
 "$W" -q weights fetch efficientnet_lite0 --from "$P/efficientnet-lite0.pth" >/dev/null || exit 2
 
 say "1/5 logits parity (classify, real Lite0 weights)"
-# autotune's cost on a first run, and with its choices on disk (a fresh cache directory)
-XDG_CACHE_HOME=$tmp/xdg stage classify-cold 300 "$W" -q --device "$DEVICE" classify "$P/photos" -k 1000 --json
-XDG_CACHE_HOME=$tmp/xdg stage classify-warm 120 "$W" -q --device "$DEVICE" classify "$P/photos" -k 1000 --json
+# autotune's cost: a first run with an empty cache (unless seeded), then the same with the
+# choices on disk (the parity check's run)
+if [ -z "$seeded" ]; then
+  stage classify-cold 300 "$W" -q --device "$DEVICE" classify "$P/photos" -k 1000 --json
+fi
 stage classify-gpu 300 "$W" -q --device "$DEVICE" classify "$P/photos" -k 1000 --json
 
 say "2/5 fine-tune 3 steps"
@@ -124,4 +140,5 @@ stage attack-gpu 200 "$W" -q --device "$DEVICE" attack "$P/photos/coffee.png" --
 stage dream-gpu 200 "$W" -q --device "$DEVICE" dream --class "tiger cat" --steps 20 --out "$tmp/dream.png" --json
 stage featuremap-gpu 200 "$W" -q --device "$DEVICE" featuremap "$P/photos/chelsea.png" --out "$tmp/fm.png"
 
+[ -d "$XDG_CACHE_HOME/cubecl" ] && tar -czf "$OUT/cubecl-cache.tar.gz" -C "$XDG_CACHE_HOME" cubecl
 python3 tools/bench/gpu_summary.py "$P" "$OUT"

@@ -9,7 +9,9 @@
 #   tools/gpu-check.sh [DIR] [OUT]
 #
 # WHISKER_GPU_FEATURES (default: cuda) picks the build's features, e.g. `cuda,wgpu`; empty: a
-# CPU build, for a dry run of the scripts (`DEVICE=cpu tools/gpu-check.sh`).
+# CPU build, for a dry run of the scripts (`DEVICE=cpu tools/gpu-check.sh`). GPU_CACHE: a
+# previous gpu-check's OUT/cubecl-cache.tar.gz (same kind of GPU), carried so that the check
+# starts with autotune's choices and compiled kernels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-.gpu}
@@ -30,6 +32,7 @@ cp "$td/efficientnet-lite0-57934424.pth" "$DIR/efficientnet-lite0.pth"
 mkdir -p "$DIR/photos"
 cp "$td/chelsea.png" "$td/coffee.png" "$td/rocket.jpg" "$DIR/photos/"
 cp "$td/digits.csv.gz" "$DIR/"
+if [ -n "${GPU_CACHE:-}" ]; then cp "$GPU_CACHE" "$DIR/cubecl-cache.tar.gz"; fi
 
 # the CPU references, computed by the same binary
 W=$tmp/whisker
