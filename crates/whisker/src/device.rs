@@ -109,7 +109,9 @@ pub fn open_device(spec: &str) -> Result<Device> {
     std::panic::set_hook(hook);
     let first = FIRST.lock().ok().and_then(|mut f| f.take());
     let why = match got {
-        Ok(Ok(v)) if v == [14.0] => return check_precision(spec.trim(), device),
+        Ok(Ok(v)) if v == [14.0] => {
+            return check_precision(spec.trim(), &device, gpu_precision()).map(|_| device)
+        }
         Ok(Ok(v)) => format!("a test computation gave {v:?} instead of [14.0]"),
         Ok(Err(e)) => format!("cannot read a result back: {e:?}"),
         Err(_) => first.unwrap_or_else(|| "the runtime failed".into()),
@@ -151,14 +153,13 @@ pub fn pin_gpu_cache() {}
 /// `device` when it computes in the chosen precision's reduced type (bf16 / f16), else an
 /// error: a GPU without the type (bf16 through Vulkan, f16 on some adapters) would give wrong
 /// numbers, not an error.
-fn check_precision(spec: &str, device: Device) -> Result<Device> {
-    let p = gpu_precision();
+fn check_precision(spec: &str, device: &Device, p: GpuPrecision) -> Result<()> {
     match p.reduced_dtype() {
         Some(dt) if !device.supports_dtype(dt) => Err(Error::Device {
             device: spec.to_string(),
             reason: format!(
                 "{} does not compute in {}: choose another --precision (fp32{})",
-                gpu_identity(&device)
+                gpu_identity(device)
                     .map(|(name, _)| name)
                     .unwrap_or_else(|| format!("{device:?}")),
                 format!("{p:?}").to_lowercase(),
@@ -169,7 +170,7 @@ fn check_precision(spec: &str, device: Device) -> Result<Device> {
                 }
             ),
         }),
-        _ => Ok(device),
+        _ => Ok(()),
     }
 }
 
@@ -294,8 +295,11 @@ impl std::str::FromStr for GpuPrecision {
 static PRECISION: std::sync::OnceLock<GpuPrecision> = std::sync::OnceLock::new();
 
 /// Choose the GPU precision for the rest of the process (once; a different later choice is an
-/// error).
+/// error, as is a reduced type the device already chosen cannot compute in).
 pub fn set_gpu_precision(p: GpuPrecision) -> Result<()> {
+    if let Some(d) = DEVICE.get() {
+        check_precision(&describe(d), d, p)?;
+    }
     match PRECISION.set(p) {
         Ok(()) => Ok(()),
         Err(_) if PRECISION.get() == Some(&p) => Ok(()),
@@ -374,6 +378,8 @@ mod tests {
         let e = "half".parse::<GpuPrecision>().unwrap_err().to_string();
         assert!(e.contains("`half`") && e.contains("bf16, f16"), "{e}");
         // the CPU computes every reduced type (burn-flex): opening it never refuses one
-        assert!(check_precision("cpu", Device::flex()).is_ok());
+        for p in [GpuPrecision::Bf16, GpuPrecision::F16] {
+            assert!(check_precision("cpu", &Device::flex(), p).is_ok());
+        }
     }
 }
