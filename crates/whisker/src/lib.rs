@@ -29,4 +29,6 @@ pub mod weights;
 pub use backbones::{Backbone, ModelSpec, Taps, MODELS};
 pub use error::{Error, Result};
 
-pub use device::{default_device, open_device, parse_device, set_device};
+pub use device::{
+    default_device, open_device, parse_device, set_device, set_gpu_precision, GpuPrecision,
+};
