@@ -186,10 +186,11 @@ fn main() {
             );
         }
     }
+    // a mixed precision the device's arithmetic ignores (the CPU engine's f32)
     if cli.precision.is_some()
-        && whisker::device::is_cpu(&whisker::default_device())
         && whisker::device::gpu_precision().reduced_dtype().is_some()
-        && whisker::backbones::plan::engine() == whisker::backbones::plan::Engine::Auto
+        && whisker::backbones::layers::arith(&whisker::default_device())
+            == whisker::backbones::layers::Arith::F32
     {
         eprintln!(
             "whisker: warning: --precision {} applies to GPU devices; the CPU computes in f32",

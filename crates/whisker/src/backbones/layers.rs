@@ -646,7 +646,8 @@ mod tests {
         );
     }
 
-    /// A naive convolution (stride 1, padding 1, no groups) in f64 of operands rounded by `r`.
+    /// The kernels' naive reference convolution (f64 sums; stride 1, padding 1, no groups) of
+    /// one NCHW image with operands rounded by `r`, NCHW out.
     fn conv_ref(
         x: &[f32],
         w: &[f32],
@@ -655,28 +656,26 @@ mod tests {
         co: usize,
         r: &dyn Fn(f32) -> f32,
     ) -> Vec<f64> {
-        let mut out = vec![0f64; co * h * wd];
-        for o in 0..co {
-            for y in 0..h {
-                for xx in 0..wd {
-                    let mut acc = 0f64;
-                    for ci in 0..c {
-                        for ky in 0..3 {
-                            for kx in 0..3 {
-                                let (iy, ix) = (y + ky, xx + kx);
-                                if iy < 1 || ix < 1 || iy > h || ix > wd {
-                                    continue;
-                                }
-                                let xv = r(x[(ci * h + iy - 1) * wd + ix - 1]) as f64;
-                                acc += xv * r(w[((o * c + ci) * 3 + ky) * 3 + kx]) as f64;
-                            }
-                        }
-                    }
-                    out[(o * h + y) * wd + xx] = acc + b[o] as f64;
-                }
-            }
-        }
-        out
+        let hw = h * wd;
+        let nhwc: Vec<f32> = (0..hw * c).map(|i| r(x[(i % c) * hw + i / c])).collect();
+        let w: Vec<f32> = w.iter().map(|v| r(*v)).collect();
+        let s = whisker_kernels::ConvShape::symmetric(1, h, wd, 1, 1);
+        let out = whisker_kernels::reference::conv2d(
+            &nhwc,
+            &s,
+            c,
+            &w,
+            Some(b),
+            co,
+            3,
+            3,
+            1,
+            None,
+            whisker_kernels::Act::None,
+        );
+        (0..co * hw)
+            .map(|i| out[(i % hw) * co + i / hw] as f64)
+            .collect()
     }
 
     #[test]
