@@ -101,4 +101,27 @@ fn f16_fine_tuning_scales_the_loss_and_tracks_f32() {
     t16.save(dir.path(), &c).unwrap();
     let (back, _) = FineTuner::load(dir.path(), "efficientnet_lite0", &device).unwrap();
     assert_eq!(back.loss_scale, t16.loss_scale);
+    // a state whose scale is not a positive number (hand-edited, its hash made to match) is
+    // refused: a negative one would turn every step around
+    use sha2::Digest;
+    let path = dir.path().join("finetune_state.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for bad in [-1024.0, 0.0] {
+        let mut state: serde_json::Value =
+            serde_json::from_str(doc["state"].as_str().unwrap()).unwrap();
+        state["loss_scale"]["scale"] = serde_json::json!(bad);
+        let text = serde_json::to_string_pretty(&state).unwrap();
+        doc["sha256"] = hex::encode(sha2::Sha256::digest(text.as_bytes())).into();
+        doc["state"] = text.into();
+        std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+        let e = FineTuner::load(dir.path(), "efficientnet_lite0", &device)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains("loss scale") && e.contains("finetune_state.json"),
+            "{e}"
+        );
+    }
 }

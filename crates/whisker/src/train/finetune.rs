@@ -523,6 +523,12 @@ impl FineTuner {
         }
         let meta: Meta =
             serde_json::from_str(&doc.state).map_err(|e| corrupt(format!("invalid state: {e}")))?;
+        let scale = meta.loss_scale.scale;
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(corrupt(format!(
+                "invalid state: loss scale {scale} (a positive number)"
+            )));
+        }
         let e = meta.epoch;
         let weights_file = format!("weights-e{e}.safetensors");
         let wp = dir.join(&weights_file);
