@@ -341,6 +341,51 @@ pub(crate) fn split_static(
     }
 }
 
+/// A 1×1 convolution over `m` pixels (`x` `[m, cin]`, `out` and `residual` `[m, cout]`) on
+/// this thread: the same sums, in the same order, as [`conv2d`] of the same pixels.
+pub(crate) fn pointwise_serial(
+    isa: Isa,
+    wts: &PackedConv,
+    x: &[f32],
+    m: usize,
+    residual: Option<&[f32]>,
+    act: Act,
+    out: &mut [f32],
+) {
+    assert!(
+        wts.kh == 1 && wts.kw == 1 && wts.winograd.is_none(),
+        "a 1×1 convolution"
+    );
+    assert!(
+        x.len() >= m * wts.cin
+            && out.len() >= m * wts.cout
+            && residual.is_none_or(|r| r.len() >= m * wts.cout),
+        "buffers for {m} pixels"
+    );
+    if m == 0 {
+        return;
+    }
+    let s = ConvShape::symmetric(1, 1, m, 1, 0);
+    let tiles = m.div_ceil(isa.rows());
+    // SAFETY: the buffers hold the m pixels (checked above); one thread writes them all.
+    unsafe {
+        run_range(
+            isa,
+            wts,
+            x,
+            &s,
+            (1, m),
+            residual,
+            act,
+            out.as_mut_ptr(),
+            0,
+            tiles,
+            0,
+            wts.widths.len(),
+        )
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_range(
     isa: Isa,

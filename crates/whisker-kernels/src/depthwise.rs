@@ -85,25 +85,51 @@ pub fn depthwise(
         .enumerate()
         .for_each(|(t, chunk)| {
             let r0 = t * per;
-            let r1 = r0 + chunk.len() / row;
-            let ctx = Ctx {
+            rows_serial(
+                isa,
                 p,
                 x,
                 s,
-                oh,
-                ow,
+                (oh, ow),
                 act,
-            };
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
-                Isa::Avx512 => unsafe { rows_avx512(&ctx, r0, r1, chunk) },
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { rows_avx2(&ctx, r0, r1, chunk) },
-                _ => run_rows::<16, false>(&ctx, r0, r1, chunk),
-            }
+                r0,
+                r0 + chunk.len() / row,
+                chunk,
+            );
         });
     Ok(())
+}
+
+/// Output rows `[r0, r1)` (of the `n · oh` rows) into `out`, on this thread; the shapes are
+/// the caller's to check.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rows_serial(
+    isa: Isa,
+    p: &PackedDepthwise,
+    x: &[f32],
+    s: &ConvShape,
+    (oh, ow): (usize, usize),
+    act: Act,
+    r0: usize,
+    r1: usize,
+    out: &mut [f32],
+) {
+    let ctx = Ctx {
+        p,
+        x,
+        s,
+        oh,
+        ow,
+        act,
+    };
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
+        Isa::Avx512 => unsafe { x86::rows_avx512(&ctx, r0, r1, out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::rows_avx2(&ctx, r0, r1, out) },
+        _ => run_rows::<16, false>(&ctx, r0, r1, out),
+    }
 }
 
 struct Ctx<'a> {
@@ -116,15 +142,152 @@ struct Ctx<'a> {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn rows_avx512(ctx: &Ctx, r0: usize, r1: usize, out: &mut [f32]) {
-    run_rows::<64, true>(ctx, r0, r1, out)
-}
+mod x86 {
+    use super::{block, tap_range, Ctx};
+    use crate::simd::{Vf, F256, F512};
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2(ctx: &Ctx, r0: usize, r1: usize, out: &mut [f32]) {
-    run_rows::<32, true>(ctx, r0, r1, out)
+    /// Input bytes of a band of output rows (see `rows_k`).
+    const BAND_BYTES: usize = 128 * 1024;
+
+    /// AVX-512F: 16 channels a vector (the last one masked), 8 pixels at a time.
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn rows_avx512(ctx: &Ctx, r0: usize, r1: usize, out: &mut [f32]) {
+        rows::<F512, 8>(ctx, r0, r1, out)
+    }
+
+    /// AVX2 + FMA: 8 channels a vector (a channel tail in scalar code), 4 pixels at a time.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn rows_avx2(ctx: &Ctx, r0: usize, r1: usize, out: &mut [f32]) {
+        rows::<F256, 4>(ctx, r0, r1, out)
+    }
+
+    /// Output rows `[r0, r1)`, with the kernel width and stride as constants for the common
+    /// cases (the taps of a row unrolled; a stride-1 row loads each input vector once for
+    /// all the pixels and taps that use it).
+    #[inline(always)]
+    unsafe fn rows<V: Vf, const P: usize>(ctx: &Ctx, r0: usize, r1: usize, out: &mut [f32]) {
+        match (ctx.p.kw, ctx.s.stride) {
+            (3, 1) => rows_k::<V, P, 3, 1>(ctx, r0, r1, out),
+            (3, 2) => rows_k::<V, P, 3, 2>(ctx, r0, r1, out),
+            (5, 1) => rows_k::<V, P, 5, 1>(ctx, r0, r1, out),
+            (5, 2) => rows_k::<V, P, 5, 2>(ctx, r0, r1, out),
+            _ => rows_k::<V, P, 0, 0>(ctx, r0, r1, out),
+        }
+    }
+
+    /// Output rows `[r0, r1)`: `P` pixels at a time where every horizontal tap falls inside
+    /// the input (their accumulators stay in registers while the taps go by), then `P / 2`,
+    /// then one at a time, and one at a time at the edges. Each output value is `bias`, then
+    /// the taps in row-major order, one fused multiply-add each: the same operations, in the
+    /// same order, as the scalar path with FMA. `K`, `S`: the kernel width and stride when
+    /// known at compile time (0: read from `ctx`).
+    #[inline(always)]
+    unsafe fn rows_k<V: Vf, const P: usize, const K: usize, const S: usize>(
+        ctx: &Ctx,
+        r0: usize,
+        r1: usize,
+        out: &mut [f32],
+    ) {
+        let (p, s) = (ctx.p, ctx.s);
+        let c = p.c;
+        let kw = if K > 0 { K } else { p.kw };
+        let st = if S > 0 { S } else { s.stride };
+        let pad_l = s.pad[2];
+        // columns whose horizontal taps are all inside the input: [ox_lo, ox_hi)
+        let ox_lo = pad_l.div_ceil(st).min(ctx.ow);
+        let ox_hi = if s.w + pad_l >= kw {
+            ((s.w + pad_l - kw) / st + 1).min(ctx.ow)
+        } else {
+            0
+        }
+        .max(ox_lo);
+        // Bands of rows whose input (every channel) fits in L2, and in a band one vector of
+        // channels at a time over all the rows: the input lines under a row of outputs are
+        // then few enough to stay in L1 for the next rows that read them.
+        let vec_c = if V::MASKED { c } else { c / V::L * V::L };
+        let band = (BAND_BYTES / (st * s.w * c * 4).max(1)).max(1);
+        for rb in (r0..r1).step_by(band) {
+            for cb in (0..vec_c).step_by(V::L) {
+                let m = V::mask(c - cb);
+                for r in rb..(rb + band).min(r1) {
+                    let (b, oy) = (r / ctx.oh, r % ctx.oh);
+                    let ky = tap_range(oy, st, s.pad[0], p.kh, s.h);
+                    let orow = out.as_mut_ptr().add((r - r0) * ctx.ow * c + cb);
+                    let mut ox = 0;
+                    while ox < ctx.ow {
+                        if ox >= ox_lo && ox + P <= ox_hi {
+                            pixels::<V, P, K, S>(ctx, m, cb, b, oy, ox, ky, (0, kw), orow);
+                            ox += P;
+                        } else if P > 4 && ox >= ox_lo && ox + 4 <= ox_hi {
+                            pixels::<V, 4, K, S>(ctx, m, cb, b, oy, ox, ky, (0, kw), orow);
+                            ox += 4;
+                        } else {
+                            let kx = tap_range(ox, st, pad_l, kw, s.w);
+                            pixels::<V, 1, K, S>(ctx, m, cb, b, oy, ox, ky, kx, orow);
+                            ox += 1;
+                        }
+                    }
+                }
+            }
+        }
+        // channels no whole vector covers (AVX2): one at a time
+        if vec_c < c {
+            for r in r0..r1 {
+                let (b, oy) = (r / ctx.oh, r % ctx.oh);
+                let ky = tap_range(oy, st, s.pad[0], p.kh, s.h);
+                for ox in 0..ctx.ow {
+                    let kx = tap_range(ox, st, pad_l, kw, s.w);
+                    let o = &mut out[((r - r0) * ctx.ow + ox) * c..][..c];
+                    for c0 in vec_c..c {
+                        block::<1, true>(ctx, c0, b, oy, ox, ky, kx, o);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Channels `[cb, cb + V::L)` (`m` of them) of the output pixels `[ox, ox + N)` of row
+    /// `oy` of image `b` (`orow`: the row's output at channel `cb`), over the taps `ky × kx`
+    /// (valid for all `N` pixels).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pixels<V: Vf, const N: usize, const K: usize, const S: usize>(
+        ctx: &Ctx,
+        m: V::Mask,
+        cb: usize,
+        b: usize,
+        oy: usize,
+        ox: usize,
+        ky: (usize, usize),
+        kx: (usize, usize),
+        orow: *mut f32,
+    ) {
+        let (p, s) = (ctx.p, ctx.s);
+        let c = p.c;
+        let kw = if K > 0 { K } else { p.kw };
+        let st = if S > 0 { S } else { s.stride };
+        let (xp, wp) = (ctx.x.as_ptr(), p.w.as_ptr());
+        // the input under tap 0 of pixel `ox` (left of the row when padded: only taps
+        // inside it are read)
+        let x0 = (ox * st) as isize - s.pad[2] as isize;
+        let mut acc = [V::load(m, p.bias.as_ptr().add(cb)); N];
+        for ty in ky.0..ky.1 {
+            let iy = oy * st + ty - s.pad[0];
+            let row = xp
+                .add((b * s.h + iy) * s.w * c + cb)
+                .offset(x0 * c as isize);
+            let wrow = wp.add(ty * kw * c + cb);
+            for tx in kx.0..kx.1 {
+                let w = V::load(m, wrow.add(tx * c));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = V::fma(w, V::load(m, row.add((j * st + tx) * c)), *a);
+                }
+            }
+        }
+        for (j, a) in acc.into_iter().enumerate() {
+            V::store(m, orow.add((ox + j) * c), V::act(ctx.act, a));
+        }
+    }
 }
 
 #[inline(always)]

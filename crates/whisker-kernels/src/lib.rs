@@ -7,6 +7,8 @@
 //!   for Winograd's F(2×2, 3×3) ([`PackedConv::winograd_from_oihw`]): 2.25× fewer multiplies,
 //!   the same call.
 //! - [`depthwise`]: depthwise convolutions vectorised across channels.
+//! - [`inverted_residual`]: a MobileNet block (1×1 expansion, depthwise, 1×1 projection,
+//!   residual) fused, a band of rows at a time, bit for bit the three convolutions' result.
 //! - [`ConvBackward`], [`DepthwiseBackward`]: input gradients (frozen weights), each stride
 //!   phase a stride-1 convolution on the same kernels.
 //! - [`conv2d_weight_grad`], [`depthwise_weight_grad`]: weight and bias gradients, blocked
@@ -26,11 +28,14 @@ mod backward;
 pub mod buffers;
 mod conv;
 mod depthwise;
+mod fused;
 mod isa;
 mod layout;
 mod norm;
 mod pool;
 pub mod reference;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 mod weight_grad;
 mod winograd;
 
@@ -38,6 +43,7 @@ pub use act::Act;
 pub use backward::{ConvBackward, DepthwiseBackward};
 pub use conv::{conv2d, ConvShape, PackedConv, NR};
 pub use depthwise::{depthwise, PackedDepthwise};
+pub use fused::{inverted_residual, InvertedResidual};
 pub use isa::{cpu_description, Isa};
 pub use layout::{nchw_to_nhwc_normalized, nhwc_to_nchw};
 pub use norm::{batch_norm_train, batch_norm_train_backward, BatchStats};

@@ -543,6 +543,13 @@ fn depthwise_convolutions_match_the_reference_on_every_path() {
         (16, 6, 6, 13, 5, 2, [1, 2, 1, 2]),
         (1, 8, 8, 67, 3, 2, [0, 1, 0, 1]),
         (3, 3, 4, 200, 5, 1, [2, 2, 2, 2]),
+        // rows wide enough for the vector paths' groups of pixels, and their remainders
+        (1, 5, 40, 32, 3, 1, [1, 1, 1, 1]),
+        (2, 7, 37, 24, 3, 2, [1, 1, 1, 1]),
+        (1, 6, 29, 40, 5, 2, [1, 2, 1, 2]),
+        (1, 9, 33, 20, 5, 1, [2, 2, 2, 2]),
+        (1, 4, 2, 16, 3, 1, [1, 1, 1, 1]),
+        (2, 8, 23, 7, 3, 1, [1, 1, 1, 1]),
     ];
     for isa in Isa::available() {
         for (n, h, w, c, k, stride, pad) in cases {
@@ -815,4 +822,230 @@ fn batch_norm_train_matches_the_reference_and_finite_differences() {
             assert_eq!(g, masked, "{p}×{c} {act:?}: the gradient left masked");
         }
     }
+}
+
+/// The fused inverted residual block gives exactly (bit for bit) the three convolutions run
+/// one after the other, on every path, for 1–3 threads: with and without the expansion and
+/// the residual, strides 1 and 2, 3×3 and 5×5, TF-'SAME' padding, and windows of one to many
+/// rows (wide expanded rows make the bands short).
+#[test]
+fn fused_inverted_residual_blocks_equal_their_three_convolutions() {
+    let mut rng = Rng(21);
+    // (n, h, w, cin, expanded, cout, k, stride, pad, expand, residual, activations)
+    #[allow(clippy::type_complexity)]
+    let cases: [(
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        [usize; 4],
+        bool,
+        bool,
+        [Act; 3],
+    ); 9] = [
+        (
+            1,
+            23,
+            19,
+            16,
+            96,
+            16,
+            3,
+            1,
+            [1; 4],
+            true,
+            true,
+            [Act::Relu6, Act::Relu6, Act::None],
+        ),
+        (
+            3,
+            17,
+            17,
+            24,
+            144,
+            32,
+            3,
+            2,
+            [1; 4],
+            true,
+            false,
+            [Act::Relu6, Act::Relu6, Act::None],
+        ),
+        (
+            2,
+            12,
+            13,
+            32,
+            32,
+            16,
+            3,
+            1,
+            [1; 4],
+            false,
+            false,
+            [Act::None, Act::Relu6, Act::None],
+        ),
+        (
+            1,
+            15,
+            15,
+            40,
+            120,
+            40,
+            5,
+            1,
+            [2; 4],
+            true,
+            true,
+            [Act::Hardswish, Act::Hardswish, Act::None],
+        ),
+        (
+            1,
+            16,
+            16,
+            24,
+            72,
+            40,
+            5,
+            2,
+            [1, 2, 1, 2],
+            true,
+            false,
+            [Act::Relu, Act::Relu, Act::None],
+        ),
+        (
+            5,
+            7,
+            7,
+            160,
+            960,
+            160,
+            3,
+            1,
+            [1; 4],
+            true,
+            true,
+            [Act::Relu6, Act::Relu6, Act::None],
+        ),
+        (
+            1,
+            48,
+            40,
+            40,
+            240,
+            40,
+            3,
+            1,
+            [1; 4],
+            true,
+            true,
+            [Act::Relu6, Act::Relu6, Act::None],
+        ),
+        (
+            2,
+            30,
+            64,
+            24,
+            576,
+            24,
+            3,
+            2,
+            [1; 4],
+            true,
+            false,
+            [Act::Relu6, Act::Relu6, Act::Relu],
+        ),
+        (
+            1,
+            9,
+            70,
+            16,
+            600,
+            16,
+            5,
+            1,
+            [2; 4],
+            true,
+            true,
+            [Act::Relu6, Act::Relu6, Act::None],
+        ),
+    ];
+    for (n, h, w, cin, e, cout, k, stride, pad, expand, residual, acts) in cases {
+        let x = rng.vec(n * h * w * cin);
+        let xw = rng.vec(e * cin);
+        let xb = rng.vec(e);
+        let dw = rng.vec(e * k * k);
+        let dwb = rng.vec(e);
+        let pw = rng.vec(cout * e);
+        let pb = rng.vec(cout);
+        let s = ConvShape {
+            n,
+            h,
+            w,
+            stride,
+            pad,
+        };
+        let (oh, ow) = s.out_hw(k, k).unwrap();
+        let xpack = PackedConv::from_oihw(&xw, Some(&xb), e, cin, 1, 1).unwrap();
+        let dpack = PackedDepthwise::from_oihw(&dw, Some(&dwb), e, k, k).unwrap();
+        let ppack = PackedConv::from_oihw(&pw, Some(&pb), cout, e, 1, 1).unwrap();
+        let block = InvertedResidual::new(
+            expand.then(|| (xpack.clone(), acts[0])),
+            dpack.clone(),
+            acts[1],
+            ppack.clone(),
+            acts[2],
+        )
+        .unwrap();
+        for isa in Isa::available() {
+            // the three convolutions
+            let whole = ConvShape::symmetric(n, h, w, 1, 0);
+            let mut ex = vec![0f32; n * h * w * e];
+            let ex = if expand {
+                conv2d(isa, &xpack, &x, &whole, None, acts[0], &mut ex).unwrap();
+                ex
+            } else {
+                x.clone()
+            };
+            let mut d = vec![0f32; n * oh * ow * e];
+            depthwise(isa, &dpack, &ex, &s, acts[1], &mut d).unwrap();
+            let mut want = vec![0f32; n * oh * ow * cout];
+            let res = residual.then_some(&x[..]);
+            let ds = ConvShape::symmetric(n, oh, ow, 1, 0);
+            conv2d(isa, &ppack, &d, &ds, res, acts[2], &mut want).unwrap();
+            for threads in 1..=3 {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut got = vec![f32::NAN; want.len()];
+                pool.install(|| inverted_residual(isa, &block, &x, &s, residual, &mut got))
+                    .unwrap();
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{isa:?}, {threads} thread(s): {n}×{h}×{w}×{cin} →{e}→ {cout} k{k} s{stride}: max diff {}",
+                    rel_err(&got, &want)
+                );
+            }
+        }
+    }
+    // a residual the shapes do not allow, and a projection that does not follow
+    let dpack = PackedDepthwise::from_oihw(&[0.0; 16 * 9], None, 16, 3, 3).unwrap();
+    let p = PackedConv::from_oihw(&[0.0; 16 * 16], None, 16, 16, 1, 1).unwrap();
+    let b = InvertedResidual::new(None, dpack.clone(), Act::None, p, Act::None).unwrap();
+    let s = ConvShape::symmetric(1, 8, 8, 2, 1);
+    let mut out = vec![0f32; 4 * 4 * 16];
+    let e = inverted_residual(Isa::Portable, &b, &[0.0; 8 * 8 * 16], &s, true, &mut out);
+    assert!(e.unwrap_err().0.contains("residual"));
+    let p8 = PackedConv::from_oihw(&[0.0; 8 * 8], None, 8, 8, 1, 1).unwrap();
+    let e = InvertedResidual::new(None, dpack, Act::None, p8, Act::None).unwrap_err();
+    assert!(e.0.contains("projection"), "{e}");
 }

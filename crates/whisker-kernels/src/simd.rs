@@ -1,0 +1,162 @@
+//! A small vector abstraction over AVX-512F (16 lanes) and AVX2+FMA (8 lanes), so a kernel is
+//! written once and instantiated per ISA inside a `#[target_feature]` function.
+//!
+//! Every method is `#[inline(always)]`: a kernel generic over [`Vf`] must itself be
+//! `#[inline(always)]` and be called from a function compiled with the matching
+//! `#[target_feature(enable = ...)]`, so the intrinsics inline into code that may use them.
+//! Calling these methods from anywhere else is undefined behaviour on a CPU without the
+//! feature (hence `unsafe`).
+
+use std::arch::x86_64::*;
+
+use crate::Act;
+
+/// A vector of `f32` lanes.
+pub(crate) trait Vf: Copy {
+    /// Lanes.
+    const L: usize;
+    /// Whether partial vectors (the last `n < L` lanes) can be loaded and stored with a mask;
+    /// when not, callers handle a channel tail with scalar code.
+    const MASKED: bool;
+    /// The lanes `[0, n)` selected (`n ≥ L`: all). Only meaningful when `MASKED`.
+    type Mask: Copy;
+
+    unsafe fn mask(n: usize) -> Self::Mask;
+    unsafe fn splat(v: f32) -> Self;
+    /// Load `L` lanes (those outside the mask read as zero, and are not touched in memory).
+    unsafe fn load(m: Self::Mask, p: *const f32) -> Self;
+    /// Store the lanes in the mask.
+    unsafe fn store(m: Self::Mask, p: *mut f32, v: Self);
+    /// `a · b + c`, rounded once.
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
+    unsafe fn mul(a: Self, b: Self) -> Self;
+    unsafe fn div(a: Self, b: Self) -> Self;
+    unsafe fn max(a: Self, b: Self) -> Self;
+    unsafe fn min(a: Self, b: Self) -> Self;
+
+    /// The activation, lane by lane, with the operations of [`Act::apply`] in its order (the
+    /// same bits).
+    #[inline(always)]
+    unsafe fn act(act: Act, y: Self) -> Self {
+        let zero = Self::splat(0.0);
+        let six = Self::splat(6.0);
+        match act {
+            Act::None => y,
+            Act::Relu => Self::max(y, zero),
+            Act::Relu6 => Self::min(Self::max(y, zero), six),
+            Act::Hardswish => {
+                let h = Self::min(Self::max(Self::add(y, Self::splat(3.0)), zero), six);
+                Self::mul(y, Self::div(h, six))
+            }
+            Act::Hardsigmoid => {
+                let h = Self::min(Self::max(Self::add(y, Self::splat(3.0)), zero), six);
+                Self::div(h, six)
+            }
+        }
+    }
+}
+
+/// AVX-512F: 16 lanes, masked loads and stores.
+#[derive(Clone, Copy)]
+pub(crate) struct F512(__m512);
+
+impl Vf for F512 {
+    const L: usize = 16;
+    const MASKED: bool = true;
+    type Mask = __mmask16;
+
+    #[inline(always)]
+    unsafe fn mask(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        F512(_mm512_set1_ps(v))
+    }
+    #[inline(always)]
+    unsafe fn load(m: __mmask16, p: *const f32) -> Self {
+        F512(_mm512_maskz_loadu_ps(m, p))
+    }
+    #[inline(always)]
+    unsafe fn store(m: __mmask16, p: *mut f32, v: Self) {
+        _mm512_mask_storeu_ps(p, m, v.0)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        F512(_mm512_fmadd_ps(a.0, b.0, c.0))
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        F512(_mm512_add_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self, b: Self) -> Self {
+        F512(_mm512_mul_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn div(a: Self, b: Self) -> Self {
+        F512(_mm512_div_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn max(a: Self, b: Self) -> Self {
+        F512(_mm512_max_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn min(a: Self, b: Self) -> Self {
+        F512(_mm512_min_ps(a.0, b.0))
+    }
+}
+
+/// AVX2 + FMA: 8 lanes, whole vectors only.
+#[derive(Clone, Copy)]
+pub(crate) struct F256(__m256);
+
+impl Vf for F256 {
+    const L: usize = 8;
+    const MASKED: bool = false;
+    type Mask = ();
+
+    #[inline(always)]
+    unsafe fn mask(_: usize) {}
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        F256(_mm256_set1_ps(v))
+    }
+    #[inline(always)]
+    unsafe fn load(_: (), p: *const f32) -> Self {
+        F256(_mm256_loadu_ps(p))
+    }
+    #[inline(always)]
+    unsafe fn store(_: (), p: *mut f32, v: Self) {
+        _mm256_storeu_ps(p, v.0)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        F256(_mm256_fmadd_ps(a.0, b.0, c.0))
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        F256(_mm256_add_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self, b: Self) -> Self {
+        F256(_mm256_mul_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn div(a: Self, b: Self) -> Self {
+        F256(_mm256_div_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn max(a: Self, b: Self) -> Self {
+        F256(_mm256_max_ps(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn min(a: Self, b: Self) -> Self {
+        F256(_mm256_min_ps(a.0, b.0))
+    }
+}
