@@ -56,6 +56,12 @@ fn check(name: &str, size: usize) {
             .unwrap()
             .with_isa(isa)
             .unwrap();
+        // a plan for gradients keeps every block's values: nothing fused
+        assert_eq!(
+            plan.fused_blocks(),
+            0,
+            "{name}: fused blocks in a backward plan"
+        );
         let tape = plan.forward_tape(&pixels, [n, 3, h, w], false).unwrap();
         let got = plan.input_grad(&tape, &df).unwrap();
         drop(tape);

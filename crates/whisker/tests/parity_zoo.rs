@@ -53,6 +53,20 @@ fn check(name: &str) {
                 ..Default::default()
             };
             let plan = Plan::compile_with(&b, opts).unwrap().with_isa(isa).unwrap();
+            // the inverted residual blocks without squeeze-excitation run fused
+            let fused = match name {
+                "mobilenet_v2" => 17,
+                "mobilenet_v3_large" => 7,
+                "mobilenet_v3_small" => 2,
+                n if n.starts_with("efficientnet_lite") => {
+                    let v = n["efficientnet_lite".len()..].parse().unwrap();
+                    whisker::backbones::efficientnet_lite::blocks(v)
+                        .unwrap()
+                        .len()
+                }
+                _ => 0,
+            };
+            assert_eq!(plan.fused_blocks(), fused, "{name}: fused blocks");
             let out = plan
                 .run(&pixels, dims, false, true, &mut Taps::none(), &device)
                 .unwrap();

@@ -147,6 +147,16 @@ enum Op {
         pad: Pad,
         act: KAct,
     },
+    /// An inverted residual block's expansion, depthwise convolution and projection (and its
+    /// residual add of `x`) fused: forward-only plans, blocks without squeeze-excitation.
+    Block {
+        x: V,
+        out: V,
+        b: k::InvertedResidual,
+        stride: usize,
+        pad: Pad,
+        res: bool,
+    },
     MaxPool {
         x: V,
         out: V,
@@ -193,6 +203,7 @@ impl Op {
             }
             Op::Linear { x, .. }
             | Op::Depthwise { x, .. }
+            | Op::Block { x, .. }
             | Op::MaxPool { x, .. }
             | Op::AvgPool { x, .. }
             | Op::Se { x, .. }
@@ -204,6 +215,7 @@ impl Op {
             Op::Conv { out, .. }
             | Op::Linear { out, .. }
             | Op::Depthwise { out, .. }
+            | Op::Block { out, .. }
             | Op::BatchNorm { out, .. }
             | Op::MaxPool { out, .. }
             | Op::AvgPool { out, .. } => Some(*out),
@@ -682,7 +694,82 @@ impl Builder<'_> {
                 fc2: pack(&se.fc2)?,
             });
         }
-        self.cba(y, &b.project, b.residual.then_some(x))
+        let start = self.ops.len() - usize::from(b.expand.is_some()) - 1;
+        let y = self.cba(y, &b.project, b.residual.then_some(x))?;
+        if self.bw.is_none() && self.pm.is_none() && b.se.is_none() {
+            self.fuse_block(start, x)?;
+        }
+        Ok(y)
+    }
+
+    /// Replace the ops from `start` — a 1×1 expansion of `x` (or none), a depthwise
+    /// convolution and a 1×1 projection (adding `x`, the block's input, or nothing), all
+    /// folded — by one fused [`Op::Block`]. Anything else (a BatchNorm with batch statistics
+    /// between them) stays as it is.
+    fn fuse_block(&mut self, start: usize, x: V) -> Result<()> {
+        let one = |w: &PackedConv| w.kh == 1 && w.kw == 1 && !w.is_winograd();
+        let project_ok = |p: &PackedConv, c: usize, res: &Option<V>| {
+            one(p) && p.cin == c && res.is_none_or(|r| r == x)
+        };
+        let fusable = match &self.ops[start..] {
+            [Op::Conv {
+                x: ex,
+                w: e,
+                stride: 1,
+                res: None,
+                ..
+            }, Op::Depthwise { w: d, .. }, Op::Conv {
+                w: p,
+                stride: 1,
+                res,
+                ..
+            }] => *ex == x && one(e) && e.cout == d.c && project_ok(p, d.c, res),
+            [Op::Depthwise { x: dx, w: d, .. }, Op::Conv {
+                w: p,
+                stride: 1,
+                res,
+                ..
+            }] => *dx == x && project_ok(p, d.c, res),
+            _ => false,
+        };
+        if !fusable {
+            return Ok(());
+        }
+        let mut tail: Vec<Op> = self.ops.drain(start..).collect();
+        let (project, depthwise) = (tail.pop(), tail.pop());
+        let expand = match tail.pop() {
+            Some(Op::Conv { w, act, .. }) => Some((w, act)),
+            _ => None,
+        };
+        let (
+            Some(Op::Depthwise {
+                w: dw,
+                stride,
+                pad,
+                act: dw_act,
+                ..
+            }),
+            Some(Op::Conv {
+                out,
+                res,
+                w: pw,
+                act: pw_act,
+                ..
+            }),
+        ) = (depthwise, project)
+        else {
+            return Err(Error::Internal("fusing a block that is not one".into()));
+        };
+        let b = k::InvertedResidual::new(expand, dw, dw_act, pw, pw_act).map_err(shape_err)?;
+        self.ops.push(Op::Block {
+            x,
+            out,
+            b,
+            stride,
+            pad,
+            res: res.is_some(),
+        });
+        Ok(())
     }
 
     /// Stem → inverted residual blocks → head, with the family's tap names.
@@ -879,6 +966,16 @@ impl Plan {
         }
     }
 
+    /// How many inverted residual blocks run fused (expansion, depthwise convolution and
+    /// projection in one pass, a band of rows at a time): every block without
+    /// squeeze-excitation in a forward-only plan, none in a plan compiled for gradients.
+    pub fn fused_blocks(&self) -> usize {
+        self.ops
+            .iter()
+            .filter(|op| matches!(op, Op::Block { .. }))
+            .count()
+    }
+
     /// The instruction-set path this plan runs.
     pub fn isa(&self) -> Isa {
         self.isa
@@ -986,6 +1083,18 @@ impl Plan {
                     x,
                     out,
                     w: PackedDepthwise { kh, kw, .. },
+                    stride,
+                    pad,
+                    ..
+                }
+                | Op::Block {
+                    x,
+                    out,
+                    b:
+                        k::InvertedResidual {
+                            depthwise: PackedDepthwise { kh, kw, .. },
+                            ..
+                        },
                     stride,
                     pad,
                     ..
@@ -1102,6 +1211,24 @@ impl Plan {
                     &mut ob[..len(*out)],
                 )
                 .map_err(shape_err)
+            }
+            Op::Block {
+                x,
+                out,
+                b,
+                stride,
+                pad,
+                res,
+            } => {
+                if defer_hardswish {
+                    return Err(Error::Internal(
+                        "a fused block in a plan that keeps values for gradients".into(),
+                    ));
+                }
+                let s = pad.shape(n, shapes[*x], b.depthwise.kh, *stride);
+                let (xb, ob, _) = split3(arena, slot[*x], slot[*out], None);
+                k::inverted_residual(isa, b, &xb[..len(*x)], &s, *res, &mut ob[..len(*out)])
+                    .map_err(shape_err)
             }
             Op::MaxPool {
                 x,
@@ -1289,6 +1416,22 @@ fn describe(op: &Op, shapes: &[(usize, usize, usize)]) -> String {
                 w.kh, w.kw, shapes[*x], shapes[*out]
             )
         }
+        Op::Block {
+            x,
+            out,
+            b,
+            stride,
+            res,
+            ..
+        } => format!(
+            "block {}dw {}x{} s{stride} 1x1 {:?} -> {:?}{}",
+            if b.expand.is_some() { "1x1 " } else { "" },
+            b.depthwise.kh,
+            b.depthwise.kw,
+            shapes[*x],
+            shapes[*out],
+            if *res { " +res" } else { "" }
+        ),
         Op::MaxPool { x, out, .. } => format!("maxpool {:?} -> {:?}", shapes[*x], shapes[*out]),
         Op::AvgPool { x, out, .. } => format!("avgpool {:?} -> {:?}", shapes[*x], shapes[*out]),
         Op::BatchNorm { x, res, act, .. } => format!(

@@ -749,6 +749,13 @@ impl Plan {
                     }
                 }
                 Op::Tap { .. } => {}
+                Op::Block { .. } => {
+                    // fused only in plans compiled without backward weights
+                    return Err(Error::Internal(
+                        "a fused block has no backward pass: compile the plan with `backward`"
+                            .into(),
+                    ));
+                }
             }
         }
         if let Some(v) = stop_at {
