@@ -281,6 +281,12 @@ pub fn conv2d(
     if let Some(t) = &wts.winograd {
         return crate::winograd::run(isa, wts, t, x, s, (oh, ow), residual, act, out);
     }
+    if wts.cin <= crate::direct::MAX_CIN
+        && wts.kh * wts.kw > 1
+        && crate::direct::conv(isa, wts, x, s, (oh, ow), residual, act, out).is_some()
+    {
+        return Ok(());
+    }
     let mr = isa.rows();
     let tiles = m.div_ceil(mr);
     let panels = wts.widths.len();

@@ -275,12 +275,12 @@ mod x86 {
             let iy = oy * st + ty - s.pad[0];
             let row = xp
                 .add((b * s.h + iy) * s.w * c + cb)
-                .offset(x0 * c as isize);
+                .wrapping_offset(x0 * c as isize);
             let wrow = wp.add(ty * kw * c + cb);
             for tx in kx.0..kx.1 {
                 let w = V::load(m, wrow.add(tx * c));
                 for (j, a) in acc.iter_mut().enumerate() {
-                    *a = V::fma(w, V::load(m, row.add((j * st + tx) * c)), *a);
+                    *a = V::fma(w, V::load(m, row.wrapping_add((j * st + tx) * c)), *a);
                 }
             }
         }

@@ -28,6 +28,7 @@ mod backward;
 pub mod buffers;
 mod conv;
 mod depthwise;
+mod direct;
 mod fused;
 mod isa;
 mod layout;

@@ -27,6 +27,28 @@ pub(crate) trait Vf: Copy {
     unsafe fn load(m: Self::Mask, p: *const f32) -> Self;
     /// Store the lanes in the mask.
     unsafe fn store(m: Self::Mask, p: *mut f32, v: Self);
+    /// Load the first `n ≤ L` lanes (the others read as zero, and are not touched in memory).
+    #[inline(always)]
+    unsafe fn load_n(p: *const f32, n: usize) -> Self {
+        if n >= Self::L || Self::MASKED {
+            Self::load(Self::mask(n), p)
+        } else {
+            let mut t = [0f32; 16];
+            std::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
+            Self::load(Self::mask(Self::L), t.as_ptr())
+        }
+    }
+    /// Store the first `n ≤ L` lanes.
+    #[inline(always)]
+    unsafe fn store_n(p: *mut f32, v: Self, n: usize) {
+        if n >= Self::L || Self::MASKED {
+            Self::store(Self::mask(n), p, v)
+        } else {
+            let mut t = [0f32; 16];
+            Self::store(Self::mask(Self::L), t.as_mut_ptr(), v);
+            std::ptr::copy_nonoverlapping(t.as_ptr(), p, n);
+        }
+    }
     /// `a · b + c`, rounded once.
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
     unsafe fn add(a: Self, b: Self) -> Self;

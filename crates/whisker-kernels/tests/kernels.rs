@@ -73,8 +73,15 @@ const DENSE: &[Case] = &[
     // K split into blocks (tap by tap, 128 channels at a time, a partial last block)
     case(2, 5, 6, 200, 70, 3, 1, [1, 1, 1, 1]),
     case(1, 4, 4, 300, 16, 3, 2, [0, 1, 0, 1]),
-    // a tiny cin gathered into contiguous patches (the RGB stems)
+    // a tiny cin (the RGB stems): computed directly on AVX2 / AVX-512, gathered into
+    // contiguous patches on the portable path; rows wide enough for the groups of pixels
     case(3, 11, 10, 3, 32, 3, 2, [0, 1, 0, 1]),
+    case(2, 9, 40, 3, 32, 3, 2, [0, 1, 0, 1]),
+    case(1, 8, 37, 3, 16, 3, 2, [1, 1, 1, 1]),
+    case(1, 12, 50, 3, 64, 7, 2, [3, 3, 3, 3]),
+    case(1, 6, 30, 3, 24, 3, 1, [1, 1, 1, 1]),
+    case(1, 5, 33, 4, 130, 3, 1, [1, 1, 1, 1]),
+    case(2, 7, 29, 8, 48, 5, 2, [2, 2, 2, 2]),
 ];
 
 #[test]
