@@ -1043,17 +1043,23 @@ impl Plan {
             self.classifier_start
         };
         let profile = profiling();
-        for op in &self.ops[..end] {
-            let t = std::time::Instant::now();
-            self.step(op, n, &shapes, &self.slot, &mut arena, taps, device, false)?;
-            if profile {
-                eprintln!(
-                    "{:>9.3} ms  {}",
-                    t.elapsed().as_secs_f64() * 1e3,
-                    describe(op, &shapes)
-                );
+        // On one of the pool's threads: each op's parallel split is then work handed to the
+        // pool's other threads from inside it, not a job sent from outside and waited for
+        // (a sleep and a wake-up an op: tens of microseconds, most of a small op's time).
+        in_pool(|| {
+            for op in &self.ops[..end] {
+                let t = std::time::Instant::now();
+                self.step(op, n, &shapes, &self.slot, &mut arena, taps, device, false)?;
+                if profile {
+                    eprintln!(
+                        "{:>9.3} ms  {}",
+                        t.elapsed().as_secs_f64() * 1e3,
+                        describe(op, &shapes)
+                    );
+                }
             }
-        }
+            Ok::<(), Error>(())
+        })?;
         let features = arena[self.slot[self.features]][..len(self.features)].to_vec();
         let logits =
             want_logits.then(|| arena[self.slot[self.logits]][..len(self.logits)].to_vec());
@@ -1353,6 +1359,18 @@ impl Plan {
         )
         .map_err(shape_err)?;
         Ok((hidden, scales))
+    }
+}
+
+/// `f()` on a thread of rayon's current pool (here if this is one, else on one of the global
+/// pool's, this thread waiting): the parallel loops inside then start without a hand-over
+/// from outside the pool each.
+pub(crate) fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        // `join` runs its first closure on a pool thread when called from outside the pool
+        rayon::join(f, || ()).0
     }
 }
 

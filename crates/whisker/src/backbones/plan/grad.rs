@@ -352,6 +352,15 @@ impl Plan {
     /// Forward to the features (`[n, 3, h, w]` NCHW pixels in [0, 1], or already normalised),
     /// keeping every value for [`Plan::input_grad`].
     pub fn forward_tape(&self, pixels: &[f32], dims: [usize; 4], normalized: bool) -> Result<Tape> {
+        super::in_pool(|| self.forward_tape_here(pixels, dims, normalized))
+    }
+
+    fn forward_tape_here(
+        &self,
+        pixels: &[f32],
+        dims: [usize; 4],
+        normalized: bool,
+    ) -> Result<Tape> {
         if !self.has_backward() {
             return Err(Error::Internal(
                 "this plan was compiled without backward weights".into(),
@@ -477,7 +486,7 @@ impl Plan {
         tape: &Tape,
         dfeatures: &[f32],
         input_grad: bool,
-        wanted: Option<&dyn Fn(ParamId) -> bool>,
+        wanted: Option<&(dyn Fn(ParamId) -> bool + Sync)>,
     ) -> Result<(Vec<f32>, Vec<ParamGrad>)> {
         self.backward_to(tape, dfeatures, input_grad, wanted, None)
     }
@@ -508,7 +517,18 @@ impl Plan {
         tape: &Tape,
         dfeatures: &[f32],
         input_grad: bool,
-        wanted: Option<&dyn Fn(ParamId) -> bool>,
+        wanted: Option<&(dyn Fn(ParamId) -> bool + Sync)>,
+        stop_at: Option<V>,
+    ) -> Result<(Vec<f32>, Vec<ParamGrad>)> {
+        super::in_pool(|| self.backward_here(tape, dfeatures, input_grad, wanted, stop_at))
+    }
+
+    fn backward_here(
+        &self,
+        tape: &Tape,
+        dfeatures: &[f32],
+        input_grad: bool,
+        wanted: Option<&(dyn Fn(ParamId) -> bool + Sync)>,
         stop_at: Option<V>,
     ) -> Result<(Vec<f32>, Vec<ParamGrad>)> {
         let params = wanted.is_some();
