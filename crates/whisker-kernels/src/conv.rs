@@ -552,17 +552,31 @@ pub(crate) struct Tile {
 pub(crate) unsafe fn micro(isa: Isa, t: &Tile, wp: usize) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => match wp / 16 {
-            1 => x86::tile_avx512::<1>(t),
-            2 => x86::tile_avx512::<2>(t),
-            3 => x86::tile_avx512::<3>(t),
-            _ => x86::tile_avx512::<4>(t),
+        // a tile of fewer rows (a batch-1 linear layer, a map's last pixels) computes only
+        // those: no products for the rows that repeat the last one
+        Isa::Avx512 => match (wp / 16, t.rows) {
+            (1, 1) => x86::tile_avx512::<1, 1>(t),
+            (1, 2) => x86::tile_avx512::<1, 2>(t),
+            (1, _) => x86::tile_avx512::<1, 6>(t),
+            (2, 1) => x86::tile_avx512::<2, 1>(t),
+            (2, 2) => x86::tile_avx512::<2, 2>(t),
+            (2, _) => x86::tile_avx512::<2, 6>(t),
+            (3, 1) => x86::tile_avx512::<3, 1>(t),
+            (3, 2) => x86::tile_avx512::<3, 2>(t),
+            (3, _) => x86::tile_avx512::<3, 6>(t),
+            (_, 1) => x86::tile_avx512::<4, 1>(t),
+            (_, 2) => x86::tile_avx512::<4, 2>(t),
+            (_, _) => x86::tile_avx512::<4, 6>(t),
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             for c in (0..wp).step_by(16) {
                 if c < t.cols {
-                    x86::tile_avx2(&t.shifted(c));
+                    match t.rows {
+                        1 => x86::tile_avx2::<1>(&t.shifted(c)),
+                        2 => x86::tile_avx2::<2>(&t.shifted(c)),
+                        _ => x86::tile_avx2::<6>(&t.shifted(c)),
+                    }
                 }
             }
         }
@@ -668,20 +682,23 @@ mod x86 {
         }
     }
 
-    /// 6 pixels × `NV`·16 channels, AVX-512F.
+    /// `R` (≤ 6) pixels × `NV`·16 channels, AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile_avx512<const NV: usize>(t: &Tile) {
-        const MR: usize = 6;
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    pub(super) unsafe fn tile_avx512<const NV: usize, const R: usize>(t: &Tile) {
+        // the row pointers of a tap are 6 apart
+        const STRIDE: usize = 6;
+        const { assert!(R <= STRIDE) };
+        let mut acc = [[_mm512_setzero_ps(); NV]; R];
         let mut bp = t.b;
         for tap in 0..t.taps {
-            let p: [*const f32; MR] = std::array::from_fn(|i| (*t.a.add(tap * MR + i)).add(t.coff));
+            let p: [*const f32; R] =
+                std::array::from_fn(|i| (*t.a.add(tap * STRIDE + i)).add(t.coff));
             for c in 0..t.cin {
                 let mut b = [_mm512_setzero_ps(); NV];
                 for (v, bv) in b.iter_mut().enumerate() {
                     *bv = _mm512_loadu_ps(bp.add(v * 16));
                 }
-                for i in 0..MR {
+                for i in 0..R {
                     let a = _mm512_set1_ps(*p[i].add(c));
                     for v in 0..NV {
                         acc[i][v] = _mm512_fmadd_ps(a, b[v], acc[i][v]);
@@ -750,18 +767,21 @@ mod x86 {
         }
     }
 
-    /// 6 pixels × 16 channels, AVX2 + FMA.
+    /// `R` (≤ 6) pixels × 16 channels, AVX2 + FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile_avx2(t: &Tile) {
-        const MR: usize = 6;
-        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    pub(super) unsafe fn tile_avx2<const R: usize>(t: &Tile) {
+        // the row pointers of a tap are 6 apart
+        const STRIDE: usize = 6;
+        const { assert!(R <= STRIDE) };
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let mut bp = t.b;
         for tap in 0..t.taps {
-            let p: [*const f32; MR] = std::array::from_fn(|i| (*t.a.add(tap * MR + i)).add(t.coff));
+            let p: [*const f32; R] =
+                std::array::from_fn(|i| (*t.a.add(tap * STRIDE + i)).add(t.coff));
             for c in 0..t.cin {
                 let b0 = _mm256_loadu_ps(bp);
                 let b1 = _mm256_loadu_ps(bp.add(8));
-                for i in 0..MR {
+                for i in 0..R {
                     let a = _mm256_broadcast_ss(&*p[i].add(c));
                     acc[i][0] = _mm256_fmadd_ps(a, b0, acc[i][0]);
                     acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
