@@ -433,7 +433,17 @@ unsafe fn run_range(
                 patch.clear();
                 patch.resize((te - tb) * mr * kcin, 0.0);
             }
+            // a 1×1 stride-1 convolution without padding reads pixel p's channels at p·cin
+            let plain = taps == 1 && s.stride == 1 && s.pad == [0; 4] && (oh, ow) == (s.h, s.w);
             for tile in tb..te {
+                if plain {
+                    let slots = &mut ptrs[(tile - tb) * mr..(tile - tb + 1) * mr];
+                    for (i, slot) in slots.iter_mut().enumerate() {
+                        let p = (tile * mr + i).min(m - 1);
+                        *slot = x.as_ptr().add(p * cin) as usize;
+                    }
+                    continue;
+                }
                 for i in 0..mr {
                     let p = (tile * mr + i).min(m - 1);
                     let (b, rem) = (p / (oh * ow), p % (oh * ow));
