@@ -62,6 +62,37 @@ impl ConvShape {
     }
 }
 
+/// The valid taps `[lo, hi)` of output coordinate `o` along an axis of `size` inputs with
+/// `pad` zeros before them (`k` taps, `stride`).
+#[inline(always)]
+pub(crate) fn tap_range(
+    o: usize,
+    stride: usize,
+    pad: usize,
+    k: usize,
+    size: usize,
+) -> (usize, usize) {
+    let start = (o * stride) as isize - pad as isize;
+    let lo = (-start).max(0) as usize;
+    let hi = ((size as isize - start).max(0) as usize).min(k);
+    (lo.min(hi), hi)
+}
+
+impl ConvShape {
+    /// The output columns `[lo, hi)` (of `ow`) whose `kw` horizontal taps all fall inside the
+    /// input: the ones a kernel may compute without checking the edges.
+    pub(crate) fn interior_cols(&self, kw: usize, ow: usize) -> (usize, usize) {
+        let pad_l = self.pad[2];
+        let lo = pad_l.div_ceil(self.stride).min(ow);
+        let hi = if self.w + pad_l >= kw {
+            ((self.w + pad_l - kw) / self.stride + 1).min(ow)
+        } else {
+            0
+        };
+        (lo, hi.max(lo))
+    }
+}
+
 /// Convolution weights packed into the micro-kernel's panel order, with their bias.
 #[derive(Debug, Clone)]
 pub struct PackedConv {

@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use crate::conv::tap_range;
 use crate::{Act, ConvShape, Isa, ShapeError};
 
 /// Depthwise weights `[kh·kw][c]` (tap-major, channels contiguous) and bias.
@@ -193,14 +194,8 @@ mod x86 {
         let kw = if K > 0 { K } else { p.kw };
         let st = if S > 0 { S } else { s.stride };
         let pad_l = s.pad[2];
-        // columns whose horizontal taps are all inside the input: [ox_lo, ox_hi)
-        let ox_lo = pad_l.div_ceil(st).min(ctx.ow);
-        let ox_hi = if s.w + pad_l >= kw {
-            ((s.w + pad_l - kw) / st + 1).min(ctx.ow)
-        } else {
-            0
-        }
-        .max(ox_lo);
+        // columns whose horizontal taps are all inside the input
+        let (ox_lo, ox_hi) = s.interior_cols(kw, ctx.ow);
         // Bands of rows whose input (every channel) fits in L2, and in a band one vector of
         // channels at a time over all the rows: the input lines under a row of outputs are
         // then few enough to stay in L1 for the next rows that read them.
@@ -332,15 +327,6 @@ fn block<const W: usize, const FMA: bool>(
     for (o, a) in out[c0..c0 + W].iter_mut().zip(acc) {
         *o = act.apply(a);
     }
-}
-
-/// The valid taps `[lo, hi)` of output coordinate `o` along an axis of `size` inputs.
-#[inline(always)]
-fn tap_range(o: usize, stride: usize, pad: usize, k: usize, size: usize) -> (usize, usize) {
-    let start = (o * stride) as isize - pad as isize;
-    let lo = (-start).max(0) as usize;
-    let hi = ((size as isize - start).max(0) as usize).min(k);
-    (lo.min(hi), hi)
 }
 
 #[inline(always)]

@@ -86,6 +86,7 @@ pub(crate) fn conv(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Ctx, NR};
+    use crate::conv::tap_range;
     use crate::simd::{Vf, F256, F512};
 
     /// AVX-512F: a panel's 16–64 channels as 1–4 vectors, with 12, 8, 6 or 6 pixels.
@@ -111,15 +112,6 @@ mod x86 {
         }
     }
 
-    /// The valid taps `[lo, hi)` of output coordinate `o` along an axis of `size` inputs.
-    #[inline(always)]
-    fn tap_range(o: usize, stride: usize, pad: usize, k: usize, size: usize) -> (usize, usize) {
-        let start = (o * stride) as isize - pad as isize;
-        let lo = (-start).max(0) as usize;
-        let hi = ((size as isize - start).max(0) as usize).min(k);
-        (lo.min(hi), hi)
-    }
-
     /// Output rows `[r0, r1)`, channels `[c0, c0 + NV·L)` of weight panel `p`.
     #[inline(always)]
     unsafe fn rows<V: Vf, const NV: usize, const P: usize>(
@@ -132,13 +124,7 @@ mod x86 {
     ) {
         let (w, s) = (ctx.w, ctx.s);
         let (kw, st, pad_l) = (w.kw, s.stride, s.pad[2]);
-        let ox_lo = pad_l.div_ceil(st).min(ctx.ow);
-        let ox_hi = if s.w + pad_l >= kw {
-            ((s.w + pad_l - kw) / st + 1).min(ctx.ow)
-        } else {
-            0
-        }
-        .max(ox_lo);
+        let (ox_lo, ox_hi) = s.interior_cols(kw, ctx.ow);
         for r in r0..r1 {
             let (b, oy) = (r / ctx.oh, r % ctx.oh);
             let ky = tap_range(oy, st, s.pad[0], w.kh, s.h);
