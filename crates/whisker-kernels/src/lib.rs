@@ -5,7 +5,8 @@
 //!   1×1 convolutions and linear layers are the same kernel. Bias, residual add and the
 //!   activation ([`Act`]) are fused into the epilogue. 3×3 stride-1 convolutions can be packed
 //!   for Winograd's F(2×2, 3×3) ([`PackedConv::winograd_from_oihw`]): 2.25× fewer multiplies,
-//!   the same call.
+//!   the same call. Convolutions over ≤ 8 input channels (the RGB stems) are computed
+//!   directly on AVX2 / AVX-512 (pixels × channel vectors in registers).
 //! - [`depthwise`]: depthwise convolutions vectorised across channels.
 //! - [`inverted_residual`]: a MobileNet block (1×1 expansion, depthwise, 1×1 projection,
 //!   residual) fused, a band of rows at a time, bit for bit the three convolutions' result.
