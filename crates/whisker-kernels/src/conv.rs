@@ -323,7 +323,7 @@ pub fn conv2d(
     let panels = wts.widths.len();
     let macs = m * wts.cout * wts.cin * wts.kh * wts.kw;
     let out_ptr = Ptr(out.as_mut_ptr());
-    split_static(tiles, panels, macs, |(t0, t1), (p0, p1)| {
+    split_static(tiles, panels, macs, wts.cout >= m, |(t0, t1), (p0, p1)| {
         // SAFETY: each job writes the rows [t0·mr, t1·mr) ∩ [0, m) of the panels [p0, p1):
         // disjoint from every other job's.
         unsafe {
@@ -349,16 +349,24 @@ pub fn conv2d(
 /// The static split of a GEMM-shaped job over rayon's threads: `job(tiles, panels)` per
 /// thread, over the row tiles when there are enough of them, else over the weight panels
 /// (small batches through the classifier layers: each thread then reads only its share of
-/// the weights). One thread for tiny jobs (`macs`).
+/// the weights). `weights_dominate` (more output channels than rows: the weights outweigh
+/// the inputs, as in a small map at batch 1) splits over the panels whenever there are
+/// enough of them, so each weight is read by one thread instead of every one. One thread
+/// for tiny jobs (`macs`).
 pub(crate) fn split_static(
     tiles: usize,
     panels: usize,
     macs: usize,
+    weights_dominate: bool,
     job: impl Fn((usize, usize), (usize, usize)) + Sync,
 ) {
     let threads = rayon::current_num_threads().max(1);
     let threads = if macs < 1 << 16 { 1 } else { threads };
-    let split_rows = tiles >= 2 * threads || panels < threads;
+    let split_rows = if weights_dominate && panels >= threads {
+        false
+    } else {
+        tiles >= 2 * threads || panels < threads
+    };
     let run = |t: usize| {
         let (t0, t1, p0, p1) = if split_rows {
             let per = tiles.div_ceil(threads);

@@ -215,25 +215,32 @@ pub(crate) fn run(
     let out_ptr = Ptr(out.as_mut_ptr());
     // in micro-tile units, as the direct path counts them; the jobs get output tiles
     let units = tiles.div_ceil(mr);
-    split_static(units, panels, tiles * g.cin * g.cout * 4, |(u0, u1), p| {
-        let (t0, t1) = (u0 * mr, (u1 * mr).min(tiles));
-        // SAFETY: each job writes the outputs of its tiles in the channels of its panels:
-        // disjoint from every other job's.
-        unsafe {
-            run_range(
-                isa,
-                wts,
-                tr,
-                x,
-                &g,
-                residual,
-                act,
-                out_ptr.get(),
-                (t0, t1),
-                p,
-            )
-        };
-    });
+    let weights_dominate = g.cout >= tiles;
+    split_static(
+        units,
+        panels,
+        tiles * g.cin * g.cout * 4,
+        weights_dominate,
+        |(u0, u1), p| {
+            let (t0, t1) = (u0 * mr, (u1 * mr).min(tiles));
+            // SAFETY: each job writes the outputs of its tiles in the channels of its panels:
+            // disjoint from every other job's.
+            unsafe {
+                run_range(
+                    isa,
+                    wts,
+                    tr,
+                    x,
+                    &g,
+                    residual,
+                    act,
+                    out_ptr.get(),
+                    (t0, t1),
+                    p,
+                )
+            };
+        },
+    );
     Ok(())
 }
 
