@@ -149,10 +149,16 @@ pub fn scale_channels(
     if c == 0 {
         return Ok(());
     }
-    x.par_chunks_mut(c).enumerate().for_each(|(p, px)| {
-        let sc = &s[(p / hw.max(1)) * c..][..c];
-        for (v, f) in px.iter_mut().zip(sc) {
-            *v *= f;
+    // a contiguous run of pixels a thread (not a task a pixel)
+    let pixels = n * hw;
+    let per = pixels.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    x.par_chunks_mut(per * c).enumerate().for_each(|(t, run)| {
+        for (i, px) in run.chunks_exact_mut(c).enumerate() {
+            let p = t * per + i;
+            let sc = &s[(p / hw.max(1)) * c..][..c];
+            for (v, f) in px.iter_mut().zip(sc) {
+                *v *= f;
+            }
         }
     });
     Ok(())
