@@ -350,9 +350,9 @@ pub fn conv2d(
 /// thread, over the row tiles when there are enough of them, else over the weight panels
 /// (small batches through the classifier layers: each thread then reads only its share of
 /// the weights). `weights_dominate` (more output channels than rows: the weights outweigh
-/// the inputs, as in a small map at batch 1) splits over the panels whenever there are
-/// enough of them, so each weight is read by one thread instead of every one. One thread
-/// for tiny jobs (`macs`).
+/// the inputs, as in a small map at batch 1) splits a job of few rows over the panels
+/// whenever there are enough of them, so each weight is read by one thread instead of every
+/// one. One thread for tiny jobs (`macs`).
 pub(crate) fn split_static(
     tiles: usize,
     panels: usize,
@@ -362,11 +362,13 @@ pub(crate) fn split_static(
 ) {
     let threads = rayon::current_num_threads().max(1);
     let threads = if macs < 1 << 16 { 1 } else { threads };
-    let split_rows = if weights_dominate && panels >= threads {
-        false
-    } else {
-        tiles >= 2 * threads || panels < threads
-    };
+    // (with many rows — a batch — each weight is reused by enough of them either way)
+    let split_rows =
+        if weights_dominate && panels >= threads && tiles <= 2 * threads * TILES_PER_BLOCK {
+            false
+        } else {
+            tiles >= 2 * threads || panels < threads
+        };
     let run = |t: usize| {
         let (t0, t1, p0, p1) = if split_rows {
             let per = tiles.div_ceil(threads);
