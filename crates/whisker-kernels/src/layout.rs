@@ -29,19 +29,30 @@ pub fn nchw_to_nhwc_normalized(
     if hw == 0 || c == 0 {
         return Ok(());
     }
-    out.par_chunks_mut(hw * c).enumerate().for_each(|(b, img)| {
-        let src = &x[b * c * hw..(b + 1) * c * hw];
-        for (ch, plane) in src.chunks_exact(hw).enumerate() {
-            let (m, s) = (mean[ch], std[ch]);
-            for (p, &v) in plane.iter().enumerate() {
-                img[p * c + ch] = if scale == 1.0 {
-                    (v - m) / s
-                } else {
-                    (v * scale - m) / s
-                };
+    // runs of whole rows, a few per thread (a batch of one image is split too)
+    let rows = n * h;
+    let per = rows
+        .div_ceil(4 * rayon::current_num_threads().max(1))
+        .max(1);
+    out.par_chunks_mut(per * w * c)
+        .enumerate()
+        .for_each(|(t, run)| {
+            for (i, row) in run.chunks_exact_mut(w * c).enumerate() {
+                let r = t * per + i;
+                let (b, y) = (r / h, r % h);
+                for ch in 0..c {
+                    let (m, s) = (mean[ch], std[ch]);
+                    let src = &x[(b * c + ch) * hw + y * w..][..w];
+                    for (p, &v) in src.iter().enumerate() {
+                        row[p * c + ch] = if scale == 1.0 {
+                            (v - m) / s
+                        } else {
+                            (v * scale - m) / s
+                        };
+                    }
+                }
             }
-        }
-    });
+        });
     Ok(())
 }
 

@@ -657,10 +657,19 @@ fn pooling_and_layout() {
         &mut nhwc,
     )
     .unwrap();
-    assert_eq!(
-        nhwc[((h + 2) * w + 3) * 3 + 1],
-        (nchw[((3 + 1) * h + 2) * w + 3] * 255.0 - 127.0) / 128.0
-    );
+    for b in 0..n {
+        for ch in 0..3 {
+            for y in 0..h {
+                for x in 0..w {
+                    assert_eq!(
+                        nhwc[((b * h + y) * w + x) * 3 + ch],
+                        (nchw[((b * 3 + ch) * h + y) * w + x] * 255.0 - 127.0) / 128.0,
+                        "normalised pixel ({b}, {ch}, {y}, {x})"
+                    );
+                }
+            }
+        }
+    }
     let mut back = vec![0f32; nchw.len()];
     nhwc_to_nchw(&nhwc, n, h, w, 3, &mut back).unwrap();
     assert_eq!(
