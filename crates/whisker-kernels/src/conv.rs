@@ -388,6 +388,27 @@ pub(crate) fn split_static(
     }
 }
 
+/// Rows per thread when `rows` output rows are split evenly over rayon's threads.
+pub(crate) fn rows_per_thread(rows: usize) -> usize {
+    rows.div_ceil(rayon::current_num_threads().max(1)).max(1)
+}
+
+/// `job(r0, r1, out_rows)` in parallel for each run of `per` output rows of `row` values
+/// (the last run shorter): the row split of the kernels that work a row at a time.
+pub(crate) fn par_row_runs(
+    out: &mut [f32],
+    row: usize,
+    per: usize,
+    job: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
+    out.par_chunks_mut(per * row)
+        .enumerate()
+        .for_each(|(t, chunk)| {
+            let r0 = t * per;
+            job(r0, r0 + chunk.len() / row, chunk)
+        });
+}
+
 /// A 1×1 convolution over `m` pixels (`x` `[m, cin]`, `out` and `residual` `[m, cout]`) on
 /// this thread: the same sums, in the same order, as [`conv2d`] of the same pixels.
 pub(crate) fn pointwise_serial(
@@ -457,6 +478,8 @@ unsafe fn run_range(
     // tile's patches into contiguous rows instead (a small im2col per tile).
     let gather = cin < 16 && taps > 1;
     let (ktaps, kcin) = if gather { (1, taps * cin) } else { (taps, cin) };
+    // a 1×1 stride-1 convolution without padding reads pixel p's channels at p·cin
+    let plain = taps == 1 && s.stride == 1 && s.pad == [0; 4] && (oh, ow) == (s.h, s.w);
     SCRATCH.with(|sc| {
         let mut sc = sc.borrow_mut();
         let (ptrs, zeros, patch) = &mut *sc;
@@ -474,8 +497,6 @@ unsafe fn run_range(
                 patch.clear();
                 patch.resize((te - tb) * mr * kcin, 0.0);
             }
-            // a 1×1 stride-1 convolution without padding reads pixel p's channels at p·cin
-            let plain = taps == 1 && s.stride == 1 && s.pad == [0; 4] && (oh, ow) == (s.h, s.w);
             for tile in tb..te {
                 if plain {
                     let slots = &mut ptrs[(tile - tb) * mr..(tile - tb + 1) * mr];
@@ -705,33 +726,8 @@ unsafe fn tile_portable(t: &Tile) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::Tile;
-    use crate::Act;
+    use crate::simd::{Vf, F256, F512};
     use std::arch::x86_64::*;
-
-    #[inline(always)]
-    unsafe fn act512(act: Act, y: __m512) -> __m512 {
-        let zero = _mm512_setzero_ps();
-        let six = _mm512_set1_ps(6.0);
-        match act {
-            Act::None => y,
-            Act::Relu => _mm512_max_ps(y, zero),
-            Act::Relu6 => _mm512_min_ps(_mm512_max_ps(y, zero), six),
-            Act::Hardswish => {
-                let h = _mm512_min_ps(
-                    _mm512_max_ps(_mm512_add_ps(y, _mm512_set1_ps(3.0)), zero),
-                    six,
-                );
-                _mm512_mul_ps(y, _mm512_div_ps(h, six))
-            }
-            Act::Hardsigmoid => {
-                let h = _mm512_min_ps(
-                    _mm512_max_ps(_mm512_add_ps(y, _mm512_set1_ps(3.0)), zero),
-                    six,
-                );
-                _mm512_div_ps(h, six)
-            }
-        }
-    }
 
     /// `R` (≤ 6) pixels × `NV`·16 channels, AVX-512F.
     #[target_feature(enable = "avx512f")]
@@ -786,34 +782,9 @@ mod x86 {
                             _mm512_maskz_loadu_ps(mask, t.res.add(i * t.ldo + col)),
                         );
                     }
-                    y = act512(t.act, y);
+                    y = F512::act(t.act, F512(y)).0;
                 }
                 _mm512_mask_storeu_ps(o, mask, y);
-            }
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn act256(act: Act, y: __m256) -> __m256 {
-        let zero = _mm256_setzero_ps();
-        let six = _mm256_set1_ps(6.0);
-        match act {
-            Act::None => y,
-            Act::Relu => _mm256_max_ps(y, zero),
-            Act::Relu6 => _mm256_min_ps(_mm256_max_ps(y, zero), six),
-            Act::Hardswish => {
-                let h = _mm256_min_ps(
-                    _mm256_max_ps(_mm256_add_ps(y, _mm256_set1_ps(3.0)), zero),
-                    six,
-                );
-                _mm256_mul_ps(y, _mm256_div_ps(h, six))
-            }
-            Act::Hardsigmoid => {
-                let h = _mm256_min_ps(
-                    _mm256_max_ps(_mm256_add_ps(y, _mm256_set1_ps(3.0)), zero),
-                    six,
-                );
-                _mm256_div_ps(h, six)
             }
         }
     }
@@ -861,7 +832,7 @@ mod x86 {
                         if !t.res.is_null() {
                             y = _mm256_add_ps(y, _mm256_loadu_ps(t.res.add(i * t.ldo + col)));
                         }
-                        y = act256(t.act, y);
+                        y = F256::act(t.act, F256(y)).0;
                     }
                     _mm256_storeu_ps(o, y);
                 } else {

@@ -2,9 +2,7 @@
 //! accumulates its `kh·kw` taps for a block of channels in registers, then bias and
 //! activation are applied and the block is written once.
 
-use rayon::prelude::*;
-
-use crate::conv::tap_range;
+use crate::conv::{par_row_runs, rows_per_thread, tap_range};
 use crate::{Act, ConvShape, Isa, ShapeError};
 
 /// Depthwise weights `[kh·kw][c]` (tap-major, channels contiguous) and bias.
@@ -79,25 +77,10 @@ pub fn depthwise(
     if row == 0 {
         return Ok(());
     }
-    let rows = s.n * oh;
-    let threads = rayon::current_num_threads().max(1);
-    let per = rows.div_ceil(threads).max(1);
-    out.par_chunks_mut(per * row)
-        .enumerate()
-        .for_each(|(t, chunk)| {
-            let r0 = t * per;
-            rows_serial(
-                isa,
-                p,
-                x,
-                s,
-                (oh, ow),
-                act,
-                r0,
-                r0 + chunk.len() / row,
-                chunk,
-            );
-        });
+    let per = rows_per_thread(s.n * oh);
+    par_row_runs(out, row, per, |r0, r1, chunk| {
+        rows_serial(isa, p, x, s, (oh, ow), act, r0, r1, chunk)
+    });
     Ok(())
 }
 

@@ -8,9 +8,7 @@
 //! multiply-add each, from zero; then bias, residual, activation), minus the products with
 //! the zero padding, which add nothing.
 
-use rayon::prelude::*;
-
-use crate::conv::{ConvShape, PackedConv, NR};
+use crate::conv::{par_row_runs, rows_per_thread, ConvShape, PackedConv, NR};
 use crate::Act;
 
 /// Input channels up to which the direct path serves a convolution wider than 1×1.
@@ -50,8 +48,6 @@ pub(crate) fn conv(
         if row == 0 || rows == 0 {
             return Some(());
         }
-        let threads = rayon::current_num_threads().max(1);
-        let per = rows.div_ceil(threads).max(1);
         let ctx = Ctx {
             w,
             x,
@@ -61,19 +57,15 @@ pub(crate) fn conv(
             residual,
             act,
         };
-        out.par_chunks_mut(per * row)
-            .enumerate()
-            .for_each(|(t, chunk)| {
-                let r0 = t * per;
-                let r1 = r0 + chunk.len() / row;
-                // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
-                unsafe {
-                    match isa {
-                        Isa::Avx512 => x86::rows_avx512(&ctx, r0, r1, chunk),
-                        _ => x86::rows_avx2(&ctx, r0, r1, chunk),
-                    }
+        par_row_runs(out, row, rows_per_thread(rows), |r0, r1, chunk| {
+            // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
+            unsafe {
+                match isa {
+                    Isa::Avx512 => x86::rows_avx512(&ctx, r0, r1, chunk),
+                    _ => x86::rows_avx2(&ctx, r0, r1, chunk),
                 }
-            });
+            }
+        });
         Some(())
     }
     #[cfg(not(target_arch = "x86_64"))]

@@ -11,9 +11,7 @@
 //! the same order, as the three convolutions run one after the other ([`crate::conv2d`],
 //! [`crate::depthwise`]): the result is bit for bit the same.
 
-use rayon::prelude::*;
-
-use crate::conv::pointwise_serial;
+use crate::conv::{par_row_runs, pointwise_serial, rows_per_thread};
 use crate::depthwise::rows_serial;
 use crate::{Act, ConvShape, Isa, PackedConv, PackedDepthwise, ShapeError};
 
@@ -120,29 +118,24 @@ pub fn inverted_residual(
     let per = if s.n >= threads {
         s.n.div_ceil(threads) * oh
     } else {
-        rows.div_ceil(threads)
+        rows_per_thread(rows)
     };
     // output rows per band: as many as keep the window of expanded rows within its budget
     let row_bytes = s.w * e * 4;
     let in_rows = (WINDOW_BYTES / row_bytes.max(1)).max(dw.kh);
     let band = ((in_rows - dw.kh) / s.stride + 1).clamp(1, oh);
     let row = ow * cout;
-    out.par_chunks_mut(per * row)
-        .enumerate()
-        .for_each(|(t, chunk)| {
-            let r0 = t * per;
-            let job = Job {
-                isa,
-                b,
-                x,
-                s,
-                oh,
-                ow,
-                residual,
-                band,
-            };
-            job.run(r0, r0 + chunk.len() / row, chunk);
-        });
+    let job = Job {
+        isa,
+        b,
+        x,
+        s,
+        oh,
+        ow,
+        residual,
+        band,
+    };
+    par_row_runs(out, row, per, |r0, r1, chunk| job.run(r0, r1, chunk));
     Ok(())
 }
 

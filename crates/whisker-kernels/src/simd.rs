@@ -81,7 +81,7 @@ pub(crate) trait Vf: Copy {
 
 /// AVX-512F: 16 lanes, masked loads and stores.
 #[derive(Clone, Copy)]
-pub(crate) struct F512(__m512);
+pub(crate) struct F512(pub(crate) __m512);
 
 impl Vf for F512 {
     const L: usize = 16;
@@ -136,7 +136,7 @@ impl Vf for F512 {
 
 /// AVX2 + FMA: 8 lanes, whole vectors only.
 #[derive(Clone, Copy)]
-pub(crate) struct F256(__m256);
+pub(crate) struct F256(pub(crate) __m256);
 
 impl Vf for F256 {
     const L: usize = 8;
