@@ -653,6 +653,8 @@ impl Builder<'_> {
     }
 
     fn inverted_residual(&mut self, x: V, b: &InvertedResidual) -> Result<V> {
+        // the block's ops start here
+        let start = self.ops.len();
         let mut y = x;
         if let Some(e) = &b.expand {
             y = self.cba(y, e, None)?;
@@ -694,7 +696,6 @@ impl Builder<'_> {
                 fc2: pack(&se.fc2)?,
             });
         }
-        let start = self.ops.len() - usize::from(b.expand.is_some()) - 1;
         let y = self.cba(y, &b.project, b.residual.then_some(x))?;
         if self.bw.is_none() && self.pm.is_none() && b.se.is_none() {
             self.fuse_block(start, x)?;
@@ -702,10 +703,10 @@ impl Builder<'_> {
         Ok(y)
     }
 
-    /// Replace the ops from `start` — a 1×1 expansion of `x` (or none), a depthwise
-    /// convolution and a 1×1 projection (adding `x`, the block's input, or nothing), all
-    /// folded — by one fused [`Op::Block`]. Anything else (a BatchNorm with batch statistics
-    /// between them) stays as it is.
+    /// Replace the block's ops from `start` when they are a 1×1 expansion of `x` (or none), a
+    /// depthwise convolution and a 1×1 projection (adding `x`, the block's input, or
+    /// nothing), all folded, by one fused [`Op::Block`]. Anything else (a BatchNorm with batch
+    /// statistics between them) stays as it is.
     fn fuse_block(&mut self, start: usize, x: V) -> Result<()> {
         let one = |w: &PackedConv| w.kh == 1 && w.kw == 1 && !w.is_winograd();
         let project_ok = |p: &PackedConv, c: usize, res: &Option<V>| {
