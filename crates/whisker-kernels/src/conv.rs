@@ -754,7 +754,17 @@ mod x86 {
                 bp = bp.add(t.ldb);
             }
         }
-        for (i, row) in acc.iter().enumerate() {
+        // The epilogue indexes its rows at run time: it reads a copy made by a loop small
+        // enough to unroll, so `acc` is only ever indexed by constants and stays in
+        // registers through the K loop (indexed at run time, it was stored to the stack
+        // after every multiply-add).
+        let mut done = [[_mm512_setzero_ps(); NV]; R];
+        for i in 0..R {
+            for v in 0..NV {
+                done[i][v] = acc[i][v];
+            }
+        }
+        for (i, row) in done.iter().enumerate() {
             if i >= t.rows {
                 break;
             }
@@ -811,7 +821,14 @@ mod x86 {
                 bp = bp.add(t.ldb);
             }
         }
-        for (i, row) in acc.iter().enumerate() {
+        // a copy for the epilogue: `acc` stays in registers (see tile_avx512)
+        let mut done = [[_mm256_setzero_ps(); 2]; R];
+        for i in 0..R {
+            for v in 0..2 {
+                done[i][v] = acc[i][v];
+            }
+        }
+        for (i, row) in done.iter().enumerate() {
             if i >= t.rows {
                 break;
             }
