@@ -94,12 +94,12 @@ mod x86 {
         }
     }
 
-    /// AVX2 + FMA: 16 channels (two vectors) and 4 pixels at a time.
+    /// AVX2 + FMA: 16 channels (two vectors) and 6 pixels at a time (12 accumulators).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn rows_avx2(ctx: &Ctx, r0: usize, r1: usize, out: &mut [f32]) {
         for p in 0..ctx.w.widths.len() {
             for c0 in (0..ctx.w.widths[p]).step_by(16) {
-                rows::<F256, 2, 4>(ctx, p, c0, r0, r1, out);
+                rows::<F256, 2, 6>(ctx, p, c0, r0, r1, out);
             }
         }
     }
@@ -183,9 +183,17 @@ mod x86 {
                 }
             }
         }
+        // the epilogue reads a copy: `acc` is indexed by constants only and stays in
+        // registers through the taps (see conv.rs's micro-kernels)
+        let mut done = [[zero; NV]; N];
+        for j in 0..N {
+            for v in 0..NV {
+                done[j][v] = acc[j][v];
+            }
+        }
         let cout = w.cout;
         let bias = w.bias.as_ptr().add(col0);
-        for (j, a) in acc.iter().enumerate() {
+        for (j, a) in done.iter().enumerate() {
             let at = (r * ctx.ow + ox + j) * cout + col0;
             let o = out.as_mut_ptr().add(at - r0 * ctx.ow * cout);
             for (v, &y) in a.iter().enumerate() {
