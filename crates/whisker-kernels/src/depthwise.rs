@@ -98,6 +98,57 @@ pub(crate) fn rows_serial(
     r1: usize,
     out: &mut [f32],
 ) {
+    // Narrow maps (7×7, 14×14): a large share of the pixels sit at a horizontal edge, where
+    // the vector paths go one pixel at a time — one chain of dependent multiply-adds, bound by
+    // their latency. Those rows read a copy of their images with the horizontal padding
+    // written out as zeros instead, so every pixel takes the many-pixel path. A padded tap
+    // adds w·0 = 0, which leaves every sum as it was. (Not at stride 2: there the copy is four
+    // times the output, and measured slower.)
+    let (lo, hi) = s.interior_cols(p.kw, ow);
+    let padded = s.stride == 1 && s.pad[2] + s.pad[3] > 0 && (ow - (hi - lo)) * 4 >= ow && r0 < r1;
+    if padded && matches!(isa, Isa::Avx512 | Isa::Avx2) {
+        let (b0, b1) = (r0 / oh, (r1 - 1) / oh + 1);
+        let (c, wide) = (p.c, s.w + s.pad[2] + s.pad[3]);
+        return PADDED.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.clear();
+            buf.resize((b1 - b0) * s.h * wide * c, 0.0);
+            for (i, src) in x[b0 * s.h * s.w * c..b1 * s.h * s.w * c]
+                .chunks_exact(s.w * c)
+                .enumerate()
+            {
+                buf[(i * wide + s.pad[2]) * c..][..s.w * c].copy_from_slice(src);
+            }
+            let inner = ConvShape {
+                n: b1 - b0,
+                w: wide,
+                pad: [s.pad[0], s.pad[1], 0, 0],
+                ..*s
+            };
+            let (r0, r1) = (r0 - b0 * oh, r1 - b0 * oh);
+            dispatch(isa, p, &buf, &inner, (oh, ow), act, r0, r1, out)
+        });
+    }
+    dispatch(isa, p, x, s, (oh, ow), act, r0, r1, out)
+}
+
+thread_local! {
+    /// The horizontally padded copy of [`rows_serial`]'s images, kept between calls.
+    static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    isa: Isa,
+    p: &PackedDepthwise,
+    x: &[f32],
+    s: &ConvShape,
+    (oh, ow): (usize, usize),
+    act: Act,
+    r0: usize,
+    r1: usize,
+    out: &mut [f32],
+) {
     let ctx = Ctx {
         p,
         x,
@@ -160,7 +211,7 @@ mod x86 {
     }
 
     /// Output rows `[r0, r1)`: `P` pixels at a time where every horizontal tap falls inside
-    /// the input (their accumulators stay in registers while the taps go by), then `P / 2`,
+    /// the input (their accumulators stay in registers while the taps go by), then 4 and 2,
     /// then one at a time, and one at a time at the edges. Each output value is `bias`, then
     /// the taps in row-major order, one fused multiply-add each: the same operations, in the
     /// same order, as the scalar path with FMA. `K`, `S`: the kernel width and stride when
@@ -199,6 +250,9 @@ mod x86 {
                         } else if P > 4 && ox >= ox_lo && ox + 4 <= ox_hi {
                             pixels::<V, 4, K, S>(ctx, m, cb, b, oy, ox, ky, (0, kw), orow);
                             ox += 4;
+                        } else if ox >= ox_lo && ox + 2 <= ox_hi {
+                            pixels::<V, 2, K, S>(ctx, m, cb, b, oy, ox, ky, (0, kw), orow);
+                            ox += 2;
                         } else {
                             let kx = tap_range(ox, st, pad_l, kw, s.w);
                             pixels::<V, 1, K, S>(ctx, m, cb, b, oy, ox, ky, kx, orow);
