@@ -754,17 +754,9 @@ mod x86 {
                 bp = bp.add(t.ldb);
             }
         }
-        // The epilogue indexes its rows at run time: it reads a copy made by a loop small
-        // enough to unroll, so `acc` is only ever indexed by constants and stays in
-        // registers through the K loop (indexed at run time, it was stored to the stack
-        // after every multiply-add).
-        let mut done = [[_mm512_setzero_ps(); NV]; R];
-        for i in 0..R {
-            for v in 0..NV {
-                done[i][v] = acc[i][v];
-            }
-        }
-        for (i, row) in done.iter().enumerate() {
+        // (LLVM keeps `acc` in registers here although the epilogue indexes it at run time;
+        // it did not in `tile_avx2`: `tools/check-spills.py` watches both)
+        for (i, row) in acc.iter().enumerate() {
             if i >= t.rows {
                 break;
             }
@@ -821,7 +813,29 @@ mod x86 {
                 bp = bp.add(t.ldb);
             }
         }
-        // a copy for the epilogue: `acc` stays in registers (see tile_avx512)
+        if t.rows == R && t.cols == 16 && t.last {
+            // a whole tile, the last K block: the same epilogue with constant indices only
+            let bias = [_mm256_loadu_ps(t.bias), _mm256_loadu_ps(t.bias.add(8))];
+            for i in 0..R {
+                for v in 0..2 {
+                    let o = t.out.add(i * t.ldo + v * 8);
+                    let mut y = acc[i][v];
+                    if t.accumulate {
+                        y = _mm256_add_ps(y, _mm256_loadu_ps(o));
+                    }
+                    y = _mm256_add_ps(y, bias[v]);
+                    if !t.res.is_null() {
+                        y = _mm256_add_ps(y, _mm256_loadu_ps(t.res.add(i * t.ldo + v * 8)));
+                    }
+                    _mm256_storeu_ps(o, F256::act(t.act, F256(y)).0);
+                }
+            }
+            return;
+        }
+        // Otherwise the epilogue indexes its rows at run time: it reads a copy made by a loop
+        // small enough to unroll, so `acc` is only ever indexed by constants and stays in
+        // registers through the K loop (indexed at run time, LLVM stored all 12 to the stack
+        // after every multiply-add).
         let mut done = [[_mm256_setzero_ps(); 2]; R];
         for i in 0..R {
             for v in 0..2 {
