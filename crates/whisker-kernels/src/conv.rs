@@ -792,6 +792,8 @@ mod x86 {
     }
 
     /// `R` (≤ 6) pixels × 16 channels, AVX2 + FMA.
+    // indices, not iterators, over `acc`: constant indices keep it in registers
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn tile_avx2<const R: usize>(t: &Tile) {
         // the row pointers of a tap are 6 apart
