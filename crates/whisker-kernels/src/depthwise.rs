@@ -125,30 +125,17 @@ pub(crate) fn rows_serial(
                 pad: [s.pad[0], s.pad[1], 0, 0],
                 ..*s
             };
-            let (r0, r1) = (r0 - b0 * oh, r1 - b0 * oh);
-            dispatch(isa, p, &buf, &inner, (oh, ow), act, r0, r1, out)
+            let ctx = Ctx {
+                p,
+                x: &buf,
+                s: &inner,
+                oh,
+                ow,
+                act,
+            };
+            dispatch(isa, &ctx, r0 - b0 * oh, r1 - b0 * oh, out)
         });
     }
-    dispatch(isa, p, x, s, (oh, ow), act, r0, r1, out)
-}
-
-thread_local! {
-    /// The horizontally padded copy of [`rows_serial`]'s images, kept between calls.
-    static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-#[allow(clippy::too_many_arguments)]
-fn dispatch(
-    isa: Isa,
-    p: &PackedDepthwise,
-    x: &[f32],
-    s: &ConvShape,
-    (oh, ow): (usize, usize),
-    act: Act,
-    r0: usize,
-    r1: usize,
-    out: &mut [f32],
-) {
     let ctx = Ctx {
         p,
         x,
@@ -157,13 +144,23 @@ fn dispatch(
         ow,
         act,
     };
+    dispatch(isa, &ctx, r0, r1, out)
+}
+
+thread_local! {
+    /// The horizontally padded copy of [`rows_serial`]'s images, kept between calls.
+    static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Output rows `[r0, r1)` of `ctx` on this ISA's path.
+fn dispatch(isa: Isa, ctx: &Ctx, r0: usize, r1: usize, out: &mut [f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
-        Isa::Avx512 => unsafe { x86::rows_avx512(&ctx, r0, r1, out) },
+        Isa::Avx512 => unsafe { x86::rows_avx512(ctx, r0, r1, out) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::rows_avx2(&ctx, r0, r1, out) },
-        _ => run_rows::<16, false>(&ctx, r0, r1, out),
+        Isa::Avx2 => unsafe { x86::rows_avx2(ctx, r0, r1, out) },
+        _ => run_rows::<16, false>(ctx, r0, r1, out),
     }
 }
 
