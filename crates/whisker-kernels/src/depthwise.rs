@@ -102,8 +102,9 @@ pub(crate) fn rows_serial(
     // the vector paths go one pixel at a time — one chain of dependent multiply-adds, bound by
     // their latency. Those rows read a copy of their images with the horizontal padding
     // written out as zeros instead, so every pixel takes the many-pixel path. A padded tap
-    // adds w·0 = 0, which leaves every sum as it was. (Not at stride 2: there the copy is four
-    // times the output, and measured slower.)
+    // adds w·0 = 0, which leaves every sum as it was (a −0 sum may read +0; a non-finite
+    // weight gives NaN at the edge, as in a zero-padded convolution). Not at stride 2: there
+    // the copy is four times the output, and measured slower.
     let (lo, hi) = s.interior_cols(p.kw, ow);
     let padded = s.stride == 1 && s.pad[2] + s.pad[3] > 0 && (ow - (hi - lo)) * 4 >= ow && r0 < r1;
     if padded && matches!(isa, Isa::Avx512 | Isa::Avx2) {
