@@ -29,25 +29,66 @@ fn number(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// A finite number > 0.
-pub fn positive(s: &str) -> Result<f64, String> {
-    let v = number(s)?;
-    if v > 0.0 {
-        Ok(v)
+/// A number as a person reads it: plain when of ordinary size, else in scientific notation
+/// (never 309 digits).
+pub fn show(v: f64) -> String {
+    let a = v.abs();
+    if a != 0.0 && !(1e-4..1e7).contains(&a) {
+        format!("{v:e}")
     } else {
-        Err(format!("{v} is not positive: give a number > 0"))
+        format!("{v}")
     }
 }
 
-/// A finite number ≥ 0.
-pub fn non_negative(s: &str) -> Result<f64, String> {
-    let v = number(s)?;
-    if v >= 0.0 {
-        Ok(v)
-    } else {
-        Err(format!("{v} is negative: give a number ≥ 0"))
+/// A whole number in `lo..=hi`: every count a flag takes has a range, so that no value can
+/// exhaust memory, threads or time before anything checks it.
+pub fn whole(
+    lo: usize,
+    hi: usize,
+) -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        let v: usize = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a whole number from {lo} to {hi}"))?;
+        if (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("{v} is outside {lo}..={hi}"))
+        }
     }
 }
+
+/// A finite number in `(lo, hi]` (`lo` excluded: a rate or scale that must be above it) or
+/// `[lo, hi]` (`lo_included`); fractions such as `4/255` are accepted.
+pub fn real(
+    lo: f64,
+    hi: f64,
+    lo_included: bool,
+) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        let v = number(s)?;
+        let above = if lo_included { v >= lo } else { v > lo };
+        if above && v <= hi {
+            Ok(v)
+        } else {
+            let open = if lo_included { "[" } else { "(" };
+            Err(format!(
+                "{} is outside {open}{}, {}]",
+                show(v),
+                show(lo),
+                show(hi)
+            ))
+        }
+    }
+}
+
+/// Worker threads: 1 to 1024.
+pub const MAX_THREADS: usize = 1024;
+/// Images a forward pass: 1 to 1024 (more would not fit in memory on the larger backbones).
+pub const MAX_BATCH: usize = 1024;
+/// Iterations, epochs, steps: at most this many.
+pub const MAX_STEPS: usize = 100_000;
 
 /// A fraction in [0, 1).
 pub fn fraction(s: &str) -> Result<f64, String> {
@@ -56,7 +97,8 @@ pub fn fraction(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!(
-            "{v} is outside [0, 1): give a fraction such as 0.1"
+            "{} is outside [0, 1): give a fraction such as 0.1",
+            show(v)
         ))
     }
 }
@@ -67,17 +109,7 @@ pub fn probability(s: &str) -> Result<f32, String> {
     if (0.0..=1.0).contains(&v) {
         Ok(v as f32)
     } else {
-        Err(format!("{v} is outside [0, 1]"))
-    }
-}
-
-/// A scale factor ≥ 1.
-pub fn at_least_one(s: &str) -> Result<f64, String> {
-    let v = number(s)?;
-    if v >= 1.0 {
-        Ok(v)
-    } else {
-        Err(format!("{v} is less than 1: give a factor ≥ 1 (1: off)"))
+        Err(format!("{} is outside [0, 1]", show(v)))
     }
 }
 
@@ -87,7 +119,7 @@ pub fn degrees(s: &str) -> Result<f64, String> {
     if (0.0..=180.0).contains(&v) {
         Ok(v)
     } else {
-        Err(format!("{v} is outside [0, 180] degrees"))
+        Err(format!("{} is outside [0, 180] degrees", show(v)))
     }
 }
 
@@ -121,7 +153,15 @@ pub fn epsilon(s: &str) -> Result<f64, String> {
     let v = number(s)?;
     if v < 0.0 {
         return Err(format!(
-            "{v} is negative: budgets are in [0, 1] pixel units"
+            "{} is negative: budgets are in [0, 1] pixel units",
+            show(v)
+        ));
+    }
+    if v > whisker::inspect::attack::MAX_L2_EPS {
+        return Err(format!(
+            "{} is more than {}: no budget needs more (an L∞ one is at most 1)",
+            show(v),
+            show(whisker::inspect::attack::MAX_L2_EPS)
         ));
     }
     Ok(v)
@@ -164,19 +204,24 @@ mod tests {
         assert!(check_linf(8.0 / 255.0).is_ok());
         for bad in ["nan", "inf", "1/0", "-1", "x"] {
             assert!(epsilon(bad).is_err(), "{bad}");
-            assert!(positive(bad).is_err(), "{bad}");
+            assert!(real(0.0, 1.0, false)(bad).is_err(), "{bad}");
         }
         assert!(epsilons("0,1/255,inf").is_err());
         assert_eq!(epsilons("0, 2/255").unwrap(), vec![0.0, 2.0 / 255.0]);
-        assert!(positive("0").is_err());
-        assert_eq!(positive("1e-3").unwrap(), 1e-3);
+        assert!(real(0.0, 10.0, false)("0").is_err());
+        assert_eq!(real(0.0, 10.0, false)("1e-3").unwrap(), 1e-3);
+        assert_eq!(real(0.0, 10.0, true)("0").unwrap(), 0.0);
+        assert!(real(0.0, 10.0, true)("10.5").is_err());
+        let e = real(0.0, 10.0, false)("1e308").unwrap_err();
+        assert_eq!(e, "1e308 is outside (0, 10]");
+        assert_eq!(whole(1, 64)("65").unwrap_err(), "65 is outside 1..=64");
+        assert!(whole(1, 64)("99999999999999999999999").is_err());
+        assert_eq!(whole(0, 5)("0").unwrap(), 0);
         assert!(fraction("1.5").is_err() && fraction("1").is_err() && fraction("nan").is_err());
         assert_eq!(fraction("0").unwrap(), 0.0);
         assert!(probability("2").is_err());
         assert!(count("0").is_err() && count("-3").is_err());
         assert!(image_side("100000").is_err());
-        assert!(at_least_one("0.5").is_err());
         assert!(degrees("400").is_err());
-        assert!(non_negative("-1e-9").is_err());
     }
 }

@@ -17,16 +17,16 @@ pub struct BenchArgs {
     /// Backbones (see `whisker models`) [default: resnet50 mobilenet_v2 efficientnet_lite0].
     models: Vec<String>,
     /// Batch sizes of the eval forward pass (comma-separated; 0: none).
-    #[arg(long, value_delimiter = ',', default_value = "16")]
+    #[arg(long, value_delimiter = ',', default_value = "16", value_parser = crate::args::whole(0, crate::args::MAX_BATCH))]
     batch: Vec<usize>,
     /// Batch sizes of the training step (comma-separated; 0: none).
-    #[arg(long, value_delimiter = ',', default_value = "16")]
+    #[arg(long, value_delimiter = ',', default_value = "16", value_parser = crate::args::whole(0, crate::args::MAX_BATCH))]
     train_batch: Vec<usize>,
     /// Time each case for at least this many seconds (after the warm-up).
-    #[arg(long, default_value_t = 2.0, value_parser = crate::args::positive)]
+    #[arg(long, default_value_t = 2.0, value_parser = crate::args::real(0.0, 3600.0, false))]
     min_seconds: f64,
     /// Untimed runs before timing (GPU kernels compile and tune on first use).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = crate::args::whole(0, 1000))]
     warmup: usize,
     /// One JSON document on stdout.
     #[arg(long, conflicts_with = "jsonl")]

@@ -19,10 +19,10 @@ pub struct Args {
     #[arg(long, short)]
     weights: Option<PathBuf>,
     /// How many classes to show.
-    #[arg(long, short = 'k', default_value_t = 5, value_parser = crate::args::count)]
+    #[arg(long, short = 'k', default_value_t = 5, value_parser = crate::args::whole(1, 100_000))]
     top: usize,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 16, value_parser = crate::args::count)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::whole(1, crate::args::MAX_BATCH))]
     batch_size: usize,
     /// Also write the results as CSV (image, rank, index, label, probability).
     #[arg(long, value_name = "FILE")]
@@ -65,26 +65,42 @@ pub struct Output {
     pub csv: Option<PathBuf>,
 }
 
-/// Files as given, and the image files inside folders (recursively, sorted; links to folders
-/// already seen are not followed again).
+/// Files as given, and every file inside folders (recursively, sorted): a file there that is
+/// not an image is classified as a failure with its reason (listed, exit 1), not silently
+/// left out. Hidden files (`.DS_Store`) are left out; links to folders already seen, or
+/// outside the folder given, are not followed (said on stderr).
 pub fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     fn walk(
         dir: &Path,
+        root: &Path,
         seen: &mut std::collections::HashSet<PathBuf>,
         out: &mut Vec<PathBuf>,
     ) -> Result<()> {
-        if !seen.insert(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())) {
+        let canon = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        if !canon.starts_with(root) {
+            eprintln!(
+                "whisker: {}: a link to a folder outside {}: not followed",
+                dir.display(),
+                root.display()
+            );
+            return Ok(());
+        }
+        if !seen.insert(canon) {
             return Ok(());
         }
         let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| format!("reading {}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
             .collect();
         entries.sort();
         for p in entries {
             if p.is_dir() {
-                walk(&p, seen, out)?;
-            } else if p.is_file() && whisker::data::datasets::sniff_image(&p).is_ok() {
+                walk(&p, root, seen, out)?;
+            } else {
                 out.push(p);
             }
         }
@@ -95,9 +111,11 @@ pub fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     for p in inputs {
         if p.is_dir() {
             let before = out.len();
-            walk(p, &mut seen, &mut out)?;
+            let root =
+                std::fs::canonicalize(p).with_context(|| format!("reading {}", p.display()))?;
+            walk(p, &root, &mut seen, &mut out)?;
             if out.len() == before {
-                anyhow::bail!("{}: no image files in this folder", p.display());
+                anyhow::bail!("{}: no files in this folder", p.display());
             }
         } else {
             out.push(p.clone());
@@ -117,7 +135,7 @@ pub fn run_model(
 ) -> Result<i32> {
     let pb = crate::progress::bar(images.len() as u64, "images", quiet || images.len() < 4);
     let mut results = Vec::with_capacity(images.len());
-    let mut csv = String::from("image,rank,index,label,probability\n");
+    let mut csv = String::from("image,rank,index,label,probability,error\n");
     let mut failed = 0;
     let chunk = (opts.batch_size * 4).max(16);
     for (c, paths) in images.chunks(chunk).enumerate() {
@@ -128,8 +146,10 @@ pub fn run_model(
             let r = match &p.errors[i] {
                 Some(e) => {
                     failed += 1;
+                    csv.push_str(&format!("{},,,,,{}\n", csv_field(&name), csv_field(e)));
                     if !out.json {
-                        pb.suspend(|| eprintln!("{name}: error: {e}"));
+                        // the error names the file already
+                        pb.suspend(|| eprintln!("error: {e}"));
                     }
                     serde_json::json!({ "image": name, "error": e })
                 }
@@ -137,7 +157,7 @@ pub fn run_model(
                     let top = model.top_k(&p, i, out.top);
                     for (rank, t) in top.iter().enumerate() {
                         csv.push_str(&format!(
-                            "{},{},{},{},{}\n",
+                            "{},{},{},{},{},\n",
                             csv_field(&name),
                             rank + 1,
                             t.index,
@@ -165,6 +185,13 @@ pub fn run_model(
         }
     }
     pb.finish_and_clear();
+    if failed > 0 {
+        eprintln!(
+            "whisker: {failed} of {} files could not be classified (listed above{})",
+            images.len(),
+            if out.json { " in the JSON" } else { "" }
+        );
+    }
     if out.json {
         let doc = serde_json::json!({
             "backbone": model.backbone().spec.name,

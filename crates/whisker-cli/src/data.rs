@@ -25,7 +25,7 @@ pub enum Cmd {
         #[arg(long, value_name = "FILE")]
         from: Option<PathBuf>,
         /// Only the first N images.
-        #[arg(long, value_parser = crate::args::count)]
+        #[arg(long, value_parser = crate::args::whole(1, 1_000_000_000))]
         limit: Option<usize>,
     },
 }
@@ -47,8 +47,7 @@ pub fn run(cmd: Cmd, quiet: bool) -> Result<()> {
         Cmd::Digits { dir, from, limit } => {
             let n = match from {
                 Some(f) => {
-                    let bytes =
-                        std::fs::read(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+                    let bytes = whisker::io::read_regular(&f, whisker::io::MAX_SMALL_FILE)?;
                     whisker::data::digits::write_image_folder(&bytes, &dir, limit)?
                 }
                 None => whisker::data::digits::fetch(&dir, limit)?,

@@ -17,13 +17,13 @@ pub struct EvalArgs {
     #[arg(long, default_value = "test", value_parser = ["test", "val", "all"])]
     split: String,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 16, value_parser = crate::args::count)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::whole(1, crate::args::MAX_BATCH))]
     batch_size: usize,
     /// Where to write confusion.png, top_losses.png and report.html (default: RUN_DIR/eval-SPLIT).
     #[arg(long)]
     out: Option<PathBuf>,
     /// How many of the most confidently wrong images to show.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 12, value_parser = crate::args::whole(0, 1000))]
     top_losses: usize,
     /// One JSON document on stdout.
     #[arg(long)]

@@ -15,10 +15,10 @@ pub struct PredictArgs {
     #[arg(required = true)]
     images: Vec<PathBuf>,
     /// How many classes to show.
-    #[arg(long, short = 'k', default_value_t = 5, value_parser = crate::args::count)]
+    #[arg(long, short = 'k', default_value_t = 5, value_parser = crate::args::whole(1, 100_000))]
     top: usize,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 16, value_parser = crate::args::count)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::whole(1, crate::args::MAX_BATCH))]
     batch_size: usize,
     /// Test-time augmentation: average the probabilities of the centre crop, its mirror
     /// image and the four corner crops.
@@ -66,25 +66,25 @@ pub struct LrFindArgs {
     #[arg(long, default_value = ".")]
     out: PathBuf,
     /// Hidden units of the MLP head.
-    #[arg(long, default_value_t = 512, value_parser = crate::args::count)]
+    #[arg(long, default_value_t = 512, value_parser = crate::args::whole(1, 1 << 16))]
     hidden: usize,
     /// Mini-batch size.
-    #[arg(long, default_value_t = 64, value_parser = crate::args::count)]
+    #[arg(long, default_value_t = 64, value_parser = crate::args::whole(1, 1 << 16))]
     head_batch_size: usize,
     /// Smallest learning rate tried.
-    #[arg(long, default_value_t = 1e-7, value_parser = crate::args::positive)]
+    #[arg(long, default_value_t = 1e-7, value_parser = crate::args::real(0.0, 1e3, false))]
     start_lr: f64,
     /// Largest learning rate tried.
-    #[arg(long, default_value_t = 10.0, value_parser = crate::args::positive)]
+    #[arg(long, default_value_t = 10.0, value_parser = crate::args::real(0.0, 1e3, false))]
     end_lr: f64,
     /// Learning rates tried (one mini-batch each).
-    #[arg(long, default_value_t = 100, value_parser = crate::args::count)]
+    #[arg(long, default_value_t = 100, value_parser = crate::args::whole(1, crate::args::MAX_STEPS))]
     steps: usize,
     /// Seed of the split and the head's initialisation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Images per forward pass during extraction.
-    #[arg(long, default_value_t = 16, value_parser = crate::args::count)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::whole(1, crate::args::MAX_BATCH))]
     batch_size: usize,
     /// One JSON document on stdout.
     #[arg(long)]

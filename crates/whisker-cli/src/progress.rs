@@ -3,13 +3,28 @@
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 
-/// What a bar counts, from its name: the rate is shown with this unit.
-fn unit(what: &str) -> &'static str {
+/// What a bar counts, from its name: the rate is shown with this unit (plural, singular).
+fn unit(what: &str) -> (&'static str, &'static str) {
     match what {
-        "epochs" => "epochs",
-        "dream" => "steps",
-        "attacks" => "attacks",
-        _ => "images",
+        "epochs" => ("epochs", "epoch"),
+        "dream" => ("steps", "step"),
+        "attacks" => ("attacks", "attack"),
+        _ => ("images", "image"),
+    }
+}
+
+/// The rate since the bar's first position (work done before it, such as features taken
+/// from the cache, is not counted), once it has run for a second: `12.3 images/s`, or
+/// `4.5 s/epoch` below one a second; nothing before there is a sensible figure.
+pub fn rate_text(done: u64, secs: f64, units: (&str, &str)) -> String {
+    if done == 0 || secs < 1.0 {
+        return String::new();
+    }
+    let r = done as f64 / secs;
+    if r >= 1.0 {
+        format!("{r:.1} {}/s", units.0)
+    } else {
+        format!("{:.1} s/{}", 1.0 / r, units.1)
     }
 }
 
@@ -19,13 +34,17 @@ pub fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
         pb.set_draw_target(ProgressDrawTarget::hidden());
     }
     let unit = unit(what);
+    let first = std::sync::Arc::new(std::sync::Mutex::new(None::<(u64, f64)>));
     pb.set_style(
         ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {rate} ETA {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .with_key(
                 "rate",
                 move |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                    let _ = write!(w, "{:.1} {unit}/s", s.per_sec());
+                    let (pos, t) = (s.pos(), s.elapsed().as_secs_f64());
+                    let mut g = first.lock().unwrap_or_else(|p| p.into_inner());
+                    let (p0, t0) = *g.get_or_insert((pos, t));
+                    let _ = write!(w, "{}", rate_text(pos.saturating_sub(p0), t - t0, unit));
                 },
             )
             .progress_chars("=> "),
@@ -76,7 +95,8 @@ impl whisker::learner::Observer for Bars {
         }
         if let Some((_, pb)) = g.as_ref() {
             pb.set_length(total as u64);
-            pb.set_position(done as u64);
+            // reports from parallel workers may arrive out of order: never backwards
+            pb.set_position((done as u64).max(pb.position()));
         }
     }
     fn finished(&self, phase: &str) {
@@ -119,8 +139,20 @@ pub fn epoch_line(s: &whisker::train::head::EpochStats, tag: &str) -> String {
 mod tests {
     #[test]
     fn rates_have_units() {
-        assert_eq!(super::unit("epochs"), "epochs");
-        assert_eq!(super::unit("features"), "images");
-        assert_eq!(super::unit("dream"), "steps");
+        assert_eq!(super::unit("epochs"), ("epochs", "epoch"));
+        assert_eq!(super::unit("features"), ("images", "image"));
+        assert_eq!(super::unit("dream"), ("steps", "step"));
+    }
+
+    /// Issue 25, item 13: "1509954.5 images/s" (cached work counted as done in no time),
+    /// "13295.0 epochs/s": no rate before a second of work, slow rates as time per unit.
+    #[test]
+    fn item13_rates_are_sensible_figures() {
+        use super::rate_text;
+        let u = ("epochs", "epoch");
+        assert_eq!(rate_text(0, 10.0, u), "");
+        assert_eq!(rate_text(900, 0.0006, u), "");
+        assert_eq!(rate_text(30, 2.0, u), "15.0 epochs/s");
+        assert_eq!(rate_text(1, 4.5, u), "4.5 s/epoch");
     }
 }

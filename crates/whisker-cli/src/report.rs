@@ -24,13 +24,13 @@ pub struct ReportArgs {
     #[arg(long, default_value = "test", value_parser = ["test", "val", "all"])]
     split: String,
     /// How many of the most confidently wrong images to show, with their Grad-CAM.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 12, value_parser = crate::args::whole(0, 1000))]
     top_losses: usize,
     /// No Grad-CAM overlays in the gallery (faster on big backbones).
     #[arg(long)]
     no_cam: bool,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 16, value_parser = crate::args::count)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::whole(1, crate::args::MAX_BATCH))]
     batch_size: usize,
     /// The page [default: RUN/report.html].
     #[arg(long)]

@@ -49,13 +49,13 @@ pub struct TrainArgs {
     #[arg(long, default_value = "all")]
     unfreeze: String,
     /// Finetune: epochs with the backbone frozen first (fastai's fine_tune does 1).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::args::whole(0, crate::args::MAX_STEPS))]
     freeze_epochs: usize,
     /// Finetune: backbone learning rate = head learning rate / this.
-    #[arg(long, default_value_t = 10.0, value_parser = crate::args::positive)]
+    #[arg(long, default_value_t = 10.0, value_parser = crate::args::real(0.0, 1e6, false))]
     lr_mult: f64,
     /// Finetune: clip the gradient norm to this value.
-    #[arg(long, value_parser = crate::args::positive)]
+    #[arg(long, value_parser = crate::args::real(0.0, 1e6, false))]
     grad_clip: Option<f64>,
     /// Finetune: no augmentation (plain resize and centre crop).
     #[arg(long)]
@@ -73,23 +73,23 @@ pub struct TrainArgs {
     force: bool,
     /// Epochs: of the head (head mode), or after the frozen ones (finetune mode).
     /// [default: 30]
-    #[arg(long, value_parser = crate::args::count)]
+    #[arg(long, value_parser = crate::args::whole(1, crate::args::MAX_STEPS))]
     epochs: Option<usize>,
     /// Peak learning rate of the head (head and finetune modes; the backbone's is this /
     /// --lr-mult).
-    #[arg(long, default_value_t = 1e-3, value_parser = crate::args::positive)]
+    #[arg(long, default_value_t = 1e-3, value_parser = crate::args::real(0.0, 10.0, false))]
     lr: f64,
     /// Head mode: mini-batch size.
-    #[arg(long, default_value_t = 64, value_parser = crate::args::count)]
+    #[arg(long, default_value_t = 64, value_parser = crate::args::whole(1, 1 << 16))]
     head_batch_size: usize,
     /// Head mode: hidden units of the MLP.
-    #[arg(long, default_value_t = 512, value_parser = crate::args::count)]
+    #[arg(long, default_value_t = 512, value_parser = crate::args::whole(1, 1 << 16))]
     hidden: usize,
     /// Dropout probability of the MLP head, in [0, 1).
     #[arg(long, default_value_t = 0.5, value_parser = crate::args::fraction)]
     dropout: f64,
     /// AdamW weight decay (decoupled, as PyTorch).
-    #[arg(long, default_value_t = 1e-2, value_parser = crate::args::non_negative)]
+    #[arg(long, default_value_t = 1e-2, value_parser = crate::args::real(0.0, 100.0, true))]
     weight_decay: f64,
     /// Label smoothing of the cross-entropy, in [0, 1).
     #[arg(long, default_value_t = 0.0, value_parser = crate::args::fraction)]
@@ -99,7 +99,7 @@ pub struct TrainArgs {
     schedule: String,
     /// Head mode: early stopping after this many epochs without a better validation loss
     /// (0: off).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = crate::args::whole(0, crate::args::MAX_STEPS))]
     patience: usize,
     /// Head mode: train on features of augmented images (random resized crop, flip, colour
     /// jitter, small rotation), extracted anew every epoch, instead of cached features.
@@ -121,10 +121,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Images per forward pass during extraction; the mini-batch in finetune mode.
-    #[arg(long, default_value_t = 16, value_parser = crate::args::count)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::whole(1, crate::args::MAX_BATCH))]
     batch_size: usize,
     /// Probe mode: maximum L-BFGS iterations per regularisation strength.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = crate::args::whole(0, 1_000_000))]
     max_iter: usize,
     /// One JSON summary on stdout.
     #[arg(long)]

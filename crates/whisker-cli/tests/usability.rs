@@ -96,20 +96,34 @@ fn runs_datasets_and_outputs_behave() {
     std::fs::copy(testdata("chelsea.png"), photos.join("cat.png")).unwrap();
     std::fs::write(photos.join("notes.txt"), "not an image").unwrap();
     let csv_path = h.join("out.csv");
-    let c = ok(&whisker(h)
+    // a file in the folder that is not an image is listed with its reason (issue 25, item
+    // 12: it was silently left out), in the JSON and the CSV, and the exit code is 1
+    let o = whisker(h)
         .args(["classify", "--json", "-k", "1", "--csv"])
         .arg(&csv_path)
         .arg(h.join("photos"))
         .output()
-        .unwrap());
-    assert_eq!(c["results"].as_array().unwrap().len(), 1);
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(c["results"].as_array().unwrap().len(), 2);
     assert_eq!(c["results"][0]["top"][0]["label"], "tiger cat");
+    let e = c["results"][1]["error"].as_str().unwrap();
+    assert!(
+        e.contains("notes.txt") && e.contains("not a recognised image format"),
+        "{e}"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1 of 2 files could not be classified"));
     let text = std::fs::read_to_string(&csv_path).unwrap();
     assert!(
-        text.starts_with("image,rank,index,label,probability\n"),
+        text.starts_with("image,rank,index,label,probability,error\n"),
         "{text}"
     );
     assert!(text.contains("cat.png,1,282,tiger cat,"), "{text}");
+    assert!(
+        text.contains("notes.txt,,,,,") && text.contains("not a recognised image format"),
+        "{text}"
+    );
     // a device this build lacks is an error, by flag or by environment
     let e = err(&whisker(h)
         .args(["--device", "cuda", "classify"])

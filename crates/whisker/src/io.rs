@@ -22,9 +22,87 @@ pub fn whisker_home() -> PathBuf {
         .join("whisker")
 }
 
-/// The digest of a file with hash `D` (sha256, md5…), hex.
+/// Open a file for reading, only if it is a regular file: a FIFO would block the reader
+/// forever and a device (`/dev/zero`) never end. Every reader of user-named or on-disk files
+/// goes through this. The file is opened non-blocking, so a FIFO put in its place after a
+/// check cannot block the open either; the check is made on what was opened.
+pub fn open_regular(path: &Path) -> Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_NONBLOCK);
+    }
+    let f = o.open(path).map_err(|e| Error::io(path, e))?;
+    let meta = f.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                if meta.is_dir() {
+                    "it is a directory, not a file"
+                } else {
+                    "not a regular file (a FIFO, socket or device): not read"
+                },
+            ),
+        ));
+    }
+    Ok(f)
+}
+
+/// The whole content of a regular file ([`open_regular`]) of at most `max` bytes.
+pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>> {
+    let f = open_regular(path)?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let too_big = |n: u64| {
+        Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the file is {n} bytes, more than the {max} bytes whisker reads here"),
+            ),
+        )
+    };
+    if len > max {
+        return Err(too_big(len));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > max {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// The most bytes whisker reads of a small file it keeps itself (JSON metadata, run
+/// markers, checkpoints' side files): 64 MiB.
+pub const MAX_SMALL_FILE: u64 = 64 << 20;
+
+/// The most bytes whisker reads of a weights or model file: 16 GiB.
+pub const MAX_WEIGHTS_FILE: u64 = 16 << 30;
+
+/// `p` as a path inside some folder: relative, with only plain names (no root, no `..`);
+/// `None` for a path that would leave the folder or names nothing.
+pub fn safe_relative(p: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => out.push(s),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+/// The digest of a file with hash `D` (sha256, md5…), hex. Only a regular file is read.
 pub fn hash_file<D: sha2::Digest>(path: &Path) -> Result<String> {
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut f = open_regular(path)?;
     let mut h = D::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

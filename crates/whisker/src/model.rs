@@ -229,15 +229,12 @@ impl Model {
                 paths.len()
             )));
         }
-        for (i, e) in ex.errors.iter().enumerate() {
-            if e.is_some() {
-                scores[i * k..(i + 1) * k].fill(0.0);
-            }
-        }
+        let mut errors = ex.errors;
+        non_finite_rows(paths, k, &mut scores, &mut errors);
         Ok(Predictions {
             k,
             scores,
-            errors: ex.errors,
+            errors,
             tta: false,
             cached: ex.cached,
         })
@@ -258,7 +255,15 @@ impl Model {
                 let views = pre.tta_views(&img);
                 let f = self.backbone.features(to_tensor(&views, &device));
                 let feats = crate::tensor::to_vec(f)?;
-                Ok((self.logits_of_features(&feats)?, views.len()))
+                let logits = self.logits_of_features(&feats)?;
+                if logits.iter().any(|v| !v.is_finite()) {
+                    // (averaging probabilities would hide them: f64::max drops a NaN)
+                    return Err(Error::NonFinite(format!(
+                        "{}: the model's outputs are not finite (NaN or infinity): a damaged model or input",
+                        p.display()
+                    )));
+                }
+                Ok((logits, views.len()))
             });
             match r {
                 Ok((logits, nv)) => {
@@ -278,6 +283,7 @@ impl Model {
             }
             progress(i + 1, paths.len());
         }
+        non_finite_rows(paths, k, &mut scores, &mut errors);
         Predictions {
             k,
             scores,
@@ -308,6 +314,23 @@ impl Model {
     /// two "crane"s) is an error listing both; an unknown name suggests near ones.
     pub fn class_index(&self, s: &str) -> Result<usize> {
         class_index(&self.labels, s)
+    }
+}
+
+/// Rows of failed files become zeros; a row with NaN or infinity (a model that computes
+/// nonsense on this input) becomes an error naming the file: never a NaN probability.
+fn non_finite_rows(paths: &[PathBuf], k: usize, scores: &mut [f32], errors: &mut [Option<String>]) {
+    for (i, e) in errors.iter_mut().enumerate() {
+        let row = &mut scores[i * k..(i + 1) * k];
+        if e.is_none() && row.iter().any(|v| !v.is_finite()) {
+            *e = Some(format!(
+                "{}: the model's outputs are not finite (NaN or infinity): a damaged model or input",
+                paths[i].display()
+            ));
+        }
+        if e.is_some() {
+            row.fill(0.0);
+        }
     }
 }
 

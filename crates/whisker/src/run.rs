@@ -188,13 +188,22 @@ pub fn check_complete(dir: &Path) -> Result<()> {
         }
         return Ok(());
     }
-    let text = fs::read(&marker).map_err(|e| Error::io(&marker, e))?;
+    let text = crate::io::read_regular(&marker, crate::io::MAX_SMALL_FILE)?;
     let m: RunMarker = serde_json::from_slice(&text).map_err(|e| Error::NotACheckpoint {
         path: marker.clone(),
         reason: format!("not a whisker run marker: {e}"),
     })?;
     for (f, want) in &m.files {
-        let p = dir.join(f);
+        // the marker lists files of the run: a path that leaves it is not one of them
+        let Some(rel) = crate::io::safe_relative(Path::new(f)) else {
+            return Err(Error::NotACheckpoint {
+                path: marker.clone(),
+                reason: format!(
+                    "it lists `{f}`, a path outside the run directory: not a marker whisker writes"
+                ),
+            });
+        };
+        let p = dir.join(rel);
         let got = sha256_file(&p)?;
         if &got != want {
             return Err(Error::Checksum {
@@ -355,7 +364,7 @@ pub struct RunMetrics {
 
 /// Read a JSON file of the run directory.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::read_regular(path, crate::io::MAX_SMALL_FILE)?;
     serde_json::from_slice(&text).map_err(|e| Error::NotACheckpoint {
         path: path.to_path_buf(),
         reason: format!("not the file whisker writes there: {e}"),

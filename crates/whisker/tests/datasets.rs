@@ -348,7 +348,7 @@ fn probe_on_real_digits_reaches_90_percent() {
             format: "whisker-model".into(),
             version: 1,
             backbone: "efficientnet_lite0".into(),
-            weights_sha256: "x".into(),
+            weights_sha256: "ab".repeat(32),
             resize: 256,
             crop: 224,
             normalization: "(x-127)/128".into(),

@@ -19,20 +19,21 @@ pub struct AttackArgs {
     /// Attack: FGSM (one step), BIM, PGD, or Carlini–Wagner L2 (minimal norm).
     #[arg(long, default_value = "pgd", value_parser = ["fgsm", "bim", "pgd", "cw"])]
     method: String,
-    /// Norm of the budget: L∞ (every pixel within eps) or L2.
-    #[arg(long, default_value = "linf", value_parser = ["linf", "l2"])]
-    norm: String,
+    /// Norm of the budget: L∞ (every pixel within eps) or L2 [default: linf; Carlini–Wagner
+    /// is L2].
+    #[arg(long, value_parser = ["linf", "l2"])]
+    norm: Option<String>,
     /// Carlini–Wagner's constant c (with --method cw; its learning rate is --alpha, default 0.01).
-    #[arg(long, default_value_t = 1.0, value_parser = crate::args::positive)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::args::real(0.0, 1e6, false))]
     c: f64,
     /// Perturbation budget in [0,1] pixel units; fractions like 4/255 are accepted.
     #[arg(long, default_value = "4/255", value_parser = crate::args::epsilon)]
     eps: f64,
-    /// Step size (default: eps/4 for L∞, eps/5 for L2).
-    #[arg(long, value_parser = crate::args::positive)]
+    /// Step size [default: eps/4 for L∞, eps/5 for L2; Carlini–Wagner's learning rate 0.01].
+    #[arg(long, value_parser = crate::args::real(0.0, whisker::inspect::attack::MAX_L2_EPS, false))]
     alpha: Option<f64>,
-    /// Iterations (BIM, PGD, C&W) [default: 40; 100 for C&W].
-    #[arg(long, value_parser = crate::args::count)]
+    /// Iterations (BIM, PGD, C&W), 1 to 10000 [default: 40; 100 for C&W].
+    #[arg(long, value_parser = crate::args::whole(1, whisker::inspect::attack::MAX_STEPS))]
     steps: Option<usize>,
     /// PGD: start from a random point of the epsilon ball.
     #[arg(long)]
@@ -63,43 +64,25 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
     if a.target.is_none() && !a.untargeted {
         bail!("give --target CLASS or --untargeted");
     }
-    let eps = a.eps;
-    let norm: Norm = a.norm.parse()?;
-    if norm == Norm::Linf && a.method != "cw" {
-        crate::args::check_linf(eps)?;
-    }
+    let method: Method = a.method.parse()?;
+    let norm: Option<Norm> = a.norm.as_deref().map(str::parse).transpose()?;
+    // the settings are checked before anything is loaded
+    let cfg0 = AttackConfig::new(method, norm, a.eps, a.alpha, a.steps, None)?;
     let device = whisker::default_device().autodiff();
     let subject = a.which.load(&device)?;
     let img = whisker::data::decode_file(&a.image)?;
-    let alpha = match a.alpha {
-        Some(v) => v,
-        None => eps / if norm == Norm::L2 { 5.0 } else { 4.0 },
-    };
-    let method: Method = a.method.parse()?;
-    let (norm, alpha) = if method == Method::Cw {
-        let lr = a.alpha.unwrap_or(0.01);
-        (Norm::L2, lr)
-    } else {
-        (norm, alpha)
-    };
     let target = a
         .target
         .as_deref()
         .map(|t| subject.class_index(t))
         .transpose()?;
     let cfg = AttackConfig {
-        method,
-        norm,
-        eps,
-        alpha,
-        steps: a
-            .steps
-            .unwrap_or(if method == Method::Cw { 100 } else { 40 }),
         random_start: a.random_start,
         target,
         seed: a.seed,
         min_confidence: a.confidence,
         cw_c: a.c,
+        ..cfg0
     };
     let r = attack(&subject, &img, &cfg)?;
     whisker::report::save_png(&r.adversarial, &a.out)?;

@@ -11,16 +11,16 @@ pub struct DreamArgs {
     #[arg(long)]
     class: String,
     /// Gradient-ascent steps.
-    #[arg(long, default_value_t = 300, value_parser = crate::args::count)]
+    #[arg(long, default_value_t = 300, value_parser = crate::args::whole(1, crate::args::MAX_STEPS))]
     steps: usize,
     /// Adam learning rate of the image parameters.
-    #[arg(long, default_value_t = 0.05, value_parser = crate::args::positive)]
+    #[arg(long, default_value_t = 0.05, value_parser = crate::args::real(0.0, 100.0, false))]
     lr: f64,
     /// Weight of the total-variation penalty.
-    #[arg(long, default_value_t = 0.01, value_parser = crate::args::non_negative)]
+    #[arg(long, default_value_t = 0.01, value_parser = crate::args::real(0.0, 1e4, true))]
     tv: f64,
     /// Maximum random shift of the view each step (pixels).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::whole(0, 1024))]
     jitter: usize,
     /// Image parameterisation: fft (decorrelated frequencies and colours) or pixel.
     #[arg(long, default_value = "fft", value_parser = ["fft", "pixel"])]
@@ -29,7 +29,7 @@ pub struct DreamArgs {
     #[arg(long)]
     log_prob: bool,
     /// Random scale of the view each step, within [1/S, S] (1: off).
-    #[arg(long, default_value_t = 1.1, value_parser = crate::args::at_least_one)]
+    #[arg(long, default_value_t = 1.1, value_parser = crate::args::real(1.0, 4.0, true))]
     scale: f64,
     /// Random rotation of the view each step, within ±R degrees (0: off).
     #[arg(long, default_value_t = 5.0, value_parser = crate::args::degrees)]

@@ -17,7 +17,7 @@ pub struct FeatureMapArgs {
     #[arg(long)]
     list_layers: bool,
     /// How many channels (the most active ones).
-    #[arg(long, default_value_t = 32, value_parser = crate::args::count)]
+    #[arg(long, default_value_t = 32, value_parser = crate::args::whole(1, 4096))]
     channels: usize,
     #[command(flatten)]
     which: super::ModelArgs,

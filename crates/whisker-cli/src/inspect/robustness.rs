@@ -25,10 +25,10 @@ pub struct RobustnessArgs {
     #[arg(long, default_value = "linf", value_parser = ["linf", "l2"])]
     norm: String,
     /// Attack iterations per image and budget.
-    #[arg(long, default_value_t = 10, value_parser = crate::args::count)]
+    #[arg(long, default_value_t = 10, value_parser = crate::args::whole(1, whisker::inspect::attack::MAX_STEPS))]
     steps: usize,
     /// At most this many images of the split.
-    #[arg(long, value_parser = crate::args::count)]
+    #[arg(long, value_parser = crate::args::whole(1, 1_000_000_000))]
     limit: Option<usize>,
     /// Which images of a trained model's run: its test or validation split, or all.
     #[arg(long, default_value = "test", value_parser = ["test", "val", "all"])]

@@ -461,29 +461,23 @@ pub(crate) async fn attack(
         let eps = crate::args::epsilon(q.eps.as_deref().unwrap_or("4/255"))
             .map_err(|e| ApiError::bad(format!("eps: {e}")))?;
         let method: Method = q.method.as_deref().unwrap_or("pgd").parse()?;
-        let norm: Norm = q.norm.as_deref().unwrap_or("linf").parse()?;
-        if norm == Norm::Linf && method != Method::Cw {
-            crate::args::check_linf(eps).map_err(|e| ApiError::bad(e.to_string()))?;
-        }
-        let alpha = match q.alpha.as_deref() {
-            Some(a) => crate::args::epsilon(a).map_err(|e| ApiError::bad(format!("alpha: {e}")))?,
-            None => eps / if norm == Norm::L2 { 5.0 } else { 4.0 },
-        };
-        let steps = q.steps.unwrap_or(10);
-        if steps == 0 || steps > 1000 {
-            return Err(ApiError::bad("steps must be from 1 to 1000"));
-        }
+        let norm: Option<Norm> = q.norm.as_deref().map(str::parse).transpose()?;
+        let alpha = q
+            .alpha
+            .as_deref()
+            .map(crate::args::epsilon)
+            .transpose()
+            .map_err(|e| ApiError::bad(format!("alpha: {e}")))?;
         let cfg = AttackConfig {
-            method,
-            norm,
-            eps,
-            alpha,
-            steps,
-            random_start: false,
-            target: class_of(m, q.target.as_deref())?,
             seed: q.seed.unwrap_or(0),
-            min_confidence: 0.0,
-            cw_c: 1.0,
+            ..AttackConfig::new(
+                method,
+                norm,
+                eps,
+                alpha,
+                q.steps,
+                class_of(m, q.target.as_deref())?,
+            )?
         };
         let r = attack::attack(m, &img, &cfg)?;
         let labels = m.labels();

@@ -35,13 +35,13 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
     /// Largest request body, in MB.
-    #[arg(long, default_value_t = 25, value_parser = crate::args::count)]
+    #[arg(long, default_value_t = 25, value_parser = crate::args::whole(1, 4096))]
     max_body: usize,
     /// Heavy jobs (classify, CAM, attack, dream…) run at a time.
-    #[arg(long, default_value_t = 1, value_parser = crate::args::count)]
+    #[arg(long, default_value_t = 1, value_parser = crate::args::whole(1, 64))]
     workers: usize,
     /// Heavy jobs that may wait for a worker; more are refused (503, Retry-After).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::args::whole(1, 1024))]
     queue: usize,
     /// Announce the address and the models as one JSON line on stdout (for scripts; with
     /// `--addr 127.0.0.1:0` the system picks a free port).

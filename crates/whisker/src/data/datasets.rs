@@ -78,7 +78,7 @@ pub struct Dataset {
 /// What the first bytes of a file say it is: `Ok(())` for an image format whisker decodes,
 /// else the reason it is not one.
 pub fn sniff_image(path: &Path) -> std::result::Result<(), String> {
-    let mut f = fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut f = crate::io::open_regular(path).map_err(|e| e.to_string())?;
     let mut head = [0u8; 16];
     let mut n = 0;
     while n < head.len() {
@@ -296,7 +296,11 @@ impl Dataset {
     fn oxford(root: &Path, labels: Labels) -> Result<Self> {
         let read = |name: &str| -> Result<Vec<(String, usize, usize)>> {
             let p = root.join("annotations").join(name);
-            let text = fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+            let bytes = crate::io::read_regular(&p, crate::io::MAX_SMALL_FILE)?;
+            let text = String::from_utf8(bytes).map_err(|_| Error::Dataset {
+                path: p.clone(),
+                reason: "not UTF-8 text".into(),
+            })?;
             let mut out = Vec::new();
             for (i, line) in text.lines().enumerate() {
                 let line = line.trim();

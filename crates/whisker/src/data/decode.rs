@@ -85,14 +85,34 @@ impl From<&str> for DecodeFailure {
 /// read (a FIFO or device would block or never end), at most [`MAX_FILE_BYTES`], and images
 /// declaring more than [`max_pixels`] are refused before any pixel memory is allocated.
 pub fn decode_file(path: &Path) -> Result<RgbImage> {
-    let bytes = read_image_file(path).map_err(|f| match f {
+    decode_read_bytes(path, &read_file(path)?)
+}
+
+/// Read an image file once and decode those very bytes: the image and the sha256 (hex) of
+/// the bytes it was decoded from. Whatever is keyed by a file's content (the feature cache)
+/// must use this: hashing a file and then reading it again to decode it lets a file replaced
+/// in between store one image's result under another image's hash.
+pub fn decode_file_hashed(path: &Path) -> Result<(RgbImage, String)> {
+    use sha2::{Digest, Sha256};
+    let bytes = read_file(path)?;
+    let hash = hex::encode(Sha256::digest(&bytes));
+    Ok((decode_read_bytes(path, &bytes)?, hash))
+}
+
+/// [`read_image_file`] with errors that name the file.
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    read_image_file(path).map_err(|f| match f {
         ReadFailure::Io(e) => Error::io(path, e),
         ReadFailure::Refused(reason) => Error::Decode {
             path: path.to_path_buf(),
             reason,
         },
-    })?;
-    decode_bytes_limited(&bytes, max_pixels()).map_err(|f| match f {
+    })
+}
+
+/// Decode the bytes read from `path` (errors name it).
+fn decode_read_bytes(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
+    decode_bytes_limited(bytes, max_pixels()).map_err(|f| match f {
         DecodeFailure::Invalid(reason) => Error::Decode {
             path: path.to_path_buf(),
             reason,
@@ -190,6 +210,7 @@ pub fn decode_bytes_limited(
         return Err("the file is empty".into());
     }
     if bytes.len() >= 3 && bytes[..3] == [0xFF, 0xD8, 0xFF] {
+        check_jpeg_work(bytes)?;
         if let Some(img) = decode_jpeg_libjpeg(bytes, max_pixels)? {
             return Ok(img);
         }
@@ -217,6 +238,81 @@ pub fn decode_bytes_limited(
     reader.limits(limits);
     let img = reader.decode().map_err(|e| format!("{format:?}: {e}"))?;
     Ok(to_rgb8(img))
+}
+
+/// The most scans a JPEG may have: real progressive files have about ten (libjpeg's
+/// default script 10, mozjpeg's optimised ones up to ~20).
+pub const MAX_JPEG_SCANS: usize = 256;
+
+/// The most scan-pixels (scans × pixels) a JPEG may cost: every scan of a progressive JPEG
+/// passes over the whole image, so a small file of many empty scans over a large declared
+/// size is seconds to minutes of work (libjpeg-turbo bounds scans for the same reason).
+/// 2³³ allows ~95 scans of a 90-megapixel image, far more than any encoder writes.
+pub const MAX_JPEG_SCAN_PIXELS: u64 = 1 << 33;
+
+/// The scans of a JPEG and its declared size (from its first start-of-frame), read from the
+/// marker structure without decoding: entropy-coded data is skipped to the next marker.
+pub fn jpeg_scans(b: &[u8]) -> (usize, Option<(u64, u64)>) {
+    let (mut i, mut scans, mut size) = (2usize, 0usize, None);
+    while i + 1 < b.len() {
+        if b[i] != 0xFF {
+            i += 1;
+            continue;
+        }
+        let m = b[i + 1];
+        match m {
+            0xFF => {
+                i += 1;
+                continue;
+            }
+            0xD9 => break,
+            0x01 | 0xD0..=0xD7 => {
+                i += 2;
+                continue;
+            }
+            _ => {}
+        }
+        if i + 3 >= b.len() {
+            break;
+        }
+        let len = u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
+        // SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC)
+        if (0xC0..=0xCF).contains(&m)
+            && ![0xC4, 0xC8, 0xCC].contains(&m)
+            && size.is_none()
+            && i + 8 < b.len()
+        {
+            let h = u16::from_be_bytes([b[i + 5], b[i + 6]]) as u64;
+            let w = u16::from_be_bytes([b[i + 7], b[i + 8]]) as u64;
+            size = Some((w, h));
+        }
+        i += 2 + len;
+        if m == 0xDA {
+            scans += 1;
+            // entropy-coded data: to the next marker that is not a stuffed 0xFF00 or a restart
+            while i + 1 < b.len() {
+                let n = b[i + 1];
+                if b[i] == 0xFF && n != 0x00 && n != 0xFF && !(0xD0..=0xD7).contains(&n) {
+                    break;
+                }
+                i += 1;
+            }
+        }
+    }
+    (scans, size)
+}
+
+/// Refuse a JPEG whose decoding would cost far more than its pixels: too many scans, or
+/// too many scans over a large image (a scan bomb), before any decoder runs.
+fn check_jpeg_work(bytes: &[u8]) -> std::result::Result<(), DecodeFailure> {
+    let (scans, size) = jpeg_scans(bytes);
+    let pixels = size.map(|(w, h)| w * h).unwrap_or(0);
+    if scans > MAX_JPEG_SCANS || (scans as u64).saturating_mul(pixels) > MAX_JPEG_SCAN_PIXELS {
+        return Err(DecodeFailure::Invalid(format!(
+            "JPEG: {scans} scans over {pixels} pixels: far more decoding work than any real JPEG needs (a scan bomb?); refused"
+        )));
+    }
+    Ok(())
 }
 
 /// Decode a JPEG with libjpeg-turbo's decoder (through mozjpeg): integer IDCT and fancy

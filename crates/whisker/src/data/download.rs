@@ -6,12 +6,12 @@
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use md5::Md5;
 
 use crate::error::{Error, Result};
-use crate::io::{download_resumable, Progress};
+use crate::io::{download_resumable, safe_relative, Progress};
 
 /// One archive of a dataset.
 #[derive(Debug, Clone, Copy)]
@@ -98,19 +98,6 @@ fn move_tree(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A relative path with no `..`, root or prefix component, or `None`.
-fn safe_relative(p: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::Normal(s) => out.push(s),
-            Component::CurDir => {}
-            _ => return None,
-        }
-    }
-    (!out.as_os_str().is_empty()).then_some(out)
-}
-
 /// Extract a `.tar.gz` or `.zip` into `dest`. Entries that would land outside `dest`
 /// (absolute paths, `..`) and links are refused with an error naming them.
 pub fn extract_archive(archive: &Path, dest: &Path) -> Result<usize> {
@@ -122,7 +109,7 @@ pub fn extract_archive(archive: &Path, dest: &Path) -> Result<usize> {
     let mut n = 0;
     let name = archive.to_string_lossy().to_lowercase();
     if name.ends_with(".zip") {
-        let f = File::open(archive).map_err(|e| Error::io(archive, e))?;
+        let f = crate::io::open_regular(archive)?;
         let mut z = zip::ZipArchive::new(f).map_err(|e| Error::Corrupt {
             path: archive.to_path_buf(),
             reason: e.to_string(),
@@ -150,7 +137,7 @@ pub fn extract_archive(archive: &Path, dest: &Path) -> Result<usize> {
             n += 1;
         }
     } else {
-        let f = File::open(archive).map_err(|e| Error::io(archive, e))?;
+        let f = crate::io::open_regular(archive)?;
         let mut t = tar::Archive::new(flate2::read::GzDecoder::new(f));
         for entry in t.entries().map_err(|e| Error::io(archive, e))? {
             let mut e = entry.map_err(|e| Error::io(archive, e))?;

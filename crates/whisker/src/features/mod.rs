@@ -109,6 +109,9 @@ pub struct Extracted {
     pub cached: usize,
     /// Images computed per second (cache misses only).
     pub images_per_s: f64,
+    /// Why the cache stopped being filled (a full disk, a read-only cache): the run went on
+    /// without it.
+    pub cache_warning: Option<String>,
 }
 
 impl Extracted {
@@ -198,18 +201,25 @@ fn extract_impl(
     let batch = batch.max(1);
     let start = Instant::now();
     let computed = todo.len();
+    let mut cache_warning: Option<String> = None;
     std::thread::scope(|s| -> Result<()> {
-        let (tx, rx) =
-            sync_channel::<Vec<(usize, std::result::Result<image::RgbImage, String>)>>(2);
+        // each decoded image comes with the hash of the very bytes it was decoded from: a
+        // file replaced since its hash was taken above is stored under its new content's hash
+        type Decoded = std::result::Result<(image::RgbImage, Option<String>), String>;
+        let (tx, rx) = sync_channel::<Vec<(usize, Decoded)>>(2);
         let todo_ref = &todo;
         s.spawn(move || {
             for chunk in todo_ref.chunks(batch) {
                 let imgs: Vec<_> = chunk
                     .par_iter()
                     .map(|&i| {
-                        let r = match transform {
-                            None => pre.load(&paths[i]),
-                            Some(t) => crate::data::decode_file(&paths[i]).map(|img| t(i, &img)),
+                        let r = match (transform, cache) {
+                            (Some(t), _) => {
+                                crate::data::decode_file(&paths[i]).map(|img| (t(i, &img), None))
+                            }
+                            (None, Some(_)) => crate::data::decode::decode_file_hashed(&paths[i])
+                                .map(|(img, h)| (pre.apply(&img), Some(h))),
+                            (None, None) => pre.load(&paths[i]).map(|img| (img, None)),
                         };
                         (i, r.map_err(|e| e.to_string()))
                     })
@@ -225,8 +235,8 @@ fn extract_impl(
             let mut ok_imgs = Vec::new();
             for (i, r) in imgs {
                 match r {
-                    Ok(img) => {
-                        ok_idx.push(i);
+                    Ok((img, hash)) => {
+                        ok_idx.push((i, hash));
                         ok_imgs.push(img);
                     }
                     Err(e) => errors[i] = Some(e),
@@ -238,11 +248,17 @@ fn extract_impl(
                     .into_data()
                     .try_into_vec_as::<f32>()
                     .map_err(|e| Error::Internal(format!("reading features: {e:?}")))?;
-                for (j, &i) in ok_idx.iter().enumerate() {
+                for (j, (i, hash)) in ok_idx.iter().enumerate() {
                     let row = &v[j * dim..(j + 1) * dim];
                     features[i * dim..(i + 1) * dim].copy_from_slice(row);
-                    if let (Some(c), Some(Ok(h))) = (cache, hashes.get(i)) {
-                        c.put(h, row)?;
+                    if let (Some(c), Some(h), None) = (cache, hash, &cache_warning) {
+                        // a cache that cannot be written is no reason to lose the run
+                        if let Err(e) = c.put(h, row) {
+                            cache_warning = Some(format!(
+                                "the feature cache {} could not be written ({e}); going on without it",
+                                c.dir.display()
+                            ));
+                        }
                     }
                 }
             }
@@ -263,5 +279,6 @@ fn extract_impl(
         } else {
             0.0
         },
+        cache_warning,
     })
 }

@@ -84,6 +84,120 @@ fn one() -> f64 {
     1.0
 }
 
+/// The largest L2 budget accepted: past it, every pixel of any image may move anywhere.
+pub const MAX_L2_EPS: f64 = 1e4;
+/// The most iterations an attack may take.
+pub const MAX_STEPS: usize = 10_000;
+
+impl AttackConfig {
+    /// One definition of an attack's settings for every front end (`whisker attack`, the
+    /// server's `/api/attack`): the defaults the user did not give, and the ranges.
+    ///
+    /// - `norm`: L∞ unless given; Carlini–Wagner is an L2 attack (asking it for L∞ is an
+    ///   error).
+    /// - `alpha`: the step, eps/4 (L∞) or eps/5 (L2); for Carlini–Wagner Adam's learning
+    ///   rate, 0.01.
+    /// - `steps`: 1 for FGSM, 100 for Carlini–Wagner, else 40.
+    pub fn new(
+        method: Method,
+        norm: Option<Norm>,
+        eps: f64,
+        alpha: Option<f64>,
+        steps: Option<usize>,
+        target: Option<usize>,
+    ) -> Result<Self> {
+        let norm = match (method, norm) {
+            (Method::Cw, Some(Norm::Linf)) => {
+                return Err(Error::Invalid(
+                    "Carlini–Wagner is an L2 attack: leave the norm out or give l2".into(),
+                ))
+            }
+            (Method::Cw, _) => Norm::L2,
+            (_, n) => n.unwrap_or(Norm::Linf),
+        };
+        let alpha = alpha.unwrap_or(match (method, norm) {
+            (Method::Cw, _) => 0.01,
+            (_, Norm::Linf) => eps / 4.0,
+            (_, Norm::L2) => eps / 5.0,
+        });
+        let steps = steps.unwrap_or(match method {
+            Method::Fgsm => 1,
+            Method::Cw => 100,
+            _ => 40,
+        });
+        let cfg = AttackConfig {
+            method,
+            norm,
+            eps,
+            alpha,
+            steps,
+            random_start: false,
+            target,
+            seed: 0,
+            min_confidence: 0.0,
+            cw_c: 1.0,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Every setting within its range (what [`attack`] runs only after checking).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Invalid(m));
+        let finite_in = |name: &str, v: f64, lo: f64, hi: f64| -> Result<()> {
+            if !(v.is_finite() && v >= lo && v <= hi) {
+                return bad(format!("{name} must be from {lo} to {hi}; got {v:.6e}"));
+            }
+            Ok(())
+        };
+        if self.method == Method::Cw {
+            if self.norm != Norm::L2 {
+                return bad("Carlini–Wagner is an L2 attack: its norm is l2".into());
+            }
+            finite_in(
+                "Carlini–Wagner's learning rate (alpha)",
+                self.alpha,
+                0.0,
+                10.0,
+            )?;
+            if self.alpha == 0.0 {
+                return bad("Carlini–Wagner's learning rate (alpha) must be above 0".into());
+            }
+            finite_in("Carlini–Wagner's constant c", self.cw_c, 0.0, 1e6)?;
+        } else {
+            match self.norm {
+                Norm::Linf => {
+                    if self.eps.is_finite() && self.eps > 1.0 && self.eps <= 255.0 {
+                        return bad(format!(
+                            "an L∞ budget (eps) of {} is more than 1: budgets are in [0, 1] pixel units (did you mean {}/255?)",
+                            self.eps, self.eps
+                        ));
+                    }
+                    finite_in("an L∞ budget (eps)", self.eps, 0.0, 1.0)?;
+                    finite_in("the L∞ step (alpha)", self.alpha, 0.0, 1.0)?;
+                }
+                Norm::L2 => {
+                    finite_in("an L2 budget (eps)", self.eps, 0.0, MAX_L2_EPS)?;
+                    finite_in("the L2 step (alpha)", self.alpha, 0.0, MAX_L2_EPS)?;
+                }
+            }
+        }
+        if self.steps == 0 || self.steps > MAX_STEPS {
+            return bad(format!(
+                "steps must be from 1 to {MAX_STEPS}; got {}",
+                self.steps
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.min_confidence) {
+            return bad(format!(
+                "the target's confidence must be from 0 to 1; got {}",
+                self.min_confidence
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What an attack did, measured on the saved u8 images.
 #[derive(Debug, Clone, Serialize)]
 pub struct AttackResult {
@@ -134,6 +248,10 @@ struct Setup<'a> {
     rv: Tensor<2>,
     /// The photo's pixels in [0, 1], `[3, h, w]` row-major.
     x0: Vec<f32>,
+    /// Which columns and rows of the photo the network sees at all (a weight in the
+    /// resize-and-crop): the others never move, whatever the method.
+    seen_cols: Vec<bool>,
+    seen_rows: Vec<bool>,
     label: usize,
     orig_top: usize,
     orig_prob: f32,
@@ -164,6 +282,12 @@ impl<'a> Setup<'a> {
         // resize matrices: only the rows / columns the crop keeps
         let mh = bilinear_matrix_rows(w, rw, ox..ox + crop); // [crop, w]
         let mv = bilinear_matrix_rows(h, rh, oy..oy + crop); // [crop, h]
+        let seen = |m: &[f32], n: usize| -> Vec<bool> {
+            (0..n)
+                .map(|i| m.chunks_exact(n).any(|row| row[i] != 0.0))
+                .collect()
+        };
+        let (seen_cols, seen_rows) = (seen(&mh, w), seen(&mv, h));
         let rh_t = Tensor::<2>::from_data(TensorData::new(mh, [crop, w]), &device).transpose();
         let rv = Tensor::<2>::from_data(TensorData::new(mv, [crop, h]), &device);
         let x0 = crate::tensor::to_vec(to_tensor(
@@ -181,6 +305,8 @@ impl<'a> Setup<'a> {
             rh_t,
             rv,
             x0,
+            seen_cols,
+            seen_rows,
             label: cfg.target.unwrap_or(orig_top),
             orig_top,
             orig_prob,
@@ -197,11 +323,27 @@ impl<'a> Setup<'a> {
             .unsqueeze::<4>()
     }
 
-    /// Pixels to the u8 image that is saved; for L∞, rounding must not leave the ball.
+    /// Whether the pixel at flat index `i` of a `[3, h, w]` array is seen by the network.
+    fn is_seen(&self, i: usize) -> bool {
+        let p = i % (self.w * self.h);
+        self.seen_rows[p / self.w] && self.seen_cols[p % self.w]
+    }
+
+    /// Pixels to the u8 image that is saved: pixels the network does not see are the
+    /// original's, exactly; for L∞ (not Carlini–Wagner: unbounded, L2), rounding must not
+    /// leave the ball.
     fn quantise(&self, x: &[f32]) -> RgbImage {
         let mut img = to_image(x, self.w, self.h);
-        if self.cfg.norm == Norm::Linf {
-            let e = (self.cfg.eps * 255.0 + 1e-6).floor() as i32;
+        for (i, (p, o)) in img.as_mut().iter_mut().zip(self.image.as_raw()).enumerate() {
+            // interleaved RGB: pixel i / 3
+            let (y, xx) = ((i / 3) / self.w, (i / 3) % self.w);
+            if !(self.seen_rows[y] && self.seen_cols[xx]) {
+                *p = *o;
+            }
+        }
+        if self.cfg.norm == Norm::Linf && self.cfg.method != Method::Cw {
+            // eps ≤ 1 (validated): e ≤ 255
+            let e = ((self.cfg.eps * 255.0 + 1e-6).floor() as i32).clamp(0, 255);
             for (p, o) in img.as_mut().iter_mut().zip(self.image.as_raw()) {
                 *p = (*p as i32)
                     .clamp(*o as i32 - e, *o as i32 + e)
@@ -233,8 +375,12 @@ fn gradient_attack(s: &Setup<'_>) -> Result<(RgbImage, usize)> {
     let mut x = s.x0.clone();
     if cfg.random_start && cfg.method == Method::Pgd {
         let mut rng = SplitMix64(cfg.seed);
-        for (xi, x0i) in x.iter_mut().zip(&s.x0) {
-            *xi = (x0i + eps * (2.0 * rng.next_f64() as f32 - 1.0)).clamp(0.0, 1.0);
+        for (i, (xi, x0i)) in x.iter_mut().zip(&s.x0).enumerate() {
+            // one draw per pixel whether seen or not: the stream does not depend on the crop
+            let u = eps * (2.0 * rng.next_f64() as f32 - 1.0);
+            if s.is_seen(i) {
+                *xi = (x0i + u).clamp(0.0, 1.0);
+            }
         }
     }
     let (steps, alpha) = match cfg.method {
@@ -259,7 +405,9 @@ fn gradient_attack(s: &Setup<'_>) -> Result<(RgbImage, usize)> {
         match cfg.norm {
             Norm::Linf => {
                 for ((xi, gi), x0i) in x.iter_mut().zip(&g).zip(&s.x0) {
-                    let v = *xi + alpha * gi.signum();
+                    // sign(0) = 0 (torch.sign): `f32::signum(0.0)` is 1, which moved every
+                    // pixel outside the crop by the step
+                    let v = *xi + alpha * sign(*gi);
                     *xi = (x0i + (v - x0i).clamp(-eps, eps)).clamp(0.0, 1.0);
                 }
             }
@@ -286,6 +434,17 @@ fn gradient_attack(s: &Setup<'_>) -> Result<(RgbImage, usize)> {
         }
     }
     Ok((best, used))
+}
+
+/// The sign of a gradient as torch.sign: −1, 0 or 1.
+fn sign(g: f32) -> f32 {
+    if g > 0.0 {
+        1.0
+    } else if g < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
 }
 
 /// Carlini–Wagner L2: minimise ‖x − x0‖² + c·max(0, f) over x = (tanh w + 1) / 2 with Adam.
@@ -326,7 +485,7 @@ fn carlini_wagner(s: &Setup<'_>) -> Result<(RgbImage, usize)> {
         )?;
         adam.step(&mut wv, &g, cfg.alpha);
         let x: Vec<f32> = wv.iter().map(|z| (z.tanh() + 1.0) / 2.0).collect();
-        best = to_image(&x, s.w, s.h);
+        best = s.quantise(&x);
         if s.done(&best)? {
             break;
         }
@@ -336,6 +495,7 @@ fn carlini_wagner(s: &Setup<'_>) -> Result<(RgbImage, usize)> {
 
 /// Run the attack on `image` with `c`, whose backbone must live on an autodiff device.
 pub fn attack(c: &dyn Classifier, image: &RgbImage, cfg: &AttackConfig) -> Result<AttackResult> {
+    cfg.validate()?;
     let s = Setup::new(c, image, cfg)?;
     let (best, used) = match cfg.method {
         Method::Cw => carlini_wagner(&s)?,

@@ -74,16 +74,9 @@ pub fn robustness(
                 continue;
             }
             let cfg = AttackConfig {
-                method,
-                norm,
-                eps: e,
-                alpha: e / 4.0,
-                steps,
                 random_start: method == Method::Pgd,
-                target: None,
                 seed: seed ^ i as u64,
-                min_confidence: 0.0,
-                cw_c: 1.0,
+                ..AttackConfig::new(method, Some(norm), e, Some(e / 4.0), Some(steps), None)?
             };
             let r = attack(c, img, &cfg)?;
             if r.success {

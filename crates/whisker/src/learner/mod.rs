@@ -355,6 +355,10 @@ impl Learner {
     ) -> Result<RunResult> {
         let cfg = &self.config;
         cfg.validate()?;
+        if start == Start::Resume {
+            // before anything in the run changes: a refused resume leaves the run as it was
+            check_resume(out, cfg)?;
+        }
         // one writer per run directory, no silent overwrite, the marker written last
         let run = RunWriter::open(out, start)?;
         let resume = start == Start::Resume;
@@ -399,12 +403,14 @@ impl Learner {
                     ));
                 } else {
                     obs.message(&format!(
-                        "features: {} images ({} from cache) in {:.1} s, {:.1} images/s computed",
+                        "features: {} images ({} from cache) in {}",
                         paths.len(),
                         ex.cached,
-                        t0.elapsed().as_secs_f64(),
-                        ex.images_per_s
+                        timing(t0.elapsed().as_secs_f64(), ex.images_per_s)
                     ));
+                }
+                if let Some(w) = &ex.cache_warning {
+                    obs.message(&format!("warning: {w}"));
                 }
                 let errors = ex.errors.clone();
                 (Some((b, ex)), errors)
@@ -567,15 +573,22 @@ impl Learner {
             &crate::default_device(),
             cfg.max_iter,
         )?;
-        obs.message(&format!(
-            "L2 chosen on validation: {:e} (tried {})",
-            fit.l2,
-            fit.search
-                .iter()
-                .map(|(l, acc)| format!("{l:e}→{:.1}%", acc * 100.0))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        obs.message(&if fit.search.is_empty() {
+            format!(
+                "L2 {:e} (no validation split to choose it on: pass --val-split to search)",
+                fit.l2
+            )
+        } else {
+            format!(
+                "L2 chosen on validation: {:e} (tried {})",
+                fit.l2,
+                fit.search
+                    .iter()
+                    .map(|(l, acc)| format!("{l:e}→{:.1}%", acc * 100.0))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        });
         Ok(Fitted {
             info: json!({"l2": fit.l2, "l2_search": fit.search, "lbfgs_iterations": fit.iterations, "max_iter": cfg.max_iter}),
             head: Head::Linear(fit.head),
@@ -731,6 +744,136 @@ impl Learner {
     }
 }
 
+/// The settings that make a run what it is, as `--resume` compares them: the mode, the
+/// backbone, the split, and the fit's own settings.
+fn resume_settings(cfg: &TrainConfig) -> Result<serde_json::Value> {
+    let spec = crate::backbones::spec(&cfg.backbone)?;
+    let to = |v: std::result::Result<serde_json::Value, serde_json::Error>| {
+        v.map_err(|e| Error::Internal(e.to_string()))
+    };
+    let config = match cfg.mode {
+        Mode::Probe => json!({"max_iter": cfg.max_iter}),
+        Mode::Head => to(serde_json::to_value(cfg.head_config()))?,
+        Mode::Finetune => to(serde_json::to_value(cfg.finetune_config()?))?,
+    };
+    Ok(json!({
+        "mode": cfg.mode, "backbone": spec.name, "seed": cfg.seed, "val_split": cfg.val_split,
+        "test_split": cfg.test_split, "augment": cfg.augment, "config": config,
+    }))
+}
+
+/// What the run in `dir` records of [`resume_settings`] (only what it records), or `None`
+/// when it holds neither a complete run nor a checkpoint.
+fn recorded_settings(dir: &Path) -> Result<Option<serde_json::Value>> {
+    let to = |v: std::result::Result<serde_json::Value, serde_json::Error>| {
+        v.map_err(|e| Error::Internal(e.to_string()))
+    };
+    let model = dir.join("model.safetensors");
+    if dir.join(crate::run::MARKER).is_file() && model.is_file() {
+        let s = TrainedModel::load(&model)?.meta.settings;
+        let mut r = serde_json::Map::new();
+        for k in [
+            "mode",
+            "backbone",
+            "seed",
+            "val_split",
+            "test_split",
+            "augment",
+        ] {
+            if let Some(v) = s.get(k) {
+                r.insert(k.into(), v.clone());
+            }
+        }
+        let fit = &s["fit"];
+        let config = match s["mode"].as_str() {
+            Some("probe") => fit.get("max_iter").map(|m| json!({ "max_iter": m })),
+            _ => fit.get("config").cloned(),
+        };
+        if let Some(c) = config {
+            r.insert("config".into(), c);
+        }
+        return Ok(Some(serde_json::Value::Object(r)));
+    }
+    let head = dir.join("checkpoint.safetensors");
+    if head.is_file() {
+        let (_, hc) = HeadState::load(&head)?;
+        return Ok(Some(
+            json!({"mode": Mode::Head, "config": to(serde_json::to_value(hc))?}),
+        ));
+    }
+    let ft = dir.join("checkpoint");
+    if ft.join("finetune_state.json").is_file() {
+        let fc = FineTuner::saved_config(&ft)?;
+        return Ok(Some(
+            json!({"mode": Mode::Finetune, "config": to(serde_json::to_value(fc))?}),
+        ));
+    }
+    Ok(None)
+}
+
+/// Where `recorded` and `current` differ, for the keys `recorded` has: "path: the run has
+/// A, this command B".
+fn settings_diff(
+    recorded: &serde_json::Value,
+    current: &serde_json::Value,
+    at: &str,
+) -> Vec<String> {
+    match (recorded, current) {
+        (serde_json::Value::Object(r), serde_json::Value::Object(c)) => r
+            .iter()
+            .flat_map(|(k, rv)| {
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                match c.get(k) {
+                    Some(cv) => settings_diff(rv, cv, &path),
+                    None => vec![format!("{path}: the run has {rv}, this command none")],
+                }
+            })
+            .collect(),
+        (r, c) if r == c => Vec::new(),
+        // numbers written as integers or floats (1 and 1.0) are the same setting
+        (r, c) if r.as_f64().is_some() && r.as_f64() == c.as_f64() => Vec::new(),
+        (r, c) => vec![format!("{at}: the run has {r}, this command {c}")],
+    }
+}
+
+/// `--resume` continues the run in `out` only with the settings it was made with, and only
+/// if there is something to continue; else an error naming the difference, before anything
+/// in `out` changes.
+fn check_resume(out: &Path, cfg: &TrainConfig) -> Result<()> {
+    let current = resume_settings(cfg)?;
+    match recorded_settings(out)? {
+        None if cfg.mode == Mode::Probe => Ok(()),
+        None => Err(Error::Conflict {
+            path: out.to_path_buf(),
+            reason: format!(
+                "--resume: no {} checkpoint and no complete run here: nothing to resume (train without --resume)",
+                if cfg.mode == Mode::Head { "head" } else { "fine-tuning" }
+            ),
+        }),
+        Some(recorded) => {
+            let diff = settings_diff(&recorded, &current, "");
+            if diff.is_empty() {
+                return Ok(());
+            }
+            const SHOW: usize = 6;
+            let mut list = diff.iter().take(SHOW).cloned().collect::<Vec<_>>().join("; ");
+            if diff.len() > SHOW {
+                list.push_str(&format!("; … ({} more)", diff.len() - SHOW));
+            }
+            Err(Error::Conflict {
+                path: out.to_path_buf(),
+                reason: format!(
+                    "--resume: the run was made with other settings ({list}); give the run's settings to continue it, or --force to replace it"
+                ),
+            })
+        }
+    }
+}
+
 /// The training state: loaded from the checkpoint at `ckpt` when resuming (its settings must
 /// be `cfg`), else a fresh one. Resuming without a checkpoint is an error.
 #[allow(clippy::too_many_arguments)]
@@ -797,6 +940,16 @@ fn check_trainable(ds: &Dataset, split: &Split) -> Result<()> {
     Ok(())
 }
 
+/// "12.3 s, 45.6 images/s computed": the rate only when there was a second of work to
+/// measure it on (a few images computed in no time are no rate).
+fn timing(secs: f64, images_per_s: f64) -> String {
+    if secs >= 1.0 && images_per_s > 0.0 {
+        format!("{secs:.1} s, {images_per_s:.1} images/s computed")
+    } else {
+        format!("{secs:.1} s")
+    }
+}
+
 fn summary(cfg: &TrainConfig, ds: &Dataset, backbone: &str, sha: &str, m: &RunMetrics) -> String {
     let mut s = format!(
         "whisker {} on {} ({} classes) with {} ({})\n",
@@ -810,10 +963,17 @@ fn summary(cfg: &TrainConfig, ds: &Dataset, backbone: &str, sha: &str, m: &RunMe
         "train {} / val {} / test {} images, {} skipped\n",
         m.n_train, m.n_val, m.n_test, m.skipped,
     ));
-    s.push_str(&format!(
-        "extraction {:.1} s ({:.1} images/s), fit {:.2} s\n",
-        m.extraction_seconds, m.extraction_images_per_s, m.fit_seconds
-    ));
+    let features = if cfg.mode == Mode::Finetune {
+        String::new()
+    } else if m.extraction_images_per_s == 0.0 {
+        "features from the cache, ".to_string()
+    } else {
+        format!(
+            "extraction {}, ",
+            timing(m.extraction_seconds, m.extraction_images_per_s)
+        )
+    };
+    s.push_str(&format!("{features}fit {:.2} s\n", m.fit_seconds));
     if let Some(t) = &m.test {
         s.push_str(&format!(
             "test accuracy {:.2}%  mean per-class {:.2}%  top-3 {:.2}%  top-5 {:.2}%  (n = {})\n",

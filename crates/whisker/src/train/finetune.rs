@@ -254,7 +254,7 @@ impl FineTuner {
         let scaling = loss_scale::needed(&device);
         let mut sum = 0.0;
         let mut seen = 0;
-        let mut lr = cfg.lr;
+        let (mut lr_sum, mut lr_steps) = (0.0f64, 0usize);
         for (bi, chunk) in order.chunks(bs).enumerate() {
             let imgs: Vec<(usize, Option<image::RgbImage>)> = chunk
                 .par_iter()
@@ -288,7 +288,9 @@ impl FineTuner {
                 loss.backward()
             };
             let step_in_phase = phase_epoch as u64 * steps + bi as u64;
-            lr = lr_at(&head_cfg(cfg), step_in_phase, steps * phase_len as u64);
+            let lr = lr_at(&head_cfg(cfg), step_in_phase, steps * phase_len as u64);
+            lr_sum += lr;
+            lr_steps += 1;
             let mut g_head = GradientsParams::from_module(&mut grads, &self.model.head);
             let mut g_net = GradientsParams::from_module(&mut grads, &self.model.net);
             // f16: gradients back to their true size; an overflowed step is skipped
@@ -331,7 +333,8 @@ impl FineTuner {
             train_loss: sum / seen.max(1) as f64,
             val_loss,
             val_accuracy,
-            lr,
+            // the mean over the epoch's steps: the last one's is ~0 at a one-cycle's end
+            lr: lr_sum / lr_steps.max(1) as f64,
         };
         self.history.push(s.clone());
         Ok(s)
@@ -501,15 +504,15 @@ impl FineTuner {
         Ok(())
     }
 
-    /// Reload a checkpoint written by [`FineTuner::save`] for `backbone_name` on `device`
-    /// (an autodiff device).
-    pub fn load(
-        dir: &Path,
-        backbone_name: &str,
-        device: &Device,
-    ) -> Result<(Self, FineTuneConfig)> {
+    /// The settings a checkpoint written by [`FineTuner::save`] was made with (its state
+    /// file checked, no weights read).
+    pub fn saved_config(dir: &Path) -> Result<FineTuneConfig> {
+        Ok(Self::read_meta(dir)?.config)
+    }
+
+    fn read_meta(dir: &Path) -> Result<Meta> {
         let meta_path = dir.join("finetune_state.json");
-        let text = std::fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
+        let text = crate::io::read_regular(&meta_path, crate::io::MAX_SMALL_FILE)?;
         let corrupt = |reason: String| Error::NotACheckpoint {
             path: meta_path.clone(),
             reason,
@@ -521,8 +524,22 @@ impl FineTuner {
                 "its checksum does not match: the checkpoint is corrupt".into(),
             ));
         }
-        let meta: Meta =
-            serde_json::from_str(&doc.state).map_err(|e| corrupt(format!("invalid state: {e}")))?;
+        serde_json::from_str(&doc.state).map_err(|e| corrupt(format!("invalid state: {e}")))
+    }
+
+    /// Reload a checkpoint written by [`FineTuner::save`] for `backbone_name` on `device`
+    /// (an autodiff device).
+    pub fn load(
+        dir: &Path,
+        backbone_name: &str,
+        device: &Device,
+    ) -> Result<(Self, FineTuneConfig)> {
+        let meta_path = dir.join("finetune_state.json");
+        let corrupt = |reason: String| Error::NotACheckpoint {
+            path: meta_path.clone(),
+            reason,
+        };
+        let meta = Self::read_meta(dir)?;
         let scale = meta.loss_scale.scale;
         if !(scale.is_finite() && scale > 0.0) {
             return Err(corrupt(format!(
@@ -571,7 +588,7 @@ impl FineTuner {
         ] {
             let name = format!("{file}-e{e}.bin");
             let p = dir.join(&name);
-            let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            let bytes = crate::io::read_regular(&p, crate::io::MAX_WEIGHTS_FILE)?;
             if meta.files.get(&name) != Some(&sha256_hex(&bytes)) {
                 return Err(Error::NotACheckpoint {
                     path: p,

@@ -142,6 +142,8 @@ pub struct EpochStats {
     pub train_loss: f64,
     pub val_loss: Option<f64>,
     pub val_accuracy: Option<f64>,
+    /// The mean learning rate of the epoch's steps (the head's; the backbone's is this over
+    /// `lr_mult`).
     pub lr: f64,
 }
 
@@ -266,7 +268,7 @@ impl HeadState {
         let steps_per_epoch = n.div_ceil(bs) as u64;
         let total = steps_per_epoch * cfg.epochs as u64;
         let mut sum_loss = 0.0;
-        let mut lr = cfg.lr;
+        let (mut lr_sum, mut lr_steps) = (0.0f64, 0usize);
         for chunk in order.chunks(bs) {
             let mut xb = Vec::with_capacity(chunk.len() * dim);
             let mut yb = Vec::with_capacity(chunk.len());
@@ -274,7 +276,9 @@ impl HeadState {
                 xb.extend_from_slice(&z[i * dim..(i + 1) * dim]);
                 yb.push(train.y[i]);
             }
-            lr = lr_at(cfg, self.step, total);
+            let lr = lr_at(cfg, self.step, total);
+            lr_sum += lr;
+            lr_steps += 1;
             let batch_loss = self.step_on(&xb, &yb, lr, cfg, &mut rng, &ad)?;
             super::check_loss(
                 batch_loss,
@@ -305,7 +309,8 @@ impl HeadState {
             train_loss: sum_loss / n as f64,
             val_loss,
             val_accuracy,
-            lr,
+            // the mean over the epoch's steps: the last one's is ~0 at a one-cycle's end
+            lr: lr_sum / lr_steps.max(1) as f64,
         };
         self.history.push(s.clone());
         Ok(s)
@@ -473,7 +478,7 @@ impl HeadState {
 
     /// Read a checkpoint written by [`HeadState::save`], with the settings it was made with.
     pub fn load(path: &std::path::Path) -> crate::Result<(Self, HeadConfig)> {
-        let bytes = std::fs::read(path).map_err(|e| crate::Error::io(path, e))?;
+        let bytes = crate::io::read_regular(path, crate::io::MAX_WEIGHTS_FILE)?;
         let bad = |r: String| crate::Error::NotACheckpoint {
             path: path.to_path_buf(),
             reason: r,

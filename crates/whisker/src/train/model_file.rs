@@ -27,6 +27,64 @@ pub struct ModelMeta {
     pub metrics: serde_json::Value,
 }
 
+/// The newest model-file version this build writes and reads.
+pub const MODEL_VERSION: u32 = 2;
+
+impl ModelMeta {
+    /// The metadata is one this build can honour: its format and version, a known head kind
+    /// and backbone, the backbone's own preprocessing (whisker applies the backbone's; a file
+    /// that says otherwise was not written by whisker), a class list. The backbone's spec.
+    pub fn check(&self) -> std::result::Result<&'static crate::backbones::ModelSpec, String> {
+        if self.format != "whisker-model" {
+            return Err(format!(
+                "its format is `{}`, not `whisker-model`",
+                self.format
+            ));
+        }
+        if self.version == 0 || self.version > MODEL_VERSION {
+            return Err(format!(
+                "model file version {} (this build reads 1 to {MODEL_VERSION}: a newer whisker wrote it?)",
+                self.version
+            ));
+        }
+        if !["linear", "mlp", "finetune"].contains(&self.head.as_str()) {
+            return Err(format!(
+                "unknown head kind `{}` (linear, mlp or finetune)",
+                self.head
+            ));
+        }
+        let spec = crate::backbones::spec(&self.backbone).map_err(|e| e.to_string())?;
+        let pre = spec.preprocess();
+        if (self.resize, self.crop, self.normalization.as_str())
+            != (pre.resize, pre.crop, pre.norm.describe())
+        {
+            return Err(format!(
+                "its preprocessing (resize {}, crop {}, {}) is not {}'s (resize {}, crop {}, {})",
+                self.resize,
+                self.crop,
+                self.normalization,
+                spec.name,
+                pre.resize,
+                pre.crop,
+                pre.norm.describe()
+            ));
+        }
+        if self.weights_sha256.len() != 64
+            || !self.weights_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err("its weights sha256 is not 64 hexadecimal digits".into());
+        }
+        if self.classes.is_empty() {
+            return Err("it has no classes".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(c) = self.classes.iter().find(|c| !seen.insert(c.as_str())) {
+            return Err(format!("class `{c}` is listed twice"));
+        }
+        Ok(spec)
+    }
+}
+
 /// The classifier on top of the backbone's features.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Head {
@@ -134,7 +192,7 @@ impl TrainedModel {
 
     /// Read a model file written by [`TrainedModel::save`].
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::io::read_regular(path, crate::io::MAX_WEIGHTS_FILE)?;
         let bad = |reason: String| Error::NotACheckpoint {
             path: path.to_path_buf(),
             reason,
@@ -150,6 +208,7 @@ impl TrainedModel {
             })?;
         let meta: ModelMeta = serde_json::from_str(meta_json)
             .map_err(|e| bad(format!("invalid whisker metadata: {e}")))?;
+        let spec = meta.check().map_err(bad)?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
         let checked = crate::weights::verify_checksum(path, &st, &bytes)?;
         if !checked && meta.version >= 2 {
@@ -178,6 +237,22 @@ impl TrainedModel {
         let mean = get("input.mean")?;
         let std = get("input.std")?;
         let dim = mean.len();
+        if dim != spec.feature_dim {
+            return Err(bad(format!(
+                "its head takes {dim} features, but {} gives {}",
+                spec.name, spec.feature_dim
+            )));
+        }
+        // a feature's scale divides it: 0 gives infinities, and NaN probabilities after them
+        if let Some(i) = std
+            .iter()
+            .position(|v| v.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+        {
+            return Err(bad(format!(
+                "input.std[{i}] is {}: a feature scale must be above 0",
+                std[i]
+            )));
+        }
         let inconsistent =
             || bad("tensor shapes do not agree with each other or with the class list".into());
         let head = if meta.head == "mlp" {

@@ -40,7 +40,7 @@ pub enum FileKind {
 
 /// Detect the container of a checkpoint from its first bytes.
 pub fn sniff(path: &Path) -> Result<FileKind> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut f = crate::io::open_regular(path)?;
     let mut head = [0u8; 16];
     let mut n = 0;
     while n < head.len() {
@@ -79,12 +79,35 @@ impl StateDict {
     /// Reading a torch pickle never runs code: only tensors, dicts, lists, tuples and
     /// primitives are understood; anything else is refused.
     pub fn from_file(path: &Path) -> Result<Self> {
+        Self::from_file_as(path, path)
+    }
+
+    /// [`StateDict::from_file`] of `path`, with errors and the source naming `shown` (the
+    /// user's file, when `path` is a temporary copy of it).
+    ///
+    /// Every size the file declares (zip entries, tensor storages) is checked against the
+    /// file's real size before anything of that size is allocated: a 4 MB file declaring
+    /// 4 GB is refused, not allocated.
+    pub fn from_file_as(path: &Path, shown: &Path) -> Result<Self> {
+        let rename = |e: Error| rename_in_error(e, path, shown);
+        Self::read(path, shown).map_err(rename)
+    }
+
+    fn read(path: &Path, shown: &Path) -> Result<Self> {
         let kind = sniff(path)?;
-        let source = path.display().to_string();
+        let source = shown.display().to_string();
+        let file_len = crate::io::open_regular(path)?
+            .metadata()
+            .map_err(|e| Error::io(path, e))?
+            .len();
+        let not = |reason: String| Error::NotACheckpoint {
+            path: path.to_path_buf(),
+            reason,
+        };
         let mut tensors = BTreeMap::new();
         match kind {
             FileKind::Safetensors => {
-                let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+                let bytes = crate::io::read_regular(path, crate::io::MAX_WEIGHTS_FILE)?;
                 let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
                     Error::NotACheckpoint {
                         path: path.to_path_buf(),
@@ -104,6 +127,9 @@ impl StateDict {
                 }
             }
             FileKind::TorchZip | FileKind::TorchLegacy => {
+                if kind == FileKind::TorchZip {
+                    check_zip_sizes(path, file_len).map_err(not)?;
+                }
                 let reader = pytorch_reader::PytorchReader::new(path).map_err(|e| {
                     Error::NotACheckpoint {
                         path: path.to_path_buf(),
@@ -113,6 +139,18 @@ impl StateDict {
                 for (name, t) in reader.tensors() {
                     if name.ends_with("num_batches_tracked") {
                         continue;
+                    }
+                    // its storage lies in the file: no larger than the file
+                    let declared = t
+                        .shape()
+                        .iter()
+                        .try_fold(t.dtype().size() as u64, |a, &d| a.checked_mul(d as u64));
+                    if declared.is_none_or(|n| n > file_len) {
+                        return Err(not(format!(
+                            "tensor `{name}` declares shape {:?} of {:?}, more bytes than the whole file ({file_len}): a damaged or hostile file",
+                            t.shape(),
+                            t.dtype()
+                        )));
                     }
                     let bytes = t.read().map_err(|e| Error::NotACheckpoint {
                         path: path.to_path_buf(),
@@ -180,6 +218,62 @@ impl StateDict {
     /// Total number of scalar values.
     pub fn num_values(&self) -> usize {
         self.tensors.values().map(|t| t.data.len()).sum()
+    }
+}
+
+/// Every entry of a PyTorch zip archive declares no more bytes than the archive holds
+/// (PyTorch stores its entries uncompressed): a small archive declaring gigabytes is a zip
+/// bomb, refused before any entry is read.
+fn check_zip_sizes(path: &Path, file_len: u64) -> std::result::Result<(), String> {
+    let f = crate::io::open_regular(path).map_err(|e| e.to_string())?;
+    let mut z = zip::ZipArchive::new(f).map_err(|e| format!("not a readable zip archive: {e}"))?;
+    for i in 0..z.len() {
+        let e = z
+            .by_index_raw(i)
+            .map_err(|e| format!("zip entry {i}: {e}"))?;
+        if e.size() > file_len {
+            return Err(format!(
+                "zip entry `{}` declares {} bytes, more than the whole file ({file_len} bytes): a zip bomb?",
+                e.name(),
+                e.size()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An error about `from` (a temporary copy) made to name `to` (the user's file).
+fn rename_in_error(e: Error, from: &Path, to: &Path) -> Error {
+    if from == to {
+        return e;
+    }
+    let (fs, ts) = (from.display().to_string(), to.display().to_string());
+    let fix = |p: std::path::PathBuf| if p == from { to.to_path_buf() } else { p };
+    match e {
+        Error::NotACheckpoint { path, reason } => Error::NotACheckpoint {
+            path: fix(path),
+            reason: reason.replace(&fs, &ts),
+        },
+        Error::Io { path, error } => Error::Io {
+            path: fix(path),
+            error,
+        },
+        Error::Corrupt { path, reason } => Error::Corrupt {
+            path: fix(path),
+            reason: reason.replace(&fs, &ts),
+        },
+        Error::Checksum {
+            path,
+            algorithm,
+            expected,
+            actual,
+        } => Error::Checksum {
+            path: fix(path),
+            algorithm,
+            expected,
+            actual,
+        },
+        other => other,
     }
 }
 
