@@ -434,3 +434,195 @@ fn item4_a_resume_with_other_settings_is_refused_and_changes_nothing() {
     let o = train(&head, &["--resume", "--mode", "head", "--epochs", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+fn http(r: Result<ureq::Response, ureq::Error>) -> (u16, serde_json::Value) {
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("transport: {e}"),
+    };
+    let code = resp.status();
+    let text = resp.into_string().unwrap();
+    (code, serde_json::from_str(&text).unwrap_or_default())
+}
+
+/// Item 9, slow clients: 300 connections that each send half a request header neither hold
+/// their connections forever nor starve `/api/models` (the server disconnects them after
+/// `--header-timeout` and serves at most `--max-connections` at once); a body that never
+/// arrives is answered 408 after `--body-timeout`.
+#[test]
+fn item9_slow_clients_cannot_starve_the_server() {
+    use std::io::{Read, Write};
+    let home = home_with_weights();
+    let s = Server::start(
+        home.path(),
+        &[
+            "-b",
+            "efficientnet_lite0",
+            "--header-timeout",
+            "2",
+            "--body-timeout",
+            "2",
+            "--max-connections",
+            "64",
+        ],
+    );
+    let host = s.url.trim_start_matches("http://").to_string();
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let Ok(mut t) =
+            std::net::TcpStream::connect_timeout(&host.parse().unwrap(), Duration::from_secs(2))
+        else {
+            continue;
+        };
+        let _ = write!(t, "GET /api/models HTTP/1.1\r\nHost: {host}\r\nX-Slow: ");
+        slow.push(t);
+    }
+    assert!(slow.len() >= 200, "only {} connections opened", slow.len());
+    let start = Instant::now();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build();
+    let (code, v) = http(agent.get(&format!("{}/api/models", s.url)).call());
+    assert_eq!(code, 200, "{v}");
+    assert!(
+        start.elapsed() < Duration::from_secs(40),
+        "/api/models took {:?} behind the slow clients",
+        start.elapsed()
+    );
+    // the first slow client was disconnected by the server, not left hanging
+    let mut first = slow.remove(0);
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    match first.read(&mut buf) {
+        Ok(_) => {} // closed (0) or an error status, then closed
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "a half-sent request still holds its connection: {e}"
+        ),
+    }
+    drop(slow);
+    // a body announced and never sent: 408 after --body-timeout
+    let mut t = std::net::TcpStream::connect(&host).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        t,
+        "POST /api/classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n0123456789"
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let mut reply = Vec::new();
+    while let Ok(n) = t.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        if String::from_utf8_lossy(&reply).contains("--body-timeout") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert!(s.interrupt().success());
+}
+
+/// Item 9, heavy requests: an attack on a photo too large to attack at its resolution is
+/// refused with a message (it took 6.6 GB); `method=cw&eps=1e308` is a 400, not a panic;
+/// with `--queue` 24, every one of 20 dreams stays listed and cancellable; SIGTERM with a
+/// long dream running stops the server at once (the dream is cancelled).
+#[test]
+fn item9_heavy_requests_are_bounded_and_dreams_stay_cancellable() {
+    let home = home_with_weights();
+    let s = Server::start(
+        home.path(),
+        &[
+            "-b",
+            "efficientnet_lite0",
+            "--workers",
+            "1",
+            "--queue",
+            "24",
+        ],
+    );
+    let base = s.url.clone();
+    let at = |path: &str| format!("{base}{path}");
+    let post = |path: &str, body: &[u8]| http(ureq::post(&at(path)).send_bytes(body));
+    // 4200×4000 = 16.8 megapixels: over the attack's limit, well under the decode limit
+    let big = image::GrayImage::from_pixel(4200, 4000, image::Luma([128]));
+    let mut png = Vec::new();
+    image::DynamicImage::ImageLuma8(big)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let (code, v) = post("/api/attack?target=zebra&steps=2", &png);
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("megapixels"), "{v}");
+    let photo = std::fs::read(testdata("chelsea.png")).unwrap();
+    for q in [
+        "method=cw&eps=1e308",
+        "method=cw&alpha=1e308",
+        "method=pgd&eps=1e308",
+        "method=pgd&norm=l2&eps=1e308",
+        "eps=8",
+        "steps=0",
+    ] {
+        let (code, v) = post(&format!("/api/attack?target=zebra&{q}"), &photo);
+        assert_eq!(code, 400, "{q}: {v}");
+        let e = v["error"].as_str().unwrap();
+        assert!(!e.contains("--") && e.len() < 300, "{q}: {e}");
+    }
+    let (code, v) = post("/api/attack?target=zebra&method=cw&steps=1", &photo);
+    assert_eq!(code, 200, "{v}");
+    // 20 dreams: one runs, the others wait; all are listed and all can be cancelled
+    let ids: Vec<u64> = (0..20)
+        .map(|_| {
+            let (code, d) = post("/api/dream?class=zebra&steps=2000", b"");
+            assert_eq!(code, 202, "{d}");
+            d["id"].as_u64().unwrap()
+        })
+        .collect();
+    for id in &ids {
+        let (code, v) = http(ureq::delete(&at(&format!("/api/dream/{id}"))).call());
+        assert_eq!(code, 200, "dream {id}: {v}");
+    }
+    let t0 = Instant::now();
+    for id in &ids {
+        loop {
+            let (code, v) = http(ureq::get(&at(&format!("/api/dream/{id}"))).call());
+            assert_eq!(code, 200, "dream {id} dropped out of the list: {v}");
+            if v["state"] == "cancelled" {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "dream {id} was not cancelled: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // SIGTERM during a long dream: the server stops promptly
+    let (code, d) = post("/api/dream?class=zebra&steps=2000", b"");
+    assert_eq!(code, 202, "{d}");
+    let id = d["id"].as_u64().unwrap();
+    let t1 = Instant::now();
+    loop {
+        let (_, v) = http(ureq::get(&at(&format!("/api/dream/{id}"))).call());
+        if v["state"] == "running" && v["step"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(t1.elapsed() < Duration::from_secs(60), "{v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t2 = Instant::now();
+    assert!(s.signal(libc::SIGTERM).success());
+    assert!(
+        t2.elapsed() < Duration::from_secs(10),
+        "SIGTERM waited {:?} for the dream",
+        t2.elapsed()
+    );
+}

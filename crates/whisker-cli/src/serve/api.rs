@@ -84,6 +84,22 @@ pub(crate) async fn not_found() -> ApiError {
 /// The upload: the raw request body (any content type), or a multipart field `image`. A
 /// body that announces more than the limit is refused before any of it is read.
 async fn upload(state: &AppState, req: Request) -> ApiResult<Bytes> {
+    // a client that sends its body slowly (or never) cannot hold a connection and a queue
+    // place: the whole body has `--body-timeout` seconds to arrive
+    tokio::time::timeout(state.body_timeout, upload_body(state, req))
+        .await
+        .map_err(|_| {
+            ApiError(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s (--body-timeout)",
+                    state.body_timeout.as_secs()
+                ),
+            )
+        })?
+}
+
+async fn upload_body(state: &AppState, req: Request) -> ApiResult<Bytes> {
     let announced = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -533,10 +549,19 @@ pub(crate) async fn dream_start(
     let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let mut d = state.dreams.lock().unwrap();
-        // keep the 16 newest
-        while d.len() >= 16 {
-            let oldest = *d.keys().min().unwrap_or(&0);
-            d.remove(&oldest);
+        // keep every dream that is queued or running (at most --workers + --queue of them:
+        // each holds an admission), and the 16 newest finished ones
+        let finished =
+            |j: &DreamJob| matches!(j.status.borrow().state, "done" | "cancelled" | "error");
+        let mut done: Vec<u64> = d
+            .iter()
+            .filter(|(_, j)| finished(j))
+            .map(|(k, _)| *k)
+            .collect();
+        done.sort_unstable();
+        let excess = done.len().saturating_sub(15);
+        for k in &done[..excess] {
+            d.remove(k);
         }
         d.insert(
             id,

@@ -43,6 +43,16 @@ pub struct ServeArgs {
     /// Heavy jobs that may wait for a worker; more are refused (503, Retry-After).
     #[arg(long, default_value_t = 8, value_parser = crate::args::whole(1, 1024))]
     queue: usize,
+    /// Connections served at once; more wait in the system's queue until one closes.
+    #[arg(long, default_value_t = 256, value_parser = crate::args::whole(1, 4096))]
+    max_connections: usize,
+    /// Seconds a client has to send a request's headers; a slower one is disconnected (a
+    /// half-sent request cannot hold a connection).
+    #[arg(long, default_value_t = 10, value_parser = crate::args::whole(1, 3600))]
+    header_timeout: usize,
+    /// Seconds a client has to send a request's body (an upload); then 408.
+    #[arg(long, default_value_t = 60, value_parser = crate::args::whole(1, 3600))]
+    body_timeout: usize,
     /// Announce the address and the models as one JSON line on stdout (for scripts; with
     /// `--addr 127.0.0.1:0` the system picks a free port).
     #[arg(long)]
@@ -90,6 +100,8 @@ pub(crate) struct AppState {
     pub max_pixels: u64,
     /// Largest request body, in bytes.
     pub max_body: usize,
+    /// Time a request's body may take to arrive.
+    pub body_timeout: std::time::Duration,
 }
 
 fn offers(a: &ServeArgs) -> Result<Vec<Offer>> {
@@ -202,6 +214,79 @@ async fn stop_signal() {
     eprintln!("whisker serve: stopping");
 }
 
+/// What bounds the connections.
+struct Limits {
+    connections: usize,
+    header_timeout: std::time::Duration,
+}
+
+/// Serve connections until a stop signal: at most `limits.connections` at a time (further
+/// ones wait in the system's accept queue, never refused for a slow one), each with a
+/// deadline for its request headers (hyper's timer: a client that sends half a header is
+/// disconnected). On the signal: running dreams are cancelled, the requests in flight
+/// finish (at most 30 s), then the loop returns.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    state: &AppState,
+    limits: Limits,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.connections));
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut stop => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = &mut stop => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                // out of file descriptors or a connection reset before it was accepted:
+                // wait a moment instead of spinning
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout);
+        let conn =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    // a dream can run for minutes: cancel them (each stops at its next step)
+    for job in state
+        .dreams
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+    {
+        job.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {
+            eprintln!("whisker serve: requests still running after 30 s; stopping anyway");
+        }
+    }
+}
+
 pub fn serve(a: ServeArgs) -> Result<i32> {
     let offers = offers(&a)?;
     let state = Arc::new(AppState {
@@ -213,6 +298,7 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
         next_dream: std::sync::atomic::AtomicU64::new(1),
         max_pixels: whisker::data::decode::max_pixels(),
         max_body: a.max_body * 1024 * 1024,
+        body_timeout: std::time::Duration::from_secs(a.body_timeout as u64),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -243,10 +329,11 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
             );
         }
         let app = router(state.clone(), state.max_body);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop_signal())
-            .await
-            .context("serving")?;
+        let limits = Limits {
+            connections: a.max_connections,
+            header_timeout: std::time::Duration::from_secs(a.header_timeout as u64),
+        };
+        accept_loop(listener, app, &state, limits).await;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(0)

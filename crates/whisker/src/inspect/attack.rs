@@ -88,6 +88,11 @@ fn one() -> f64 {
 pub const MAX_L2_EPS: f64 = 1e4;
 /// The most iterations an attack may take.
 pub const MAX_STEPS: usize = 10_000;
+/// The largest photo attacked: attacks work at the photo's own resolution (the saved image
+/// is the photo, perturbed), differentiating through its resize, at about 80 bytes a pixel
+/// (a 9000×9000 photo took 6.6 GB). 16 megapixels (~1.3 GB) covers the photos of most
+/// cameras; larger ones are refused with a message, never taken to an out-of-memory abort.
+pub const MAX_ATTACK_PIXELS: u64 = 16_000_000;
 
 impl AttackConfig {
     /// One definition of an attack's settings for every front end (`whisker attack`, the
@@ -267,6 +272,13 @@ impl<'a> Setup<'a> {
             ));
         }
         let (w, h) = (image.width() as usize, image.height() as usize);
+        if (w as u64) * (h as u64) > MAX_ATTACK_PIXELS {
+            return Err(Error::Invalid(format!(
+                "the photo is {w}×{h} = {:.1} megapixels; attacks work at the photo's own resolution and take at most {} megapixels (~80 bytes a pixel): resize it first",
+                (w * h) as f64 / 1e6,
+                MAX_ATTACK_PIXELS / 1_000_000
+            )));
+        }
         let pre = b.preprocess();
         let (rw, rh) = shorter_side_size(w as u32, h as u32, pre.resize as u32);
         let crop = pre.crop;
