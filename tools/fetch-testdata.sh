@@ -46,4 +46,41 @@ with zipfile.ZipFile(whl) as z:
 PY
   rm -rf "$tmp"
 fi
+# Pillow's own test images (Tests/images of the Pillow sdist: odd and broken files of every
+# format), for crates/whisker/tests/pillow_folder.rs. `pip download` cannot fetch this sdist
+# (it builds its metadata, which needs Pillow's C dependencies), so the file is found through
+# the index pip itself uses (PEP 691 JSON) and checked against the sha256 the index gives.
+if need pillow-images/.complete; then
+  python3 - <<'PY'
+import hashlib, io, json, os, shutil, tarfile, urllib.parse, urllib.request
+try:
+    from pip._internal.models.index import PyPI
+    default = PyPI.simple_url
+except Exception:
+    default = None
+index = os.environ.get("PIP_INDEX_URL") or default
+if not index:
+    raise SystemExit("fetch-testdata: no package index for the Pillow sdist")
+index = index.rstrip("/") + "/pillow/"
+req = urllib.request.Request(index, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+files = json.load(urllib.request.urlopen(req, timeout=120))["files"]
+f = next(f for f in files if f["filename"] == "pillow-13.0.0.tar.gz")
+data = urllib.request.urlopen(urllib.parse.urljoin(index, f["url"]), timeout=600).read()
+if hashlib.sha256(data).hexdigest() != f["hashes"]["sha256"]:
+    raise SystemExit("fetch-testdata: the Pillow sdist's sha256 does not match the index")
+shutil.rmtree("pillow-images", ignore_errors=True)
+prefix = "pillow-13.0.0/Tests/images/"
+with tarfile.open(fileobj=io.BytesIO(data)) as t:
+    for m in t.getmembers():
+        if m.isfile() and m.name.startswith(prefix):
+            rel = m.name[len(prefix):]
+            if ".." in rel.split("/"):
+                continue
+            out = os.path.join("pillow-images", rel)
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            with open(out, "wb") as w:
+                w.write(t.extractfile(m).read())
+open("pillow-images/.complete", "w").write("pillow 13.0.0\n")
+PY
+fi
 sha256sum chelsea.png rocket.jpg efficientnet-lite0-57934424.pth

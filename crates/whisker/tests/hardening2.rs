@@ -281,3 +281,74 @@ fn item7_jpeg_scan_bombs_are_refused_at_once() {
     let img = decode_bytes_limited(&prog, DEFAULT_MAX_PIXELS).unwrap();
     assert_eq!(Some((img.width() as u64, img.height() as u64)), size);
 }
+
+/// Item 11: a dataset scan never leaves the dataset (a link to `/` walked the whole
+/// filesystem), stops at a bounded depth with the right reason (a folder 3,000 deep took
+/// 40 s), and a file linked into two classes is in neither, with the reason.
+#[cfg(unix)]
+#[test]
+fn item11_dataset_scans_stay_inside_bounded_and_honest() {
+    use std::os::unix::fs::symlink;
+    use whisker::data::datasets::{Dataset, Labels, MAX_DEPTH};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ds");
+    for c in ["cat", "dog"] {
+        fs::create_dir_all(root.join(c)).unwrap();
+        for i in 0..3 {
+            fs::copy(
+                testdata("chelsea.png"),
+                root.join(c).join(format!("{i}.png")),
+            )
+            .unwrap();
+        }
+    }
+    // a link to the filesystem's root inside a class, and as a class
+    symlink("/", root.join("cat").join("everything")).unwrap();
+    symlink("/", root.join("rootclass")).unwrap();
+    // a folder nested far deeper than the limit, with an image at the bottom
+    let mut deep = root.join("dog");
+    for _ in 0..(MAX_DEPTH + 20) {
+        deep = deep.join("d");
+    }
+    fs::create_dir_all(&deep).unwrap();
+    fs::copy(testdata("coffee.png"), deep.join("bottom.png")).unwrap();
+    // one file in two classes
+    fs::copy(testdata("coffee.png"), root.join("cat").join("both.png")).unwrap();
+    symlink(
+        root.join("cat").join("both.png"),
+        root.join("dog").join("both.png"),
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    let ds = Dataset::open(&root, None, Labels::Breed).unwrap();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(ds.classes, ["cat", "dog"]);
+    assert_eq!(ds.items.len(), 6, "{:?}", ds.items);
+    let reason = |name: &str| -> String {
+        ds.skipped
+            .iter()
+            .filter(|s| s.path.ends_with(name))
+            .map(|s| s.reason.clone())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    assert!(reason("everything").contains("outside the dataset"));
+    assert!(reason("rootclass").contains("outside the dataset"));
+    let r = reason("d");
+    assert!(r.contains("nested more than"), "{r}");
+    let r = reason("both.png");
+    assert_eq!(
+        ds.skipped
+            .iter()
+            .filter(|s| s.path.ends_with("both.png"))
+            .count(),
+        2,
+        "{r}"
+    );
+    assert!(r.contains("two classes"), "{r}");
+    assert!(ds.items.iter().all(|i| !i.path.ends_with("both.png")));
+}

@@ -66,7 +66,11 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
     }
     let method: Method = a.method.parse()?;
     let norm: Option<Norm> = a.norm.as_deref().map(str::parse).transpose()?;
-    // the settings are checked before anything is loaded
+    // the settings are checked before anything is loaded; an L∞ budget in 0–255 units gets
+    // the flag's hint
+    if method != Method::Cw && norm.unwrap_or(Norm::Linf) == Norm::Linf {
+        crate::args::check_linf(a.eps)?;
+    }
     let cfg0 = AttackConfig::new(method, norm, a.eps, a.alpha, a.steps, None)?;
     let device = whisker::default_device().autodiff();
     let subject = a.which.load(&device)?;

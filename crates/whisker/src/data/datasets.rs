@@ -143,9 +143,18 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
 /// counted once.
 #[derive(Default)]
 struct Seen {
+    /// The dataset's root, canonical: folders (links) outside it are not followed.
+    root: PathBuf,
     dirs: std::collections::HashSet<PathBuf>,
-    files: std::collections::HashMap<PathBuf, PathBuf>,
+    /// A file's canonical path → where it was first found, and in which class.
+    files: std::collections::HashMap<PathBuf, (PathBuf, usize)>,
+    /// Files found in two classes (through links): left out of both.
+    conflicts: std::collections::HashMap<PathBuf, String>,
 }
+
+/// Folders nested deeper than this inside a class are not scanned (a path that deep is a
+/// mistake or an attack; its walk cost grew with the square of the depth).
+pub const MAX_DEPTH: usize = 32;
 
 impl Seen {
     /// Enter `dir`: false if it was entered before (a link loop or a second link to it).
@@ -165,10 +174,17 @@ fn utf8_name(p: &Path) -> std::result::Result<(), String> {
     }
 }
 
-/// Scan one class folder (recursively) into items / skipped.
+/// Whether the folder `p` (a link, perhaps) lies inside the dataset's root.
+fn inside(seen: &Seen, p: &Path) -> bool {
+    fs::canonicalize(p).is_ok_and(|c| c.starts_with(&seen.root))
+}
+
+/// Scan one class folder (recursively, `depth` folders below the class) into items /
+/// skipped.
 fn scan_class(
     dir: &Path,
     label: usize,
+    depth: usize,
     seen: &mut Seen,
     items: &mut Vec<Item>,
     skipped: &mut Vec<Skipped>,
@@ -177,8 +193,20 @@ fn scan_class(
         if p.is_dir() {
             if let Err(reason) = utf8_name(&p) {
                 skipped.push(Skipped { path: p, reason });
+            } else if depth >= MAX_DEPTH {
+                skipped.push(Skipped {
+                    path: p,
+                    reason: format!(
+                        "a folder nested more than {MAX_DEPTH} deep in its class: not scanned"
+                    ),
+                });
+            } else if !inside(seen, &p) {
+                skipped.push(Skipped {
+                    path: p,
+                    reason: "a link to a folder outside the dataset: not followed".into(),
+                });
             } else if seen.enter(&p) {
-                scan_class(&p, label, seen, items, skipped)?;
+                scan_class(&p, label, depth + 1, seen, items, skipped)?;
             } else {
                 skipped.push(Skipped {
                     path: p,
@@ -191,17 +219,25 @@ fn scan_class(
                 continue;
             }
             let canon = fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
-            if let Some(first) = seen.files.get(&canon) {
-                skipped.push(Skipped {
-                    reason: format!(
+            if let Some((first, first_label)) = seen.files.get(&canon) {
+                let reason = if *first_label == label {
+                    format!(
                         "the same file as {} (a link): counted once",
                         first.display()
-                    ),
-                    path: p,
-                });
+                    )
+                } else {
+                    // which class is it? the dataset does not say: in neither
+                    let r = format!(
+                        "the same file as {} (a link) in another class: a file in two classes is left out of both",
+                        first.display()
+                    );
+                    seen.conflicts.insert(canon, r.clone());
+                    r
+                };
+                skipped.push(Skipped { reason, path: p });
                 continue;
             }
-            seen.files.insert(canon, p.clone());
+            seen.files.insert(canon, (p.clone(), label));
             match sniff_image(&p) {
                 Ok(()) => items.push(Item { path: p, label }),
                 Err(reason) => skipped.push(Skipped { path: p, reason }),
@@ -248,7 +284,10 @@ impl Dataset {
         let mut classes = Vec::new();
         let mut items = Vec::new();
         let mut skipped = Vec::new();
-        let mut seen = Seen::default();
+        let mut seen = Seen {
+            root: fs::canonicalize(root).map_err(|e| Error::io(root, e))?,
+            ..Seen::default()
+        };
         seen.enter(root);
         seen.enter(dir);
         for p in sorted_entries(dir)? {
@@ -272,6 +311,13 @@ impl Dataset {
                 skipped.push(Skipped { path: p, reason });
                 continue;
             }
+            if !inside(&seen, &p) {
+                skipped.push(Skipped {
+                    path: p,
+                    reason: "a link to a folder outside the dataset: not used as a class".into(),
+                });
+                continue;
+            }
             if !seen.enter(&p) {
                 skipped.push(Skipped {
                     path: p,
@@ -281,7 +327,22 @@ impl Dataset {
             }
             let label = classes.len();
             classes.push(name);
-            scan_class(&p, label, &mut seen, &mut items, &mut skipped)?;
+            scan_class(&p, label, 0, &mut seen, &mut items, &mut skipped)?;
+        }
+        if !seen.conflicts.is_empty() {
+            items.retain(|it| {
+                let canon = fs::canonicalize(&it.path).unwrap_or_else(|_| it.path.clone());
+                match seen.conflicts.get(&canon) {
+                    Some(_) => {
+                        skipped.push(Skipped {
+                            path: it.path.clone(),
+                            reason: "the same file is linked into another class: a file in two classes is left out of both".into(),
+                        });
+                        false
+                    }
+                    None => true,
+                }
+            });
         }
         Ok(Dataset {
             root: root.to_path_buf(),

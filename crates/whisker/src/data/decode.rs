@@ -1,6 +1,7 @@
 //! Decoding image files to RGB u8, recognising the format by content (a PNG named `.jpg`
 //! still loads). JPEG (baseline, progressive, CMYK), PNG (8/16-bit, grey, alpha, palette),
-//! GIF (first frame), BMP and WebP.
+//! GIF (first frame), BMP, WebP, TIFF (8/16-bit, float), PPM/PGM/PBM, TGA and ICO (the largest
+//! image).
 
 use std::io::Read;
 use std::path::Path;
@@ -215,11 +216,122 @@ pub fn decode_bytes_limited(
             return Ok(img);
         }
     }
-    let probe = ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
+    if bytes.starts_with(b"GIF8") {
+        return decode_gif(bytes, max_pixels);
+    }
+    // the decoders of the image crate are not all hardened (a hostile TIFF made one panic):
+    // a panic in any of them is a refusal of the file, never the end of the process
+    match std::panic::catch_unwind(|| decode_generic(bytes, max_pixels)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "corrupt data".into());
+            Err(DecodeFailure::Invalid(format!(
+                "the decoder failed on corrupt data ({msg})"
+            )))
+        }
+    }
+}
+
+/// The first frame of a GIF as Pillow gives it: the logical screen filled with the frame's
+/// transparent index (else index 0), the frame's indices drawn at its place (transparent
+/// ones too), then every index mapped through the frame's colour table, else the global
+/// one; a GIF with neither is grey (index i → (i, i, i), Pillow's mode L). Transparency is
+/// ignored, as `convert("RGB")` ignores it.
+fn decode_gif(bytes: &[u8], max_pixels: u64) -> std::result::Result<RgbImage, DecodeFailure> {
+    let gif_err = |e: gif::DecodingError| DecodeFailure::Invalid(format!("GIF: {e}"));
+    // no global colour table (flag 0x80 of byte 10): the gif crate refuses a frame without a
+    // local one, Pillow reads it as grey. A grey ramp as the global table is that exactly.
+    let with_ramp;
+    let bytes = if bytes.len() >= 13 && bytes[10] & 0x80 == 0 {
+        let mut b = Vec::with_capacity(bytes.len() + 768);
+        b.extend_from_slice(&bytes[..13]);
+        b[10] |= 0x87;
+        b.extend((0..=255u8).flat_map(|i| [i, i, i]));
+        b.extend_from_slice(&bytes[13..]);
+        with_ramp = b;
+        &with_ramp[..]
+    } else {
+        bytes
+    };
+    let mut opts = gif::DecodeOptions::new();
+    opts.set_color_output(gif::ColorOutput::Indexed);
+    let mut d = opts
+        .read_info(std::io::Cursor::new(bytes))
+        .map_err(gif_err)?;
+    let (w, h) = (d.width() as usize, d.height() as usize);
+    check_size(w as u64, h as u64, max_pixels)?;
+    let _big = big_guard((w * h) as u64);
+    let global = d.global_palette().map(<[u8]>::to_vec);
+    let frame = d
+        .read_next_frame()
+        .map_err(gif_err)?
+        .ok_or_else(|| DecodeFailure::Invalid("GIF: no image in the file".into()))?;
+    let mut canvas = vec![frame.transparent.unwrap_or(0); w * h];
+    let (fl, ft, fw) = (
+        frame.left as usize,
+        frame.top as usize,
+        frame.width as usize,
+    );
+    for (r, row) in frame.buffer.chunks_exact(fw.max(1)).enumerate() {
+        let y = ft + r;
+        if y >= h || fl >= w {
+            continue;
+        }
+        let n = fw.min(w - fl);
+        canvas[y * w + fl..y * w + fl + n].copy_from_slice(&row[..n]);
+    }
+    let palette = frame.palette.clone().or(global);
+    let rgb: Vec<u8> = match &palette {
+        Some(p) => canvas
+            .iter()
+            .flat_map(|&i| {
+                let k = i as usize * 3;
+                match p.get(k..k + 3) {
+                    Some(c) => [c[0], c[1], c[2]],
+                    // an index past the table: Pillow's palette is padded with black
+                    None => [0, 0, 0],
+                }
+            })
+            .collect(),
+        None => canvas.iter().flat_map(|&i| [i, i, i]).collect(),
+    };
+    RgbImage::from_raw(w as u32, h as u32, rgb)
+        .ok_or_else(|| DecodeFailure::Invalid("GIF: size mismatch".into()))
+}
+
+/// TGA has no signature: a header whose fields all hold values the format allows (what
+/// Pillow's TGA plugin accepts) is taken as one, else the file is not an image.
+fn looks_like_tga(b: &[u8]) -> bool {
+    b.len() > 18
+        && b[1] <= 1
+        && matches!(b[2], 1 | 2 | 3 | 9 | 10 | 11)
+        && matches!(b[16], 1 | 8 | 15 | 16 | 24 | 32)
+        && u16::from_le_bytes([b[12], b[13]]) > 0
+        && u16::from_le_bytes([b[14], b[15]]) > 0
+}
+
+/// Every format but JPEG (and CMYK JPEGs): through the image crate, with its size checked
+/// before any pixel memory is allocated.
+fn decode_generic(bytes: &[u8], max_pixels: u64) -> std::result::Result<RgbImage, DecodeFailure> {
+    let reader = || -> std::result::Result<ImageReader<std::io::Cursor<&[u8]>>, DecodeFailure> {
+        let mut r = ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| e.to_string())?;
+        if r.format().is_none() && looks_like_tga(bytes) {
+            r.set_format(image::ImageFormat::Tga);
+        }
+        Ok(r)
+    };
+    let probe = reader()?;
     let Some(format) = probe.format() else {
-        return Err("not a recognised image format (JPEG, PNG, GIF, BMP or WebP)".into());
+        return Err(
+            "not a recognised image format (JPEG, PNG, GIF, BMP, WebP, TIFF, PPM/PGM/PBM, TGA or ICO)"
+                .into(),
+        );
     };
     let (w, h) = probe
         .into_dimensions()
@@ -227,14 +339,12 @@ pub fn decode_bytes_limited(
     check_size(w as u64, h as u64, max_pixels)?;
     let pixels = w as u64 * h as u64;
     let _big = big_guard(pixels);
-    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
+    let mut reader = reader()?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(w);
     limits.max_image_height = Some(h);
-    // the largest decoded buffer: 16-bit RGBA (8 bytes a pixel), plus the decoder's own
-    limits.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
+    // the largest decoded buffer: 32-bit float RGBA (16 bytes a pixel), plus the decoder's own
+    limits.max_alloc = Some(pixels.saturating_mul(16).saturating_add(64 << 20));
     reader.limits(limits);
     let img = reader.decode().map_err(|e| format!("{format:?}: {e}"))?;
     Ok(to_rgb8(img))
