@@ -79,7 +79,7 @@ pub struct Dataset {
 /// else the reason it is not one.
 pub fn sniff_image(path: &Path) -> std::result::Result<(), String> {
     let mut f = crate::io::open_regular(path).map_err(|e| e.to_string())?;
-    let mut head = [0u8; 16];
+    let mut head = [0u8; 32];
     let mut n = 0;
     while n < head.len() {
         match f.read(&mut head[n..]) {
@@ -97,7 +97,12 @@ pub fn sniff_image(path: &Path) -> std::result::Result<(), String> {
         || h.starts_with(b"GIF87a")
         || h.starts_with(b"GIF89a")
         || h.starts_with(b"BM")
-        || (h.starts_with(b"RIFF") && n >= 12 && &h[8..12] == b"WEBP");
+        || (h.starts_with(b"RIFF") && n >= 12 && &h[8..12] == b"WEBP")
+        || h.starts_with(b"II*\0")
+        || h.starts_with(b"MM\0*")
+        || (n >= 3 && h[0] == b'P' && (b'1'..=b'6').contains(&h[1]) && h[2].is_ascii_whitespace())
+        || h.starts_with(&[0, 0, 1, 0])
+        || crate::data::decode::looks_like_tga(h);
     if ok {
         Ok(())
     } else if h.starts_with(&[0xD0, 0xCF, 0x11, 0xE0]) {

@@ -221,7 +221,7 @@ pub fn decode_bytes_limited(
     }
     // the decoders of the image crate are not all hardened (a hostile TIFF made one panic):
     // a panic in any of them is a refusal of the file, never the end of the process
-    match std::panic::catch_unwind(|| decode_generic(bytes, max_pixels)) {
+    match catch_quietly(|| decode_generic(bytes, max_pixels)) {
         Ok(r) => r,
         Err(p) => {
             let msg = p
@@ -303,9 +303,32 @@ fn decode_gif(bytes: &[u8], max_pixels: u64) -> std::result::Result<RgbImage, De
         .ok_or_else(|| DecodeFailure::Invalid("GIF: size mismatch".into()))
 }
 
+thread_local! {
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `catch_unwind` for a decoder: a panic in it is a refused file, reported as such by the
+/// caller, so the panic hook's message (and backtrace) is not printed for it; panics
+/// elsewhere are reported as before.
+fn catch_quietly<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> std::thread::Result<R> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(|q| q.get()) {
+                previous(info)
+            }
+        }));
+    });
+    QUIET_PANICS.with(|q| q.set(true));
+    let r = std::panic::catch_unwind(f);
+    QUIET_PANICS.with(|q| q.set(false));
+    r
+}
+
 /// TGA has no signature: a header whose fields all hold values the format allows (what
 /// Pillow's TGA plugin accepts) is taken as one, else the file is not an image.
-fn looks_like_tga(b: &[u8]) -> bool {
+pub fn looks_like_tga(b: &[u8]) -> bool {
     b.len() > 18
         && b[1] <= 1
         && matches!(b[2], 1 | 2 | 3 | 9 | 10 | 11)
@@ -444,24 +467,23 @@ fn decode_jpeg_libjpeg(
             return Err("JPEG: truncated file (no end-of-image marker after the image data)".into())
         }
     }
-    let res =
-        std::panic::catch_unwind(|| -> std::result::Result<Option<RgbImage>, DecodeFailure> {
-            let d = Decompress::new_mem(bytes).map_err(|e| format!("JPEG: {e}"))?;
-            check_size(d.width() as u64, d.height() as u64, max_pixels)?;
-            if matches!(d.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK) {
-                return Ok(None);
-            }
-            let _big = big_guard(d.width() as u64 * d.height() as u64);
-            let mut started = d.rgb().map_err(|e| format!("JPEG: {e}"))?;
-            let (w, h) = (started.width() as u32, started.height() as u32);
-            let data: Vec<u8> = started
-                .read_scanlines::<u8>()
-                .map_err(|e| format!("JPEG: {e}"))?;
-            started.finish().map_err(|e| format!("JPEG: {e}"))?;
-            RgbImage::from_raw(w, h, data)
-                .map(Some)
-                .ok_or_else(|| "JPEG: decoded size does not match".into())
-        });
+    let res = catch_quietly(|| -> std::result::Result<Option<RgbImage>, DecodeFailure> {
+        let d = Decompress::new_mem(bytes).map_err(|e| format!("JPEG: {e}"))?;
+        check_size(d.width() as u64, d.height() as u64, max_pixels)?;
+        if matches!(d.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK) {
+            return Ok(None);
+        }
+        let _big = big_guard(d.width() as u64 * d.height() as u64);
+        let mut started = d.rgb().map_err(|e| format!("JPEG: {e}"))?;
+        let (w, h) = (started.width() as u32, started.height() as u32);
+        let data: Vec<u8> = started
+            .read_scanlines::<u8>()
+            .map_err(|e| format!("JPEG: {e}"))?;
+        started.finish().map_err(|e| format!("JPEG: {e}"))?;
+        RgbImage::from_raw(w, h, data)
+            .map(Some)
+            .ok_or_else(|| "JPEG: decoded size does not match".into())
+    });
     match res {
         Ok(r) => r,
         Err(p) => {
