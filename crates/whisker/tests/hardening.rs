@@ -212,7 +212,13 @@ fn defect4_symlink_loops_are_not_followed_and_files_count_once() {
     let ds = Dataset::open(&root, None, Labels::Breed).unwrap();
     assert!(t.elapsed().as_secs() < 5);
     assert_eq!(ds.classes, vec!["a", "b"]);
-    assert_eq!(ds.items.len(), 30, "each file counted once");
+    // 30 files, one of them (a/0.png) also linked into class b: in neither (issue 25, item
+    // 11: which class it is, the dataset does not say)
+    assert_eq!(
+        ds.items.len(),
+        29,
+        "each file counted once, a file in two classes in none"
+    );
     let mut seen = std::collections::HashSet::new();
     for it in &ds.items {
         assert!(seen.insert(std::fs::canonicalize(&it.path).unwrap()));
@@ -223,7 +229,7 @@ fn defect4_symlink_loops_are_not_followed_and_files_count_once() {
         "{reasons:?}"
     );
     assert!(
-        reasons.iter().any(|r| r.contains("counted once")),
+        reasons.iter().any(|r| r.contains("two classes")),
         "{reasons:?}"
     );
 }

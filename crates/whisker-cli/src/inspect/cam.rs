@@ -15,8 +15,9 @@ pub struct CamArgs {
     /// Class to explain (index or label, e.g. "tiger cat") [default: each photo's top-1].
     #[arg(long)]
     class: Option<String>,
-    /// Layer whose activations are weighed [default: the last block]; see
-    /// `whisker featuremap --list-layers`.
+    /// Layer whose activations are weighed [default: the deepest feature map, the last of
+    /// `whisker featuremap --list-layers`: `head` on EfficientNet-Lite (its final 1×1
+    /// convolution), `layer4` on ResNets].
     #[arg(long)]
     layer: Option<String>,
     /// Method: gradcam (mean gradient per channel) or gradcam++ (positive gradients, weighted

@@ -361,7 +361,13 @@ pub(crate) async fn classify(
 ) -> ApiResult<Json<Value>> {
     with_image(state, q, req, |q, img, m| {
         let (_, _, probs) = attack::classify_u8(m, &img)?;
-        let k = q.top.unwrap_or(5).clamp(1, probs.len());
+        let k = q.top.unwrap_or(5);
+        if k == 0 || k > probs.len() {
+            return Err(ApiError::bad(format!(
+                "top must be from 1 to {} (the model's classes)",
+                probs.len()
+            )));
+        }
         let mut order: Vec<usize> = (0..probs.len()).collect();
         order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
         let labels = m.labels();
