@@ -6,32 +6,6 @@ use common::*;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-/// Run with a deadline: a hang fails the test instead of blocking it.
-fn run_with_deadline(mut c: Command, secs: u64) -> Output {
-    let mut child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > Duration::from_secs(secs) {
-            let _ = child.kill();
-            panic!("no answer within {secs} s (a hang)");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn no_panic(o: &Output) {
-    let e = stderr(o);
-    assert!(!e.contains("panicked"), "{e}");
-}
 
 /// Numeric arguments out of range are refused by the parser, at once, with the range.
 #[test]

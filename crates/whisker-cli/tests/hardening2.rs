@@ -7,34 +7,8 @@ use common::*;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-/// Run with a deadline: a hang fails the test instead of blocking it.
-fn run_with_deadline(mut c: Command, secs: u64) -> Output {
-    let mut child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > Duration::from_secs(secs) {
-            let _ = child.kill();
-            panic!("no answer within {secs} s (a hang)");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn no_panic(o: &Output) {
-    let e = stderr(o);
-    assert!(!e.contains("panicked"), "{e}");
-}
 
 /// Every file under `dir` with its content (what a refused command must leave as it was).
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -435,17 +409,6 @@ fn item4_a_resume_with_other_settings_is_refused_and_changes_nothing() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
-fn http(r: Result<ureq::Response, ureq::Error>) -> (u16, serde_json::Value) {
-    let resp = match r {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("transport: {e}"),
-    };
-    let code = resp.status();
-    let text = resp.into_string().unwrap();
-    (code, serde_json::from_str(&text).unwrap_or_default())
-}
-
 /// Item 9, slow clients: 300 connections that each send half a request header neither hold
 /// their connections forever nor starve `/api/models` (the server disconnects them after
 /// `--header-timeout` and serves at most `--max-connections` at once); a body that never
@@ -483,7 +446,7 @@ fn item9_slow_clients_cannot_starve_the_server() {
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(60))
         .build();
-    let (code, v) = http(agent.get(&format!("{}/api/models", s.url)).call());
+    let (code, v) = response(agent.get(&format!("{}/api/models", s.url)).call());
     assert_eq!(code, 200, "{v}");
     assert!(
         start.elapsed() < Duration::from_secs(40),
@@ -552,7 +515,7 @@ fn item9_heavy_requests_are_bounded_and_dreams_stay_cancellable() {
     );
     let base = s.url.clone();
     let at = |path: &str| format!("{base}{path}");
-    let post = |path: &str, body: &[u8]| http(ureq::post(&at(path)).send_bytes(body));
+    let post = |path: &str, body: &[u8]| response(ureq::post(&at(path)).send_bytes(body));
     // 4200×4000 = 16.8 megapixels: over the attack's limit, well under the decode limit
     let big = image::GrayImage::from_pixel(4200, 4000, image::Luma([128]));
     let mut png = Vec::new();
@@ -587,13 +550,13 @@ fn item9_heavy_requests_are_bounded_and_dreams_stay_cancellable() {
         })
         .collect();
     for id in &ids {
-        let (code, v) = http(ureq::delete(&at(&format!("/api/dream/{id}"))).call());
+        let (code, v) = response(ureq::delete(&at(&format!("/api/dream/{id}"))).call());
         assert_eq!(code, 200, "dream {id}: {v}");
     }
     let t0 = Instant::now();
     for id in &ids {
         loop {
-            let (code, v) = http(ureq::get(&at(&format!("/api/dream/{id}"))).call());
+            let (code, v) = response(ureq::get(&at(&format!("/api/dream/{id}"))).call());
             assert_eq!(code, 200, "dream {id} dropped out of the list: {v}");
             if v["state"] == "cancelled" {
                 break;
@@ -611,7 +574,7 @@ fn item9_heavy_requests_are_bounded_and_dreams_stay_cancellable() {
     let id = d["id"].as_u64().unwrap();
     let t1 = Instant::now();
     loop {
-        let (_, v) = http(ureq::get(&at(&format!("/api/dream/{id}"))).call());
+        let (_, v) = response(ureq::get(&at(&format!("/api/dream/{id}"))).call());
         if v["state"] == "running" && v["step"].as_u64().unwrap_or(0) > 0 {
             break;
         }

@@ -21,20 +21,6 @@ fn get(url: &str) -> (u16, Value) {
     response(ureq::get(url).call())
 }
 
-fn response(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
-    let resp = match r {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("transport: {e}"),
-    };
-    let code = resp.status();
-    let text = resp.into_string().unwrap();
-    (
-        code,
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{code}: {text:?}: {e}")),
-    )
-}
-
 /// A POST that announces `len` bytes and sends none of them: the reply must come from the
 /// headers alone.
 fn announce_only(base: &str, path: &str, len: usize) -> (u16, Value) {

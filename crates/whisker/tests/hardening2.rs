@@ -11,7 +11,6 @@ use burn::tensor::Device;
 use common::*;
 use sha2::{Digest, Sha256};
 use whisker::features::{extract, FeatureCache};
-use whisker::Backbone;
 
 fn sha_hex(p: &Path) -> String {
     hex::encode(Sha256::digest(fs::read(p).unwrap()))
@@ -23,12 +22,7 @@ fn sha_hex(p: &Path) -> String {
 fn item1_a_file_replaced_during_extraction_cannot_poison_the_feature_cache() {
     let dir = tempfile::tempdir().unwrap();
     let device = Device::flex();
-    let b = Backbone::from_file(
-        "efficientnet_lite0",
-        &testdata("efficientnet-lite0-57934424.pth"),
-        &device,
-    )
-    .unwrap();
+    let b = lite0(&device);
     let x = dir.path().join("x.png");
     fs::copy(testdata("chelsea.png"), &x).unwrap();
     let chelsea_sha = sha_hex(&x);
@@ -90,12 +84,7 @@ fn item1_a_file_replaced_during_extraction_cannot_poison_the_feature_cache() {
 fn item15_an_unwritable_feature_cache_does_not_fail_extraction() {
     let dir = tempfile::tempdir().unwrap();
     let device = Device::flex();
-    let b = Backbone::from_file(
-        "efficientnet_lite0",
-        &testdata("efficientnet-lite0-57934424.pth"),
-        &device,
-    )
-    .unwrap();
+    let b = lite0(&device);
     let home = dir.path().join("home");
     let cache = FeatureCache::new(Some(&home), &b, "weights");
     // a file where the cache's directory should be: every write fails (as on a full disk,
@@ -119,12 +108,7 @@ fn item15_an_unwritable_feature_cache_does_not_fail_extraction() {
 fn item2_attacks_touch_only_the_pixels_the_model_sees() {
     use whisker::inspect::attack::{attack, AttackConfig, Method, Norm};
     let device = Device::flex().autodiff();
-    let b = Backbone::from_file(
-        "efficientnet_lite0",
-        &testdata("efficientnet-lite0-57934424.pth"),
-        &device,
-    )
-    .unwrap();
+    let b = lite0(&device);
     let img = whisker::data::decode_file(&testdata("chelsea.png")).unwrap();
     let (w, h) = img.dimensions();
     assert_eq!((w, h), (451, 300));

@@ -126,3 +126,46 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Run with a deadline: a hang fails the test instead of blocking it.
+pub fn run_with_deadline(mut c: Command, secs: u64) -> Output {
+    use std::process::Stdio;
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > std::time::Duration::from_secs(secs) {
+            let _ = child.kill();
+            panic!("no answer within {secs} s (a hang)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The command did not panic.
+pub fn no_panic(o: &Output) {
+    let e = stderr(o);
+    assert!(!e.contains("panicked"), "{e}");
+}
+
+/// The status and JSON body of an HTTP response, error statuses included.
+pub fn response(r: Result<ureq::Response, ureq::Error>) -> (u16, serde_json::Value) {
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("transport: {e}"),
+    };
+    let code = resp.status();
+    let text = resp.into_string().unwrap();
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{code}: {text:?}: {e}")),
+    )
+}

@@ -223,16 +223,10 @@ pub fn decode_bytes_limited(
     // a panic in any of them is a refusal of the file, never the end of the process
     match catch_quietly(|| decode_generic(bytes, max_pixels)) {
         Ok(r) => r,
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "corrupt data".into());
-            Err(DecodeFailure::Invalid(format!(
-                "the decoder failed on corrupt data ({msg})"
-            )))
-        }
+        Err(p) => Err(DecodeFailure::Invalid(format!(
+            "the decoder failed on corrupt data ({})",
+            panic_text(p.as_ref())
+        ))),
     }
 }
 
@@ -301,6 +295,14 @@ fn decode_gif(bytes: &[u8], max_pixels: u64) -> std::result::Result<RgbImage, De
     };
     RgbImage::from_raw(w as u32, h as u32, rgb)
         .ok_or_else(|| DecodeFailure::Invalid("GIF: size mismatch".into()))
+}
+
+/// The message a caught panic carried.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "corrupt data".into())
 }
 
 thread_local! {
@@ -486,14 +488,10 @@ fn decode_jpeg_libjpeg(
     });
     match res {
         Ok(r) => r,
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "corrupt data".into());
-            Err(DecodeFailure::Invalid(format!("JPEG: {msg}")))
-        }
+        Err(p) => Err(DecodeFailure::Invalid(format!(
+            "JPEG: {}",
+            panic_text(p.as_ref())
+        ))),
     }
 }
 

@@ -178,3 +178,13 @@ pub fn digits(n: usize) -> (Vec<image::RgbImage>, Vec<usize>) {
     }
     (imgs, labels)
 }
+
+/// EfficientNet-Lite0 with its real ImageNet weights on `device`.
+pub fn lite0(device: &burn::tensor::Device) -> whisker::Backbone {
+    whisker::Backbone::from_file(
+        "efficientnet_lite0",
+        &testdata("efficientnet-lite0-57934424.pth"),
+        device,
+    )
+    .unwrap()
+}
