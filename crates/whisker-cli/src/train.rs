@@ -51,8 +51,8 @@ pub struct TrainArgs {
     /// Finetune: epochs with the backbone frozen first (fastai's fine_tune does 1).
     #[arg(long, default_value_t = 1, value_parser = crate::args::whole(0, crate::args::MAX_STEPS))]
     freeze_epochs: usize,
-    /// Finetune: backbone learning rate = head learning rate / this.
-    #[arg(long, default_value_t = 10.0, value_parser = crate::args::real(0.0, 1e6, false))]
+    /// Finetune: backbone learning rate = head learning rate / this (fastai's default, 100).
+    #[arg(long, default_value_t = 100.0, value_parser = crate::args::real(0.0, 1e6, false))]
     lr_mult: f64,
     /// Finetune: clip the gradient norm to this value.
     #[arg(long, value_parser = crate::args::real(0.0, 1e6, false))]
@@ -76,9 +76,10 @@ pub struct TrainArgs {
     #[arg(long, value_parser = crate::args::whole(1, crate::args::MAX_STEPS))]
     epochs: Option<usize>,
     /// Peak learning rate of the head (head and finetune modes; the backbone's is this /
-    /// --lr-mult).
-    #[arg(long, default_value_t = 1e-3, value_parser = crate::args::real(0.0, 10.0, false))]
-    lr: f64,
+    /// --lr-mult) [default: 1e-3 in head mode; 1e-2 in finetune mode, where the new head
+    /// starts from scratch and a small dataset gives it few steps].
+    #[arg(long, value_parser = crate::args::real(0.0, 10.0, false))]
+    lr: Option<f64>,
     /// Head mode: mini-batch size.
     #[arg(long, default_value_t = 64, value_parser = crate::args::whole(1, 1 << 16))]
     head_batch_size: usize,
@@ -152,7 +153,11 @@ impl TrainArgs {
             batch_size: self.batch_size,
             max_iter: self.max_iter,
             epochs: self.epochs.unwrap_or(30),
-            lr: self.lr,
+            lr: self.lr.unwrap_or(if self.mode == "finetune" {
+                whisker::learner::FINETUNE_LR
+            } else {
+                1e-3
+            }),
             weight_decay: self.weight_decay,
             label_smoothing: self.label_smoothing,
             hidden: self.hidden,
