@@ -562,6 +562,18 @@ fn featuremap_cam_and_attack_commands() {
         "PGD at 4/255 breaks both"
     );
     assert!(plot.is_file());
+    // the plot is not overwritten without --force (issue 25, item 15), and nothing runs
+    let before = std::fs::read(&plot).unwrap();
+    let out = whisker(home.path())
+        .args(["robustness", "efficientnet_lite0", "--eps", "0", "--out"])
+        .arg(&plot)
+        .arg(&ds)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("already exists") && e.contains("--force"), "{e}");
+    assert_eq!(std::fs::read(&plot).unwrap(), before);
 }
 
 /// `--precision bf16|f16` (mixed precision, for GPUs) emulated on the CPU with burn's

@@ -336,3 +336,36 @@ fn item11_dataset_scans_stay_inside_bounded_and_honest() {
     assert!(r.contains("two classes"), "{r}");
     assert!(ds.items.iter().all(|i| !i.path.ends_with("both.png")));
 }
+
+/// Item 15 (the 1,000-class report was 299 MB: a confusion matrix of k² SVG cells): with
+/// many classes only the cells with a count are drawn, so the matrix follows the test set's
+/// size; a small matrix keeps every cell.
+#[test]
+fn item15_a_thousand_class_confusion_matrix_stays_small() {
+    use whisker::report::html::confusion_svg;
+    use whisker::train::metrics::evaluate;
+    let (k, n) = (1000usize, 3000usize);
+    let classes: Vec<String> = (0..k).map(|i| format!("class number {i}")).collect();
+    let labels: Vec<usize> = (0..n).map(|i| (i * 7) % k).collect();
+    // right two times in three, else one class off
+    let logits: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            let guess = if i % 3 == 0 {
+                (labels[i] + 1) % k
+            } else {
+                labels[i]
+            };
+            (0..k).map(move |j| if j == guess { 5.0 } else { 0.0 })
+        })
+        .collect();
+    let m = evaluate(&logits, &labels, &classes).unwrap();
+    let svg = confusion_svg(&m);
+    assert!(svg.len() < 3_000_000, "{} bytes", svg.len());
+    let cells = svg.matches("<rect class=\"cell\"").count();
+    let nonzero = m.confusion.iter().flatten().filter(|&&c| c > 0).count();
+    assert_eq!(cells, nonzero);
+    // a small matrix: every cell, with its tooltip
+    let small: Vec<String> = (0..3).map(|i| i.to_string()).collect();
+    let m = evaluate(&[1.0, 0.0, 0.0, 0.0, 1.0, 0.0], &[0, 1], &small).unwrap();
+    assert_eq!(confusion_svg(&m).matches("<rect class=\"cell\"").count(), 9);
+}

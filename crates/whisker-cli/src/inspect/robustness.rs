@@ -42,6 +42,10 @@ pub struct RobustnessArgs {
     /// One JSON document on stdout.
     #[arg(long)]
     json: bool,
+    /// Replace the plot if it exists (otherwise an existing file is an error, before any
+    /// attack runs).
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn robustness_cmd(a: RobustnessArgs, quiet: bool) -> Result<i32> {
@@ -51,6 +55,21 @@ pub fn robustness_cmd(a: RobustnessArgs, quiet: bool) -> Result<i32> {
             crate::args::check_linf(e)?;
         }
     }
+    let run_dir = if a.model.is_dir() {
+        a.model.clone()
+    } else {
+        a.model.parent().map(PathBuf::from).unwrap_or_default()
+    };
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| run_dir.join("robustness.png"));
+    if out.exists() && !a.force {
+        bail!(
+            "{}: already exists (an earlier robustness run?): pass --force to replace it, or --out for another file",
+            out.display()
+        );
+    }
     let device = whisker::default_device().autodiff();
     // MODEL: a trained whisker model, or a zoo backbone name (then the dataset's class
     // folders must be ImageNet labels or indices, and the whole dataset is used)
@@ -59,11 +78,6 @@ pub fn robustness_cmd(a: RobustnessArgs, quiet: bool) -> Result<i32> {
         load_model(None, &a.model.to_string_lossy(), None, &device)?
     } else {
         load_model(Some(&a.model), "", None, &device)?
-    };
-    let run_dir = if a.model.is_dir() {
-        a.model.clone()
-    } else {
-        a.model.parent().map(PathBuf::from).unwrap_or_default()
     };
     let ds = whisker::data::datasets::Dataset::open(
         &a.dataset,
@@ -120,10 +134,6 @@ pub fn robustness_cmd(a: RobustnessArgs, quiet: bool) -> Result<i32> {
         pb.set_position(d as u64)
     })?;
     pb.finish_and_clear();
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| run_dir.join("robustness.png"));
     let points: Vec<(f64, f64)> = r
         .rows
         .iter()

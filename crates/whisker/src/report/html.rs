@@ -527,8 +527,11 @@ pub fn curves_svg(history: &[EpochStats], marks: &CurveMarks) -> String {
     out
 }
 
+/// From this many classes on, the confusion matrix draws only the cells with a count.
+pub const SPARSE_CONFUSION_FROM: usize = 64;
+
 /// The confusion matrix, coloured by share of the row; each cell's tooltip names the classes
-/// and the count.
+/// and the count (with more than [`SPARSE_CONFUSION_FROM`] classes, each cell with a count).
 pub fn confusion_svg(m: &Metrics) -> String {
     let k = m.classes.len().max(1);
     let cell = (640.0 / k as f64).clamp(8.0, 48.0);
@@ -585,9 +588,28 @@ pub fn confusion_svg(m: &Metrics) -> String {
             esc(&short(c))
         );
     }
+    // many classes: the k² cells would be hundreds of MB of SVG (1,000 classes: 299 MB), so
+    // the empty cells are one background rectangle (the colour of 0) and only the cells with
+    // a count are drawn — the size follows the test set, not the square of the classes
+    let sparse = k > SPARSE_CONFUSION_FROM;
+    if sparse {
+        let c = super::colormap(0.0).0;
+        let _ = write!(
+            s,
+            "<rect x=\"{ox:.1}\" y=\"{oy:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"rgb({},{},{})\"/>",
+            cell * k as f64,
+            cell * k as f64,
+            c[0],
+            c[1],
+            c[2]
+        );
+    }
     for (i, row) in m.confusion.iter().enumerate() {
         let total: usize = row.iter().sum();
         for (j, &n) in row.iter().enumerate() {
+            if sparse && n == 0 {
+                continue;
+            }
             let share = if total > 0 {
                 n as f64 / total as f64
             } else {

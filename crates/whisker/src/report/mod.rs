@@ -489,7 +489,8 @@ pub fn lr_find_plot(curve: &[(f64, f64)], suggested: Option<f64>, path: &Path) -
 pub fn robustness_plot(points: &[(f64, f64)], title: &str, path: &Path) -> Result<()> {
     let points = &finite_points(points);
     let img = render(640, 420, |root| {
-        let xmax = points.iter().map(|p| p.0).fold(0.0, f64::max).max(1e-6) * 255.0;
+        // in 1/255 units, at least 0 to 1 (one budget of 0 gave an axis to 0.00025)
+        let xmax = (points.iter().map(|p| p.0).fold(0.0, f64::max) * 255.0).max(1.0);
         let mut c = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 18))
             .margin(12)
