@@ -369,3 +369,22 @@ fn item15_a_thousand_class_confusion_matrix_stays_small() {
     let m = evaluate(&[1.0, 0.0, 0.0, 0.0, 1.0, 0.0], &[0, 1], &small).unwrap();
     assert_eq!(confusion_svg(&m).matches("<rect class=\"cell\"").count(), 9);
 }
+
+/// Item 15: a class mismatch names both lists (bounded) and where they first differ, the
+/// same message for `eval`, `report` and `robustness`.
+#[test]
+fn item15_a_class_mismatch_lists_both_class_lists() {
+    use whisker::learner::check_classes;
+    let s = |v: &[&str]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+    assert!(check_classes(&s(&["cat", "dog"]), &s(&["cat", "dog"])).is_ok());
+    let e = check_classes(&s(&["cat", "dog"]), &s(&["cat", "fox"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("(cat, dog)") && e.contains("(cat, fox)") && e.contains("at 1: `dog` vs `fox`"),
+        "{e}"
+    );
+    let many: Vec<String> = (0..1000).map(|i| format!("c{i}")).collect();
+    let e = check_classes(&many, &s(&["a"])).unwrap_err().to_string();
+    assert!(e.contains("… (980 more)") && e.len() < 400, "{e}");
+}

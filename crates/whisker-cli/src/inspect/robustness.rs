@@ -90,9 +90,7 @@ pub fn robustness_cmd(a: RobustnessArgs, quiet: bool) -> Result<i32> {
             .map(|c| subject.class_index(c))
             .collect::<whisker::Result<_>>()?
     } else {
-        if ds.classes != subject.labels() {
-            bail!("the dataset's classes are not the model's");
-        }
+        whisker::learner::check_classes(&ds.classes, subject.labels())?;
         (0..ds.classes.len()).collect()
     };
     let idx: Vec<usize> = if a.split != "all" && !zoo {

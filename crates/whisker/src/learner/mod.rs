@@ -752,6 +752,39 @@ impl Learner {
     }
 }
 
+/// The dataset's classes must be the model's, in the same order; else an error listing both
+/// (at most 20 names each) and the first place they differ.
+pub fn check_classes(dataset: &[String], model: &[String]) -> Result<()> {
+    if dataset == model {
+        return Ok(());
+    }
+    let list = |v: &[String]| {
+        let mut s = v.iter().take(20).cloned().collect::<Vec<_>>().join(", ");
+        if v.len() > 20 {
+            s.push_str(&format!(", … ({} more)", v.len() - 20));
+        }
+        s
+    };
+    let first = dataset
+        .iter()
+        .zip(model)
+        .position(|(a, b)| a != b)
+        .map(|i| {
+            format!(
+                "; first difference at {i}: `{}` vs `{}`",
+                dataset[i], model[i]
+            )
+        })
+        .unwrap_or_default();
+    Err(Error::Invalid(format!(
+        "the dataset's {} classes ({}) are not the model's {} ({}){first}",
+        dataset.len(),
+        list(dataset),
+        model.len(),
+        list(model)
+    )))
+}
+
 /// The settings that make a run what it is, as `--resume` compares them: the mode, the
 /// backbone, the split, and the fit's own settings.
 fn resume_settings(cfg: &TrainConfig) -> Result<serde_json::Value> {
@@ -1068,13 +1101,7 @@ pub fn evaluate_model(
     batch_size: usize,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Evaluation> {
-    if ds.classes != model.labels() {
-        return Err(Error::Invalid(format!(
-            "the dataset's classes ({}) are not the model's ({})",
-            ds.classes.join(", "),
-            model.labels().join(", ")
-        )));
-    }
+    check_classes(&ds.classes, model.labels())?;
     let idx: Vec<usize> = match subset {
         Subset::All => (0..ds.items.len()).collect(),
         Subset::Part(p) => {
