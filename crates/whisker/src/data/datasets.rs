@@ -153,20 +153,37 @@ struct Seen {
     dirs: std::collections::HashSet<PathBuf>,
     /// A file's canonical path → where it was first found, and in which class.
     files: std::collections::HashMap<PathBuf, (PathBuf, usize)>,
-    /// Files found in two classes (through links): left out of both.
-    conflicts: std::collections::HashMap<PathBuf, String>,
+    /// Where files that are also in another class (through links) were first found: left
+    /// out of both classes.
+    conflicts: std::collections::HashSet<PathBuf>,
 }
 
 /// Folders nested deeper than this inside a class are not scanned (a path that deep is a
 /// mistake or an attack; its walk cost grew with the square of the depth).
 pub const MAX_DEPTH: usize = 32;
 
+/// What entering a folder finds.
+#[derive(PartialEq)]
+enum Entry {
+    New,
+    /// Entered before (a link loop or a second link to it).
+    Again,
+    /// A folder (a link) outside the dataset's root, or one whose real place is unknown.
+    Outside,
+}
+
 impl Seen {
-    /// Enter `dir`: false if it was entered before (a link loop or a second link to it).
-    fn enter(&mut self, dir: &Path) -> bool {
+    /// Enter `dir`, with one look at where it really is.
+    fn enter(&mut self, dir: &Path) -> Entry {
         match fs::canonicalize(dir) {
-            Ok(c) => self.dirs.insert(c),
-            Err(_) => false,
+            Ok(c) if c.starts_with(&self.root) => {
+                if self.dirs.insert(c) {
+                    Entry::New
+                } else {
+                    Entry::Again
+                }
+            }
+            _ => Entry::Outside,
         }
     }
 }
@@ -177,11 +194,6 @@ fn utf8_name(p: &Path) -> std::result::Result<(), String> {
         Some(false) => Err("the file name is not valid UTF-8 (rename the file to use it)".into()),
         _ => Ok(()),
     }
-}
-
-/// Whether the folder `p` (a link, perhaps) lies inside the dataset's root.
-fn inside(seen: &Seen, p: &Path) -> bool {
-    fs::canonicalize(p).is_ok_and(|c| c.starts_with(&seen.root))
 }
 
 /// Scan one class folder (recursively, `depth` folders below the class) into items /
@@ -205,18 +217,18 @@ fn scan_class(
                         "a folder nested more than {MAX_DEPTH} deep in its class: not scanned"
                     ),
                 });
-            } else if !inside(seen, &p) {
-                skipped.push(Skipped {
-                    path: p,
-                    reason: "a link to a folder outside the dataset: not followed".into(),
-                });
-            } else if seen.enter(&p) {
-                scan_class(&p, label, depth + 1, seen, items, skipped)?;
             } else {
-                skipped.push(Skipped {
-                    path: p,
-                    reason: "a link to a folder already scanned (not followed twice)".into(),
-                });
+                match seen.enter(&p) {
+                    Entry::New => scan_class(&p, label, depth + 1, seen, items, skipped)?,
+                    Entry::Outside => skipped.push(Skipped {
+                        path: p,
+                        reason: "a link to a folder outside the dataset: not followed".into(),
+                    }),
+                    Entry::Again => skipped.push(Skipped {
+                        path: p,
+                        reason: "a link to a folder already scanned (not followed twice)".into(),
+                    }),
+                }
             }
         } else if p.is_file() {
             if let Err(reason) = utf8_name(&p) {
@@ -232,12 +244,11 @@ fn scan_class(
                     )
                 } else {
                     // which class is it? the dataset does not say: in neither
-                    let r = format!(
+                    seen.conflicts.insert(first.clone());
+                    format!(
                         "the same file as {} (a link) in another class: a file in two classes is left out of both",
                         first.display()
-                    );
-                    seen.conflicts.insert(canon, r.clone());
-                    r
+                    )
                 };
                 skipped.push(Skipped { reason, path: p });
                 continue;
@@ -316,39 +327,38 @@ impl Dataset {
                 skipped.push(Skipped { path: p, reason });
                 continue;
             }
-            if !inside(&seen, &p) {
-                skipped.push(Skipped {
-                    path: p,
-                    reason: "a link to a folder outside the dataset: not used as a class".into(),
-                });
-                continue;
-            }
-            if !seen.enter(&p) {
-                skipped.push(Skipped {
-                    path: p,
-                    reason: "a link to a folder already scanned (not used as a class)".into(),
-                });
-                continue;
+            match seen.enter(&p) {
+                Entry::New => {}
+                Entry::Outside => {
+                    skipped.push(Skipped {
+                        path: p,
+                        reason: "a link to a folder outside the dataset: not used as a class"
+                            .into(),
+                    });
+                    continue;
+                }
+                Entry::Again => {
+                    skipped.push(Skipped {
+                        path: p,
+                        reason: "a link to a folder already scanned (not used as a class)".into(),
+                    });
+                    continue;
+                }
             }
             let label = classes.len();
             classes.push(name);
             scan_class(&p, label, 0, &mut seen, &mut items, &mut skipped)?;
         }
-        if !seen.conflicts.is_empty() {
-            items.retain(|it| {
-                let canon = fs::canonicalize(&it.path).unwrap_or_else(|_| it.path.clone());
-                match seen.conflicts.get(&canon) {
-                    Some(_) => {
-                        skipped.push(Skipped {
-                            path: it.path.clone(),
-                            reason: "the same file is linked into another class: a file in two classes is left out of both".into(),
-                        });
-                        false
-                    }
-                    None => true,
-                }
-            });
-        }
+        items.retain(|it| {
+            let conflict = seen.conflicts.contains(&it.path);
+            if conflict {
+                skipped.push(Skipped {
+                    path: it.path.clone(),
+                    reason: "the same file is linked into another class: a file in two classes is left out of both".into(),
+                });
+            }
+            !conflict
+        });
         Ok(Dataset {
             root: root.to_path_buf(),
             format,
