@@ -258,10 +258,7 @@ impl Model {
                 let logits = self.logits_of_features(&feats)?;
                 if logits.iter().any(|v| !v.is_finite()) {
                     // (averaging probabilities would hide them: f64::max drops a NaN)
-                    return Err(Error::NonFinite(format!(
-                        "{}: the model's outputs are not finite (NaN or infinity): a damaged model or input",
-                        p.display()
-                    )));
+                    return Err(Error::NonFinite(non_finite_message(p)));
                 }
                 Ok((logits, views.len()))
             });
@@ -317,16 +314,20 @@ impl Model {
     }
 }
 
+fn non_finite_message(path: &Path) -> String {
+    format!(
+        "{}: the model's outputs are not finite (NaN or infinity): a damaged model or input",
+        path.display()
+    )
+}
+
 /// Rows of failed files become zeros; a row with NaN or infinity (a model that computes
 /// nonsense on this input) becomes an error naming the file: never a NaN probability.
 fn non_finite_rows(paths: &[PathBuf], k: usize, scores: &mut [f32], errors: &mut [Option<String>]) {
     for (i, e) in errors.iter_mut().enumerate() {
         let row = &mut scores[i * k..(i + 1) * k];
         if e.is_none() && row.iter().any(|v| !v.is_finite()) {
-            *e = Some(format!(
-                "{}: the model's outputs are not finite (NaN or infinity): a damaged model or input",
-                paths[i].display()
-            ));
+            *e = Some(non_finite_message(&paths[i]));
         }
         if e.is_some() {
             row.fill(0.0);

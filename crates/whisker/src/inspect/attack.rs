@@ -335,9 +335,8 @@ impl<'a> Setup<'a> {
             .unsqueeze::<4>()
     }
 
-    /// Whether the pixel at flat index `i` of a `[3, h, w]` array is seen by the network.
-    fn is_seen(&self, i: usize) -> bool {
-        let p = i % (self.w * self.h);
+    /// Whether pixel `p` (`y · w + x`) is seen by the network.
+    fn sees(&self, p: usize) -> bool {
         self.seen_rows[p / self.w] && self.seen_cols[p % self.w]
     }
 
@@ -348,8 +347,7 @@ impl<'a> Setup<'a> {
         let mut img = to_image(x, self.w, self.h);
         for (i, (p, o)) in img.as_mut().iter_mut().zip(self.image.as_raw()).enumerate() {
             // interleaved RGB: pixel i / 3
-            let (y, xx) = ((i / 3) / self.w, (i / 3) % self.w);
-            if !(self.seen_rows[y] && self.seen_cols[xx]) {
+            if !self.sees(i / 3) {
                 *p = *o;
             }
         }
@@ -390,7 +388,8 @@ fn gradient_attack(s: &Setup<'_>) -> Result<(RgbImage, usize)> {
         for (i, (xi, x0i)) in x.iter_mut().zip(&s.x0).enumerate() {
             // one draw per pixel whether seen or not: the stream does not depend on the crop
             let u = eps * (2.0 * rng.next_f64() as f32 - 1.0);
-            if s.is_seen(i) {
+            // planar `[3, h, w]`: pixel i mod h·w
+            if s.sees(i % (s.w * s.h)) {
                 *xi = (x0i + u).clamp(0.0, 1.0);
             }
         }

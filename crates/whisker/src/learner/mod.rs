@@ -466,11 +466,11 @@ impl Learner {
         };
         let test_metrics: Option<Metrics> = test_eval.as_ref().map(|e| e.metrics.clone());
         let spec = crate::backbones::spec(&cfg.backbone)?;
-        let settings = json!({
-            "mode": cfg.mode, "backbone": spec.name, "seed": cfg.seed, "val_split": cfg.val_split,
-            "test_split": cfg.test_split, "format": ds.format, "dataset": ds.root.to_string_lossy(),
-            "fit": fitted.info, "augment": cfg.augment,
-        });
+        let mut settings = identity(cfg, spec.name);
+        settings.insert("format".into(), json!(ds.format));
+        settings.insert("dataset".into(), json!(ds.root.to_string_lossy()));
+        settings.insert("fit".into(), fitted.info);
+        let settings = serde_json::Value::Object(settings);
         let metrics = RunMetrics {
             test: test_metrics.clone(),
             n_train: split.train.len(),
@@ -789,38 +789,52 @@ pub fn check_classes(dataset: &[String], model: &[String]) -> Result<()> {
 /// backbone, the split, and the fit's own settings.
 fn resume_settings(cfg: &TrainConfig) -> Result<serde_json::Value> {
     let spec = crate::backbones::spec(&cfg.backbone)?;
-    let to = |v: std::result::Result<serde_json::Value, serde_json::Error>| {
-        v.map_err(|e| Error::Internal(e.to_string()))
-    };
     let config = match cfg.mode {
         Mode::Probe => json!({"max_iter": cfg.max_iter}),
-        Mode::Head => to(serde_json::to_value(cfg.head_config()))?,
-        Mode::Finetune => to(serde_json::to_value(cfg.finetune_config()?))?,
+        Mode::Head => to_json(cfg.head_config())?,
+        Mode::Finetune => to_json(cfg.finetune_config()?)?,
     };
-    Ok(json!({
-        "mode": cfg.mode, "backbone": spec.name, "seed": cfg.seed, "val_split": cfg.val_split,
-        "test_split": cfg.test_split, "augment": cfg.augment, "config": config,
-    }))
+    let mut r = identity(cfg, spec.name);
+    r.insert("config".into(), config);
+    Ok(serde_json::Value::Object(r))
+}
+
+/// The settings that make a run what it is, recorded in its model file (`settings`) and
+/// compared by `--resume`: its keys are [`IDENTITY`].
+fn identity(cfg: &TrainConfig, backbone: &str) -> serde_json::Map<String, serde_json::Value> {
+    let values = [
+        json!(cfg.mode),
+        json!(backbone),
+        json!(cfg.seed),
+        json!(cfg.val_split),
+        json!(cfg.test_split),
+        json!(cfg.augment),
+    ];
+    IDENTITY.iter().map(|k| k.to_string()).zip(values).collect()
+}
+
+/// The keys of [`identity`].
+const IDENTITY: [&str; 6] = [
+    "mode",
+    "backbone",
+    "seed",
+    "val_split",
+    "test_split",
+    "augment",
+];
+
+fn to_json(v: impl Serialize) -> Result<serde_json::Value> {
+    serde_json::to_value(v).map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// What the run in `dir` records of [`resume_settings`] (only what it records), or `None`
 /// when it holds neither a complete run nor a checkpoint.
 fn recorded_settings(dir: &Path) -> Result<Option<serde_json::Value>> {
-    let to = |v: std::result::Result<serde_json::Value, serde_json::Error>| {
-        v.map_err(|e| Error::Internal(e.to_string()))
-    };
     let model = dir.join("model.safetensors");
     if dir.join(crate::run::MARKER).is_file() && model.is_file() {
         let s = TrainedModel::load(&model)?.meta.settings;
         let mut r = serde_json::Map::new();
-        for k in [
-            "mode",
-            "backbone",
-            "seed",
-            "val_split",
-            "test_split",
-            "augment",
-        ] {
+        for k in IDENTITY {
             if let Some(v) = s.get(k) {
                 r.insert(k.into(), v.clone());
             }
@@ -838,15 +852,13 @@ fn recorded_settings(dir: &Path) -> Result<Option<serde_json::Value>> {
     let head = dir.join("checkpoint.safetensors");
     if head.is_file() {
         let (_, hc) = HeadState::load(&head)?;
-        return Ok(Some(
-            json!({"mode": Mode::Head, "config": to(serde_json::to_value(hc))?}),
-        ));
+        return Ok(Some(json!({"mode": Mode::Head, "config": to_json(hc)?})));
     }
     let ft = dir.join("checkpoint");
     if ft.join("finetune_state.json").is_file() {
         let fc = FineTuner::saved_config(&ft)?;
         return Ok(Some(
-            json!({"mode": Mode::Finetune, "config": to(serde_json::to_value(fc))?}),
+            json!({"mode": Mode::Finetune, "config": to_json(fc)?}),
         ));
     }
     Ok(None)
