@@ -123,28 +123,10 @@ pub fn degrees(s: &str) -> Result<f64, String> {
     }
 }
 
-/// A count ≥ 1.
-pub fn count(s: &str) -> Result<usize, String> {
-    let v: usize = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not a whole number"))?;
-    if v >= 1 {
-        Ok(v)
-    } else {
-        Err("0 is not allowed: give a whole number ≥ 1".into())
-    }
-}
-
 /// An image side in pixels for generated images: 32 to 2048 (the model may need more: its
 /// input size).
 pub fn image_side(s: &str) -> Result<usize, String> {
-    let v = count(s)?;
-    if (32..=2048).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("{v} is outside 32..=2048 pixels"))
-    }
+    whole(32, 2048)(s).map_err(|e| format!("{e} pixels"))
 }
 
 /// An attack budget in [0, 1] pixel units (`4/255` accepted): a finite number ≥ 0 (an L2
@@ -220,7 +202,7 @@ mod tests {
         assert!(fraction("1.5").is_err() && fraction("1").is_err() && fraction("nan").is_err());
         assert_eq!(fraction("0").unwrap(), 0.0);
         assert!(probability("2").is_err());
-        assert!(count("0").is_err() && count("-3").is_err());
+        assert!(whole(1, 10)("0").is_err() && whole(1, 10)("-3").is_err());
         assert!(image_side("100000").is_err());
         assert!(degrees("400").is_err());
     }
