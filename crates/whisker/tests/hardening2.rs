@@ -388,3 +388,26 @@ fn item15_a_class_mismatch_lists_both_class_lists() {
     let e = check_classes(&many, &s(&["a"])).unwrap_err().to_string();
     assert!(e.contains("… (980 more)") && e.len() < 400, "{e}");
 }
+
+/// Item 5 (GIFs decoded as Pillow does): a large GIF within the pixel limit decodes (the gif
+/// crate's default 50 MB frame limit refused an 8000×8000 one); a frame over the limit is a
+/// clean refusal.
+#[test]
+fn item5_a_large_gif_within_the_pixel_limit_decodes() {
+    use whisker::data::decode::decode_bytes_limited;
+    let (w, h) = (8000u16, 8000u16);
+    let palette: Vec<u8> = (0..8u8).flat_map(|i| [i * 30, 0, 0]).collect();
+    let indices: Vec<u8> = (0..w as usize * h as usize)
+        .map(|p| ((p % w as usize) % 7) as u8)
+        .collect();
+    let mut gif = Vec::new();
+    {
+        let mut e = gif::Encoder::new(&mut gif, w, h, &palette).unwrap();
+        e.write_frame(&gif::Frame::from_indexed_pixels(w, h, indices, None))
+            .unwrap();
+    }
+    let back = decode_bytes_limited(&gif, 89_478_485).unwrap();
+    assert_eq!(back.dimensions(), (8000, 8000));
+    assert_eq!(back.get_pixel(3, 5)[0], 90);
+    assert!(decode_bytes_limited(&gif, 1_000_000).is_err());
+}

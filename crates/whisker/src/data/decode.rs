@@ -253,6 +253,11 @@ fn decode_gif(bytes: &[u8], max_pixels: u64) -> std::result::Result<RgbImage, De
     };
     let mut opts = gif::DecodeOptions::new();
     opts.set_color_output(gif::ColorOutput::Indexed);
+    // a frame is one byte a pixel: the pixel limit bounds it (the crate's own 50 MB would
+    // refuse a legitimate 8000×8000 GIF)
+    if let Some(limit) = std::num::NonZeroU64::new(max_pixels) {
+        opts.set_memory_limit(gif::MemoryLimit::Bytes(limit));
+    }
     let mut d = opts
         .read_info(std::io::Cursor::new(bytes))
         .map_err(gif_err)?;
