@@ -1,6 +1,6 @@
 //! Decoding image files to RGB u8, recognising the format by content (a PNG named `.jpg`
 //! still loads). JPEG (baseline, progressive, CMYK), PNG (8/16-bit, grey, alpha, palette),
-//! GIF (first frame), BMP, WebP, TIFF (8/16-bit, float), PPM/PGM/PBM, TGA and ICO (the largest
+//! GIF (first frame), BMP and DIB (own decoder, as Pillow reads them), WebP, TIFF (8/16-bit, float), PPM/PGM/PBM, TGA and ICO (the largest
 //! image).
 
 use std::io::Read;
@@ -180,7 +180,11 @@ pub fn decode_bytes(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     decode_bytes_limited(bytes, max_pixels()).map_err(|f| f.to_string())
 }
 
-fn check_size(width: u64, height: u64, limit: u64) -> std::result::Result<(), DecodeFailure> {
+pub(super) fn check_size(
+    width: u64,
+    height: u64,
+    limit: u64,
+) -> std::result::Result<(), DecodeFailure> {
     if width == 0 || height == 0 {
         return Err(DecodeFailure::Invalid(format!(
             "the image declares a size of {width}×{height}"
@@ -197,7 +201,7 @@ fn check_size(width: u64, height: u64, limit: u64) -> std::result::Result<(), De
 }
 
 /// Hold the big-image lock while decoding an image of `pixels` pixels, if it is big.
-fn big_guard(pixels: u64) -> Option<std::sync::MutexGuard<'static, ()>> {
+pub(super) fn big_guard(pixels: u64) -> Option<std::sync::MutexGuard<'static, ()>> {
     (pixels > BIG_IMAGE_PIXELS).then(|| BIG_DECODE.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
@@ -218,6 +222,9 @@ pub fn decode_bytes_limited(
     }
     if bytes.starts_with(b"GIF8") {
         return decode_gif(bytes, max_pixels);
+    }
+    if bytes.starts_with(b"BM") || super::bmp::looks_like_dib(bytes) {
+        return super::bmp::decode(bytes, !bytes.starts_with(b"BM"), max_pixels);
     }
     // the decoders of the image crate are not all hardened (a hostile TIFF made one panic):
     // a panic in any of them is a refusal of the file, never the end of the process
@@ -359,7 +366,7 @@ fn decode_generic(bytes: &[u8], max_pixels: u64) -> std::result::Result<RgbImage
     let probe = reader()?;
     let Some(format) = probe.format() else {
         return Err(
-            "not a recognised image format (JPEG, PNG, GIF, BMP, WebP, TIFF, PPM/PGM/PBM, TGA or ICO)"
+            "not a recognised image format (JPEG, PNG, GIF, BMP/DIB, WebP, TIFF, PPM/PGM/PBM, TGA or ICO)"
                 .into(),
         );
     };

@@ -1,6 +1,7 @@
 //! Images in: decoding by content, Pillow-exact resizing, centre crops, normalisation.
 
 pub mod augment;
+pub(crate) mod bmp;
 pub mod datasets;
 pub mod decode;
 pub mod digits;
