@@ -83,7 +83,6 @@ const REFUSED: &[(&str, &str)] = &[
     ("hopper_bigtiff.tif", UNSUPPORTED_TIFF),
     ("hopper_gray_4bpp.tif", UNSUPPORTED_TIFF),
     ("hopper_lzma.tif", UNSUPPORTED_TIFF),
-    ("hopper_unexpected.ico", OPEN),
     ("lab-green.tif", UNSUPPORTED_TIFF),
     ("lab-red.tif", UNSUPPORTED_TIFF),
     ("lab.tif", UNSUPPORTED_TIFF),

@@ -55,9 +55,21 @@ enum Colours {
     Masks([u32; 3]),
 }
 
-/// Decode a BMP file (`dib` false: it starts with the 14-byte file header) or a DIB (the
-/// bitmap header first, the pixels right after the palette).
-pub(crate) fn decode(bytes: &[u8], dib: bool, max_pixels: u64) -> Result<RgbImage, DecodeFailure> {
+/// What a bitmap's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A `.bmp` file: the 14-byte file header first.
+    File,
+    /// A DIB: the bitmap header first, the pixels right after the palette.
+    Dib,
+    /// A DIB inside an icon: its height counts the colour image and the AND mask below it;
+    /// the image is the upper half (the mask is transparency, which RGB drops).
+    IconDib,
+}
+
+/// Decode a bitmap.
+pub(crate) fn decode(bytes: &[u8], kind: Kind, max_pixels: u64) -> Result<RgbImage, DecodeFailure> {
+    let dib = kind != Kind::File;
     let (offset, at) = if dib {
         (0usize, 0usize)
     } else {
@@ -116,6 +128,13 @@ pub(crate) fn decode(bytes: &[u8], dib: bool, max_pixels: u64) -> Result<RgbImag
         0
     };
     super::decode::check_size(width, height, max_pixels)?;
+    let height = if kind == Kind::IconDib {
+        let half = height / 2;
+        super::decode::check_size(width, half, max_pixels)?;
+        half
+    } else {
+        height
+    };
     let colour_count = if colours_used == 0 {
         1u64 << bits.min(32)
     } else {
@@ -242,6 +261,60 @@ pub(crate) fn decode(bytes: &[u8], dib: bool, max_pixels: u64) -> Result<RgbImag
         }
     }
     RgbImage::from_raw(width as u32, height as u32, rgb).ok_or_else(|| invalid("size mismatch"))
+}
+
+/// An icon (`.ico`) as Pillow opens it: of the directory's entries the largest (width ×
+/// height, a 0 meaning 256), among those the lowest colour depth; a PNG entry is decoded as
+/// a PNG, a bitmap entry as a DIB whose real size (not the directory's) is the image's.
+pub(crate) fn decode_ico(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeFailure> {
+    let bad = |r: String| DecodeFailure::Invalid(format!("ICO: {r}"));
+    let count = u16_at(
+        bytes
+            .get(..6)
+            .ok_or_else(|| bad("the file is too short".into()))?,
+        4,
+    );
+    if count == 0 {
+        return Err(bad("the icon has no images".into()));
+    }
+    let entries = bytes.get(6..6 + 16 * count as usize).ok_or_else(|| {
+        bad(format!(
+            "the file ends inside the directory of {count} images"
+        ))
+    })?;
+    // (square, colour depth, offset), in Pillow's order: colour depth up, then square down
+    let mut list: Vec<(u64, u32, usize)> = entries
+        .chunks_exact(16)
+        .map(|e| {
+            let side = |b: u8| if b == 0 { 256u64 } else { b as u64 };
+            let (colours, bpp) = (e[2] as u32, u16_at(e, 6));
+            let depth = if bpp != 0 {
+                bpp
+            } else if colours > 1 {
+                // ⌈log2(colours)⌉ (one colour is depth 0, which Pillow takes for 256)
+                32 - (colours - 1).leading_zeros()
+            } else {
+                256
+            };
+            (side(e[0]) * side(e[1]), depth, u32_at(e, 12) as usize)
+        })
+        .collect();
+    list.sort_by_key(|&(_, depth, _)| depth);
+    list.sort_by_key(|&(square, _, _)| std::cmp::Reverse(square));
+    let offset = list[0].2;
+    let data = bytes
+        .get(offset..)
+        .filter(|d| d.len() >= 8)
+        .ok_or_else(|| {
+            bad(format!(
+                "the image's offset {offset} is past the file's end"
+            ))
+        })?;
+    if data.starts_with(b"\x89PNG\r\n\x1a\n") {
+        super::decode::decode_bytes_limited(data, max_pixels)
+    } else {
+        decode(data, Kind::IconDib, max_pixels)
+    }
 }
 
 /// Pixel `x` of a raw row.
@@ -410,7 +483,7 @@ mod tests {
     fn sixteen_bit_channels_scale_as_pillow_truncating() {
         // one row: red = 0..31 in 5-5-5; then 5-6-5 green 0..63
         let px: Vec<u8> = (0u16..32).flat_map(|r| (r << 10).to_le_bytes()).collect();
-        let img = decode(&bmp(32, 1, 16, RAW, &[], &[], &px), false, 1 << 20).unwrap();
+        let img = decode(&bmp(32, 1, 16, RAW, &[], &[], &px), Kind::File, 1 << 20).unwrap();
         let pillow_5bit = [
             0, 8, 16, 24, 32, 41, 49, 57, 65, 74, 82, 90, 98, 106, 115, 123, 131, 139, 148, 156,
             164, 172, 180, 189, 197, 205, 213, 222, 230, 238, 246, 255,
@@ -418,7 +491,12 @@ mod tests {
         assert_eq!(reds(&img), pillow_5bit);
         let px: Vec<u8> = (0u16..64).flat_map(|g| (g << 5).to_le_bytes()).collect();
         let masks = [0xF800, 0x7E0, 0x1F];
-        let img = decode(&bmp(64, 1, 16, BITFIELDS, &masks, &[], &px), false, 1 << 20).unwrap();
+        let img = decode(
+            &bmp(64, 1, 16, BITFIELDS, &masks, &[], &px),
+            Kind::File,
+            1 << 20,
+        )
+        .unwrap();
         let greens: Vec<u8> = img.pixels().map(|p| p[1]).collect();
         assert_eq!(greens[..8], [0, 4, 8, 12, 16, 20, 24, 28]);
         assert_eq!(greens[20..23], [80, 85, 89]);
@@ -431,7 +509,7 @@ mod tests {
         let pal = [10, 20, 30, 0, 40, 50, 60, 0];
         let img = decode(
             &bmp(4, 1, 8, RAW, &[], &pal, &[0, 1, 2, 255]),
-            false,
+            Kind::File,
             1 << 20,
         )
         .unwrap();
@@ -440,7 +518,7 @@ mod tests {
         let ramp: Vec<u8> = (0..16).flat_map(|i| [i, i, i, 0]).collect();
         let img = decode(
             &bmp(4, 1, 8, RAW, &[], &ramp, &[1, 15, 16, 200]),
-            false,
+            Kind::File,
             1 << 20,
         )
         .unwrap();
@@ -449,14 +527,14 @@ mod tests {
         let bw = [0, 0, 0, 0, 255, 255, 255, 0];
         let img = decode(
             &bmp(8, 1, 4, RAW, &[], &bw, &[0x01, 0x12, 0xF0, 0x10]),
-            false,
+            Kind::File,
             1 << 20,
         )
         .unwrap();
         assert_eq!(reds(&img), [0, 0, 0, 0, 0, 0, 0, 255]);
         // bottom-up rows
         let px = [0x80, 0, 0, 0, 0x40, 0, 0, 0, 0xC0, 0, 0, 0];
-        let img = decode(&bmp(8, 3, 4, RAW, &[], &bw, &px), false, 1 << 20).unwrap();
+        let img = decode(&bmp(8, 3, 4, RAW, &[], &bw, &px), Kind::File, 1 << 20).unwrap();
         let r = reds(&img);
         assert_eq!(r[..2], [255, 255]);
         assert_eq!(r[8..10], [0, 255]);
@@ -468,56 +546,66 @@ mod tests {
         let pal: Vec<u8> = (0..20).flat_map(|i| [0, i, 0, 0]).collect();
         // an absolute run of 3 (padded to a word), an encoded run, end of line, end of bitmap
         let rle = [0, 3, 5, 6, 7, 0, 1, 9, 0, 0, 0, 1];
-        let img = decode(&bmp(4, 1, 8, RLE8, &[], &pal, &rle), false, 1 << 20).unwrap();
+        let img = decode(&bmp(4, 1, 8, RLE8, &[], &pal, &rle), Kind::File, 1 << 20).unwrap();
         let greens: Vec<u8> = img.pixels().map(|p| p[1]).collect();
         assert_eq!(greens, [5, 6, 7, 9]);
         // bilevel palette: any nonzero value is white
         let bw = [0, 0, 0, 0, 255, 255, 255, 0];
         let rle = [1, 0, 1, 1, 1, 127, 1, 128, 1, 255, 0, 0, 0, 1];
-        let img = decode(&bmp(5, 1, 8, RLE8, &[], &bw, &rle), false, 1 << 20).unwrap();
+        let img = decode(&bmp(5, 1, 8, RLE8, &[], &bw, &rle), Kind::File, 1 << 20).unwrap();
         assert_eq!(reds(&img), [0, 255, 255, 255, 255]);
         // a run past the row's end is clipped, so rows without end-of-line markers leave the
         // image incomplete: refused, as Pillow refuses it
         let e = decode(
             &bmp(4, 3, 8, RLE8, &[], &pal, &[4, 1, 4, 2, 4, 3]),
-            false,
+            Kind::File,
             1 << 20,
         )
         .unwrap_err();
         assert!(e.to_string().contains("ends after 4 of 12 pixels"), "{e}");
         // a delta skips pixels (index 0) across rows; a run is clipped at the row end
         let rle = [0, 2, 1, 1, 2, 3, 0, 0, 0, 1];
-        let img = decode(&bmp(2, 2, 8, RLE8, &[], &pal, &rle), false, 1 << 20).unwrap();
+        let img = decode(&bmp(2, 2, 8, RLE8, &[], &pal, &rle), Kind::File, 1 << 20).unwrap();
         let greens: Vec<u8> = img.pixels().map(|p| p[1]).collect();
         assert_eq!(greens, [0, 3, 0, 0]);
     }
 
     #[test]
     fn truncated_and_unknown_bitmaps_are_refused_with_the_reason() {
-        let e = decode(&bmp(4, 4, 24, RAW, &[], &[], &[0; 40]), false, 1 << 20).unwrap_err();
+        let e = decode(&bmp(4, 4, 24, RAW, &[], &[], &[0; 40]), Kind::File, 1 << 20).unwrap_err();
         assert!(e.to_string().contains("truncated"), "{e}");
         // the last row's padding may be missing (Pillow's mmap_error.bmp)
-        assert!(decode(&bmp(3, 2, 24, RAW, &[], &[], &[0; 12 + 9]), false, 1 << 20).is_ok());
-        let e = decode(&bmp(4, 4, 12, RAW, &[], &[], &[0; 64]), false, 1 << 20).unwrap_err();
+        assert!(decode(
+            &bmp(3, 2, 24, RAW, &[], &[], &[0; 12 + 9]),
+            Kind::File,
+            1 << 20
+        )
+        .is_ok());
+        let e = decode(&bmp(4, 4, 12, RAW, &[], &[], &[0; 64]), Kind::File, 1 << 20).unwrap_err();
         assert!(e.to_string().contains("12 bits"), "{e}");
-        let e = decode(&bmp(4, 1, 24, RLE8, &[], &[], &[0; 64]), false, 1 << 20).unwrap_err();
+        let e = decode(
+            &bmp(4, 1, 24, RLE8, &[], &[], &[0; 64]),
+            Kind::File,
+            1 << 20,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("run-length"), "{e}");
         let e = decode(
             &bmp(4, 1, 16, BITFIELDS, &[0xF, 0xF0, 0xF00], &[], &[0; 8]),
-            false,
+            Kind::File,
             1 << 20,
         )
         .unwrap_err();
         assert!(e.to_string().contains("bitfield"), "{e}");
         let big = bmp(100_000, 100_000, 24, RAW, &[], &[], &[0; 8]);
         assert!(matches!(
-            decode(&big, false, 1 << 20),
+            decode(&big, Kind::File, 1 << 20),
             Err(DecodeFailure::TooLarge { .. })
         ));
         for n in 0..60 {
             // every prefix of a valid file: a clean refusal, never a panic
             let whole = bmp(3, 2, 8, RAW, &[], &[1, 2, 3, 0, 4, 5, 6, 0], &[0; 12]);
-            let _ = decode(&whole[..n.min(whole.len())], false, 1 << 20);
+            let _ = decode(&whole[..n.min(whole.len())], Kind::File, 1 << 20);
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Decoding image files to RGB u8, recognising the format by content (a PNG named `.jpg`
 //! still loads). JPEG (baseline, progressive, CMYK), PNG (8/16-bit, grey, alpha, palette),
-//! GIF (first frame), BMP and DIB (own decoder, as Pillow reads them), WebP, TIFF (8/16-bit, float), PPM/PGM/PBM, TGA and ICO (the largest
-//! image).
+//! GIF (first frame), BMP and DIB (own decoder, as Pillow reads them), WebP, TIFF (8/16-bit,
+//! float), PPM/PGM/PBM, TGA and ICO (the largest image).
 
 use std::io::Read;
 use std::path::Path;
@@ -224,7 +224,15 @@ pub fn decode_bytes_limited(
         return decode_gif(bytes, max_pixels);
     }
     if bytes.starts_with(b"BM") || super::bmp::looks_like_dib(bytes) {
-        return super::bmp::decode(bytes, !bytes.starts_with(b"BM"), max_pixels);
+        let kind = if bytes.starts_with(b"BM") {
+            super::bmp::Kind::File
+        } else {
+            super::bmp::Kind::Dib
+        };
+        return super::bmp::decode(bytes, kind, max_pixels);
+    }
+    if bytes.starts_with(&[0, 0, 1, 0]) {
+        return super::bmp::decode_ico(bytes, max_pixels);
     }
     // the decoders of the image crate are not all hardened (a hostile TIFF made one panic):
     // a panic in any of them is a refusal of the file, never the end of the process
