@@ -78,8 +78,6 @@ const REFUSED: &[(&str, &str)] = &[
     ("compression.tif", UNSUPPORTED_TIFF),
     ("g4-fillorder-test.tif", UNSUPPORTED_TIFF),
     ("hopper.Lab.tif", UNSUPPORTED_TIFF),
-    ("hopper.pfm", OPEN),
-    ("hopper_be.pfm", OPEN),
     ("hopper_bigtiff.tif", UNSUPPORTED_TIFF),
     ("hopper_gray_4bpp.tif", UNSUPPORTED_TIFF),
     ("hopper_lzma.tif", UNSUPPORTED_TIFF),

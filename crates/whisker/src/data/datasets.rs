@@ -103,6 +103,7 @@ pub fn sniff_image(path: &Path) -> std::result::Result<(), String> {
         || (n >= 3 && h[0] == b'P' && (b'1'..=b'6').contains(&h[1]) && h[2].is_ascii_whitespace())
         || h.starts_with(&[0, 0, 1, 0])
         || crate::data::bmp::looks_like_dib(h)
+        || crate::data::pfm::looks_like_pfm(h)
         || crate::data::decode::looks_like_tga(h);
     if ok {
         Ok(())

@@ -1,7 +1,7 @@
 //! Decoding image files to RGB u8, recognising the format by content (a PNG named `.jpg`
 //! still loads). JPEG (baseline, progressive, CMYK), PNG (8/16-bit, grey, alpha, palette),
 //! GIF (first frame), BMP and DIB (own decoder, as Pillow reads them), WebP, TIFF (8/16-bit,
-//! float), PPM/PGM/PBM, TGA and ICO (the largest image).
+//! float), PPM/PGM/PBM, grey PFM, TGA and ICO (the largest image).
 
 use std::io::Read;
 use std::path::Path;
@@ -231,6 +231,9 @@ pub fn decode_bytes_limited(
         };
         return super::bmp::decode(bytes, kind, max_pixels);
     }
+    if super::pfm::looks_like_pfm(bytes) {
+        return super::pfm::decode(bytes, max_pixels);
+    }
     if bytes.starts_with(&[0, 0, 1, 0]) {
         return super::bmp::decode_ico(bytes, max_pixels);
     }
@@ -374,7 +377,7 @@ fn decode_generic(bytes: &[u8], max_pixels: u64) -> std::result::Result<RgbImage
     let probe = reader()?;
     let Some(format) = probe.format() else {
         return Err(
-            "not a recognised image format (JPEG, PNG, GIF, BMP/DIB, WebP, TIFF, PPM/PGM/PBM, TGA or ICO)"
+            "not a recognised image format (JPEG, PNG, GIF, BMP/DIB, WebP, TIFF, PPM/PGM/PBM/PFM, TGA or ICO)"
                 .into(),
         );
     };

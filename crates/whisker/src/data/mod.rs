@@ -6,6 +6,7 @@ pub mod datasets;
 pub mod decode;
 pub mod digits;
 pub mod download;
+pub(crate) mod pfm;
 pub mod resize;
 pub mod transforms;
 
