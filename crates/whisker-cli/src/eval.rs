@@ -72,9 +72,9 @@ pub fn eval(a: EvalArgs, quiet: bool) -> Result<i32> {
                     format!("{name}  loss {:.2}", t.loss),
                     format!("true: {}", ds.classes[item.label]),
                     format!(
-                        "pred: {} ({:.0}%)",
+                        "pred: {} ({})",
                         ds.classes[t.predicted],
-                        t.probability * 100.0
+                        whisker::report::probability_text(t.probability as f32)
                     ),
                 ],
             ))
@@ -92,6 +92,7 @@ pub fn eval(a: EvalArgs, quiet: bool) -> Result<i32> {
         whisker::report::contact_sheet(
             &tiles,
             "top losses: the most confidently wrong predictions",
+            200,
             &sheet,
         )?;
     }

@@ -253,6 +253,14 @@ fn the_page_classifies_explains_and_attacks_a_photo_and_the_report_opens_from_di
     let bars = b.eval("[...document.querySelectorAll('#bars .bar')].map(e => e.querySelector('.label').textContent + ' ' + e.querySelector('.prob').textContent)");
     assert_eq!(bars.as_array().unwrap().len(), 5, "{bars}");
     assert_eq!(bars[0], "tiger cat 37.9 %", "{bars}");
+    // before any attack no empty picture is shown (a `display` rule once overrode the hidden
+    // attribute: two broken-image icons)
+    let empty_shown = "[...document.images].filter(i => i.offsetParent !== null && !i.getAttribute('src')).length";
+    assert_eq!(b.eval(empty_shown), json!(0));
+    assert_eq!(
+        b.eval("document.getElementById('attack-out').offsetParent === null"),
+        json!(true)
+    );
     b.screenshot("classified.png");
 
     // the CAM toggle: the photo becomes its Grad-CAM overlay, at the photo's size
@@ -297,6 +305,17 @@ fn the_page_classifies_explains_and_attacks_a_photo_and_the_report_opens_from_di
     let href = b.eval("document.getElementById('adv-download').href.slice(0, 22)");
     assert_eq!(href, "data:image/png;base64,");
     b.screenshot("attack.png");
+    // another photo: the attack of the previous one is no longer shown beside it
+    b.upload("#file", &testdata("coffee.png"));
+    b.wait_for(
+        "\"espresso\" among the bars",
+        "[...document.querySelectorAll('#bars .label')].some(e => e.textContent === 'espresso')",
+        60,
+    );
+    assert_eq!(
+        b.eval("document.getElementById('attack-out').offsetParent === null && document.getElementById('adv-result').textContent === ''"),
+        json!(true)
+    );
     drop(s);
 
     // a digits run's report.html, opened from disk: the accuracy it shows is the run's

@@ -505,8 +505,11 @@ fn featuremap_cam_and_attack_commands() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no layer `nope`"));
     // espresso → zebra within 4/255, then `classify` on the saved file agrees
     let adv = home.path().join("adv.png");
+    let sbs = home.path().join("sbs.png");
     let out = whisker(home.path())
-        .args(["attack", "--json", "--target", "zebra", "--out"])
+        .args(["attack", "--json", "--target", "zebra", "--side-by-side"])
+        .arg(&sbs)
+        .arg("--out")
         .arg(&adv)
         .arg(testdata("coffee.png"))
         .output()
@@ -519,6 +522,18 @@ fn featuremap_cam_and_attack_commands() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["success"], true);
     assert!(r["linf_255"].as_u64().unwrap() <= 4);
+    // the side-by-side shows the 600×400 photo in 448×299 cells (three, a row), nothing
+    // drawn over the pictures (issue 25, item 15: it was 640×304 with a red line over each)
+    let sheet = image::open(&sbs).unwrap().to_rgb8();
+    assert_eq!(
+        sheet.dimensions(),
+        (3 * (448 + 10) + 10, 299 + 54 + 10 + 40)
+    );
+    let red = sheet
+        .pixels()
+        .filter(|p| p[0] > 180 && p[1] < 40 && p[2] < 40)
+        .count();
+    assert!(red < 50, "{red} pure-red pixels");
     let out = whisker(home.path())
         .args(["classify", "--json", "-k", "1"])
         .arg(&adv)

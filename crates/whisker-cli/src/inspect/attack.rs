@@ -102,9 +102,9 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
                 lines: vec![
                     "original".into(),
                     format!(
-                        "{} {:.0}%",
+                        "\"{}\" {}",
                         labels[r.original_top1],
-                        r.original_prob * 100.0
+                        whisker::report::probability_text(r.original_prob)
                     ),
                 ],
             },
@@ -124,9 +124,9 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
                 lines: vec![
                     "adversarial".into(),
                     format!(
-                        "{} {:.0}%",
+                        "\"{}\" {}",
                         labels[r.adversarial_top1],
-                        r.adversarial_prob * 100.0
+                        whisker::report::probability_text(r.adversarial_prob)
                     ),
                 ],
             },
@@ -137,6 +137,9 @@ pub fn attack_cmd(a: AttackArgs) -> Result<i32> {
                 "{} → {}",
                 labels[r.original_top1], labels[r.adversarial_top1]
             ),
+            // the pictures at their own resolution (within 224–448 px), so that the
+            // perturbation can be seen
+            img.width().max(img.height()).clamp(224, 448),
             p,
         )?;
     }

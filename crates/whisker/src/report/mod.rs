@@ -376,12 +376,47 @@ pub struct Tile<'a> {
     pub lines: Vec<String>,
 }
 
+/// A probability for a caption: one decimal, and never "100%" or "0%" for what is not
+/// certain (0.9996 is ">99.9%", not "100%").
+pub fn probability_text(p: f32) -> String {
+    if !p.is_finite() {
+        "–".into()
+    } else if p >= 1.0 {
+        "100%".into()
+    } else if p > 0.999 {
+        ">99.9%".into()
+    } else if p <= 0.0 {
+        "0%".into()
+    } else if p < 0.001 {
+        "<0.1%".into()
+    } else {
+        format!("{:.1}%", p * 100.0)
+    }
+}
+
 /// A grid of thumbnails with captions (e.g. the top losses: true class, predicted class and
-/// probability, loss).
-pub fn contact_sheet(tiles: &[Tile<'_>], title: &str, path: &Path) -> Result<()> {
+/// probability, loss), each picture fitted, at its own aspect ratio, into a square cell of
+/// `side` pixels (32–1024).
+pub fn contact_sheet(tiles: &[Tile<'_>], title: &str, side: u32, path: &Path) -> Result<()> {
     let cols = 4usize.min(tiles.len().max(1));
     let rows = tiles.len().div_ceil(cols).max(1);
-    let (tw, th, cap) = (200u32, 200u32, 54u32);
+    let side = side.clamp(32, 1024);
+    // each picture fitted into side × side; a row is as tall as its tallest fitted picture
+    // (three landscape photos leave no band of white above and below)
+    let fitted = |im: &RgbImage| {
+        let (iw, ih) = im.dimensions();
+        let scale = (side as f64 / iw.max(1) as f64).min(side as f64 / ih.max(1) as f64);
+        (
+            ((iw as f64 * scale).round() as u32).clamp(1, side),
+            ((ih as f64 * scale).round() as u32).clamp(1, side),
+        )
+    };
+    let th = tiles
+        .iter()
+        .map(|t| fitted(t.image).1)
+        .max()
+        .unwrap_or(side);
+    let (tw, cap) = (side, 54u32);
     let (w, h) = (
         cols as u32 * (tw + 10) + 10,
         rows as u32 * (th + cap + 10) + 40,
@@ -415,12 +450,7 @@ pub fn contact_sheet(tiles: &[Tile<'_>], title: &str, path: &Path) -> Result<()>
             40 + (i / cols) as u32 * (th + cap + 10),
         );
         // the picture at its own aspect ratio, centred in its cell
-        let (iw, ih) = t.image.dimensions();
-        let scale = (tw as f64 / iw.max(1) as f64).min(th as f64 / ih.max(1) as f64);
-        let (nw, nh) = (
-            ((iw as f64 * scale).round() as u32).clamp(1, tw),
-            ((ih as f64 * scale).round() as u32).clamp(1, th),
-        );
+        let (nw, nh) = fitted(t.image);
         let thumb = imageops::resize(t.image, nw, nh, imageops::FilterType::Triangle);
         imageops::overlay(
             &mut sheet,
@@ -428,9 +458,6 @@ pub fn contact_sheet(tiles: &[Tile<'_>], title: &str, path: &Path) -> Result<()>
             (x + (tw - nw) / 2) as i64,
             (y + (th - nh) / 2) as i64,
         );
-        for d in 0..nw {
-            sheet.put_pixel(x + (tw - nw) / 2 + d, y + (th - nh) / 2, Rgb([200, 0, 0]));
-        }
     }
     save_png(&sheet, path)
 }
@@ -529,15 +556,31 @@ mod tests {
                 lines: vec!["wide".into()],
             }],
             "t",
+            200,
             &p,
         )
         .unwrap();
         let sheet = image::open(&p).unwrap().to_rgb8();
-        // the 200×200 cell at (10, 40) holds a 200×50 picture, centred: blue in the middle
-        // row, white above and below it
-        assert_eq!(sheet.get_pixel(110, 140), &Rgb([0, 0, 255]));
-        assert_eq!(sheet.get_pixel(110, 60), &Rgb([255, 255, 255]));
-        assert_eq!(sheet.get_pixel(110, 220), &Rgb([255, 255, 255]));
+        // the cell at (10, 40) is 200×50, the picture's shape: blue from its first row (no
+        // line drawn over it, as a red one once was) to its last, white above and below
+        assert_eq!(sheet.dimensions(), (220, 50 + 54 + 10 + 40));
+        assert_eq!(sheet.get_pixel(110, 40), &Rgb([0, 0, 255]));
+        assert_eq!(sheet.get_pixel(110, 89), &Rgb([0, 0, 255]));
+        assert!(sheet
+            .pixels()
+            .all(|p| !(p[0] > 150 && p[1] < 60 && p[2] < 60)));
+        assert_eq!(sheet.get_pixel(110, 30), &Rgb([255, 255, 255]));
+        assert_eq!(sheet.get_pixel(110, 95), &Rgb([255, 255, 255]));
+    }
+
+    #[test]
+    fn captions_never_round_an_uncertain_probability_to_certainty() {
+        assert_eq!(probability_text(0.9996), ">99.9%");
+        assert_eq!(probability_text(1.0), "100%");
+        assert_eq!(probability_text(0.8734), "87.3%");
+        assert_eq!(probability_text(0.0004), "<0.1%");
+        assert_eq!(probability_text(0.0), "0%");
+        assert_eq!(probability_text(f32::NAN), "–");
     }
 
     #[test]
