@@ -363,7 +363,18 @@ pub fn class_index(labels: &[String], s: &str) -> Result<usize> {
         [i] => Ok(*i),
         [] => {
             let near = crate::similar::closest(s, labels, 5);
-            let hint = if near.is_empty() {
+            let hint = if near.is_empty() && labels.len() <= 30 {
+                // a trained model's few classes ("three" for a digits model's "3"): all of them
+                format!(
+                    "; the model's classes are {}",
+                    labels
+                        .iter()
+                        .enumerate()
+                        .map(|(i, l)| format!("\"{l}\" ({i})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            } else if near.is_empty() {
                 String::new()
             } else {
                 format!(
@@ -436,5 +447,15 @@ mod tests {
         );
         let e = class_index(&labels, "1000").unwrap_err().to_string();
         assert!(e.contains("out of range"), "{e}");
+        // a trained model's class misspelled beyond a suggestion: its few classes are listed
+        let pets: Vec<String> = ["cat", "dog"].iter().map(|s| s.to_string()).collect();
+        let e = class_index(&pets, "dgo").unwrap_err().to_string();
+        assert!(e.contains("did you mean \"dog\" (1)"), "{e}");
+        let digits: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+        let e = class_index(&digits, "three").unwrap_err().to_string();
+        assert!(
+            e.contains("the model's classes are \"0\" (0), \"1\" (1)") && e.contains("\"9\" (9)"),
+            "{e}"
+        );
     }
 }
