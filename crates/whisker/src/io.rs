@@ -27,14 +27,7 @@ pub fn whisker_home() -> PathBuf {
 /// goes through this. The file is opened non-blocking, so a FIFO put in its place after a
 /// check cannot block the open either; the check is made on what was opened.
 pub fn open_regular(path: &Path) -> Result<File> {
-    let mut o = OpenOptions::new();
-    o.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.custom_flags(libc::O_NONBLOCK);
-    }
-    let f = o.open(path).map_err(|e| Error::io(path, e))?;
+    let f = open_nonblocking(path).map_err(|e| Error::io(path, e))?;
     let meta = f.metadata().map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
         return Err(Error::io(
@@ -50,6 +43,20 @@ pub fn open_regular(path: &Path) -> Result<File> {
         ));
     }
     Ok(f)
+}
+
+/// Open `path` for reading without blocking on a FIFO that has no writer (`O_NONBLOCK`,
+/// which does nothing to a regular file's reads): what is opened is then checked by its
+/// handle's metadata, never by the path's (which could be replaced in between).
+pub fn open_nonblocking(path: &Path) -> std::io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_NONBLOCK);
+    }
+    o.open(path)
 }
 
 /// The whole content of a regular file ([`open_regular`]) of at most `max` bytes.

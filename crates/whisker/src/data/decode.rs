@@ -152,7 +152,10 @@ impl std::fmt::Display for ReadFailure {
 /// The bytes of an image file: only a regular file (a FIFO or device would block or never
 /// end), at most [`MAX_FILE_BYTES`]. Every reader of image files goes through this.
 pub fn read_image_file(path: &Path) -> std::result::Result<Vec<u8>, ReadFailure> {
-    let meta = std::fs::metadata(path).map_err(ReadFailure::Io)?;
+    // the opened file's own metadata: a path checked first and opened after could be
+    // swapped for a FIFO in between
+    let f = crate::io::open_nonblocking(path).map_err(ReadFailure::Io)?;
+    let meta = f.metadata().map_err(ReadFailure::Io)?;
     if !meta.is_file() {
         return Err(ReadFailure::Refused(if meta.is_dir() {
             "it is a directory".into()
@@ -166,8 +169,7 @@ pub fn read_image_file(path: &Path) -> std::result::Result<Vec<u8>, ReadFailure>
             meta.len()
         )));
     }
-    let f = std::fs::File::open(path).map_err(ReadFailure::Io)?;
-    let mut bytes = Vec::new();
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
     f.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(ReadFailure::Io)?;
