@@ -335,7 +335,12 @@ fn fuzz_dataset_scanner() {
                         .iter()
                         .all(|it| seen.insert(std::fs::canonicalize(&it.path).unwrap()));
                     let labels_ok = ds.items.iter().all(|it| it.label < ds.classes.len());
-                    Ok(once && labels_ok)
+                    // every item is read (FIFOs among them would block a careless reader)
+                    let read = ds
+                        .items
+                        .iter()
+                        .all(|it| whisker::data::decode_file(&it.path).is_ok());
+                    Ok(once && labels_ok && read)
                 }
                 Err(e) => Err(e.to_string()),
             },
@@ -363,7 +368,12 @@ fn build_tree(root: &Path, png: &[u8], rng: &mut SplitMix64) {
             _ => std::ffi::OsString::from(format!("f{k}.jpg")),
         };
         let p = parent.join(&name);
-        let r = match rng.below(8) {
+        let r = match rng.below(9) {
+            // a FIFO without a writer: a reader that opened it blocking would hang
+            8 => std::process::Command::new("mkfifo")
+                .arg(&p)
+                .status()
+                .map(|_| ()),
             0 => std::fs::create_dir_all(&p).map(|_| dirs.push(p.clone())),
             1 => std::os::unix::fs::symlink(".", &p),
             2 => std::os::unix::fs::symlink("..", &p),
@@ -378,6 +388,143 @@ fn build_tree(root: &Path, png: &[u8], rng: &mut SplitMix64) {
         };
         let _ = r;
     }
+}
+
+/// A JPEG cut into its segments: each marker segment, and each scan with its entropy-coded
+/// data, as one piece (SOI first, EOI last).
+fn jpeg_segments(b: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = vec![b[..2].to_vec()];
+    let mut i = 2;
+    while i + 4 <= b.len() {
+        let marker = b[i + 1];
+        if marker == 0xD9 {
+            break;
+        }
+        let len = u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
+        let mut end = i + 2 + len;
+        if marker == 0xDA {
+            // the entropy-coded data runs to the next marker that is not a stuffed 0xFF00
+            // or a restart marker
+            while end + 1 < b.len()
+                && !(b[end] == 0xFF && b[end + 1] != 0 && !(0xD0..=0xD7).contains(&b[end + 1]))
+            {
+                end += 1;
+            }
+        }
+        out.push(b[i..end.min(b.len())].to_vec());
+        i = end;
+    }
+    out.push(vec![0xFF, 0xD9]);
+    out
+}
+
+/// The structures behind the bombs of issue 25, generated rather than mutated byte by byte:
+/// progressive JPEGs whose scans are repeated (up to thousands of times), dropped or
+/// reordered under declared sizes up to 20000×20000 (item 7), and torch zip checkpoints
+/// whose local and central directory records declare sizes, offsets and counts up to 4 GB
+/// (item 6). Each must be decoded or refused within the time bound, never a panic, never an
+/// allocation of what the file only declares.
+#[test]
+fn fuzz_bomb_structures() {
+    quiet_panics();
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let prog = std::fs::read(fixtures.join("decode/progressive.jpg")).unwrap();
+    let segs = jpeg_segments(&prog);
+    assert_eq!(
+        segs.concat(),
+        prog,
+        "the segments put back together are the file"
+    );
+    let scans: Vec<usize> = (0..segs.len())
+        .filter(|&i| segs[i].starts_with(&[0xFF, 0xDA]))
+        .collect();
+    assert!(scans.len() >= 2, "{} scans", scans.len());
+    let mut rng = SplitMix64(seed() ^ 3);
+    let mut t = Tally::default();
+    let limit = 4_000_000u64;
+    for i in 0..(iters() / 3).max(30) {
+        let mut out: Vec<u8> = Vec::new();
+        for (k, seg) in segs.iter().enumerate() {
+            let mut seg = seg.clone();
+            // a frame header declaring another size
+            if seg.len() > 9 && (seg[1] == 0xC2 || seg[1] == 0xC0) && rng.below(2) == 0 {
+                let side = [16u16, 1000, 8000, 20000][rng.below(4)];
+                seg[5..7].copy_from_slice(&side.to_be_bytes());
+                seg[7..9].copy_from_slice(&side.to_be_bytes());
+            }
+            let copies = if scans.contains(&k) {
+                match rng.below(4) {
+                    0 => 0,
+                    1 => 1,
+                    2 => 1 + rng.below(50),
+                    _ => 1 + rng.below(3000),
+                }
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                out.extend_from_slice(&seg);
+            }
+        }
+        one(
+            &mut t,
+            &format!("jpeg scans #{i}"),
+            Duration::from_secs(5),
+            || match decode_bytes_limited(&out, limit) {
+                Ok(img) => Ok((img.width() as u64) * (img.height() as u64) <= limit),
+                Err(e) => Err(e.to_string()),
+            },
+        );
+    }
+    t.report("JPEG scan structures");
+
+    let zip = std::fs::read(fixtures.join("tiny_zip.pth")).unwrap();
+    let find = |sig: &[u8]| -> Vec<usize> {
+        (0..zip.len().saturating_sub(3))
+            .filter(|&i| &zip[i..i + 4] == sig)
+            .collect()
+    };
+    // (record start, field offsets of 32-bit sizes/offsets, of 16-bit counts)
+    let mut fields: Vec<(usize, u8)> = Vec::new();
+    for at in find(b"PK\x03\x04") {
+        fields.extend([(at + 18, 4), (at + 22, 4), (at + 26, 2), (at + 28, 2)]);
+    }
+    for at in find(b"PK\x01\x02") {
+        fields.extend([(at + 20, 4), (at + 24, 4), (at + 42, 4), (at + 28, 2)]);
+    }
+    for at in find(b"PK\x05\x06") {
+        fields.extend([(at + 8, 2), (at + 10, 2), (at + 12, 4), (at + 16, 4)]);
+    }
+    assert!(fields.len() >= 12, "{} zip fields", fields.len());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bomb.pth");
+    let mut t = Tally::default();
+    for i in 0..(iters() / 2).max(40) {
+        let mut z = zip.clone();
+        for _ in 0..1 + rng.below(3) {
+            let (at, width) = fields[rng.below(fields.len())];
+            let v: u32 = [u32::MAX, 0x7FFF_FFFF, 4 << 30 >> 2, 1 << 20, 0, 1][rng.below(6)];
+            if width == 4 {
+                z[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            } else {
+                z[at..at + 2].copy_from_slice(&(v as u16).to_le_bytes());
+            }
+        }
+        std::fs::write(&path, &z).unwrap();
+        one(
+            &mut t,
+            &format!("zip records #{i}"),
+            Duration::from_secs(5),
+            || match whisker::weights::StateDict::from_file(&path) {
+                Ok(sd) => Ok(sd
+                    .tensors
+                    .values()
+                    .all(|v| v.data.len() == v.shape.iter().product::<usize>())),
+                Err(e) => Err(e.to_string()),
+            },
+        );
+    }
+    t.report("zip records");
 }
 
 #[test]
