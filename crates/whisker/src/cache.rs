@@ -199,7 +199,7 @@ impl Cache {
         let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
         std::io::copy(
             &mut (&mut src).take(crate::io::MAX_WEIGHTS_FILE + 1),
-            &mut tmp,
+            tmp.as_file_mut(),
         )
         .map_err(|e| Error::io(file, e))?;
         let (_, candidate) = tmp.keep().map_err(|e| Error::io(&dir, e.error))?;
@@ -331,7 +331,7 @@ impl Cache {
                 path: whl.clone(),
                 reason: e.to_string(),
             })?;
-            std::io::copy(&mut m.take(crate::io::MAX_WEIGHTS_FILE), &mut tmp)
+            std::io::copy(&mut m.take(crate::io::MAX_WEIGHTS_FILE), tmp.as_file_mut())
                 .map_err(|e| Error::io(&whl, e))?;
         }
         let (_, candidate) = tmp.keep().map_err(|e| Error::io(&dir, e.error))?;
