@@ -174,7 +174,7 @@ fn fuzz_image_decoder() {
         })
         .collect();
     // bitmaps of every kind whisker's own BMP decoder reads: RLE4, RLE8 (top-down, with
-    // deltas), 5-6-5 bitfields, an OS/2 v2 header, a DIB without a file header, icons, a float map
+    // deltas), 5-6-5 bitfields, an OS/2 v2 header, a DIB without a file header, icons, a float map, TIFFs of the tiff-crate path (2/4-bit grey, BigTIFF, YCbCr JPEG)
     let pillow = testdata("pillow-images");
     for name in [
         "bmp/g/pal4rle.bmp",
@@ -187,6 +187,10 @@ fn fuzz_image_decoder() {
         "black_and_white.ico",
         "hopper_mask.ico",
         "hopper_be.pfm",
+        "tiff_gray_2_4_bpp/hopper2R.tif",
+        "tiff_gray_2_4_bpp/hopper4I.tif",
+        "hopper_bigtiff.tif",
+        "child_ifd.tiff",
     ] {
         seeds.push((name.into(), std::fs::read(pillow.join(name)).unwrap()));
     }
@@ -194,7 +198,7 @@ fn fuzz_image_decoder() {
     // the DIB's header and a few rows (a truncated raster is a clean refusal too)
     seeds.push(("clipboard.dib".into(), dib[..4096].to_vec()));
     seeds.sort();
-    assert!(seeds.len() >= 21, "seeds: {}", seeds.len());
+    assert!(seeds.len() >= 25, "seeds: {}", seeds.len());
     let pre = Preprocess {
         resize: 40,
         crop: 32,

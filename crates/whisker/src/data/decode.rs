@@ -1,7 +1,7 @@
 //! Decoding image files to RGB u8, recognising the format by content (a PNG named `.jpg`
 //! still loads). JPEG (baseline, progressive, CMYK), PNG (8/16-bit, grey, alpha, palette),
-//! GIF (first frame), BMP and DIB (own decoder, as Pillow reads them), WebP, TIFF (8/16-bit,
-//! float), PPM/PGM/PBM, grey PFM, TGA and ICO (the largest image).
+//! GIF (first frame), BMP and DIB (own decoder, as Pillow reads them), WebP, TIFF (1–16-bit,
+//! float, BigTIFF, YCbCr), PPM/PGM/PBM, grey PFM, TGA and ICO (the largest image).
 
 use std::io::Read;
 use std::path::Path;
@@ -241,12 +241,23 @@ pub fn decode_bytes_limited(
     }
     // the decoders of the image crate are not all hardened (a hostile TIFF made one panic):
     // a panic in any of them is a refusal of the file, never the end of the process
-    match catch_quietly(|| decode_generic(bytes, max_pixels)) {
+    let guarded = |f: &dyn Fn() -> std::result::Result<RgbImage, DecodeFailure>| match catch_quietly(
+        std::panic::AssertUnwindSafe(f),
+    ) {
         Ok(r) => r,
         Err(p) => Err(DecodeFailure::Invalid(format!(
             "the decoder failed on corrupt data ({})",
             panic_text(p.as_ref())
         ))),
+    };
+    let generic = guarded(&|| decode_generic(bytes, max_pixels));
+    match generic {
+        // TIFFs the image crate does not convert (BigTIFF, 1/2/4-bit and signed grey, YCbCr
+        // JPEG): through the tiff crate, as Pillow converts them
+        Err(DecodeFailure::Invalid(_)) if super::tiff::looks_like_tiff(bytes) => {
+            guarded(&|| super::tiff::decode(bytes, max_pixels))
+        }
+        r => r,
     }
 }
 

@@ -8,6 +8,7 @@ pub mod digits;
 pub mod download;
 pub(crate) mod pfm;
 pub mod resize;
+pub(crate) mod tiff;
 pub mod transforms;
 
 pub use decode::{decode_bytes, decode_file};
