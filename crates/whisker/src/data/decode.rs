@@ -250,6 +250,9 @@ pub fn decode_bytes_limited(
             panic_text(p.as_ref())
         ))),
     };
+    if super::tiff::looks_like_tiff(bytes) && super::tiff::is_cmyk(bytes) {
+        return guarded(&|| super::tiff::decode(bytes, max_pixels));
+    }
     let generic = guarded(&|| decode_generic(bytes, max_pixels));
     match generic {
         // TIFFs the image crate does not convert (BigTIFF, 1/2/4-bit and signed grey, YCbCr
@@ -408,7 +411,34 @@ fn decode_generic(bytes: &[u8], max_pixels: u64) -> std::result::Result<RgbImage
     limits.max_alloc = Some(pixels.saturating_mul(16).saturating_add(64 << 20));
     reader.limits(limits);
     let img = reader.decode().map_err(|e| format!("{format:?}: {e}"))?;
+    if format == image::ImageFormat::Tiff && super::tiff::associated_alpha(bytes) {
+        return Ok(unpremultiplied(img));
+    }
     Ok(to_rgb8(img))
+}
+
+/// Colours stored multiplied by their alpha (a TIFF's associated alpha), as Pillow unpacks
+/// them (`RGBa`, `RGBa;16N`): each 8-bit sample (a 16-bit one's high byte) × 255 / alpha,
+/// truncated and clipped; a transparent pixel black; then the alpha dropped.
+fn unpremultiplied(img: image::DynamicImage) -> RgbImage {
+    let (w, h) = (img.width(), img.height());
+    let rgba: Vec<[u8; 4]> = match img {
+        image::DynamicImage::ImageRgba16(i) => i
+            .as_raw()
+            .chunks_exact(4)
+            .map(|p| [p[0], p[1], p[2], p[3]].map(|v| (v >> 8) as u8))
+            .collect(),
+        other => other.to_rgba8().pixels().map(|p| p.0).collect(),
+    };
+    let raw: Vec<u8> = rgba
+        .iter()
+        .flat_map(|&[r, g, b, a]| match a {
+            0 => [0; 3],
+            255 => [r, g, b],
+            a => [r, g, b].map(|c| (c as u32 * 255 / a as u32).min(255) as u8),
+        })
+        .collect();
+    RgbImage::from_raw(w, h, raw).expect("size matches")
 }
 
 /// The most scans a JPEG may have: real progressive files have about ten (libjpeg's
@@ -508,10 +538,30 @@ fn decode_jpeg_libjpeg(
     let res = catch_quietly(|| -> std::result::Result<Option<RgbImage>, DecodeFailure> {
         let d = Decompress::new_mem(bytes).map_err(|e| format!("JPEG: {e}"))?;
         check_size(d.width() as u64, d.height() as u64, max_pixels)?;
-        if matches!(d.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK) {
-            return Ok(None);
-        }
         let _big = big_guard(d.width() as u64 * d.height() as u64);
+        if matches!(d.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK) {
+            // as Pillow: libjpeg's CMYK (YCCK converted by libjpeg), inverted when an Adobe
+            // segment says so, then Pillow's CMYK → RGB
+            let mut started = d
+                .to_colorspace(ColorSpace::JCS_CMYK)
+                .map_err(|e| format!("JPEG: {e}"))?;
+            let (w, h) = (started.width() as u32, started.height() as u32);
+            let cmyk: Vec<u8> = started
+                .read_scanlines::<u8>()
+                .map_err(|e| format!("JPEG: {e}"))?;
+            started.finish().map_err(|e| format!("JPEG: {e}"))?;
+            let inverted = jpeg_has_adobe_segment(bytes);
+            let rgb: Vec<u8> = cmyk
+                .chunks_exact(4)
+                .flat_map(|p| {
+                    let p = [p[0], p[1], p[2], p[3]];
+                    cmyk_to_rgb(if inverted { p.map(|v| 255 - v) } else { p })
+                })
+                .collect();
+            return RgbImage::from_raw(w, h, rgb)
+                .map(Some)
+                .ok_or_else(|| "JPEG: decoded size does not match".into());
+        }
         let mut started = d.rgb().map_err(|e| format!("JPEG: {e}"))?;
         let (w, h) = (started.width() as u32, started.height() as u32);
         let data: Vec<u8> = started
@@ -529,6 +579,34 @@ fn decode_jpeg_libjpeg(
             panic_text(p.as_ref())
         ))),
     }
+}
+
+/// Whether a JPEG has an Adobe APP14 segment before its first scan (its CMYK is stored
+/// inverted, as Photoshop writes it).
+fn jpeg_has_adobe_segment(b: &[u8]) -> bool {
+    let mut i = 2;
+    while i + 4 <= b.len() && b[i] == 0xFF {
+        let marker = b[i + 1];
+        if marker == 0xDA {
+            break;
+        }
+        let len = u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
+        if marker == 0xEE && b.get(i + 4..i + 9) == Some(&b"Adobe"[..]) {
+            return true;
+        }
+        i += 2 + len;
+    }
+    false
+}
+
+/// Pillow's CMYK → RGB: each of C, M, Y taken from 255 − K, with Pillow's rounding of
+/// `v·(255 − k)/255` (exact against Pillow on 20000 random colours).
+pub(super) fn cmyk_to_rgb([c, m, y, k]: [u8; 4]) -> [u8; 3] {
+    let nk = 255 - k as u32;
+    [c, m, y].map(|v| {
+        let t = v as u32 * nk + 128;
+        (nk - (((t >> 8) + t) >> 8)) as u8
+    })
 }
 
 fn hi_bytes(w: u32, h: u32, raw: &[u16], stride: usize, colours: usize) -> RgbImage {

@@ -2,7 +2,7 @@
 //! turned into bytes as Pillow 13 turns them (`convert("RGB")`): BigTIFF, 1/2/4-bit grey
 //! (Pillow's `L;2`, `L;4`: each value scaled to 0–255 by `v·255/max`; white-is-zero
 //! inverted; fill order 2 bit-reversed), signed 8-bit grey (Pillow reads the bytes as they
-//! are), YCbCr (JFIF's conversion; with JPEG compression the tiff crate's JPEG decoder is
+//! are), CMYK (Pillow's conversion), YCbCr (JFIF's conversion; with JPEG compression the tiff crate's JPEG decoder is
 //! not libjpeg, so pixels may differ by a few levels). What neither reads (palette, CIELab, 12-bit, signed
 //! 16/32-bit, separate planes, LZMA/Fax3/Huffman compression) is refused with the tiff
 //! crate's reason.
@@ -20,6 +20,28 @@ pub(crate) fn looks_like_tiff(b: &[u8]) -> bool {
         || b.starts_with(b"MM\0*")
         || b.starts_with(b"II+\0")
         || b.starts_with(b"MM\0+")
+}
+
+/// Whether a TIFF's first image is CMYK (converted here with Pillow's formula rather than
+/// by the image crate, which rounds differently).
+pub(crate) fn is_cmyk(bytes: &[u8]) -> bool {
+    Decoder::new(std::io::Cursor::new(bytes))
+        .ok()
+        .and_then(|mut d| d.colortype().ok())
+        .is_some_and(|c| matches!(c, ColorType::CMYK(8 | 16)))
+}
+
+/// Whether a TIFF's first image stores colours multiplied by alpha (ExtraSamples = 1,
+/// associated alpha), which Pillow divides out.
+pub(crate) fn associated_alpha(bytes: &[u8]) -> bool {
+    Decoder::new(std::io::Cursor::new(bytes))
+        .ok()
+        .and_then(|mut d| {
+            d.find_tag_unsigned_vec::<u16>(Tag::ExtraSamples)
+                .ok()
+                .flatten()
+        })
+        .is_some_and(|v| v.first() == Some(&1))
 }
 
 fn invalid(reason: impl std::fmt::Display) -> DecodeFailure {
@@ -90,6 +112,17 @@ pub(crate) fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeFa
         (ColorType::RGBA(8), DecodingResult::U8(v)) => {
             v.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect()
         }
+        (ColorType::CMYK(8), DecodingResult::U8(v)) => v
+            .chunks_exact(4)
+            .flat_map(|p| super::decode::cmyk_to_rgb([p[0], p[1], p[2], p[3]]))
+            .collect(),
+        // 16-bit samples: the high byte, as Pillow's CMYK;16 unpacking
+        (ColorType::CMYK(16), DecodingResult::U16(v)) => v
+            .chunks_exact(4)
+            .flat_map(|p| {
+                super::decode::cmyk_to_rgb([p[0], p[1], p[2], p[3]].map(|s| (s >> 8) as u8))
+            })
+            .collect(),
         (c, _) => return Err(invalid(format!("{c:?} samples are not read"))),
     };
     if rgb.len() != w * h * 3 {
