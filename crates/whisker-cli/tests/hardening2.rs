@@ -630,3 +630,46 @@ fn item14_fine_tuning_defaults_learn_on_small_digits() {
         "validation loss {last} (ln 10 = 2.30: chance); frozen {frozen}"
     );
 }
+
+/// Item 12: a folder given to `classify` lists the files it could not read (an unknown
+/// format, an empty `.jpg`) with their reasons, in the JSON and on stderr, classifies the
+/// others and exits 1 (they were silently left out).
+#[test]
+fn item12_folders_list_the_files_that_are_not_images() {
+    let home = home_with_weights();
+    let dir = home.path().join("photos");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::copy(testdata("chelsea.png"), dir.join("sub/cat.png")).unwrap();
+    std::fs::write(dir.join("notes.txt"), "not an image").unwrap();
+    std::fs::write(dir.join("sub/empty.jpg"), b"").unwrap();
+    let o = whisker(home.path())
+        .args(["classify", "--json", "-k", "1"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    no_panic(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "{doc}");
+    let by_name = |n: &str| {
+        results
+            .iter()
+            .find(|r| r["image"].as_str().unwrap().ends_with(n))
+            .unwrap_or_else(|| panic!("{n} is not listed: {doc}"))
+    };
+    assert_eq!(by_name("cat.png")["top"][0]["label"], "tiger cat");
+    assert!(by_name("notes.txt")["error"]
+        .as_str()
+        .unwrap()
+        .contains("not a recognised image format"));
+    assert!(by_name("empty.jpg")["error"]
+        .as_str()
+        .unwrap()
+        .contains("the file is empty"));
+    assert!(
+        stderr(&o).contains("2 of 3 files could not be classified"),
+        "{}",
+        stderr(&o)
+    );
+}

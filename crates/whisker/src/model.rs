@@ -447,7 +447,12 @@ mod tests {
         );
         let e = class_index(&labels, "1000").unwrap_err().to_string();
         assert!(e.contains("out of range"), "{e}");
-        // a trained model's class misspelled beyond a suggestion: its few classes are listed
+    }
+
+    /// Issue 25, item 15: a trained model's class misspelled gets a suggestion, or, beyond
+    /// one, the model's few classes listed.
+    #[test]
+    fn item15_a_trained_models_misspelled_class_gets_a_suggestion_or_its_classes() {
         let pets: Vec<String> = ["cat", "dog"].iter().map(|s| s.to_string()).collect();
         let e = class_index(&pets, "dgo").unwrap_err().to_string();
         assert!(e.contains("did you mean \"dog\" (1)"), "{e}");

@@ -38,7 +38,8 @@ const TGA16: &str = "16-bit TGA: not read by the image crate's TGA decoder";
 /// the samples agree, the rest (isolated pixels in 151 of 500 rows) are 0 against 255.
 /// Cause not yet established (mozjpeg's libjpeg against Pillow's libjpeg-turbo on corrupt
 /// entropy data is the suspect).
-const BAD_EXIF: &str = "open: 97.2% of the samples identical, isolated pixels differ (issue 25 notes)";
+const BAD_EXIF: &str =
+    "open: 97.2% of the samples identical, isolated pixels differ (issue 25 notes)";
 
 /// Files whose pixels differ from Pillow's, and why.
 const DIFFERENT: &[(&str, &str)] = &[
@@ -121,7 +122,7 @@ enum Outcome {
 }
 
 #[test]
-fn decoding_agrees_with_pillow_on_its_own_test_images() {
+fn item5_decoding_agrees_with_pillow_on_its_own_test_images() {
     let dir = testdata("pillow-images");
     let table = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/pillow_images.tsv"),

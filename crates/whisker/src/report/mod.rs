@@ -546,7 +546,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn contact_sheets_keep_the_aspect_ratio() {
+    fn item15_contact_sheets_keep_the_aspect_ratio_and_draw_nothing_over_pictures() {
         let dir = tempfile::tempdir().unwrap();
         let wide = RgbImage::from_pixel(400, 100, Rgb([0, 0, 255]));
         let p = dir.path().join("sheet.png");
@@ -574,7 +574,7 @@ mod tests {
     }
 
     #[test]
-    fn captions_never_round_an_uncertain_probability_to_certainty() {
+    fn item15_captions_never_round_an_uncertain_probability_to_certainty() {
         assert_eq!(probability_text(0.9996), ">99.9%");
         assert_eq!(probability_text(1.0), "100%");
         assert_eq!(probability_text(0.8734), "87.3%");
