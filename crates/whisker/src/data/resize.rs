@@ -1,7 +1,9 @@
-//! Antialiased bilinear resizing, equal byte for byte to Pillow's
-//! `Image.resize(size, Image.BILINEAR)` (what torchvision's `Resize` does to a PIL image).
+//! Antialiased resizing, equal byte for byte to Pillow's `Image.resize(size, Image.BILINEAR)`
+//! (what torchvision's `Resize` does to a PIL image) and `Image.BICUBIC` (timm's and DINOv2's
+//! transforms).
 //!
-//! Pillow's algorithm: a triangle filter whose support grows with the downscaling factor;
+//! Pillow's algorithm: a filter (triangle, or the cubic convolution with a = −0.5) whose
+//! support grows with the downscaling factor;
 //! coefficients computed in f64, normalised, then turned into 22-bit fixed point; two
 //! separable passes (horizontal first, over only the rows the vertical pass will read),
 //! each rounding to u8.
@@ -19,21 +21,66 @@ struct Coeffs {
     ksize: usize,
 }
 
-fn triangle(x: f64) -> f64 {
-    let x = x.abs();
-    if x < 1.0 {
-        1.0 - x
-    } else {
-        0.0
+/// The resampling filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filter {
+    /// Pillow's BILINEAR: the triangle filter, support 1.
+    #[default]
+    Bilinear,
+    /// Pillow's BICUBIC: Keys' cubic convolution with a = −0.5, support 2.
+    Bicubic,
+}
+
+impl Filter {
+    /// The filter's half-width at scale 1.
+    fn support(self) -> f64 {
+        match self {
+            Filter::Bilinear => 1.0,
+            Filter::Bicubic => 2.0,
+        }
+    }
+
+    /// The filter's weight at distance `x`.
+    fn weight(self, x: f64) -> f64 {
+        let x = x.abs();
+        match self {
+            Filter::Bilinear => {
+                if x < 1.0 {
+                    1.0 - x
+                } else {
+                    0.0
+                }
+            }
+            Filter::Bicubic => {
+                const A: f64 = -0.5;
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+
+    /// The name Pillow and torchvision use (`bilinear`, `bicubic`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Filter::Bilinear => "bilinear",
+            Filter::Bicubic => "bicubic",
+        }
     }
 }
 
-/// Pillow's bilinear weights for one dimension, in floating point and normalised: for each
+/// Pillow's weights of `filter` for one dimension, in floating point and normalised: for each
 /// output pixel in `outputs`, the first input index and the weights of the inputs from there;
 /// plus the largest number of taps (Pillow's `ksize`). Each output pixel's weights depend only
 /// on its own index, so computing a window of the output gives the same numbers as computing
 /// all of it.
 fn float_weights(
+    filter: Filter,
     in_size: usize,
     out_size: usize,
     outputs: std::ops::Range<usize>,
@@ -41,7 +88,7 @@ fn float_weights(
     let (in0, in1) = (0.0f64, in_size as f32 as f64);
     let scale = (in1 - in0) / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = filterscale; // bilinear support is 1
+    let support = filter.support() * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
     let ss = 1.0 / filterscale;
     let rows = outputs
@@ -50,7 +97,7 @@ fn float_weights(
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
             let w: Vec<f64> = (0..xmax.saturating_sub(xmin))
-                .map(|x| triangle((x as f64 + xmin as f64 - center + 0.5) * ss))
+                .map(|x| filter.weight((x as f64 + xmin as f64 - center + 0.5) * ss))
                 .collect();
             let ww: f64 = w.iter().sum();
             (
@@ -80,7 +127,7 @@ pub fn bilinear_matrix_rows(
 ) -> Vec<f32> {
     let n = outputs.len();
     let mut m = vec![0f32; n * in_size];
-    for (r, (xmin, w)) in float_weights(in_size, out_size, outputs)
+    for (r, (xmin, w)) in float_weights(Filter::Bilinear, in_size, out_size, outputs)
         .1
         .into_iter()
         .enumerate()
@@ -93,8 +140,13 @@ pub fn bilinear_matrix_rows(
 }
 
 /// The same weights in Pillow's 22-bit fixed point, for the outputs `outputs`.
-fn precompute(in_size: usize, out_size: usize, outputs: std::ops::Range<usize>) -> Coeffs {
-    let (ksize, rows) = float_weights(in_size, out_size, outputs);
+fn precompute(
+    filter: Filter,
+    in_size: usize,
+    out_size: usize,
+    outputs: std::ops::Range<usize>,
+) -> Coeffs {
+    let (ksize, rows) = float_weights(filter, in_size, out_size, outputs);
     let mut bounds = Vec::with_capacity(rows.len());
     let mut k = vec![0i32; rows.len() * ksize];
     for (xx, (xmin, w)) in rows.into_iter().enumerate() {
@@ -149,10 +201,31 @@ pub fn resize_bilinear(img: &RgbImage, width: u32, height: u32) -> RgbImage {
     resize_window(img, w, h, Window::full(w, h))
 }
 
+/// Resize an RGB image to exactly `width × height` with `filter`, as Pillow does.
+pub fn resize_with(img: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage {
+    let (w, h) = (width as usize, height as usize);
+    resize_window_with(img, w, h, Window::full(w, h), filter)
+}
+
 /// The window `win` of the image Pillow's BILINEAR resize to `out_w × out_h` would give, byte
 /// for byte, computing only that window: memory and time follow the window, not the resized
 /// image (a 1 × 20,000 strip resized to a shorter side of 256 is 5 million pixels long).
 pub fn resize_window(img: &RgbImage, out_w: usize, out_h: usize, win: Window) -> RgbImage {
+    resize_window_with(img, out_w, out_h, win, Filter::Bilinear)
+}
+
+/// [`resize_window`] with any of Pillow's filters.
+///
+/// The two passes run in Pillow 13's order: horizontal first, unless the height shrinks by
+/// more than twice as many pixels as the width (then vertical first); each pass rounds to
+/// u8, so the order is part of the result.
+pub fn resize_window_with(
+    img: &RgbImage,
+    out_w: usize,
+    out_h: usize,
+    win: Window,
+    filter: Filter,
+) -> RgbImage {
     let (iw, ih) = (img.width() as usize, img.height() as usize);
     let (ow, oh) = (out_w, out_h);
     assert!(
@@ -166,71 +239,121 @@ pub fn resize_window(img: &RgbImage, out_w: usize, out_h: usize, win: Window) ->
     let src = img.as_raw();
     let need_h = iw != ow;
     let need_v = ih != oh;
+    let shrink_h = ih as i64 - oh as i64;
+    let vertical_first = shrink_h > 0 && shrink_h > (iw as i64 - ow as i64) * 2;
+    let horiz = need_h.then(|| precompute(filter, iw, ow, win.x..win.x + cw));
+    let vert = need_v.then(|| precompute(filter, ih, oh, win.y..win.y + ch));
+    // the input span `[first, last)` a pass's coefficients read
+    let span = |c: &Option<Coeffs>, start: usize, len: usize, size: usize| match c {
+        Some(c) => {
+            let first = c.bounds.iter().map(|b| b.0).min().unwrap_or(0);
+            let last = c.bounds.iter().map(|b| b.0 + b.1).max().unwrap_or(first);
+            (first, last.max(first + 1).min(size))
+        }
+        None => (start, start + len),
+    };
+    if vertical_first {
+        // vertical pass over the input columns the horizontal pass will read, then the
+        // horizontal pass over its rows
+        let (c0, c1) = span(&horiz, win.x, cw, iw);
+        let tw = c1 - c0;
+        let tmp = match &vert {
+            Some(v) => vertical(src, iw, c0, tw, v, 0),
+            None => copy_window(src, iw, c0, win.y, tw, ch),
+        };
+        let out = match &horiz {
+            Some(h) => horizontal(&tmp, tw, 0..ch, h, c0),
+            None => tmp,
+        };
+        return RgbImage::from_raw(cw as u32, ch as u32, out).expect("size matches");
+    }
+    // horizontal pass over only the input rows the vertical pass will read
+    let (r0, r1) = span(&vert, win.y, ch, ih);
+    let tmp = match &horiz {
+        Some(h) => horizontal(src, iw, r0..r1, h, 0),
+        None => copy_window(src, iw, win.x, r0, cw, r1 - r0),
+    };
+    let out = match &vert {
+        Some(v) => vertical(&tmp, cw, 0, cw, v, r0),
+        None => tmp,
+    };
+    RgbImage::from_raw(cw as u32, ch as u32, out).expect("size matches")
+}
+
+/// The `w × h` block at `(x, y)` of an RGB buffer `stride` pixels wide.
+fn copy_window(src: &[u8], stride: usize, x: usize, y: usize, w: usize, h: usize) -> Vec<u8> {
+    let mut out = vec![0u8; w * h * 3];
+    for (r, o) in out.chunks_exact_mut(w * 3).enumerate() {
+        let start = ((y + r) * stride + x) * 3;
+        o.copy_from_slice(&src[start..start + w * 3]);
+    }
+    out
+}
+
+/// Pillow's horizontal pass: for the rows `rows` of `src` (`width` pixels a row), one output
+/// pixel per coefficient row; `col0` is the input column the buffer's column 0 stands for.
+fn horizontal(
+    src: &[u8],
+    width: usize,
+    rows: std::ops::Range<usize>,
+    h: &Coeffs,
+    col0: usize,
+) -> Vec<u8> {
+    let n = h.bounds.len();
     let half = 1i32 << (PRECISION_BITS - 1);
-    let mut vert = need_v.then(|| precompute(ih, oh, win.y..win.y + ch));
-    // The input rows the vertical pass reads (or the window's rows when there is none).
-    let (first, last) = match &vert {
-        Some(v) => {
-            let first = v.bounds.iter().map(|b| b.0).min().unwrap_or(0);
-            let last = v.bounds.iter().map(|b| b.0 + b.1).max().unwrap_or(first);
-            (first, last.max(first + 1).min(ih))
-        }
-        None => (win.y, win.y + ch),
-    };
-    let rows = last - first;
-    // Horizontal pass over those rows, only for the window's columns.
-    let mut tmp = vec![0u8; rows * cw * 3];
-    if need_h {
-        let horiz = precompute(iw, ow, win.x..win.x + cw);
-        tmp.par_chunks_mut(cw * 3).enumerate().for_each(|(y, out)| {
-            let row = &src[(y + first) * iw * 3..(y + first + 1) * iw * 3];
-            for (xx, px) in out.chunks_exact_mut(3).enumerate() {
-                let (xmin, n) = horiz.bounds[xx];
-                let k = &horiz.k[xx * horiz.ksize..xx * horiz.ksize + n];
-                let (mut s0, mut s1, mut s2) = (half, half, half);
-                for (x, &kx) in k.iter().enumerate() {
-                    let p = &row[(xmin + x) * 3..(xmin + x) * 3 + 3];
-                    s0 = s0.wrapping_add(p[0] as i32 * kx);
-                    s1 = s1.wrapping_add(p[1] as i32 * kx);
-                    s2 = s2.wrapping_add(p[2] as i32 * kx);
-                }
-                px[0] = clip8(s0);
-                px[1] = clip8(s1);
-                px[2] = clip8(s2);
+    let mut out = vec![0u8; rows.len() * n * 3];
+    out.par_chunks_mut(n * 3).enumerate().for_each(|(y, o)| {
+        let row = &src[(y + rows.start) * width * 3..(y + rows.start + 1) * width * 3];
+        for (xx, px) in o.chunks_exact_mut(3).enumerate() {
+            let (xmin, taps) = h.bounds[xx];
+            let k = &h.k[xx * h.ksize..xx * h.ksize + taps];
+            let (mut s0, mut s1, mut s2) = (half, half, half);
+            for (x, &kx) in k.iter().enumerate() {
+                let i = (xmin - col0 + x) * 3;
+                s0 = s0.wrapping_add(row[i] as i32 * kx);
+                s1 = s1.wrapping_add(row[i + 1] as i32 * kx);
+                s2 = s2.wrapping_add(row[i + 2] as i32 * kx);
             }
-        });
-    } else {
-        for (y, out) in tmp.chunks_exact_mut(cw * 3).enumerate() {
-            let start = ((y + first) * iw + win.x) * 3;
-            out.copy_from_slice(&src[start..start + cw * 3]);
+            px[0] = clip8(s0);
+            px[1] = clip8(s1);
+            px[2] = clip8(s2);
         }
-    }
-    let Some(vert) = vert.as_mut() else {
-        return RgbImage::from_raw(cw as u32, ch as u32, tmp).expect("size matches");
-    };
-    for b in vert.bounds.iter_mut() {
-        b.0 -= first;
-    }
-    let mut out = vec![0u8; cw * ch * 3];
-    out.par_chunks_mut(cw * 3)
+    });
+    out
+}
+
+/// Pillow's vertical pass: for the columns `col0..col0 + cols` of `src` (`width` pixels a
+/// row), one output row per coefficient row; `row0` is the input row the buffer's row 0
+/// stands for.
+fn vertical(
+    src: &[u8],
+    width: usize,
+    col0: usize,
+    cols: usize,
+    v: &Coeffs,
+    row0: usize,
+) -> Vec<u8> {
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let mut out = vec![0u8; v.bounds.len() * cols * 3];
+    out.par_chunks_mut(cols * 3)
         .enumerate()
         .for_each(|(yy, orow)| {
-            let (ymin, n) = vert.bounds[yy];
-            let k = &vert.k[yy * vert.ksize..yy * vert.ksize + n];
+            let (ymin, taps) = v.bounds[yy];
+            let k = &v.k[yy * v.ksize..yy * v.ksize + taps];
             for (xx, px) in orow.chunks_exact_mut(3).enumerate() {
                 let (mut s0, mut s1, mut s2) = (half, half, half);
                 for (y, &ky) in k.iter().enumerate() {
-                    let i = ((ymin + y) * cw + xx) * 3;
-                    s0 = s0.wrapping_add(tmp[i] as i32 * ky);
-                    s1 = s1.wrapping_add(tmp[i + 1] as i32 * ky);
-                    s2 = s2.wrapping_add(tmp[i + 2] as i32 * ky);
+                    let i = ((ymin - row0 + y) * width + col0 + xx) * 3;
+                    s0 = s0.wrapping_add(src[i] as i32 * ky);
+                    s1 = s1.wrapping_add(src[i + 1] as i32 * ky);
+                    s2 = s2.wrapping_add(src[i + 2] as i32 * ky);
                 }
                 px[0] = clip8(s0);
                 px[1] = clip8(s1);
                 px[2] = clip8(s2);
             }
         });
-    RgbImage::from_raw(cw as u32, ch as u32, out).expect("size matches")
+    out
 }
 
 /// The size torchvision's `Resize(size)` gives: shorter side `size`, longer side
