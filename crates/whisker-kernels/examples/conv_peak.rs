@@ -52,10 +52,10 @@ fn main() {
         .build_global()
         .unwrap();
     let isa = Isa::current();
-    let lanes = match isa {
-        Isa::Avx512 => 16.0,
-        Isa::Avx2 => 8.0,
-        Isa::Portable => 4.0,
+    let lanes = match isa.kind() {
+        IsaKind::Avx512 => 16.0,
+        IsaKind::Avx2 => 8.0,
+        IsaKind::Portable => 4.0,
     };
     let peak = threads as f64 * 2.0 * lanes * 2.0 * ghz * 1e9;
     let s = ConvShape::symmetric(batch, size, size, 1, k / 2);
@@ -197,16 +197,16 @@ fn fma_loop(isa: Isa, iters: u64) -> f64 {
                 "ymm15"
             );
         }
-        match isa {
-            Isa::Avx512 => {
+        match isa.kind() {
+            IsaKind::Avx512 => {
                 unsafe { zmm(iters) };
                 return 16.0 * 16.0;
             }
-            Isa::Avx2 => {
+            IsaKind::Avx2 => {
                 unsafe { ymm(iters) };
                 return 16.0 * 8.0;
             }
-            Isa::Portable => {}
+            IsaKind::Portable => {}
         }
     }
     let mut a = [1f32; 32];

@@ -383,9 +383,10 @@ impl DepthwiseBackward {
             .enumerate()
             .for_each(|(row, d)| match isa {
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { dw_row_avx512(&ctx, row, d) },
+                // SAFETY: an `Isa` token for this path exists only where the CPU has the feature.
+                Isa::AVX512 => unsafe { dw_row_avx512(&ctx, row, d) },
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { dw_row_avx2(&ctx, row, d) },
+                Isa::AVX2 => unsafe { dw_row_avx2(&ctx, row, d) },
                 _ => dw_row::<16>(&ctx, row, d),
             });
         Ok(())

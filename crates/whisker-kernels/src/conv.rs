@@ -469,129 +469,133 @@ unsafe fn run_range(
     p0: usize,
     p1: usize,
 ) {
-    let mr = isa.rows();
-    let m = s.n * oh * ow;
-    let (cin, kh, kw, cout) = (wts.cin, wts.kh, wts.kw, wts.cout);
-    let taps = kh * kw;
-    let [pad_t, _, pad_l, _] = s.pad;
-    // A tiny `cin` (an RGB stem) would give the micro-kernel 3-long inner loops: gather each
-    // tile's patches into contiguous rows instead (a small im2col per tile).
-    let gather = cin < 16 && taps > 1;
-    let (ktaps, kcin) = if gather { (1, taps * cin) } else { (taps, cin) };
-    // a 1×1 stride-1 convolution without padding reads pixel p's channels at p·cin
-    let plain = taps == 1 && s.stride == 1 && s.pad == [0; 4] && (oh, ow) == (s.h, s.w);
-    SCRATCH.with(|sc| {
-        let mut sc = sc.borrow_mut();
-        let (ptrs, zeros, patch) = &mut *sc;
-        if zeros.len() < cin {
-            zeros.resize(cin, 0.0);
-        }
-        let zero = zeros.as_ptr() as usize;
-        let mut tb = t0;
-        while tb < t1 {
-            let te = (tb + TILES_PER_BLOCK).min(t1);
-            // tap pointers of the block's tiles: [tile][tap][row]
-            ptrs.clear();
-            ptrs.resize((te - tb) * taps * mr, zero);
-            if gather {
-                patch.clear();
-                patch.resize((te - tb) * mr * kcin, 0.0);
+    // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+    // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+    unsafe {
+        let mr = isa.rows();
+        let m = s.n * oh * ow;
+        let (cin, kh, kw, cout) = (wts.cin, wts.kh, wts.kw, wts.cout);
+        let taps = kh * kw;
+        let [pad_t, _, pad_l, _] = s.pad;
+        // A tiny `cin` (an RGB stem) would give the micro-kernel 3-long inner loops: gather each
+        // tile's patches into contiguous rows instead (a small im2col per tile).
+        let gather = cin < 16 && taps > 1;
+        let (ktaps, kcin) = if gather { (1, taps * cin) } else { (taps, cin) };
+        // a 1×1 stride-1 convolution without padding reads pixel p's channels at p·cin
+        let plain = taps == 1 && s.stride == 1 && s.pad == [0; 4] && (oh, ow) == (s.h, s.w);
+        SCRATCH.with(|sc| {
+            let mut sc = sc.borrow_mut();
+            let (ptrs, zeros, patch) = &mut *sc;
+            if zeros.len() < cin {
+                zeros.resize(cin, 0.0);
             }
-            for tile in tb..te {
-                if plain {
-                    let slots = &mut ptrs[(tile - tb) * mr..(tile - tb + 1) * mr];
-                    for (i, slot) in slots.iter_mut().enumerate() {
-                        let p = (tile * mr + i).min(m - 1);
-                        *slot = x.as_ptr().add(p * cin) as usize;
-                    }
-                    continue;
+            let zero = zeros.as_ptr() as usize;
+            let mut tb = t0;
+            while tb < t1 {
+                let te = (tb + TILES_PER_BLOCK).min(t1);
+                // tap pointers of the block's tiles: [tile][tap][row]
+                ptrs.clear();
+                ptrs.resize((te - tb) * taps * mr, zero);
+                if gather {
+                    patch.clear();
+                    patch.resize((te - tb) * mr * kcin, 0.0);
                 }
-                for i in 0..mr {
-                    let p = (tile * mr + i).min(m - 1);
-                    let (b, rem) = (p / (oh * ow), p % (oh * ow));
-                    let (oy, ox) = (rem / ow, rem % ow);
-                    let ix0 = (ox * s.stride) as isize - pad_l as isize;
-                    // the taps of one kernel row inside the input: [lo, hi)
-                    let lo = (-ix0).clamp(0, kw as isize) as usize;
-                    let hi = (s.w as isize - ix0).clamp(lo as isize, kw as isize) as usize;
-                    for ky in 0..kh {
-                        let iy = (oy * s.stride + ky) as isize - pad_t as isize;
-                        if iy < 0 || iy as usize >= s.h || lo == hi {
-                            continue;
+                for tile in tb..te {
+                    if plain {
+                        let slots = &mut ptrs[(tile - tb) * mr..(tile - tb + 1) * mr];
+                        for (i, slot) in slots.iter_mut().enumerate() {
+                            let p = (tile * mr + i).min(m - 1);
+                            *slot = x.as_ptr().add(p * cin) as usize;
                         }
-                        // the input pixel under tap kx is at0 + kx (≥ 0 for kx ≥ lo)
-                        let at0 = ((b * s.h + iy as usize) * s.w) as isize + ix0;
-                        let at = |kx: usize| (at0 + kx as isize) as usize * cin;
-                        if gather {
-                            // one contiguous run of (hi − lo)·cin values per kernel row
-                            let row = ((tile - tb) * mr + i) * kcin + ky * kw * cin;
-                            patch[row + lo * cin..row + hi * cin]
-                                .copy_from_slice(&x[at(lo)..at(hi)]);
-                        } else {
-                            for kx in lo..hi {
-                                let slot = ((tile - tb) * taps + ky * kw + kx) * mr + i;
-                                ptrs[slot] = x.as_ptr().add(at(kx)) as usize;
+                        continue;
+                    }
+                    for i in 0..mr {
+                        let p = (tile * mr + i).min(m - 1);
+                        let (b, rem) = (p / (oh * ow), p % (oh * ow));
+                        let (oy, ox) = (rem / ow, rem % ow);
+                        let ix0 = (ox * s.stride) as isize - pad_l as isize;
+                        // the taps of one kernel row inside the input: [lo, hi)
+                        let lo = (-ix0).clamp(0, kw as isize) as usize;
+                        let hi = (s.w as isize - ix0).clamp(lo as isize, kw as isize) as usize;
+                        for ky in 0..kh {
+                            let iy = (oy * s.stride + ky) as isize - pad_t as isize;
+                            if iy < 0 || iy as usize >= s.h || lo == hi {
+                                continue;
+                            }
+                            // the input pixel under tap kx is at0 + kx (≥ 0 for kx ≥ lo)
+                            let at0 = ((b * s.h + iy as usize) * s.w) as isize + ix0;
+                            let at = |kx: usize| (at0 + kx as isize) as usize * cin;
+                            if gather {
+                                // one contiguous run of (hi − lo)·cin values per kernel row
+                                let row = ((tile - tb) * mr + i) * kcin + ky * kw * cin;
+                                patch[row + lo * cin..row + hi * cin]
+                                    .copy_from_slice(&x[at(lo)..at(hi)]);
+                            } else {
+                                for kx in lo..hi {
+                                    let slot = ((tile - tb) * taps + ky * kw + kx) * mr + i;
+                                    ptrs[slot] = x.as_ptr().add(at(kx)) as usize;
+                                }
                             }
                         }
                     }
                 }
-            }
-            if gather {
-                ptrs.clear();
-                for r in 0..(te - tb) * mr {
-                    ptrs.push(patch.as_ptr().add(r * kcin) as usize);
-                }
-            }
-            for p in p0..p1 {
-                let (off, wp) = (wts.offsets[p], wts.widths[p]);
-                let col0 = p * NR;
-                let cols = (cout - col0).min(wp);
-                let bpanel = wts.data.as_ptr().add(off);
-                let bias = wts.bias.as_ptr().add(col0);
-                // K blocks: the whole K when its weights fit in L1, else one tap and at most
-                // KC channels at a time, accumulated in the output.
-                let whole = ktaps * kcin * wp * 4 <= L1_WEIGHTS;
-                let per_tap = kcin.div_ceil(KC);
-                let nk = if whole { 1 } else { ktaps * per_tap };
-                for kb in 0..nk {
-                    let (tap, c0, c1) = if whole {
-                        (0, 0, kcin)
-                    } else {
-                        let c0 = (kb % per_tap) * KC;
-                        (kb / per_tap, c0, (c0 + KC).min(kcin))
-                    };
-                    for tile in tb..te {
-                        let row0 = tile * mr;
-                        let rows = (m - row0).min(mr);
-                        let a = ptrs.as_ptr().add(((tile - tb) * ktaps + tap) * mr)
-                            as *const *const f32;
-                        let o = out.add(row0 * cout + col0);
-                        let r = residual
-                            .map_or(std::ptr::null(), |r| r.as_ptr().add(row0 * cout + col0));
-                        let t = Tile {
-                            a,
-                            taps: if whole { ktaps } else { 1 },
-                            cin: c1 - c0,
-                            coff: c0,
-                            b: bpanel.add((tap * kcin + c0) * wp),
-                            ldb: wp,
-                            bias,
-                            out: o,
-                            ldo: cout,
-                            res: r,
-                            rows,
-                            cols,
-                            act,
-                            accumulate: kb > 0,
-                            last: kb + 1 == nk,
-                        };
-                        micro(isa, &t, wp);
+                if gather {
+                    ptrs.clear();
+                    for r in 0..(te - tb) * mr {
+                        ptrs.push(patch.as_ptr().add(r * kcin) as usize);
                     }
                 }
+                for p in p0..p1 {
+                    let (off, wp) = (wts.offsets[p], wts.widths[p]);
+                    let col0 = p * NR;
+                    let cols = (cout - col0).min(wp);
+                    let bpanel = wts.data.as_ptr().add(off);
+                    let bias = wts.bias.as_ptr().add(col0);
+                    // K blocks: the whole K when its weights fit in L1, else one tap and at most
+                    // KC channels at a time, accumulated in the output.
+                    let whole = ktaps * kcin * wp * 4 <= L1_WEIGHTS;
+                    let per_tap = kcin.div_ceil(KC);
+                    let nk = if whole { 1 } else { ktaps * per_tap };
+                    for kb in 0..nk {
+                        let (tap, c0, c1) = if whole {
+                            (0, 0, kcin)
+                        } else {
+                            let c0 = (kb % per_tap) * KC;
+                            (kb / per_tap, c0, (c0 + KC).min(kcin))
+                        };
+                        for tile in tb..te {
+                            let row0 = tile * mr;
+                            let rows = (m - row0).min(mr);
+                            let a = ptrs.as_ptr().add(((tile - tb) * ktaps + tap) * mr)
+                                as *const *const f32;
+                            let o = out.add(row0 * cout + col0);
+                            let r = residual
+                                .map_or(std::ptr::null(), |r| r.as_ptr().add(row0 * cout + col0));
+                            let t = Tile {
+                                a,
+                                taps: if whole { ktaps } else { 1 },
+                                cin: c1 - c0,
+                                coff: c0,
+                                b: bpanel.add((tap * kcin + c0) * wp),
+                                ldb: wp,
+                                bias,
+                                out: o,
+                                ldo: cout,
+                                res: r,
+                                rows,
+                                cols,
+                                act,
+                                accumulate: kb > 0,
+                                last: kb + 1 == nk,
+                            };
+                            micro(isa, &t, wp);
+                        }
+                    }
+                }
+                tb = te;
             }
-            tb = te;
-        }
-    });
+        });
+    }
 }
 
 /// Bytes of a weight panel's K block kept in L1 while a block of tiles goes by.
@@ -622,40 +626,44 @@ pub(crate) struct Tile {
 }
 
 pub(crate) unsafe fn micro(isa: Isa, t: &Tile, wp: usize) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // a tile of fewer rows (a batch-1 linear layer, a map's last pixels) computes only
-        // those: no products for the rows that repeat the last one
-        Isa::Avx512 => match (wp / 16, t.rows) {
-            (1, 1) => x86::tile_avx512::<1, 1>(t),
-            (1, 2) => x86::tile_avx512::<1, 2>(t),
-            (1, _) => x86::tile_avx512::<1, 6>(t),
-            (2, 1) => x86::tile_avx512::<2, 1>(t),
-            (2, 2) => x86::tile_avx512::<2, 2>(t),
-            (2, _) => x86::tile_avx512::<2, 6>(t),
-            (3, 1) => x86::tile_avx512::<3, 1>(t),
-            (3, 2) => x86::tile_avx512::<3, 2>(t),
-            (3, _) => x86::tile_avx512::<3, 6>(t),
-            (_, 1) => x86::tile_avx512::<4, 1>(t),
-            (_, 2) => x86::tile_avx512::<4, 2>(t),
-            (_, _) => x86::tile_avx512::<4, 6>(t),
-        },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            for c in (0..wp).step_by(16) {
-                if c < t.cols {
-                    match t.rows {
-                        1 => x86::tile_avx2::<1>(&t.shifted(c)),
-                        2 => x86::tile_avx2::<2>(&t.shifted(c)),
-                        _ => x86::tile_avx2::<6>(&t.shifted(c)),
+    // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+    // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // a tile of fewer rows (a batch-1 linear layer, a map's last pixels) computes only
+            // those: no products for the rows that repeat the last one
+            Isa::AVX512 => match (wp / 16, t.rows) {
+                (1, 1) => x86::tile_avx512::<1, 1>(t),
+                (1, 2) => x86::tile_avx512::<1, 2>(t),
+                (1, _) => x86::tile_avx512::<1, 6>(t),
+                (2, 1) => x86::tile_avx512::<2, 1>(t),
+                (2, 2) => x86::tile_avx512::<2, 2>(t),
+                (2, _) => x86::tile_avx512::<2, 6>(t),
+                (3, 1) => x86::tile_avx512::<3, 1>(t),
+                (3, 2) => x86::tile_avx512::<3, 2>(t),
+                (3, _) => x86::tile_avx512::<3, 6>(t),
+                (_, 1) => x86::tile_avx512::<4, 1>(t),
+                (_, 2) => x86::tile_avx512::<4, 2>(t),
+                (_, _) => x86::tile_avx512::<4, 6>(t),
+            },
+            #[cfg(target_arch = "x86_64")]
+            Isa::AVX2 => {
+                for c in (0..wp).step_by(16) {
+                    if c < t.cols {
+                        match t.rows {
+                            1 => x86::tile_avx2::<1>(&t.shifted(c)),
+                            2 => x86::tile_avx2::<2>(&t.shifted(c)),
+                            _ => x86::tile_avx2::<6>(&t.shifted(c)),
+                        }
                     }
                 }
             }
-        }
-        _ => {
-            for c in (0..wp).step_by(16) {
-                if c < t.cols {
-                    tile_portable(&t.shifted(c));
+            _ => {
+                for c in (0..wp).step_by(16) {
+                    if c < t.cols {
+                        tile_portable(&t.shifted(c));
+                    }
                 }
             }
         }
@@ -665,60 +673,68 @@ pub(crate) unsafe fn micro(isa: Isa, t: &Tile, wp: usize) {
 impl Tile {
     /// The same tile restricted to the 16 columns from `c`.
     unsafe fn shifted(&self, c: usize) -> Tile {
-        Tile {
-            a: self.a,
-            taps: self.taps,
-            cin: self.cin,
-            coff: self.coff,
-            b: self.b.add(c),
-            ldb: self.ldb,
-            bias: self.bias.add(c),
-            out: self.out.add(c),
-            ldo: self.ldo,
-            res: if self.res.is_null() {
-                self.res
-            } else {
-                self.res.add(c)
-            },
-            rows: self.rows,
-            cols: (self.cols - c).min(16),
-            act: self.act,
-            accumulate: self.accumulate,
-            last: self.last,
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            Tile {
+                a: self.a,
+                taps: self.taps,
+                cin: self.cin,
+                coff: self.coff,
+                b: self.b.add(c),
+                ldb: self.ldb,
+                bias: self.bias.add(c),
+                out: self.out.add(c),
+                ldo: self.ldo,
+                res: if self.res.is_null() {
+                    self.res
+                } else {
+                    self.res.add(c)
+                },
+                rows: self.rows,
+                cols: (self.cols - c).min(16),
+                act: self.act,
+                accumulate: self.accumulate,
+                last: self.last,
+            }
         }
     }
 }
 
 /// The portable micro-kernel: 4 pixels × 16 channels.
 unsafe fn tile_portable(t: &Tile) {
-    const MR: usize = 4;
-    let mut acc = [[0f32; 16]; MR];
-    let mut bp = t.b;
-    for tap in 0..t.taps {
-        let p: [*const f32; MR] = std::array::from_fn(|i| (*t.a.add(tap * MR + i)).add(t.coff));
-        for c in 0..t.cin {
-            let b: &[f32; 16] = &*(bp as *const [f32; 16]);
-            for i in 0..MR {
-                let a = *p[i].add(c);
-                for j in 0..16 {
-                    acc[i][j] += a * b[j];
+    // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+    // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+    unsafe {
+        const MR: usize = 4;
+        let mut acc = [[0f32; 16]; MR];
+        let mut bp = t.b;
+        for tap in 0..t.taps {
+            let p: [*const f32; MR] = std::array::from_fn(|i| (*t.a.add(tap * MR + i)).add(t.coff));
+            for c in 0..t.cin {
+                let b: &[f32; 16] = &*(bp as *const [f32; 16]);
+                for i in 0..MR {
+                    let a = *p[i].add(c);
+                    for j in 0..16 {
+                        acc[i][j] += a * b[j];
+                    }
                 }
+                bp = bp.add(t.ldb);
             }
-            bp = bp.add(t.ldb);
         }
-    }
-    for (i, row) in acc.iter().enumerate().take(t.rows) {
-        for (j, &v) in row.iter().enumerate().take(t.cols) {
-            let o = t.out.add(i * t.ldo + j);
-            let mut y = if t.accumulate { v + *o } else { v };
-            if t.last {
-                y += *t.bias.add(j);
-                if !t.res.is_null() {
-                    y += *t.res.add(i * t.ldo + j);
+        for (i, row) in acc.iter().enumerate().take(t.rows) {
+            for (j, &v) in row.iter().enumerate().take(t.cols) {
+                let o = t.out.add(i * t.ldo + j);
+                let mut y = if t.accumulate { v + *o } else { v };
+                if t.last {
+                    y += *t.bias.add(j);
+                    if !t.res.is_null() {
+                        y += *t.res.add(i * t.ldo + j);
+                    }
+                    y = t.act.apply(y);
                 }
-                y = t.act.apply(y);
+                *o = y;
             }
-            *o = y;
         }
     }
 }
@@ -732,61 +748,65 @@ mod x86 {
     /// `R` (≤ 6) pixels × `NV`·16 channels, AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile_avx512<const NV: usize, const R: usize>(t: &Tile) {
-        // the row pointers of a tap are 6 apart
-        const STRIDE: usize = 6;
-        const { assert!(R <= STRIDE) };
-        let mut acc = [[_mm512_setzero_ps(); NV]; R];
-        let mut bp = t.b;
-        for tap in 0..t.taps {
-            let p: [*const f32; R] =
-                std::array::from_fn(|i| (*t.a.add(tap * STRIDE + i)).add(t.coff));
-            for c in 0..t.cin {
-                let mut b = [_mm512_setzero_ps(); NV];
-                for (v, bv) in b.iter_mut().enumerate() {
-                    *bv = _mm512_loadu_ps(bp.add(v * 16));
-                }
-                for i in 0..R {
-                    let a = _mm512_set1_ps(*p[i].add(c));
-                    for v in 0..NV {
-                        acc[i][v] = _mm512_fmadd_ps(a, b[v], acc[i][v]);
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            // the row pointers of a tap are 6 apart
+            const STRIDE: usize = 6;
+            const { assert!(R <= STRIDE) };
+            let mut acc = [[_mm512_setzero_ps(); NV]; R];
+            let mut bp = t.b;
+            for tap in 0..t.taps {
+                let p: [*const f32; R] =
+                    std::array::from_fn(|i| (*t.a.add(tap * STRIDE + i)).add(t.coff));
+                for c in 0..t.cin {
+                    let mut b = [_mm512_setzero_ps(); NV];
+                    for (v, bv) in b.iter_mut().enumerate() {
+                        *bv = _mm512_loadu_ps(bp.add(v * 16));
                     }
+                    for i in 0..R {
+                        let a = _mm512_set1_ps(*p[i].add(c));
+                        for v in 0..NV {
+                            acc[i][v] = _mm512_fmadd_ps(a, b[v], acc[i][v]);
+                        }
+                    }
+                    bp = bp.add(t.ldb);
                 }
-                bp = bp.add(t.ldb);
             }
-        }
-        // (LLVM keeps `acc` in registers here although the epilogue indexes it at run time;
-        // it did not in `tile_avx2`: `tools/check-spills.py` watches both)
-        for (i, row) in acc.iter().enumerate() {
-            if i >= t.rows {
-                break;
-            }
-            for (v, &a) in row.iter().enumerate() {
-                let col = v * 16;
-                if col >= t.cols {
+            // (LLVM keeps `acc` in registers here although the epilogue indexes it at run time;
+            // it did not in `tile_avx2`: `tools/check-spills.py` watches both)
+            for (i, row) in acc.iter().enumerate() {
+                if i >= t.rows {
                     break;
                 }
-                let left = t.cols - col;
-                let mask: __mmask16 = if left >= 16 {
-                    0xffff
-                } else {
-                    (1u16 << left) - 1
-                };
-                let o = t.out.add(i * t.ldo + col);
-                let mut y = a;
-                if t.accumulate {
-                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, o));
-                }
-                if t.last {
-                    y = _mm512_add_ps(y, _mm512_loadu_ps(t.bias.add(col)));
-                    if !t.res.is_null() {
-                        y = _mm512_add_ps(
-                            y,
-                            _mm512_maskz_loadu_ps(mask, t.res.add(i * t.ldo + col)),
-                        );
+                for (v, &a) in row.iter().enumerate() {
+                    let col = v * 16;
+                    if col >= t.cols {
+                        break;
                     }
-                    y = F512::act(t.act, F512(y)).0;
+                    let left = t.cols - col;
+                    let mask: __mmask16 = if left >= 16 {
+                        0xffff
+                    } else {
+                        (1u16 << left) - 1
+                    };
+                    let o = t.out.add(i * t.ldo + col);
+                    let mut y = a;
+                    if t.accumulate {
+                        y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, o));
+                    }
+                    if t.last {
+                        y = _mm512_add_ps(y, _mm512_loadu_ps(t.bias.add(col)));
+                        if !t.res.is_null() {
+                            y = _mm512_add_ps(
+                                y,
+                                _mm512_maskz_loadu_ps(mask, t.res.add(i * t.ldo + col)),
+                            );
+                        }
+                        y = F512::act(t.act, F512(y)).0;
+                    }
+                    _mm512_mask_storeu_ps(o, mask, y);
                 }
-                _mm512_mask_storeu_ps(o, mask, y);
             }
         }
     }
@@ -796,94 +816,98 @@ mod x86 {
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn tile_avx2<const R: usize>(t: &Tile) {
-        // the row pointers of a tap are 6 apart
-        const STRIDE: usize = 6;
-        const { assert!(R <= STRIDE) };
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        let mut bp = t.b;
-        for tap in 0..t.taps {
-            let p: [*const f32; R] =
-                std::array::from_fn(|i| (*t.a.add(tap * STRIDE + i)).add(t.coff));
-            for c in 0..t.cin {
-                let b0 = _mm256_loadu_ps(bp);
-                let b1 = _mm256_loadu_ps(bp.add(8));
-                for i in 0..R {
-                    let a = _mm256_broadcast_ss(&*p[i].add(c));
-                    acc[i][0] = _mm256_fmadd_ps(a, b0, acc[i][0]);
-                    acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            // the row pointers of a tap are 6 apart
+            const STRIDE: usize = 6;
+            const { assert!(R <= STRIDE) };
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            let mut bp = t.b;
+            for tap in 0..t.taps {
+                let p: [*const f32; R] =
+                    std::array::from_fn(|i| (*t.a.add(tap * STRIDE + i)).add(t.coff));
+                for c in 0..t.cin {
+                    let b0 = _mm256_loadu_ps(bp);
+                    let b1 = _mm256_loadu_ps(bp.add(8));
+                    for i in 0..R {
+                        let a = _mm256_broadcast_ss(&*p[i].add(c));
+                        acc[i][0] = _mm256_fmadd_ps(a, b0, acc[i][0]);
+                        acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
+                    }
+                    bp = bp.add(t.ldb);
                 }
-                bp = bp.add(t.ldb);
             }
-        }
-        if t.rows == R && t.cols == 16 && t.last {
-            // a whole tile, the last K block: the same epilogue with constant indices only
-            let bias = [_mm256_loadu_ps(t.bias), _mm256_loadu_ps(t.bias.add(8))];
+            if t.rows == R && t.cols == 16 && t.last {
+                // a whole tile, the last K block: the same epilogue with constant indices only
+                let bias = [_mm256_loadu_ps(t.bias), _mm256_loadu_ps(t.bias.add(8))];
+                for i in 0..R {
+                    for v in 0..2 {
+                        let o = t.out.add(i * t.ldo + v * 8);
+                        let mut y = acc[i][v];
+                        if t.accumulate {
+                            y = _mm256_add_ps(y, _mm256_loadu_ps(o));
+                        }
+                        y = _mm256_add_ps(y, bias[v]);
+                        if !t.res.is_null() {
+                            y = _mm256_add_ps(y, _mm256_loadu_ps(t.res.add(i * t.ldo + v * 8)));
+                        }
+                        _mm256_storeu_ps(o, F256::act(t.act, F256(y)).0);
+                    }
+                }
+                return;
+            }
+            // Otherwise the epilogue indexes its rows at run time: it reads a copy made by a loop
+            // small enough to unroll, so `acc` is only ever indexed by constants and stays in
+            // registers through the K loop (indexed at run time, LLVM stored all 12 to the stack
+            // after every multiply-add).
+            let mut done = [[_mm256_setzero_ps(); 2]; R];
             for i in 0..R {
                 for v in 0..2 {
-                    let o = t.out.add(i * t.ldo + v * 8);
-                    let mut y = acc[i][v];
-                    if t.accumulate {
-                        y = _mm256_add_ps(y, _mm256_loadu_ps(o));
-                    }
-                    y = _mm256_add_ps(y, bias[v]);
-                    if !t.res.is_null() {
-                        y = _mm256_add_ps(y, _mm256_loadu_ps(t.res.add(i * t.ldo + v * 8)));
-                    }
-                    _mm256_storeu_ps(o, F256::act(t.act, F256(y)).0);
+                    done[i][v] = acc[i][v];
                 }
             }
-            return;
-        }
-        // Otherwise the epilogue indexes its rows at run time: it reads a copy made by a loop
-        // small enough to unroll, so `acc` is only ever indexed by constants and stays in
-        // registers through the K loop (indexed at run time, LLVM stored all 12 to the stack
-        // after every multiply-add).
-        let mut done = [[_mm256_setzero_ps(); 2]; R];
-        for i in 0..R {
-            for v in 0..2 {
-                done[i][v] = acc[i][v];
-            }
-        }
-        for (i, row) in done.iter().enumerate() {
-            if i >= t.rows {
-                break;
-            }
-            for (v, &a) in row.iter().enumerate() {
-                let col = v * 8;
-                if col >= t.cols {
+            for (i, row) in done.iter().enumerate() {
+                if i >= t.rows {
                     break;
                 }
-                let left = t.cols - col;
-                let o = t.out.add(i * t.ldo + col);
-                if left >= 8 {
-                    let mut y = a;
-                    if t.accumulate {
-                        y = _mm256_add_ps(y, _mm256_loadu_ps(o));
+                for (v, &a) in row.iter().enumerate() {
+                    let col = v * 8;
+                    if col >= t.cols {
+                        break;
                     }
-                    if t.last {
-                        y = _mm256_add_ps(y, _mm256_loadu_ps(t.bias.add(col)));
-                        if !t.res.is_null() {
-                            y = _mm256_add_ps(y, _mm256_loadu_ps(t.res.add(i * t.ldo + col)));
-                        }
-                        y = F256::act(t.act, F256(y)).0;
-                    }
-                    _mm256_storeu_ps(o, y);
-                } else {
-                    let mut tmp = [0f32; 8];
-                    _mm256_storeu_ps(tmp.as_mut_ptr(), a);
-                    for (j, v) in tmp.iter().enumerate().take(left) {
-                        let mut z = *v;
+                    let left = t.cols - col;
+                    let o = t.out.add(i * t.ldo + col);
+                    if left >= 8 {
+                        let mut y = a;
                         if t.accumulate {
-                            z += *o.add(j);
+                            y = _mm256_add_ps(y, _mm256_loadu_ps(o));
                         }
                         if t.last {
-                            z += *t.bias.add(col + j);
+                            y = _mm256_add_ps(y, _mm256_loadu_ps(t.bias.add(col)));
                             if !t.res.is_null() {
-                                z += *t.res.add(i * t.ldo + col + j);
+                                y = _mm256_add_ps(y, _mm256_loadu_ps(t.res.add(i * t.ldo + col)));
                             }
-                            z = t.act.apply(z);
+                            y = F256::act(t.act, F256(y)).0;
                         }
-                        *o.add(j) = z;
+                        _mm256_storeu_ps(o, y);
+                    } else {
+                        let mut tmp = [0f32; 8];
+                        _mm256_storeu_ps(tmp.as_mut_ptr(), a);
+                        for (j, v) in tmp.iter().enumerate().take(left) {
+                            let mut z = *v;
+                            if t.accumulate {
+                                z += *o.add(j);
+                            }
+                            if t.last {
+                                z += *t.bias.add(col + j);
+                                if !t.res.is_null() {
+                                    z += *t.res.add(i * t.ldo + col + j);
+                                }
+                                z = t.act.apply(z);
+                            }
+                            *o.add(j) = z;
+                        }
                     }
                 }
             }

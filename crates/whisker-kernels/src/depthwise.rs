@@ -107,7 +107,7 @@ pub(crate) fn rows_serial(
     // the copy is four times the output, and measured slower.
     let (lo, hi) = s.interior_cols(p.kw, ow);
     let padded = s.stride == 1 && s.pad[2] + s.pad[3] > 0 && (ow - (hi - lo)) * 4 >= ow && r0 < r1;
-    if padded && matches!(isa, Isa::Avx512 | Isa::Avx2) {
+    if padded && matches!(isa, Isa::AVX512 | Isa::AVX2) {
         let (b0, b1) = (r0 / oh, (r1 - 1) / oh + 1);
         let (c, wide) = (p.c, s.w + s.pad[2] + s.pad[3]);
         return PADDED.with(|buf| {
@@ -157,10 +157,10 @@ thread_local! {
 fn dispatch(isa: Isa, ctx: &Ctx, r0: usize, r1: usize, out: &mut [f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
-        Isa::Avx512 => unsafe { x86::rows_avx512(ctx, r0, r1, out) },
+        // SAFETY: an `Isa` token for this path exists only where the CPU has the feature.
+        Isa::AVX512 => unsafe { x86::rows_avx512(ctx, r0, r1, out) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::rows_avx2(ctx, r0, r1, out) },
+        Isa::AVX2 => unsafe { x86::rows_avx2(ctx, r0, r1, out) },
         _ => run_rows::<16, false>(ctx, r0, r1, out),
     }
 }
@@ -185,13 +185,17 @@ mod x86 {
     /// AVX-512F: 16 channels a vector (the last one masked), 8 pixels at a time.
     #[target_feature(enable = "avx512f,fma")]
     pub(super) unsafe fn rows_avx512(ctx: &Ctx, r0: usize, r1: usize, out: &mut [f32]) {
-        rows::<F512, 8>(ctx, r0, r1, out)
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { rows::<F512, 8>(ctx, r0, r1, out) }
     }
 
     /// AVX2 + FMA: 8 channels a vector (a channel tail in scalar code), 4 pixels at a time.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn rows_avx2(ctx: &Ctx, r0: usize, r1: usize, out: &mut [f32]) {
-        rows::<F256, 4>(ctx, r0, r1, out)
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { rows::<F256, 4>(ctx, r0, r1, out) }
     }
 
     /// Output rows `[r0, r1)`, with the kernel width and stride as constants for the common
@@ -199,12 +203,16 @@ mod x86 {
     /// all the pixels and taps that use it).
     #[inline(always)]
     unsafe fn rows<V: Vf, const P: usize>(ctx: &Ctx, r0: usize, r1: usize, out: &mut [f32]) {
-        match (ctx.p.kw, ctx.s.stride) {
-            (3, 1) => rows_k::<V, P, 3, 1>(ctx, r0, r1, out),
-            (3, 2) => rows_k::<V, P, 3, 2>(ctx, r0, r1, out),
-            (5, 1) => rows_k::<V, P, 5, 1>(ctx, r0, r1, out),
-            (5, 2) => rows_k::<V, P, 5, 2>(ctx, r0, r1, out),
-            _ => rows_k::<V, P, 0, 0>(ctx, r0, r1, out),
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            match (ctx.p.kw, ctx.s.stride) {
+                (3, 1) => rows_k::<V, P, 3, 1>(ctx, r0, r1, out),
+                (3, 2) => rows_k::<V, P, 3, 2>(ctx, r0, r1, out),
+                (5, 1) => rows_k::<V, P, 5, 1>(ctx, r0, r1, out),
+                (5, 2) => rows_k::<V, P, 5, 2>(ctx, r0, r1, out),
+                _ => rows_k::<V, P, 0, 0>(ctx, r0, r1, out),
+            }
         }
     }
 
@@ -221,55 +229,59 @@ mod x86 {
         r1: usize,
         out: &mut [f32],
     ) {
-        let (p, s) = (ctx.p, ctx.s);
-        let c = p.c;
-        let kw = if K > 0 { K } else { p.kw };
-        let st = if S > 0 { S } else { s.stride };
-        let pad_l = s.pad[2];
-        // columns whose horizontal taps are all inside the input
-        let (ox_lo, ox_hi) = s.interior_cols(kw, ctx.ow);
-        // Bands of rows whose input (every channel) fits in L2, and in a band one vector of
-        // channels at a time over all the rows: the input lines under a row of outputs are
-        // then few enough to stay in L1 for the next rows that read them.
-        let vec_c = if V::MASKED { c } else { c / V::L * V::L };
-        let band = (BAND_BYTES / (st * s.w * c * 4).max(1)).max(1);
-        for rb in (r0..r1).step_by(band) {
-            for cb in (0..vec_c).step_by(V::L) {
-                let m = V::mask(c - cb);
-                for r in rb..(rb + band).min(r1) {
-                    let (b, oy) = (r / ctx.oh, r % ctx.oh);
-                    let ky = tap_range(oy, st, s.pad[0], p.kh, s.h);
-                    let orow = out.as_mut_ptr().add((r - r0) * ctx.ow * c + cb);
-                    let mut ox = 0;
-                    while ox < ctx.ow {
-                        if ox >= ox_lo && ox + P <= ox_hi {
-                            pixels::<V, P, K, S>(ctx, m, cb, b, oy, ox, ky, (0, kw), orow);
-                            ox += P;
-                        } else if P > 4 && ox >= ox_lo && ox + 4 <= ox_hi {
-                            pixels::<V, 4, K, S>(ctx, m, cb, b, oy, ox, ky, (0, kw), orow);
-                            ox += 4;
-                        } else if ox >= ox_lo && ox + 2 <= ox_hi {
-                            pixels::<V, 2, K, S>(ctx, m, cb, b, oy, ox, ky, (0, kw), orow);
-                            ox += 2;
-                        } else {
-                            let kx = tap_range(ox, st, pad_l, kw, s.w);
-                            pixels::<V, 1, K, S>(ctx, m, cb, b, oy, ox, ky, kx, orow);
-                            ox += 1;
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            let (p, s) = (ctx.p, ctx.s);
+            let c = p.c;
+            let kw = if K > 0 { K } else { p.kw };
+            let st = if S > 0 { S } else { s.stride };
+            let pad_l = s.pad[2];
+            // columns whose horizontal taps are all inside the input
+            let (ox_lo, ox_hi) = s.interior_cols(kw, ctx.ow);
+            // Bands of rows whose input (every channel) fits in L2, and in a band one vector of
+            // channels at a time over all the rows: the input lines under a row of outputs are
+            // then few enough to stay in L1 for the next rows that read them.
+            let vec_c = if V::MASKED { c } else { c / V::L * V::L };
+            let band = (BAND_BYTES / (st * s.w * c * 4).max(1)).max(1);
+            for rb in (r0..r1).step_by(band) {
+                for cb in (0..vec_c).step_by(V::L) {
+                    let m = V::mask(c - cb);
+                    for r in rb..(rb + band).min(r1) {
+                        let (b, oy) = (r / ctx.oh, r % ctx.oh);
+                        let ky = tap_range(oy, st, s.pad[0], p.kh, s.h);
+                        let orow = out.as_mut_ptr().add((r - r0) * ctx.ow * c + cb);
+                        let mut ox = 0;
+                        while ox < ctx.ow {
+                            if ox >= ox_lo && ox + P <= ox_hi {
+                                pixels::<V, P, K, S>(ctx, m, cb, b, oy, ox, ky, (0, kw), orow);
+                                ox += P;
+                            } else if P > 4 && ox >= ox_lo && ox + 4 <= ox_hi {
+                                pixels::<V, 4, K, S>(ctx, m, cb, b, oy, ox, ky, (0, kw), orow);
+                                ox += 4;
+                            } else if ox >= ox_lo && ox + 2 <= ox_hi {
+                                pixels::<V, 2, K, S>(ctx, m, cb, b, oy, ox, ky, (0, kw), orow);
+                                ox += 2;
+                            } else {
+                                let kx = tap_range(ox, st, pad_l, kw, s.w);
+                                pixels::<V, 1, K, S>(ctx, m, cb, b, oy, ox, ky, kx, orow);
+                                ox += 1;
+                            }
                         }
                     }
                 }
             }
-        }
-        // channels no whole vector covers (AVX2): one at a time
-        if vec_c < c {
-            for r in r0..r1 {
-                let (b, oy) = (r / ctx.oh, r % ctx.oh);
-                let ky = tap_range(oy, st, s.pad[0], p.kh, s.h);
-                for ox in 0..ctx.ow {
-                    let kx = tap_range(ox, st, pad_l, kw, s.w);
-                    let o = &mut out[((r - r0) * ctx.ow + ox) * c..][..c];
-                    for c0 in vec_c..c {
-                        block::<1, true>(ctx, c0, b, oy, ox, ky, kx, o);
+            // channels no whole vector covers (AVX2): one at a time
+            if vec_c < c {
+                for r in r0..r1 {
+                    let (b, oy) = (r / ctx.oh, r % ctx.oh);
+                    let ky = tap_range(oy, st, s.pad[0], p.kh, s.h);
+                    for ox in 0..ctx.ow {
+                        let kx = tap_range(ox, st, pad_l, kw, s.w);
+                        let o = &mut out[((r - r0) * ctx.ow + ox) * c..][..c];
+                        for c0 in vec_c..c {
+                            block::<1, true>(ctx, c0, b, oy, ox, ky, kx, o);
+                        }
                     }
                 }
             }
@@ -292,30 +304,34 @@ mod x86 {
         kx: (usize, usize),
         orow: *mut f32,
     ) {
-        let (p, s) = (ctx.p, ctx.s);
-        let c = p.c;
-        let kw = if K > 0 { K } else { p.kw };
-        let st = if S > 0 { S } else { s.stride };
-        let (xp, wp) = (ctx.x.as_ptr(), p.w.as_ptr());
-        // the input under tap 0 of pixel `ox` (left of the row when padded: only taps
-        // inside it are read)
-        let x0 = (ox * st) as isize - s.pad[2] as isize;
-        let mut acc = [V::load(m, p.bias.as_ptr().add(cb)); N];
-        for ty in ky.0..ky.1 {
-            let iy = oy * st + ty - s.pad[0];
-            let row = xp
-                .add((b * s.h + iy) * s.w * c + cb)
-                .wrapping_offset(x0 * c as isize);
-            let wrow = wp.add(ty * kw * c + cb);
-            for tx in kx.0..kx.1 {
-                let w = V::load(m, wrow.add(tx * c));
-                for (j, a) in acc.iter_mut().enumerate() {
-                    *a = V::fma(w, V::load(m, row.wrapping_add((j * st + tx) * c)), *a);
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            let (p, s) = (ctx.p, ctx.s);
+            let c = p.c;
+            let kw = if K > 0 { K } else { p.kw };
+            let st = if S > 0 { S } else { s.stride };
+            let (xp, wp) = (ctx.x.as_ptr(), p.w.as_ptr());
+            // the input under tap 0 of pixel `ox` (left of the row when padded: only taps
+            // inside it are read)
+            let x0 = (ox * st) as isize - s.pad[2] as isize;
+            let mut acc = [V::load(m, p.bias.as_ptr().add(cb)); N];
+            for ty in ky.0..ky.1 {
+                let iy = oy * st + ty - s.pad[0];
+                let row = xp
+                    .add((b * s.h + iy) * s.w * c + cb)
+                    .wrapping_offset(x0 * c as isize);
+                let wrow = wp.add(ty * kw * c + cb);
+                for tx in kx.0..kx.1 {
+                    let w = V::load(m, wrow.add(tx * c));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = V::fma(w, V::load(m, row.wrapping_add((j * st + tx) * c)), *a);
+                    }
                 }
             }
-        }
-        for (j, a) in acc.into_iter().enumerate() {
-            V::store(m, orow.add((ox + j) * c), V::act(ctx.act, a));
+            for (j, a) in acc.into_iter().enumerate() {
+                V::store(m, orow.add((ox + j) * c), V::act(ctx.act, a));
+            }
         }
     }
 }

@@ -2,9 +2,11 @@
 
 use std::sync::OnceLock;
 
-/// An instruction-set path of the kernels.
+/// The name of an instruction-set path (what `WHISKER_ISA` and the benchmark tables say).
+/// A name proves nothing about the CPU: kernels take an [`Isa`], which only a successful
+/// feature check produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Isa {
+pub enum IsaKind {
     /// Plain Rust, correct on every target (what the compiler vectorises for the baseline).
     Portable,
     /// x86-64 AVX2 with FMA (256-bit vectors).
@@ -13,22 +15,22 @@ pub enum Isa {
     Avx512,
 }
 
-impl Isa {
+impl IsaKind {
     /// The name used by `WHISKER_ISA` and in benchmark tables.
     pub fn name(self) -> &'static str {
         match self {
-            Isa::Portable => "portable",
-            Isa::Avx2 => "avx2",
-            Isa::Avx512 => "avx512",
+            IsaKind::Portable => "portable",
+            IsaKind::Avx2 => "avx2",
+            IsaKind::Avx512 => "avx512",
         }
     }
 
     /// Parse a `WHISKER_ISA` value.
-    pub fn parse(s: &str) -> Option<Isa> {
+    pub fn parse(s: &str) -> Option<IsaKind> {
         match s.trim().to_ascii_lowercase().as_str() {
-            "portable" | "scalar" | "generic" => Some(Isa::Portable),
-            "avx2" => Some(Isa::Avx2),
-            "avx512" | "avx512f" | "avx-512" => Some(Isa::Avx512),
+            "portable" | "scalar" | "generic" => Some(IsaKind::Portable),
+            "avx2" => Some(IsaKind::Avx2),
+            "avx512" | "avx512f" | "avx-512" => Some(IsaKind::Avx512),
             _ => None,
         }
     }
@@ -36,27 +38,58 @@ impl Isa {
     /// Whether this CPU can run the path.
     pub fn supported(self) -> bool {
         match self {
-            Isa::Portable => true,
+            IsaKind::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            IsaKind::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            IsaKind::Avx512 => is_x86_feature_detected!("avx512f"),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
     }
+}
+
+/// A checked instruction-set path of the kernels: a token that only a successful CPU feature
+/// check makes ([`Isa::new`], [`Isa::current`], [`Isa::best`], [`Isa::available`]), or the
+/// portable path ([`Isa::PORTABLE`]). Its field is private, so a kernel call on a path this
+/// CPU lacks (AVX-512 code on an AVX2 machine: undefined behaviour) cannot be written in
+/// safe code; the kernels' `unsafe` SIMD calls rest on this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Isa(IsaKind);
+
+impl Isa {
+    /// The portable path: every CPU runs it.
+    pub const PORTABLE: Isa = Isa(IsaKind::Portable);
+    /// Within this crate only, for matching: never constructed but by [`Isa::new`].
+    pub(crate) const AVX2: Isa = Isa(IsaKind::Avx2);
+    pub(crate) const AVX512: Isa = Isa(IsaKind::Avx512);
+
+    /// The path `kind`, if this CPU runs it.
+    pub fn new(kind: IsaKind) -> Option<Isa> {
+        kind.supported().then_some(Isa(kind))
+    }
+
+    /// Which path this is.
+    pub fn kind(self) -> IsaKind {
+        self.0
+    }
+
+    /// The name used by `WHISKER_ISA` and in benchmark tables.
+    pub fn name(self) -> &'static str {
+        self.0.name()
+    }
 
     /// Every path this CPU supports, lowest first (what the tests run).
     pub fn available() -> Vec<Isa> {
-        [Isa::Portable, Isa::Avx2, Isa::Avx512]
+        [IsaKind::Portable, IsaKind::Avx2, IsaKind::Avx512]
             .into_iter()
-            .filter(|i| i.supported())
+            .filter_map(Isa::new)
             .collect()
     }
 
     /// The best path this CPU supports.
     pub fn best() -> Isa {
-        *Isa::available().last().unwrap_or(&Isa::Portable)
+        *Isa::available().last().unwrap_or(&Isa::PORTABLE)
     }
 
     /// The path to use: the best one, or the one `WHISKER_ISA` asks for when the CPU has it
@@ -66,11 +99,11 @@ impl Isa {
         static CURRENT: OnceLock<Isa> = OnceLock::new();
         *CURRENT.get_or_init(|| {
             let asked = std::env::var("WHISKER_ISA").ok();
-            match asked.as_deref().map(|v| (v, Isa::parse(v))) {
+            match asked.as_deref().map(|v| (v, IsaKind::parse(v))) {
                 Some((_, Some(want))) => Isa::available()
                     .into_iter()
-                    .rfind(|i| *i <= want)
-                    .unwrap_or(Isa::Portable),
+                    .rfind(|i| i.kind() <= want)
+                    .unwrap_or(Isa::PORTABLE),
                 Some((v, None)) if !v.trim().is_empty() => {
                     let best = Isa::best();
                     eprintln!(
@@ -86,10 +119,10 @@ impl Isa {
 
     /// Output pixels per register tile (rows of the GEMM micro-kernel).
     pub(crate) fn rows(self) -> usize {
-        match self {
-            Isa::Portable => 4,
-            Isa::Avx2 => 6,
-            Isa::Avx512 => 6,
+        match self.0 {
+            IsaKind::Portable => 4,
+            IsaKind::Avx2 => 6,
+            IsaKind::Avx512 => 6,
         }
     }
 }

@@ -24,6 +24,8 @@
 //! against the naive [`reference`] on odd shapes on every path the CPU supports. Work is
 //! split statically over rayon's current thread pool.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 mod act;
 mod backward;
 pub mod buffers;
@@ -46,7 +48,7 @@ pub use backward::{ConvBackward, DepthwiseBackward};
 pub use conv::{conv2d, ConvShape, PackedConv, NR};
 pub use depthwise::{depthwise, PackedDepthwise};
 pub use fused::{inverted_residual, InvertedResidual};
-pub use isa::{cpu_description, Isa};
+pub use isa::{cpu_description, Isa, IsaKind};
 pub use layout::{nchw_to_nhwc_normalized, nhwc_to_nchw};
 pub use norm::{batch_norm_train, batch_norm_train_backward, BatchStats};
 pub use pool::{

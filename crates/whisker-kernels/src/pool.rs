@@ -217,10 +217,10 @@ pub fn max_pool_backward(
         let db = unsafe { std::slice::from_raw_parts_mut(d.get().add(b * h * w * c), h * w * c) };
         match isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
-            crate::Isa::Avx512 => unsafe { pool_job_avx512(&j, db) },
+            // SAFETY: an `Isa` token for this path exists only where the CPU has the feature.
+            crate::Isa::AVX512 => unsafe { pool_job_avx512(&j, db) },
             #[cfg(target_arch = "x86_64")]
-            crate::Isa::Avx2 => unsafe { pool_job_avx2(&j, db) },
+            crate::Isa::AVX2 => unsafe { pool_job_avx2(&j, db) },
             _ => pool_job::<8>(&j, db, pool_select::<8>),
         }
     });
@@ -398,41 +398,45 @@ unsafe fn select_avx512(
     xs: Range<usize>,
     relu_input: bool,
 ) {
-    use std::arch::x86_64::*;
-    debug_assert!(l <= 16);
-    let lanes: __mmask16 = if l >= 16 { 0xffff } else { (1u16 << l) - 1 };
-    let last = ((ys.end - 1) * w + xs.end - 1) * c + ch;
-    assert!(ys.start < ys.end && xs.start < xs.end && last + l <= x.len().min(dx.len()));
-    assert!(ch + l <= g.len());
-    let (xp, dp) = (x.as_ptr(), dx.as_mut_ptr());
-    let mut best = _mm512_set1_ps(f32::NEG_INFINITY);
-    let mut arg = _mm512_setzero_si512();
-    let mut t = 0i32;
-    for iy in ys.clone() {
-        for ix in xs.clone() {
-            // SAFETY: within `x` (checked above for the window's last pixel)
-            let v = _mm512_maskz_loadu_ps(lanes, xp.add((iy * w + ix) * c + ch));
-            let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best)
-                | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-            best = _mm512_mask_mov_ps(best, take, v);
-            arg = _mm512_mask_mov_epi32(arg, take, _mm512_set1_epi32(t));
-            t += 1;
+    // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+    // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+    unsafe {
+        use std::arch::x86_64::*;
+        debug_assert!(l <= 16);
+        let lanes: __mmask16 = if l >= 16 { 0xffff } else { (1u16 << l) - 1 };
+        let last = ((ys.end - 1) * w + xs.end - 1) * c + ch;
+        assert!(ys.start < ys.end && xs.start < xs.end && last + l <= x.len().min(dx.len()));
+        assert!(ch + l <= g.len());
+        let (xp, dp) = (x.as_ptr(), dx.as_mut_ptr());
+        let mut best = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut arg = _mm512_setzero_si512();
+        let mut t = 0i32;
+        for iy in ys.clone() {
+            for ix in xs.clone() {
+                // SAFETY: within `x` (checked above for the window's last pixel)
+                let v = _mm512_maskz_loadu_ps(lanes, xp.add((iy * w + ix) * c + ch));
+                let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best)
+                    | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                best = _mm512_mask_mov_ps(best, take, v);
+                arg = _mm512_mask_mov_epi32(arg, take, _mm512_set1_epi32(t));
+                t += 1;
+            }
         }
-    }
-    let keep = if relu_input {
-        _mm512_cmp_ps_mask::<_CMP_GT_OQ>(best, _mm512_setzero_ps())
-    } else {
-        0xffff
-    };
-    let gv = _mm512_maskz_loadu_ps(lanes, g.as_ptr().add(ch));
-    let mut t = 0i32;
-    for iy in ys {
-        for ix in xs.clone() {
-            let won = lanes & keep & _mm512_cmpeq_epi32_mask(arg, _mm512_set1_epi32(t));
-            let p = dp.add((iy * w + ix) * c + ch);
-            let d = _mm512_maskz_loadu_ps(lanes, p);
-            _mm512_mask_storeu_ps(p, lanes, _mm512_mask_add_ps(d, won, d, gv));
-            t += 1;
+        let keep = if relu_input {
+            _mm512_cmp_ps_mask::<_CMP_GT_OQ>(best, _mm512_setzero_ps())
+        } else {
+            0xffff
+        };
+        let gv = _mm512_maskz_loadu_ps(lanes, g.as_ptr().add(ch));
+        let mut t = 0i32;
+        for iy in ys {
+            for ix in xs.clone() {
+                let won = lanes & keep & _mm512_cmpeq_epi32_mask(arg, _mm512_set1_epi32(t));
+                let p = dp.add((iy * w + ix) * c + ch);
+                let d = _mm512_maskz_loadu_ps(lanes, p);
+                _mm512_mask_storeu_ps(p, lanes, _mm512_mask_add_ps(d, won, d, gv));
+                t += 1;
+            }
         }
     }
 }
@@ -451,45 +455,49 @@ unsafe fn select_avx2(
     xs: Range<usize>,
     relu_input: bool,
 ) {
-    use std::arch::x86_64::*;
-    if l < 8 {
-        return pool_select::<8>(x, dx, g, (w, c, ch, l), ys, xs, relu_input);
-    }
-    let last = ((ys.end - 1) * w + xs.end - 1) * c + ch;
-    assert!(ys.start < ys.end && xs.start < xs.end && last + 8 <= x.len().min(dx.len()));
-    assert!(ch + 8 <= g.len());
-    let (xp, dp) = (x.as_ptr(), dx.as_mut_ptr());
-    let mut best = _mm256_set1_ps(f32::NEG_INFINITY);
-    let mut arg = _mm256_setzero_ps();
-    let mut t = 0i32;
-    for iy in ys.clone() {
-        for ix in xs.clone() {
-            // SAFETY: within `x` (checked above for the window's last pixel)
-            let v = _mm256_loadu_ps(xp.add((iy * w + ix) * c + ch));
-            let take = _mm256_or_ps(
-                _mm256_cmp_ps::<_CMP_GT_OQ>(v, best),
-                _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v),
-            );
-            best = _mm256_blendv_ps(best, v, take);
-            arg = _mm256_blendv_ps(arg, _mm256_castsi256_ps(_mm256_set1_epi32(t)), take);
-            t += 1;
+    // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+    // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+    unsafe {
+        use std::arch::x86_64::*;
+        if l < 8 {
+            return pool_select::<8>(x, dx, g, (w, c, ch, l), ys, xs, relu_input);
         }
-    }
-    let mut gv = _mm256_loadu_ps(g.as_ptr().add(ch));
-    if relu_input {
-        gv = _mm256_and_ps(gv, _mm256_cmp_ps::<_CMP_GT_OQ>(best, _mm256_setzero_ps()));
-    }
-    let arg = _mm256_castps_si256(arg);
-    let mut t = 0i32;
-    for iy in ys {
-        for ix in xs.clone() {
-            let won = _mm256_castsi256_ps(_mm256_cmpeq_epi32(arg, _mm256_set1_epi32(t)));
-            if _mm256_movemask_ps(won) != 0 {
-                let p = dp.add((iy * w + ix) * c + ch);
-                let d = _mm256_loadu_ps(p);
-                _mm256_storeu_ps(p, _mm256_blendv_ps(d, _mm256_add_ps(d, gv), won));
+        let last = ((ys.end - 1) * w + xs.end - 1) * c + ch;
+        assert!(ys.start < ys.end && xs.start < xs.end && last + 8 <= x.len().min(dx.len()));
+        assert!(ch + 8 <= g.len());
+        let (xp, dp) = (x.as_ptr(), dx.as_mut_ptr());
+        let mut best = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut arg = _mm256_setzero_ps();
+        let mut t = 0i32;
+        for iy in ys.clone() {
+            for ix in xs.clone() {
+                // SAFETY: within `x` (checked above for the window's last pixel)
+                let v = _mm256_loadu_ps(xp.add((iy * w + ix) * c + ch));
+                let take = _mm256_or_ps(
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(v, best),
+                    _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v),
+                );
+                best = _mm256_blendv_ps(best, v, take);
+                arg = _mm256_blendv_ps(arg, _mm256_castsi256_ps(_mm256_set1_epi32(t)), take);
+                t += 1;
             }
-            t += 1;
+        }
+        let mut gv = _mm256_loadu_ps(g.as_ptr().add(ch));
+        if relu_input {
+            gv = _mm256_and_ps(gv, _mm256_cmp_ps::<_CMP_GT_OQ>(best, _mm256_setzero_ps()));
+        }
+        let arg = _mm256_castps_si256(arg);
+        let mut t = 0i32;
+        for iy in ys {
+            for ix in xs.clone() {
+                let won = _mm256_castsi256_ps(_mm256_cmpeq_epi32(arg, _mm256_set1_epi32(t)));
+                if _mm256_movemask_ps(won) != 0 {
+                    let p = dp.add((iy * w + ix) * c + ch);
+                    let d = _mm256_loadu_ps(p);
+                    _mm256_storeu_ps(p, _mm256_blendv_ps(d, _mm256_add_ps(d, gv), won));
+                }
+                t += 1;
+            }
         }
     }
 }

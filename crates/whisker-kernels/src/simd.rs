@@ -30,23 +30,31 @@ pub(crate) trait Vf: Copy {
     /// Load the first `n ≤ L` lanes (the others read as zero, and are not touched in memory).
     #[inline(always)]
     unsafe fn load_n(p: *const f32, n: usize) -> Self {
-        if n >= Self::L || Self::MASKED {
-            Self::load(Self::mask(n), p)
-        } else {
-            let mut t = [0f32; 16];
-            std::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
-            Self::load(Self::mask(Self::L), t.as_ptr())
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            if n >= Self::L || Self::MASKED {
+                Self::load(Self::mask(n), p)
+            } else {
+                let mut t = [0f32; 16];
+                std::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
+                Self::load(Self::mask(Self::L), t.as_ptr())
+            }
         }
     }
     /// Store the first `n ≤ L` lanes.
     #[inline(always)]
     unsafe fn store_n(p: *mut f32, v: Self, n: usize) {
-        if n >= Self::L || Self::MASKED {
-            Self::store(Self::mask(n), p, v)
-        } else {
-            let mut t = [0f32; 16];
-            Self::store(Self::mask(Self::L), t.as_mut_ptr(), v);
-            std::ptr::copy_nonoverlapping(t.as_ptr(), p, n);
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            if n >= Self::L || Self::MASKED {
+                Self::store(Self::mask(n), p, v)
+            } else {
+                let mut t = [0f32; 16];
+                Self::store(Self::mask(Self::L), t.as_mut_ptr(), v);
+                std::ptr::copy_nonoverlapping(t.as_ptr(), p, n);
+            }
         }
     }
     /// `a · b + c`, rounded once.
@@ -61,19 +69,23 @@ pub(crate) trait Vf: Copy {
     /// same bits).
     #[inline(always)]
     unsafe fn act(act: Act, y: Self) -> Self {
-        let zero = Self::splat(0.0);
-        let six = Self::splat(6.0);
-        match act {
-            Act::None => y,
-            Act::Relu => Self::max(y, zero),
-            Act::Relu6 => Self::min(Self::max(y, zero), six),
-            Act::Hardswish => {
-                let h = Self::min(Self::max(Self::add(y, Self::splat(3.0)), zero), six);
-                Self::mul(y, Self::div(h, six))
-            }
-            Act::Hardsigmoid => {
-                let h = Self::min(Self::max(Self::add(y, Self::splat(3.0)), zero), six);
-                Self::div(h, six)
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            let zero = Self::splat(0.0);
+            let six = Self::splat(6.0);
+            match act {
+                Act::None => y,
+                Act::Relu => Self::max(y, zero),
+                Act::Relu6 => Self::min(Self::max(y, zero), six),
+                Act::Hardswish => {
+                    let h = Self::min(Self::max(Self::add(y, Self::splat(3.0)), zero), six);
+                    Self::mul(y, Self::div(h, six))
+                }
+                Act::Hardsigmoid => {
+                    let h = Self::min(Self::max(Self::add(y, Self::splat(3.0)), zero), six);
+                    Self::div(h, six)
+                }
             }
         }
     }
@@ -98,39 +110,57 @@ impl Vf for F512 {
     }
     #[inline(always)]
     unsafe fn splat(v: f32) -> Self {
-        F512(_mm512_set1_ps(v))
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F512(_mm512_set1_ps(v)) }
     }
     #[inline(always)]
     unsafe fn load(m: __mmask16, p: *const f32) -> Self {
-        F512(_mm512_maskz_loadu_ps(m, p))
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F512(_mm512_maskz_loadu_ps(m, p)) }
     }
     #[inline(always)]
     unsafe fn store(m: __mmask16, p: *mut f32, v: Self) {
-        _mm512_mask_storeu_ps(p, m, v.0)
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { _mm512_mask_storeu_ps(p, m, v.0) }
     }
     #[inline(always)]
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-        F512(_mm512_fmadd_ps(a.0, b.0, c.0))
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F512(_mm512_fmadd_ps(a.0, b.0, c.0)) }
     }
     #[inline(always)]
     unsafe fn add(a: Self, b: Self) -> Self {
-        F512(_mm512_add_ps(a.0, b.0))
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F512(_mm512_add_ps(a.0, b.0)) }
     }
     #[inline(always)]
     unsafe fn mul(a: Self, b: Self) -> Self {
-        F512(_mm512_mul_ps(a.0, b.0))
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F512(_mm512_mul_ps(a.0, b.0)) }
     }
     #[inline(always)]
     unsafe fn div(a: Self, b: Self) -> Self {
-        F512(_mm512_div_ps(a.0, b.0))
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F512(_mm512_div_ps(a.0, b.0)) }
     }
     #[inline(always)]
     unsafe fn max(a: Self, b: Self) -> Self {
-        F512(_mm512_max_ps(a.0, b.0))
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F512(_mm512_max_ps(a.0, b.0)) }
     }
     #[inline(always)]
     unsafe fn min(a: Self, b: Self) -> Self {
-        F512(_mm512_min_ps(a.0, b.0))
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F512(_mm512_min_ps(a.0, b.0)) }
     }
 }
 
@@ -147,38 +177,56 @@ impl Vf for F256 {
     unsafe fn mask(_: usize) {}
     #[inline(always)]
     unsafe fn splat(v: f32) -> Self {
-        F256(_mm256_set1_ps(v))
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F256(_mm256_set1_ps(v)) }
     }
     #[inline(always)]
     unsafe fn load(_: (), p: *const f32) -> Self {
-        F256(_mm256_loadu_ps(p))
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F256(_mm256_loadu_ps(p)) }
     }
     #[inline(always)]
     unsafe fn store(_: (), p: *mut f32, v: Self) {
-        _mm256_storeu_ps(p, v.0)
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { _mm256_storeu_ps(p, v.0) }
     }
     #[inline(always)]
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-        F256(_mm256_fmadd_ps(a.0, b.0, c.0))
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F256(_mm256_fmadd_ps(a.0, b.0, c.0)) }
     }
     #[inline(always)]
     unsafe fn add(a: Self, b: Self) -> Self {
-        F256(_mm256_add_ps(a.0, b.0))
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F256(_mm256_add_ps(a.0, b.0)) }
     }
     #[inline(always)]
     unsafe fn mul(a: Self, b: Self) -> Self {
-        F256(_mm256_mul_ps(a.0, b.0))
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F256(_mm256_mul_ps(a.0, b.0)) }
     }
     #[inline(always)]
     unsafe fn div(a: Self, b: Self) -> Self {
-        F256(_mm256_div_ps(a.0, b.0))
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F256(_mm256_div_ps(a.0, b.0)) }
     }
     #[inline(always)]
     unsafe fn max(a: Self, b: Self) -> Self {
-        F256(_mm256_max_ps(a.0, b.0))
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F256(_mm256_max_ps(a.0, b.0)) }
     }
     #[inline(always)]
     unsafe fn min(a: Self, b: Self) -> Self {
-        F256(_mm256_min_ps(a.0, b.0))
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F256(_mm256_min_ps(a.0, b.0)) }
     }
 }

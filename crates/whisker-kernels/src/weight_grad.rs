@@ -89,10 +89,10 @@ pub fn conv2d_weight_grad(
             };
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
-                Isa::Avx512 => unsafe { dense_avx512(&geo, &part, acc) },
+                // SAFETY: an `Isa` token for this path exists only where the CPU has the feature.
+                Isa::AVX512 => unsafe { dense_avx512(&geo, &part, acc) },
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { dense_avx2(&geo, &part, acc) },
+                Isa::AVX2 => unsafe { dense_avx2(&geo, &part, acc) },
                 _ => dense_portable(&geo, &part, acc),
             }
         };
@@ -122,10 +122,10 @@ pub fn conv2d_weight_grad(
                 one_thread,
                 |u0, u1, acc| match isa {
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
-                    Isa::Avx512 => unsafe { halo_avx512(&geo, h, u0, u1, acc) },
+                    // SAFETY: an `Isa` token for this path exists only where the CPU has the feature.
+                    Isa::AVX512 => unsafe { halo_avx512(&geo, h, u0, u1, acc) },
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => unsafe { halo_avx2(&geo, h, u0, u1, acc) },
+                    Isa::AVX2 => unsafe { halo_avx2(&geo, h, u0, u1, acc) },
                     _ => halo_with(&geo, h, u0, u1, acc, PORTABLE),
                 },
             )
@@ -737,10 +737,10 @@ pub fn depthwise_weight_grad(
         |p0, p1, acc| {
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: dispatched only when the CPU has the feature (`Isa::supported`).
-                Isa::Avx512 => unsafe { dw_avx512(&geo, p0, p1, acc) },
+                // SAFETY: an `Isa` token for this path exists only where the CPU has the feature.
+                Isa::AVX512 => unsafe { dw_avx512(&geo, p0, p1, acc) },
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { dw_avx2(&geo, p0, p1, acc) },
+                Isa::AVX2 => unsafe { dw_avx2(&geo, p0, p1, acc) },
                 _ => dw_rows::<false>(&geo, p0, p1, acc),
             }
         },
@@ -822,25 +822,29 @@ mod simd {
         c: &mut [f32],
         ldc: usize,
     ) {
-        debug_assert!(a.len() >= ((m.div_ceil(MR) - 1) * ka + kc) * MR && kc <= kb);
-        debug_assert!(b.len() >= n.next_multiple_of(16) * kb && c.len() >= (m - 1) * ldc + n);
-        let mut j0 = 0;
-        while j0 < n {
-            let w = (n - j0).next_multiple_of(16).min(64);
-            let cols = w.min(n - j0);
-            let bp = b.as_ptr().add(j0 * kb);
-            for (ib, i0) in (0..m).step_by(MR).enumerate() {
-                let rows = MR.min(m - i0);
-                let ap = a.as_ptr().add(ib * ka * MR);
-                let cp = c.as_mut_ptr().add(i0 * ldc + j0);
-                match w / 16 {
-                    1 => tile512::<1>(ap, bp, kc, cp, ldc, rows, cols),
-                    2 => tile512::<2>(ap, bp, kc, cp, ldc, rows, cols),
-                    3 => tile512::<3>(ap, bp, kc, cp, ldc, rows, cols),
-                    _ => tile512::<4>(ap, bp, kc, cp, ldc, rows, cols),
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            debug_assert!(a.len() >= ((m.div_ceil(MR) - 1) * ka + kc) * MR && kc <= kb);
+            debug_assert!(b.len() >= n.next_multiple_of(16) * kb && c.len() >= (m - 1) * ldc + n);
+            let mut j0 = 0;
+            while j0 < n {
+                let w = (n - j0).next_multiple_of(16).min(64);
+                let cols = w.min(n - j0);
+                let bp = b.as_ptr().add(j0 * kb);
+                for (ib, i0) in (0..m).step_by(MR).enumerate() {
+                    let rows = MR.min(m - i0);
+                    let ap = a.as_ptr().add(ib * ka * MR);
+                    let cp = c.as_mut_ptr().add(i0 * ldc + j0);
+                    match w / 16 {
+                        1 => tile512::<1>(ap, bp, kc, cp, ldc, rows, cols),
+                        2 => tile512::<2>(ap, bp, kc, cp, ldc, rows, cols),
+                        3 => tile512::<3>(ap, bp, kc, cp, ldc, rows, cols),
+                        _ => tile512::<4>(ap, bp, kc, cp, ldc, rows, cols),
+                    }
                 }
+                j0 += w;
             }
-            j0 += w;
         }
     }
 
@@ -854,29 +858,33 @@ mod simd {
         rows: usize,
         cols: usize,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-        let (mut ap, mut bp) = (a, b);
-        for _ in 0..kc {
-            let mut bv = [_mm512_setzero_ps(); NV];
-            for (v, x) in bv.iter_mut().enumerate() {
-                *x = _mm512_loadu_ps(bp.add(v * 16));
-            }
-            for (i, row) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*ap.add(i));
-                for (x, &y) in row.iter_mut().zip(&bv) {
-                    *x = _mm512_fmadd_ps(av, y, *x);
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+            let (mut ap, mut bp) = (a, b);
+            for _ in 0..kc {
+                let mut bv = [_mm512_setzero_ps(); NV];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = _mm512_loadu_ps(bp.add(v * 16));
                 }
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*ap.add(i));
+                    for (x, &y) in row.iter_mut().zip(&bv) {
+                        *x = _mm512_fmadd_ps(av, y, *x);
+                    }
+                }
+                ap = ap.add(MR);
+                bp = bp.add(NV * 16);
             }
-            ap = ap.add(MR);
-            bp = bp.add(NV * 16);
-        }
-        for (i, row) in acc.iter().enumerate().take(rows) {
-            for (v, &x) in row.iter().enumerate() {
-                let left = cols.saturating_sub(v * 16).min(16);
-                let mask = ((1u32 << left) - 1) as __mmask16;
-                let o = c.add(i * ldc + v * 16);
-                let y = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, o));
-                _mm512_mask_storeu_ps(o, mask, y);
+            for (i, row) in acc.iter().enumerate().take(rows) {
+                for (v, &x) in row.iter().enumerate() {
+                    let left = cols.saturating_sub(v * 16).min(16);
+                    let mask = ((1u32 << left) - 1) as __mmask16;
+                    let o = c.add(i * ldc + v * 16);
+                    let y = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, o));
+                    _mm512_mask_storeu_ps(o, mask, y);
+                }
             }
         }
     }
@@ -895,29 +903,33 @@ mod simd {
         c: &mut [f32],
         ldc: usize,
     ) {
-        debug_assert!(a.len() >= ((m.div_ceil(MR) - 1) * ka + kc) * MR && kc <= kb);
-        debug_assert!(b.len() >= n.next_multiple_of(8) * kb && c.len() >= (m - 1) * ldc + n);
-        let mask = |w: usize| -> __m256i {
-            let lanes: [i32; 8] = std::array::from_fn(|l| if l < w { -1 } else { 0 });
-            _mm256_loadu_si256(lanes.as_ptr() as *const __m256i)
-        };
-        let mut j0 = 0;
-        while j0 < n {
-            let w = (n - j0).next_multiple_of(8).min(16);
-            let cols = w.min(n - j0);
-            let masks = [mask(cols.min(8)), mask(cols.saturating_sub(8))];
-            let bp = b.as_ptr().add(j0 * kb);
-            for (ib, i0) in (0..m).step_by(MR).enumerate() {
-                let rows = MR.min(m - i0);
-                let ap = a.as_ptr().add(ib * ka * MR);
-                let cp = c.as_mut_ptr().add(i0 * ldc + j0);
-                if w > 8 {
-                    tile256::<2>(ap, bp, kc, masks, cp, ldc, rows);
-                } else {
-                    tile256::<1>(ap, bp, kc, masks, cp, ldc, rows);
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            debug_assert!(a.len() >= ((m.div_ceil(MR) - 1) * ka + kc) * MR && kc <= kb);
+            debug_assert!(b.len() >= n.next_multiple_of(8) * kb && c.len() >= (m - 1) * ldc + n);
+            let mask = |w: usize| -> __m256i {
+                let lanes: [i32; 8] = std::array::from_fn(|l| if l < w { -1 } else { 0 });
+                _mm256_loadu_si256(lanes.as_ptr() as *const __m256i)
+            };
+            let mut j0 = 0;
+            while j0 < n {
+                let w = (n - j0).next_multiple_of(8).min(16);
+                let cols = w.min(n - j0);
+                let masks = [mask(cols.min(8)), mask(cols.saturating_sub(8))];
+                let bp = b.as_ptr().add(j0 * kb);
+                for (ib, i0) in (0..m).step_by(MR).enumerate() {
+                    let rows = MR.min(m - i0);
+                    let ap = a.as_ptr().add(ib * ka * MR);
+                    let cp = c.as_mut_ptr().add(i0 * ldc + j0);
+                    if w > 8 {
+                        tile256::<2>(ap, bp, kc, masks, cp, ldc, rows);
+                    } else {
+                        tile256::<1>(ap, bp, kc, masks, cp, ldc, rows);
+                    }
                 }
+                j0 += w;
             }
-            j0 += w;
         }
     }
 
@@ -931,27 +943,31 @@ mod simd {
         ldc: usize,
         rows: usize,
     ) {
-        let mut acc = [[_mm256_setzero_ps(); NV]; MR];
-        let (mut ap, mut bp) = (a, b);
-        for _ in 0..kc {
-            let mut bv = [_mm256_setzero_ps(); NV];
-            for (v, x) in bv.iter_mut().enumerate() {
-                *x = _mm256_loadu_ps(bp.add(v * 8));
-            }
-            for (i, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*ap.add(i));
-                for (x, &y) in row.iter_mut().zip(&bv) {
-                    *x = _mm256_fmadd_ps(av, y, *x);
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+            let (mut ap, mut bp) = (a, b);
+            for _ in 0..kc {
+                let mut bv = [_mm256_setzero_ps(); NV];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = _mm256_loadu_ps(bp.add(v * 8));
                 }
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*ap.add(i));
+                    for (x, &y) in row.iter_mut().zip(&bv) {
+                        *x = _mm256_fmadd_ps(av, y, *x);
+                    }
+                }
+                ap = ap.add(MR);
+                bp = bp.add(NV * 8);
             }
-            ap = ap.add(MR);
-            bp = bp.add(NV * 8);
-        }
-        for (i, row) in acc.iter().enumerate().take(rows) {
-            for (v, &x) in row.iter().enumerate() {
-                let o = c.add(i * ldc + v * 8);
-                let y = _mm256_add_ps(x, _mm256_maskload_ps(o, masks[v]));
-                _mm256_maskstore_ps(o, masks[v], y);
+            for (i, row) in acc.iter().enumerate().take(rows) {
+                for (v, &x) in row.iter().enumerate() {
+                    let o = c.add(i * ldc + v * 8);
+                    let y = _mm256_add_ps(x, _mm256_maskload_ps(o, masks[v]));
+                    _mm256_maskstore_ps(o, masks[v], y);
+                }
             }
         }
     }

@@ -257,85 +257,89 @@ unsafe fn run_range(
     (t0, t1): (usize, usize),
     (p0, p1): (usize, usize),
 ) {
-    let mr = isa.rows();
-    let (cin, cout) = (g.cin, g.cout);
-    let rows_max = block_rows(mr, cin, cout);
-    let (c0, c1) = (p0 * NR, (p1 * NR).min(cout));
-    SCRATCH.with(|sc| {
-        let mut sc = sc.borrow_mut();
-        let Scratch { v, m, ptrs, zeros } = &mut *sc;
-        v.resize(16 * rows_max * cin, 0.0);
-        m.resize(16 * rows_max * cout, 0.0);
-        if zeros.len() < cin {
-            zeros.resize(cin, 0.0);
-        }
-        let (vs, ms) = (rows_max * cin, rows_max * cout);
-        let mut tb = t0;
-        while tb < t1 {
-            let te = (tb + rows_max).min(t1);
-            let rows = te - tb;
-            transform_input(isa, x, g, tb, te, v.as_mut_ptr(), vs, zeros.as_ptr());
-            // row pointers of each position's GEMM, the last micro-tile padded with its last row
-            let padded = rows.div_ceil(mr) * mr;
-            ptrs.clear();
-            for xi in 0..16 {
-                for r in 0..padded {
-                    ptrs.push(v.as_ptr().add(xi * vs + r.min(rows - 1) * cin) as usize);
-                }
+    // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+    // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+    unsafe {
+        let mr = isa.rows();
+        let (cin, cout) = (g.cin, g.cout);
+        let rows_max = block_rows(mr, cin, cout);
+        let (c0, c1) = (p0 * NR, (p1 * NR).min(cout));
+        SCRATCH.with(|sc| {
+            let mut sc = sc.borrow_mut();
+            let Scratch { v, m, ptrs, zeros } = &mut *sc;
+            v.resize(16 * rows_max * cin, 0.0);
+            m.resize(16 * rows_max * cout, 0.0);
+            if zeros.len() < cin {
+                zeros.resize(cin, 0.0);
             }
-            for (xi, u) in tr.u.iter().enumerate() {
-                for p in p0..p1 {
-                    let (off, wp) = (u.offsets[p], u.widths[p]);
-                    let col0 = p * NR;
-                    let cols = (cout - col0).min(wp);
-                    let whole = cin * wp * 4 <= L1_WEIGHTS;
-                    let nk = if whole { 1 } else { cin.div_ceil(KC) };
-                    for kb in 0..nk {
-                        let (k0, k1) = if whole {
-                            (0, cin)
-                        } else {
-                            (kb * KC, ((kb + 1) * KC).min(cin))
-                        };
-                        for tile in 0..padded / mr {
-                            let row0 = tile * mr;
-                            let t = Tile {
-                                a: ptrs.as_ptr().add(xi * padded + row0) as *const *const f32,
-                                taps: 1,
-                                cin: k1 - k0,
-                                coff: k0,
-                                b: u.data.as_ptr().add(off + k0 * wp),
-                                ldb: wp,
-                                bias: wts.bias.as_ptr(),
-                                out: m.as_mut_ptr().add(xi * ms + row0 * cout + col0),
-                                ldo: cout,
-                                res: std::ptr::null(),
-                                rows: (rows - row0).min(mr),
-                                cols,
-                                act: Act::None,
-                                accumulate: kb > 0,
-                                last: false,
+            let (vs, ms) = (rows_max * cin, rows_max * cout);
+            let mut tb = t0;
+            while tb < t1 {
+                let te = (tb + rows_max).min(t1);
+                let rows = te - tb;
+                transform_input(isa, x, g, tb, te, v.as_mut_ptr(), vs, zeros.as_ptr());
+                // row pointers of each position's GEMM, the last micro-tile padded with its last row
+                let padded = rows.div_ceil(mr) * mr;
+                ptrs.clear();
+                for xi in 0..16 {
+                    for r in 0..padded {
+                        ptrs.push(v.as_ptr().add(xi * vs + r.min(rows - 1) * cin) as usize);
+                    }
+                }
+                for (xi, u) in tr.u.iter().enumerate() {
+                    for p in p0..p1 {
+                        let (off, wp) = (u.offsets[p], u.widths[p]);
+                        let col0 = p * NR;
+                        let cols = (cout - col0).min(wp);
+                        let whole = cin * wp * 4 <= L1_WEIGHTS;
+                        let nk = if whole { 1 } else { cin.div_ceil(KC) };
+                        for kb in 0..nk {
+                            let (k0, k1) = if whole {
+                                (0, cin)
+                            } else {
+                                (kb * KC, ((kb + 1) * KC).min(cin))
                             };
-                            micro(isa, &t, wp);
+                            for tile in 0..padded / mr {
+                                let row0 = tile * mr;
+                                let t = Tile {
+                                    a: ptrs.as_ptr().add(xi * padded + row0) as *const *const f32,
+                                    taps: 1,
+                                    cin: k1 - k0,
+                                    coff: k0,
+                                    b: u.data.as_ptr().add(off + k0 * wp),
+                                    ldb: wp,
+                                    bias: wts.bias.as_ptr(),
+                                    out: m.as_mut_ptr().add(xi * ms + row0 * cout + col0),
+                                    ldo: cout,
+                                    res: std::ptr::null(),
+                                    rows: (rows - row0).min(mr),
+                                    cols,
+                                    act: Act::None,
+                                    accumulate: kb > 0,
+                                    last: false,
+                                };
+                                micro(isa, &t, wp);
+                            }
                         }
                     }
                 }
+                transform_output(
+                    isa,
+                    m.as_ptr(),
+                    ms,
+                    g,
+                    tb,
+                    te,
+                    (c0, c1),
+                    wts.bias.as_ptr(),
+                    residual.map_or(std::ptr::null(), <[f32]>::as_ptr),
+                    act,
+                    out,
+                );
+                tb = te;
             }
-            transform_output(
-                isa,
-                m.as_ptr(),
-                ms,
-                g,
-                tb,
-                te,
-                (c0, c1),
-                wts.bias.as_ptr(),
-                residual.map_or(std::ptr::null(), <[f32]>::as_ptr),
-                act,
-                out,
-            );
-            tb = te;
-        }
-    });
+        });
+    }
 }
 
 /// `V = Bᵀ d B` for the tiles `[tb, te)`: `v[ξ·vs + (tile − tb)·cin + c]`.
@@ -350,12 +354,16 @@ unsafe fn transform_input(
     vs: usize,
     zeros: *const f32,
 ) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => input_avx512(x, g, tb, te, v, vs, zeros),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => input_avx2(x, g, tb, te, v, vs, zeros),
-        _ => input_tiles::<8>(x, g, tb, te, v, vs, zeros),
+    // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+    // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::AVX512 => input_avx512(x, g, tb, te, v, vs, zeros),
+            #[cfg(target_arch = "x86_64")]
+            Isa::AVX2 => input_avx2(x, g, tb, te, v, vs, zeros),
+            _ => input_tiles::<8>(x, g, tb, te, v, vs, zeros),
+        }
     }
 }
 
@@ -370,7 +378,9 @@ unsafe fn input_avx512(
     vs: usize,
     z: *const f32,
 ) {
-    input_tiles::<16>(x, g, tb, te, v, vs, z)
+    // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+    // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+    unsafe { input_tiles::<16>(x, g, tb, te, v, vs, z) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -384,7 +394,9 @@ unsafe fn input_avx2(
     vs: usize,
     z: *const f32,
 ) {
-    input_tiles::<8>(x, g, tb, te, v, vs, z)
+    // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+    // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+    unsafe { input_tiles::<8>(x, g, tb, te, v, vs, z) }
 }
 
 #[inline(always)]
@@ -397,29 +409,33 @@ unsafe fn input_tiles<const W: usize>(
     vs: usize,
     zeros: *const f32,
 ) {
-    let cin = g.cin;
-    for tile in tb..te {
-        let (b, rem) = (tile / (g.th * g.tw), tile % (g.th * g.tw));
-        let (ty, tx) = (rem / g.tw, rem % g.tw);
-        let src: [*const f32; 16] = std::array::from_fn(|k| {
-            let iy = (2 * ty + k / 4) as isize - g.pad_t as isize;
-            let ix = (2 * tx + k % 4) as isize - g.pad_l as isize;
-            if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
-                x.as_ptr()
-                    .add(((b * g.h + iy as usize) * g.w + ix as usize) * cin)
-            } else {
-                zeros
+    // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+    // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+    unsafe {
+        let cin = g.cin;
+        for tile in tb..te {
+            let (b, rem) = (tile / (g.th * g.tw), tile % (g.th * g.tw));
+            let (ty, tx) = (rem / g.tw, rem % g.tw);
+            let src: [*const f32; 16] = std::array::from_fn(|k| {
+                let iy = (2 * ty + k / 4) as isize - g.pad_t as isize;
+                let ix = (2 * tx + k % 4) as isize - g.pad_l as isize;
+                if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                    x.as_ptr()
+                        .add(((b * g.h + iy as usize) * g.w + ix as usize) * cin)
+                } else {
+                    zeros
+                }
+            });
+            let dst = v.add((tile - tb) * cin);
+            let mut c = 0;
+            while c + W <= cin {
+                input_tile::<W>(&src, c, dst, vs);
+                c += W;
             }
-        });
-        let dst = v.add((tile - tb) * cin);
-        let mut c = 0;
-        while c + W <= cin {
-            input_tile::<W>(&src, c, dst, vs);
-            c += W;
-        }
-        while c < cin {
-            input_tile::<1>(&src, c, dst, vs);
-            c += 1;
+            while c < cin {
+                input_tile::<1>(&src, c, dst, vs);
+                c += 1;
+            }
         }
     }
 }
@@ -427,36 +443,40 @@ unsafe fn input_tiles<const W: usize>(
 /// One tile's 4×4 patch, channels `[c, c + W)`.
 #[inline(always)]
 unsafe fn input_tile<const W: usize>(src: &[*const f32; 16], c: usize, dst: *mut f32, vs: usize) {
-    let d: [[f32; W]; 16] =
-        std::array::from_fn(|k| std::ptr::read_unaligned(src[k].add(c) as *const [f32; W]));
-    // Bᵀ d: along the rows of the patch
-    let mut t = [[0f32; W]; 16];
-    for q in 0..4 {
-        for l in 0..W {
-            let (d0, d1, d2, d3) = (d[q][l], d[4 + q][l], d[8 + q][l], d[12 + q][l]);
-            t[q][l] = d0 - d2;
-            t[4 + q][l] = d1 + d2;
-            t[8 + q][l] = d2 - d1;
-            t[12 + q][l] = d1 - d3;
+    // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+    // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+    unsafe {
+        let d: [[f32; W]; 16] =
+            std::array::from_fn(|k| std::ptr::read_unaligned(src[k].add(c) as *const [f32; W]));
+        // Bᵀ d: along the rows of the patch
+        let mut t = [[0f32; W]; 16];
+        for q in 0..4 {
+            for l in 0..W {
+                let (d0, d1, d2, d3) = (d[q][l], d[4 + q][l], d[8 + q][l], d[12 + q][l]);
+                t[q][l] = d0 - d2;
+                t[4 + q][l] = d1 + d2;
+                t[8 + q][l] = d2 - d1;
+                t[12 + q][l] = d1 - d3;
+            }
         }
-    }
-    // (Bᵀ d) B: along the columns
-    for r in 0..4 {
-        let mut o = [[0f32; W]; 4];
-        for l in 0..W {
-            let (a0, a1, a2, a3) = (
-                t[4 * r][l],
-                t[4 * r + 1][l],
-                t[4 * r + 2][l],
-                t[4 * r + 3][l],
-            );
-            o[0][l] = a0 - a2;
-            o[1][l] = a1 + a2;
-            o[2][l] = a2 - a1;
-            o[3][l] = a1 - a3;
-        }
-        for (j, oj) in o.iter().enumerate() {
-            std::ptr::write_unaligned(dst.add((4 * r + j) * vs + c) as *mut [f32; W], *oj);
+        // (Bᵀ d) B: along the columns
+        for r in 0..4 {
+            let mut o = [[0f32; W]; 4];
+            for l in 0..W {
+                let (a0, a1, a2, a3) = (
+                    t[4 * r][l],
+                    t[4 * r + 1][l],
+                    t[4 * r + 2][l],
+                    t[4 * r + 3][l],
+                );
+                o[0][l] = a0 - a2;
+                o[1][l] = a1 + a2;
+                o[2][l] = a2 - a1;
+                o[3][l] = a1 - a3;
+            }
+            for (j, oj) in o.iter().enumerate() {
+                std::ptr::write_unaligned(dst.add((4 * r + j) * vs + c) as *mut [f32; W], *oj);
+            }
         }
     }
 }
@@ -478,24 +498,28 @@ unsafe fn transform_output(
     act: Act,
     out: *mut f32,
 ) {
-    let a = OutArgs {
-        m,
-        ms,
-        g,
-        tb,
-        te,
-        cr,
-        bias,
-        res,
-        act,
-        out,
-    };
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => output_avx512(&a),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => output_avx2(&a),
-        _ => output_tiles::<8>(&a),
+    // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+    // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+    unsafe {
+        let a = OutArgs {
+            m,
+            ms,
+            g,
+            tb,
+            te,
+            cr,
+            bias,
+            res,
+            act,
+            out,
+        };
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::AVX512 => output_avx512(&a),
+            #[cfg(target_arch = "x86_64")]
+            Isa::AVX2 => output_avx2(&a),
+            _ => output_tiles::<8>(&a),
+        }
     }
 }
 
@@ -515,85 +539,98 @@ struct OutArgs<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn output_avx512(a: &OutArgs) {
-    output_tiles::<16>(a)
+    // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+    // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+    unsafe { output_tiles::<16>(a) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn output_avx2(a: &OutArgs) {
-    output_tiles::<8>(a)
+    // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+    // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+    unsafe { output_tiles::<8>(a) }
 }
 
 #[inline(always)]
 unsafe fn output_tiles<const W: usize>(a: &OutArgs) {
-    let g = a.g;
-    let cout = g.cout;
-    for tile in a.tb..a.te {
-        let (b, rem) = (tile / (g.th * g.tw), tile % (g.th * g.tw));
-        let (ty, tx) = (rem / g.tw, rem % g.tw);
-        // output offsets of the tile's 4 pixels, usize::MAX where outside
-        let at: [usize; 4] = std::array::from_fn(|k| {
-            let (oy, ox) = (2 * ty + k / 2, 2 * tx + k % 2);
-            if oy < g.oh && ox < g.ow {
-                ((b * g.oh + oy) * g.ow + ox) * cout
-            } else {
-                usize::MAX
+    // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+    // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+    unsafe {
+        let g = a.g;
+        let cout = g.cout;
+        for tile in a.tb..a.te {
+            let (b, rem) = (tile / (g.th * g.tw), tile % (g.th * g.tw));
+            let (ty, tx) = (rem / g.tw, rem % g.tw);
+            // output offsets of the tile's 4 pixels, usize::MAX where outside
+            let at: [usize; 4] = std::array::from_fn(|k| {
+                let (oy, ox) = (2 * ty + k / 2, 2 * tx + k % 2);
+                if oy < g.oh && ox < g.ow {
+                    ((b * g.oh + oy) * g.ow + ox) * cout
+                } else {
+                    usize::MAX
+                }
+            });
+            let src = a.m.add((tile - a.tb) * cout);
+            let mut c = a.cr.0;
+            while c + W <= a.cr.1 {
+                output_tile::<W>(a, src, &at, c);
+                c += W;
             }
-        });
-        let src = a.m.add((tile - a.tb) * cout);
-        let mut c = a.cr.0;
-        while c + W <= a.cr.1 {
-            output_tile::<W>(a, src, &at, c);
-            c += W;
-        }
-        while c < a.cr.1 {
-            output_tile::<1>(a, src, &at, c);
-            c += 1;
+            while c < a.cr.1 {
+                output_tile::<1>(a, src, &at, c);
+                c += 1;
+            }
         }
     }
 }
 
 #[inline(always)]
 unsafe fn output_tile<const W: usize>(a: &OutArgs, src: *const f32, at: &[usize; 4], c: usize) {
-    let mm: [[f32; W]; 16] =
-        std::array::from_fn(|k| std::ptr::read_unaligned(src.add(k * a.ms + c) as *const [f32; W]));
-    // Aᵀ M: two rows
-    let mut s = [[0f32; W]; 8];
-    for q in 0..4 {
-        for l in 0..W {
-            let (m0, m1, m2, m3) = (mm[q][l], mm[4 + q][l], mm[8 + q][l], mm[12 + q][l]);
-            s[q][l] = m0 + m1 + m2;
-            s[4 + q][l] = m1 - m2 - m3;
-        }
-    }
-    let bias = std::ptr::read_unaligned(a.bias.add(c) as *const [f32; W]);
-    for i in 0..2 {
-        let mut y = [[0f32; W]; 2];
-        for l in 0..W {
-            let (s0, s1, s2, s3) = (
-                s[4 * i][l],
-                s[4 * i + 1][l],
-                s[4 * i + 2][l],
-                s[4 * i + 3][l],
-            );
-            y[0][l] = s0 + s1 + s2 + bias[l];
-            y[1][l] = s1 - s2 - s3 + bias[l];
-        }
-        for (j, yj) in y.iter_mut().enumerate() {
-            let o = at[2 * i + j];
-            if o == usize::MAX {
-                continue;
+    // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+    // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+    unsafe {
+        let mm: [[f32; W]; 16] = std::array::from_fn(|k| {
+            std::ptr::read_unaligned(src.add(k * a.ms + c) as *const [f32; W])
+        });
+        // Aᵀ M: two rows
+        let mut s = [[0f32; W]; 8];
+        for q in 0..4 {
+            for l in 0..W {
+                let (m0, m1, m2, m3) = (mm[q][l], mm[4 + q][l], mm[8 + q][l], mm[12 + q][l]);
+                s[q][l] = m0 + m1 + m2;
+                s[4 + q][l] = m1 - m2 - m3;
             }
-            if !a.res.is_null() {
-                let r = std::ptr::read_unaligned(a.res.add(o + c) as *const [f32; W]);
-                for l in 0..W {
-                    yj[l] += r[l];
+        }
+        let bias = std::ptr::read_unaligned(a.bias.add(c) as *const [f32; W]);
+        for i in 0..2 {
+            let mut y = [[0f32; W]; 2];
+            for l in 0..W {
+                let (s0, s1, s2, s3) = (
+                    s[4 * i][l],
+                    s[4 * i + 1][l],
+                    s[4 * i + 2][l],
+                    s[4 * i + 3][l],
+                );
+                y[0][l] = s0 + s1 + s2 + bias[l];
+                y[1][l] = s1 - s2 - s3 + bias[l];
+            }
+            for (j, yj) in y.iter_mut().enumerate() {
+                let o = at[2 * i + j];
+                if o == usize::MAX {
+                    continue;
                 }
+                if !a.res.is_null() {
+                    let r = std::ptr::read_unaligned(a.res.add(o + c) as *const [f32; W]);
+                    for l in 0..W {
+                        yj[l] += r[l];
+                    }
+                }
+                for v in yj.iter_mut() {
+                    *v = a.act.apply(*v);
+                }
+                std::ptr::write_unaligned(a.out.add(o + c) as *mut [f32; W], *yj);
             }
-            for v in yj.iter_mut() {
-                *v = a.act.apply(*v);
-            }
-            std::ptr::write_unaligned(a.out.add(o + c) as *mut [f32; W], *yj);
         }
     }
 }

@@ -683,12 +683,12 @@ fn shape_mismatches_are_errors_not_panics() {
     let p = PackedConv::from_oihw(&[0.0; 27], None, 1, 3, 3, 3).unwrap();
     let s = ConvShape::symmetric(1, 4, 4, 1, 1);
     let mut out = vec![0f32; 16];
-    let e = conv2d(Isa::Portable, &p, &[0.0; 5], &s, None, Act::None, &mut out).unwrap_err();
+    let e = conv2d(Isa::PORTABLE, &p, &[0.0; 5], &s, None, Act::None, &mut out).unwrap_err();
     assert!(e.to_string().contains("input of 5 values"), "{e}");
     assert!(PackedConv::from_oihw(&[0.0; 26], None, 1, 3, 3, 3).is_err());
     let tiny = ConvShape::symmetric(1, 1, 1, 1, 0);
     assert!(conv2d(
-        Isa::Portable,
+        Isa::PORTABLE,
         &p,
         &[0.0; 3],
         &tiny,
@@ -701,13 +701,17 @@ fn shape_mismatches_are_errors_not_panics() {
 }
 
 #[test]
-fn isa_names_parse_and_the_best_is_supported() {
-    for i in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
-        assert_eq!(Isa::parse(i.name()), Some(i));
+fn isa_names_parse_and_only_supported_paths_become_tokens() {
+    for k in [IsaKind::Portable, IsaKind::Avx2, IsaKind::Avx512] {
+        assert_eq!(IsaKind::parse(k.name()), Some(k));
+        // a token for a path exists exactly when the CPU runs it
+        assert_eq!(Isa::new(k).is_some(), k.supported());
+        assert_eq!(Isa::new(k).map(Isa::kind), k.supported().then_some(k));
     }
-    assert!(Isa::best().supported());
-    assert!(Isa::current().supported());
-    assert!(Isa::available().contains(&Isa::Portable));
+    assert!(Isa::best().kind().supported());
+    assert!(Isa::current().kind().supported());
+    assert!(Isa::available().contains(&Isa::PORTABLE));
+    assert_eq!(Isa::PORTABLE.kind(), IsaKind::Portable);
 }
 
 /// BatchNorm with batch statistics, in f64: the output, and the gradient of Σ w·output with
@@ -1059,7 +1063,7 @@ fn fused_inverted_residual_blocks_equal_their_three_convolutions() {
     let b = InvertedResidual::new(None, dpack.clone(), Act::None, p, Act::None).unwrap();
     let s = ConvShape::symmetric(1, 8, 8, 2, 1);
     let mut out = vec![0f32; 4 * 4 * 16];
-    let e = inverted_residual(Isa::Portable, &b, &[0.0; 8 * 8 * 16], &s, true, &mut out);
+    let e = inverted_residual(Isa::PORTABLE, &b, &[0.0; 8 * 8 * 16], &s, true, &mut out);
     assert!(e.unwrap_err().0.contains("residual"));
     let p8 = PackedConv::from_oihw(&[0.0; 8 * 8], None, 8, 8, 1, 1).unwrap();
     let e = InvertedResidual::new(None, dpack, Act::None, p8, Act::None).unwrap_err();

@@ -13,7 +13,7 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
-use whisker::backbones::plan::{Isa, Plan};
+use whisker::backbones::plan::{Isa, IsaKind, Plan};
 use whisker::backbones::Taps;
 use whisker::{Backbone, MODELS};
 
@@ -53,7 +53,9 @@ fn main() {
             }
             "--isa" => {
                 let v = val();
-                isa = Isa::parse(&v).unwrap_or_else(|| fail(format!("unknown ISA {v}")))
+                let kind = IsaKind::parse(&v).unwrap_or_else(|| fail(format!("unknown ISA {v}")));
+                isa = Isa::new(kind)
+                    .unwrap_or_else(|| fail(format!("this CPU cannot run the {v} kernels")))
             }
             m if m.starts_with("--") => fail(format!("unknown option {m}")),
             m => models.push(m.to_string()),
@@ -77,7 +79,7 @@ fn main() {
         let pixels = whisker::tensor::to_vec(x.clone()).expect("f32 pixels");
         let plan = (!burn).then(|| {
             Plan::compile(&b)
-                .and_then(|p| p.with_isa(isa))
+                .map(|p| p.with_isa(isa))
                 .unwrap_or_else(|e| fail(e.to_string()))
         });
         let run = || match &plan {

@@ -383,3 +383,49 @@ mod tests {
         }
     }
 }
+
+/// Which implementation runs forward-only passes on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// whisker's kernels on the CPU (the default), burn elsewhere.
+    Auto,
+    /// burn's operations everywhere (the reference path).
+    Burn,
+}
+
+static ENGINE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Choose the forward engine for the whole process (overrides `WHISKER_ENGINE`).
+pub fn set_engine(e: Engine) {
+    ENGINE.store(
+        match e {
+            Engine::Auto => 1,
+            Engine::Burn => 2,
+        },
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// The engine in use: [`set_engine`]'s choice, else `WHISKER_ENGINE=burn|auto`, else auto.
+pub fn engine() -> Engine {
+    match ENGINE.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => Engine::Auto,
+        2 => Engine::Burn,
+        _ => {
+            let e = match std::env::var("WHISKER_ENGINE")
+                .ok()
+                .as_deref()
+                .map(str::trim)
+            {
+                Some("burn") => Engine::Burn,
+                None | Some("" | "auto" | "engine") => Engine::Auto,
+                Some(v) => {
+                    eprintln!("whisker: WHISKER_ENGINE={v:?} is not one of auto, burn; using auto");
+                    Engine::Auto
+                }
+            };
+            set_engine(e);
+            e
+        }
+    }
+}

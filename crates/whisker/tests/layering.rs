@@ -91,3 +91,25 @@ fn no_module_imports_one_above_it() {
     assert!(checked > 100, "only {checked} references found");
     assert!(violations.is_empty(), "{}", violations.join("\n"));
 }
+
+/// Inside `backbones`, the layers (the burn building blocks) sit below the engine's plan: the
+/// plan lowers layers, never the other way round (a process-wide switch once made
+/// `layers.rs` depend on `plan.rs`, a cycle).
+#[test]
+fn the_layers_do_not_depend_on_the_plan() {
+    let layers = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/backbones/layers.rs"),
+    )
+    .unwrap();
+    let code: String = layers
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for needle in ["plan::", "super::plan", "backbones::plan"] {
+        assert!(
+            !code.contains(needle),
+            "backbones/layers.rs names `{needle}`: the layers must not depend on the plan"
+        );
+    }
+}

@@ -135,7 +135,7 @@ pub fn arith(device: &burn::tensor::Device) -> Arith {
     match p.reduced_dtype() {
         Some(dt)
             if !crate::device::is_cpu(device)
-                || super::plan::engine() == super::plan::Engine::Burn =>
+                || crate::device::engine() == crate::device::Engine::Burn =>
         {
             Arith::Cast(dt)
         }

@@ -8,14 +8,13 @@
 //! gradients and other devices; `WHISKER_ENGINE=burn` (or [`set_engine`]) forces the burn
 //! path everywhere, for tests and comparisons.
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use burn::module::ParamId;
 use burn::tensor::{Device, Tensor, TensorData};
 use whisker_kernels as k;
-pub use whisker_kernels::Isa;
 use whisker_kernels::{Act as KAct, ConvShape, PackedConv, PackedDepthwise};
+pub use whisker_kernels::{Isa, IsaKind};
 
 use super::inverted_residual::InvertedResidual;
 use super::layers::{tf_same_padding, Act, BatchNorm, Conv2d, ConvBnAct, Linear, Padding, Taps};
@@ -26,51 +25,9 @@ use crate::data::transforms::{Normalization, IMAGENET_MEAN, IMAGENET_STD};
 use crate::error::{Error, Result};
 pub use grad::{ParamGrad, Tape};
 
-/// Which implementation runs forward-only passes on the CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    /// whisker's kernels on the CPU (the default), burn elsewhere.
-    Auto,
-    /// burn's operations everywhere (the reference path).
-    Burn,
-}
-
-static ENGINE: AtomicU8 = AtomicU8::new(0);
-
-/// Choose the forward engine for the whole process (overrides `WHISKER_ENGINE`).
-pub fn set_engine(e: Engine) {
-    ENGINE.store(
-        match e {
-            Engine::Auto => 1,
-            Engine::Burn => 2,
-        },
-        Ordering::Relaxed,
-    );
-}
-
-/// The engine in use: [`set_engine`]'s choice, else `WHISKER_ENGINE=burn|auto`, else auto.
-pub fn engine() -> Engine {
-    match ENGINE.load(Ordering::Relaxed) {
-        1 => Engine::Auto,
-        2 => Engine::Burn,
-        _ => {
-            let e = match std::env::var("WHISKER_ENGINE")
-                .ok()
-                .as_deref()
-                .map(str::trim)
-            {
-                Some("burn") => Engine::Burn,
-                None | Some("" | "auto" | "engine") => Engine::Auto,
-                Some(v) => {
-                    eprintln!("whisker: WHISKER_ENGINE={v:?} is not one of auto, burn; using auto");
-                    Engine::Auto
-                }
-            };
-            set_engine(e);
-            e
-        }
-    }
-}
+// the engine switch lives with the other process-wide compute settings (`device`), so that
+// the layers can read it without depending on the plan
+pub use crate::device::{engine, set_engine, Engine};
 
 /// The instruction-set path the engine's kernels use on this CPU (`WHISKER_ISA` lowers it).
 pub fn isa() -> Isa {
@@ -982,22 +939,11 @@ impl Plan {
         self.isa
     }
 
-    /// The same plan on another instruction-set path (one this CPU supports: see
-    /// [`Isa::available`]), to test or benchmark each path.
-    pub fn with_isa(mut self, isa: Isa) -> Result<Plan> {
-        if !isa.supported() {
-            return Err(Error::Invalid(format!(
-                "this CPU cannot run the {} kernels (it has: {})",
-                isa.name(),
-                Isa::available()
-                    .iter()
-                    .map(|i| i.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
+    /// The same plan on another instruction-set path (an [`Isa`] is a path this CPU was
+    /// checked to support: see [`Isa::available`]), to test or benchmark each path.
+    pub fn with_isa(mut self, isa: Isa) -> Plan {
         self.isa = isa;
-        Ok(self)
+        self
     }
 
     /// Forward from pixels in [0, 1] (`[n, 3, h, w]`, NCHW, row-major), normalised inside
