@@ -6,8 +6,10 @@ use burn::tensor::Tensor;
 
 use super::inverted_residual::{fold_network, network_batchnorms, InvertedResidual};
 use super::layers::{global_avg_pool, Act, BatchNorm, ConvBnAct, ConvSpec, Linear, Taps};
+use super::plan::{Builder, Lowered, V};
 use crate::error::Result;
 use crate::weights::Loader;
+use whisker_kernels::Act as KAct;
 
 const EPS: f64 = 1e-5;
 /// One stage of MobileNetV2 (the paper's table 2).
@@ -150,8 +152,11 @@ impl MobileNetV2 {
             fc,
         })
     }
+}
 
-    pub fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
+/// The burn forward and the CPU engine's lowering of the network, side by side.
+impl super::Arch for MobileNetV2 {
+    fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         let mut x = self.stem.forward(x);
         x = taps.hook("features.0", x);
         for (i, b) in self.blocks.iter().enumerate() {
@@ -167,17 +172,31 @@ impl MobileNetV2 {
         global_avg_pool(x)
     }
 
-    pub fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
+    fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
         self.fc.forward(f)
     }
 
     /// Every BatchNorm, in network order.
-    pub fn batchnorms(&mut self) -> Vec<&mut BatchNorm> {
+    fn batchnorms(&mut self) -> Vec<&mut BatchNorm> {
         network_batchnorms(&mut self.stem, &mut self.blocks, &mut self.head)
     }
 
     /// Fold every BatchNorm into its convolution (inference only).
-    pub fn fold_bn(&mut self) {
+    fn fold_bn(&mut self) {
         fold_network(&mut self.stem, &mut self.blocks, &mut self.head);
+    }
+
+    fn lower(&self, bl: &mut Builder<'_>, x: V) -> Result<Lowered> {
+        let x = bl.mbconv_net(x, &self.stem, &self.blocks, &self.head, &|i| {
+            format!("features.{i}")
+        })?;
+        let features = bl.gap(x);
+        let classifier_start = bl.mark();
+        let logits = bl.linear(features, &self.fc, KAct::None, None)?;
+        Ok(Lowered {
+            features,
+            classifier_start,
+            logits,
+        })
     }
 }

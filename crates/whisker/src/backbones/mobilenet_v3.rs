@@ -9,8 +9,11 @@ use burn::tensor::Tensor;
 
 use super::inverted_residual::{fold_network, network_batchnorms, InvertedResidual, SqueezeExcite};
 use super::layers::{global_avg_pool, Act, Conv2d, ConvBnAct, ConvSpec, Linear, Taps};
+use super::plan::{Builder, Lowered, V};
+use super::Arch as _;
 use crate::error::Result;
 use crate::weights::Loader;
+use whisker_kernels::Act as KAct;
 
 const EPS: f64 = 1e-3;
 /// BatchNorm momentum of the running statistics (`--train-bn`), as torchvision's.
@@ -218,8 +221,11 @@ impl MobileNetV3 {
         }
         Ok(m)
     }
+}
 
-    pub fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
+/// The burn forward and the CPU engine's lowering of the network, side by side.
+impl super::Arch for MobileNetV3 {
+    fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         let mut x = self.stem.forward(x);
         x = taps.hook("features.0", x);
         for (i, b) in self.blocks.iter().enumerate() {
@@ -235,17 +241,32 @@ impl MobileNetV3 {
         Act::Hardswish.apply(self.fc1.forward(global_avg_pool(x)))
     }
 
-    pub fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
+    fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
         self.fc2.forward(f)
     }
 
     /// Every BatchNorm, in network order.
-    pub fn batchnorms(&mut self) -> Vec<&mut crate::backbones::layers::BatchNorm> {
+    fn batchnorms(&mut self) -> Vec<&mut crate::backbones::layers::BatchNorm> {
         network_batchnorms(&mut self.stem, &mut self.blocks, &mut self.head)
     }
 
     /// Fold every BatchNorm into its convolution (inference only).
-    pub fn fold_bn(&mut self) {
+    fn fold_bn(&mut self) {
         fold_network(&mut self.stem, &mut self.blocks, &mut self.head);
+    }
+
+    fn lower(&self, bl: &mut Builder<'_>, x: V) -> Result<Lowered> {
+        let x = bl.mbconv_net(x, &self.stem, &self.blocks, &self.head, &|i| {
+            format!("features.{i}")
+        })?;
+        let g = bl.gap(x);
+        let features = bl.linear(g, &self.fc1, KAct::Hardswish, None)?;
+        let classifier_start = bl.mark();
+        let logits = bl.linear(features, &self.fc2, KAct::None, None)?;
+        Ok(Lowered {
+            features,
+            classifier_start,
+            logits,
+        })
     }
 }

@@ -345,9 +345,49 @@ pub fn imagenet_classes() -> &'static [&'static str] {
     C.get_or_init(|| include_str!("imagenet_classes.txt").lines().collect())
 }
 
-/// The network itself, one variant per family.
-#[derive(Module, Debug)]
-pub enum Net {
+/// What a family defines, in its own file: the burn forward (autodiff, every device) and
+/// the lowering of the same network to the CPU engine, side by side, with its checkpoint
+/// loading. The registry ([`families!`]) lists the families; nothing else matches on them.
+trait Arch {
+    /// Normalised input `[N, 3, H, W]` → feature vectors `[N, feature_dim]`.
+    fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2>;
+    /// Feature vectors → ImageNet logits.
+    fn classifier(&self, f: Tensor<2>) -> Tensor<2>;
+    /// Every BatchNorm layer, in network order.
+    fn batchnorms(&mut self) -> Vec<&mut layers::BatchNorm>;
+    /// Fold BatchNorm into the convolutions (frozen inference).
+    fn fold_bn(&mut self);
+    /// The network as the CPU engine's ops, from the input value `x`.
+    fn lower(&self, bl: &mut plan::Builder<'_>, x: plan::V) -> Result<plan::Lowered>;
+}
+
+/// The registry of families: one line each. It makes [`Net`] (one variant a family) and its
+/// dispatch to the family's [`Arch`].
+macro_rules! families {
+    ($($variant:ident($ty:ty)),* $(,)?) => {
+        /// The network itself, one variant per family.
+        #[derive(Module, Debug)]
+        pub enum Net {
+            $($variant($ty)),*
+        }
+
+        impl Net {
+            fn arch(&self) -> &dyn Arch {
+                match self {
+                    $(Net::$variant(m) => m),*
+                }
+            }
+
+            fn arch_mut(&mut self) -> &mut dyn Arch {
+                match self {
+                    $(Net::$variant(m) => m),*
+                }
+            }
+        }
+    };
+}
+
+families! {
     ResNet(resnet::ResNet),
     Vgg(vgg::Vgg),
     MobileNetV2(mobilenet_v2::MobileNetV2),
@@ -372,35 +412,17 @@ impl Net {
 
     /// Normalised input `[N, 3, H, W]` → feature vectors `[N, feature_dim]`.
     pub fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
-        match self {
-            Net::ResNet(m) => m.features(x, taps),
-            Net::Vgg(m) => m.features(x, taps),
-            Net::MobileNetV2(m) => m.features(x, taps),
-            Net::MobileNetV3(m) => m.features(x, taps),
-            Net::EfficientNetLite(m) => m.features(x, taps),
-        }
+        self.arch().features(x, taps)
     }
 
     /// Every BatchNorm layer, in network order.
     pub fn batchnorms(&mut self) -> Vec<&mut layers::BatchNorm> {
-        match self {
-            Net::ResNet(m) => m.batchnorms(),
-            Net::Vgg(m) => m.batchnorms(),
-            Net::MobileNetV2(m) => m.batchnorms(),
-            Net::MobileNetV3(m) => m.batchnorms(),
-            Net::EfficientNetLite(m) => m.batchnorms(),
-        }
+        self.arch_mut().batchnorms()
     }
 
     /// Feature vectors → ImageNet logits.
     pub fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
-        match self {
-            Net::ResNet(m) => m.classifier(f),
-            Net::Vgg(m) => m.classifier(f),
-            Net::MobileNetV2(m) => m.classifier(f),
-            Net::MobileNetV3(m) => m.classifier(f),
-            Net::EfficientNetLite(m) => m.classifier(f),
-        }
+        self.arch().classifier(f)
     }
 }
 
@@ -704,13 +726,7 @@ impl Backbone {
     pub fn fold_batchnorm(mut self) -> Self {
         self.plan = OnceLock::new();
         self.grad_plan = OnceLock::new();
-        match &mut self.net {
-            Net::ResNet(m) => m.fold_bn(),
-            Net::Vgg(m) => m.fold_bn(),
-            Net::MobileNetV2(m) => m.fold_bn(),
-            Net::MobileNetV3(m) => m.fold_bn(),
-            Net::EfficientNetLite(m) => m.fold_bn(),
-        }
+        self.net.arch_mut().fold_bn();
         self
     }
 

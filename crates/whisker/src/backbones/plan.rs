@@ -34,7 +34,8 @@ pub fn isa() -> Isa {
     Isa::current()
 }
 
-type V = usize;
+/// A value of the plan (a feature map or vector), by index.
+pub(super) type V = usize;
 
 #[derive(Debug, Clone, Copy)]
 enum Pad {
@@ -221,7 +222,16 @@ pub struct PlanOutput {
     pub logits: Option<Vec<f32>>,
 }
 
-struct Builder<'a> {
+/// What a family's lowering returns: the feature vector, the first op of the classifier
+/// (ops from there compute the logits only) and the logits.
+pub(super) struct Lowered {
+    pub features: V,
+    pub classifier_start: usize,
+    pub logits: V,
+}
+
+/// Builds a plan: each family's `Arch::lower` calls its methods in network order.
+pub(super) struct Builder<'a> {
     ops: Vec<Op>,
     channels: Vec<usize>,
     winograd: bool,
@@ -398,12 +408,12 @@ impl Builder<'_> {
         true
     }
 
-    fn value(&mut self, channels: usize) -> V {
+    pub(super) fn value(&mut self, channels: usize) -> V {
         self.channels.push(channels);
         self.channels.len() - 1
     }
 
-    fn conv(
+    pub(super) fn conv(
         &mut self,
         x: V,
         conv: &Conv2d,
@@ -550,7 +560,13 @@ impl Builder<'_> {
     }
 
     /// A linear layer; `perm` maps the NHWC flattening of the input to the checkpoint's.
-    fn linear(&mut self, x: V, l: &Linear, act: KAct, perm: Option<&[usize]>) -> Result<V> {
+    pub(super) fn linear(
+        &mut self,
+        x: V,
+        l: &Linear,
+        act: KAct,
+        perm: Option<&[usize]>,
+    ) -> Result<V> {
         let [inp, outc] = l.weight.dims();
         let mut w = crate::tensor::to_vec(l.weight.val())?;
         if let Some(perm) = perm {
@@ -591,14 +607,44 @@ impl Builder<'_> {
         Ok(out)
     }
 
-    fn tap(&mut self, name: impl Into<String>, x: V) {
+    pub(super) fn tap(&mut self, name: impl Into<String>, x: V) {
         self.ops.push(Op::Tap {
             name: name.into(),
             x,
         });
     }
 
-    fn gap(&mut self, x: V) -> V {
+    /// Max pooling (`k`×`k`, `stride`, zero-free `pad`).
+    pub(super) fn max_pool(&mut self, x: V, k: usize, stride: usize, pad: usize) -> V {
+        let out = self.value(self.channels[x]);
+        self.ops.push(Op::MaxPool {
+            x,
+            out,
+            k,
+            stride,
+            pad,
+        });
+        out
+    }
+
+    /// Adaptive average pooling to `oh × ow`.
+    pub(super) fn avg_pool(&mut self, x: V, oh: usize, ow: usize) -> V {
+        let out = self.value(self.channels[x]);
+        self.ops.push(Op::AvgPool { x, out, oh, ow });
+        out
+    }
+
+    /// The channels of value `x`.
+    pub(super) fn channels_of(&self, x: V) -> usize {
+        self.channels[x]
+    }
+
+    /// Where the next op goes (the classifier's first op, for [`Lowered`]).
+    pub(super) fn mark(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub(super) fn gap(&mut self, x: V) -> V {
         let out = self.value(self.channels[x]);
         self.ops.push(Op::AvgPool {
             x,
@@ -731,7 +777,7 @@ impl Builder<'_> {
     }
 
     /// Stem → inverted residual blocks → head, with the family's tap names.
-    fn mbconv_net(
+    pub(super) fn mbconv_net(
         &mut self,
         x: V,
         stem: &ConvBnAct,
@@ -789,109 +835,11 @@ impl Plan {
             trainable,
             seen_trainable: false,
         };
-        let x = 0;
-        let none = KAct::None;
-        let (features, classifier_start, logits) = match net {
-            Net::ResNet(m) => {
-                let mut x = bl.conv(x, &m.conv1, Some(&m.bn1), Act::Relu, None)?;
-                bl.tap("relu", x);
-                let out = bl.value(64);
-                bl.ops.push(Op::MaxPool {
-                    x,
-                    out,
-                    k: 3,
-                    stride: 2,
-                    pad: 1,
-                });
-                x = out;
-                bl.tap("maxpool", x);
-                for (s, layer) in [&m.layer1, &m.layer2, &m.layer3, &m.layer4]
-                    .into_iter()
-                    .enumerate()
-                {
-                    for (i, blk) in layer.iter().enumerate() {
-                        let identity = match &blk.downsample {
-                            Some(d) => bl.conv(x, &d.conv, Some(&d.bn), Act::None, None)?,
-                            None => x,
-                        };
-                        let y = bl.conv(x, &blk.conv1, Some(&blk.bn1), Act::Relu, None)?;
-                        x = match (&blk.conv3, &blk.bn3) {
-                            (Some(c3), Some(b3)) => {
-                                let y = bl.conv(y, &blk.conv2, Some(&blk.bn2), Act::Relu, None)?;
-                                bl.conv(y, c3, Some(b3), Act::Relu, Some(identity))?
-                            }
-                            _ => {
-                                bl.conv(y, &blk.conv2, Some(&blk.bn2), Act::Relu, Some(identity))?
-                            }
-                        };
-                        bl.tap(format!("layer{}.{i}", s + 1), x);
-                    }
-                    bl.tap(format!("layer{}", s + 1), x);
-                }
-                let f = bl.gap(x);
-                let start = bl.ops.len();
-                (f, start, bl.linear(f, &m.fc, none, None)?)
-            }
-            Net::Vgg(m) => {
-                let mut x = x;
-                for layer in &m.features {
-                    x = bl.conv(x, &layer.conv, layer.bn.as_ref(), Act::Relu, None)?;
-                    bl.tap(format!("features.{}", layer.relu_index), x);
-                    if let Some(p) = layer.pool_index {
-                        let out = bl.value(bl.channels[x]);
-                        bl.ops.push(Op::MaxPool {
-                            x,
-                            out,
-                            k: 2,
-                            stride: 2,
-                            pad: 0,
-                        });
-                        x = out;
-                        bl.tap(format!("features.{p}"), x);
-                    }
-                }
-                let c = bl.channels[x];
-                let out = bl.value(c);
-                bl.ops.push(Op::AvgPool {
-                    x,
-                    out,
-                    oh: 7,
-                    ow: 7,
-                });
-                // NHWC flattening (p·c + ch) → the checkpoint's NCHW flattening (ch·49 + p)
-                let perm: Vec<usize> = (0..49 * c).map(|i| (i % c) * 49 + i / c).collect();
-                let f1 = bl.linear(out, &m.fc1, KAct::Relu, Some(&perm))?;
-                let f = bl.linear(f1, &m.fc2, KAct::Relu, None)?;
-                let start = bl.ops.len();
-                (f, start, bl.linear(f, &m.fc3, none, None)?)
-            }
-            Net::MobileNetV2(m) => {
-                let x =
-                    bl.mbconv_net(x, &m.stem, &m.blocks, &m.head, &|i| format!("features.{i}"))?;
-                let f = bl.gap(x);
-                let start = bl.ops.len();
-                (f, start, bl.linear(f, &m.fc, none, None)?)
-            }
-            Net::MobileNetV3(m) => {
-                let x =
-                    bl.mbconv_net(x, &m.stem, &m.blocks, &m.head, &|i| format!("features.{i}"))?;
-                let g = bl.gap(x);
-                let f = bl.linear(g, &m.fc1, KAct::Hardswish, None)?;
-                let start = bl.ops.len();
-                (f, start, bl.linear(f, &m.fc2, none, None)?)
-            }
-            Net::EfficientNetLite(m) => {
-                let n = m.blocks.len();
-                let x = bl.mbconv_net(x, &m.stem, &m.blocks, &m.head, &|i| match i {
-                    0 => "stem".to_string(),
-                    i if i == n + 1 => "head".to_string(),
-                    i => format!("_blocks.{}", i - 1),
-                })?;
-                let f = bl.gap(x);
-                let start = bl.ops.len();
-                (f, start, bl.linear(f, &m.fc, none, None)?)
-            }
-        };
+        let Lowered {
+            features,
+            classifier_start,
+            logits,
+        } = net.arch().lower(&mut bl, 0)?;
         let norm = match norm {
             Normalization::ImageNet => (1.0, IMAGENET_MEAN, IMAGENET_STD),
             Normalization::Tf => (255.0, [127.0; 3], [128.0; 3]),

@@ -7,8 +7,10 @@ use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::Tensor;
 
 use super::layers::{fold_bn, global_avg_pool, Act, BatchNorm, Conv2d, ConvSpec, Linear, Taps};
+use super::plan::{Builder, Lowered, V};
 use crate::error::Result;
 use crate::weights::Loader;
+use whisker_kernels::Act as KAct;
 
 const EPS: f64 = 1e-5;
 
@@ -168,9 +170,12 @@ impl ResNet {
             fc,
         })
     }
+}
 
+/// The burn forward and the CPU engine's lowering of the network, side by side.
+impl super::Arch for ResNet {
     /// Pooled features `[N, 512·expansion]` (the input of `fc`).
-    pub fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
+    fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         let x = taps.hook(
             "relu",
             Act::Relu.apply(self.bn1.forward(self.conv1.forward(x))),
@@ -199,12 +204,12 @@ impl ResNet {
         global_avg_pool(x)
     }
 
-    pub fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
+    fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
         self.fc.forward(f)
     }
 
     /// Every BatchNorm, in network order.
-    pub fn batchnorms(&mut self) -> Vec<&mut BatchNorm> {
+    fn batchnorms(&mut self) -> Vec<&mut BatchNorm> {
         let mut v = vec![&mut self.bn1];
         for layer in [
             &mut self.layer1,
@@ -227,7 +232,7 @@ impl ResNet {
     }
 
     /// Fold every BatchNorm into its convolution (inference only).
-    pub fn fold_bn(&mut self) {
+    fn fold_bn(&mut self) {
         fold_bn(&mut self.conv1, &mut self.bn1);
         for layer in [
             &mut self.layer1,
@@ -246,5 +251,41 @@ impl ResNet {
                 }
             }
         }
+    }
+
+    fn lower(&self, bl: &mut Builder<'_>, x: V) -> Result<Lowered> {
+        let mut x = bl.conv(x, &self.conv1, Some(&self.bn1), Act::Relu, None)?;
+        bl.tap("relu", x);
+        x = bl.max_pool(x, 3, 2, 1);
+        bl.tap("maxpool", x);
+        for (s, layer) in [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
+            .into_iter()
+            .enumerate()
+        {
+            for (i, blk) in layer.iter().enumerate() {
+                let identity = match &blk.downsample {
+                    Some(d) => bl.conv(x, &d.conv, Some(&d.bn), Act::None, None)?,
+                    None => x,
+                };
+                let y = bl.conv(x, &blk.conv1, Some(&blk.bn1), Act::Relu, None)?;
+                x = match (&blk.conv3, &blk.bn3) {
+                    (Some(c3), Some(b3)) => {
+                        let y = bl.conv(y, &blk.conv2, Some(&blk.bn2), Act::Relu, None)?;
+                        bl.conv(y, c3, Some(b3), Act::Relu, Some(identity))?
+                    }
+                    _ => bl.conv(y, &blk.conv2, Some(&blk.bn2), Act::Relu, Some(identity))?,
+                };
+                bl.tap(format!("layer{}.{i}", s + 1), x);
+            }
+            bl.tap(format!("layer{}", s + 1), x);
+        }
+        let features = bl.gap(x);
+        let classifier_start = bl.mark();
+        let logits = bl.linear(features, &self.fc, KAct::None, None)?;
+        Ok(Lowered {
+            features,
+            classifier_start,
+            logits,
+        })
     }
 }

@@ -11,8 +11,10 @@ use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::Tensor;
 
 use super::layers::{fold_bn, Act, BatchNorm, Conv2d, ConvSpec, Linear, Taps};
+use super::plan::{Builder, Lowered, V};
 use crate::error::Result;
 use crate::weights::Loader;
+use whisker_kernels::Act as KAct;
 
 const M: usize = 0;
 
@@ -101,8 +103,11 @@ impl Vgg {
             fc3,
         })
     }
+}
 
-    pub fn features(&self, mut x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
+/// The burn forward and the CPU engine's lowering of the network, side by side.
+impl super::Arch for Vgg {
+    fn features(&self, mut x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         for layer in &self.features {
             x = layer.conv.forward(x);
             if let Some(bn) = &layer.bn {
@@ -126,12 +131,12 @@ impl Vgg {
         Act::Relu.apply(self.fc2.forward(x))
     }
 
-    pub fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
+    fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
         self.fc3.forward(f)
     }
 
     /// Every BatchNorm, in network order.
-    pub fn batchnorms(&mut self) -> Vec<&mut BatchNorm> {
+    fn batchnorms(&mut self) -> Vec<&mut BatchNorm> {
         self.features
             .iter_mut()
             .filter_map(|l| l.bn.as_mut())
@@ -139,12 +144,37 @@ impl Vgg {
     }
 
     /// Fold every BatchNorm into its convolution (inference only).
-    pub fn fold_bn(&mut self) {
+    fn fold_bn(&mut self) {
         for l in self.features.iter_mut() {
             if let Some(bn) = &mut l.bn {
                 fold_bn(&mut l.conv, bn);
             }
         }
+    }
+
+    fn lower(&self, bl: &mut Builder<'_>, x: V) -> Result<Lowered> {
+        let mut x = x;
+        for layer in &self.features {
+            x = bl.conv(x, &layer.conv, layer.bn.as_ref(), Act::Relu, None)?;
+            bl.tap(format!("features.{}", layer.relu_index), x);
+            if let Some(p) = layer.pool_index {
+                x = bl.max_pool(x, 2, 2, 0);
+                bl.tap(format!("features.{p}"), x);
+            }
+        }
+        let c = bl.channels_of(x);
+        let pooled = bl.avg_pool(x, 7, 7);
+        // NHWC flattening (p·c + ch) → the checkpoint's NCHW flattening (ch·49 + p)
+        let perm: Vec<usize> = (0..49 * c).map(|i| (i % c) * 49 + i / c).collect();
+        let f1 = bl.linear(pooled, &self.fc1, KAct::Relu, Some(&perm))?;
+        let features = bl.linear(f1, &self.fc2, KAct::Relu, None)?;
+        let classifier_start = bl.mark();
+        let logits = bl.linear(features, &self.fc3, KAct::None, None)?;
+        Ok(Lowered {
+            features,
+            classifier_start,
+            logits,
+        })
     }
 }
 
