@@ -376,6 +376,7 @@ fn build_tree(root: &Path, png: &[u8], rng: &mut SplitMix64) {
             // a FIFO without a writer: a reader that opened it blocking would hang
             8 => std::process::Command::new("mkfifo")
                 .arg(&p)
+                .stderr(std::process::Stdio::null())
                 .status()
                 .map(|_| ()),
             0 => std::fs::create_dir_all(&p).map(|_| dirs.push(p.clone())),
