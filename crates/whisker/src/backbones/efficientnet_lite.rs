@@ -14,7 +14,6 @@ use super::plan::{Builder, Lowered, V};
 use super::Arch as _;
 use crate::error::Result;
 use crate::weights::Loader;
-use whisker_kernels::Act as KAct;
 
 const EPS: f64 = 1e-3;
 /// BatchNorm momentum of the running statistics (`--train-bn`): TensorFlow's decay 0.99.
@@ -235,13 +234,7 @@ impl super::Arch for EfficientNetLite {
             i => format!("_blocks.{}", i - 1),
         })?;
         let features = bl.gap(x);
-        let classifier_start = bl.mark();
-        let logits = bl.linear(features, &self.fc, KAct::None, None)?;
-        Ok(Lowered {
-            features,
-            classifier_start,
-            logits,
-        })
+        bl.classify(features, &self.fc)
     }
 }
 

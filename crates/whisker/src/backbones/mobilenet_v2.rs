@@ -9,7 +9,6 @@ use super::layers::{global_avg_pool, Act, BatchNorm, ConvBnAct, ConvSpec, Linear
 use super::plan::{Builder, Lowered, V};
 use crate::error::Result;
 use crate::weights::Loader;
-use whisker_kernels::Act as KAct;
 
 const EPS: f64 = 1e-5;
 /// One stage of MobileNetV2 (the paper's table 2).
@@ -191,12 +190,6 @@ impl super::Arch for MobileNetV2 {
             format!("features.{i}")
         })?;
         let features = bl.gap(x);
-        let classifier_start = bl.mark();
-        let logits = bl.linear(features, &self.fc, KAct::None, None)?;
-        Ok(Lowered {
-            features,
-            classifier_start,
-            logits,
-        })
+        bl.classify(features, &self.fc)
     }
 }

@@ -261,12 +261,6 @@ impl super::Arch for MobileNetV3 {
         })?;
         let g = bl.gap(x);
         let features = bl.linear(g, &self.fc1, KAct::Hardswish, None)?;
-        let classifier_start = bl.mark();
-        let logits = bl.linear(features, &self.fc2, KAct::None, None)?;
-        Ok(Lowered {
-            features,
-            classifier_start,
-            logits,
-        })
+        bl.classify(features, &self.fc2)
     }
 }

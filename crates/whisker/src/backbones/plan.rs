@@ -639,9 +639,16 @@ impl Builder<'_> {
         self.channels[x]
     }
 
-    /// Where the next op goes (the classifier's first op, for [`Lowered`]).
-    pub(super) fn mark(&self) -> usize {
-        self.ops.len()
+    /// The network's end: `features` (the feature vector) through the ImageNet
+    /// classification layer `fc`, whose ops only the logits need.
+    pub(super) fn classify(&mut self, features: V, fc: &Linear) -> Result<Lowered> {
+        let classifier_start = self.ops.len();
+        let logits = self.linear(features, fc, KAct::None, None)?;
+        Ok(Lowered {
+            features,
+            classifier_start,
+            logits,
+        })
     }
 
     pub(super) fn gap(&mut self, x: V) -> V {

@@ -10,7 +10,6 @@ use super::layers::{fold_bn, global_avg_pool, Act, BatchNorm, Conv2d, ConvSpec, 
 use super::plan::{Builder, Lowered, V};
 use crate::error::Result;
 use crate::weights::Loader;
-use whisker_kernels::Act as KAct;
 
 const EPS: f64 = 1e-5;
 
@@ -280,12 +279,6 @@ impl super::Arch for ResNet {
             bl.tap(format!("layer{}", s + 1), x);
         }
         let features = bl.gap(x);
-        let classifier_start = bl.mark();
-        let logits = bl.linear(features, &self.fc, KAct::None, None)?;
-        Ok(Lowered {
-            features,
-            classifier_start,
-            logits,
-        })
+        bl.classify(features, &self.fc)
     }
 }

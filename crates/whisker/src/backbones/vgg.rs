@@ -168,13 +168,7 @@ impl super::Arch for Vgg {
         let perm: Vec<usize> = (0..49 * c).map(|i| (i % c) * 49 + i / c).collect();
         let f1 = bl.linear(pooled, &self.fc1, KAct::Relu, Some(&perm))?;
         let features = bl.linear(f1, &self.fc2, KAct::Relu, None)?;
-        let classifier_start = bl.mark();
-        let logits = bl.linear(features, &self.fc3, KAct::None, None)?;
-        Ok(Lowered {
-            features,
-            classifier_start,
-            logits,
-        })
+        bl.classify(features, &self.fc3)
     }
 }
 

@@ -280,6 +280,21 @@ pub fn resize_window_with(
     RgbImage::from_raw(cw as u32, ch as u32, out).expect("size matches")
 }
 
+/// One output pixel of a pass: the taps `k` (22-bit fixed point) over the RGB pixels of
+/// `src` at `at(0)`, `at(1)`, …, rounded and clipped to u8 as Pillow does.
+#[inline(always)]
+fn weighted_sum(src: &[u8], k: &[i32], at: impl Fn(usize) -> usize) -> [u8; 3] {
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let (mut s0, mut s1, mut s2) = (half, half, half);
+    for (t, &kt) in k.iter().enumerate() {
+        let i = at(t);
+        s0 = s0.wrapping_add(src[i] as i32 * kt);
+        s1 = s1.wrapping_add(src[i + 1] as i32 * kt);
+        s2 = s2.wrapping_add(src[i + 2] as i32 * kt);
+    }
+    [clip8(s0), clip8(s1), clip8(s2)]
+}
+
 /// The `w × h` block at `(x, y)` of an RGB buffer `stride` pixels wide.
 fn copy_window(src: &[u8], stride: usize, x: usize, y: usize, w: usize, h: usize) -> Vec<u8> {
     let mut out = vec![0u8; w * h * 3];
@@ -300,23 +315,13 @@ fn horizontal(
     col0: usize,
 ) -> Vec<u8> {
     let n = h.bounds.len();
-    let half = 1i32 << (PRECISION_BITS - 1);
     let mut out = vec![0u8; rows.len() * n * 3];
     out.par_chunks_mut(n * 3).enumerate().for_each(|(y, o)| {
         let row = &src[(y + rows.start) * width * 3..(y + rows.start + 1) * width * 3];
         for (xx, px) in o.chunks_exact_mut(3).enumerate() {
             let (xmin, taps) = h.bounds[xx];
             let k = &h.k[xx * h.ksize..xx * h.ksize + taps];
-            let (mut s0, mut s1, mut s2) = (half, half, half);
-            for (x, &kx) in k.iter().enumerate() {
-                let i = (xmin - col0 + x) * 3;
-                s0 = s0.wrapping_add(row[i] as i32 * kx);
-                s1 = s1.wrapping_add(row[i + 1] as i32 * kx);
-                s2 = s2.wrapping_add(row[i + 2] as i32 * kx);
-            }
-            px[0] = clip8(s0);
-            px[1] = clip8(s1);
-            px[2] = clip8(s2);
+            px.copy_from_slice(&weighted_sum(row, k, |x| (xmin - col0 + x) * 3));
         }
     });
     out
@@ -333,7 +338,6 @@ fn vertical(
     v: &Coeffs,
     row0: usize,
 ) -> Vec<u8> {
-    let half = 1i32 << (PRECISION_BITS - 1);
     let mut out = vec![0u8; v.bounds.len() * cols * 3];
     out.par_chunks_mut(cols * 3)
         .enumerate()
@@ -341,16 +345,8 @@ fn vertical(
             let (ymin, taps) = v.bounds[yy];
             let k = &v.k[yy * v.ksize..yy * v.ksize + taps];
             for (xx, px) in orow.chunks_exact_mut(3).enumerate() {
-                let (mut s0, mut s1, mut s2) = (half, half, half);
-                for (y, &ky) in k.iter().enumerate() {
-                    let i = ((ymin - row0 + y) * width + col0 + xx) * 3;
-                    s0 = s0.wrapping_add(src[i] as i32 * ky);
-                    s1 = s1.wrapping_add(src[i + 1] as i32 * ky);
-                    s2 = s2.wrapping_add(src[i + 2] as i32 * ky);
-                }
-                px[0] = clip8(s0);
-                px[1] = clip8(s1);
-                px[2] = clip8(s2);
+                let at = |y: usize| ((ymin - row0 + y) * width + col0 + xx) * 3;
+                px.copy_from_slice(&weighted_sum(src, k, at));
             }
         });
     out
