@@ -198,6 +198,14 @@ impl EfficientNetLite {
 
 /// The burn forward and the CPU engine's lowering of the network, side by side.
 impl super::Arch for EfficientNetLite {
+    fn from_family(l: &mut Loader, family: super::Family) -> Result<Self> {
+        use super::Family;
+        match family {
+            Family::EfficientNetLite(variant) => EfficientNetLite::load(l, variant),
+            other => Err(super::wrong_family(other)),
+        }
+    }
+
     fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         let mut x = self.stem.forward(x);
         x = taps.hook("stem", x);

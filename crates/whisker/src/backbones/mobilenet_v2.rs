@@ -155,6 +155,14 @@ impl MobileNetV2 {
 
 /// The burn forward and the CPU engine's lowering of the network, side by side.
 impl super::Arch for MobileNetV2 {
+    fn from_family(l: &mut Loader, family: super::Family) -> Result<Self> {
+        use super::Family;
+        match family {
+            Family::MobileNetV2 => MobileNetV2::load(l),
+            other => Err(super::wrong_family(other)),
+        }
+    }
+
     fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         let mut x = self.stem.forward(x);
         x = taps.hook("features.0", x);

@@ -225,6 +225,14 @@ impl MobileNetV3 {
 
 /// The burn forward and the CPU engine's lowering of the network, side by side.
 impl super::Arch for MobileNetV3 {
+    fn from_family(l: &mut Loader, family: super::Family) -> Result<Self> {
+        use super::Family;
+        match family {
+            Family::MobileNetV3 { large } => MobileNetV3::load(l, large),
+            other => Err(super::wrong_family(other)),
+        }
+    }
+
     fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         let mut x = self.stem.forward(x);
         x = taps.hook("features.0", x);

@@ -349,6 +349,10 @@ pub fn imagenet_classes() -> &'static [&'static str] {
 /// the lowering of the same network to the CPU engine, side by side, with its checkpoint
 /// loading. The registry ([`families!`]) lists the families; nothing else matches on them.
 trait Arch {
+    /// The network of `family` (this family's variant) with its weights from `l`.
+    fn from_family(l: &mut Loader, family: Family) -> Result<Self>
+    where
+        Self: Sized;
     /// Normalised input `[N, 3, H, W]` → feature vectors `[N, feature_dim]`.
     fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2>;
     /// Feature vectors → ImageNet logits.
@@ -361,7 +365,12 @@ trait Arch {
     fn lower(&self, bl: &mut plan::Builder<'_>, x: plan::V) -> Result<plan::Lowered>;
 }
 
-/// The registry of families: one line each. It makes [`Net`] (one variant a family) and its
+/// A family's `from_family` given another family's variant (a registry mistake).
+fn wrong_family(family: Family) -> Error {
+    Error::Internal(format!("a family was asked to build {family:?}"))
+}
+
+/// The registry of families: one line each (the variant's name is its [`Family`]'s). It makes [`Net`] (one variant a family) and its
 /// dispatch to the family's [`Arch`].
 macro_rules! families {
     ($($variant:ident($ty:ty)),* $(,)?) => {
@@ -372,6 +381,12 @@ macro_rules! families {
         }
 
         impl Net {
+            fn load(l: &mut Loader, family: Family) -> Result<Self> {
+                Ok(match family {
+                    $(Family::$variant { .. } => Net::$variant(<$ty as Arch>::from_family(l, family)?)),*
+                })
+            }
+
             fn arch(&self) -> &dyn Arch {
                 match self {
                     $(Net::$variant(m) => m),*
@@ -396,20 +411,6 @@ families! {
 }
 
 impl Net {
-    fn load(l: &mut Loader, family: Family) -> Result<Self> {
-        Ok(match family {
-            Family::ResNet(d) => Net::ResNet(resnet::ResNet::load(l, d)?),
-            Family::Vgg { depth, bn } => Net::Vgg(vgg::Vgg::load(l, depth, bn)?),
-            Family::MobileNetV2 => Net::MobileNetV2(mobilenet_v2::MobileNetV2::load(l)?),
-            Family::MobileNetV3 { large } => {
-                Net::MobileNetV3(mobilenet_v3::MobileNetV3::load(l, large)?)
-            }
-            Family::EfficientNetLite(v) => {
-                Net::EfficientNetLite(efficientnet_lite::EfficientNetLite::load(l, v)?)
-            }
-        })
-    }
-
     /// Normalised input `[N, 3, H, W]` → feature vectors `[N, feature_dim]`.
     pub fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         self.arch().features(x, taps)

@@ -173,6 +173,14 @@ impl ResNet {
 
 /// The burn forward and the CPU engine's lowering of the network, side by side.
 impl super::Arch for ResNet {
+    fn from_family(l: &mut Loader, family: super::Family) -> Result<Self> {
+        use super::Family;
+        match family {
+            Family::ResNet(depth) => ResNet::load(l, depth),
+            other => Err(super::wrong_family(other)),
+        }
+    }
+
     /// Pooled features `[N, 512·expansion]` (the input of `fc`).
     fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         let x = taps.hook(

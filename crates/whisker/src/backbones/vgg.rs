@@ -107,6 +107,14 @@ impl Vgg {
 
 /// The burn forward and the CPU engine's lowering of the network, side by side.
 impl super::Arch for Vgg {
+    fn from_family(l: &mut Loader, family: super::Family) -> Result<Self> {
+        use super::Family;
+        match family {
+            Family::Vgg { depth, bn } => Vgg::load(l, depth, bn),
+            other => Err(super::wrong_family(other)),
+        }
+    }
+
     fn features(&self, mut x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         for layer in &self.features {
             x = layer.conv.forward(x);
