@@ -274,16 +274,14 @@ pub(crate) fn decode_ico(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, Deco
             .ok_or_else(|| bad("the file is too short".into()))?,
         4,
     );
-    if count == 0 {
-        return Err(bad("the icon has no images".into()));
-    }
     let entries = bytes.get(6..6 + 16 * count as usize).ok_or_else(|| {
         bad(format!(
             "the file ends inside the directory of {count} images"
         ))
     })?;
-    // (square, colour depth, offset), in Pillow's order: colour depth up, then square down
-    let mut list: Vec<(u64, u32, usize)> = entries
+    // Pillow's choice: the largest square, among those the lowest colour depth, among
+    // those the first listed (min_by_key keeps the first of equals)
+    let (_, _, offset) = entries
         .chunks_exact(16)
         .map(|e| {
             let side = |b: u8| if b == 0 { 256u64 } else { b as u64 };
@@ -298,10 +296,8 @@ pub(crate) fn decode_ico(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, Deco
             };
             (side(e[0]) * side(e[1]), depth, u32_at(e, 12) as usize)
         })
-        .collect();
-    list.sort_by_key(|&(_, depth, _)| depth);
-    list.sort_by_key(|&(square, _, _)| std::cmp::Reverse(square));
-    let offset = list[0].2;
+        .min_by_key(|&(square, depth, _)| (std::cmp::Reverse(square), depth))
+        .ok_or_else(|| bad("the icon has no images".into()))?;
     let data = bytes
         .get(offset..)
         .filter(|d| d.len() >= 8)

@@ -250,14 +250,18 @@ pub fn decode_bytes_limited(
             panic_text(p.as_ref())
         ))),
     };
-    if super::tiff::looks_like_tiff(bytes) && super::tiff::is_cmyk(bytes) {
+    // a TIFF's first directory is read once: CMYK goes through the tiff crate (Pillow's
+    // conversion), associated alpha is divided out after the image crate's decode
+    let tiff = super::tiff::looks_like_tiff(bytes)
+        .then(|| catch_quietly(|| super::tiff::probe(bytes)).unwrap_or_default());
+    if tiff.is_some_and(|t| t.cmyk) {
         return guarded(&|| super::tiff::decode(bytes, max_pixels));
     }
-    let generic = guarded(&|| decode_generic(bytes, max_pixels));
-    match generic {
+    let associated_alpha = tiff.is_some_and(|t| t.associated_alpha);
+    match guarded(&|| decode_generic(bytes, max_pixels, associated_alpha)) {
         // TIFFs the image crate does not convert (BigTIFF, 1/2/4-bit and signed grey, YCbCr
         // JPEG): through the tiff crate, as Pillow converts them
-        Err(DecodeFailure::Invalid(_)) if super::tiff::looks_like_tiff(bytes) => {
+        Err(DecodeFailure::Invalid(_)) if tiff.is_some() => {
             guarded(&|| super::tiff::decode(bytes, max_pixels))
         }
         r => r,
@@ -380,7 +384,13 @@ pub fn looks_like_tga(b: &[u8]) -> bool {
 
 /// Every format but JPEG (and CMYK JPEGs): through the image crate, with its size checked
 /// before any pixel memory is allocated.
-fn decode_generic(bytes: &[u8], max_pixels: u64) -> std::result::Result<RgbImage, DecodeFailure> {
+/// `associated_alpha`: the image's colours are stored multiplied by its alpha (a TIFF's
+/// ExtraSamples = 1), to be divided out.
+fn decode_generic(
+    bytes: &[u8],
+    max_pixels: u64,
+    associated_alpha: bool,
+) -> std::result::Result<RgbImage, DecodeFailure> {
     let reader = || -> std::result::Result<ImageReader<std::io::Cursor<&[u8]>>, DecodeFailure> {
         let mut r = ImageReader::new(std::io::Cursor::new(bytes))
             .with_guessed_format()
@@ -411,7 +421,7 @@ fn decode_generic(bytes: &[u8], max_pixels: u64) -> std::result::Result<RgbImage
     limits.max_alloc = Some(pixels.saturating_mul(16).saturating_add(64 << 20));
     reader.limits(limits);
     let img = reader.decode().map_err(|e| format!("{format:?}: {e}"))?;
-    if format == image::ImageFormat::Tiff && super::tiff::associated_alpha(bytes) {
+    if associated_alpha {
         return Ok(unpremultiplied(img));
     }
     Ok(to_rgb8(img))
@@ -454,53 +464,65 @@ pub const MAX_JPEG_SCAN_PIXELS: u64 = 1 << 33;
 /// The scans of a JPEG and its declared size (from its first start-of-frame), read from the
 /// marker structure without decoding: entropy-coded data is skipped to the next marker.
 pub fn jpeg_scans(b: &[u8]) -> (usize, Option<(u64, u64)>) {
-    let (mut i, mut scans, mut size) = (2usize, 0usize, None);
-    while i + 1 < b.len() {
-        if b[i] != 0xFF {
-            i += 1;
-            continue;
-        }
-        let m = b[i + 1];
-        match m {
-            0xFF => {
-                i += 1;
-                continue;
-            }
-            0xD9 => break,
-            0x01 | 0xD0..=0xD7 => {
-                i += 2;
-                continue;
-            }
-            _ => {}
-        }
-        if i + 3 >= b.len() {
-            break;
-        }
-        let len = u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
+    let (mut scans, mut size) = (0usize, None);
+    for (m, seg) in jpeg_segments(b) {
         // SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC)
-        if (0xC0..=0xCF).contains(&m)
-            && ![0xC4, 0xC8, 0xCC].contains(&m)
-            && size.is_none()
-            && i + 8 < b.len()
-        {
-            let h = u16::from_be_bytes([b[i + 5], b[i + 6]]) as u64;
-            let w = u16::from_be_bytes([b[i + 7], b[i + 8]]) as u64;
-            size = Some((w, h));
-        }
-        i += 2 + len;
-        if m == 0xDA {
-            scans += 1;
-            // entropy-coded data: to the next marker that is not a stuffed 0xFF00 or a restart
-            while i + 1 < b.len() {
-                let n = b[i + 1];
-                if b[i] == 0xFF && n != 0x00 && n != 0xFF && !(0xD0..=0xD7).contains(&n) {
-                    break;
-                }
-                i += 1;
+        if (0xC0..=0xCF).contains(&m) && ![0xC4, 0xC8, 0xCC].contains(&m) && size.is_none() {
+            if let Some(d) = seg.get(5..9) {
+                let h = u16::from_be_bytes([d[0], d[1]]) as u64;
+                let w = u16::from_be_bytes([d[2], d[3]]) as u64;
+                size = Some((w, h));
             }
         }
+        scans += usize::from(m == 0xDA);
     }
     (scans, size)
+}
+
+/// The marker segments of a JPEG in file order, each as its marker and the file from the
+/// marker on: fill bytes, stray bytes, restart and standalone markers are stepped over, a
+/// scan's entropy-coded data is skipped to the next marker that is not a stuffed 0xFF00 or a
+/// restart; the walk ends at EOI or the file's end. Reading this never decodes anything.
+fn jpeg_segments(b: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut i = 2usize;
+    std::iter::from_fn(move || {
+        while i + 1 < b.len() {
+            if b[i] != 0xFF {
+                i += 1;
+                continue;
+            }
+            let m = b[i + 1];
+            match m {
+                0xFF => {
+                    i += 1;
+                    continue;
+                }
+                0xD9 => break,
+                0x01 | 0xD0..=0xD7 => {
+                    i += 2;
+                    continue;
+                }
+                _ => {}
+            }
+            if i + 3 >= b.len() {
+                break;
+            }
+            let start = i;
+            i += 2 + u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
+            if m == 0xDA {
+                while i + 1 < b.len() {
+                    let n = b[i + 1];
+                    if b[i] == 0xFF && n != 0x00 && n != 0xFF && !(0xD0..=0xD7).contains(&n) {
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            return Some((m, &b[start..]));
+        }
+        i = b.len();
+        None
+    })
 }
 
 /// Refuse a JPEG whose decoding would cost far more than its pixels: too many scans, or
@@ -584,19 +606,9 @@ fn decode_jpeg_libjpeg(
 /// Whether a JPEG has an Adobe APP14 segment before its first scan (its CMYK is stored
 /// inverted, as Photoshop writes it).
 fn jpeg_has_adobe_segment(b: &[u8]) -> bool {
-    let mut i = 2;
-    while i + 4 <= b.len() && b[i] == 0xFF {
-        let marker = b[i + 1];
-        if marker == 0xDA {
-            break;
-        }
-        let len = u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
-        if marker == 0xEE && b.get(i + 4..i + 9) == Some(&b"Adobe"[..]) {
-            return true;
-        }
-        i += 2 + len;
-    }
-    false
+    jpeg_segments(b)
+        .take_while(|&(m, _)| m != 0xDA)
+        .any(|(m, seg)| m == 0xEE && seg.get(4..9) == Some(&b"Adobe"[..]))
 }
 
 /// Pillow's CMYK → RGB: each of C, M, Y taken from 255 − K, with Pillow's rounding of

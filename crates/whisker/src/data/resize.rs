@@ -197,8 +197,7 @@ impl Window {
 
 /// Resize an RGB image to exactly `width × height`, as Pillow's BILINEAR does.
 pub fn resize_bilinear(img: &RgbImage, width: u32, height: u32) -> RgbImage {
-    let (w, h) = (width as usize, height as usize);
-    resize_window(img, w, h, Window::full(w, h))
+    resize_with(img, width, height, Filter::Bilinear)
 }
 
 /// Resize an RGB image to exactly `width × height` with `filter`, as Pillow does.
@@ -252,15 +251,12 @@ pub fn resize_window_with(
         }
         None => (start, start + len),
     };
-    if vertical_first {
+    if let (true, Some(v)) = (vertical_first, &vert) {
         // vertical pass over the input columns the horizontal pass will read, then the
         // horizontal pass over its rows
         let (c0, c1) = span(&horiz, win.x, cw, iw);
         let tw = c1 - c0;
-        let tmp = match &vert {
-            Some(v) => vertical(src, iw, c0, tw, v, 0),
-            None => copy_window(src, iw, c0, win.y, tw, ch),
-        };
+        let tmp = vertical(src, iw, c0, tw, v, 0);
         let out = match &horiz {
             Some(h) => horizontal(&tmp, tw, 0..ch, h, c0),
             None => tmp,

@@ -2,10 +2,10 @@
 //! turned into bytes as Pillow 13 turns them (`convert("RGB")`): BigTIFF, 1/2/4-bit grey
 //! (Pillow's `L;2`, `L;4`: each value scaled to 0–255 by `v·255/max`; white-is-zero
 //! inverted; fill order 2 bit-reversed), signed 8-bit grey (Pillow reads the bytes as they
-//! are), CMYK (Pillow's conversion), YCbCr (JFIF's conversion; with JPEG compression the tiff crate's JPEG decoder is
-//! not libjpeg, so pixels may differ by a few levels). What neither reads (palette, CIELab, 12-bit, signed
-//! 16/32-bit, separate planes, LZMA/Fax3/Huffman compression) is refused with the tiff
-//! crate's reason.
+//! are), CMYK (Pillow's conversion), YCbCr (JFIF's conversion; with JPEG compression the
+//! tiff crate's JPEG decoder is not libjpeg, so pixels may differ by a few levels). What
+//! neither reads (palette, CIELab, 12-bit, signed 16/32-bit, separate planes,
+//! LZMA/Fax3/Huffman compression) is refused with the tiff crate's reason.
 
 use image::RgbImage;
 use tiff::decoder::{Decoder, DecodingResult, Limits};
@@ -22,26 +22,32 @@ pub(crate) fn looks_like_tiff(b: &[u8]) -> bool {
         || b.starts_with(b"MM\0+")
 }
 
-/// Whether a TIFF's first image is CMYK (converted here with Pillow's formula rather than
-/// by the image crate, which rounds differently).
-pub(crate) fn is_cmyk(bytes: &[u8]) -> bool {
-    Decoder::new(std::io::Cursor::new(bytes))
-        .ok()
-        .and_then(|mut d| d.colortype().ok())
-        .is_some_and(|c| matches!(c, ColorType::CMYK(8 | 16)))
+/// What the first directory of a TIFF says that decides how it is decoded.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Probe {
+    /// 8- or 16-bit CMYK (converted here with Pillow's formula rather than by the image
+    /// crate, which rounds differently).
+    pub cmyk: bool,
+    /// Colours stored multiplied by alpha (ExtraSamples = 1, associated alpha), which Pillow
+    /// divides out.
+    pub associated_alpha: bool,
 }
 
-/// Whether a TIFF's first image stores colours multiplied by alpha (ExtraSamples = 1,
-/// associated alpha), which Pillow divides out.
-pub(crate) fn associated_alpha(bytes: &[u8]) -> bool {
-    Decoder::new(std::io::Cursor::new(bytes))
-        .ok()
-        .and_then(|mut d| {
-            d.find_tag_unsigned_vec::<u16>(Tag::ExtraSamples)
-                .ok()
-                .flatten()
-        })
-        .is_some_and(|v| v.first() == Some(&1))
+/// Read a TIFF's first directory once (nothing of an unreadable one).
+pub(crate) fn probe(bytes: &[u8]) -> Probe {
+    let Ok(mut d) = Decoder::new(std::io::Cursor::new(bytes)) else {
+        return Probe::default();
+    };
+    Probe {
+        cmyk: d
+            .colortype()
+            .is_ok_and(|c| matches!(c, ColorType::CMYK(8 | 16))),
+        associated_alpha: d
+            .find_tag_unsigned_vec::<u16>(Tag::ExtraSamples)
+            .ok()
+            .flatten()
+            .is_some_and(|v| v.first() == Some(&1)),
+    }
 }
 
 fn invalid(reason: impl std::fmt::Display) -> DecodeFailure {
