@@ -370,8 +370,9 @@ fn wrong_family(family: Family) -> Error {
     Error::Internal(format!("a family was asked to build {family:?}"))
 }
 
-/// The registry of families: one line each (the variant's name is its [`Family`]'s). It makes [`Net`] (one variant a family) and its
-/// dispatch to the family's [`Arch`].
+/// The registry of families: one line each (the variant's name is its [`Family`]'s). It
+/// makes [`Net`] (one variant a family), its loading and its dispatch to the family's
+/// [`Arch`].
 macro_rules! families {
     ($($variant:ident($ty:ty)),* $(,)?) => {
         /// The network itself, one variant per family.
