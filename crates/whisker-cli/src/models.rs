@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 use whisker::cache::Cache;
-use whisker::MODELS;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -14,7 +13,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let cache = Cache::default();
     let mut rows = Vec::new();
-    for m in MODELS {
+    for m in whisker::models() {
         let cached = cache.get(m.name)?;
         rows.push(serde_json::json!({
             "name": m.name,
@@ -38,7 +37,7 @@ pub fn run(a: Args) -> Result<()> {
         "{:<20} {:>8} {:>6} {:>9} {:<18} {:>6}  weights",
         "name", "params", "input", "features", "preprocessing", "cached"
     );
-    for m in MODELS {
+    for m in whisker::models() {
         let cached = cache.get(m.name)?.is_some();
         println!(
             "{:<20} {:>7.1}M {:>6} {:>9} {:<18} {:>6}  {}",

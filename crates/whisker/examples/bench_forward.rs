@@ -15,7 +15,7 @@ use std::time::Instant;
 use burn::tensor::{Device, Distribution, Tensor};
 use whisker::backbones::plan::{Isa, IsaKind, Plan};
 use whisker::backbones::Taps;
-use whisker::{Backbone, MODELS};
+use whisker::Backbone;
 
 fn main() {
     let mut threads = 2usize;
@@ -62,7 +62,10 @@ fn main() {
         }
     }
     if models.is_empty() {
-        models = MODELS.iter().map(|m| m.name.to_string()).collect();
+        models = whisker::models()
+            .iter()
+            .map(|m| m.name.to_string())
+            .collect();
     }
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)

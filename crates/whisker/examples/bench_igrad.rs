@@ -14,7 +14,7 @@ use std::time::Instant;
 use burn::tensor::{Device, Distribution, Tensor};
 use whisker::backbones::plan::{set_engine, Engine};
 use whisker::backbones::Taps;
-use whisker::{Backbone, MODELS};
+use whisker::Backbone;
 
 fn main() {
     let mut threads = 2usize;
@@ -53,7 +53,10 @@ fn main() {
         }
     }
     if models.is_empty() {
-        models = MODELS.iter().map(|m| m.name.to_string()).collect();
+        models = whisker::models()
+            .iter()
+            .map(|m| m.name.to_string())
+            .collect();
     }
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)

@@ -19,7 +19,7 @@ use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamWConfig, GradientsParams, SgdConfig};
 use burn::tensor::{Device, Distribution, Tensor};
-use whisker::{Backbone, MODELS};
+use whisker::Backbone;
 
 struct Trainable<'a>(&'a HashSet<ParamId>);
 
@@ -61,7 +61,10 @@ fn main() {
         }
     }
     if models.is_empty() {
-        models = MODELS.iter().map(|m| m.name.to_string()).collect();
+        models = whisker::models()
+            .iter()
+            .map(|m| m.name.to_string())
+            .collect();
     }
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)

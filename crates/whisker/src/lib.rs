@@ -26,7 +26,7 @@ pub mod tensor;
 pub mod train;
 pub mod weights;
 
-pub use backbones::{Backbone, ModelSpec, Taps, MODELS};
+pub use backbones::{models, Backbone, ModelSpec, Taps};
 pub use error::{Error, Result};
 
 pub use device::{

@@ -66,7 +66,7 @@ fn no_module_imports_one_above_it() {
                     .collect();
                 let dep = match name.as_str() {
                     // re-exports at the crate root
-                    "Backbone" | "ModelSpec" | "Taps" | "MODELS" => "backbones",
+                    "Backbone" | "ModelSpec" | "Taps" | "models" => "backbones",
                     "Error" | "Result" => "error",
                     "default_device" | "open_device" | "parse_device" | "set_device" => "device",
                     other => other,

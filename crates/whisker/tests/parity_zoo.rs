@@ -233,7 +233,7 @@ fn formula_networks_depend_on_the_input() {
     let device = Device::flex();
     let a = whisker::data::decode_file(&testdata("chelsea.png")).unwrap();
     let c = whisker::data::decode_file(&testdata("coffee.png")).unwrap();
-    for m in whisker::MODELS {
+    for m in whisker::models() {
         let b = Backbone::with_formula_weights(m.name, &device).unwrap();
         let pre = b.preprocess();
         let la = to_vec(

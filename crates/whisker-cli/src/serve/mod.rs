@@ -138,7 +138,7 @@ fn offers(a: &ServeArgs) -> Result<Vec<Offer>> {
     }
     let cache = whisker::cache::Cache::default();
     let zoo: Vec<String> = if a.backbones.is_empty() {
-        whisker::MODELS
+        whisker::models()
             .iter()
             .map(|m| m.name.to_string())
             .filter(|n| cache.require(n).is_ok())

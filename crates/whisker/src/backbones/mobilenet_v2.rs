@@ -1,14 +1,19 @@
 //! MobileNetV2 (Sandler et al. 2018), torchvision's architecture and key names
 //! (`features.N.conv.*`, `classifier.1`).
 
+use std::collections::BTreeMap;
+
 use burn::module::Module;
 use burn::tensor::Tensor;
 
 use super::inverted_residual::{fold_network, network_batchnorms, InvertedResidual};
 use super::layers::{global_avg_pool, Act, BatchNorm, ConvBnAct, ConvSpec, Linear, Taps};
 use super::plan::{Builder, Lowered, V};
+use super::{Family, ModelSpec};
+use crate::data::transforms::Normalization;
 use crate::error::Result;
-use crate::weights::Loader;
+use crate::weights::keymap::{parse_block, rename_timm, split_leaf, TimmBlocks};
+use crate::weights::{Loader, RawTensor};
 
 const EPS: f64 = 1e-5;
 /// One stage of MobileNetV2 (the paper's table 2).
@@ -153,16 +158,72 @@ impl MobileNetV2 {
     }
 }
 
-/// The burn forward and the CPU engine's lowering of the network, side by side.
-impl super::Arch for MobileNetV2 {
-    fn from_family(l: &mut Loader, family: super::Family) -> Result<Self> {
-        use super::Family;
-        match family {
-            Family::MobileNetV2 => MobileNetV2::load(l),
-            other => Err(super::wrong_family(other)),
-        }
+/// MobileNetV2 has one configuration (width 1.0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config;
+
+/// The models of the family, as `whisker models` lists them.
+const MODELS: &[ModelSpec] = &[ModelSpec {
+    name: "mobilenet_v2",
+    family: Family::MobileNetV2(Config),
+    input_size: 224,
+    resize: 256,
+    norm: Normalization::ImageNet,
+    params: 3_504_872,
+    feature_dim: 1280,
+    weights: tv!("mobilenet_v2-b0353104.pth", "b0353104"),
+}];
+
+impl super::Definition for MobileNetV2 {
+    type Config = Config;
+    const MODELS: &'static [ModelSpec] = MODELS;
+
+    fn map_keys(_model: &str, keys: &mut BTreeMap<String, RawTensor>) {
+        rename_timm(keys, timm_mnv2);
     }
 
+    fn build(l: &mut Loader, _: Config) -> Result<Self> {
+        MobileNetV2::load(l)
+    }
+}
+
+/// timm's `mobilenetv2_100` key → torchvision's name.
+fn timm_mnv2(k: &str, blocks: &TimmBlocks) -> Option<String> {
+    let nblocks = blocks.len();
+    let top = [
+        ("conv_stem.", "features.0.0.".to_string()),
+        ("bn1.", "features.0.1.".to_string()),
+        ("conv_head.", format!("features.{}.0.", nblocks + 1)),
+        ("bn2.", format!("features.{}.1.", nblocks + 1)),
+        ("classifier.", "classifier.1.".to_string()),
+    ];
+    for (a, b) in top {
+        if let Some(r) = k.strip_prefix(a) {
+            return Some(format!("{b}{r}"));
+        }
+    }
+    let (s, i, rest) = parse_block(k)?;
+    let n = blocks.flat(s, i) + 1;
+    let (layer, leaf) = split_leaf(rest);
+    let first = s == 0;
+    let name = match (first, layer) {
+        (true, "conv_dw") => "conv.0.0",
+        (true, "bn1") => "conv.0.1",
+        (true, "conv_pw") => "conv.1",
+        (true, "bn2") => "conv.2",
+        (false, "conv_pw") => "conv.0.0",
+        (false, "bn1") => "conv.0.1",
+        (false, "conv_dw") => "conv.1.0",
+        (false, "bn2") => "conv.1.1",
+        (false, "conv_pwl") => "conv.2",
+        (false, "bn3") => "conv.3",
+        _ => return None,
+    };
+    Some(format!("features.{n}.{name}.{leaf}"))
+}
+
+/// The burn forward and the CPU engine's lowering of the network, side by side.
+impl super::Arch for MobileNetV2 {
     fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         let mut x = self.stem.forward(x);
         x = taps.hook("features.0", x);

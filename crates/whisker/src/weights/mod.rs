@@ -4,7 +4,7 @@
 //! cache, which needs the backbones, is [`crate::cache`].
 
 pub mod formula;
-mod keymap;
+pub mod keymap;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
@@ -196,12 +196,6 @@ impl StateDict {
                     .collect();
             }
         }
-    }
-
-    /// Rename keys written with another library's names (timm) to the names whisker's
-    /// architecture for `model` uses. Keys already in whisker's naming are left as they are.
-    pub fn map_keys_for(&mut self, model: &str) {
-        keymap::map_keys(model, &mut self.tensors);
     }
 
     /// Write the tensors as a safetensors file (f32), atomically.
