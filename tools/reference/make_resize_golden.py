@@ -17,6 +17,9 @@ PHOTOS = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"]
 # DINOv2: 256 then 224, 518 for the native grid)
 EXACT = [(224, 224), (97, 61), (640, 427), (1000, 7), (3, 300)]
 SHORTER = [224, 235, 256, 518]
+# (shorter side, crop): torchvision's Resize(s, interpolation) + CenterCrop(c), the whole
+# preprocessing (torchvision 256/224, timm's crop_pct 0.9 and 0.95, DINOv2 256/224)
+SHORTER_CROP = [(256, 224), (248, 224), (235, 224), (292, 260)]
 
 
 def shorter(w, h, size):
@@ -24,6 +27,13 @@ def shorter(w, h, size):
     if w <= h:
         return size, int(size * h / w)
     return int(size * w / h), size
+
+
+def center_crop(img, c):
+    # torchvision's CenterCrop: offsets round((size - crop) / 2), Python's round (half to even)
+    w, h = img.size
+    x, y = int(round((w - c) / 2.0)), int(round((h - c) / 2.0))
+    return img.crop((x, y, x + c, y + c))
 
 
 def main(data, out):
@@ -46,6 +56,18 @@ def main(data, out):
                         "file": name,
                         "filter": filt,
                         "size": [tw, th],
+                        "sha256": hashlib.sha256(r.tobytes()).hexdigest(),
+                    }
+                )
+        for filt, code in [("bilinear", Image.BILINEAR), ("bicubic", Image.BICUBIC)]:
+            for s, c in SHORTER_CROP:
+                r = center_crop(img.resize(shorter(w, h, s), code), c)
+                cases.append(
+                    {
+                        "file": name,
+                        "filter": filt,
+                        "shorter_crop": [s, c],
+                        "size": [c, c],
                         "sha256": hashlib.sha256(r.tobytes()).hexdigest(),
                     }
                 )

@@ -21,6 +21,7 @@ pub fn run(a: Args) -> Result<()> {
             "input_size": m.input_size,
             "resize": m.resize,
             "normalization": m.norm.describe(),
+            "interpolation": m.interpolation.name(),
             "feature_dim": m.feature_dim,
             "weights_source": m.weights.describe(),
             "cached": cached.as_ref().map(|c| c.file.display().to_string()),
@@ -34,18 +35,24 @@ pub fn run(a: Args) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:>8} {:>6} {:>9} {:<18} {:>6}  weights",
+        "{:<20} {:>8} {:>6} {:>9} {:<27} {:>6}  weights",
         "name", "params", "input", "features", "preprocessing", "cached"
     );
     for m in whisker::models() {
         let cached = cache.get(m.name)?.is_some();
         println!(
-            "{:<20} {:>7.1}M {:>6} {:>9} {:<18} {:>6}  {}",
+            "{:<20} {:>7.1}M {:>6} {:>9} {:<27} {:>6}  {}",
             m.name,
             m.params as f64 / 1e6,
             m.input_size,
             m.feature_dim,
-            format!("{}→{} {}", m.resize, m.input_size, short(m.norm)),
+            format!(
+                "{}→{} {} {}",
+                m.resize,
+                m.input_size,
+                m.interpolation.name(),
+                short(m.norm)
+            ),
             if cached { "yes" } else { "no" },
             m.weights.describe()
         );

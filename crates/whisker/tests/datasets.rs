@@ -352,6 +352,7 @@ fn probe_on_real_digits_reaches_90_percent() {
             resize: 256,
             crop: 224,
             normalization: "(x-127)/128".into(),
+            interpolation: whisker::data::resize::Filter::Bilinear,
             classes: ds.classes.clone(),
             head: "linear".into(),
             settings: serde_json::json!({"seed": 0}),

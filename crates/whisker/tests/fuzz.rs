@@ -203,6 +203,7 @@ fn fuzz_image_decoder() {
         resize: 40,
         crop: 32,
         norm: Normalization::ImageNet,
+        filter: whisker::data::resize::Filter::Bilinear,
     };
     // a small pixel limit, so that mutated sizes hit it often
     let limit = 4_000_000u64;

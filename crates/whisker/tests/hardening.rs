@@ -114,6 +114,7 @@ fn defect2_extreme_aspect_ratios_resize_in_bounded_memory() {
         resize: 256,
         crop: 224,
         norm: Normalization::ImageNet,
+        filter: whisker::data::resize::Filter::Bilinear,
     };
     let t = std::time::Instant::now();
     let out = pre.apply(&strip);

@@ -157,6 +157,7 @@ impl Case {
             resize: us("resize"),
             crop: us("size"),
             norm: b.spec.norm,
+            filter: b.spec.interpolation,
         };
         // the goldens' photos (the BatchNorm-eval goldens predate the list: two photos)
         let photos: Vec<String> = match manifest["photos"].as_array() {

@@ -15,6 +15,7 @@ use super::layers::{global_avg_pool, Act, BatchNorm, ConvBnAct, ConvSpec, Linear
 use super::plan::{Builder, Lowered, V};
 use super::Arch as _;
 use super::{Family, ModelSpec};
+use crate::data::resize::Filter;
 use crate::data::transforms::Normalization;
 use crate::error::Result;
 use crate::weights::keymap::{parse_block, rename_timm, split_leaf, TimmBlocks};
@@ -215,6 +216,7 @@ const MODELS: &[ModelSpec] = &[
         input_size: 224,
         resize: 256,
         norm: Normalization::Tf,
+        interpolation: Filter::Bilinear,
         params: 4_652_008,
         feature_dim: 1280,
         weights: lite!(
@@ -228,6 +230,7 @@ const MODELS: &[ModelSpec] = &[
         input_size: 240,
         resize: 272,
         norm: Normalization::Tf,
+        interpolation: Filter::Bilinear,
         params: 5_416_680,
         feature_dim: 1280,
         weights: lite!(
@@ -241,6 +244,7 @@ const MODELS: &[ModelSpec] = &[
         input_size: 260,
         resize: 292,
         norm: Normalization::Tf,
+        interpolation: Filter::Bilinear,
         params: 6_092_072,
         feature_dim: 1280,
         weights: lite!(
@@ -254,6 +258,7 @@ const MODELS: &[ModelSpec] = &[
         input_size: 280,
         resize: 309,
         norm: Normalization::Tf,
+        interpolation: Filter::Bilinear,
         params: 8_197_096,
         feature_dim: 1280,
         weights: timm!("tf_efficientnet_lite3-b733e338.pth", "b733e338"),
@@ -264,6 +269,7 @@ const MODELS: &[ModelSpec] = &[
         input_size: 300,
         resize: 326,
         norm: Normalization::Tf,
+        interpolation: Filter::Bilinear,
         params: 13_006_568,
         feature_dim: 1280,
         weights: timm!("tf_efficientnet_lite4-741542c3.pth", "741542c3"),

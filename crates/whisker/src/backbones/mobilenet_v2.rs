@@ -10,6 +10,7 @@ use super::inverted_residual::{fold_network, network_batchnorms, InvertedResidua
 use super::layers::{global_avg_pool, Act, BatchNorm, ConvBnAct, ConvSpec, Linear, Taps};
 use super::plan::{Builder, Lowered, V};
 use super::{Family, ModelSpec};
+use crate::data::resize::Filter;
 use crate::data::transforms::Normalization;
 use crate::error::Result;
 use crate::weights::keymap::{parse_block, rename_timm, split_leaf, TimmBlocks};
@@ -169,6 +170,7 @@ const MODELS: &[ModelSpec] = &[ModelSpec {
     input_size: 224,
     resize: 256,
     norm: Normalization::ImageNet,
+    interpolation: Filter::Bilinear,
     params: 3_504_872,
     feature_dim: 1280,
     weights: tv!("mobilenet_v2-b0353104.pth", "b0353104"),

@@ -12,6 +12,7 @@ use super::layers::{global_avg_pool, Act, Conv2d, ConvBnAct, ConvSpec, Linear, T
 use super::plan::{Builder, Lowered, V};
 use super::Arch as _;
 use super::{Family, ModelSpec};
+use crate::data::resize::Filter;
 use crate::data::transforms::Normalization;
 use crate::error::Result;
 use crate::weights::Loader;
@@ -239,6 +240,7 @@ const MODELS: &[ModelSpec] = &[
         input_size: 224,
         resize: 256,
         norm: Normalization::ImageNet,
+        interpolation: Filter::Bilinear,
         params: 5_483_032,
         feature_dim: 1280,
         weights: tv!("mobilenet_v3_large-8738ca79.pth", "8738ca79"),
@@ -249,6 +251,7 @@ const MODELS: &[ModelSpec] = &[
         input_size: 224,
         resize: 256,
         norm: Normalization::ImageNet,
+        interpolation: Filter::Bilinear,
         params: 2_542_856,
         feature_dim: 1024,
         weights: tv!("mobilenet_v3_small-047dcff4.pth", "047dcff4"),

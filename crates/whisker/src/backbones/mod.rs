@@ -56,6 +56,7 @@ use burn::tensor::{Device, Tensor};
 
 pub use layers::Taps;
 
+use crate::data::resize::Filter;
 use crate::data::transforms::{Normalization, Preprocess};
 use crate::error::{Error, Result};
 use crate::weights::{Loader, RawTensor, StateDict};
@@ -96,6 +97,8 @@ pub struct ModelSpec {
     /// Shorter side after resizing, before the centre crop.
     pub resize: usize,
     pub norm: Normalization,
+    /// The resize's filter (torchvision's `interpolation`).
+    pub interpolation: Filter,
     /// Number of parameters (weights and biases, not BatchNorm running statistics).
     pub params: usize,
     /// Size of the feature vector (the input of the final classification layer).
@@ -110,6 +113,7 @@ impl ModelSpec {
             resize: self.resize,
             crop: self.input_size,
             norm: self.norm,
+            filter: self.interpolation,
         }
     }
 }

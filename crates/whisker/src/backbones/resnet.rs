@@ -9,6 +9,7 @@ use burn::tensor::Tensor;
 use super::layers::{fold_bn, global_avg_pool, Act, BatchNorm, Conv2d, ConvSpec, Linear, Taps};
 use super::plan::{Builder, Lowered, V};
 use super::{Family, ModelSpec};
+use crate::data::resize::Filter;
 use crate::data::transforms::Normalization;
 use crate::error::Result;
 use crate::weights::Loader;
@@ -187,6 +188,7 @@ const MODELS: &[ModelSpec] = &[
         input_size: 224,
         resize: 256,
         norm: Normalization::ImageNet,
+        interpolation: Filter::Bilinear,
         params: 11_689_512,
         feature_dim: 512,
         weights: tv!("resnet18-f37072fd.pth", "f37072fd"),
@@ -197,6 +199,7 @@ const MODELS: &[ModelSpec] = &[
         input_size: 224,
         resize: 256,
         norm: Normalization::ImageNet,
+        interpolation: Filter::Bilinear,
         params: 21_797_672,
         feature_dim: 512,
         weights: tv!("resnet34-b627a593.pth", "b627a593"),
@@ -207,6 +210,7 @@ const MODELS: &[ModelSpec] = &[
         input_size: 224,
         resize: 256,
         norm: Normalization::ImageNet,
+        interpolation: Filter::Bilinear,
         params: 25_557_032,
         feature_dim: 2048,
         weights: tv!("resnet50-0676ba61.pth", "0676ba61"),
@@ -217,6 +221,7 @@ const MODELS: &[ModelSpec] = &[
         input_size: 224,
         resize: 256,
         norm: Normalization::ImageNet,
+        interpolation: Filter::Bilinear,
         params: 44_549_160,
         feature_dim: 2048,
         weights: tv!("resnet101-63fe2227.pth", "63fe2227"),
@@ -227,6 +232,7 @@ const MODELS: &[ModelSpec] = &[
         input_size: 224,
         resize: 256,
         norm: Normalization::ImageNet,
+        interpolation: Filter::Bilinear,
         params: 60_192_808,
         feature_dim: 2048,
         weights: tv!("resnet152-394f9c45.pth", "394f9c45"),

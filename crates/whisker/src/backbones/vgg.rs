@@ -13,6 +13,7 @@ use burn::tensor::Tensor;
 use super::layers::{fold_bn, Act, BatchNorm, Conv2d, ConvSpec, Linear, Taps};
 use super::plan::{Builder, Lowered, V};
 use super::{Family, ModelSpec};
+use crate::data::resize::Filter;
 use crate::data::transforms::Normalization;
 use crate::error::Result;
 use crate::weights::Loader;
@@ -125,6 +126,7 @@ const MODELS: &[ModelSpec] = &[
         input_size: 224,
         resize: 256,
         norm: Normalization::ImageNet,
+        interpolation: Filter::Bilinear,
         params: 138_357_544,
         feature_dim: 4096,
         weights: tv!("vgg16-397923af.pth", "397923af"),
@@ -138,6 +140,7 @@ const MODELS: &[ModelSpec] = &[
         input_size: 224,
         resize: 256,
         norm: Normalization::ImageNet,
+        interpolation: Filter::Bilinear,
         params: 143_667_240,
         feature_dim: 4096,
         weights: tv!("vgg19-dcbb9e9d.pth", "dcbb9e9d"),
@@ -151,6 +154,7 @@ const MODELS: &[ModelSpec] = &[
         input_size: 224,
         resize: 256,
         norm: Normalization::ImageNet,
+        interpolation: Filter::Bilinear,
         params: 138_365_992,
         feature_dim: 4096,
         weights: tv!("vgg16_bn-6c64b313.pth", "6c64b313"),
@@ -164,6 +168,7 @@ const MODELS: &[ModelSpec] = &[
         input_size: 224,
         resize: 256,
         norm: Normalization::ImageNet,
+        interpolation: Filter::Bilinear,
         params: 143_678_248,
         feature_dim: 4096,
         weights: tv!("vgg19_bn-c79401a0.pth", "c79401a0"),

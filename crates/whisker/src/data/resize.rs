@@ -115,19 +115,21 @@ fn float_weights(
 /// (normalised, floating-point) weights: the linear map the u8 resize approximates to within
 /// rounding. Differentiable resizing (attacks through the preprocessing) is built from it.
 pub fn bilinear_matrix(in_size: usize, out_size: usize) -> Vec<f32> {
-    bilinear_matrix_rows(in_size, out_size, 0..out_size)
+    resize_matrix_rows(Filter::Bilinear, in_size, out_size, 0..out_size)
 }
 
-/// The rows `outputs` of [`bilinear_matrix`]: `[outputs.len(), in]`, without building the
-/// others (a centre crop needs only its own rows, whatever the image's aspect ratio).
-pub fn bilinear_matrix_rows(
+/// The rows `outputs` of the `[out, in]` matrix of `filter`'s weights (as
+/// [`bilinear_matrix`] for any filter): `[outputs.len(), in]`, without building the others (a
+/// centre crop needs only its own rows, whatever the image's aspect ratio).
+pub fn resize_matrix_rows(
+    filter: Filter,
     in_size: usize,
     out_size: usize,
     outputs: std::ops::Range<usize>,
 ) -> Vec<f32> {
     let n = outputs.len();
     let mut m = vec![0f32; n * in_size];
-    for (r, (xmin, w)) in float_weights(Filter::Bilinear, in_size, out_size, outputs)
+    for (r, (xmin, w)) in float_weights(filter, in_size, out_size, outputs)
         .1
         .into_iter()
         .enumerate()
@@ -402,8 +404,14 @@ pub fn center_window(
 /// Resize so the shorter side is `size`, then take the centre `crop × crop`, as torchvision's
 /// `Resize(size)` + `CenterCrop(crop)` on a PIL image, computing only the pixels kept.
 pub fn resize_shorter_crop(img: &RgbImage, size: u32, crop: u32) -> RgbImage {
+    resize_shorter_crop_with(img, size, crop, Filter::Bilinear)
+}
+
+/// [`resize_shorter_crop`] with any of Pillow's filters (torchvision's
+/// `Resize(size, interpolation)`).
+pub fn resize_shorter_crop_with(img: &RgbImage, size: u32, crop: u32, filter: Filter) -> RgbImage {
     let ((rw, rh), win, (px, py)) = center_window(img.width(), img.height(), size, crop);
-    let part = resize_window(img, rw, rh, win);
+    let part = resize_window_with(img, rw, rh, win, filter);
     if px == 0 && py == 0 && part.width() == crop && part.height() == crop {
         return part;
     }

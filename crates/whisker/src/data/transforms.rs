@@ -7,7 +7,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
 
 use super::decode::decode_file;
-use super::resize::{resize_shorter_crop, resize_window, shorter_side_size, Window};
+use super::resize::{
+    resize_shorter_crop_with, resize_window_with, shorter_side_size, Filter, Window,
+};
 use crate::error::Result;
 
 /// How pixels in [0, 1] become the network's input.
@@ -46,12 +48,15 @@ impl Normalization {
     }
 }
 
-/// Resize (shorter side, Pillow bilinear), centre crop, normalise.
+/// Resize (shorter side, with Pillow's filter), centre crop, normalise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Preprocess {
     pub resize: usize,
     pub crop: usize,
     pub norm: Normalization,
+    /// The resize's filter (torchvision's `interpolation`): bilinear for torchvision's
+    /// weights, bicubic for timm's and DINOv2's.
+    pub filter: Filter,
 }
 
 /// torchvision's `CenterCrop` offsets: `round((size − crop) / 2)`, half to even.
@@ -98,7 +103,7 @@ impl Preprocess {
     /// Resize and crop (u8 result). Only the kept pixels are computed, so an image of any
     /// aspect ratio costs the same memory.
     pub fn apply(&self, img: &RgbImage) -> RgbImage {
-        resize_shorter_crop(img, self.resize as u32, self.crop as u32)
+        resize_shorter_crop_with(img, self.resize as u32, self.crop as u32, self.filter)
     }
 
     /// Decode, resize and crop a file.
@@ -145,7 +150,7 @@ impl Preprocess {
                     width: c,
                     height: c,
                 };
-                v.push(resize_window(img, w, h, win));
+                v.push(resize_window_with(img, w, h, win, self.filter));
             }
         }
         v

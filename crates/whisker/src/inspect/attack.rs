@@ -1,6 +1,6 @@
 //! Adversarial examples bounded in [0, 1] pixel space, as torchattacks defines FGSM, BIM and
 //! PGD (L∞ or L2), computed *through the preprocessing*: the photo at its own resolution is
-//! the variable, and Pillow's resize (a linear map: two matrices of its bilinear weights) and
+//! the variable, and Pillow's resize (a linear map: two matrices of its filter's weights) and
 //! the centre crop are part of the differentiated function. The result is saved losslessly at
 //! the original size, and success is judged by classifying the saved u8 image with the exact
 //! (Pillow) preprocessing, as `whisker classify` does.
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Classifier;
 use crate::data::datasets::SplitMix64;
-use crate::data::resize::{bilinear_matrix_rows, shorter_side_size};
+use crate::data::resize::{resize_matrix_rows, shorter_side_size};
 use crate::data::transforms::{center_crop_offset_usize, to_image, to_tensor};
 use crate::error::{Error, Result};
 
@@ -292,8 +292,8 @@ impl<'a> Setup<'a> {
             center_crop_offset_usize(rh, crop),
         );
         // resize matrices: only the rows / columns the crop keeps
-        let mh = bilinear_matrix_rows(w, rw, ox..ox + crop); // [crop, w]
-        let mv = bilinear_matrix_rows(h, rh, oy..oy + crop); // [crop, h]
+        let mh = resize_matrix_rows(pre.filter, w, rw, ox..ox + crop); // [crop, w]
+        let mv = resize_matrix_rows(pre.filter, h, rh, oy..oy + crop); // [crop, h]
         let seen = |m: &[f32], n: usize| -> Vec<bool> {
             (0..n)
                 .map(|i| m.chunks_exact(n).any(|row| row[i] != 0.0))

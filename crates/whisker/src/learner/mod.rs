@@ -497,6 +497,7 @@ impl Learner {
                 resize: pre.resize,
                 crop: pre.crop,
                 normalization: pre.norm.describe().into(),
+                interpolation: pre.filter,
                 classes: ds.classes.clone(),
                 head: head_kind.into(),
                 settings: settings.clone(),

@@ -21,6 +21,10 @@ pub struct ModelMeta {
     pub resize: usize,
     pub crop: usize,
     pub normalization: String,
+    /// The resize's filter; files written before it was recorded used bilinear, the only
+    /// one then.
+    #[serde(default)]
+    pub interpolation: crate::data::resize::Filter,
     pub classes: Vec<String>,
     pub head: String,
     pub settings: serde_json::Value,
@@ -55,16 +59,22 @@ impl ModelMeta {
         }
         let spec = crate::backbones::spec(&self.backbone).map_err(|e| e.to_string())?;
         let pre = spec.preprocess();
-        if (self.resize, self.crop, self.normalization.as_str())
-            != (pre.resize, pre.crop, pre.norm.describe())
+        if (
+            self.resize,
+            self.crop,
+            self.normalization.as_str(),
+            self.interpolation,
+        ) != (pre.resize, pre.crop, pre.norm.describe(), pre.filter)
         {
             return Err(format!(
-                "its preprocessing (resize {}, crop {}, {}) is not {}'s (resize {}, crop {}, {})",
+                "its preprocessing (resize {} {}, crop {}, {}) is not {}'s (resize {} {}, crop {}, {})",
                 self.resize,
+                self.interpolation.name(),
                 self.crop,
                 self.normalization,
                 spec.name,
                 pre.resize,
+                pre.filter.name(),
                 pre.crop,
                 pre.norm.describe()
             ));
@@ -318,5 +328,40 @@ impl TrainedModel {
             head,
             backbone_weights,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta_json() -> serde_json::Value {
+        serde_json::json!({
+            "format": "whisker-model", "version": 2, "backbone": "resnet18",
+            "weights_sha256": "ab".repeat(32), "resize": 256, "crop": 224,
+            "normalization": "ImageNet mean/std", "classes": ["cat", "dog"],
+            "head": "linear", "settings": {}, "metrics": {}
+        })
+    }
+
+    /// The resize filter is part of the preprocessing a model file must agree on: files
+    /// written before it was recorded read as bilinear (all of them were), a file naming
+    /// another filter than its backbone's is refused with both named.
+    #[test]
+    fn the_resize_filter_is_checked_and_defaults_to_bilinear() {
+        let old: ModelMeta = serde_json::from_value(meta_json()).unwrap();
+        assert_eq!(old.interpolation, crate::data::resize::Filter::Bilinear);
+        assert_eq!(old.check().unwrap().name, "resnet18");
+        let mut j = meta_json();
+        j["interpolation"] = "bicubic".into();
+        let other: ModelMeta = serde_json::from_value(j).unwrap();
+        let e = other.check().unwrap_err();
+        assert!(
+            e.contains("resize 256 bicubic") && e.contains("resize 256 bilinear"),
+            "{e}"
+        );
+        let mut j = meta_json();
+        j["interpolation"] = "lanczos".into();
+        assert!(serde_json::from_value::<ModelMeta>(j).is_err());
     }
 }
