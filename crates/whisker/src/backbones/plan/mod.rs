@@ -11,7 +11,7 @@
 use std::sync::Mutex;
 
 use burn::module::ParamId;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use whisker_kernels as k;
 use whisker_kernels::{Act as KAct, ConvShape, PackedConv, PackedDepthwise};
 pub use whisker_kernels::{Isa, IsaKind};
@@ -21,9 +21,11 @@ use super::layers::{tf_same_padding, Act, BatchNorm, Conv2d, ConvBnAct, Linear, 
 use super::{Backbone, Net};
 
 mod grad;
+mod ops;
 use crate::data::transforms::{Normalization, IMAGENET_MEAN, IMAGENET_STD};
 use crate::error::{Error, Result};
 pub use grad::{ParamGrad, Tape};
+use ops::{Fwd, Op};
 
 // the engine switch lives with the other process-wide compute settings (`device`), so that
 // the layers can read it without depending on the plan
@@ -38,7 +40,7 @@ pub fn isa() -> Isa {
 pub(super) type V = usize;
 
 #[derive(Debug, Clone, Copy)]
-enum Pad {
+pub(super) enum Pad {
     Fixed([usize; 4]),
     TfSame,
 }
@@ -51,7 +53,7 @@ impl Pad {
         }
     }
     /// The geometry of a `k × k` convolution with this padding on `n` images of `(h, w, _)`.
-    fn shape(
+    pub(super) fn shape(
         self,
         n: usize,
         (h, w, _): (usize, usize, usize),
@@ -79,109 +81,6 @@ impl Pad {
     }
 }
 
-#[derive(Debug)]
-enum Op {
-    Conv {
-        x: V,
-        out: V,
-        res: Option<V>,
-        w: PackedConv,
-        stride: usize,
-        pad: Pad,
-        act: KAct,
-    },
-    /// A linear layer over each image's whole value (`[n, h·w·c]` in NHWC order).
-    Linear {
-        x: V,
-        out: V,
-        w: PackedConv,
-        act: KAct,
-    },
-    Depthwise {
-        x: V,
-        out: V,
-        w: PackedDepthwise,
-        stride: usize,
-        pad: Pad,
-        act: KAct,
-    },
-    /// An inverted residual block's expansion, depthwise convolution and projection (and its
-    /// residual add of `x`) fused: forward-only plans, blocks without squeeze-excitation.
-    Block {
-        x: V,
-        out: V,
-        b: k::InvertedResidual,
-        stride: usize,
-        pad: Pad,
-        res: bool,
-    },
-    MaxPool {
-        x: V,
-        out: V,
-        k: usize,
-        stride: usize,
-        pad: usize,
-    },
-    AvgPool {
-        x: V,
-        out: V,
-        oh: usize,
-        ow: usize,
-    },
-    /// BatchNorm normalising with the batch's own statistics (fine-tuning with
-    /// `--train-bn`), then the residual and the activation; `stats` keeps the running ones.
-    BatchNorm {
-        x: V,
-        out: V,
-        res: Option<V>,
-        gamma: Vec<f32>,
-        beta: Vec<f32>,
-        eps: f64,
-        act: KAct,
-        stats: super::layers::TrainStats,
-        momentum: f64,
-    },
-    /// Squeeze-excitation, scaling `x` in place.
-    Se {
-        x: V,
-        fc1: PackedConv,
-        fc2: PackedConv,
-    },
-    Tap {
-        name: String,
-        x: V,
-    },
-}
-
-impl Op {
-    fn inputs(&self) -> Vec<V> {
-        match self {
-            Op::Conv { x, res, .. } | Op::BatchNorm { x, res, .. } => {
-                std::iter::once(*x).chain(*res).collect()
-            }
-            Op::Linear { x, .. }
-            | Op::Depthwise { x, .. }
-            | Op::Block { x, .. }
-            | Op::MaxPool { x, .. }
-            | Op::AvgPool { x, .. }
-            | Op::Se { x, .. }
-            | Op::Tap { x, .. } => vec![*x],
-        }
-    }
-    fn output(&self) -> Option<V> {
-        match self {
-            Op::Conv { out, .. }
-            | Op::Linear { out, .. }
-            | Op::Depthwise { out, .. }
-            | Op::Block { out, .. }
-            | Op::BatchNorm { out, .. }
-            | Op::MaxPool { out, .. }
-            | Op::AvgPool { out, .. } => Some(*out),
-            Op::Se { .. } | Op::Tap { .. } => None,
-        }
-    }
-}
-
 /// A backbone compiled for the CPU engine.
 pub struct Plan {
     isa: Isa,
@@ -199,10 +98,10 @@ pub struct Plan {
     logits: V,
     /// Buffers kept between calls.
     arena: Mutex<Vec<Vec<f32>>>,
-    /// Backward weights per op (empty unless compiled with `PlanOptions::backward`).
-    bw: Vec<Option<grad::Bw>>,
-    /// Parameters per op (empty unless compiled with `PlanOptions::weight_grads`).
-    pm: Vec<Option<grad::ParamMap>>,
+    /// Compiled with backward weights (`PlanOptions::backward`).
+    backward: bool,
+    /// Compiled with what parameter gradients need (`PlanOptions::weight_grads`).
+    weight_grads: bool,
 }
 
 impl std::fmt::Debug for Plan {
@@ -235,10 +134,10 @@ pub(super) struct Builder<'a> {
     ops: Vec<Op>,
     channels: Vec<usize>,
     winograd: bool,
-    /// Backward weights of the ops that have them, by op index (with `PlanOptions::backward`).
-    bw: Option<Vec<(usize, grad::Bw)>>,
-    /// The parameters of the ops that have them, by op index (`PlanOptions::weight_grads`).
-    pm: Option<Vec<(usize, grad::ParamMap)>>,
+    /// Pack backward weights (`PlanOptions::backward`).
+    backward: bool,
+    /// Keep each op's parameters, for their gradients (`PlanOptions::weight_grads`).
+    weight_grads: bool,
     /// BatchNorms training their statistics normalise with the batch's (`train_bn`).
     train_bn: bool,
     /// Pack input gradients for Winograd even where the forward pass is direct.
@@ -295,21 +194,7 @@ impl Default for PlanOptions {
     }
 }
 
-/// A list of `(op index, item)` as one slot per op (empty when there is no list).
-fn by_op<T>(list: Option<Vec<(usize, T)>>, ops: usize) -> Vec<Option<T>> {
-    match list {
-        None => Vec::new(),
-        Some(list) => {
-            let mut v: Vec<Option<T>> = (0..ops).map(|_| None).collect();
-            for (i, g) in list {
-                v[i] = Some(g);
-            }
-            v
-        }
-    }
-}
-
-fn values(t: Tensor<1>) -> Result<Vec<f32>> {
+pub(super) fn values(t: Tensor<1>) -> Result<Vec<f32>> {
     crate::tensor::to_vec(t)
 }
 
@@ -322,7 +207,7 @@ fn kact(a: Act) -> KAct {
     }
 }
 
-fn shape_err(e: k::ShapeError) -> Error {
+pub(super) fn shape_err(e: k::ShapeError) -> Error {
     Error::Internal(format!("compiling the CPU engine: {e}"))
 }
 
@@ -443,10 +328,7 @@ impl Builder<'_> {
             (self.winograd, self.winograd_backward) = (winograd, false);
             let z = z?;
             let out = self.value(self.channels[z]);
-            if let Some(pm) = &mut self.pm {
-                pm.push((self.ops.len(), grad::ParamMap::bn(bn)));
-            }
-            self.ops.push(Op::BatchNorm {
+            self.ops.push(Op::BatchNorm(ops::batch_norm::BatchNorm {
                 x: z,
                 out,
                 res,
@@ -456,7 +338,8 @@ impl Builder<'_> {
                 act: kact(act),
                 stats,
                 momentum: bn.momentum,
-            });
+                params: self.weight_grads.then_some((bn.weight.id, bn.bias.id)),
+            }));
             return Ok(out);
         }
         let mut ids = vec![conv.weight.id];
@@ -465,13 +348,13 @@ impl Builder<'_> {
             ids.extend([bn.weight.id, bn.bias.id]);
         }
         let frozen = self.frozen(&ids);
-        if let Some(pm) = self.pm.as_mut().filter(|_| !frozen) {
-            pm.push((self.ops.len(), grad::ParamMap::conv(conv, bn)?));
-        }
+        let params = (self.weight_grads && !frozen)
+            .then(|| ops::conv::ConvParams::new(conv, bn))
+            .transpose()?;
         let pad = Pad::of(conv.padding);
         let stride = conv.stride;
         let act = kact(act);
-        let backward = self.bw.is_some() && !frozen;
+        let backward = self.backward && !frozen;
         let winograd = self.winograd;
         let winograd_backward = self.winograd || self.winograd_backward;
         let [cout, cpg, _, _] = conv.weight.dims();
@@ -490,68 +373,65 @@ impl Builder<'_> {
         let out = self.value(cout);
         // the backward and forward packs of the weights side by side (a small layer's packs
         // are one panel each, one thread's work)
-        let (bw, fw) = folded_with(conv, bn, |w, b, [cout, cpg, kh, kw]| {
-            rayon::join(
-                || -> Result<Option<grad::Bw>> {
-                    if !backward {
-                        return Ok(None);
-                    }
-                    Ok(Some(if depthwise {
-                        grad::Bw::Depthwise(
-                            k::DepthwiseBackward::from_oihw(w, cout, kh, kw, stride)
-                                .map_err(shape_err)?,
-                        )
-                    } else {
-                        grad::Bw::Conv(
-                            k::ConvBackward::from_oihw(
-                                w,
-                                cout,
-                                cpg,
-                                kh,
-                                kw,
-                                stride,
-                                winograd_backward,
-                            )
-                            .map_err(shape_err)?,
-                        )
-                    }))
-                },
-                || -> Result<Op> {
-                    Ok(if depthwise {
-                        let w = PackedDepthwise::from_oihw(w, Some(&b), cout, kh, kw)
-                            .map_err(shape_err)?;
-                        Op::Depthwise {
-                            x,
-                            out,
-                            w,
-                            stride,
-                            pad,
-                            act,
-                        }
-                    } else {
-                        let w = if winograd && (kh, kw, stride, cpg >= 16) == (3, 3, 1, true) {
+        let op = folded_with(conv, bn, |w, b, [cout, cpg, kh, kw]| -> Result<Op> {
+            Ok(if depthwise {
+                let (bw, fw) = rayon::join(
+                    || {
+                        backward
+                            .then(|| k::DepthwiseBackward::from_oihw(w, cout, kh, kw, stride))
+                            .transpose()
+                    },
+                    || PackedDepthwise::from_oihw(w, Some(&b), cout, kh, kw),
+                );
+                Op::Depthwise(ops::depthwise::Depthwise {
+                    x,
+                    out,
+                    w: fw.map_err(shape_err)?,
+                    stride,
+                    pad,
+                    act,
+                    bw: bw.map_err(shape_err)?,
+                    params,
+                })
+            } else {
+                let (bw, fw) = rayon::join(
+                    || {
+                        backward
+                            .then(|| {
+                                k::ConvBackward::from_oihw(
+                                    w,
+                                    cout,
+                                    cpg,
+                                    kh,
+                                    kw,
+                                    stride,
+                                    winograd_backward,
+                                )
+                            })
+                            .transpose()
+                    },
+                    || {
+                        if winograd && (kh, kw, stride, cpg >= 16) == (3, 3, 1, true) {
                             PackedConv::winograd_from_oihw(w, Some(&b), cout, cpg)
                         } else {
                             PackedConv::from_oihw(w, Some(&b), cout, cpg, kh, kw)
                         }
-                        .map_err(shape_err)?;
-                        Op::Conv {
-                            x,
-                            out,
-                            res,
-                            w,
-                            stride,
-                            pad,
-                            act,
-                        }
-                    })
-                },
-            )
-        })?;
-        if let (Some(bw), Some(g)) = (self.bw.as_mut(), bw?) {
-            bw.push((self.ops.len(), g));
-        }
-        self.ops.push(fw?);
+                    },
+                );
+                Op::Conv(ops::conv::Conv {
+                    x,
+                    out,
+                    res,
+                    w: fw.map_err(shape_err)?,
+                    stride,
+                    pad,
+                    act,
+                    bw: bw.map_err(shape_err)?,
+                    params,
+                })
+            })
+        })??;
+        self.ops.push(op);
         Ok(out)
     }
 
@@ -577,19 +457,14 @@ impl Builder<'_> {
         }
         let b = values(l.bias.val())?;
         let frozen = self.frozen(&[l.weight.id, l.bias.id]);
-        if let Some(pm) = self.pm.as_mut().filter(|_| !frozen) {
-            pm.push((
-                self.ops.len(),
-                grad::ParamMap::Linear {
-                    weight: l.weight.id,
-                    bias: l.bias.id,
-                    perm: perm.map(|p| p.to_vec()),
-                    inp,
-                    outc,
-                },
-            ));
-        }
-        if let Some(bw) = self.bw.as_mut().filter(|_| !frozen) {
+        let params = (self.weight_grads && !frozen).then(|| ops::linear::LinearParams {
+            weight: l.weight.id,
+            bias: l.bias.id,
+            perm: perm.map(|p| p.to_vec()),
+            inp,
+            outc,
+        });
+        let bw = if self.backward && !frozen {
             // [in, out] → [out, in, 1, 1]
             let mut oihw = vec![0f32; inp * outc];
             for i in 0..inp {
@@ -597,40 +472,48 @@ impl Builder<'_> {
                     oihw[o * inp + i] = w[i * outc + o];
                 }
             }
-            let g =
-                k::ConvBackward::from_oihw(&oihw, outc, inp, 1, 1, 1, false).map_err(shape_err)?;
-            bw.push((self.ops.len(), grad::Bw::Conv(g)));
-        }
+            Some(k::ConvBackward::from_oihw(&oihw, outc, inp, 1, 1, 1, false).map_err(shape_err)?)
+        } else {
+            None
+        };
         let w = PackedConv::from_in_out(&w, Some(&b), inp, outc).map_err(shape_err)?;
         let out = self.value(outc);
-        self.ops.push(Op::Linear { x, out, w, act });
+        self.ops.push(Op::Linear(ops::linear::Linear {
+            x,
+            out,
+            w,
+            act,
+            bw,
+            params,
+        }));
         Ok(out)
     }
 
     pub(super) fn tap(&mut self, name: impl Into<String>, x: V) {
-        self.ops.push(Op::Tap {
+        self.ops.push(Op::Tap(ops::tap::Tap {
             name: name.into(),
             x,
-        });
+        }));
     }
 
     /// Max pooling (`k`×`k`, `stride`, zero-free `pad`).
     pub(super) fn max_pool(&mut self, x: V, k: usize, stride: usize, pad: usize) -> V {
         let out = self.value(self.channels[x]);
-        self.ops.push(Op::MaxPool {
+        self.ops.push(Op::MaxPool(ops::max_pool::MaxPool {
             x,
             out,
             k,
             stride,
             pad,
-        });
+        }));
         out
     }
 
     /// Adaptive average pooling to `oh × ow`.
     pub(super) fn avg_pool(&mut self, x: V, oh: usize, ow: usize) -> V {
         let out = self.value(self.channels[x]);
-        self.ops.push(Op::AvgPool { x, out, oh, ow });
+        self.ops
+            .push(Op::AvgPool(ops::avg_pool::AvgPool { x, out, oh, ow }));
         out
     }
 
@@ -653,12 +536,12 @@ impl Builder<'_> {
 
     pub(super) fn gap(&mut self, x: V) -> V {
         let out = self.value(self.channels[x]);
-        self.ops.push(Op::AvgPool {
+        self.ops.push(Op::AvgPool(ops::avg_pool::AvgPool {
             x,
             out,
             oh: 1,
             ow: 1,
-        });
+        }));
         out
     }
 
@@ -675,39 +558,42 @@ impl Builder<'_> {
             ids.extend(se.fc1.bias.as_ref().map(|b| b.id));
             ids.extend(se.fc2.bias.as_ref().map(|b| b.id));
             let frozen = self.frozen(&ids);
-            if let Some(bw) = self.bw.as_mut().filter(|_| !frozen) {
+            let bw = if self.backward && !frozen {
                 let (w1, _, [hid, c, _, _]) = folded(&se.fc1, None)?;
                 let (w2, _, _) = folded(&se.fc2, None)?;
-                bw.push((self.ops.len(), grad::Bw::Se { w1, w2, hid, c }));
-            }
-            if let Some(pm) = self.pm.as_mut().filter(|_| !frozen) {
+                Some(ops::se::SeBackward { w1, w2, hid, c })
+            } else {
+                None
+            };
+            let params = if self.weight_grads && !frozen {
                 let bias = |c: &Conv2d| {
                     c.bias.as_ref().map(|b| b.id).ok_or_else(|| {
                         Error::Internal("a squeeze-excitation layer without bias".into())
                     })
                 };
-                pm.push((
-                    self.ops.len(),
-                    grad::ParamMap::Se {
-                        w1: se.fc1.weight.id,
-                        b1: bias(&se.fc1)?,
-                        w2: se.fc2.weight.id,
-                        b2: bias(&se.fc2)?,
-                    },
-                ));
-            }
+                Some(ops::se::SeParams {
+                    w1: se.fc1.weight.id,
+                    b1: bias(&se.fc1)?,
+                    w2: se.fc2.weight.id,
+                    b2: bias(&se.fc2)?,
+                })
+            } else {
+                None
+            };
             let pack = |c: &Conv2d| -> Result<PackedConv> {
                 let (w, bias, [o, i, kh, kw]) = folded(c, None)?;
                 PackedConv::from_oihw(&w, Some(&bias), o, i, kh, kw).map_err(shape_err)
             };
-            self.ops.push(Op::Se {
+            self.ops.push(Op::Se(ops::se::Se {
                 x: y,
                 fc1: pack(&se.fc1)?,
                 fc2: pack(&se.fc2)?,
-            });
+                bw,
+                params,
+            }));
         }
         let y = self.cba(y, &b.project, b.residual.then_some(x))?;
-        if self.bw.is_none() && self.pm.is_none() && b.se.is_none() {
+        if !self.backward && !self.weight_grads && b.se.is_none() {
             self.fuse_block(start, x)?;
         }
         Ok(y)
@@ -718,29 +604,22 @@ impl Builder<'_> {
     /// nothing), all folded, by one fused [`Op::Block`]. Anything else (a BatchNorm with batch
     /// statistics between them) stays as it is.
     fn fuse_block(&mut self, start: usize, x: V) -> Result<()> {
+        use ops::conv::Conv;
+        use ops::depthwise::Depthwise;
         let one = |w: &PackedConv| w.kh == 1 && w.kw == 1 && !w.is_winograd();
-        let project_ok = |p: &PackedConv, c: usize, res: &Option<V>| {
-            one(p) && p.cin == c && res.is_none_or(|r| r == x)
+        let project_ok = |p: &Conv, c: usize| {
+            one(&p.w) && p.stride == 1 && p.w.cin == c && p.res.is_none_or(|r| r == x)
         };
         let fusable = match &self.ops[start..] {
-            [Op::Conv {
-                x: ex,
-                w: e,
-                stride: 1,
-                res: None,
-                ..
-            }, Op::Depthwise { w: d, .. }, Op::Conv {
-                w: p,
-                stride: 1,
-                res,
-                ..
-            }] => *ex == x && one(e) && e.cout == d.c && project_ok(p, d.c, res),
-            [Op::Depthwise { x: dx, w: d, .. }, Op::Conv {
-                w: p,
-                stride: 1,
-                res,
-                ..
-            }] => *dx == x && project_ok(p, d.c, res),
+            [Op::Conv(e), Op::Depthwise(d), Op::Conv(p)] => {
+                e.x == x
+                    && e.stride == 1
+                    && e.res.is_none()
+                    && one(&e.w)
+                    && e.w.cout == d.w.c
+                    && project_ok(p, d.w.c)
+            }
+            [Op::Depthwise(d), Op::Conv(p)] => d.x == x && project_ok(p, d.w.c),
             _ => false,
         };
         if !fusable {
@@ -749,37 +628,37 @@ impl Builder<'_> {
         let mut tail: Vec<Op> = self.ops.drain(start..).collect();
         let (project, depthwise) = (tail.pop(), tail.pop());
         let expand = match tail.pop() {
-            Some(Op::Conv { w, act, .. }) => Some((w, act)),
+            Some(Op::Conv(Conv { w, act, .. })) => Some((w, act)),
             _ => None,
         };
         let (
-            Some(Op::Depthwise {
+            Some(Op::Depthwise(Depthwise {
                 w: dw,
                 stride,
                 pad,
                 act: dw_act,
                 ..
-            }),
-            Some(Op::Conv {
+            })),
+            Some(Op::Conv(Conv {
                 out,
                 res,
                 w: pw,
                 act: pw_act,
                 ..
-            }),
+            })),
         ) = (depthwise, project)
         else {
             return Err(Error::Internal("fusing a block that is not one".into()));
         };
         let b = k::InvertedResidual::new(expand, dw, dw_act, pw, pw_act).map_err(shape_err)?;
-        self.ops.push(Op::Block {
+        self.ops.push(Op::Block(ops::block::Block {
             x,
             out,
             b,
             stride,
             pad,
             res: res.is_some(),
-        });
+        }));
         Ok(())
     }
 
@@ -835,8 +714,8 @@ impl Plan {
             ops: Vec::new(),
             channels: vec![3],
             winograd: opts.winograd,
-            bw: (opts.backward || opts.weight_grads).then(Vec::new),
-            pm: opts.weight_grads.then(Vec::new),
+            backward: opts.backward || opts.weight_grads,
+            weight_grads: opts.weight_grads,
             train_bn: opts.train_bn,
             winograd_backward: false,
             trainable,
@@ -852,13 +731,11 @@ impl Plan {
             Normalization::Tf => (255.0, [127.0; 3], [128.0; 3]),
         };
         let (slot, slots) = assign_slots(&bl.ops, bl.channels.len(), &[features, logits]);
-        let bw = by_op(bl.bw, bl.ops.len());
-        let pm = by_op(bl.pm, bl.ops.len());
         Ok(Plan {
             isa: Isa::current(),
             norm,
-            bw,
-            pm,
+            backward: bl.backward,
+            weight_grads: bl.weight_grads,
             ops: bl.ops,
             classifier_start,
             channels: bl.channels,
@@ -885,7 +762,7 @@ impl Plan {
     pub fn fused_blocks(&self) -> usize {
         self.ops
             .iter()
-            .filter(|op| matches!(op, Op::Block { .. }))
+            .filter(|op| matches!(op, Op::Block(_)))
             .count()
     }
 
@@ -949,14 +826,24 @@ impl Plan {
         // pool's other threads from inside it, not a job sent from outside and waited for
         // (a sleep and a wake-up an op: tens of microseconds, most of a small op's time).
         in_pool(|| {
+            let mut cx = Fwd {
+                isa: self.isa,
+                n,
+                shapes: &shapes,
+                slot: &self.slot,
+                arena: &mut arena,
+                taps,
+                device,
+                tape: false,
+            };
             for op in &self.ops[..end] {
                 let t = std::time::Instant::now();
-                self.step(op, n, &shapes, &self.slot, &mut arena, taps, device, false)?;
+                op.forward(&mut cx)?;
                 if profile {
                     eprintln!(
                         "{:>9.3} ms  {}",
                         t.elapsed().as_secs_f64() * 1e3,
-                        describe(op, &shapes)
+                        op.describe(&shapes)
                     );
                 }
             }
@@ -978,289 +865,12 @@ impl Plan {
         let mut s = vec![(0, 0, 0); self.channels.len()];
         s[0] = (h, w, 3);
         for op in &self.ops {
-            let out = match op {
-                Op::Conv {
-                    x,
-                    out,
-                    w: PackedConv { kh, kw, .. },
-                    stride,
-                    pad,
-                    ..
-                }
-                | Op::Depthwise {
-                    x,
-                    out,
-                    w: PackedDepthwise { kh, kw, .. },
-                    stride,
-                    pad,
-                    ..
-                }
-                | Op::Block {
-                    x,
-                    out,
-                    b:
-                        k::InvertedResidual {
-                            depthwise: PackedDepthwise { kh, kw, .. },
-                            ..
-                        },
-                    stride,
-                    pad,
-                    ..
-                } => {
-                    let g = pad.shape(n, s[*x], *kh, *stride);
-                    Some((*out, g.out_hw(*kh, *kw).map_err(too_small)?))
-                }
-                Op::MaxPool {
-                    x,
-                    out,
-                    k,
-                    stride,
-                    pad,
-                } => {
-                    let (ih, iw, _) = s[*x];
-                    if ih + 2 * pad < *k || iw + 2 * pad < *k {
-                        return Err(too_small(k::ShapeError(format!(
-                            "a {k}×{k} max pool on {ih}×{iw}"
-                        ))));
-                    }
-                    Some((
-                        *out,
-                        (
-                            (ih + 2 * pad - k) / stride + 1,
-                            (iw + 2 * pad - k) / stride + 1,
-                        ),
-                    ))
-                }
-                Op::AvgPool { out, oh, ow, .. } => Some((*out, (*oh, *ow))),
-                Op::Linear { out, .. } => Some((*out, (1, 1))),
-                Op::BatchNorm { x, out, .. } => Some((*out, (s[*x].0, s[*x].1))),
-                Op::Se { .. } | Op::Tap { .. } => None,
-            };
-            if let Some((v, (oh, ow))) = out {
+            if let Some(v) = op.output() {
+                let (oh, ow) = op.out_hw(n, &s)?;
                 s[v] = (oh, ow, self.channels[v]);
             }
         }
         Ok(s)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn step(
-        &self,
-        op: &Op,
-        n: usize,
-        shapes: &[(usize, usize, usize)],
-        slot: &[usize],
-        arena: &mut [Vec<f32>],
-        taps: &mut Taps,
-        device: &Device,
-        defer_hardswish: bool,
-    ) -> Result<()> {
-        let isa = self.isa;
-        let len = |v: V| n * shapes[v].0 * shapes[v].1 * shapes[v].2;
-        // a hardswish left to the caller (the tape keeps its input for the backward pass)
-        let act_of = |a: &KAct| match a {
-            KAct::Hardswish if defer_hardswish => KAct::None,
-            a => *a,
-        };
-        match op {
-            Op::Conv {
-                x,
-                out,
-                res,
-                w,
-                stride,
-                pad,
-                act,
-            } => {
-                let s = pad.shape(n, shapes[*x], w.kh, *stride);
-                let (xi, oi, ri) = (slot[*x], slot[*out], res.map(|r| slot[r]));
-                let (xb, ob, rb) = split3(arena, xi, oi, ri);
-                k::conv2d(
-                    isa,
-                    w,
-                    &xb[..len(*x)],
-                    &s,
-                    rb.map(|r| &r[..len(*out)]),
-                    act_of(act),
-                    &mut ob[..len(*out)],
-                )
-                .map_err(shape_err)
-            }
-            Op::Linear { x, out, w, act } => {
-                let s = ConvShape::symmetric(n, 1, 1, 1, 0);
-                let (xb, ob, _) = split3(arena, slot[*x], slot[*out], None);
-                k::conv2d(
-                    isa,
-                    w,
-                    &xb[..len(*x)],
-                    &s,
-                    None,
-                    act_of(act),
-                    &mut ob[..len(*out)],
-                )
-                .map_err(shape_err)
-            }
-            Op::Depthwise {
-                x,
-                out,
-                w,
-                stride,
-                pad,
-                act,
-            } => {
-                let s = pad.shape(n, shapes[*x], w.kh, *stride);
-                let (xb, ob, _) = split3(arena, slot[*x], slot[*out], None);
-                k::depthwise(
-                    isa,
-                    w,
-                    &xb[..len(*x)],
-                    &s,
-                    act_of(act),
-                    &mut ob[..len(*out)],
-                )
-                .map_err(shape_err)
-            }
-            Op::Block {
-                x,
-                out,
-                b,
-                stride,
-                pad,
-                res,
-            } => {
-                if defer_hardswish {
-                    return Err(Error::Internal(
-                        "a fused block in a plan that keeps values for gradients".into(),
-                    ));
-                }
-                let s = pad.shape(n, shapes[*x], b.depthwise.kh, *stride);
-                let (xb, ob, _) = split3(arena, slot[*x], slot[*out], None);
-                k::inverted_residual(isa, b, &xb[..len(*x)], &s, *res, &mut ob[..len(*out)])
-                    .map_err(shape_err)
-            }
-            Op::MaxPool {
-                x,
-                out,
-                k: kk,
-                stride,
-                pad,
-            } => {
-                let (h, wd, c) = shapes[*x];
-                let (xb, ob, _) = split3(arena, slot[*x], slot[*out], None);
-                k::max_pool(
-                    &xb[..len(*x)],
-                    n,
-                    h,
-                    wd,
-                    c,
-                    *kk,
-                    *stride,
-                    *pad,
-                    &mut ob[..len(*out)],
-                )
-                .map(|_| ())
-                .map_err(shape_err)
-            }
-            Op::AvgPool { x, out, oh, ow } => {
-                let (h, wd, c) = shapes[*x];
-                let (xb, ob, _) = split3(arena, slot[*x], slot[*out], None);
-                k::adaptive_avg_pool(&xb[..len(*x)], n, h, wd, c, *oh, *ow, &mut ob[..len(*out)])
-                    .map_err(shape_err)
-            }
-            Op::BatchNorm { .. } => self
-                .batch_norm(op, n, shapes, slot, arena, act_of)
-                .map(|_| ()),
-            Op::Se { x, fc1, fc2 } => {
-                let (h, wd, c) = shapes[*x];
-                let xb = &mut arena[slot[*x]][..len(*x)];
-                let (_, scales) = self.se_scales(xb, n, h * wd, fc1, fc2)?;
-                k::scale_channels(xb, n, h * wd, c, &scales).map_err(shape_err)
-            }
-            Op::Tap { name, x } => {
-                if taps.wants(name) {
-                    let (h, wd, c) = shapes[*x];
-                    let mut nchw = vec![0f32; len(*x)];
-                    k::nhwc_to_nchw(&arena[slot[*x]][..len(*x)], n, h, wd, c, &mut nchw)
-                        .map_err(shape_err)?;
-                    let t = Tensor::<4>::from_data(TensorData::new(nchw, [n, c, h, wd]), device);
-                    taps.tap(name, &t);
-                } else {
-                    taps.note(name);
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-impl Plan {
-    /// A [`Op::BatchNorm`] step: the batch's statistics, which it returns.
-    fn batch_norm(
-        &self,
-        op: &Op,
-        n: usize,
-        shapes: &[(usize, usize, usize)],
-        slot: &[usize],
-        arena: &mut [Vec<f32>],
-        act_of: impl Fn(&KAct) -> KAct,
-    ) -> Result<k::BatchStats> {
-        let Op::BatchNorm {
-            x,
-            out,
-            res,
-            gamma,
-            beta,
-            eps,
-            act,
-            ..
-        } = op
-        else {
-            return Err(Error::Internal("not a BatchNorm".into()));
-        };
-        let len = |v: V| n * shapes[v].0 * shapes[v].1 * shapes[v].2;
-        let (xb, ob, rb) = split3(arena, slot[*x], slot[*out], res.map(|r| slot[r]));
-        k::batch_norm_train(
-            &xb[..len(*x)],
-            shapes[*x].2,
-            gamma,
-            beta,
-            *eps,
-            rb.map(|r| &r[..len(*out)]),
-            act_of(act),
-            &mut ob[..len(*out)],
-        )
-        .map_err(shape_err)
-    }
-
-    /// Squeeze-excitation's channel scales of `x` `[n, hw, c]`:
-    /// `hardsigmoid(fc2 · relu(fc1 · mean(x)))`, with the hidden layer (post-ReLU).
-    fn se_scales(
-        &self,
-        x: &[f32],
-        n: usize,
-        hw: usize,
-        fc1: &PackedConv,
-        fc2: &PackedConv,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let c = fc1.cin;
-        let mut pooled = vec![0f32; n * c];
-        k::global_avg_pool(x, n, hw, c, &mut pooled).map_err(shape_err)?;
-        let one = ConvShape::symmetric(n, 1, 1, 1, 0);
-        let mut hidden = vec![0f32; n * fc1.cout];
-        k::conv2d(self.isa, fc1, &pooled, &one, None, KAct::Relu, &mut hidden)
-            .map_err(shape_err)?;
-        let mut scales = vec![0f32; n * fc2.cout];
-        k::conv2d(
-            self.isa,
-            fc2,
-            &hidden,
-            &one,
-            None,
-            KAct::Hardsigmoid,
-            &mut scales,
-        )
-        .map_err(shape_err)?;
-        Ok((hidden, scales))
     }
 }
 
@@ -1307,69 +917,12 @@ fn minor_faults() -> Option<u64> {
     rest.split_whitespace().nth(7)?.parse().ok()
 }
 
-/// One line about an op, for `WHISKER_PLAN_PROFILE=1` (a per-op timing on stderr).
-fn describe(op: &Op, shapes: &[(usize, usize, usize)]) -> String {
-    match op {
-        Op::Conv {
-            x,
-            out,
-            w,
-            stride,
-            res,
-            act,
-            ..
-        } => format!(
-            "conv {}x{} s{stride} {:?} -> {:?} {act:?}{}{}",
-            w.kh,
-            w.kw,
-            shapes[*x],
-            shapes[*out],
-            if res.is_some() { " +res" } else { "" },
-            if w.is_winograd() { " winograd" } else { "" }
-        ),
-        Op::Linear { x, out, .. } => format!("linear {:?} -> {:?}", shapes[*x], shapes[*out]),
-        Op::Depthwise {
-            x, out, w, stride, ..
-        } => {
-            format!(
-                "depthwise {}x{} s{stride} {:?} -> {:?}",
-                w.kh, w.kw, shapes[*x], shapes[*out]
-            )
-        }
-        Op::Block {
-            x,
-            out,
-            b,
-            stride,
-            res,
-            ..
-        } => format!(
-            "block {}dw {}x{} s{stride} 1x1 {:?} -> {:?}{}",
-            if b.expand.is_some() { "1x1 " } else { "" },
-            b.depthwise.kh,
-            b.depthwise.kw,
-            shapes[*x],
-            shapes[*out],
-            if *res { " +res" } else { "" }
-        ),
-        Op::MaxPool { x, out, .. } => format!("maxpool {:?} -> {:?}", shapes[*x], shapes[*out]),
-        Op::AvgPool { x, out, .. } => format!("avgpool {:?} -> {:?}", shapes[*x], shapes[*out]),
-        Op::BatchNorm { x, res, act, .. } => format!(
-            "batchnorm (batch statistics) {:?} {act:?}{}",
-            shapes[*x],
-            if res.is_some() { " +res" } else { "" }
-        ),
-        Op::Se { x, .. } => format!("squeeze-excite {:?}", shapes[*x]),
-        Op::Tap { name, .. } => format!("tap {name}"),
-    }
-}
-
-fn too_small(e: k::ShapeError) -> Error {
+pub(super) fn too_small(e: k::ShapeError) -> Error {
     Error::Invalid(format!("the image is too small for this network: {}", e.0))
 }
 
 /// Mutable output and shared inputs from distinct buffers of the arena.
-fn split3(
+pub(super) fn split3(
     arena: &mut [Vec<f32>],
     x: usize,
     out: usize,
