@@ -451,12 +451,20 @@ impl ConvBnAct {
     }
 }
 
-/// Collects named intermediate feature maps during a forward pass.
+/// Collects named intermediate feature maps during a forward pass. A layer whose value is a
+/// sequence of tokens (a vision transformer's) is offered with [`Taps::hook_tokens`]: its
+/// patch tokens as a map on their grid (as pytorch-grad-cam's `reshape_transform` does), so
+/// everything that reads maps (feature maps, Grad-CAM) reads it too, and the tokens
+/// themselves.
 #[derive(Default)]
 pub struct Taps {
     mode: TapMode,
-    /// The recorded maps, in network order.
+    /// The recorded maps `[N, C, H, W]`, in network order (a token layer's: its patch tokens
+    /// on their grid).
     pub maps: Vec<(String, Tensor<4>)>,
+    /// The recorded token layers' tokens `[N, T, C]` (class and register tokens first, then
+    /// the patches row by row), in network order.
+    pub tokens: Vec<(String, Tensor<3>)>,
     /// Every tap name passed, recorded or not.
     pub names: Vec<String>,
 }
@@ -551,6 +559,44 @@ impl Taps {
         x
     }
 
+    /// Offer a layer of tokens `x` `[N, T, C]` under `name`, whose last `h·w` tokens are the
+    /// patches of an `h × w` grid (row by row; the tokens before them — class, registers —
+    /// are not part of the map), and go on with what comes back: `x` itself, or (in
+    /// [`Taps::grad`] mode, at this layer) tokens whose patches are the recorded map, a new
+    /// leaf that takes gradients (the tokens before them held constant).
+    pub fn hook_tokens(&mut self, name: &str, x: Tensor<3>, (h, w): (usize, usize)) -> Tensor<3> {
+        if !self.wants(name) {
+            self.note(name);
+            return x;
+        }
+        let [n, t, c] = x.dims();
+        let prefix = t.saturating_sub(h * w);
+        let map = x
+            .clone()
+            .slice([0..n, prefix..t, 0..c])
+            .reshape([n, h, w, c])
+            .permute([0, 3, 1, 2]);
+        if let TapMode::Grad(_) = &self.mode {
+            let leaf = map.detach().require_grad();
+            self.names.push(name.to_string());
+            self.maps.push((name.to_string(), leaf.clone()));
+            let patches = leaf.permute([0, 2, 3, 1]).reshape([n, h * w, c]);
+            if prefix == 0 {
+                return patches;
+            }
+            let before = x.slice([0..n, 0..prefix, 0..c]).detach();
+            return Tensor::cat(vec![before, patches], 1);
+        }
+        self.tap(name, &map);
+        self.tokens.push((name.to_string(), x.clone()));
+        x
+    }
+
+    /// The recorded tokens of the token layer `name`.
+    pub fn get_tokens(&self, name: &str) -> Option<&Tensor<3>> {
+        self.tokens.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
     /// Whether the forward pass must run on burn's operations in autodiff (a map's gradient
     /// is asked for).
     pub fn needs_graph(&self) -> bool {
@@ -595,6 +641,62 @@ pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
 mod tests {
     use super::*;
     use burn::tensor::{Device, TensorData};
+
+    /// A token layer offered to taps: its patch tokens as a map on their grid (class token
+    /// left out), its tokens as they are; in gradient mode the map is a leaf whose gradient
+    /// is the objective's with respect to the patch tokens.
+    #[test]
+    fn token_layers_are_tapped_as_maps_on_their_grid() {
+        let (n, h, w, c) = (2, 2, 3, 4);
+        let t = 1 + h * w;
+        let vals: Vec<f32> = (0..n * t * c).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let at = |b: usize, tok: usize, ch: usize| vals[(b * t + tok) * c + ch];
+        let x = Tensor::<3>::from_data(TensorData::new(vals.clone(), [n, t, c]), &Device::flex());
+        let mut taps = Taps::all();
+        let y = taps.hook_tokens("blocks.0", x, (h, w));
+        assert_eq!(crate::tensor::to_vec(y).unwrap(), vals);
+        assert_eq!(taps.names, ["blocks.0"]);
+        let map = crate::tensor::to_vec(taps.get("blocks.0").unwrap().clone()).unwrap();
+        assert_eq!(taps.get("blocks.0").unwrap().dims(), [n, c, h, w]);
+        for b in 0..n {
+            for ch in 0..c {
+                for i in 0..h {
+                    for j in 0..w {
+                        let m = map[((b * c + ch) * h + i) * w + j];
+                        assert_eq!(m, at(b, 1 + i * w + j, ch), "{b} {ch} {i} {j}");
+                    }
+                }
+            }
+        }
+        let tokens = taps.get_tokens("blocks.0").unwrap();
+        assert_eq!(crate::tensor::to_vec(tokens.clone()).unwrap(), vals);
+        // declined: passed by name only
+        let mut taps = Taps::only(&["other"]);
+        let x = Tensor::<3>::from_data(TensorData::new(vals.clone(), [n, t, c]), &Device::flex());
+        let _ = taps.hook_tokens("blocks.0", x, (h, w));
+        assert!(taps.maps.is_empty() && taps.tokens.is_empty());
+        assert_eq!(taps.names, ["blocks.0"]);
+        // gradient mode: objective Σ k[t, c] · y[b, t, c] after the layer
+        let device = Device::flex().autodiff();
+        let k: Vec<f32> = (0..t * c).map(|i| (i as f32 * 0.37).sin()).collect();
+        let x = Tensor::<3>::from_data(TensorData::new(vals.clone(), [n, t, c]), &device);
+        let mut taps = Taps::grad("blocks.0");
+        let y = taps.hook_tokens("blocks.0", x, (h, w));
+        let kt = Tensor::<3>::from_data(TensorData::new(k.clone(), [1, t, c]), &device);
+        let grads = (y * kt).sum().backward();
+        let leaf = taps.get("blocks.0").unwrap();
+        let g = crate::tensor::to_vec(leaf.grad(&grads).unwrap()).unwrap();
+        for b in 0..n {
+            for ch in 0..c {
+                for i in 0..h {
+                    for j in 0..w {
+                        let want = k[(1 + i * w + j) * c + ch];
+                        assert_eq!(g[((b * c + ch) * h + i) * w + j], want);
+                    }
+                }
+            }
+        }
+    }
 
     /// `f` rounded to TF32 (10 mantissa bits, to nearest, ties to even), as tensor cores take
     /// f32 operands.
