@@ -11,6 +11,9 @@ pub enum Act {
     Hardswish,
     /// `min(max(x + 3, 0), 6) / 6`.
     Hardsigmoid,
+    /// `x · Φ(x) = x/2 · (1 + erf(x/√2))`: PyTorch's default (exact) GELU, with erf as its CPU
+    /// kernels compute it ([`erf`]).
+    Gelu,
 }
 
 impl Act {
@@ -23,6 +26,153 @@ impl Act {
             Act::Relu6 => x.clamp(0.0, 6.0),
             Act::Hardswish => x * ((x + 3.0).clamp(0.0, 6.0) / 6.0),
             Act::Hardsigmoid => (x + 3.0).clamp(0.0, 6.0) / 6.0,
+            Act::Gelu => gelu(x),
         }
+    }
+}
+
+// erf by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7), the formula and constants of
+// PyTorch's vectorised CPU erf; the vector paths (`simd::Vf::erf`) run the same operations
+// in the same order, so every path gives the same bits.
+pub(crate) const ERF_P: f32 = 0.327_591_1;
+pub(crate) const ERF_A: [f32; 5] = [
+    0.254_829_6,
+    -0.284_496_74,
+    1.421_413_8,
+    -1.453_152,
+    1.061_405_4,
+];
+// exp by Cephes' `expf`: x = n·ln 2 + r (ln 2 in two parts), a degree-5 polynomial in r
+pub(crate) const EXP_LO: f32 = -87.336_55;
+pub(crate) const EXP_HI: f32 = 88.0;
+pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
+pub(crate) const LN2_HI: f32 = 0.693_359_4;
+pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
+pub(crate) const EXP_C: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_2e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    0.166_666_65,
+    0.5,
+];
+
+/// `eˣ` (Cephes' `expf`, within 2 ulp), x clamped to [−87.3, 88] (no infinities, no
+/// subnormals): the scalar twin of
+/// the vector paths' exp.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(EXP_LO, EXP_HI);
+    let n = (x * LOG2E).round_ties_even();
+    let r = n.mul_add(-LN2_HI, x);
+    let r = n.mul_add(-LN2_LO, r);
+    let mut p = EXP_C[0];
+    for &c in &EXP_C[1..] {
+        p = p.mul_add(r, c);
+    }
+    let y = (p * r).mul_add(r, r) + 1.0;
+    y * pow2(n)
+}
+
+/// `2ⁿ` for an integral `n` in [−126, 127].
+#[inline(always)]
+pub(crate) fn pow2(n: f32) -> f32 {
+    f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+/// erf (Abramowitz & Stegun 7.1.26, |error| ≤ 1.5e-7), as PyTorch's CPU kernels compute it.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / ERF_P.mul_add(a, 1.0);
+    let mut r = ERF_A[4];
+    for &c in ERF_A[..4].iter().rev() {
+        r = r.mul_add(t, c);
+    }
+    let r = r * t;
+    let y = 1.0 - r * exp(-(a * a));
+    y.copysign(x)
+}
+
+/// GELU, `x/2 · (1 + erf(x/√2))`.
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// GELU's derivative `Φ(x) + x·φ(x)`, in f64 (backward passes).
+pub fn gelu_grad(x: f32) -> f32 {
+    let x = x as f64;
+    let cdf = 0.5 * (1.0 + erf(x as f32 * std::f32::consts::FRAC_1_SQRT_2) as f64);
+    let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    (cdf + x * pdf) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// erf and exp against f64 references over their range: erf within A&S's bound plus
+    /// f32 rounding, exp within a few ulp; GELU's derivative against a central difference.
+    #[test]
+    fn erf_exp_and_gelu_are_accurate() {
+        let mut worst_erf = (0f64, 0f32);
+        let mut worst_exp = 0f64;
+        for i in -60_000..=60_000 {
+            let x = i as f32 * 1e-4; // [-6, 6]
+            let e = erf(x) as f64;
+            let d = (e - libm_erf(x as f64)).abs();
+            if d > worst_erf.0 {
+                worst_erf = (d, x);
+            }
+            let y = x * 14.0; // [-84, 84]
+            let want = (y as f64).exp();
+            worst_exp = worst_exp.max(((exp(y) as f64 - want) / want).abs());
+        }
+        // A&S's 1.5e-7, plus the formula evaluated in f32 (the alternating polynomial loses
+        // a few ulp): PyTorch's vectorised erf is the same f32 formula
+        assert!(worst_erf.0 <= 5e-7, "erf off by {worst_erf:?}");
+        assert!(worst_exp <= 3.0e-7, "exp off by {worst_exp} (relative)");
+        for i in -400..=400 {
+            let x = i as f32 * 0.01;
+            let h = 1e-3f64;
+            let f = |v: f64| 0.5 * v * (1.0 + libm_erf(v / std::f64::consts::SQRT_2));
+            let num = (f(x as f64 + h) - f(x as f64 - h)) / (2.0 * h);
+            assert!((gelu_grad(x) as f64 - num).abs() < 1e-5, "{x}");
+            assert!((gelu(x) as f64 - f(x as f64)).abs() <= 1e-6 * (1.0 + (x as f64).abs()));
+        }
+        assert_eq!(exp(-1000.0), exp(EXP_LO));
+        assert!(exp(-1000.0) > 0.0 && exp(1000.0).is_finite());
+        assert_eq!(gelu(0.0), 0.0);
+        assert_eq!(gelu(-20.0), -0.0);
+    }
+
+    /// erf in f64 (W. J. Cody's rational approximations are not in std: a series and a
+    /// continued fraction, accurate to ~1e-15 here).
+    fn libm_erf(x: f64) -> f64 {
+        let a = x.abs();
+        let v = if a < 3.0 {
+            // Maclaurin series
+            let mut sum = 0f64;
+            let mut term = a;
+            let mut k = 0f64;
+            while term.abs() > 1e-17 * sum.abs().max(1e-300) || k < 5.0 {
+                sum += term / (2.0 * k + 1.0);
+                k += 1.0;
+                term *= -a * a / k;
+                if k > 200.0 {
+                    break;
+                }
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            // continued fraction for erfc
+            let mut f = 0.0;
+            for k in (1..60).rev() {
+                f = (k as f64 / 2.0) / (a + f);
+            }
+            1.0 - (-a * a).exp() / std::f64::consts::PI.sqrt() / (a + f)
+        };
+        v.copysign(x)
     }
 }

@@ -64,6 +64,55 @@ pub(crate) trait Vf: Copy {
     unsafe fn div(a: Self, b: Self) -> Self;
     unsafe fn max(a: Self, b: Self) -> Self;
     unsafe fn min(a: Self, b: Self) -> Self;
+    unsafe fn sub(a: Self, b: Self) -> Self;
+    unsafe fn abs(a: Self) -> Self;
+    /// To the nearest integer, ties to even.
+    unsafe fn round(a: Self) -> Self;
+    /// `2ⁿ` for integral `n` in [−126, 127].
+    unsafe fn pow2(n: Self) -> Self;
+    /// `|mag|` with the sign of `sign`.
+    unsafe fn copysign(mag: Self, sign: Self) -> Self;
+
+    /// `eˣ`, the operations of [`crate::act::exp`] in its order (the same bits).
+    #[inline(always)]
+    unsafe fn exp(x: Self) -> Self {
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            use crate::act::{EXP_C, EXP_HI, EXP_LO, LN2_HI, LN2_LO, LOG2E};
+            let x = Self::min(Self::max(x, Self::splat(EXP_LO)), Self::splat(EXP_HI));
+            let n = Self::round(Self::mul(x, Self::splat(LOG2E)));
+            let r = Self::fma(n, Self::splat(-LN2_HI), x);
+            let r = Self::fma(n, Self::splat(-LN2_LO), r);
+            let mut p = Self::splat(EXP_C[0]);
+            for &c in &EXP_C[1..] {
+                p = Self::fma(p, r, Self::splat(c));
+            }
+            let y = Self::add(Self::fma(Self::mul(p, r), r, r), Self::splat(1.0));
+            Self::mul(y, Self::pow2(n))
+        }
+    }
+
+    /// erf, the operations of [`crate::act::erf`] in its order (the same bits).
+    #[inline(always)]
+    unsafe fn erf(x: Self) -> Self {
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            use crate::act::{ERF_A, ERF_P};
+            let one = Self::splat(1.0);
+            let a = Self::abs(x);
+            let t = Self::div(one, Self::fma(Self::splat(ERF_P), a, one));
+            let mut r = Self::splat(ERF_A[4]);
+            for &c in ERF_A[..4].iter().rev() {
+                r = Self::fma(r, t, Self::splat(c));
+            }
+            let r = Self::mul(r, t);
+            let e = Self::exp(Self::sub(Self::splat(0.0), Self::mul(a, a)));
+            let y = Self::sub(one, Self::mul(r, e));
+            Self::copysign(y, x)
+        }
+    }
 
     /// The activation, lane by lane, with the operations of [`Act::apply`] in its order (the
     /// same bits).
@@ -85,6 +134,11 @@ pub(crate) trait Vf: Copy {
                 Act::Hardsigmoid => {
                     let h = Self::min(Self::max(Self::add(y, Self::splat(3.0)), zero), six);
                     Self::div(h, six)
+                }
+                Act::Gelu => {
+                    let z = Self::mul(y, Self::splat(std::f32::consts::FRAC_1_SQRT_2));
+                    let h = Self::mul(Self::splat(0.5), y);
+                    Self::mul(h, Self::add(Self::splat(1.0), Self::erf(z)))
                 }
             }
         }
@@ -162,6 +216,48 @@ impl Vf for F512 {
         // every operation in it; the ISA paths are reached only through a checked `Isa` token.
         unsafe { F512(_mm512_min_ps(a.0, b.0)) }
     }
+    #[inline(always)]
+    unsafe fn sub(a: Self, b: Self) -> Self {
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F512(_mm512_sub_ps(a.0, b.0)) }
+    }
+    #[inline(always)]
+    unsafe fn abs(a: Self) -> Self {
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F512(_mm512_abs_ps(a.0)) }
+    }
+    #[inline(always)]
+    unsafe fn round(a: Self) -> Self {
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            F512(_mm512_roundscale_ps::<
+                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+            >(a.0))
+        }
+    }
+    #[inline(always)]
+    unsafe fn pow2(n: Self) -> Self {
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            let i = _mm512_add_epi32(_mm512_cvtps_epi32(n.0), _mm512_set1_epi32(127));
+            F512(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(i)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn copysign(mag: Self, sign: Self) -> Self {
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            let m = _mm512_set1_epi32(i32::MIN);
+            let s = _mm512_and_epi32(_mm512_castps_si512(sign.0), m);
+            let a = _mm512_andnot_epi32(m, _mm512_castps_si512(mag.0));
+            F512(_mm512_castsi512_ps(_mm512_or_epi32(a, s)))
+        }
+    }
 }
 
 /// AVX2 + FMA: 8 lanes, whole vectors only.
@@ -228,5 +324,48 @@ impl Vf for F256 {
         // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
         // every operation in it; the ISA paths are reached only through a checked `Isa` token.
         unsafe { F256(_mm256_min_ps(a.0, b.0)) }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: Self, b: Self) -> Self {
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F256(_mm256_sub_ps(a.0, b.0)) }
+    }
+    #[inline(always)]
+    unsafe fn abs(a: Self) -> Self {
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { F256(_mm256_andnot_ps(_mm256_set1_ps(-0.0), a.0)) }
+    }
+    #[inline(always)]
+    unsafe fn round(a: Self) -> Self {
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            F256(_mm256_round_ps::<
+                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+            >(a.0))
+        }
+    }
+    #[inline(always)]
+    unsafe fn pow2(n: Self) -> Self {
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            let i = _mm256_add_epi32(_mm256_cvtps_epi32(n.0), _mm256_set1_epi32(127));
+            F256(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(i)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn copysign(mag: Self, sign: Self) -> Self {
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            let m = _mm256_set1_ps(-0.0);
+            F256(_mm256_or_ps(
+                _mm256_andnot_ps(m, mag.0),
+                _mm256_and_ps(m, sign.0),
+            ))
+        }
     }
 }

@@ -82,6 +82,9 @@ const DENSE: &[Case] = &[
     case(1, 6, 30, 3, 24, 3, 1, [1, 1, 1, 1]),
     case(1, 5, 33, 4, 130, 3, 1, [1, 1, 1, 1]),
     case(2, 7, 29, 8, 48, 5, 2, [2, 2, 2, 2]),
+    // ConvNeXt's stem (4×4 stride 4, no padding) and its downsampling (2×2 stride 2)
+    case(2, 16, 12, 3, 96, 4, 4, [0, 0, 0, 0]),
+    case(1, 8, 10, 40, 80, 2, 2, [0, 0, 0, 0]),
 ];
 
 #[test]
@@ -106,6 +109,8 @@ fn dense_convolutions_match_the_reference_on_every_path() {
                 (Act::Relu, true),
                 (Act::Relu6, false),
                 (Act::Hardswish, true),
+                (Act::Gelu, false),
+                (Act::Gelu, true),
             ] {
                 let r = with_res.then_some(res.as_slice());
                 let want =
@@ -557,6 +562,9 @@ fn depthwise_convolutions_match_the_reference_on_every_path() {
         (1, 9, 33, 20, 5, 1, [2, 2, 2, 2]),
         (1, 4, 2, 16, 3, 1, [1, 1, 1, 1]),
         (2, 8, 23, 7, 3, 1, [1, 1, 1, 1]),
+        // ConvNeXt's 7×7
+        (2, 14, 13, 48, 7, 1, [3, 3, 3, 3]),
+        (1, 7, 40, 20, 7, 1, [3, 3, 3, 3]),
     ];
     for isa in Isa::available() {
         for (n, h, w, c, k, stride, pad) in cases {
@@ -570,7 +578,7 @@ fn depthwise_convolutions_match_the_reference_on_every_path() {
             let x = rng.vec(n * h * w * c);
             let wt = rng.vec(c * k * k);
             let bias = rng.vec(c);
-            for act in [Act::None, Act::Relu6, Act::Hardswish, Act::Relu] {
+            for act in [Act::None, Act::Relu6, Act::Hardswish, Act::Relu, Act::Gelu] {
                 let want = reference::conv2d(&x, &s, c, &wt, Some(&bias), c, k, k, c, None, act);
                 let p = PackedDepthwise::from_oihw(&wt, Some(&bias), c, k, k).unwrap();
                 let mut got = vec![f32::NAN; want.len()];

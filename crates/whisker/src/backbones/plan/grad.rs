@@ -116,6 +116,11 @@ pub(super) fn act_grad(act: KAct, g: &mut [f32], y: &[f32], pre: Option<&[f32]>)
             ),
             _ => return Err(Error::Internal("hardswish input not kept".into())),
         },
+        // GELU's derivative Φ(z) + z·φ(z), from the input z
+        KAct::Gelu => match pre {
+            Some(pre) => by(|g, z| g * k::gelu_grad(z), g, pre),
+            _ => return Err(Error::Internal("GELU input not kept".into())),
+        },
         KAct::Hardsigmoid => by(|g, y| if y > 0.0 && y < 1.0 { g / 6.0 } else { 0.0 }, g, y),
     }
     Ok(())
@@ -207,12 +212,14 @@ impl Plan {
             if let Some(v) = op.in_place() {
                 rescaled[v] = Some(i);
             }
-            // a hardswish was left to here: its input is kept for the backward step
-            if let (Some(out), KAct::Hardswish) = (op.output(), op.act()) {
+            // an activation whose derivative needs its input was left to here: the input is
+            // kept for the backward step
+            if let (Some(out), true) = (op.output(), super::ops::needs_input(op.act())) {
                 let y = &mut values[out];
                 k.pre_act = Some(y.clone());
+                let act = op.act();
                 for v in y.iter_mut() {
-                    *v = KAct::Hardswish.apply(*v);
+                    *v = act.apply(*v);
                 }
             }
             kept.push(k);

@@ -149,13 +149,21 @@ impl Fwd<'_> {
         &mut self.arena[self.slot[v]][..l]
     }
 
-    /// The activation the kernel applies (on a tape, a hardswish is left to the caller).
+    /// The activation the kernel applies (on a tape, one whose derivative needs its input
+    /// is left to the caller, which keeps the input).
     pub fn act(&self, a: KAct) -> KAct {
-        match a {
-            KAct::Hardswish if self.tape => KAct::None,
-            a => a,
+        if self.tape && needs_input(a) {
+            KAct::None
+        } else {
+            a
         }
     }
+}
+
+/// Whether an activation's derivative needs its input (not a function of its output):
+/// hardswish and GELU.
+pub(super) fn needs_input(a: KAct) -> bool {
+    matches!(a, KAct::Hardswish | KAct::Gelu)
 }
 
 /// What a backward step works on.
