@@ -16,6 +16,8 @@
 //!   two-level sums over the batch's pixels.
 //! - [`batch_norm_train`], [`batch_norm_train_backward`]: BatchNorm with batch statistics
 //!   (fine-tuning with `--train-bn`).
+//! - [`layer_norm`], [`layer_norm_backward`]: LayerNorm over the last dimension (ConvNeXt's
+//!   channels, a transformer's tokens); activations' GELU ([`Act::Gelu`]) in the epilogues.
 //! - pooling, channel scaling (squeeze-excitation) and NCHW ↔ NHWC layout changes.
 //! - [`buffers`]: a process-wide cache of the large buffers a training step reuses.
 //!
@@ -34,6 +36,7 @@ mod depthwise;
 mod direct;
 mod fused;
 mod isa;
+mod layer_norm;
 mod layout;
 mod norm;
 mod pool;
@@ -49,6 +52,7 @@ pub use conv::{conv2d, ConvShape, PackedConv, NR};
 pub use depthwise::{depthwise, PackedDepthwise};
 pub use fused::{inverted_residual, InvertedResidual};
 pub use isa::{cpu_description, Isa, IsaKind};
+pub use layer_norm::{layer_norm, layer_norm_backward};
 pub use layout::{nchw_to_nhwc_normalized, nhwc_to_nchw};
 pub use norm::{batch_norm_train, batch_norm_train_backward, BatchStats};
 pub use pool::{

@@ -160,3 +160,49 @@ pub fn conv2d_weight_grad(
         db.into_iter().map(|v| v as f32).collect(),
     )
 }
+
+/// LayerNorm of each row of `x` (`[rows, c]`) in `f64`: `(x − μ)/√(σ²+ε)·γ + β`.
+pub fn layer_norm(x: &[f32], c: usize, gamma: &[f32], beta: &[f32], eps: f64) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (o, row) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        let m = row.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+        let var = row.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / c as f64;
+        let r = 1.0 / (var + eps).sqrt();
+        for j in 0..c {
+            o[j] = ((row[j] as f64 - m) * r * gamma[j] as f64 + beta[j] as f64) as f32;
+        }
+    }
+    out
+}
+
+/// The gradients of [`layer_norm`] in `f64`: `(dx, dγ, dβ)` from the output gradient `g`.
+pub fn layer_norm_backward(
+    x: &[f32],
+    g: &[f32],
+    c: usize,
+    gamma: &[f32],
+    eps: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut dx = vec![0f32; x.len()];
+    let (mut dg, mut db) = (vec![0f64; c], vec![0f64; c]);
+    for ((d, row), grow) in dx
+        .chunks_exact_mut(c)
+        .zip(x.chunks_exact(c))
+        .zip(g.chunks_exact(c))
+    {
+        let m = row.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+        let var = row.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / c as f64;
+        let r = 1.0 / (var + eps).sqrt();
+        let xh: Vec<f64> = row.iter().map(|&v| (v as f64 - m) * r).collect();
+        let dd: Vec<f64> = (0..c).map(|j| grow[j] as f64 * gamma[j] as f64).collect();
+        let a = dd.iter().sum::<f64>() / c as f64;
+        let b = dd.iter().zip(&xh).map(|(p, q)| p * q).sum::<f64>() / c as f64;
+        for j in 0..c {
+            d[j] = (r * (dd[j] - a - xh[j] * b)) as f32;
+            dg[j] += grow[j] as f64 * xh[j];
+            db[j] += grow[j] as f64;
+        }
+    }
+    let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+    (dx, f(dg), f(db))
+}

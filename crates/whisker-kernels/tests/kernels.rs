@@ -1077,3 +1077,63 @@ fn fused_inverted_residual_blocks_equal_their_three_convolutions() {
     let e = InvertedResidual::new(None, dpack, Act::None, p8, Act::None).unwrap_err();
     assert!(e.0.contains("projection"), "{e}");
 }
+
+/// LayerNorm over the last dimension, forward on every path and backward, against the f64
+/// reference: row widths off and on the vector widths (ConvNeXt's 96…1536 channels, ViT's
+/// 384/768 tokens' channels, odd ones), offset means (the two-pass variance), statistics
+/// kept, gradients accumulated.
+#[test]
+fn layer_norm_matches_the_reference_on_every_path() {
+    let mut rng = Rng(0x5eed);
+    for isa in Isa::available() {
+        for (rows, c) in [
+            (1, 1),
+            (3, 5),
+            (70, 8),
+            (33, 16),
+            (9, 96),
+            (5, 100),
+            (200, 37),
+            (4, 768),
+        ] {
+            let x: Vec<f32> = rng.vec(rows * c).iter().map(|v| v * 3.0 + 7.5).collect();
+            let gamma: Vec<f32> = rng.vec(c).iter().map(|v| 1.0 + v).collect();
+            let beta = rng.vec(c);
+            let eps = 1e-6;
+            let want = reference::layer_norm(&x, c, &gamma, &beta, eps);
+            let mut got = vec![f32::NAN; rows * c];
+            let mut stats = vec![0f32; rows * 2];
+            layer_norm(isa, &x, c, &gamma, &beta, eps, &mut got, Some(&mut stats)).unwrap();
+            let e = rel_err(&got, &want);
+            assert!(e < 2e-6, "{isa:?} layer norm {rows}×{c}: error {e}");
+            let g = rng.vec(rows * c);
+            let (wdx, wdg, wdb) = reference::layer_norm_backward(&x, &g, c, &gamma, eps);
+            let prev = rng.vec(rows * c);
+            let mut dx = prev.clone();
+            let (dg, db) = layer_norm_backward(&x, &g, c, &gamma, &stats, &mut dx, true).unwrap();
+            let added: Vec<f32> = dx.iter().zip(&prev).map(|(a, b)| a - b).collect();
+            if c > 1 {
+                // (one value a row normalises to 0: its input gradient is 0 up to rounding)
+                let e = rel_err(&added, &wdx);
+                assert!(
+                    e < 2e-5,
+                    "{isa:?} layer norm backward {rows}×{c}: dx error {e}"
+                );
+            }
+            assert!(rel_err(&dg, &wdg) < 2e-5, "{rows}×{c} dγ");
+            assert!(rel_err(&db, &wdb) < 2e-6, "{rows}×{c} dβ");
+        }
+    }
+    let mut out = vec![0f32; 6];
+    let e = layer_norm(
+        Isa::current(),
+        &[0.0; 6],
+        4,
+        &[1.0; 4],
+        &[0.0; 4],
+        1e-5,
+        &mut out,
+        None,
+    );
+    assert!(e.is_err(), "6 values are not rows of 4");
+}
