@@ -64,7 +64,9 @@ def formula(key: str, shape) -> np.ndarray:
         v = 0.5 + u
     elif key.endswith("running_mean"):
         v = 0.1 * (2.0 * u - 1.0)
-    elif len(shape) == 1 and key.endswith(".weight"):  # BatchNorm gamma
+    elif key.endswith("layer_scale") or key.endswith(".gamma"):  # layer scale: 0.1 to 0.5
+        v = 0.1 + 0.4 * u
+    elif len(shape) == 1 and key.endswith(".weight"):  # BatchNorm / LayerNorm gamma
         v = 0.6 + 0.4 * u
     elif key.endswith(".bias"):
         v = 0.1 * (2.0 * u - 1.0)
@@ -224,7 +226,8 @@ def preprocess_goldens(data):
 # torchvision backbones with formula weights
 # ----------------------------------------------------------------------------------------------
 TV = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "vgg19", "vgg16_bn",
-      "vgg19_bn", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]
+      "vgg19_bn", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
+      "convnext_tiny", "convnext_small", "convnext_base", "convnext_large"]
 
 
 def last_linear(m):
@@ -232,12 +235,16 @@ def last_linear(m):
     return linears[-1]
 
 
+# the resize before the 224 crop, where the weights' transforms differ from 256
+TV_RESIZE = {"convnext_tiny": 236, "convnext_small": 230, "convnext_base": 232, "convnext_large": 232}
+
+
 def run_tv(name, data, grad_class=None, grad_size=(128, 112)):
     m = getattr(torchvision.models, name)(weights=None).eval()
     fill_formula(m)
     feats = {}
     h = last_linear(m).register_forward_hook(lambda mod, i, o: feats.__setitem__("f", i[0]))
-    x = to_input(crop_u8(os.path.join(data, "chelsea.png"), 256, 224), "imagenet")
+    x = to_input(crop_u8(os.path.join(data, "chelsea.png"), TV_RESIZE.get(name, 256), 224), "imagenet")
     logits = m(x)
     h.remove()
     out = {"logits": logits[0].contiguous(), "features": feats["f"][0].contiguous()}
@@ -307,7 +314,7 @@ def main():
             out = run_lite0(args.data, os.path.join(args.data, "efficientnet-lite0-57934424.pth"))
             logits = out["chelsea.logits"]
         else:
-            out = run_tv(name, args.data, grad_class=281 if name in ("resnet18", "mobilenet_v2") else None)
+            out = run_tv(name, args.data, grad_class=281 if name in ("resnet18", "mobilenet_v2", "convnext_tiny") else None)
             logits = out["logits"]
         top = torch.topk(logits, 5)
         manifest["backbones"][name] = {

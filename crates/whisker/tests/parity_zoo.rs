@@ -184,6 +184,26 @@ fn mobilenet_v2_input_gradient() {
     check_grad("mobilenet_v2");
 }
 #[test]
+fn convnext_tiny() {
+    check("convnext_tiny");
+}
+#[test]
+fn convnext_small() {
+    check("convnext_small");
+}
+#[test]
+fn convnext_base() {
+    check("convnext_base");
+}
+#[test]
+fn convnext_large() {
+    check("convnext_large");
+}
+#[test]
+fn convnext_tiny_input_gradient() {
+    check_grad("convnext_tiny");
+}
+#[test]
 fn efficientnet_lite1() {
     check("efficientnet_lite1");
 }

@@ -396,6 +396,8 @@ pub enum Act {
     Relu,
     Relu6,
     Hardswish,
+    /// PyTorch's default GELU, `x·Φ(x)` (erf, not the tanh approximation).
+    Gelu,
 }
 
 impl Act {
@@ -405,7 +407,44 @@ impl Act {
             Act::Relu => burn::tensor::activation::relu(x),
             Act::Relu6 => x.clamp(0.0, 6.0),
             Act::Hardswish => x.clone() * hardsigmoid(x),
+            Act::Gelu => burn::tensor::activation::gelu(x),
         }
+    }
+}
+
+/// LayerNorm over the last dimension (PyTorch's `nn.LayerNorm(c)`), with its affine `γ`, `β`.
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    #[module(skip)]
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// Load `{prefix}.weight` and `{prefix}.bias` (`[c]`).
+    pub fn load(l: &mut Loader, prefix: &str, c: usize, eps: f64) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: l.param(&format!("{prefix}.weight"), [c])?,
+            bias: l.param(&format!("{prefix}.bias"), [c])?,
+            eps,
+        })
+    }
+
+    /// Normalise the last dimension of `x`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let (var, mean) = x.clone().var_mean_bias(D - 1);
+        let c = self.weight.dims()[0];
+        let mut shape = [1usize; D];
+        shape[D - 1] = c;
+        let g = self.weight.val().reshape(shape);
+        let b = self.bias.val().reshape(shape);
+        (x - mean) / (var + self.eps).sqrt() * g + b
+    }
+
+    /// Normalise the channels of an NCHW map (ConvNeXt's `LayerNorm2d`).
+    pub fn forward_channels(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward(x.permute([0, 2, 3, 1])).permute([0, 3, 1, 2])
     }
 }
 

@@ -37,6 +37,7 @@ macro_rules! lite {
     };
 }
 
+pub mod convnext;
 pub mod efficientnet_lite;
 pub mod inverted_residual;
 pub mod layers;
@@ -239,6 +240,7 @@ families! {
     MobileNetV2(mobilenet_v2::MobileNetV2, mobilenet_v2::Config),
     MobileNetV3(mobilenet_v3::MobileNetV3, mobilenet_v3::Config),
     EfficientNetLite(efficientnet_lite::EfficientNetLite, efficientnet_lite::Config),
+    ConvNeXt(convnext::ConvNeXt, convnext::Config),
 }
 
 impl Net {
@@ -715,14 +717,14 @@ mod tests {
     #[test]
     fn the_registry_lists_every_model_once() {
         let names: Vec<&str> = models().iter().map(|m| m.name).collect();
-        assert_eq!(names.len(), 17);
+        assert_eq!(names.len(), 21);
         let unique: std::collections::HashSet<&str> = names.iter().copied().collect();
         assert_eq!(unique.len(), names.len(), "{names:?}");
         for n in &names {
             assert_eq!(spec(n).unwrap().name, *n);
         }
         assert_eq!(names.first(), Some(&"resnet18"));
-        assert_eq!(names.last(), Some(&"efficientnet_lite4"));
+        assert_eq!(names.last(), Some(&"convnext_large"));
         let e = spec("resnet51").unwrap_err().to_string();
         assert!(e.contains("did you mean resnet50"), "{e}");
     }

@@ -33,6 +33,8 @@ pub fn formula(key: &str, shape: &[usize]) -> Vec<f32> {
         0
     } else if key.ends_with("running_mean") {
         1
+    } else if key.ends_with("layer_scale") || key.ends_with(".gamma") {
+        5
     } else if shape.len() == 1 && key.ends_with(".weight") {
         2
     } else if key.ends_with(".bias") {
@@ -50,6 +52,9 @@ pub fn formula(key: &str, shape: &[usize]) -> Vec<f32> {
                 1 => 0.1 * (2.0 * u - 1.0),
                 2 => 0.6 + 0.4 * u,
                 3 => 0.1 * (2.0 * u - 1.0),
+                // a layer scale of 0.1 to 0.5 (trained ones are of that order; PyTorch's
+                // initial 1e-6 would make every block an identity the test cannot see)
+                5 => 0.1 + 0.4 * u,
                 _ => (2.0 * u - 1.0) * scale,
             };
             v as f32

@@ -17,7 +17,10 @@ use whisker_kernels::{Act as KAct, ConvShape, PackedConv, PackedDepthwise};
 pub use whisker_kernels::{Isa, IsaKind};
 
 use super::inverted_residual::InvertedResidual;
-use super::layers::{tf_same_padding, Act, BatchNorm, Conv2d, ConvBnAct, Linear, Padding, Taps};
+use super::layers::{
+    tf_same_padding, Act, BatchNorm, Conv2d, ConvBnAct, LayerNorm as LayerNormLayer, Linear,
+    Padding, Taps,
+};
 use super::{Backbone, Net};
 
 mod grad;
@@ -204,6 +207,7 @@ fn kact(a: Act) -> KAct {
         Act::Relu => KAct::Relu,
         Act::Relu6 => KAct::Relu6,
         Act::Hardswish => KAct::Hardswish,
+        Act::Gelu => KAct::Gelu,
     }
 }
 
@@ -532,6 +536,89 @@ impl Builder<'_> {
             classifier_start,
             logits,
         })
+    }
+
+    /// LayerNorm over the channels of `x` (each pixel's, or each token's, values).
+    pub(super) fn layer_norm(&mut self, x: V, ln: &LayerNormLayer) -> Result<V> {
+        let c = self.channels[x];
+        if ln.weight.dims() != [c] {
+            return Err(Error::Internal(format!(
+                "a LayerNorm of {:?} values on {c} channels",
+                ln.weight.dims()
+            )));
+        }
+        let frozen = self.frozen(&[ln.weight.id, ln.bias.id]);
+        let out = self.value(c);
+        self.ops.push(Op::LayerNorm(ops::layer_norm::LayerNorm {
+            x,
+            out,
+            gamma: values(ln.weight.val())?,
+            beta: values(ln.bias.val())?,
+            eps: ln.eps,
+            params: (self.weight_grads && !frozen).then_some((ln.weight.id, ln.bias.id)),
+        }));
+        Ok(out)
+    }
+
+    /// The linear layer `l` at every pixel (or token) of `x`, with `act`, the residual `res`
+    /// added before it, and a per-output `scale` (`[cout, 1, 1]`, a layer scale) folded in.
+    pub(super) fn pointwise(
+        &mut self,
+        x: V,
+        l: &Linear,
+        act: KAct,
+        scale: Option<&burn::module::Param<Tensor<3>>>,
+        res: Option<V>,
+    ) -> Result<V> {
+        let [cin, cout] = l.weight.dims();
+        if cin != self.channels[x] {
+            return Err(Error::Internal(format!(
+                "a {cin}-input linear layer on {} channels",
+                self.channels[x]
+            )));
+        }
+        let mut ids = vec![l.weight.id, l.bias.id];
+        ids.extend(scale.map(|s| s.id));
+        let frozen = self.frozen(&ids);
+        let w_io = crate::tensor::to_vec(l.weight.val())?;
+        let b = values(l.bias.val())?;
+        let sv = match scale {
+            Some(s) => Some(crate::tensor::to_vec(s.val())?),
+            None => None,
+        };
+        // [in, out] → [out, in], each output row scaled (in f64, then rounded once)
+        let mut oi = vec![0f32; cin * cout];
+        let mut bf = vec![0f32; cout];
+        for o in 0..cout {
+            let so = sv.as_ref().map_or(1.0, |s| s[o] as f64);
+            for i in 0..cin {
+                oi[o * cin + i] = (w_io[i * cout + o] as f64 * so) as f32;
+            }
+            bf[o] = (b[o] as f64 * so) as f32;
+        }
+        let bw = (self.backward && !frozen)
+            .then(|| k::ConvBackward::from_oihw(&oi, cout, cin, 1, 1, 1, false))
+            .transpose()
+            .map_err(shape_err)?;
+        let w = PackedConv::from_oihw(&oi, Some(&bf), cout, cin, 1, 1).map_err(shape_err)?;
+        let params = (self.weight_grads && !frozen).then(|| ops::pointwise::PointwiseParams {
+            weight: l.weight.id,
+            bias: l.bias.id,
+            w: w_io,
+            b,
+            scale: scale.zip(sv).map(|(p, v)| (p.id, v)),
+        });
+        let out = self.value(cout);
+        self.ops.push(Op::Pointwise(ops::pointwise::Pointwise {
+            x,
+            out,
+            res,
+            w,
+            act,
+            bw,
+            params,
+        }));
+        Ok(out)
     }
 
     pub(super) fn gap(&mut self, x: V) -> V {

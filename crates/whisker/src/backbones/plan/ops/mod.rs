@@ -17,8 +17,10 @@ pub(super) mod batch_norm;
 pub(super) mod block;
 pub(super) mod conv;
 pub(super) mod depthwise;
+pub(super) mod layer_norm;
 pub(super) mod linear;
 pub(super) mod max_pool;
+pub(super) mod pointwise;
 pub(super) mod se;
 pub(super) mod tap;
 
@@ -91,6 +93,8 @@ ops! {
     BatchNorm(batch_norm::BatchNorm),
     Se(se::Se),
     Tap(tap::Tap),
+    LayerNorm(layer_norm::LayerNorm),
+    Pointwise(pointwise::Pointwise),
 }
 
 /// What an op kept from its forward step on a tape.
