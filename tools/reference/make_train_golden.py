@@ -7,6 +7,7 @@ running statistics, trainable affine parameters), cross-entropy over the backbon
 
     <venv>/bin/python tools/reference/make_train_golden.py --data .testdata --out crates/whisker/tests/golden
     <venv>/bin/python tools/reference/make_train_golden.py --bn train ...
+    <venv>/bin/python tools/reference/make_train_golden.py --models convnext_tiny --stem train_convnext ...
 
 `--bn train` (whisker's `--train-bn`) normalises with each batch's statistics and updates
 the running ones (momentum 0.1, unbiased variance; dropout stays off): it writes
@@ -163,10 +164,15 @@ def main():
     ap.add_argument("--data", default=".testdata")
     ap.add_argument("--out", default="crates/whisker/tests/golden")
     ap.add_argument("--bn", choices=["eval", "train"], default="eval")
+    ap.add_argument("--models", nargs="*", help="only these torchvision models (formula weights), "
+                    "written to train_<--stem>.safetensors/json")
+    ap.add_argument("--stem", help="the output files' stem with --models")
     args = ap.parse_args()
     global BN_TRAIN, PHOTOS, LABELS, SIZE, RESIZE
     BN_TRAIN = args.bn == "train"
     stem = "train_bn" if BN_TRAIN else "train"
+    if args.models:
+        stem = args.stem or "train_" + "_".join(args.models)
     if BN_TRAIN:
         PHOTOS, LABELS, SIZE, RESIZE = BN_PHOTOS, BN_LABELS, BN_SIZE, BN_RESIZE
     torch.set_num_threads(2)
@@ -174,12 +180,17 @@ def main():
     out, manifest = {}, {"torch": torch.__version__, "size": SIZE, "resize": RESIZE,
                          "labels": LABELS, "lr": LR, "momentum": MOMENTUM, "steps": STEPS,
                          "samples": SAMPLES, "bn": args.bn, "photos": PHOTOS, "models": {}}
-    for name in ["resnet18", "vgg16_bn", "mobilenet_v2", "mobilenet_v3_small"]:
+    for name in args.models or ["resnet18", "vgg16_bn", "mobilenet_v2", "mobilenet_v3_small"]:
         def make(name=name):
             m = getattr(torchvision.models, name)(weights=None)
             g.fill_formula(m)
             return m
         run(name, make, batch(args.data, "imagenet"), out, manifest["models"])
+    if args.models:
+        save_file(out, os.path.join(args.out, f"{stem}.safetensors"))
+        with open(os.path.join(args.out, f"{stem}.json"), "w") as f:
+            json.dump(manifest, f, indent=1)
+        return
 
     def lite():
         m = g.EfficientNetLite(1.0, 1.0)

@@ -43,6 +43,7 @@ fn grad_values(
             let g: Tensor<2> = gp.get::<2>(id).expect("a gradient");
             to_vec(if transposed { g.transpose() } else { g })
         }
+        3 => to_vec(gp.get::<3>(id).expect("a gradient")),
         4 => to_vec(gp.get::<4>(id).expect("a gradient")),
         r => panic!("a parameter of rank {r}"),
     }
@@ -214,6 +215,16 @@ fn param_values(
 /// [`check`], with BatchNorm in training mode when `bn_train` (then also the running
 /// statistics after the steps).
 fn check_with(name: &str, burn: bool, bn_train: bool) {
+    check_from(
+        name,
+        if bn_train { "train_bn" } else { "train" },
+        burn,
+        bn_train,
+    )
+}
+
+/// [`check_with`] on the goldens `stem`.
+fn check_from(name: &str, stem: &str, burn: bool, bn_train: bool) {
     let Case {
         manifest,
         golden,
@@ -221,7 +232,7 @@ fn check_with(name: &str, burn: bool, bn_train: bool) {
         k,
         b,
         imgs,
-    } = Case::from(name, if bn_train { "train_bn" } else { "train" });
+    } = Case::from(name, stem);
     let m = &manifest["models"][name];
     let (lr, momentum) = (
         manifest["lr"].as_f64().unwrap(),
@@ -413,7 +424,12 @@ fn efficientnet_lite0_fine_tuning_steps_on_burn_match_pytorch() {
 /// float64 goldens: the features' gradient from the classifier and the loss (burn), then every
 /// backbone parameter's gradient from the engine's backward pass, on every ISA path.
 fn check_engine(name: &str) {
-    let c = Case::new(name);
+    check_engine_from(name, "train")
+}
+
+/// [`check_engine`] on the goldens `stem`.
+fn check_engine_from(name: &str, stem: &str) {
+    let c = Case::from(name, stem);
     let (m, golden, labels, k, b) = (c.model(name), &c.golden, &c.labels, c.k, &c.b);
     let size = c.manifest["size"].as_u64().unwrap() as usize;
     let device = Device::flex().autodiff();
@@ -490,6 +506,17 @@ fn check_engine(name: &str) {
             engine.len()
         );
     }
+}
+
+// ConvNeXt: LayerNorm, GELU, layer scale (goldens `train_convnext`)
+#[test]
+fn convnext_tiny_fine_tuning_steps_match_pytorch() {
+    check_from("convnext_tiny", "train_convnext", false, false);
+}
+
+#[test]
+fn engine_weight_gradients_match_pytorch_convnext_tiny() {
+    check_engine_from("convnext_tiny", "train_convnext");
 }
 
 #[test]

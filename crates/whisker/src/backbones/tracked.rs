@@ -138,14 +138,15 @@ impl Backward<Flex, 2> for EngineTrain {
     }
 }
 
-/// Register `values` (shaped `dims`, rank 1, 2 or 4: the input and every parameter of the
-/// zoo) as the gradient of node `id`.
+/// Register `values` (shaped `dims`, rank 1 to 4: the input and every parameter of the zoo,
+/// a layer scale's `[c, 1, 1]` included) as the gradient of node `id`.
 fn register(grads: &mut Gradients, id: burn_autodiff::NodeId, values: Vec<f32>, dims: &[usize]) {
     let d = TensorData::new(values, dims.to_vec());
     let device = Device::flex();
     let t = match dims.len() {
         1 => Tensor::<1>::from_data(d, &device).try_into_primitive::<Flex>(),
         2 => Tensor::<2>::from_data(d, &device).try_into_primitive::<Flex>(),
+        3 => Tensor::<3>::from_data(d, &device).try_into_primitive::<Flex>(),
         4 => Tensor::<4>::from_data(d, &device).try_into_primitive::<Flex>(),
         r => panic!("a parameter of rank {r}"),
     };
