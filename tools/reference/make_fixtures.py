@@ -6,6 +6,9 @@
 - tiny_zip.pth     torch.save (zip format) of three formula tensors + num_batches_tracked
 - tiny_nested.pth  the same under {"state_dict": ..., "epoch": 3}
 - tiny_f16.pth     the same tensors in float16
+- tiny_zip21.pth   tiny_zip.pth saved as a file with a 21-character stem (PyTorch names the
+                   archive's folder after it): an archive the zip reader of PyTorch's loader
+                   misreads (whisker rewrites it under another folder name)
 - evil.pth         a zip-format checkpoint whose pickle calls os.system: must be refused
 """
 import argparse
@@ -41,6 +44,9 @@ def main():
     t = tensors()
     torch.save(t, os.path.join(a.out, "tiny_zip.pth"))
     torch.save({"state_dict": t, "epoch": 3}, os.path.join(a.out, "tiny_nested.pth"))
+    folder21 = os.path.join(a.out, "tiny_zip21_archive_xy.pth")  # a 21-character stem
+    torch.save(t, folder21)
+    os.replace(folder21, os.path.join(a.out, "tiny_zip21.pth"))
     torch.save({k: (v.half() if v.is_floating_point() else v) for k, v in t.items()},
                os.path.join(a.out, "tiny_f16.pth"))
     buf = io.BytesIO()

@@ -130,12 +130,26 @@ impl StateDict {
                 if kind == FileKind::TorchZip {
                     check_zip_sizes(path, file_len).map_err(not)?;
                 }
-                let reader = pytorch_reader::PytorchReader::new(path).map_err(|e| {
-                    Error::NotACheckpoint {
-                        path: path.to_path_buf(),
-                        reason: e.to_string(),
+                // (kept alive while the tensors are read from it)
+                let mut _repacked = None;
+                let reader = match pytorch_reader::PytorchReader::new(path) {
+                    Ok(r) => r,
+                    // The zip reader of PyTorch's loader misreads some well-formed archives
+                    // PyTorch writes (an archive folder name of 21 characters: a file
+                    // `convnext_tiny_formula.pth` — the folder is the file's stem when saved);
+                    // the same entries under another folder name read.
+                    Err(pytorch_reader::PytorchError::Zip(first)) if kind == FileKind::TorchZip => {
+                        let tmp = repack_torch_zip(path).map_err(|e| {
+                            not(format!("zip archive error: {first}; rewriting it: {e}"))
+                        })?;
+                        let r = pytorch_reader::PytorchReader::new(tmp.path()).map_err(|e| {
+                            not(format!("zip archive error: {first}; rewritten: {e}"))
+                        })?;
+                        _repacked = Some(tmp);
+                        r
                     }
-                })?;
+                    Err(e) => return Err(not(e.to_string())),
+                };
                 for (name, t) in reader.tensors() {
                     if name.ends_with("num_batches_tracked") {
                         continue;
@@ -213,6 +227,35 @@ impl StateDict {
     pub fn num_values(&self) -> usize {
         self.tensors.values().map(|t| t.data.len()).sum()
     }
+}
+
+/// The entries of the PyTorch zip archive `path`, copied as they are (stored, not
+/// recompressed) into a new archive in the temporary directory under the folder name
+/// `archive/` instead of the one PyTorch gave them.
+fn repack_torch_zip(path: &Path) -> std::result::Result<tempfile::NamedTempFile, String> {
+    let f = crate::io::open_regular(path).map_err(|e| e.to_string())?;
+    let mut z = zip::ZipArchive::new(f).map_err(|e| format!("not a readable zip archive: {e}"))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("whisker-checkpoint-")
+        .suffix(".pth")
+        .tempfile()
+        .map_err(|e| format!("a temporary file: {e}"))?;
+    let out = tmp.reopen().map_err(|e| format!("a temporary file: {e}"))?;
+    let mut w = zip::ZipWriter::new(std::io::BufWriter::new(out));
+    for i in 0..z.len() {
+        let e = z
+            .by_index_raw(i)
+            .map_err(|e| format!("zip entry {i}: {e}"))?;
+        let rest = match e.name().split_once('/') {
+            Some((_, rest)) => rest.to_string(),
+            None => e.name().to_string(),
+        };
+        w.raw_copy_file_rename(e, format!("archive/{rest}"))
+            .map_err(|e| format!("copying zip entry {i}: {e}"))?;
+    }
+    w.finish()
+        .map_err(|e| format!("writing the temporary archive: {e}"))?;
+    Ok(tmp)
 }
 
 /// Every entry of a PyTorch zip archive declares no more bytes than the archive holds
