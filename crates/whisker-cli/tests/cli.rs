@@ -90,8 +90,16 @@ fn models_lists_the_zoo() {
     assert!(out.status.success());
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let m = doc["models"].as_array().unwrap();
-    assert_eq!(m.len(), 17);
+    assert_eq!(m.len(), 21);
     let r18 = m.iter().find(|x| x["name"] == "resnet18").unwrap();
+    assert_eq!(r18["interpolation"], "bilinear");
+    let cnt = m.iter().find(|x| x["name"] == "convnext_tiny").unwrap();
+    assert_eq!(cnt["params"], 28_589_128);
+    assert_eq!(cnt["feature_dim"], 768);
+    assert_eq!(
+        (&cnt["resize"], &cnt["input_size"]),
+        (&236.into(), &224.into())
+    );
     assert_eq!(r18["params"], 11_689_512);
     assert_eq!(r18["feature_dim"], 512);
     let l0 = m
