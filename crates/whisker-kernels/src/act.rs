@@ -94,10 +94,60 @@ pub fn erf(x: f32) -> f32 {
     y.copysign(x)
 }
 
-/// GELU, `x/2 · (1 + erf(x/√2))`.
-#[inline(always)]
+/// GELU, `x/2 · (1 + erf(x/√2))`. Not inlined: in a kernel's scalar tail LLVM vectorised it
+/// and pushed the kernel's vectors to the stack (tools/check-spills.py).
+#[inline(never)]
 pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// GELU over `out` in place, in parallel chunks, on the `isa` path (the same bits on every
+/// path: the vector paths run [`gelu`]'s operations).
+pub(crate) fn gelu_in_place(isa: crate::Isa, out: &mut [f32]) {
+    use rayon::prelude::*;
+    out.par_chunks_mut(1 << 14).for_each(|c| match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: an `Isa` token for this path exists only where the CPU has the feature.
+        crate::Isa::AVX512 => unsafe { gelu_avx512(c) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        crate::Isa::AVX2 => unsafe { gelu_avx2(c) },
+        _ => c.iter_mut().for_each(|v| *v = gelu(*v)),
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn gelu_avx512(c: &mut [f32]) {
+    // SAFETY: called only where the CPU has AVX-512F.
+    unsafe { gelu_vec::<crate::simd::F512>(c) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_avx2(c: &mut [f32]) {
+    // SAFETY: called only where the CPU has AVX2 and FMA.
+    unsafe { gelu_vec::<crate::simd::F256>(c) }
+}
+
+/// # Safety
+/// Inside a function compiled for `V`'s instruction set, on a CPU that has it.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn gelu_vec<V: crate::simd::Vf>(c: &mut [f32]) {
+    // SAFETY: the caller's contract; whole vectors below `full`, scalars after.
+    unsafe {
+        let full = c.len() - c.len() % V::L;
+        let p = c.as_mut_ptr();
+        let mut i = 0;
+        while i < full {
+            V::store_n(p.add(i), V::gelu(V::load_n(p.add(i), V::L)), V::L);
+            i += V::L;
+        }
+        for v in &mut c[full..] {
+            *v = gelu(*v);
+        }
+    }
 }
 
 /// GELU's derivative `Φ(x) + x·φ(x)`, in f64 (backward passes).

@@ -285,6 +285,25 @@ pub fn conv2d(
     act: Act,
     out: &mut [f32],
 ) -> Result<(), ShapeError> {
+    // GELU is a pass of its own over the result (see `Vf::act`)
+    if act == Act::Gelu {
+        conv2d_epilogue(isa, wts, x, s, residual, Act::None, out)?;
+        crate::act::gelu_in_place(isa, out);
+        return Ok(());
+    }
+    conv2d_epilogue(isa, wts, x, s, residual, act, out)
+}
+
+/// [`conv2d`] with an activation its micro-kernels' epilogues apply.
+fn conv2d_epilogue(
+    isa: Isa,
+    wts: &PackedConv,
+    x: &[f32],
+    s: &ConvShape,
+    residual: Option<&[f32]>,
+    act: Act,
+    out: &mut [f32],
+) -> Result<(), ShapeError> {
     let (oh, ow) = s.out_hw(wts.kh, wts.kw)?;
     let m = s.n * oh * ow;
     if x.len() != s.n * s.h * s.w * wts.cin {

@@ -61,6 +61,24 @@ pub fn depthwise(
     act: Act,
     out: &mut [f32],
 ) -> Result<(), ShapeError> {
+    // GELU is a pass of its own over the result (see `Vf::act`)
+    if act == Act::Gelu {
+        depthwise_epilogue(isa, p, x, s, Act::None, out)?;
+        crate::act::gelu_in_place(isa, out);
+        return Ok(());
+    }
+    depthwise_epilogue(isa, p, x, s, act, out)
+}
+
+/// [`depthwise`] with an activation its kernels' epilogues apply.
+fn depthwise_epilogue(
+    isa: Isa,
+    p: &PackedDepthwise,
+    x: &[f32],
+    s: &ConvShape,
+    act: Act,
+    out: &mut [f32],
+) -> Result<(), ShapeError> {
     let (oh, ow) = s.out_hw(p.kh, p.kw)?;
     if x.len() != s.n * s.h * s.w * p.c || out.len() != s.n * oh * ow * p.c {
         return Err(ShapeError(format!(

@@ -41,6 +41,16 @@ impl InvertedResidual {
         project: PackedConv,
         project_act: Act,
     ) -> Result<Self, ShapeError> {
+        let acts = [
+            expand.as_ref().map(|x| x.1),
+            Some(depthwise_act),
+            Some(project_act),
+        ];
+        if acts.contains(&Some(Act::Gelu)) {
+            return Err(ShapeError(
+                "a fused block with GELU (not fused: a pass of its own)".into(),
+            ));
+        }
         let e = depthwise.c;
         let one = |c: &PackedConv| c.kh == 1 && c.kw == 1 && !c.is_winograd();
         if let Some((x, _)) = &expand {

@@ -131,18 +131,21 @@ unsafe fn row_avx2(x: &[f32], g: &[f32], b: &[f32], eps: f64, out: &mut [f32]) -
     unsafe { row::<F256>(x, g, b, eps, out) }
 }
 
-/// One row on a vector path: lanes of `V::L` values; a last partial vector through
-/// `load_n`/`store_n` (zeros outside the row: they add nothing to the sums).
+/// One row on a vector path: whole vectors of `V::L` values in the loops, a last partial one
+/// after them through `load_n`/`store_n` (zeros outside the row add nothing to the sums; the
+/// loops keep no vector on the stack: tools/check-spills.py).
 ///
 /// # Safety
 /// Inside a function compiled for `V`'s instruction set, on a CPU that has it.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn row<V: Vf>(x: &[f32], g: &[f32], b: &[f32], eps: f64, out: &mut [f32]) -> (f32, f32) {
-    // SAFETY: the caller's contract; every load and store stays within the row (`n ≤ L`
-    // lanes from `i < c`).
+    // SAFETY: the caller's contract; every load and store stays within the row (whole vectors
+    // below `full`, then `c − full < L` lanes).
     unsafe {
         let c = x.len();
+        let full = c - c % V::L;
+        let tail = c - full;
         let lanes = |v: V| -> f64 {
             let mut t = [0f32; 16];
             V::store_n(t.as_mut_ptr(), v, V::L);
@@ -150,42 +153,42 @@ unsafe fn row<V: Vf>(x: &[f32], g: &[f32], b: &[f32], eps: f64, out: &mut [f32])
         };
         let mut acc = V::splat(0.0);
         let mut i = 0;
-        while i < c {
-            let n = (c - i).min(V::L);
-            acc = V::add(acc, V::load_n(x.as_ptr().add(i), n));
+        while i < full {
+            acc = V::add(acc, V::load_n(x.as_ptr().add(i), V::L));
             i += V::L;
+        }
+        if tail > 0 {
+            acc = V::add(acc, V::load_n(x.as_ptr().add(full), tail));
         }
         let mf = moments(lanes(acc), c) as f32;
         let m = V::splat(mf);
         let mut acc = V::splat(0.0);
         let mut i = 0;
-        while i < c {
-            let n = (c - i).min(V::L);
-            // lanes past the row: 0 − μ, masked back to 0 before squaring
-            let d = V::sub(V::load_n(x.as_ptr().add(i), n), m);
-            let d = if n < V::L {
-                let mut t = [0f32; 16];
-                V::store_n(t.as_mut_ptr(), d, n);
-                V::load_n(t.as_ptr(), V::L)
-            } else {
-                d
-            };
+        while i < full {
+            let d = V::sub(V::load_n(x.as_ptr().add(i), V::L), m);
             acc = V::fma(d, d, acc);
             i += V::L;
         }
-        let r = (1.0 / (moments(lanes(acc), c) + eps).sqrt()) as f32;
+        let mut var = lanes(acc);
+        for &v in &x[full..] {
+            let d = v - mf;
+            var += (d * d) as f64;
+        }
+        let r = (1.0 / (moments(var, c) + eps).sqrt()) as f32;
         let rv = V::splat(r);
         let mut i = 0;
-        while i < c {
-            let n = (c - i).min(V::L);
-            let xh = V::mul(V::sub(V::load_n(x.as_ptr().add(i), n), m), rv);
+        while i < full {
+            let xh = V::mul(V::sub(V::load_n(x.as_ptr().add(i), V::L), m), rv);
             let y = V::fma(
                 xh,
-                V::load_n(g.as_ptr().add(i), n),
-                V::load_n(b.as_ptr().add(i), n),
+                V::load_n(g.as_ptr().add(i), V::L),
+                V::load_n(b.as_ptr().add(i), V::L),
             );
-            V::store_n(out.as_mut_ptr().add(i), y, n);
+            V::store_n(out.as_mut_ptr().add(i), y, V::L);
             i += V::L;
+        }
+        for j in full..c {
+            out[j] = ((x[j] - mf) * r).mul_add(g[j], b[j]);
         }
         (mf, r)
     }

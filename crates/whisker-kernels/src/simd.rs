@@ -73,6 +73,18 @@ pub(crate) trait Vf: Copy {
     /// `|mag|` with the sign of `sign`.
     unsafe fn copysign(mag: Self, sign: Self) -> Self;
 
+    /// GELU, `x/2 · (1 + erf(x/√2))`, the operations of [`crate::act::gelu`] in its order.
+    #[inline(always)]
+    unsafe fn gelu(y: Self) -> Self {
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            let z = Self::mul(y, Self::splat(std::f32::consts::FRAC_1_SQRT_2));
+            let h = Self::mul(Self::splat(0.5), y);
+            Self::mul(h, Self::add(Self::splat(1.0), Self::erf(z)))
+        }
+    }
+
     /// `eˣ`, the operations of [`crate::act::exp`] in its order (the same bits).
     #[inline(always)]
     unsafe fn exp(x: Self) -> Self {
@@ -135,11 +147,11 @@ pub(crate) trait Vf: Copy {
                     let h = Self::min(Self::max(Self::add(y, Self::splat(3.0)), zero), six);
                     Self::div(h, six)
                 }
-                Act::Gelu => {
-                    let z = Self::mul(y, Self::splat(std::f32::consts::FRAC_1_SQRT_2));
-                    let h = Self::mul(Self::splat(0.5), y);
-                    Self::mul(h, Self::add(Self::splat(1.0), Self::erf(z)))
-                }
+                // GELU is never applied in an epilogue: `conv2d` and `depthwise` run it as a
+                // pass of its own over their output (`act::gelu_in_place`), and a fused block
+                // refuses it. Its code inlined into a micro-kernel (or called from it) pushed
+                // the live accumulators to the stack, halving the GEMM (tools/check-spills.py).
+                Act::Gelu => y,
             }
         }
     }
