@@ -127,7 +127,8 @@ pub(crate) trait Vf: Copy {
     }
 
     /// The activation, lane by lane, with the operations of [`Act::apply`] in its order (the
-    /// same bits).
+    /// same bits) — except GELU, which is not an epilogue's: it passes `y` through, and the
+    /// kernels' entry points run [`crate::act::gelu_in_place`] after them.
     #[inline(always)]
     unsafe fn act(act: Act, y: Self) -> Self {
         // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
