@@ -103,7 +103,7 @@ pub fn gelu(x: f32) -> f32 {
 
 /// GELU over `out` in place, in parallel chunks, on the `isa` path (the same bits on every
 /// path: the vector paths run [`gelu`]'s operations).
-pub(crate) fn gelu_in_place(isa: crate::Isa, out: &mut [f32]) {
+pub fn gelu_in_place(isa: crate::Isa, out: &mut [f32]) {
     use rayon::prelude::*;
     out.par_chunks_mut(1 << 14).for_each(|c| match isa {
         #[cfg(target_arch = "x86_64")]
@@ -150,7 +150,70 @@ unsafe fn gelu_vec<V: crate::simd::Vf>(c: &mut [f32]) {
     }
 }
 
-/// GELU's derivative `Φ(x) + x·φ(x)`, in f64 (backward passes).
+/// GELU's backward pass in place: `g ← g · (Φ(z) + z·φ(z))` from the input `z`, in parallel
+/// chunks on the `isa` path (f32, erf and exp as in the forward pass; within a few ulp of
+/// [`gelu_grad`]).
+pub fn gelu_backward(isa: crate::Isa, g: &mut [f32], z: &[f32]) {
+    use rayon::prelude::*;
+    g.par_chunks_mut(1 << 14)
+        .zip(z.par_chunks(1 << 14))
+        .for_each(|(g, z)| match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: an `Isa` token for this path exists only where the CPU has the feature.
+            crate::Isa::AVX512 => unsafe { gelu_bw_avx512(g, z) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            crate::Isa::AVX2 => unsafe { gelu_bw_avx2(g, z) },
+            _ => g.iter_mut().zip(z).for_each(|(g, &z)| *g *= gelu_grad(z)),
+        });
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn gelu_bw_avx512(g: &mut [f32], z: &[f32]) {
+    // SAFETY: called only where the CPU has AVX-512F.
+    unsafe { gelu_bw_vec::<crate::simd::F512>(g, z) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_bw_avx2(g: &mut [f32], z: &[f32]) {
+    // SAFETY: called only where the CPU has AVX2 and FMA.
+    unsafe { gelu_bw_vec::<crate::simd::F256>(g, z) }
+}
+
+/// # Safety
+/// Inside a function compiled for `V`'s instruction set, on a CPU that has it; `z` at least
+/// as long as `g`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn gelu_bw_vec<V: crate::simd::Vf>(g: &mut [f32], z: &[f32]) {
+    // SAFETY: the caller's contract; whole vectors below `full`, scalars after.
+    unsafe {
+        let n = g.len().min(z.len());
+        let full = n - n % V::L;
+        let (gp, zp) = (g.as_mut_ptr(), z.as_ptr());
+        let (half, rsqrt2) = (V::splat(0.5), V::splat(std::f32::consts::FRAC_1_SQRT_2));
+        let inv_sqrt_2pi = V::splat(0.398_942_3);
+        let mut i = 0;
+        while i < full {
+            let x = V::load_n(zp.add(i), V::L);
+            // erf(x/√2) and, on the way, e^(−x²/2): φ's exponential
+            let (erf, e) = V::erf_exp(V::mul(x, rsqrt2));
+            let cdf = V::mul(half, V::add(V::splat(1.0), erf));
+            let pdf = V::mul(inv_sqrt_2pi, e);
+            let d = V::fma(x, pdf, cdf);
+            V::store_n(gp.add(i), V::mul(V::load_n(gp.add(i), V::L), d), V::L);
+            i += V::L;
+        }
+        for j in full..n {
+            g[j] *= gelu_grad(z[j]);
+        }
+    }
+}
+
+/// GELU's derivative `Φ(x) + x·φ(x)`, in f64 (backward passes). Not inlined (see [`gelu`]).
+#[inline(never)]
 pub fn gelu_grad(x: f32) -> f32 {
     let x = x as f64;
     let cdf = 0.5 * (1.0 + erf(x as f32 * std::f32::consts::FRAC_1_SQRT_2) as f64);

@@ -46,7 +46,7 @@ mod simd;
 mod weight_grad;
 mod winograd;
 
-pub use act::{erf, exp, gelu, gelu_grad, Act};
+pub use act::{erf, exp, gelu, gelu_backward, gelu_grad, gelu_in_place, Act};
 pub use backward::{ConvBackward, DepthwiseBackward};
 pub use conv::{conv2d, ConvShape, PackedConv, NR};
 pub use depthwise::{depthwise, PackedDepthwise};

@@ -110,6 +110,14 @@ pub(crate) trait Vf: Copy {
     unsafe fn erf(x: Self) -> Self {
         // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
         // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe { Self::erf_exp(x).0 }
+    }
+
+    /// `(erf(x), e^(−x²))`: erf as [`Vf::erf`], and the exponential it computes on the way.
+    #[inline(always)]
+    unsafe fn erf_exp(x: Self) -> (Self, Self) {
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
         unsafe {
             use crate::act::{ERF_A, ERF_P};
             let one = Self::splat(1.0);
@@ -122,7 +130,7 @@ pub(crate) trait Vf: Copy {
             let r = Self::mul(r, t);
             let e = Self::exp(Self::sub(Self::splat(0.0), Self::mul(a, a)));
             let y = Self::sub(one, Self::mul(r, e));
-            Self::copysign(y, x)
+            (Self::copysign(y, x), e)
         }
     }
 

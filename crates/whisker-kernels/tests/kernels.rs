@@ -1137,3 +1137,24 @@ fn layer_norm_matches_the_reference_on_every_path() {
     );
     assert!(e.is_err(), "6 values are not rows of 4");
 }
+
+/// GELU as a pass of its own and its backward pass, on every path: the forward the same bits
+/// as the scalar GELU, the backward within a few ulp of its f64-evaluated derivative.
+#[test]
+fn gelu_passes_match_the_scalar_functions_on_every_path() {
+    let mut rng = Rng(0x6e1);
+    let z: Vec<f32> = rng.vec(1000).iter().map(|v| v * 8.0).collect();
+    let g = rng.vec(1000);
+    for isa in Isa::available() {
+        let mut y = z.clone();
+        gelu_in_place(isa, &mut y);
+        for (a, &b) in y.iter().zip(&z) {
+            assert_eq!(a.to_bits(), gelu(b).to_bits(), "{isa:?} gelu({b})");
+        }
+        let mut d = g.clone();
+        gelu_backward(isa, &mut d, &z);
+        let want: Vec<f32> = g.iter().zip(&z).map(|(g, &z)| g * gelu_grad(z)).collect();
+        let e = rel_err(&d, &want);
+        assert!(e < 1e-6, "{isa:?} gelu backward: error {e}");
+    }
+}

@@ -81,7 +81,13 @@ impl Tape {
 
 /// `g` times the activation's derivative, from its output `y` (or its input, for hardswish),
 /// in parallel chunks and branch-free (selects the compiler vectorises).
-pub(super) fn act_grad(act: KAct, g: &mut [f32], y: &[f32], pre: Option<&[f32]>) -> Result<()> {
+pub(super) fn act_grad(
+    isa: k::Isa,
+    act: KAct,
+    g: &mut [f32],
+    y: &[f32],
+    pre: Option<&[f32]>,
+) -> Result<()> {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 14;
     // generic (not a `fn` pointer), so that `f` is inlined into the loop and vectorised: a
@@ -116,9 +122,9 @@ pub(super) fn act_grad(act: KAct, g: &mut [f32], y: &[f32], pre: Option<&[f32]>)
             ),
             _ => return Err(Error::Internal("hardswish input not kept".into())),
         },
-        // GELU's derivative Φ(z) + z·φ(z), from the input z
+        // GELU's derivative Φ(z) + z·φ(z), from the input z (vectorised)
         KAct::Gelu => match pre {
-            Some(pre) => by(|g, z| g * k::gelu_grad(z), g, pre),
+            Some(pre) => k::gelu_backward(isa, g, pre),
             _ => return Err(Error::Internal("GELU input not kept".into())),
         },
         KAct::Hardsigmoid => by(|g, y| if y > 0.0 && y < 1.0 { g / 6.0 } else { 0.0 }, g, y),
@@ -217,9 +223,9 @@ impl Plan {
             if let (Some(out), true) = (op.output(), super::ops::needs_input(op.act())) {
                 let y = &mut values[out];
                 k.pre_act = Some(y.clone());
-                let act = op.act();
-                for v in y.iter_mut() {
-                    *v = act.apply(*v);
+                match op.act() {
+                    KAct::Gelu => k::gelu_in_place(self.isa, y),
+                    act => y.iter_mut().for_each(|v| *v = act.apply(*v)),
                 }
             }
             kept.push(k);

@@ -87,6 +87,7 @@ impl Step for BatchNorm {
         let fused = matches!(self.act, KAct::Relu | KAct::Relu6);
         if !fused && !cx.premasked[out] {
             act_grad(
+                cx.isa,
                 self.act,
                 &mut g,
                 cx.tape.produced(out),

@@ -236,6 +236,7 @@ pub(super) fn affine_backward(
     };
     if !cx.premasked[out] {
         act_grad(
+            cx.isa,
             act,
             &mut g,
             cx.tape.produced(out),
