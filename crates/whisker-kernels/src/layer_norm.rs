@@ -84,7 +84,8 @@ pub fn layer_norm(
     Ok(())
 }
 
-/// One row's mean and `1/√(σ²+ε)` from its sum and its squared deviations' sum (`f64`).
+/// A row's average from a sum over its `c` values: the mean from the values' sum, the biased
+/// variance from the squared deviations' sum.
 fn moments(sum: f64, c: usize) -> f64 {
     sum / c as f64
 }

@@ -465,6 +465,7 @@ impl Builder<'_> {
             weight: l.weight.id,
             bias: l.bias.id,
             perm: perm.map(|p| p.to_vec()),
+            scale: None,
             inp,
             outc,
         });
@@ -601,12 +602,18 @@ impl Builder<'_> {
             .transpose()
             .map_err(shape_err)?;
         let w = PackedConv::from_oihw(&oi, Some(&bf), cout, cin, 1, 1).map_err(shape_err)?;
-        let params = (self.weight_grads && !frozen).then(|| ops::pointwise::PointwiseParams {
+        let params = (self.weight_grads && !frozen).then(|| ops::linear::LinearParams {
             weight: l.weight.id,
             bias: l.bias.id,
-            w: w_io,
-            b,
-            scale: scale.zip(sv).map(|(p, v)| (p.id, v)),
+            perm: None,
+            scale: scale.zip(sv).map(|(p, values)| ops::linear::FoldedScale {
+                id: p.id,
+                values,
+                w: w_io,
+                b,
+            }),
+            inp: cin,
+            outc: cout,
         });
         let out = self.value(cout);
         self.ops.push(Op::Pointwise(ops::pointwise::Pointwise {

@@ -22,15 +22,86 @@ pub(in crate::backbones::plan) struct Linear {
     pub params: Option<LinearParams>,
 }
 
-/// A linear layer's parameters (burn's `[in, out]` weight); `perm` maps the NHWC flattening
-/// of its input to the checkpoint's.
+/// A linear layer's parameters (burn's `[in, out]` weight and its bias), to map the gradients
+/// of its packed weights back to them; for a whole-value layer (`Linear`) `perm` maps the NHWC
+/// flattening of its input to the checkpoint's, for a per-pixel one (`Pointwise`) `scale` is
+/// the per-output scale folded into its weights.
 #[derive(Debug)]
 pub(in crate::backbones::plan) struct LinearParams {
     pub weight: ParamId,
     pub bias: ParamId,
     pub perm: Option<Vec<usize>>,
+    pub scale: Option<FoldedScale>,
     pub inp: usize,
     pub outc: usize,
+}
+
+/// A per-output scale folded into a linear layer (`W' = s·W`, `b' = s·b`): its parameter, its
+/// values and the unfolded weight (`[in, out]`) and bias its gradient needs.
+#[derive(Debug)]
+pub(in crate::backbones::plan) struct FoldedScale {
+    pub id: ParamId,
+    pub values: Vec<f32>,
+    pub w: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+impl LinearParams {
+    /// The parameters whose gradients it gives.
+    pub fn ids(&self) -> Vec<ParamId> {
+        let mut v = vec![self.weight, self.bias];
+        v.extend(self.scale.as_ref().map(|s| s.id));
+        v
+    }
+
+    /// The parameters' gradients from the layer's input `x` (as a 1×1 convolution of geometry
+    /// `s`) and the gradient `g` of its (pre-activation) output: `[out][in (NHWC order)]` →
+    /// burn's `[in (checkpoint order)][out]`; through a folded scale `dW = s·dW'`,
+    /// `db = s·db'`, `ds = Σ_i dW'·W + db'·b`.
+    pub fn grads(
+        &self,
+        isa: k::Isa,
+        x: &[f32],
+        s: &ConvShape,
+        g: &[f32],
+        out: &mut Vec<ParamGrad>,
+    ) -> Result<()> {
+        let (inp, outc) = (self.inp, self.outc);
+        // handed to burn (not from the buffer cache: it would not come back)
+        let mut dw = vec![0f32; inp * outc];
+        let mut db = vec![0f32; outc];
+        k::conv2d_weight_grad(isa, x, s, inp, g, outc, 1, 1, &mut dw, Some(&mut db))
+            .map_err(shape_err)?;
+        let mut gw = vec![0f32; inp * outc];
+        for o in 0..outc {
+            let so = self.scale.as_ref().map_or(1.0, |sc| sc.values[o]);
+            for i in 0..inp {
+                let row = self.perm.as_ref().map_or(i, |q| q[i]);
+                gw[row * outc + o] = dw[o * inp + i] * so;
+            }
+        }
+        out.push(ParamGrad::new(self.weight, vec![inp, outc], gw));
+        match &self.scale {
+            None => out.push(ParamGrad::new(self.bias, vec![outc], db)),
+            Some(sc) => {
+                let ds = (0..outc)
+                    .map(|o| {
+                        let dot = (0..inp)
+                            .map(|i| {
+                                let row = self.perm.as_ref().map_or(i, |q| q[i]);
+                                dw[o * inp + i] as f64 * sc.w[row * outc + o] as f64
+                            })
+                            .sum::<f64>();
+                        (dot + db[o] as f64 * sc.b[o] as f64) as f32
+                    })
+                    .collect();
+                let gb = db.iter().zip(&sc.values).map(|(d, s)| d * s).collect();
+                out.push(ParamGrad::new(self.bias, vec![outc], gb));
+                out.push(ParamGrad::new(sc.id, vec![outc, 1, 1], ds));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Step for Linear {
@@ -49,7 +120,7 @@ impl Step for Linear {
     fn param_ids(&self) -> Vec<ParamId> {
         self.params
             .as_ref()
-            .map(|p| vec![p.weight, p.bias])
+            .map(LinearParams::ids)
             .unwrap_or_default()
     }
 
@@ -70,38 +141,9 @@ impl Step for Linear {
         affine_backward(
             cx,
             (self.x, self.out, self.act, None),
-            |cx, g| {
-                let Some(p) = &self.params else {
-                    return Ok(());
-                };
-                let (inp, outc) = (p.inp, p.outc);
-                let mut dw = vec![0f32; inp * outc];
-                let mut db = vec![0f32; outc];
-                k::conv2d_weight_grad(
-                    cx.isa,
-                    &cx.tape.values[self.x],
-                    &s,
-                    inp,
-                    g,
-                    outc,
-                    1,
-                    1,
-                    &mut dw,
-                    Some(&mut db),
-                )
-                .map_err(shape_err)?;
-                // [out][in (NHWC order)] → burn's [in (checkpoint order)][out]
-                let mut gw = vec![0f32; inp * outc];
-                for o in 0..outc {
-                    for i in 0..inp {
-                        let row = p.perm.as_ref().map_or(i, |q| q[i]);
-                        gw[row * outc + o] = dw[o * inp + i];
-                    }
-                }
-                cx.pgrads
-                    .push(ParamGrad::new(p.weight, vec![inp, outc], gw));
-                cx.pgrads.push(ParamGrad::new(p.bias, vec![outc], db));
-                Ok(())
+            |cx, g| match &self.params {
+                Some(p) => p.grads(cx.isa, &cx.tape.values[self.x], &s, g, cx.pgrads),
+                None => Ok(()),
             },
             |cx, g, prev| conv_input_grad(cx, self.bw.as_ref(), &s, self.x, g, prev),
         )

@@ -7,8 +7,8 @@ use burn::module::ParamId;
 use whisker_kernels as k;
 use whisker_kernels::{Act as KAct, ConvShape, PackedConv};
 
+use super::linear::LinearParams;
 use super::{affine_backward, conv_input_grad, Bwd, Fwd, Shapes, Step};
-use crate::backbones::plan::grad::ParamGrad;
 use crate::backbones::plan::{shape_err, V};
 use crate::error::Result;
 
@@ -23,19 +23,7 @@ pub(in crate::backbones::plan) struct Pointwise {
     /// The input gradient's weights (plans for gradients).
     pub bw: Option<k::ConvBackward>,
     /// The parameters, for their gradients (`PlanOptions::weight_grads`).
-    pub params: Option<PointwiseParams>,
-}
-
-/// A pointwise layer's parameters: burn's `[in, out]` weight and its bias, unfolded, and the
-/// scale folded into them (its values and its parameter).
-#[derive(Debug)]
-pub(in crate::backbones::plan) struct PointwiseParams {
-    pub weight: ParamId,
-    pub bias: ParamId,
-    /// `[in, out]`, as burn keeps it.
-    pub w: Vec<f32>,
-    pub b: Vec<f32>,
-    pub scale: Option<(ParamId, Vec<f32>)>,
+    pub params: Option<LinearParams>,
 }
 
 impl Pointwise {
@@ -59,12 +47,10 @@ impl Step for Pointwise {
     }
 
     fn param_ids(&self) -> Vec<ParamId> {
-        let Some(p) = &self.params else {
-            return Vec::new();
-        };
-        let mut v = vec![p.weight, p.bias];
-        v.extend(p.scale.as_ref().map(|s| s.0));
-        v
+        self.params
+            .as_ref()
+            .map(LinearParams::ids)
+            .unwrap_or_default()
     }
 
     fn out_hw(&self, _: usize, shapes: Shapes<'_>) -> Result<(usize, usize)> {
@@ -83,48 +69,9 @@ impl Step for Pointwise {
         affine_backward(
             cx,
             (self.x, self.out, self.act, self.res),
-            |cx, g| {
-                let Some(p) = &self.params else {
-                    return Ok(());
-                };
-                let (cin, cout) = (self.w.cin, self.w.cout);
-                let mut dw = vec![0f32; cout * cin];
-                let mut db = vec![0f32; cout];
-                k::conv2d_weight_grad(
-                    cx.isa,
-                    &cx.tape.values[self.x],
-                    &s,
-                    cin,
-                    g,
-                    cout,
-                    1,
-                    1,
-                    &mut dw,
-                    Some(&mut db),
-                )
-                .map_err(shape_err)?;
-                // W' = s·W, b' = s·b: dW = s·dW', db = s·db', ds = Σ_i dW'·W + db'·b
-                let one = vec![1f32; cout];
-                let s = p.scale.as_ref().map_or(&one, |(_, v)| v);
-                let mut gw = vec![0f32; cin * cout];
-                let mut ds = vec![0f64; cout];
-                for o in 0..cout {
-                    for i in 0..cin {
-                        let d = dw[o * cin + i];
-                        gw[i * cout + o] = d * s[o];
-                        ds[o] += d as f64 * p.w[i * cout + o] as f64;
-                    }
-                    ds[o] += db[o] as f64 * p.b[o] as f64;
-                }
-                let gb: Vec<f32> = db.iter().zip(s).map(|(d, s)| d * s).collect();
-                cx.pgrads
-                    .push(ParamGrad::new(p.weight, vec![cin, cout], gw));
-                cx.pgrads.push(ParamGrad::new(p.bias, vec![cout], gb));
-                if let Some((id, _)) = &p.scale {
-                    let ds = ds.into_iter().map(|v| v as f32).collect();
-                    cx.pgrads.push(ParamGrad::new(*id, vec![cout, 1, 1], ds));
-                }
-                Ok(())
+            |cx, g| match &self.params {
+                Some(p) => p.grads(cx.isa, &cx.tape.values[self.x], &s, g, cx.pgrads),
+                None => Ok(()),
             },
             |cx, g, prev| conv_input_grad(cx, self.bw.as_ref(), &s, self.x, g, prev),
         )
