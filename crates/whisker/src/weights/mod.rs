@@ -242,10 +242,20 @@ fn repack_torch_zip(path: &Path) -> std::result::Result<tempfile::NamedTempFile,
         .map_err(|e| format!("a temporary file: {e}"))?;
     let out = tmp.reopen().map_err(|e| format!("a temporary file: {e}"))?;
     let mut w = zip::ZipWriter::new(std::io::BufWriter::new(out));
+    // entries that share their bytes (a hostile archive) would make the copy larger than the
+    // file: what is copied stays within the file's length
+    let file_len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    let mut copied = 0u64;
     for i in 0..z.len() {
         let e = z
             .by_index_raw(i)
             .map_err(|e| format!("zip entry {i}: {e}"))?;
+        copied = copied.saturating_add(e.compressed_size());
+        if copied > file_len {
+            return Err(format!(
+                "its entries declare more bytes than the whole file ({file_len}): entries overlap"
+            ));
+        }
         let rest = match e.name().split_once('/') {
             Some((_, rest)) => rest.to_string(),
             None => e.name().to_string(),
