@@ -187,9 +187,9 @@ class EfficientNetLite(nn.Module):
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def crop_u8(path, resize, crop):
+def crop_u8(path, resize, crop, interpolation=T.InterpolationMode.BILINEAR):
     img = Image.open(path).convert("RGB")
-    img = T.CenterCrop(crop)(T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR)(img))
+    img = T.CenterCrop(crop)(T.Resize(resize, interpolation=interpolation)(img))
     return img
 
 
@@ -197,8 +197,10 @@ def to_input(img, norm):
     x = T.functional.to_tensor(img)  # u8 / 255
     if norm == "tf":
         x = (torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() - 127.0) / 128.0
-    else:
+    elif norm == "imagenet":
         x = T.functional.normalize(x, *IMAGENET)
+    else:  # (mean, std)
+        x = T.functional.normalize(x, *norm)
     return x.unsqueeze(0)
 
 
@@ -227,7 +229,8 @@ def preprocess_goldens(data):
 # ----------------------------------------------------------------------------------------------
 TV = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "vgg19", "vgg16_bn",
       "vgg19_bn", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
-      "convnext_tiny", "convnext_small", "convnext_base", "convnext_large"]
+      "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
+      "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l"]
 
 
 def last_linear(m):
@@ -239,22 +242,65 @@ def last_linear(m):
 TV_RESIZE = {"convnext_tiny": 236, "convnext_small": 230, "convnext_base": 232, "convnext_large": 232}
 
 
+# families whose preprocessing is their IMAGENET1K_V1 weights' transforms (sizes, filter, mean/std)
+TV_FROM_WEIGHTS = ("efficientnet_v2_",)
+
+
+def tv_pre(name):
+    """(resize, crop, interpolation, norm) of a torchvision model's weights."""
+    if name.startswith(TV_FROM_WEIGHTS):
+        t = torchvision.models.get_model_weights(name).IMAGENET1K_V1.transforms()
+        return (t.resize_size[0], t.crop_size[0], t.interpolation, (tuple(t.mean), tuple(t.std)))
+    return (TV_RESIZE.get(name, 256), 224, T.InterpolationMode.BILINEAR, "imagenet")
+
+
+# families whose BatchNorm statistics are measured on real photos (`calibrate_bn`): deep
+# networks whose formula statistics let the activations grow until float32 itself is chaotic
+# (EfficientNetV2-M in float32 was 42 % off its float64 forward)
+CALIBRATE_BN = ("efficientnet_v2_",)
+CALIBRATION_PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
+
+
+def calibrate_bn(m, data, resize, crop, interp, norm):
+    """Every BatchNorm's running statistics set to the batch statistics of four real photos,
+    measured in float64 layer by layer (train-mode BatchNorm, everything else in eval mode);
+    returns them by checkpoint key (float16), to be stored in the golden file."""
+    x = torch.cat([to_input(crop_u8(os.path.join(data, p), resize, crop, interp), norm)
+                   for p in CALIBRATION_PHOTOS]).double()
+    m.double().eval()
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.reset_running_stats()
+            mod.momentum = None  # a cumulative average: after one batch, the batch's
+            mod.train()
+    m(x)
+    m.float().eval()
+    # rounded to float16 (stored so, half the bytes), the model given the rounded values
+    stats = {k: v.half().contiguous() for k, v in m.state_dict().items()
+             if k.endswith(("running_mean", "running_var"))}
+    m.load_state_dict({k: v.float() for k, v in stats.items()}, strict=False)
+    return stats
+
+
 def run_tv(name, data, grad_class=None, grad_size=(128, 112)):
     m = getattr(torchvision.models, name)(weights=None).eval()
     fill_formula(m)
+    bn = calibrate_bn(m, data, *tv_pre(name)) if name.startswith(CALIBRATE_BN) else {}
     feats = {}
     h = last_linear(m).register_forward_hook(lambda mod, i, o: feats.__setitem__("f", i[0]))
-    x = to_input(crop_u8(os.path.join(data, "chelsea.png"), TV_RESIZE.get(name, 256), 224), "imagenet")
+    resize, crop, interp, norm = tv_pre(name)
+    x = to_input(crop_u8(os.path.join(data, "chelsea.png"), resize, crop, interp), norm)
     logits = m(x)
     h.remove()
     out = {"logits": logits[0].contiguous(), "features": feats["f"][0].contiguous()}
     if grad_class is not None:
-        xg = to_input(crop_u8(os.path.join(data, "chelsea.png"), *grad_size), "imagenet")
+        xg = to_input(crop_u8(os.path.join(data, "chelsea.png"), *grad_size), norm)
         with torch.enable_grad():
             xg.requires_grad_(True)
             m(xg)[0, grad_class].backward()
         out["grad"] = xg.grad[0].contiguous()
         out["grad_input_size"] = torch.tensor(list(grad_size), dtype=torch.int64)
+    out.update({f"bn.{k}": v for k, v in bn.items()})
     return out
 
 
@@ -293,6 +339,10 @@ def run_lite0(data, weights):
     return out
 
 
+# the backbones whose input gradient is checked (one per family where the family has new ops)
+GRAD = ("resnet18", "mobilenet_v2", "convnext_tiny", "efficientnet_v2_s")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=".testdata")
@@ -314,12 +364,12 @@ def main():
             out = run_lite0(args.data, os.path.join(args.data, "efficientnet-lite0-57934424.pth"))
             logits = out["chelsea.logits"]
         else:
-            out = run_tv(name, args.data, grad_class=281 if name in ("resnet18", "mobilenet_v2", "convnext_tiny") else None)
+            out = run_tv(name, args.data, grad_class=281 if name in GRAD else None)
             logits = out["logits"]
         top = torch.topk(logits, 5)
         manifest["backbones"][name] = {
             "top5": [[int(i), float(v)] for v, i in zip(top.values, top.indices)],
-            "tensors": {k: list(v.shape) for k, v in out.items()},
+            "tensors": {k: list(v.shape) for k, v in out.items() if not k.startswith("bn.")},
         }
         save_file({k: v.detach().contiguous() for k, v in out.items()},
                   os.path.join(args.out, f"{name}.safetensors"))

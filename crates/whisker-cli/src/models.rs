@@ -64,6 +64,7 @@ fn short(n: whisker::data::Normalization) -> &'static str {
     match n {
         whisker::data::Normalization::ImageNet => "imagenet",
         whisker::data::Normalization::Tf => "tf",
+        whisker::data::Normalization::Inception => "inception",
     }
 }
 

@@ -90,7 +90,16 @@ fn models_lists_the_zoo() {
     assert!(out.status.success());
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let m = doc["models"].as_array().unwrap();
-    assert_eq!(m.len(), 21);
+    assert_eq!(m.len(), 24);
+    let v2l = m
+        .iter()
+        .find(|x| x["name"] == "efficientnet_v2_l")
+        .unwrap();
+    assert_eq!(
+        (&v2l["interpolation"], &v2l["normalization"], &v2l["input_size"]),
+        (&"bicubic".into(), &"mean/std 0.5".into(), &480.into())
+    );
+    assert_eq!(v2l["params"], 118_515_272);
     let r18 = m.iter().find(|x| x["name"] == "resnet18").unwrap();
     assert_eq!(r18["interpolation"], "bilinear");
     let cnt = m.iter().find(|x| x["name"] == "convnext_tiny").unwrap();

@@ -14,6 +14,10 @@ pub enum Act {
     /// `x · Φ(x) = x/2 · (1 + erf(x/√2))`: PyTorch's default (exact) GELU, with erf as its CPU
     /// kernels compute it ([`erf`]).
     Gelu,
+    /// SiLU (swish), `x · σ(x) = x / (1 + e^−x)`, as PyTorch's CPU kernels compute it.
+    Silu,
+    /// The logistic sigmoid `σ(x) = 1 / (1 + e^−x)`.
+    Sigmoid,
 }
 
 impl Act {
@@ -27,7 +31,16 @@ impl Act {
             Act::Hardswish => x * ((x + 3.0).clamp(0.0, 6.0) / 6.0),
             Act::Hardsigmoid => (x + 3.0).clamp(0.0, 6.0) / 6.0,
             Act::Gelu => gelu(x),
+            Act::Silu => silu(x),
+            Act::Sigmoid => sigmoid(x),
         }
+    }
+
+    /// Whether the activation is a pass of its own over a kernel's result rather than part of
+    /// its epilogue: the ones built on `exp` (GELU, SiLU, sigmoid), whose code inlined into a
+    /// micro-kernel pushed its accumulators to the stack (see `simd::Vf::act`).
+    pub fn is_pass(self) -> bool {
+        matches!(self, Act::Gelu | Act::Silu | Act::Sigmoid)
     }
 }
 
@@ -101,113 +114,218 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// GELU over `out` in place, in parallel chunks, on the `isa` path (the same bits on every
-/// path: the vector paths run [`gelu`]'s operations).
-pub fn gelu_in_place(isa: crate::Isa, out: &mut [f32]) {
+/// SiLU, `x / (1 + e^−x)` (PyTorch's CPU formula). Not inlined (see [`gelu`]).
+#[inline(never)]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
+/// The logistic sigmoid, `1 / (1 + e^−x)` (PyTorch's CPU formula). Not inlined (see [`gelu`]).
+#[inline(never)]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// `act` over `out` in place, in parallel chunks, on the `isa` path: the same bits on every
+/// path (the vector paths run [`Act::apply`]'s operations in its order).
+pub fn act_in_place(isa: crate::Isa, act: Act, out: &mut [f32]) {
     use rayon::prelude::*;
+    if act == Act::None {
+        return;
+    }
     out.par_chunks_mut(1 << 14).for_each(|c| match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an `Isa` token for this path exists only where the CPU has the feature.
-        crate::Isa::AVX512 => unsafe { gelu_avx512(c) },
+        crate::Isa::AVX512 => unsafe { act_avx512(act, c) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        crate::Isa::AVX2 => unsafe { gelu_avx2(c) },
-        _ => c.iter_mut().for_each(|v| *v = gelu(*v)),
+        crate::Isa::AVX2 => unsafe { act_avx2(act, c) },
+        _ => c.iter_mut().for_each(|v| *v = act.apply(*v)),
     });
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn gelu_avx512(c: &mut [f32]) {
+unsafe fn act_avx512(act: Act, c: &mut [f32]) {
     // SAFETY: called only where the CPU has AVX-512F.
-    unsafe { gelu_vec::<crate::simd::F512>(c) }
+    unsafe { act_vec::<crate::simd::F512>(act, c) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_avx2(c: &mut [f32]) {
+unsafe fn act_avx2(act: Act, c: &mut [f32]) {
     // SAFETY: called only where the CPU has AVX2 and FMA.
-    unsafe { gelu_vec::<crate::simd::F256>(c) }
+    unsafe { act_vec::<crate::simd::F256>(act, c) }
 }
 
 /// # Safety
 /// Inside a function compiled for `V`'s instruction set, on a CPU that has it.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn gelu_vec<V: crate::simd::Vf>(c: &mut [f32]) {
+unsafe fn act_vec<V: crate::simd::Vf>(act: Act, c: &mut [f32]) {
+    // SAFETY: the caller's contract covers the vector operations.
+    unsafe {
+        match act {
+            Act::Gelu => map_vec::<V>(c, |v| V::gelu(v), gelu),
+            Act::Silu => map_vec::<V>(c, |v| V::silu(v), silu),
+            Act::Sigmoid => map_vec::<V>(c, |v| V::sigmoid(v), sigmoid),
+            a => map_vec::<V>(c, |v| V::act(a, v), |x| a.apply(x)),
+        }
+    }
+}
+
+/// `c[i] ← f(c[i])`, whole vectors with `f`, the tail with its scalar twin `s`.
+///
+/// # Safety
+/// Inside a function compiled for `V`'s instruction set, on a CPU that has it; `f` uses only
+/// that set.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn map_vec<V: crate::simd::Vf>(c: &mut [f32], f: impl Fn(V) -> V, s: impl Fn(f32) -> f32) {
     // SAFETY: the caller's contract; whole vectors below `full`, scalars after.
     unsafe {
         let full = c.len() - c.len() % V::L;
         let p = c.as_mut_ptr();
         let mut i = 0;
         while i < full {
-            V::store_n(p.add(i), V::gelu(V::load_n(p.add(i), V::L)), V::L);
+            V::store_n(p.add(i), f(V::load_n(p.add(i), V::L)), V::L);
             i += V::L;
         }
         for v in &mut c[full..] {
-            *v = gelu(*v);
+            *v = s(*v);
         }
     }
 }
 
-/// GELU's backward pass in place: `g ← g · (Φ(z) + z·φ(z))` from the input `z`, in parallel
-/// chunks on the `isa` path (f32, erf and exp as in the forward pass; within a few ulp of
-/// [`gelu_grad`]).
-pub fn gelu_backward(isa: crate::Isa, g: &mut [f32], z: &[f32]) {
+/// An activation's backward pass in place, from its input `z`: `g ← g · act′(z)`, in
+/// parallel chunks on the `isa` path. GELU, SiLU and sigmoid run vectorised in f32 (erf and
+/// exp as in the forward pass; within a few ulp of [`act_grad`]), the others as [`act_grad`].
+pub fn act_backward(isa: crate::Isa, act: Act, g: &mut [f32], z: &[f32]) {
     use rayon::prelude::*;
+    if act == Act::None {
+        return;
+    }
     g.par_chunks_mut(1 << 14)
         .zip(z.par_chunks(1 << 14))
-        .for_each(|(g, z)| match isa {
+        .for_each(|(g, z)| match (isa, act.is_pass()) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: an `Isa` token for this path exists only where the CPU has the feature.
-            crate::Isa::AVX512 => unsafe { gelu_bw_avx512(g, z) },
+            (crate::Isa::AVX512, true) => unsafe { bw_avx512(act, g, z) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            crate::Isa::AVX2 => unsafe { gelu_bw_avx2(g, z) },
-            _ => g.iter_mut().zip(z).for_each(|(g, &z)| *g *= gelu_grad(z)),
+            (crate::Isa::AVX2, true) => unsafe { bw_avx2(act, g, z) },
+            _ => g
+                .iter_mut()
+                .zip(z)
+                .for_each(|(g, &z)| *g *= act_grad(act, z)),
         });
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn gelu_bw_avx512(g: &mut [f32], z: &[f32]) {
+unsafe fn bw_avx512(act: Act, g: &mut [f32], z: &[f32]) {
     // SAFETY: called only where the CPU has AVX-512F.
-    unsafe { gelu_bw_vec::<crate::simd::F512>(g, z) }
+    unsafe { bw_vec::<crate::simd::F512>(act, g, z) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_bw_avx2(g: &mut [f32], z: &[f32]) {
+unsafe fn bw_avx2(act: Act, g: &mut [f32], z: &[f32]) {
     // SAFETY: called only where the CPU has AVX2 and FMA.
-    unsafe { gelu_bw_vec::<crate::simd::F256>(g, z) }
+    unsafe { bw_vec::<crate::simd::F256>(act, g, z) }
 }
 
 /// # Safety
-/// Inside a function compiled for `V`'s instruction set, on a CPU that has it; `z` at least
-/// as long as `g`.
+/// Inside a function compiled for `V`'s instruction set, on a CPU that has it.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn gelu_bw_vec<V: crate::simd::Vf>(g: &mut [f32], z: &[f32]) {
+unsafe fn bw_vec<V: crate::simd::Vf>(act: Act, g: &mut [f32], z: &[f32]) {
+    // SAFETY: the caller's contract covers the vector operations.
+    unsafe {
+        let one = V::splat(1.0);
+        match act {
+            Act::Gelu => {
+                let (half, rsqrt2) = (V::splat(0.5), V::splat(std::f32::consts::FRAC_1_SQRT_2));
+                let inv_sqrt_2pi = V::splat(0.398_942_3);
+                zip_vec::<V>(g, z, act, |x| {
+                    // erf(x/√2) and, on the way, e^(−x²/2): φ's exponential
+                    let (erf, e) = V::erf_exp(V::mul(x, rsqrt2));
+                    let cdf = V::mul(half, V::add(one, erf));
+                    V::fma(x, V::mul(inv_sqrt_2pi, e), cdf)
+                })
+            }
+            // σ(z)·(1 + z·(1 − σ(z))), PyTorch's silu_backward
+            Act::Silu => zip_vec::<V>(g, z, act, |x| {
+                let s = V::sigmoid(x);
+                V::mul(s, V::fma(x, V::sub(one, s), one))
+            }),
+            _ => zip_vec::<V>(g, z, act, |x| {
+                let s = V::sigmoid(x);
+                V::mul(s, V::sub(one, s))
+            }),
+        }
+    }
+}
+
+/// `g[i] ← g[i] · d(z[i])`, whole vectors with `d`, the tail with [`act_grad`].
+///
+/// # Safety
+/// Inside a function compiled for `V`'s instruction set, on a CPU that has it; `d` uses only
+/// that set.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn zip_vec<V: crate::simd::Vf>(g: &mut [f32], z: &[f32], act: Act, d: impl Fn(V) -> V) {
     // SAFETY: the caller's contract; whole vectors below `full`, scalars after.
     unsafe {
         let n = g.len().min(z.len());
         let full = n - n % V::L;
         let (gp, zp) = (g.as_mut_ptr(), z.as_ptr());
-        let (half, rsqrt2) = (V::splat(0.5), V::splat(std::f32::consts::FRAC_1_SQRT_2));
-        let inv_sqrt_2pi = V::splat(0.398_942_3);
         let mut i = 0;
         while i < full {
-            let x = V::load_n(zp.add(i), V::L);
-            // erf(x/√2) and, on the way, e^(−x²/2): φ's exponential
-            let (erf, e) = V::erf_exp(V::mul(x, rsqrt2));
-            let cdf = V::mul(half, V::add(V::splat(1.0), erf));
-            let pdf = V::mul(inv_sqrt_2pi, e);
-            let d = V::fma(x, pdf, cdf);
-            V::store_n(gp.add(i), V::mul(V::load_n(gp.add(i), V::L), d), V::L);
+            let dv = d(V::load_n(zp.add(i), V::L));
+            V::store_n(gp.add(i), V::mul(V::load_n(gp.add(i), V::L), dv), V::L);
             i += V::L;
         }
         for j in full..n {
-            g[j] *= gelu_grad(z[j]);
+            g[j] *= act_grad(act, z[j]);
+        }
+    }
+}
+
+/// An activation's derivative at its input `z` (PyTorch's conventions at the kinks: ReLU's
+/// is 0 at 0; hardswish's as `hardswish_backward`); the transcendental ones in f64. Not
+/// inlined (see [`gelu`]).
+#[inline(never)]
+pub fn act_grad(act: Act, z: f32) -> f32 {
+    let s = || 1.0 / (1.0 + (-(z as f64)).exp());
+    match act {
+        Act::None => 1.0,
+        Act::Relu => (z > 0.0) as u8 as f32,
+        Act::Relu6 => (z > 0.0 && z < 6.0) as u8 as f32,
+        Act::Hardswish => {
+            if z < -3.0 {
+                0.0
+            } else if z <= 3.0 {
+                z / 3.0 + 0.5
+            } else {
+                1.0
+            }
+        }
+        Act::Hardsigmoid => {
+            if z > -3.0 && z < 3.0 {
+                1.0 / 6.0
+            } else {
+                0.0
+            }
+        }
+        Act::Gelu => gelu_grad(z),
+        Act::Silu => {
+            let s = s();
+            (s * (1.0 + z as f64 * (1.0 - s))) as f32
+        }
+        Act::Sigmoid => {
+            let s = s();
+            (s * (1.0 - s)) as f32
         }
     }
 }

@@ -285,10 +285,10 @@ pub fn conv2d(
     act: Act,
     out: &mut [f32],
 ) -> Result<(), ShapeError> {
-    // GELU is a pass of its own over the result (see `Vf::act`)
-    if act == Act::Gelu {
+    // GELU, SiLU and sigmoid are a pass of their own over the result (see `Vf::act`)
+    if act.is_pass() {
         conv2d_epilogue(isa, wts, x, s, residual, Act::None, out)?;
-        crate::act::gelu_in_place(isa, out);
+        crate::act::act_in_place(isa, act, out);
         return Ok(());
     }
     conv2d_epilogue(isa, wts, x, s, residual, act, out)

@@ -61,10 +61,10 @@ pub fn depthwise(
     act: Act,
     out: &mut [f32],
 ) -> Result<(), ShapeError> {
-    // GELU is a pass of its own over the result (see `Vf::act`)
-    if act == Act::Gelu {
+    // GELU, SiLU and sigmoid are a pass of their own over the result (see `Vf::act`)
+    if act.is_pass() {
         depthwise_epilogue(isa, p, x, s, Act::None, out)?;
-        crate::act::gelu_in_place(isa, out);
+        crate::act::act_in_place(isa, act, out);
         return Ok(());
     }
     depthwise_epilogue(isa, p, x, s, act, out)

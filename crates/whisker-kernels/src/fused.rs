@@ -46,10 +46,10 @@ impl InvertedResidual {
             Some(depthwise_act),
             Some(project_act),
         ];
-        if acts.contains(&Some(Act::Gelu)) {
-            return Err(ShapeError(
-                "a fused block with GELU (not fused: a pass of its own)".into(),
-            ));
+        if let Some(a) = acts.iter().flatten().find(|a| a.is_pass()) {
+            return Err(ShapeError(format!(
+                "a fused block with {a:?} (not fused: a pass of its own)"
+            )));
         }
         let e = depthwise.c;
         let one = |c: &PackedConv| c.kh == 1 && c.kw == 1 && !c.is_winograd();

@@ -46,7 +46,9 @@ mod simd;
 mod weight_grad;
 mod winograd;
 
-pub use act::{erf, exp, gelu, gelu_backward, gelu_grad, gelu_in_place, Act};
+pub use act::{
+    act_backward, act_grad, act_in_place, erf, exp, gelu, gelu_grad, sigmoid, silu, Act,
+};
 pub use backward::{ConvBackward, DepthwiseBackward};
 pub use conv::{conv2d, ConvShape, PackedConv, NR};
 pub use depthwise::{depthwise, PackedDepthwise};

@@ -85,6 +85,29 @@ pub(crate) trait Vf: Copy {
         }
     }
 
+    /// SiLU, `x / (1 + e^−x)`, the operations of [`crate::act::silu`] in its order.
+    #[inline(always)]
+    unsafe fn silu(x: Self) -> Self {
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            let e = Self::exp(Self::sub(Self::splat(0.0), x));
+            Self::div(x, Self::add(Self::splat(1.0), e))
+        }
+    }
+
+    /// The sigmoid, `1 / (1 + e^−x)`, the operations of [`crate::act::sigmoid`] in its order.
+    #[inline(always)]
+    unsafe fn sigmoid(x: Self) -> Self {
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            let one = Self::splat(1.0);
+            let e = Self::exp(Self::sub(Self::splat(0.0), x));
+            Self::div(one, Self::add(one, e))
+        }
+    }
+
     /// `eˣ`, the operations of [`crate::act::exp`] in its order (the same bits).
     #[inline(always)]
     unsafe fn exp(x: Self) -> Self {
@@ -135,8 +158,9 @@ pub(crate) trait Vf: Copy {
     }
 
     /// The activation, lane by lane, with the operations of [`Act::apply`] in its order (the
-    /// same bits) — except GELU, which is not an epilogue's: it passes `y` through, and the
-    /// kernels' entry points run [`crate::act::gelu_in_place`] after them.
+    /// same bits) — except the activations built on `exp` ([`Act::is_pass`]), which are not an
+    /// epilogue's: they pass `y` through, and the kernels' entry points run
+    /// [`crate::act::act_in_place`] after them.
     #[inline(always)]
     unsafe fn act(act: Act, y: Self) -> Self {
         // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
@@ -156,11 +180,11 @@ pub(crate) trait Vf: Copy {
                     let h = Self::min(Self::max(Self::add(y, Self::splat(3.0)), zero), six);
                     Self::div(h, six)
                 }
-                // GELU is never applied in an epilogue: `conv2d` and `depthwise` run it as a
-                // pass of its own over their output (`act::gelu_in_place`), and a fused block
-                // refuses it. Its code inlined into a micro-kernel (or called from it) pushed
+                // never applied in an epilogue: `conv2d` and `depthwise` run them as a pass
+                // of their own over their output (`act::act_in_place`), and a fused block
+                // refuses them. GELU's code inlined into a micro-kernel (or called from it) pushed
                 // the live accumulators to the stack, halving the GEMM (tools/check-spills.py).
-                Act::Gelu => y,
+                Act::Gelu | Act::Silu | Act::Sigmoid => y,
             }
         }
     }

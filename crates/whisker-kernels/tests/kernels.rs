@@ -111,6 +111,8 @@ fn dense_convolutions_match_the_reference_on_every_path() {
                 (Act::Hardswish, true),
                 (Act::Gelu, false),
                 (Act::Gelu, true),
+                (Act::Silu, true),
+                (Act::Sigmoid, false),
             ] {
                 let r = with_res.then_some(res.as_slice());
                 let want =
@@ -578,7 +580,15 @@ fn depthwise_convolutions_match_the_reference_on_every_path() {
             let x = rng.vec(n * h * w * c);
             let wt = rng.vec(c * k * k);
             let bias = rng.vec(c);
-            for act in [Act::None, Act::Relu6, Act::Hardswish, Act::Relu, Act::Gelu] {
+            for act in [
+                Act::None,
+                Act::Relu6,
+                Act::Hardswish,
+                Act::Relu,
+                Act::Gelu,
+                Act::Silu,
+                Act::Sigmoid,
+            ] {
                 let want = reference::conv2d(&x, &s, c, &wt, Some(&bias), c, k, k, c, None, act);
                 let p = PackedDepthwise::from_oihw(&wt, Some(&bias), c, k, k).unwrap();
                 let mut got = vec![f32::NAN; want.len()];
@@ -1138,23 +1148,106 @@ fn layer_norm_matches_the_reference_on_every_path() {
     assert!(e.is_err(), "6 values are not rows of 4");
 }
 
-/// GELU as a pass of its own and its backward pass, on every path: the forward the same bits
-/// as the scalar GELU, the backward within a few ulp of its f64-evaluated derivative.
+/// Every activation as a pass of its own and its backward pass, on every path: the forward
+/// the same bits as the scalar function, the backward within a few ulp of the f64-evaluated
+/// derivative, which itself matches a central difference of the f64 function.
 #[test]
-fn gelu_passes_match_the_scalar_functions_on_every_path() {
+fn activation_passes_match_the_scalar_functions_on_every_path() {
     let mut rng = Rng(0x6e1);
-    let z: Vec<f32> = rng.vec(1000).iter().map(|v| v * 8.0).collect();
-    let g = rng.vec(1000);
-    for isa in Isa::available() {
-        let mut y = z.clone();
-        gelu_in_place(isa, &mut y);
-        for (a, &b) in y.iter().zip(&z) {
-            assert_eq!(a.to_bits(), gelu(b).to_bits(), "{isa:?} gelu({b})");
+    let mut z: Vec<f32> = rng.vec(1000).iter().map(|v| v * 8.0).collect();
+    // the kinks, and beyond exp's clamp
+    z.extend([0.0, -3.0, 3.0, 6.0, -0.0, 90.0, -90.0, 1e-30]);
+    let g = rng.vec(z.len());
+    let acts = [
+        Act::None,
+        Act::Relu,
+        Act::Relu6,
+        Act::Hardswish,
+        Act::Hardsigmoid,
+        Act::Gelu,
+        Act::Silu,
+        Act::Sigmoid,
+    ];
+    for act in acts {
+        for isa in Isa::available() {
+            let mut y = z.clone();
+            act_in_place(isa, act, &mut y);
+            for (&a, &b) in y.iter().zip(&z) {
+                // the same bits (a clamp of −0 may give either zero)
+                let want = act.apply(b);
+                assert!(
+                    a.to_bits() == want.to_bits() || (a == 0.0 && want == 0.0),
+                    "{isa:?} {act:?}({b}) = {a}, not {want}"
+                );
+            }
+            let mut d = g.clone();
+            act_backward(isa, act, &mut d, &z);
+            let want: Vec<f32> = g
+                .iter()
+                .zip(&z)
+                .map(|(g, &z)| g * act_grad(act, z))
+                .collect();
+            let e = rel_err(&d, &want);
+            assert!(e < 1e-6, "{isa:?} {act:?} backward: error {e}");
         }
-        let mut d = g.clone();
-        gelu_backward(isa, &mut d, &z);
-        let want: Vec<f32> = g.iter().zip(&z).map(|(g, &z)| g * gelu_grad(z)).collect();
-        let e = rel_err(&d, &want);
-        assert!(e < 1e-6, "{isa:?} gelu backward: error {e}");
     }
+    // SiLU and sigmoid against f64, their derivatives against central differences
+    let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+    for i in -2000..=2000 {
+        let x = i as f32 * 0.01;
+        let xd = x as f64;
+        assert!(
+            (Act::Sigmoid.apply(x) as f64 - sig(xd)).abs() <= 3e-7,
+            "sigmoid({x})"
+        );
+        let silu = |x: f64| x * sig(x);
+        assert!(
+            (Act::Silu.apply(x) as f64 - silu(xd)).abs() <= 3e-7 * (1.0 + xd.abs()),
+            "silu({x})"
+        );
+        let h = 1e-4;
+        for (act, f) in [
+            (Act::Silu, &silu as &dyn Fn(f64) -> f64),
+            (Act::Sigmoid, &sig),
+        ] {
+            let num = (f(xd + h) - f(xd - h)) / (2.0 * h);
+            assert!(
+                (act_grad(act, x) as f64 - num).abs() < 1e-6,
+                "{act:?}'({x})"
+            );
+        }
+    }
+}
+
+/// A fused inverted-residual block refuses the activations that are passes of their own.
+#[test]
+fn a_fused_block_refuses_pass_activations() {
+    let mut rng = Rng(9);
+    let (c, e) = (8, 16);
+    let pack = |cout, cin, rng: &mut Rng| {
+        PackedConv::from_oihw(&rng.vec(cout * cin), None, cout, cin, 1, 1).unwrap()
+    };
+    for act in [Act::Gelu, Act::Silu, Act::Sigmoid] {
+        for at in 0..3 {
+            let a = |i| if i == at { act } else { Act::Relu6 };
+            let dw = PackedDepthwise::from_oihw(&rng.vec(e * 9), None, e, 3, 3).unwrap();
+            let r = InvertedResidual::new(
+                Some((pack(e, c, &mut rng), a(0))),
+                dw,
+                a(1),
+                pack(c, e, &mut rng),
+                a(2),
+            );
+            assert!(r.is_err(), "{act:?} at {at} was fused");
+        }
+    }
+    let dw = PackedDepthwise::from_oihw(&rng.vec(e * 9), None, e, 3, 3).unwrap();
+    let ok = InvertedResidual::new(
+        Some((pack(e, c, &mut rng), Act::Relu6)),
+        dw,
+        Act::Relu6,
+        pack(c, e, &mut rng),
+        Act::None,
+    );
+    assert!(ok.is_ok());
 }

@@ -15,7 +15,7 @@ use whisker::Backbone;
 
 fn check(name: &str) {
     let device = Device::flex();
-    let b = Backbone::with_formula_weights(name, &device).unwrap();
+    let b = golden_backbone(name, &device);
     assert_eq!(b.num_params(), b.spec.params, "{name}: parameter count");
     let img = b.preprocess().load(&testdata("chelsea.png")).unwrap();
     let x = to_tensor(&[img], &device);
@@ -90,7 +90,7 @@ fn check(name: &str) {
 
 fn check_grad(name: &str) {
     let device = Device::flex().autodiff();
-    let frozen = Backbone::with_formula_weights(name, &device).unwrap();
+    let frozen = golden_backbone(name, &device);
     assert!(
         !frozen.is_trainable(),
         "{name}: a loaded backbone starts frozen"
@@ -102,12 +102,7 @@ fn check_grad(name: &str) {
     // frozen: the CPU engine's input gradient; trainable: burn's autodiff
     for (path, b) in [
         ("engine", frozen),
-        (
-            "burn",
-            Backbone::with_formula_weights(name, &device)
-                .unwrap()
-                .set_trainable(true),
-        ),
+        ("burn", golden_backbone(name, &device).set_trainable(true)),
     ] {
         let x = b
             .spec
@@ -271,4 +266,20 @@ fn formula_networks_depend_on_the_input() {
         );
         assert!(d > 1e-3, "{}: {d}", m.name);
     }
+}
+#[test]
+fn efficientnet_v2_s() {
+    check("efficientnet_v2_s");
+}
+#[test]
+fn efficientnet_v2_m() {
+    check("efficientnet_v2_m");
+}
+#[test]
+fn efficientnet_v2_l() {
+    check("efficientnet_v2_l");
+}
+#[test]
+fn efficientnet_v2_s_input_gradient() {
+    check_grad("efficientnet_v2_s");
 }

@@ -6,22 +6,55 @@
 use burn::module::Module;
 use burn::tensor::Tensor;
 
-use super::layers::{global_avg_pool, hardsigmoid, Act, BatchNorm, Conv2d, ConvBnAct};
+use super::layers::{global_avg_pool, Act, BatchNorm, Conv2d, ConvBnAct, ConvSpec};
+use crate::error::Result;
+use crate::weights::Loader;
 
-/// Squeeze-excitation as MobileNetV3 has it: global average pool, 1×1 conv, ReLU, 1×1 conv,
-/// hard sigmoid, channel-wise scale.
+/// Squeeze-excitation (torchvision's `SqueezeExcitation`): global average pool, 1×1 conv,
+/// `act`, 1×1 conv, `gate`, channel-wise scale. MobileNetV3: ReLU and hard sigmoid;
+/// EfficientNet(V2): SiLU and sigmoid; RegNetY: ReLU and sigmoid.
 #[derive(Module, Debug)]
 pub struct SqueezeExcite {
     pub fc1: Conv2d,
     pub fc2: Conv2d,
+    #[module(skip)]
+    pub act: Act,
+    #[module(skip)]
+    pub gate: Act,
 }
 
 impl SqueezeExcite {
+    /// `fc1` and `fc2` (both with bias) under `{p}.fc1` and `{p}.fc2`: `c` channels squeezed
+    /// to `squeeze`.
+    pub fn load(
+        l: &mut Loader,
+        p: &str,
+        c: usize,
+        squeeze: usize,
+        act: Act,
+        gate: Act,
+    ) -> Result<Self> {
+        Ok(SqueezeExcite {
+            fc1: Conv2d::load(
+                l,
+                &format!("{p}.fc1"),
+                ConvSpec::new(c, squeeze, 1, 1).bias(true),
+            )?,
+            fc2: Conv2d::load(
+                l,
+                &format!("{p}.fc2"),
+                ConvSpec::new(squeeze, c, 1, 1).bias(true),
+            )?,
+            act,
+            gate,
+        })
+    }
+
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [n, c, _, _] = x.dims();
         let s = global_avg_pool(x.clone()).reshape([n, c, 1, 1]);
-        let s = Act::Relu.apply(self.fc1.forward(s));
-        let s = hardsigmoid(self.fc2.forward(s));
+        let s = self.act.apply(self.fc1.forward(s));
+        let s = self.gate.apply(self.fc2.forward(s));
         x * s
     }
 }

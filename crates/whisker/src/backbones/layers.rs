@@ -398,6 +398,12 @@ pub enum Act {
     Hardswish,
     /// PyTorch's default GELU, `x·Φ(x)` (erf, not the tanh approximation).
     Gelu,
+    /// SiLU (swish), `x·σ(x)`.
+    Silu,
+    /// The logistic sigmoid (squeeze-excitation gates).
+    Sigmoid,
+    /// `relu6(x + 3) / 6` (MobileNetV3's squeeze-excitation gate).
+    Hardsigmoid,
 }
 
 impl Act {
@@ -408,6 +414,9 @@ impl Act {
             Act::Relu6 => x.clamp(0.0, 6.0),
             Act::Hardswish => x.clone() * hardsigmoid(x),
             Act::Gelu => burn::tensor::activation::gelu(x),
+            Act::Silu => burn::tensor::activation::silu(x),
+            Act::Sigmoid => burn::tensor::activation::sigmoid(x),
+            Act::Hardsigmoid => hardsigmoid(x),
         }
     }
 }

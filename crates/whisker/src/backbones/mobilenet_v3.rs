@@ -8,7 +8,7 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 
 use super::inverted_residual::{fold_network, network_batchnorms, InvertedResidual, SqueezeExcite};
-use super::layers::{global_avg_pool, Act, Conv2d, ConvBnAct, ConvSpec, Linear, Taps};
+use super::layers::{global_avg_pool, Act, ConvBnAct, ConvSpec, Linear, Taps};
 use super::plan::{Builder, Lowered, V};
 use super::Arch as _;
 use super::{Family, ModelSpec};
@@ -134,18 +134,14 @@ fn load_block(l: &mut Loader, p: &str, c: Cfg) -> Result<InvertedResidual> {
     i += 1;
     let se = if se {
         let sq = make_divisible((mid / 4) as f64);
-        let s = SqueezeExcite {
-            fc1: Conv2d::load(
-                l,
-                &format!("{p}.block.{i}.fc1"),
-                ConvSpec::new(mid, sq, 1, 1).bias(true),
-            )?,
-            fc2: Conv2d::load(
-                l,
-                &format!("{p}.block.{i}.fc2"),
-                ConvSpec::new(sq, mid, 1, 1).bias(true),
-            )?,
-        };
+        let s = SqueezeExcite::load(
+            l,
+            &format!("{p}.block.{i}"),
+            mid,
+            sq,
+            Act::Relu,
+            Act::Hardsigmoid,
+        )?;
         i += 1;
         Some(s)
     } else {

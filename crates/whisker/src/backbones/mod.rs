@@ -39,6 +39,7 @@ macro_rules! lite {
 
 pub mod convnext;
 pub mod efficientnet_lite;
+pub mod efficientnet_v2;
 pub mod inverted_residual;
 pub mod layers;
 pub mod mobilenet_v2;
@@ -241,6 +242,7 @@ families! {
     MobileNetV3(mobilenet_v3::MobileNetV3, mobilenet_v3::Config),
     EfficientNetLite(efficientnet_lite::EfficientNetLite, efficientnet_lite::Config),
     ConvNeXt(convnext::ConvNeXt, convnext::Config),
+    EfficientNetV2(efficientnet_v2::EfficientNetV2, efficientnet_v2::Config),
 }
 
 impl Net {
@@ -339,16 +341,33 @@ impl Backbone {
 
     /// Build `name` with deterministic formula weights (tests and benchmarks).
     pub fn with_formula_weights(name: &str, device: &Device) -> Result<Self> {
+        Self::with_formula_weights_except(name, None, device)
+    }
+
+    /// [`Backbone::with_formula_weights`], except the tensors of `given` (the reference
+    /// generator's BatchNorm statistics measured on real photos, which keep a deep network's
+    /// activations in range as trained weights do); a key the network does not have, or of
+    /// another shape, is an error.
+    pub fn with_formula_weights_except(
+        name: &str,
+        given: Option<StateDict>,
+        device: &Device,
+    ) -> Result<Self> {
         let spec = spec(name)?;
-        let mut l = Loader::formula(name, device);
+        let mut l = match given {
+            Some(g) => Loader::formula_except(name, g, device),
+            None => Loader::formula(name, device),
+        };
         let net = frozen(Net::load(&mut l, spec.family)?);
         let params = l.num_params();
+        let (param_info, units) = (l.params.clone(), l.units.clone());
+        l.finish()?;
         Ok(Backbone {
             spec,
             net,
             params,
-            param_info: l.params,
-            units: l.units,
+            param_info,
+            units,
             plan: OnceLock::new(),
             grad_plan: OnceLock::new(),
         })
@@ -717,14 +736,14 @@ mod tests {
     #[test]
     fn the_registry_lists_every_model_once() {
         let names: Vec<&str> = models().iter().map(|m| m.name).collect();
-        assert_eq!(names.len(), 21);
+        assert_eq!(names.len(), 24);
         let unique: std::collections::HashSet<&str> = names.iter().copied().collect();
         assert_eq!(unique.len(), names.len(), "{names:?}");
         for n in &names {
             assert_eq!(spec(n).unwrap().name, *n);
         }
         assert_eq!(names.first(), Some(&"resnet18"));
-        assert_eq!(names.last(), Some(&"convnext_large"));
+        assert_eq!(names.last(), Some(&"efficientnet_v2_l"));
         let e = spec("resnet51").unwrap_err().to_string();
         assert!(e.contains("did you mean resnet50"), "{e}");
     }

@@ -20,6 +20,9 @@ pub enum Normalization {
     ImageNet,
     /// TensorFlow-Lite style: (255·x − 127) / 128, i.e. (u8 − 127) / 128.
     Tf,
+    /// Inception style, (x − 0.5) / 0.5 per channel (torchvision's EfficientNetV2-L weights,
+    /// many of timm's).
+    Inception,
 }
 
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -36,6 +39,8 @@ impl Normalization {
                 (x - mean) / std
             }
             Normalization::Tf => (x * 255.0 - 127.0) / 128.0,
+            // torchvision's normalize: (x − mean) / std, as written
+            Normalization::Inception => (x - 0.5) / 0.5,
         }
     }
 
@@ -44,6 +49,7 @@ impl Normalization {
         match self {
             Normalization::ImageNet => "ImageNet mean/std",
             Normalization::Tf => "(x-127)/128",
+            Normalization::Inception => "mean/std 0.5",
         }
     }
 }

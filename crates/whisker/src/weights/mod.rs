@@ -518,7 +518,8 @@ pub fn verify_checksum(
 
 enum Source {
     Dict(StateDict),
-    Formula,
+    /// Formula weights, except the tensors given.
+    Formula(StateDict),
 }
 
 /// Strict, key-by-key loading of a checkpoint into an architecture.
@@ -592,8 +593,18 @@ impl Loader {
     /// Deterministic formula weights (see [`formula`]), the same values the Python reference
     /// generator computes.
     pub fn formula(model: &str, device: &Device) -> Self {
+        let none = StateDict {
+            source: "formula weights".into(),
+            tensors: BTreeMap::new(),
+        };
+        Self::formula_except(model, none, device)
+    }
+
+    /// Formula weights, except the tensors of `given` (BatchNorm statistics measured on real
+    /// images, say): each must be asked for, with its shape ([`Loader::finish`] checks).
+    pub fn formula_except(model: &str, given: StateDict, device: &Device) -> Self {
         Loader {
-            src: Source::Formula,
+            src: Source::Formula(given),
             model: model.to_string(),
             device: device.clone(),
             used: HashSet::new(),
@@ -619,8 +630,10 @@ impl Loader {
     pub fn values(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let n: usize = shape.iter().product();
         match &mut self.src {
-            Source::Formula => Ok(formula::formula(key, shape)),
-            Source::Dict(sd) => match sd.tensors.get(key) {
+            Source::Formula(given) if !given.tensors.contains_key(key) => {
+                Ok(formula::formula(key, shape))
+            }
+            Source::Dict(sd) | Source::Formula(sd) => match sd.tensors.get(key) {
                 None => {
                     self.missing.push(key.to_string());
                     Ok(vec![0.0; n])
@@ -699,21 +712,20 @@ impl Loader {
 
     /// Finish: fail if keys were missing or the checkpoint holds keys nobody asked for.
     pub fn finish(self) -> Result<()> {
-        if let Source::Dict(sd) = self.src {
-            let unexpected: Vec<String> = sd
-                .tensors
-                .keys()
-                .filter(|k| !self.used.contains(*k))
-                .cloned()
-                .collect();
-            if !self.missing.is_empty() || !unexpected.is_empty() {
-                return Err(Error::KeyMismatch {
-                    source_name: sd.source,
-                    model: self.model,
-                    missing: self.missing,
-                    unexpected,
-                });
-            }
+        let (Source::Dict(sd) | Source::Formula(sd)) = self.src;
+        let unexpected: Vec<String> = sd
+            .tensors
+            .keys()
+            .filter(|k| !self.used.contains(*k))
+            .cloned()
+            .collect();
+        if !self.missing.is_empty() || !unexpected.is_empty() {
+            return Err(Error::KeyMismatch {
+                source_name: sd.source,
+                model: self.model,
+                missing: self.missing,
+                unexpected,
+            });
         }
         Ok(())
     }

@@ -26,22 +26,74 @@ pub fn golden_path(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// All tensors of a golden safetensors file, as (shape, f32 values).
+/// All float tensors of a golden safetensors file (f32, or f16 widened exactly), as (shape,
+/// f32 values).
 pub fn golden(name: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
     let bytes = std::fs::read(golden_path(name)).expect("golden file");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
     st.tensors()
         .into_iter()
-        .filter(|(_, v)| v.dtype() == safetensors::Dtype::F32)
-        .map(|(k, v)| {
-            let data = v
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            (k.to_string(), (v.shape().to_vec(), data))
+        .filter_map(|(k, v)| {
+            let data = match v.dtype() {
+                safetensors::Dtype::F32 => v
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+                safetensors::Dtype::F16 => v
+                    .data()
+                    .chunks_exact(2)
+                    .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                    .collect(),
+                _ => return None,
+            };
+            Some((k.to_string(), (v.shape().to_vec(), data)))
         })
         .collect()
+}
+
+/// An IEEE half's value (every half is exact in f32).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let (e, m) = (((h >> 10) & 0x1f) as i32, (h & 0x3ff) as f32);
+    sign * match e {
+        0 => m * 2f32.powi(-24),
+        31 if m == 0.0 => f32::INFINITY,
+        31 => f32::NAN,
+        _ => (1.0 + m / 1024.0) * 2f32.powi(e - 15),
+    }
+}
+
+/// The BatchNorm statistics a golden file carries (`bn.<key>`, measured on real photos by the
+/// generator), as a state dict for [`whisker::Backbone::with_formula_weights_except`];
+/// `None` when it has none.
+pub fn golden_bn(
+    g: &HashMap<String, (Vec<usize>, Vec<f32>)>,
+) -> Option<whisker::weights::StateDict> {
+    let tensors: std::collections::BTreeMap<_, _> = g
+        .iter()
+        .filter_map(|(k, (shape, data))| {
+            let key = k.strip_prefix("bn.")?;
+            Some((
+                key.to_string(),
+                whisker::weights::RawTensor {
+                    shape: shape.clone(),
+                    data: data.clone(),
+                },
+            ))
+        })
+        .collect();
+    (!tensors.is_empty()).then(|| whisker::weights::StateDict {
+        source: "golden BatchNorm statistics".into(),
+        tensors,
+    })
+}
+
+/// The formula-weights backbone a golden file was computed with (its measured BatchNorm
+/// statistics, when it has them).
+pub fn golden_backbone(name: &str, device: &burn::tensor::Device) -> whisker::Backbone {
+    let g = golden(&format!("{name}.safetensors"));
+    whisker::Backbone::with_formula_weights_except(name, golden_bn(&g), device).unwrap()
 }
 
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {

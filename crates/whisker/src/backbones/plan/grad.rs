@@ -122,11 +122,14 @@ pub(super) fn act_grad(
             ),
             _ => return Err(Error::Internal("hardswish input not kept".into())),
         },
-        // GELU's derivative Φ(z) + z·φ(z), from the input z (vectorised)
-        KAct::Gelu => match pre {
-            Some(pre) => k::gelu_backward(isa, g, pre),
-            _ => return Err(Error::Internal("GELU input not kept".into())),
+        // GELU's derivative Φ(z) + z·φ(z), SiLU's σ(z)·(1 + z·(1 − σ(z))), from the input z
+        // (vectorised)
+        KAct::Gelu | KAct::Silu => match pre {
+            Some(pre) => k::act_backward(isa, act, g, pre),
+            _ => return Err(Error::Internal(format!("{act:?} input not kept"))),
         },
+        // PyTorch's sigmoid_backward, from the output y: g·(1 − y)·y
+        KAct::Sigmoid => by(|g, y| g * (1.0 - y) * y, g, y),
         KAct::Hardsigmoid => by(|g, y| if y > 0.0 && y < 1.0 { g / 6.0 } else { 0.0 }, g, y),
     }
     Ok(())
@@ -223,10 +226,7 @@ impl Plan {
             if let (Some(out), true) = (op.output(), super::ops::needs_input(op.act())) {
                 let y = &mut values[out];
                 k.pre_act = Some(y.clone());
-                match op.act() {
-                    KAct::Gelu => k::gelu_in_place(self.isa, y),
-                    act => y.iter_mut().for_each(|v| *v = act.apply(*v)),
-                }
+                k::act_in_place(self.isa, op.act(), y);
             }
             kept.push(k);
         }

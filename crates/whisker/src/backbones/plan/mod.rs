@@ -208,6 +208,9 @@ fn kact(a: Act) -> KAct {
         Act::Relu6 => KAct::Relu6,
         Act::Hardswish => KAct::Hardswish,
         Act::Gelu => KAct::Gelu,
+        Act::Silu => KAct::Silu,
+        Act::Sigmoid => KAct::Sigmoid,
+        Act::Hardsigmoid => KAct::Hardsigmoid,
     }
 }
 
@@ -439,7 +442,8 @@ impl Builder<'_> {
         Ok(out)
     }
 
-    fn cba(&mut self, x: V, c: &ConvBnAct, res: Option<V>) -> Result<V> {
+    /// A convolution, its BatchNorm and activation; `res` is added before the activation.
+    pub(super) fn cba(&mut self, x: V, c: &ConvBnAct, res: Option<V>) -> Result<V> {
         self.conv(x, &c.conv, Some(&c.bn), c.act, res)
     }
 
@@ -628,6 +632,19 @@ impl Builder<'_> {
         Ok(out)
     }
 
+    /// `a + b`, two values of one shape (a residual added after an activation).
+    pub(super) fn add(&mut self, a: V, b: V) -> Result<V> {
+        if self.channels[a] != self.channels[b] {
+            return Err(Error::Internal(format!(
+                "adding {} channels to {}",
+                self.channels[b], self.channels[a]
+            )));
+        }
+        let out = self.value(self.channels[a]);
+        self.ops.push(Op::Add(ops::add::Add { a, b, out }));
+        Ok(out)
+    }
+
     pub(super) fn gap(&mut self, x: V) -> V {
         let out = self.value(self.channels[x]);
         self.ops.push(Op::AvgPool(ops::avg_pool::AvgPool {
@@ -639,7 +656,8 @@ impl Builder<'_> {
         out
     }
 
-    fn inverted_residual(&mut self, x: V, b: &InvertedResidual) -> Result<V> {
+    /// An inverted residual block (fused into one op where it can be).
+    pub(super) fn inverted_residual(&mut self, x: V, b: &InvertedResidual) -> Result<V> {
         // the block's ops start here
         let start = self.ops.len();
         let mut y = x;
@@ -648,6 +666,12 @@ impl Builder<'_> {
         }
         y = self.cba(y, &b.depthwise, None)?;
         if let Some(se) = &b.se {
+            if !matches!(se.gate, Act::Sigmoid | Act::Hardsigmoid) {
+                return Err(Error::Internal(format!(
+                    "a squeeze-excitation gate {:?} (the engine has sigmoid and hard sigmoid)",
+                    se.gate
+                )));
+            }
             let mut ids = vec![se.fc1.weight.id, se.fc2.weight.id];
             ids.extend(se.fc1.bias.as_ref().map(|b| b.id));
             ids.extend(se.fc2.bias.as_ref().map(|b| b.id));
@@ -682,6 +706,8 @@ impl Builder<'_> {
                 x: y,
                 fc1: pack(&se.fc1)?,
                 fc2: pack(&se.fc2)?,
+                act: kact(se.act),
+                gate: kact(se.gate),
                 bw,
                 params,
             }));
@@ -823,6 +849,7 @@ impl Plan {
         let norm = match norm {
             Normalization::ImageNet => (1.0, IMAGENET_MEAN, IMAGENET_STD),
             Normalization::Tf => (255.0, [127.0; 3], [128.0; 3]),
+            Normalization::Inception => (1.0, [0.5; 3], [0.5; 3]),
         };
         let (slot, slots) = assign_slots(&bl.ops, bl.channels.len(), &[features, logits]);
         Ok(Plan {

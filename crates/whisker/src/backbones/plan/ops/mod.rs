@@ -12,6 +12,7 @@ use super::grad::{act_grad, hand_over, ParamGrad, Tape};
 use super::{shape_err, split3, Taps, V};
 use crate::error::{Error, Result};
 
+pub(super) mod add;
 pub(super) mod avg_pool;
 pub(super) mod batch_norm;
 pub(super) mod block;
@@ -95,6 +96,7 @@ ops! {
     Tap(tap::Tap),
     LayerNorm(layer_norm::LayerNorm),
     Pointwise(pointwise::Pointwise),
+    Add(add::Add),
 }
 
 /// What an op kept from its forward step on a tape.
@@ -165,9 +167,9 @@ impl Fwd<'_> {
 }
 
 /// Whether an activation's derivative needs its input (not a function of its output):
-/// hardswish and GELU.
+/// hardswish, GELU and SiLU.
 pub(super) fn needs_input(a: KAct) -> bool {
-    matches!(a, KAct::Hardswish | KAct::Gelu)
+    matches!(a, KAct::Hardswish | KAct::Gelu | KAct::Silu)
 }
 
 /// What a backward step works on.

@@ -1,5 +1,6 @@
-//! Squeeze-excitation, scaling its input in place: `x ⊙ hardsigmoid(fc2 · relu(fc1 ·
-//! mean(x)))` (MobileNetV3's).
+//! Squeeze-excitation, scaling its input in place: `x ⊙ gate(fc2 · act(fc1 · mean(x)))`
+//! (MobileNetV3's ReLU and hard sigmoid, EfficientNetV2's SiLU and sigmoid, RegNetY's ReLU
+//! and sigmoid).
 
 use burn::module::ParamId;
 use whisker_kernels as k;
@@ -15,6 +16,9 @@ pub(in crate::backbones::plan) struct Se {
     pub x: V,
     pub fc1: PackedConv,
     pub fc2: PackedConv,
+    /// The hidden layer's activation and the gate (a sigmoid or hard sigmoid).
+    pub act: KAct,
+    pub gate: KAct,
     /// The backward step's weights (plans for gradients).
     pub bw: Option<SeBackward>,
     /// The parameters, for their gradients (`PlanOptions::weight_grads`).
@@ -41,27 +45,21 @@ pub(in crate::backbones::plan) struct SeParams {
 }
 
 impl Se {
-    /// The channel scales of `x` `[n, hw, c]`, with the hidden layer (post-ReLU).
-    fn scales(&self, isa: Isa, x: &[f32], n: usize, hw: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    /// The channel scales of `x` `[n, hw, c]`, with the hidden layer before and after its
+    /// activation.
+    fn scales(&self, isa: Isa, x: &[f32], n: usize, hw: usize) -> Result<[Vec<f32>; 3]> {
         let c = self.fc1.cin;
         let mut pooled = vec![0f32; n * c];
         k::global_avg_pool(x, n, hw, c, &mut pooled).map_err(shape_err)?;
         let one = ConvShape::symmetric(n, 1, 1, 1, 0);
-        let mut hidden = vec![0f32; n * self.fc1.cout];
-        k::conv2d(isa, &self.fc1, &pooled, &one, None, KAct::Relu, &mut hidden)
-            .map_err(shape_err)?;
+        let mut pre = vec![0f32; n * self.fc1.cout];
+        k::conv2d(isa, &self.fc1, &pooled, &one, None, KAct::None, &mut pre).map_err(shape_err)?;
+        let mut hidden = pre.clone();
+        k::act_in_place(isa, self.act, &mut hidden);
         let mut scales = vec![0f32; n * self.fc2.cout];
-        k::conv2d(
-            isa,
-            &self.fc2,
-            &hidden,
-            &one,
-            None,
-            KAct::Hardsigmoid,
-            &mut scales,
-        )
-        .map_err(shape_err)?;
-        Ok((hidden, scales))
+        k::conv2d(isa, &self.fc2, &hidden, &one, None, self.gate, &mut scales)
+            .map_err(shape_err)?;
+        Ok([pre, hidden, scales])
     }
 }
 
@@ -91,17 +89,17 @@ impl Step for Se {
     fn forward(&self, cx: &mut Fwd<'_>) -> Result<()> {
         let (n, (h, w, c), isa) = (cx.n, cx.shapes[self.x], cx.isa);
         let xb = cx.value_mut(self.x);
-        let (_, s) = self.scales(isa, xb, n, h * w)?;
+        let [_, _, s] = self.scales(isa, xb, n, h * w)?;
         k::scale_channels(xb, n, h * w, c, &s).map_err(shape_err)
     }
 
     fn forward_kept(&self, cx: &mut Fwd<'_>) -> Result<Kept> {
         let (n, (h, w, c), isa) = (cx.n, cx.shapes[self.x], cx.isa);
         let before = cx.value(self.x).to_vec();
-        let (hidden, s) = self.scales(isa, &before, n, h * w)?;
+        let [pre, hidden, s] = self.scales(isa, &before, n, h * w)?;
         k::scale_channels(cx.value_mut(self.x), n, h * w, c, &s).map_err(shape_err)?;
         Ok(Kept {
-            bufs: vec![before, s, hidden],
+            bufs: vec![before, s, hidden, pre],
             ..Kept::default()
         })
     }
@@ -110,12 +108,18 @@ impl Step for Se {
         let Some(g) = cx.grads[self.x].take() else {
             return Ok(());
         };
-        let (Some(SeBackward { w1, w2, hid, c }), [xin, s, hidden]) =
+        let (Some(SeBackward { w1, w2, hid, c }), [xin, s, hidden, pre]) =
             (&self.bw, cx.kept.bufs.as_slice())
         else {
             return Err(missing());
         };
-        let (dx, sg) = se_backward(&g, xin, s, hidden, w1, w2, cx.n, *hid, *c);
+        let (dx, sg) = se_backward(
+            &g,
+            (xin, s, hidden, pre),
+            (w1, w2),
+            (self.act, self.gate),
+            (cx.n, *hid, *c),
+        );
         cx.grads[self.x] = Some(dx);
         k::buffers::give(g);
         if let (true, Some(SeParams { w1, b1, w2, b2 })) = (cx.want_params, self.params) {
@@ -145,18 +149,15 @@ struct SeGrads {
     b2: Vec<f64>,
 }
 
-/// Squeeze-excitation backward: `y = x ⊙ s(mean(x))`, `s = hardsigmoid(w2·relu(w1·p + b1) + b2)`.
-#[allow(clippy::too_many_arguments)]
+/// Squeeze-excitation backward: `y = x ⊙ s(mean(x))`, `s = gate(w2·act(w1·p + b1) + b2)`,
+/// from the input `x`, the scales `s`, the hidden layer after (`hidden`) and before (`pre`)
+/// its activation.
 fn se_backward(
     g: &[f32],
-    x: &[f32],
-    s: &[f32],
-    hidden: &[f32],
-    w1: &[f32],
-    w2: &[f32],
-    n: usize,
-    hid: usize,
-    c: usize,
+    (x, s, hidden, pre): (&[f32], &[f32], &[f32], &[f32]),
+    (w1, w2): (&[f32], &[f32]),
+    (act, gate): (KAct, KAct),
+    (n, hid, c): (usize, usize, usize),
 ) -> (Vec<f32>, SeGrads) {
     let hw = g.len() / (n * c).max(1);
     let mut dx = vec![0f32; g.len()];
@@ -170,7 +171,7 @@ fn se_backward(
         let gb = &g[b * hw * c..][..hw * c];
         let xb = &x[b * hw * c..][..hw * c];
         let sb = &s[b * c..][..c];
-        // ds = Σ_hw g ⊙ x, then through the hardsigmoid; the pooled input on the way
+        // ds = Σ_hw g ⊙ x, then through the gate; the pooled input on the way
         let mut dz = vec![0f64; c];
         let mut pooled = vec![0f64; c];
         for p in 0..hw {
@@ -181,18 +182,19 @@ fn se_backward(
         }
         for ch in 0..c {
             pooled[ch] /= hw as f64;
-            dz[ch] = if sb[ch] > 0.0 && sb[ch] < 1.0 {
-                dz[ch] / 6.0
-            } else {
-                0.0
-            };
+            dz[ch] *= gate_grad(gate, sb[ch]);
         }
-        // through fc2 and the ReLU
+        // through fc2 and the hidden activation
         let hb = &hidden[b * hid..][..hid];
+        let zb = &pre[b * hid..][..hid];
         let mut dh = vec![0f64; hid];
         for (j, d) in dh.iter_mut().enumerate() {
-            if hb[j] > 0.0 {
-                *d = (0..c).map(|ch| w2[ch * hid + j] as f64 * dz[ch]).sum();
+            let a = k::act_grad(act, zb[j]) as f64;
+            if a != 0.0 {
+                *d = a
+                    * (0..c)
+                        .map(|ch| w2[ch * hid + j] as f64 * dz[ch])
+                        .sum::<f64>();
             }
         }
         for ((b2, row), &d) in pg.b2.iter_mut().zip(pg.w2.chunks_exact_mut(hid)).zip(&dz) {
@@ -221,4 +223,14 @@ fn se_backward(
         }
     }
     (dx, pg)
+}
+
+/// A gate's derivative from its output `s`: the hard sigmoid's 1/6 inside (0, 1), the
+/// sigmoid's `s·(1 − s)`.
+fn gate_grad(gate: KAct, s: f32) -> f64 {
+    match gate {
+        KAct::Sigmoid => s as f64 * (1.0 - s as f64),
+        _ if s > 0.0 && s < 1.0 => 1.0 / 6.0,
+        _ => 0.0,
+    }
 }
