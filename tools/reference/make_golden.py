@@ -266,7 +266,13 @@ def calibrate_bn(m, data, resize, crop, interp, norm):
     measured in float64 layer by layer (train-mode BatchNorm, everything else in eval mode);
     returns them by checkpoint key (float16), to be stored in the golden file."""
     x = torch.cat([to_input(crop_u8(os.path.join(data, p), resize, crop, interp), norm)
-                   for p in CALIBRATION_PHOTOS]).double()
+                   for p in CALIBRATION_PHOTOS])
+    return calibrate_bn_on(m, x)
+
+
+def calibrate_bn_on(m, x, var_offset=0.0):
+    """calibrate_bn on the batch x; `var_offset` added to every variance (a smaller gain)."""
+    x = x.double()
     m.double().eval()
     for mod in m.modules():
         if isinstance(mod, nn.BatchNorm2d):
@@ -276,8 +282,8 @@ def calibrate_bn(m, data, resize, crop, interp, norm):
     m(x)
     m.float().eval()
     # rounded to float16 (stored so, half the bytes), the model given the rounded values
-    stats = {k: v.half().contiguous() for k, v in m.state_dict().items()
-             if k.endswith(("running_mean", "running_var"))}
+    stats = {k: (v + var_offset if k.endswith("running_var") else v).half().contiguous()
+             for k, v in m.state_dict().items() if k.endswith(("running_mean", "running_var"))}
     m.load_state_dict({k: v.float() for k, v in stats.items()}, strict=False)
     return stats
 

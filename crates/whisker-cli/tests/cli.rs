@@ -91,12 +91,13 @@ fn models_lists_the_zoo() {
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let m = doc["models"].as_array().unwrap();
     assert_eq!(m.len(), 24);
-    let v2l = m
-        .iter()
-        .find(|x| x["name"] == "efficientnet_v2_l")
-        .unwrap();
+    let v2l = m.iter().find(|x| x["name"] == "efficientnet_v2_l").unwrap();
     assert_eq!(
-        (&v2l["interpolation"], &v2l["normalization"], &v2l["input_size"]),
+        (
+            &v2l["interpolation"],
+            &v2l["normalization"],
+            &v2l["input_size"]
+        ),
         (&"bicubic".into(), &"mean/std 0.5".into(), &480.into())
     );
     assert_eq!(v2l["params"], 118_515_272);

@@ -151,7 +151,10 @@ impl Case {
             Backbone::from_file(name, &testdata("efficientnet-lite0-57934424.pth"), &device)
                 .unwrap()
         } else {
-            Backbone::with_formula_weights(name, &device).unwrap()
+            // formula weights, with the BatchNorm statistics the goldens were computed with
+            let g = golden(&format!("{stem}.safetensors"));
+            let bn = golden_bn(&g, &format!("{name}."));
+            Backbone::with_formula_weights_except(name, bn, &device).unwrap()
         }
         .set_trainable(true);
         let pre = Preprocess {
@@ -613,4 +616,16 @@ fn engine_gives_only_the_wanted_gradients() {
         let (_, nothing) = plan.backward_for(&tape, &df, false, Some(&none)).unwrap();
         assert!(nothing.is_empty(), "{name}: gradients nobody asked for");
     }
+}
+
+// EfficientNetV2: fused MBConv, SiLU, squeeze-excitation with a sigmoid gate (goldens
+// `train_efficientnet_v2`; BatchNorm statistics measured on real photos)
+#[test]
+fn efficientnet_v2_s_fine_tuning_steps_match_pytorch() {
+    check_from("efficientnet_v2_s", "train_efficientnet_v2", false, false);
+}
+
+#[test]
+fn engine_weight_gradients_match_pytorch_efficientnet_v2_s() {
+    check_engine_from("efficientnet_v2_s", "train_efficientnet_v2");
 }

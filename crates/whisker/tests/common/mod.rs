@@ -64,16 +64,17 @@ pub fn f16_to_f32(h: u16) -> f32 {
     }
 }
 
-/// The BatchNorm statistics a golden file carries (`bn.<key>`, measured on real photos by the
-/// generator), as a state dict for [`whisker::Backbone::with_formula_weights_except`];
-/// `None` when it has none.
+/// The BatchNorm statistics a golden file carries (`<prefix>bn.<key>`, measured on real
+/// photos by the generator), as a state dict for
+/// [`whisker::Backbone::with_formula_weights_except`]; `None` when it has none.
 pub fn golden_bn(
     g: &HashMap<String, (Vec<usize>, Vec<f32>)>,
+    prefix: &str,
 ) -> Option<whisker::weights::StateDict> {
     let tensors: std::collections::BTreeMap<_, _> = g
         .iter()
         .filter_map(|(k, (shape, data))| {
-            let key = k.strip_prefix("bn.")?;
+            let key = k.strip_prefix(prefix)?.strip_prefix("bn.")?;
             Some((
                 key.to_string(),
                 whisker::weights::RawTensor {
@@ -93,7 +94,7 @@ pub fn golden_bn(
 /// statistics, when it has them).
 pub fn golden_backbone(name: &str, device: &burn::tensor::Device) -> whisker::Backbone {
     let g = golden(&format!("{name}.safetensors"));
-    whisker::Backbone::with_formula_weights_except(name, golden_bn(&g), device).unwrap()
+    whisker::Backbone::with_formula_weights_except(name, golden_bn(&g, ""), device).unwrap()
 }
 
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
