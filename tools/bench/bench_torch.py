@@ -25,13 +25,17 @@ from make_golden import LITE, EfficientNetLite  # noqa: E402
 ALL = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "vgg19",
        "vgg16_bn", "vgg19_bn", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
        "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "efficientnet_lite3",
-       "efficientnet_lite4", "convnext_tiny", "convnext_small", "convnext_base", "convnext_large"]
+       "efficientnet_lite4", "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
+       "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l"]
 
 
 def build(name):
     if name in LITE:
         w, d, size, _ = LITE[name]
         return EfficientNetLite(w, d).eval(), size
+    if name.startswith("efficientnet_v2_"):  # the weights' own crop: 384 / 480
+        crop = torchvision.models.get_model_weights(name).IMAGENET1K_V1.transforms().crop_size[0]
+        return getattr(torchvision.models, name)(weights=None).eval(), crop
     return getattr(torchvision.models, name)(weights=None).eval(), 224
 
 

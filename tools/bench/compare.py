@@ -23,7 +23,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 ALL = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "vgg19",
        "vgg16_bn", "vgg19_bn", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
        "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "efficientnet_lite3",
-       "efficientnet_lite4", "convnext_tiny", "convnext_small", "convnext_base", "convnext_large"]
+       "efficientnet_lite4", "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
+       "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l"]
 
 
 def cpu():

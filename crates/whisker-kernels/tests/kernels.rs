@@ -1251,3 +1251,74 @@ fn a_fused_block_refuses_pass_activations() {
     );
     assert!(ok.is_ok());
 }
+
+/// Grouped convolutions (RegNetY's 3×3 with 8- to 232-channel groups, stride 1 and 2, and a
+/// 1×1): forward (direct and Winograd), input gradient (written and accumulated) and weight
+/// and bias gradients against the naive reference, on every path.
+#[test]
+fn grouped_convolutions_match_the_reference_on_every_path() {
+    let mut rng = Rng(0x9e0);
+    // (n, h, w, cin, cout, groups, k, stride)
+    let cases = [
+        (2, 9, 7, 24, 24, 3, 3, 1),
+        (1, 8, 8, 48, 48, 6, 3, 2),
+        (2, 6, 5, 64, 64, 2, 3, 1),
+        (1, 7, 7, 32, 64, 4, 1, 1),
+        (3, 5, 6, 40, 40, 5, 3, 2),
+    ];
+    for isa in Isa::available() {
+        for (n, h, w, cin, cout, groups, k, stride) in cases {
+            let s = ConvShape::symmetric(n, h, w, stride, (k - 1) / 2);
+            let cpg = cin / groups;
+            let x = rng.vec(n * h * w * cin);
+            let wt = rng.vec(cout * cpg * k * k);
+            let bias = rng.vec(cout);
+            let (oh, ow) = s.out_hw(k, k).unwrap();
+            let case = format!("{isa:?} {n}×{h}×{w}×{cin}→{cout} g{groups} k{k} s{stride}");
+            for (act, winograd) in [(Act::Relu, false), (Act::None, true), (Act::Silu, false)] {
+                let want =
+                    reference::conv2d(&x, &s, cin, &wt, Some(&bias), cout, k, k, groups, None, act);
+                let p =
+                    PackedGrouped::from_oihw(&wt, Some(&bias), cout, cin, k, k, groups, winograd)
+                        .unwrap();
+                let mut got = vec![f32::NAN; want.len()];
+                grouped_conv2d(isa, &p, &x, &s, act, &mut got).unwrap();
+                let e = rel_err(&got, &want);
+                assert!(e < 2e-6, "{case} {act:?} winograd {winograd}: {e}");
+            }
+            let g = rng.vec(n * oh * ow * cout);
+            let want = reference::conv2d_input_grad(&g, &s, cin, &wt, cout, k, k, groups);
+            let b =
+                GroupedBackward::from_oihw(&wt, cout, cin, k, k, stride, groups, false).unwrap();
+            let mut got = vec![f32::NAN; want.len()];
+            b.input_grad(isa, &g, &s, &mut got, false).unwrap();
+            assert!(rel_err(&got, &want) < 2e-6, "{case}: input gradient");
+            let prev = rng.vec(want.len());
+            let mut acc = prev.clone();
+            b.input_grad(isa, &g, &s, &mut acc, true).unwrap();
+            let sum: Vec<f32> = prev.iter().zip(&want).map(|(a, b)| a + b).collect();
+            assert!(
+                rel_err(&acc, &sum) < 2e-6,
+                "{case}: accumulated input gradient"
+            );
+            let (wdw, wdb) = reference::conv2d_weight_grad(&x, &s, cin, &g, cout, k, k, groups);
+            let (mut dw, mut db) = (vec![f32::NAN; wdw.len()], vec![f32::NAN; cout]);
+            grouped_weight_grad(
+                isa,
+                &x,
+                &s,
+                cin,
+                &g,
+                cout,
+                (k, k, groups),
+                &mut dw,
+                Some(&mut db),
+            )
+            .unwrap();
+            assert!(rel_err(&dw, &wdw) < 2e-6, "{case}: weight gradient");
+            assert!(rel_err(&db, &wdb) < 2e-6, "{case}: bias gradient");
+        }
+    }
+    // groups that do not divide the channels are refused
+    assert!(PackedGrouped::from_oihw(&[0.0; 90], None, 10, 9, 3, 3, 2, false).is_err());
+}
