@@ -26,7 +26,7 @@ pub struct PackedGrouped {
 
 /// `(cin/groups, cout/groups)`, or why the grouping does not divide the channels.
 fn per_group(cin: usize, cout: usize, groups: usize) -> Result<(usize, usize), ShapeError> {
-    if groups == 0 || cin % groups != 0 || cout % groups != 0 {
+    if groups == 0 || !cin.is_multiple_of(groups) || !cout.is_multiple_of(groups) {
         return Err(ShapeError(format!(
             "{groups} groups of {cin} input and {cout} output channels"
         )));
