@@ -40,8 +40,9 @@ fn part(weight: &[f32], g: usize, opg: usize, per: usize) -> &[f32] {
 }
 
 impl PackedGrouped {
-    /// From PyTorch's `[cout, cin/groups, kh, kw]` weight and an optional bias. `winograd`:
-    /// 3×3 stride-1 groups of 16 or more input channels on Winograd's F(2×2, 3×3).
+    /// From PyTorch's `[cout, cin/groups, kh, kw]` weight and an optional bias. `winograd`
+    /// (for a stride-1 convolution only, as [`PackedConv::winograd_from_oihw`]): 3×3 groups
+    /// of 16 or more input channels on Winograd's F(2×2, 3×3).
     #[allow(clippy::too_many_arguments)]
     pub fn from_oihw(
         weight: &[f32],

@@ -283,3 +283,35 @@ fn efficientnet_v2_l() {
 fn efficientnet_v2_s_input_gradient() {
     check_grad("efficientnet_v2_s");
 }
+#[test]
+fn regnet_y_400mf() {
+    check("regnet_y_400mf");
+}
+#[test]
+fn regnet_y_800mf() {
+    check("regnet_y_800mf");
+}
+#[test]
+fn regnet_y_1_6gf() {
+    check("regnet_y_1_6gf");
+}
+#[test]
+fn regnet_y_3_2gf() {
+    check("regnet_y_3_2gf");
+}
+#[test]
+fn regnet_y_8gf() {
+    check("regnet_y_8gf");
+}
+#[test]
+fn regnet_y_16gf() {
+    check("regnet_y_16gf");
+}
+#[test]
+fn regnet_y_32gf() {
+    check("regnet_y_32gf");
+}
+#[test]
+fn regnet_y_400mf_input_gradient() {
+    check_grad("regnet_y_400mf");
+}

@@ -45,6 +45,7 @@ pub mod layers;
 pub mod mobilenet_v2;
 pub mod mobilenet_v3;
 pub mod plan;
+pub mod regnet;
 pub mod resnet;
 mod tracked;
 pub mod vgg;
@@ -243,6 +244,7 @@ families! {
     EfficientNetLite(efficientnet_lite::EfficientNetLite, efficientnet_lite::Config),
     ConvNeXt(convnext::ConvNeXt, convnext::Config),
     EfficientNetV2(efficientnet_v2::EfficientNetV2, efficientnet_v2::Config),
+    RegNet(regnet::RegNet, regnet::Config),
 }
 
 impl Net {
@@ -736,14 +738,14 @@ mod tests {
     #[test]
     fn the_registry_lists_every_model_once() {
         let names: Vec<&str> = models().iter().map(|m| m.name).collect();
-        assert_eq!(names.len(), 24);
+        assert_eq!(names.len(), 31);
         let unique: std::collections::HashSet<&str> = names.iter().copied().collect();
         assert_eq!(unique.len(), names.len(), "{names:?}");
         for n in &names {
             assert_eq!(spec(n).unwrap().name, *n);
         }
         assert_eq!(names.first(), Some(&"resnet18"));
-        assert_eq!(names.last(), Some(&"efficientnet_v2_l"));
+        assert_eq!(names.last(), Some(&"regnet_y_32gf"));
         let e = spec("resnet51").unwrap_err().to_string();
         assert!(e.contains("did you mean resnet50"), "{e}");
     }

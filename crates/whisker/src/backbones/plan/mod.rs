@@ -16,7 +16,7 @@ use whisker_kernels as k;
 use whisker_kernels::{Act as KAct, ConvShape, PackedConv, PackedDepthwise};
 pub use whisker_kernels::{Isa, IsaKind};
 
-use super::inverted_residual::InvertedResidual;
+use super::inverted_residual::{InvertedResidual, SqueezeExcite};
 use super::layers::{
     tf_same_padding, Act, BatchNorm, Conv2d, ConvBnAct, LayerNorm as LayerNormLayer, Linear,
     Padding, Taps,
@@ -365,23 +365,52 @@ impl Builder<'_> {
         let winograd = self.winograd;
         let winograd_backward = self.winograd || self.winograd_backward;
         let [cout, cpg, _, _] = conv.weight.dims();
-        let depthwise = conv.groups != 1;
-        if depthwise && !(conv.groups == cout && cpg == 1) {
-            return Err(Error::Internal(format!(
-                "the CPU engine has no kernel for a grouped convolution ({} groups)",
-                conv.groups
-            )));
-        }
-        if depthwise && res.is_some() {
+        let groups = conv.groups;
+        let depthwise = groups != 1 && groups == cout && cpg == 1;
+        if groups != 1 && res.is_some() {
             return Err(Error::Internal(
-                "the CPU engine has no depthwise convolution with a residual".into(),
+                "the CPU engine has no grouped or depthwise convolution with a residual".into(),
             ));
         }
         let out = self.value(cout);
         // the backward and forward packs of the weights side by side (a small layer's packs
         // are one panel each, one thread's work)
         let op = folded_with(conv, bn, |w, b, [cout, cpg, kh, kw]| -> Result<Op> {
-            Ok(if depthwise {
+            Ok(if groups != 1 && !depthwise {
+                let cin = cpg * groups;
+                let (bw, fw) = rayon::join(
+                    || {
+                        backward
+                            .then(|| {
+                                k::GroupedBackward::from_oihw(
+                                    w,
+                                    cout,
+                                    cin,
+                                    kh,
+                                    kw,
+                                    stride,
+                                    groups,
+                                    winograd_backward,
+                                )
+                            })
+                            .transpose()
+                    },
+                    || {
+                        let wino = winograd && stride == 1;
+                        k::PackedGrouped::from_oihw(w, Some(&b), cout, cin, kh, kw, groups, wino)
+                    },
+                );
+                Op::Grouped(ops::grouped::Grouped {
+                    x,
+                    out,
+                    w: fw.map_err(shape_err)?,
+                    stride,
+                    pad,
+                    act,
+                    bw: bw.map_err(shape_err)?,
+                    params,
+                })
+            } else if depthwise {
                 let (bw, fw) = rayon::join(
                     || {
                         backward
@@ -666,57 +695,63 @@ impl Builder<'_> {
         }
         y = self.cba(y, &b.depthwise, None)?;
         if let Some(se) = &b.se {
-            if !matches!(se.gate, Act::Sigmoid | Act::Hardsigmoid) {
-                return Err(Error::Internal(format!(
-                    "a squeeze-excitation gate {:?} (the engine has sigmoid and hard sigmoid)",
-                    se.gate
-                )));
-            }
-            let mut ids = vec![se.fc1.weight.id, se.fc2.weight.id];
-            ids.extend(se.fc1.bias.as_ref().map(|b| b.id));
-            ids.extend(se.fc2.bias.as_ref().map(|b| b.id));
-            let frozen = self.frozen(&ids);
-            let bw = if self.backward && !frozen {
-                let (w1, _, [hid, c, _, _]) = folded(&se.fc1, None)?;
-                let (w2, _, _) = folded(&se.fc2, None)?;
-                Some(ops::se::SeBackward { w1, w2, hid, c })
-            } else {
-                None
-            };
-            let params = if self.weight_grads && !frozen {
-                let bias = |c: &Conv2d| {
-                    c.bias.as_ref().map(|b| b.id).ok_or_else(|| {
-                        Error::Internal("a squeeze-excitation layer without bias".into())
-                    })
-                };
-                Some(ops::se::SeParams {
-                    w1: se.fc1.weight.id,
-                    b1: bias(&se.fc1)?,
-                    w2: se.fc2.weight.id,
-                    b2: bias(&se.fc2)?,
-                })
-            } else {
-                None
-            };
-            let pack = |c: &Conv2d| -> Result<PackedConv> {
-                let (w, bias, [o, i, kh, kw]) = folded(c, None)?;
-                PackedConv::from_oihw(&w, Some(&bias), o, i, kh, kw).map_err(shape_err)
-            };
-            self.ops.push(Op::Se(ops::se::Se {
-                x: y,
-                fc1: pack(&se.fc1)?,
-                fc2: pack(&se.fc2)?,
-                act: kact(se.act),
-                gate: kact(se.gate),
-                bw,
-                params,
-            }));
+            self.squeeze_excite(y, se)?;
         }
         let y = self.cba(y, &b.project, b.residual.then_some(x))?;
         if !self.backward && !self.weight_grads && b.se.is_none() {
             self.fuse_block(start, x)?;
         }
         Ok(y)
+    }
+
+    /// Squeeze-excitation of `x`, scaling it in place.
+    pub(super) fn squeeze_excite(&mut self, x: V, se: &SqueezeExcite) -> Result<()> {
+        if !matches!(se.gate, Act::Sigmoid | Act::Hardsigmoid) {
+            return Err(Error::Internal(format!(
+                "a squeeze-excitation gate {:?} (the engine has sigmoid and hard sigmoid)",
+                se.gate
+            )));
+        }
+        let mut ids = vec![se.fc1.weight.id, se.fc2.weight.id];
+        ids.extend(se.fc1.bias.as_ref().map(|b| b.id));
+        ids.extend(se.fc2.bias.as_ref().map(|b| b.id));
+        let frozen = self.frozen(&ids);
+        let bw = if self.backward && !frozen {
+            let (w1, _, [hid, c, _, _]) = folded(&se.fc1, None)?;
+            let (w2, _, _) = folded(&se.fc2, None)?;
+            Some(ops::se::SeBackward { w1, w2, hid, c })
+        } else {
+            None
+        };
+        let params = if self.weight_grads && !frozen {
+            let bias = |c: &Conv2d| {
+                c.bias.as_ref().map(|b| b.id).ok_or_else(|| {
+                    Error::Internal("a squeeze-excitation layer without bias".into())
+                })
+            };
+            Some(ops::se::SeParams {
+                w1: se.fc1.weight.id,
+                b1: bias(&se.fc1)?,
+                w2: se.fc2.weight.id,
+                b2: bias(&se.fc2)?,
+            })
+        } else {
+            None
+        };
+        let pack = |c: &Conv2d| -> Result<PackedConv> {
+            let (w, bias, [o, i, kh, kw]) = folded(c, None)?;
+            PackedConv::from_oihw(&w, Some(&bias), o, i, kh, kw).map_err(shape_err)
+        };
+        self.ops.push(Op::Se(ops::se::Se {
+            x,
+            fc1: pack(&se.fc1)?,
+            fc2: pack(&se.fc2)?,
+            act: kact(se.act),
+            gate: kact(se.gate),
+            bw,
+            params,
+        }));
+        Ok(())
     }
 
     /// Replace the block's ops from `start` when they are a 1×1 expansion of `x` (or none), a

@@ -18,6 +18,7 @@ pub(super) mod batch_norm;
 pub(super) mod block;
 pub(super) mod conv;
 pub(super) mod depthwise;
+pub(super) mod grouped;
 pub(super) mod layer_norm;
 pub(super) mod linear;
 pub(super) mod max_pool;
@@ -88,6 +89,7 @@ ops! {
     Conv(conv::Conv),
     Linear(linear::Linear),
     Depthwise(depthwise::Depthwise),
+    Grouped(grouped::Grouped),
     Block(block::Block),
     MaxPool(max_pool::MaxPool),
     AvgPool(avg_pool::AvgPool),

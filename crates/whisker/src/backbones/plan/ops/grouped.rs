@@ -1,0 +1,121 @@
+//! A grouped convolution (BatchNorm folded in) with bias and an activation: RegNet's 3×3
+//! convolutions over groups of channels, as the dense kernels per group.
+
+use burn::module::ParamId;
+use whisker_kernels as k;
+use whisker_kernels::{Act as KAct, GroupedBackward, PackedGrouped};
+
+use super::conv::ConvParams;
+use super::{affine_backward, missing, Bwd, Fwd, Shapes, Step};
+use crate::backbones::plan::{shape_err, too_small, Pad, V};
+use crate::error::Result;
+
+#[derive(Debug)]
+pub(in crate::backbones::plan) struct Grouped {
+    pub x: V,
+    pub out: V,
+    pub w: PackedGrouped,
+    pub stride: usize,
+    pub pad: Pad,
+    pub act: KAct,
+    /// The input gradient's weights (plans for gradients).
+    pub bw: Option<GroupedBackward>,
+    /// The parameters, for their gradients (`PlanOptions::weight_grads`).
+    pub params: Option<ConvParams>,
+}
+
+impl Grouped {
+    fn shape(&self, n: usize, shapes: Shapes<'_>) -> k::ConvShape {
+        self.pad.shape(n, shapes[self.x], self.w.kh, self.stride)
+    }
+}
+
+impl Step for Grouped {
+    fn inputs(&self) -> Vec<V> {
+        vec![self.x]
+    }
+
+    fn output(&self) -> Option<V> {
+        Some(self.out)
+    }
+
+    fn act(&self) -> KAct {
+        self.act
+    }
+
+    fn param_ids(&self) -> Vec<ParamId> {
+        self.params
+            .as_ref()
+            .map(ConvParams::ids)
+            .unwrap_or_default()
+    }
+
+    fn out_hw(&self, n: usize, shapes: Shapes<'_>) -> Result<(usize, usize)> {
+        self.shape(n, shapes)
+            .out_hw(self.w.kh, self.w.kw)
+            .map_err(too_small)
+    }
+
+    fn forward(&self, cx: &mut Fwd<'_>) -> Result<()> {
+        let s = self.shape(cx.n, cx.shapes);
+        let (isa, act) = (cx.isa, cx.act(self.act));
+        let (xb, ob, _) = cx.io(self.x, self.out, None);
+        k::grouped_conv2d(isa, &self.w, xb, &s, act, ob).map_err(shape_err)
+    }
+
+    fn backward(&self, cx: &mut Bwd<'_>) -> Result<()> {
+        let s = self.shape(cx.n, &cx.tape.shapes);
+        affine_backward(
+            cx,
+            (self.x, self.out, self.act, None),
+            |cx, g| {
+                let Some(pm) = &self.params else {
+                    return Ok(());
+                };
+                let [cout, cpg, kh, kw] = pm.dims;
+                // handed to burn (not from the buffer cache: it would not come back)
+                let mut dw = vec![0f32; cout * cpg * kh * kw];
+                let mut db = vec![0f32; cout];
+                k::grouped_weight_grad(
+                    cx.isa,
+                    &cx.tape.values[self.x],
+                    &s,
+                    self.w.cin,
+                    g,
+                    cout,
+                    (kh, kw, self.w.groups),
+                    &mut dw,
+                    Some(&mut db),
+                )
+                .map_err(shape_err)?;
+                pm.grads(dw, db, cx.pgrads)
+            },
+            |cx, g, prev| {
+                let b = self.bw.as_ref().ok_or_else(missing)?;
+                let acc = prev.is_some();
+                let mut dx = prev.unwrap_or_else(|| k::buffers::take(cx.len(self.x)));
+                b.input_grad(cx.isa, g, &s, &mut dx, acc)
+                    .map_err(shape_err)?;
+                Ok(dx)
+            },
+        )
+    }
+
+    fn describe(&self, shapes: Shapes<'_>) -> String {
+        format!(
+            "grouped conv {}x{} s{} g{} {:?} -> {:?} {:?}{}",
+            self.w.kh,
+            self.w.kw,
+            self.stride,
+            self.w.groups,
+            shapes[self.x],
+            shapes[self.out],
+            self.act,
+            if self.w.is_winograd() {
+                " winograd"
+            } else {
+                ""
+            }
+        )
+    }
+}
