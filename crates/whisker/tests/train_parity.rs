@@ -629,3 +629,15 @@ fn efficientnet_v2_s_fine_tuning_steps_match_pytorch() {
 fn engine_weight_gradients_match_pytorch_efficientnet_v2_s() {
     check_engine_from("efficientnet_v2_s", "train_efficientnet_v2");
 }
+
+// RegNetY: grouped convolutions, squeeze-excitation with ReLU and sigmoid, ReLU after the
+// shortcut sum (goldens `train_regnet`; BatchNorm statistics measured on real photos)
+#[test]
+fn regnet_y_400mf_fine_tuning_steps_match_pytorch() {
+    check_from("regnet_y_400mf", "train_regnet", false, false);
+}
+
+#[test]
+fn engine_weight_gradients_match_pytorch_regnet_y_400mf() {
+    check_engine_from("regnet_y_400mf", "train_regnet");
+}
