@@ -24,7 +24,9 @@ ALL = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "v
        "vgg16_bn", "vgg19_bn", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
        "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "efficientnet_lite3",
        "efficientnet_lite4", "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
-       "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l"]
+       "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l", "regnet_y_400mf",
+       "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf", "regnet_y_8gf", "regnet_y_16gf",
+       "regnet_y_32gf"]
 
 
 def cpu():
