@@ -57,6 +57,9 @@ def unit(n: int, key: str) -> np.ndarray:
     return x.astype(np.float64) / 4294967296.0
 
 
+EMBEDDINGS = ("class_token", "pos_embedding", "cls_token", "pos_embed", "reg_token", "register_tokens")
+
+
 def formula(key: str, shape) -> np.ndarray:
     n = int(np.prod(shape)) if len(shape) else 1
     u = unit(n, key)
@@ -68,8 +71,10 @@ def formula(key: str, shape) -> np.ndarray:
         v = 0.1 + 0.4 * u
     elif len(shape) == 1 and key.endswith(".weight"):  # BatchNorm / LayerNorm gamma
         v = 0.6 + 0.4 * u
-    elif key.endswith(".bias"):
+    elif key.endswith(".bias") or key.endswith("_bias"):
         v = 0.1 * (2.0 * u - 1.0)
+    elif key.endswith(EMBEDDINGS):  # a transformer's tokens and position embeddings: ±0.5
+        v = 0.5 * (2.0 * u - 1.0)
     else:  # conv / linear weight: He-uniform on fan-in
         fan_in = int(np.prod(shape[1:]))
         v = (2.0 * u - 1.0) * math.sqrt(6.0 / fan_in)
@@ -232,7 +237,7 @@ TV = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "vg
       "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
       "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l",
       "regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf", "regnet_y_8gf",
-      "regnet_y_16gf", "regnet_y_32gf"]
+      "regnet_y_16gf", "regnet_y_32gf", "vit_b_16", "vit_b_32", "vit_l_16"]
 
 
 def last_linear(m):
@@ -241,7 +246,8 @@ def last_linear(m):
 
 
 # the resize before the 224 crop, where the weights' transforms differ from 256
-TV_RESIZE = {"convnext_tiny": 236, "convnext_small": 230, "convnext_base": 232, "convnext_large": 232}
+TV_RESIZE = {"convnext_tiny": 236, "convnext_small": 230, "convnext_base": 232, "convnext_large": 232,
+             "vit_l_16": 242}
 
 
 # families whose preprocessing is their weights' transforms (sizes, filter, mean/std): which
@@ -261,20 +267,23 @@ def tv_pre(name):
 # families whose BatchNorm statistics are measured on real photos (`calibrate_bn`): deep
 # networks whose formula statistics let the activations grow until float32 itself is chaotic
 # (EfficientNetV2-M in float32 was 42 % off its float64 forward)
-CALIBRATE_BN = ("efficientnet_v2_", "regnet_y_")
+# and the offset added to every measured variance (see calibrate_bn)
+CALIBRATE_BN = {"efficientnet_v2_": 0.0, "regnet_y_": 0.1}
 CALIBRATION_PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png")
 
 
-def calibrate_bn(m, data, resize, crop, interp, norm):
+def calibrate_bn(m, data, resize, crop, interp, norm, var_offset):
     """Every BatchNorm's running statistics set to the batch statistics of four real photos,
     measured in float64 layer by layer (train-mode BatchNorm, everything else in eval mode),
-    each variance + 0.1 (a channel nearly constant over four photos would otherwise get a
-    gain so large that float32 rounding dominates: RegNetY-1.6GF in PyTorch float32 was 1e-5
-    off its float64 forward with the bare statistics, 3e-7 with the offset); returns them by
-    checkpoint key (float16), to be stored in the golden file."""
+    each variance + `var_offset`; returns them by checkpoint key (float16), to be stored in
+    the golden file. RegNetY takes 0.1: a channel nearly constant over four photos would
+    otherwise get a gain so large that float32 rounding dominates (RegNetY-1.6GF in PyTorch
+    float32 was 1e-5 off its float64 forward with the bare statistics, 3e-7 with the offset).
+    EfficientNetV2 takes none: its many small-variance channels are its signal (with 0.1 its
+    logits hardly depended on the photo: 0.6 % apart for two photos, 171 % without)."""
     x = torch.cat([to_input(crop_u8(os.path.join(data, p), resize, crop, interp), norm)
                    for p in CALIBRATION_PHOTOS])
-    return calibrate_bn_on(m, x, var_offset=0.1)
+    return calibrate_bn_on(m, x, var_offset=var_offset)
 
 
 def calibrate_bn_on(m, x, var_offset=0.0):
@@ -295,10 +304,36 @@ def calibrate_bn_on(m, x, var_offset=0.0):
     return stats
 
 
+def any_size_vit(m):
+    """torchvision's ViT at any input size (torchvision asserts 224): the position
+    embeddings' grid resampled as timm's `resample_abs_pos_embed` does (bicubic, antialiased),
+    which whisker does on another grid."""
+    from timm.layers import resample_abs_pos_embed
+
+    def process(x):
+        n = x.shape[0]
+        x = m.conv_proj(x)
+        m._grid = list(x.shape[-2:])
+        return x.reshape(n, m.hidden_dim, -1).permute(0, 2, 1)
+
+    enc = m.encoder
+
+    def encode(x):
+        pos = resample_abs_pos_embed(enc.pos_embedding, m._grid, num_prefix_tokens=1)
+        return enc.ln(enc.layers(enc.dropout(x + pos)))
+
+    m._process_input = process
+    enc.forward = encode
+    return m
+
+
 def run_tv(name, data, grad_class=None, grad_size=(128, 112)):
     m = getattr(torchvision.models, name)(weights=None).eval()
     fill_formula(m)
-    bn = calibrate_bn(m, data, *tv_pre(name)) if name.startswith(CALIBRATE_BN) else {}
+    if name.startswith("vit_"):
+        any_size_vit(m)
+    offset = next((o for p, o in CALIBRATE_BN.items() if name.startswith(p)), None)
+    bn = calibrate_bn(m, data, *tv_pre(name), offset) if offset is not None else {}
     feats = {}
     h = last_linear(m).register_forward_hook(lambda mod, i, o: feats.__setitem__("f", i[0]))
     resize, crop, interp, norm = tv_pre(name)
@@ -313,6 +348,10 @@ def run_tv(name, data, grad_class=None, grad_size=(128, 112)):
             m(xg)[0, grad_class].backward()
         out["grad"] = xg.grad[0].contiguous()
         out["grad_input_size"] = torch.tensor(list(grad_size), dtype=torch.int64)
+    if name.startswith("vit_"):
+        # another input size: the position embeddings resampled to its grid
+        x112 = to_input(crop_u8(os.path.join(data, "chelsea.png"), 128, 112), norm)
+        out["logits_112"] = m(x112)[0].contiguous()
     out.update({f"bn.{k}": v for k, v in bn.items()})
     return out
 
@@ -353,7 +392,8 @@ def run_lite0(data, weights):
 
 
 # the backbones whose input gradient is checked (one per family where the family has new ops)
-GRAD = ("resnet18", "mobilenet_v2", "convnext_tiny", "efficientnet_v2_s", "regnet_y_400mf")
+GRAD = ("resnet18", "mobilenet_v2", "convnext_tiny", "efficientnet_v2_s", "regnet_y_400mf",
+        "vit_b_16")
 
 
 def main():

@@ -192,7 +192,7 @@ def main():
                          "samples": SAMPLES, "bn": args.bn, "photos": PHOTOS, "models": {}}
     for name in args.models or ["resnet18", "vgg16_bn", "mobilenet_v2", "mobilenet_v3_small"]:
         bn = {}
-        if name.startswith(g.CALIBRATE_BN):
+        if name.startswith(tuple(g.CALIBRATE_BN)):
             # BatchNorm statistics measured on real photos at this input size (those of the
             # 384-pixel parity golden leave a 96-pixel input's activations out of range): four
             # photos at three scales, and their mirror images, each variance + 0.1 (the

@@ -90,7 +90,7 @@ fn models_lists_the_zoo() {
     assert!(out.status.success());
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let m = doc["models"].as_array().unwrap();
-    assert_eq!(m.len(), 31);
+    assert_eq!(m.len(), 34);
     let v2l = m.iter().find(|x| x["name"] == "efficientnet_v2_l").unwrap();
     assert_eq!(
         (

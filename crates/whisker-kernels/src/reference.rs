@@ -206,3 +206,35 @@ pub fn layer_norm_backward(
     let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
     (dx, f(dg), f(db))
 }
+
+/// Multi-head self-attention, naive, in `f64`: `qkv` `[n, t, 3·heads·d]` → `[n, t, heads·d]`,
+/// `softmax(q·kᵀ·scale)·v` per image and head.
+pub fn attention(qkv: &[f32], n: usize, t: usize, heads: usize, d: usize, scale: f32) -> Vec<f32> {
+    let c = heads * d;
+    let mut out = vec![0f32; n * t * c];
+    let at = |b: usize, tok: usize, which: usize, h: usize, i: usize| {
+        qkv[(b * t + tok) * 3 * c + which * c + h * d + i] as f64
+    };
+    for b in 0..n {
+        for h in 0..heads {
+            for i in 0..t {
+                let s: Vec<f64> = (0..t)
+                    .map(|j| {
+                        (0..d)
+                            .map(|e| at(b, i, 0, h, e) * at(b, j, 1, h, e))
+                            .sum::<f64>()
+                            * scale as f64
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for k in 0..d {
+                    let v: f64 = (0..t).map(|j| e[j] / z * at(b, j, 2, h, k)).sum();
+                    out[(b * t + i) * c + h * d + k] = v as f32;
+                }
+            }
+        }
+    }
+    out
+}

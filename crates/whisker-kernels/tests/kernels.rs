@@ -1322,3 +1322,38 @@ fn grouped_convolutions_match_the_reference_on_every_path() {
     // groups that do not divide the channels are refused
     assert!(PackedGrouped::from_oihw(&[0.0; 90], None, 10, 9, 3, 3, 2, false).is_err());
 }
+
+/// Multi-head self-attention (ViT-like and odd sizes: 197 tokens of 2 heads × 64, 5 tokens of
+/// 3 heads × 7) against the naive f64 reference, on every path; the weights it keeps are
+/// each row's softmax (rows summing to 1).
+#[test]
+fn attention_matches_the_reference_on_every_path() {
+    let mut rng = Rng(0xa77);
+    for (n, t, heads, d) in [(2, 197, 2, 64), (3, 5, 3, 7), (1, 50, 4, 16)] {
+        let c = heads * d;
+        let qkv: Vec<f32> = rng.vec(n * t * 3 * c).iter().map(|v| v * 2.0).collect();
+        let scale = 1.0 / (d as f32).sqrt();
+        let want = reference::attention(&qkv, n, t, heads, d, scale);
+        for isa in Isa::available() {
+            let mut out = vec![f32::NAN; n * t * c];
+            let mut probs = vec![f32::NAN; n * heads * t * t];
+            attention(
+                isa,
+                &qkv,
+                (n, t, heads, d),
+                scale,
+                &mut out,
+                Some(&mut probs),
+            )
+            .unwrap();
+            let e = rel_err(&out, &want);
+            assert!(e < 2e-6, "{isa:?} attention {n}×{t} {heads}×{d}: {e}");
+            for row in probs.chunks_exact(t) {
+                let s: f32 = row.iter().sum();
+                assert!((s - 1.0).abs() < 1e-5, "{isa:?}: a softmax row sums to {s}");
+            }
+        }
+    }
+    let mut x = vec![1.0, 2.0, 3.0, 4.0, 5.0];
+    assert!(softmax_rows(Isa::current(), &mut x, 2, 1.0).is_err());
+}

@@ -249,7 +249,8 @@ fn formula_networks_depend_on_the_input() {
     let a = whisker::data::decode_file(&testdata("chelsea.png")).unwrap();
     let c = whisker::data::decode_file(&testdata("coffee.png")).unwrap();
     for m in whisker::models() {
-        let b = Backbone::with_formula_weights(m.name, &device).unwrap();
+        // (with the BatchNorm statistics the parity goldens measured, where they did)
+        let b = golden_backbone(m.name, &device);
         let pre = b.preprocess();
         let la = to_vec(
             b.forward(to_tensor(&[pre.apply(&a)], &device), &mut Taps::none())
@@ -314,4 +315,56 @@ fn regnet_y_32gf() {
 #[test]
 fn regnet_y_400mf_input_gradient() {
     check_grad("regnet_y_400mf");
+}
+
+/// A vision transformer at another input size than its weights': 112 px, the position
+/// embeddings resampled to the 7×7 grid as timm does, on burn and on the engine's every path.
+fn check_resampled(name: &str) {
+    let device = Device::flex();
+    let b = golden_backbone(name, &device);
+    let g = golden(&format!("{name}.safetensors"));
+    let want = &g["logits_112"].1;
+    let rel = |got: &[f32]| max_abs_diff(got, want) / max_abs(want);
+    let img = whisker::data::decode_file(&testdata("chelsea.png")).unwrap();
+    let x = to_tensor(&[center_crop(&resize_shorter(&img, 128), 112)], &device);
+    let f = b
+        .net
+        .features(b.spec.norm.normalize(x.clone()), &mut Taps::none());
+    let d = rel(&to_vec(b.net.classifier(f)));
+    println!("{name} [burn, 112 px]: max|Δlogit|/max|logit| = {d:.2e}");
+    assert!(d <= 1e-5, "{name} at 112 px on burn: {d}");
+    let (dims, pixels) = (x.dims(), to_vec(x));
+    for isa in Isa::available() {
+        let plan = Plan::compile(&b).unwrap().with_isa(isa);
+        let out = plan
+            .run(&pixels, dims, false, true, &mut Taps::none(), &device)
+            .unwrap();
+        let d = rel(out.logits.as_ref().unwrap());
+        println!(
+            "{name} [engine {}, 112 px]: max|Δlogit|/max|logit| = {d:.2e}",
+            isa.name()
+        );
+        assert!(d <= 1e-5, "{name} at 112 px on {isa:?}: {d}");
+    }
+}
+
+#[test]
+fn vit_b_16() {
+    check("vit_b_16");
+    check_resampled("vit_b_16");
+}
+#[test]
+fn vit_b_32() {
+    check("vit_b_32");
+    check_resampled("vit_b_32");
+}
+#[test]
+fn vit_l_16() {
+    check("vit_l_16");
+}
+/// (both passes of `check_grad` run burn's autodiff for a ViT: the engine has no attention
+/// backward step yet)
+#[test]
+fn vit_b_16_input_gradient() {
+    check_grad("vit_b_16");
 }

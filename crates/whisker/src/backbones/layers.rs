@@ -635,9 +635,17 @@ impl Taps {
             let before = x.slice([0..n, 0..prefix, 0..c]).detach();
             return Tensor::cat(vec![before, patches], 1);
         }
-        self.tap(name, &map);
-        self.tokens.push((name.to_string(), x.clone()));
+        self.tap_tokens(name, &map, x.clone());
         x
+    }
+
+    /// Record a token layer: its patches as the map `map` `[N, C, h, w]`, and its tokens
+    /// `[N, T, C]` (what [`Taps::hook_tokens`] records; the CPU engine's taps call it too).
+    pub fn tap_tokens(&mut self, name: &str, map: &Tensor<4>, tokens: Tensor<3>) {
+        self.tap(name, map);
+        if self.maps.last().is_some_and(|(n, _)| n == name) {
+            self.tokens.push((name.to_string(), tokens));
+        }
     }
 
     /// The recorded tokens of the token layer `name`.

@@ -49,6 +49,7 @@ pub mod regnet;
 pub mod resnet;
 mod tracked;
 pub mod vgg;
+pub mod vit;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -245,6 +246,7 @@ families! {
     ConvNeXt(convnext::ConvNeXt, convnext::Config),
     EfficientNetV2(efficientnet_v2::EfficientNetV2, efficientnet_v2::Config),
     RegNet(regnet::RegNet, regnet::Config),
+    Vit(vit::Vit, vit::Config),
 }
 
 impl Net {
@@ -738,14 +740,14 @@ mod tests {
     #[test]
     fn the_registry_lists_every_model_once() {
         let names: Vec<&str> = models().iter().map(|m| m.name).collect();
-        assert_eq!(names.len(), 31);
+        assert_eq!(names.len(), 34);
         let unique: std::collections::HashSet<&str> = names.iter().copied().collect();
         assert_eq!(unique.len(), names.len(), "{names:?}");
         for n in &names {
             assert_eq!(spec(n).unwrap().name, *n);
         }
         assert_eq!(names.first(), Some(&"resnet18"));
-        assert_eq!(names.last(), Some(&"regnet_y_32gf"));
+        assert_eq!(names.last(), Some(&"vit_l_16"));
         let e = spec("resnet51").unwrap_err().to_string();
         assert!(e.contains("did you mean resnet50"), "{e}");
     }

@@ -25,6 +25,17 @@ pub fn unit(i: u64, h: u32) -> f64 {
     x as f64 / 4_294_967_296.0
 }
 
+/// Key endings of a transformer's learnt tokens and position embeddings (torchvision's and
+/// timm's names).
+const EMBEDDINGS: [&str; 6] = [
+    "class_token",
+    "pos_embedding",
+    "cls_token",
+    "pos_embed",
+    "reg_token",
+    "register_tokens",
+];
+
 /// The formula values of the tensor `key` of the given shape.
 pub fn formula(key: &str, shape: &[usize]) -> Vec<f32> {
     let n: usize = shape.iter().product();
@@ -37,8 +48,10 @@ pub fn formula(key: &str, shape: &[usize]) -> Vec<f32> {
         5
     } else if shape.len() == 1 && key.ends_with(".weight") {
         2
-    } else if key.ends_with(".bias") {
+    } else if key.ends_with(".bias") || key.ends_with("_bias") {
         3
+    } else if EMBEDDINGS.iter().any(|e| key.ends_with(e)) {
+        6
     } else {
         4
     };
@@ -55,6 +68,10 @@ pub fn formula(key: &str, shape: &[usize]) -> Vec<f32> {
                 // a layer scale of 0.1 to 0.5 (trained ones are of that order; PyTorch's
                 // initial 1e-6 would make every block an identity the test cannot see)
                 5 => 0.1 + 0.4 * u,
+                // a transformer's class / register tokens and position embeddings: ±0.5, of
+                // the patch embeddings' order (a fan-in rule would make them ±0.006, a
+                // position the test could hardly see)
+                6 => 0.5 * (2.0 * u - 1.0),
                 _ => (2.0 * u - 1.0) * scale,
             };
             v as f32

@@ -730,3 +730,72 @@ impl Loader {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn u16_at(b: &[u8], i: usize) -> usize {
+        u16::from_le_bytes([b[i], b[i + 1]]) as usize
+    }
+
+    fn u32_at(b: &[u8], i: usize) -> usize {
+        u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize
+    }
+
+    /// A hostile archive whose central directory lists eight entries at the same bytes (each
+    /// 4 KiB, the file ~5 KiB): rewriting it (the 21-character folder name's repack) stops at
+    /// the second entry instead of copying 8× the file, and says why.
+    #[test]
+    fn a_repack_refuses_entries_that_share_their_bytes() {
+        let mut buf = std::io::Cursor::new(Vec::new());
+        {
+            let mut w = zip::ZipWriter::new(&mut buf);
+            let opts = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored);
+            w.start_file("abcdefghijklmnopqrstu/data/0", opts).unwrap();
+            w.write_all(&[7u8; 4096]).unwrap();
+            w.finish().unwrap();
+        }
+        let z = buf.into_inner();
+        let eocd = z.len() - 22;
+        assert_eq!(u32_at(&z, eocd), 0x0605_4b50, "end of central directory");
+        let (cd_size, cd_off) = (u32_at(&z, eocd + 12), u32_at(&z, eocd + 16));
+        let record = &z[cd_off..cd_off + cd_size];
+        assert_eq!(
+            u32_at(record, 0),
+            0x0201_4b50,
+            "one central directory record"
+        );
+        let k = 8;
+        let mut out = z[..cd_off].to_vec();
+        for i in 0..k {
+            // another name of the same length, the same local header
+            let mut r = record.to_vec();
+            let name_end = 46 + u16_at(&r, 28);
+            r[name_end - 1] = b'0' + i as u8;
+            out.extend_from_slice(&r);
+        }
+        let mut end = z[eocd..].to_vec();
+        end[8..10].copy_from_slice(&(k as u16).to_le_bytes());
+        end[10..12].copy_from_slice(&(k as u16).to_le_bytes());
+        end[12..16].copy_from_slice(&((cd_size * k) as u32).to_le_bytes());
+        out.extend_from_slice(&end);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("shared.pth");
+        std::fs::write(&p, &out).unwrap();
+        let err = repack_torch_zip(&p).unwrap_err();
+        assert!(err.contains("entries overlap"), "{err}");
+        // the same archive with one entry is rewritten
+        let one = dir.path().join("one.pth");
+        std::fs::write(&one, &z).unwrap();
+        let tmp = repack_torch_zip(&one).unwrap();
+        let names: Vec<String> = zip::ZipArchive::new(std::fs::File::open(tmp.path()).unwrap())
+            .unwrap()
+            .file_names()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(names, ["archive/data/0"]);
+    }
+}

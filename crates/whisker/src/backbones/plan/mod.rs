@@ -531,7 +531,80 @@ impl Builder<'_> {
         self.ops.push(Op::Tap(ops::tap::Tap {
             name: name.into(),
             x,
+            grid: None,
         }));
+    }
+
+    /// A layer of tokens `x` offered to taps as a map on the patch grid of value `grid`
+    /// (the patch embeddings), its leading (class) tokens left out.
+    pub(super) fn tap_tokens(&mut self, name: impl Into<String>, x: V, grid: V) {
+        self.ops.push(Op::Tap(ops::tap::Tap {
+            name: name.into(),
+            x,
+            grid: Some(grid),
+        }));
+    }
+
+    /// A vision transformer's input tokens from the patch embeddings `x`: the class token
+    /// first, each plus its position embedding (learnt for a `grid × grid` patch grid).
+    pub(super) fn tokens(
+        &mut self,
+        x: V,
+        cls: &burn::module::Param<Tensor<3>>,
+        pos: &burn::module::Param<Tensor<3>>,
+    ) -> Result<V> {
+        let c = self.channels[x];
+        let [_, t, pc] = pos.dims();
+        let grid = ((t.max(1) - 1) as f64).sqrt().round() as usize;
+        if cls.dims() != [1, 1, c] || pc != c || grid * grid + 1 != t {
+            return Err(Error::Internal(format!(
+                "a class token {:?} and position embeddings {:?} for {c} channels",
+                cls.dims(),
+                pos.dims()
+            )));
+        }
+        let frozen = self.frozen(&[cls.id, pos.id]);
+        let out = self.value(c);
+        self.ops.push(Op::Tokens(ops::tokens::Tokens {
+            x,
+            out,
+            cls: crate::tensor::to_vec(cls.val())?,
+            pos: crate::tensor::to_vec(pos.val())?,
+            grid,
+            params: (self.weight_grads && !frozen).then_some((cls.id, pos.id)),
+        }));
+        Ok(out)
+    }
+
+    /// Multi-head self-attention of `heads` heads on the packed q, k, v projection `qkv`.
+    pub(super) fn attention(&mut self, qkv: V, heads: usize) -> Result<V> {
+        let c3 = self.channels[qkv];
+        if heads == 0 || !c3.is_multiple_of(3 * heads) {
+            return Err(Error::Internal(format!(
+                "attention of {heads} heads on {c3} channels"
+            )));
+        }
+        let out = self.value(c3 / 3);
+        self.ops.push(Op::Attention(ops::attention::Attention {
+            qkv,
+            out,
+            heads,
+            d: c3 / 3 / heads,
+        }));
+        Ok(out)
+    }
+
+    /// The first (class) token of the tokens `x`, a vector.
+    pub(super) fn class_token(&mut self, x: V) -> V {
+        let out = self.value(self.channels[x]);
+        self.ops
+            .push(Op::ClassToken(ops::class_token::ClassToken { x, out }));
+        out
+    }
+
+    /// Whether the plan is compiled for gradients (input or weight).
+    pub(super) fn for_gradients(&self) -> bool {
+        self.backward || self.weight_grads
     }
 
     /// Max pooling (`k`×`k`, `stride`, zero-free `pad`).

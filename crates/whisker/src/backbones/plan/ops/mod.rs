@@ -13,9 +13,11 @@ use super::{shape_err, split3, Taps, V};
 use crate::error::{Error, Result};
 
 pub(super) mod add;
+pub(super) mod attention;
 pub(super) mod avg_pool;
 pub(super) mod batch_norm;
 pub(super) mod block;
+pub(super) mod class_token;
 pub(super) mod conv;
 pub(super) mod depthwise;
 pub(super) mod grouped;
@@ -25,6 +27,7 @@ pub(super) mod max_pool;
 pub(super) mod pointwise;
 pub(super) mod se;
 pub(super) mod tap;
+pub(super) mod tokens;
 
 /// `(h, w, c)` of each value of a plan run.
 pub(super) type Shapes<'a> = &'a [(usize, usize, usize)];
@@ -99,6 +102,9 @@ ops! {
     LayerNorm(layer_norm::LayerNorm),
     Pointwise(pointwise::Pointwise),
     Add(add::Add),
+    Tokens(tokens::Tokens),
+    Attention(attention::Attention),
+    ClassToken(class_token::ClassToken),
 }
 
 /// What an op kept from its forward step on a tape.

@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 pub(in crate::backbones::plan) struct Tap {
     pub name: String,
     pub x: V,
+    /// A layer of tokens `(t, 1, c)` whose last `gh·gw` are the patches of the grid of
+    /// value `grid` (`(gh, gw, _)`, the patch embeddings): offered as a map on that grid.
+    pub grid: Option<V>,
 }
 
 impl Step for Tap {
@@ -30,6 +33,21 @@ impl Step for Tap {
     fn forward(&self, cx: &mut Fwd<'_>) -> Result<()> {
         if !cx.taps.wants(&self.name) {
             cx.taps.note(&self.name);
+            return Ok(());
+        }
+        if let Some(g) = self.grid {
+            let (n, (t, _, c), (gh, gw, _)) = (cx.n, cx.shapes[self.x], cx.shapes[g]);
+            let x = cx.value(self.x);
+            let prefix = t.saturating_sub(gh * gw);
+            let mut patches = Vec::with_capacity(n * gh * gw * c);
+            for img in x.chunks_exact(t * c) {
+                patches.extend_from_slice(&img[prefix * c..]);
+            }
+            let mut nchw = vec![0f32; patches.len()];
+            k::nhwc_to_nchw(&patches, n, gh, gw, c, &mut nchw).map_err(shape_err)?;
+            let map = Tensor::<4>::from_data(TensorData::new(nchw, [n, c, gh, gw]), cx.device);
+            let tokens = Tensor::<3>::from_data(TensorData::new(x.to_vec(), [n, t, c]), cx.device);
+            cx.taps.tap_tokens(&self.name, &map, tokens);
             return Ok(());
         }
         let (n, (h, w, c)) = (cx.n, cx.shapes[self.x]);

@@ -1,0 +1,158 @@
+//! A vision transformer's input tokens: the class token, then the patch embeddings (a
+//! `gh × gw` map, row by row), each plus its position embedding — learnt for a grid of
+//! `grid × grid` patches, resampled bicubically to another (as the burn forward does).
+
+use burn::module::ParamId;
+use rayon::prelude::*;
+
+use super::{Bwd, Fwd, Shapes, Step};
+use crate::backbones::plan::grad::ParamGrad;
+use crate::backbones::plan::V;
+use crate::data::resize::{resize_matrix_rows, Filter};
+use crate::error::{Error, Result};
+
+#[derive(Debug)]
+pub(in crate::backbones::plan) struct Tokens {
+    /// The patch embeddings `(gh, gw, c)`.
+    pub x: V,
+    /// `(1 + gh·gw, 1, c)`.
+    pub out: V,
+    /// The class token `[c]` and the position embeddings `[1 + grid², c]`.
+    pub cls: Vec<f32>,
+    pub pos: Vec<f32>,
+    pub grid: usize,
+    /// The class token's and position embeddings' parameters, for their gradients.
+    pub params: Option<(ParamId, ParamId)>,
+}
+
+/// `[out, g]` resampling matrices for a `g`-long side.
+fn matrix(g: usize, out: usize) -> Vec<f32> {
+    resize_matrix_rows(Filter::Bicubic, g, out, 0..out)
+}
+
+impl Tokens {
+    /// The position embeddings of the patches on a `gh × gw` grid, `[gh·gw, c]`: rows then
+    /// columns resampled (the burn forward's order).
+    fn patch_pos(&self, gh: usize, gw: usize, c: usize) -> Vec<f32> {
+        let g = self.grid;
+        let learnt = &self.pos[c..];
+        if (gh, gw) == (g, g) {
+            return learnt.to_vec();
+        }
+        let (rh, rw) = (matrix(g, gh), matrix(g, gw));
+        // rows: [gh, g, c]
+        let mut rows = vec![0f32; gh * g * c];
+        for i in 0..gh {
+            for a in 0..g {
+                let wgt = rh[i * g + a];
+                if wgt != 0.0 {
+                    for b in 0..g {
+                        let (src, dst) = (&learnt[(a * g + b) * c..][..c], (i * g + b) * c);
+                        rows[dst..dst + c]
+                            .iter_mut()
+                            .zip(src)
+                            .for_each(|(d, s)| *d += wgt * s);
+                    }
+                }
+            }
+        }
+        let mut out = vec![0f32; gh * gw * c];
+        for i in 0..gh {
+            for j in 0..gw {
+                let dst = &mut out[(i * gw + j) * c..][..c];
+                for b in 0..g {
+                    let wgt = rw[j * g + b];
+                    if wgt != 0.0 {
+                        let src = &rows[(i * g + b) * c..][..c];
+                        dst.iter_mut().zip(src).for_each(|(d, s)| *d += wgt * s);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Step for Tokens {
+    fn inputs(&self) -> Vec<V> {
+        vec![self.x]
+    }
+
+    fn output(&self) -> Option<V> {
+        Some(self.out)
+    }
+
+    fn param_ids(&self) -> Vec<ParamId> {
+        self.params.map(|(a, b)| vec![a, b]).unwrap_or_default()
+    }
+
+    fn out_hw(&self, _: usize, shapes: Shapes<'_>) -> Result<(usize, usize)> {
+        let (gh, gw, _) = shapes[self.x];
+        Ok((1 + gh * gw, 1))
+    }
+
+    fn forward(&self, cx: &mut Fwd<'_>) -> Result<()> {
+        let (gh, gw, c) = cx.shapes[self.x];
+        let pos = self.patch_pos(gh, gw, c);
+        let first: Vec<f32> = self
+            .cls
+            .iter()
+            .zip(&self.pos[..c])
+            .map(|(a, b)| a + b)
+            .collect();
+        let (x, out, _) = cx.io(self.x, self.out, None);
+        let t = 1 + gh * gw;
+        out.par_chunks_mut(t * c)
+            .zip(x.par_chunks(gh * gw * c))
+            .for_each(|(o, x)| {
+                o[..c].copy_from_slice(&first);
+                for ((o, x), p) in o[c..].iter_mut().zip(x).zip(&pos) {
+                    *o = x + p;
+                }
+            });
+        Ok(())
+    }
+
+    fn backward(&self, cx: &mut Bwd<'_>) -> Result<()> {
+        let Some(g) = cx.grads[self.out].take() else {
+            return Ok(());
+        };
+        let (gh, gw, c) = cx.shape(self.x);
+        let t = 1 + gh * gw;
+        if let (true, Some((cls, pos))) = (cx.want_params, self.params) {
+            if (gh, gw) != (self.grid, self.grid) {
+                return Err(Error::Internal(format!(
+                    "position embedding gradients on a {gh}×{gw} grid (learnt for {}×{})",
+                    self.grid, self.grid
+                )));
+            }
+            let mut dpos = vec![0f64; t * c];
+            for img in g.chunks_exact(t * c) {
+                dpos.iter_mut().zip(img).for_each(|(d, &v)| *d += v as f64);
+            }
+            let dpos: Vec<f32> = dpos.into_iter().map(|v| v as f32).collect();
+            cx.pgrads
+                .push(ParamGrad::new(cls, vec![1, 1, c], dpos[..c].to_vec()));
+            cx.pgrads.push(ParamGrad::new(pos, vec![1, t, c], dpos));
+        }
+        if cx.wants_input(self.x) {
+            let mut dx = whisker_kernels::buffers::take(cx.len(self.x));
+            dx.par_chunks_mut(gh * gw * c)
+                .zip(g.par_chunks(t * c))
+                .for_each(|(d, g)| d.copy_from_slice(&g[c..]));
+            if let Some(mut prev) = cx.grads[self.x].take() {
+                prev.iter_mut().zip(&dx).for_each(|(p, d)| *p += d);
+                whisker_kernels::buffers::give(dx);
+                cx.grads[self.x] = Some(prev);
+            } else {
+                cx.grads[self.x] = Some(dx);
+            }
+        }
+        whisker_kernels::buffers::give(g);
+        Ok(())
+    }
+
+    fn describe(&self, shapes: Shapes<'_>) -> String {
+        format!("tokens {:?} -> {:?}", shapes[self.x], shapes[self.out])
+    }
+}
