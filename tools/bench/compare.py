@@ -26,7 +26,7 @@ ALL = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "v
        "efficientnet_lite4", "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
        "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l", "regnet_y_400mf",
        "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf", "regnet_y_8gf", "regnet_y_16gf",
-       "regnet_y_32gf"]
+       "regnet_y_32gf", "vit_b_16", "vit_b_32", "vit_l_16"]
 
 
 def cpu():
