@@ -208,6 +208,8 @@ def main():
             m = getattr(torchvision.models, name)(weights=None)
             g.fill_formula(m)
             m.load_state_dict({k: v.float() for k, v in bn.items()}, strict=False)
+            if name.startswith("vit_"):  # 96 px: the position embeddings resampled
+                g.any_size_vit(m)
             return m
         run(name, make, batch(args.data, "imagenet"), out, manifest["models"])
     if args.models:

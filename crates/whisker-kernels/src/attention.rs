@@ -201,3 +201,107 @@ fn softmax_row_block(isa: Isa, s: &mut [f32], t: usize, scale: f32) {
         softmax_row(isa, r, scale);
     }
 }
+
+/// `[t, t]` transposed.
+fn transpose(x: &[f32], t: usize) -> Vec<f32> {
+    let mut y = vec![0f32; t * t];
+    for i in 0..t {
+        for j in 0..t {
+            y[j * t + i] = x[i * t + j];
+        }
+    }
+    y
+}
+
+/// Multi-head self-attention's backward pass: from the input `qkv` (`[n, t, 3·heads·d]`),
+/// the weights [`attention`] kept (`probs`, `[n, heads, t, t]`) and the output's gradient
+/// `g` (`[n, t, heads·d]`), the input's gradient `dqkv` (written). Per image and head:
+/// `dv = pᵀ·g`, `dp = g·vᵀ`, the softmax's `ds = p ⊙ (dp − Σ dp ⊙ p)·scale`, `dq = ds·k`,
+/// `dk = dsᵀ·q`, the products on the dense kernels.
+pub fn attention_backward(
+    isa: Isa,
+    qkv: &[f32],
+    probs: &[f32],
+    g: &[f32],
+    (n, t, heads, d): (usize, usize, usize, usize),
+    scale: f32,
+    dqkv: &mut [f32],
+) -> Result<(), ShapeError> {
+    let c = heads * d;
+    if qkv.len() != n * t * 3 * c
+        || dqkv.len() != qkv.len()
+        || g.len() != n * t * c
+        || probs.len() != n * heads * t * t
+        || t == 0
+        || c == 0
+    {
+        return Err(ShapeError(format!(
+            "attention backward: {} input, {} weights, {} gradient values for {n} × {t} tokens, {heads} heads of {d}",
+            qkv.len(),
+            probs.len(),
+            g.len()
+        )));
+    }
+    let rows = ConvShape::symmetric(1, t, 1, 1, 0);
+    // per (image, head): dq, dk, dv side by side
+    let mut parts = crate::buffers::take(n * heads * 3 * t * d);
+    parts.par_chunks_mut(3 * t * d).enumerate().try_for_each(
+        |(j, out)| -> Result<(), ShapeError> {
+            let (b, h) = (j / heads, j % heads);
+            let img = &qkv[b * t * 3 * c..][..t * 3 * c];
+            let gather = |src: &[f32], stride: usize, off: usize| {
+                let mut v = vec![0f32; t * d];
+                for (tok, dst) in v.chunks_exact_mut(d).enumerate() {
+                    dst.copy_from_slice(&src[tok * stride + off..][..d]);
+                }
+                v
+            };
+            let (q, k, v) = (
+                gather(img, 3 * c, h * d),
+                gather(img, 3 * c, c + h * d),
+                gather(img, 3 * c, 2 * c + h * d),
+            );
+            let go = gather(&g[b * t * c..][..t * c], c, h * d);
+            let p = &probs[j * t * t..][..t * t];
+            let (dq, rest) = out.split_at_mut(t * d);
+            let (dk, dv) = rest.split_at_mut(t * d);
+            // dv = pᵀ·g
+            let gw = PackedConv::from_in_out(&go, None, t, d)?;
+            conv2d(isa, &gw, &transpose(p, t), &rows, None, Act::None, dv)?;
+            // dp = g·vᵀ, then through the softmax and the scale
+            let vw = PackedConv::from_oihw(&v, None, t, d, 1, 1)?;
+            let mut ds = vec![0f32; t * t];
+            conv2d(isa, &vw, &go, &rows, None, Act::None, &mut ds)?;
+            for (dr, pr) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
+                let dot: f64 = dr
+                    .iter()
+                    .zip(pr)
+                    .map(|(a, b)| (*a as f64) * (*b as f64))
+                    .sum();
+                let dot = dot as f32;
+                for (dv, &pv) in dr.iter_mut().zip(pr) {
+                    *dv = pv * (*dv - dot) * scale;
+                }
+            }
+            // dq = ds·k, dk = dsᵀ·q
+            let kw = PackedConv::from_in_out(&k, None, t, d)?;
+            conv2d(isa, &kw, &ds, &rows, None, Act::None, dq)?;
+            let qw = PackedConv::from_in_out(&q, None, t, d)?;
+            conv2d(isa, &qw, &transpose(&ds, t), &rows, None, Act::None, dk)
+        },
+    )?;
+    dqkv.par_chunks_mut(t * 3 * c)
+        .enumerate()
+        .for_each(|(b, dst)| {
+            for h in 0..heads {
+                let part = &parts[(b * heads + h) * 3 * t * d..][..3 * t * d];
+                for (which, src) in part.chunks_exact(t * d).enumerate() {
+                    for (tok, row) in src.chunks_exact(d).enumerate() {
+                        dst[tok * 3 * c + which * c + h * d..][..d].copy_from_slice(row);
+                    }
+                }
+            }
+        });
+    crate::buffers::give(parts);
+    Ok(())
+}

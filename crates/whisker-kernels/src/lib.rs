@@ -51,7 +51,7 @@ mod winograd;
 pub use act::{
     act_backward, act_grad, act_in_place, erf, exp, gelu, gelu_grad, sigmoid, silu, Act,
 };
-pub use attention::{attention, softmax_rows};
+pub use attention::{attention, attention_backward, softmax_rows};
 pub use backward::{ConvBackward, DepthwiseBackward};
 pub use conv::{conv2d, ConvShape, PackedConv, NR};
 pub use depthwise::{depthwise, PackedDepthwise};

@@ -238,3 +238,50 @@ pub fn attention(qkv: &[f32], n: usize, t: usize, heads: usize, d: usize, scale:
     }
     out
 }
+
+/// Multi-head self-attention's input gradient, naive, in `f64`: `g` `[n, t, heads·d]` →
+/// `dqkv` `[n, t, 3·heads·d]`.
+pub fn attention_backward(
+    qkv: &[f32],
+    g: &[f32],
+    (n, t, heads, d): (usize, usize, usize, usize),
+    scale: f32,
+) -> Vec<f32> {
+    let c = heads * d;
+    let mut dqkv = vec![0f64; qkv.len()];
+    let idx = |b: usize, tok: usize, which: usize, h: usize, i: usize| {
+        (b * t + tok) * 3 * c + which * c + h * d + i
+    };
+    let sc = scale as f64;
+    for b in 0..n {
+        for h in 0..heads {
+            let at = |tok, which, i| qkv[idx(b, tok, which, h, i)] as f64;
+            let go = |tok: usize, i: usize| g[(b * t + tok) * c + h * d + i] as f64;
+            for i in 0..t {
+                let s: Vec<f64> = (0..t)
+                    .map(|j| (0..d).map(|e| at(i, 0, e) * at(j, 1, e)).sum::<f64>() * sc)
+                    .collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                let p: Vec<f64> = e.iter().map(|v| v / z).collect();
+                // dv[j] += p[i, j]·g[i]; dp[i, j] = g[i]·v[j]
+                let dp: Vec<f64> = (0..t)
+                    .map(|j| (0..d).map(|k| go(i, k) * at(j, 2, k)).sum())
+                    .collect();
+                let dot: f64 = dp.iter().zip(&p).map(|(a, b)| a * b).sum();
+                for j in 0..t {
+                    for k in 0..d {
+                        dqkv[idx(b, j, 2, h, k)] += p[j] * go(i, k);
+                    }
+                    let ds = p[j] * (dp[j] - dot) * sc;
+                    for k in 0..d {
+                        dqkv[idx(b, i, 0, h, k)] += ds * at(j, 1, k);
+                        dqkv[idx(b, j, 1, h, k)] += ds * at(i, 0, k);
+                    }
+                }
+            }
+        }
+    }
+    dqkv.into_iter().map(|v| v as f32).collect()
+}

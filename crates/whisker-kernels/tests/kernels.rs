@@ -1325,7 +1325,7 @@ fn grouped_convolutions_match_the_reference_on_every_path() {
 
 /// Multi-head self-attention (ViT-like and odd sizes: 197 tokens of 2 heads × 64, 5 tokens of
 /// 3 heads × 7) against the naive f64 reference, on every path; the weights it keeps are
-/// each row's softmax (rows summing to 1).
+/// each row's softmax (rows summing to 1); its backward pass against the f64 reference's.
 #[test]
 fn attention_matches_the_reference_on_every_path() {
     let mut rng = Rng(0xa77);
@@ -1352,6 +1352,15 @@ fn attention_matches_the_reference_on_every_path() {
                 let s: f32 = row.iter().sum();
                 assert!((s - 1.0).abs() < 1e-5, "{isa:?}: a softmax row sums to {s}");
             }
+            let g = rng.vec(n * t * c);
+            let want = reference::attention_backward(&qkv, &g, (n, t, heads, d), scale);
+            let mut got = vec![f32::NAN; qkv.len()];
+            attention_backward(isa, &qkv, &probs, &g, (n, t, heads, d), scale, &mut got).unwrap();
+            let e = rel_err(&got, &want);
+            assert!(
+                e < 5e-6,
+                "{isa:?} attention backward {n}×{t} {heads}×{d}: {e}"
+            );
         }
     }
     let mut x = vec![1.0, 2.0, 3.0, 4.0, 5.0];

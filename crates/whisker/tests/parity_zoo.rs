@@ -362,8 +362,6 @@ fn vit_b_32() {
 fn vit_l_16() {
     check("vit_l_16");
 }
-/// (both passes of `check_grad` run burn's autodiff for a ViT: the engine has no attention
-/// backward step yet)
 #[test]
 fn vit_b_16_input_gradient() {
     check_grad("vit_b_16");

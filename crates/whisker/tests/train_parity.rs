@@ -641,3 +641,15 @@ fn regnet_y_400mf_fine_tuning_steps_match_pytorch() {
 fn engine_weight_gradients_match_pytorch_regnet_y_400mf() {
     check_engine_from("regnet_y_400mf", "train_regnet");
 }
+
+// ViT: attention, tokens (position embeddings resampled to the 96-pixel input's 6×6 grid),
+// LayerNorm over tokens, GELU MLP (goldens `train_vit`)
+#[test]
+fn vit_b_16_fine_tuning_steps_match_pytorch() {
+    check_from("vit_b_16", "train_vit", false, false);
+}
+
+#[test]
+fn engine_weight_gradients_match_pytorch_vit_b_16() {
+    check_engine_from("vit_b_16", "train_vit");
+}

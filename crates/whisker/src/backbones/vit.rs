@@ -7,9 +7,8 @@
 //! Each block's tokens are tapped as maps on the patch grid (the class token left out), as
 //! pytorch-grad-cam's reshape transform does.
 //!
-//! On the CPU engine, forward passes: patch embedding, tokens, LayerNorm, pointwise layers and
-//! attention ops; gradients (fine-tuning, input gradients) run on burn's operations until the
-//! attention op has its backward step.
+//! On the CPU engine: patch embedding, tokens, LayerNorm, pointwise layers and attention ops,
+//! forward and backward (input gradients, fine-tuning).
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::softmax;
@@ -20,7 +19,7 @@ use super::plan::{Builder, Lowered, V};
 use super::{Family, ModelSpec};
 use crate::data::resize::{resize_matrix_rows, Filter};
 use crate::data::transforms::Normalization;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::weights::Loader;
 use whisker_kernels::Act as KAct;
 
@@ -259,7 +258,7 @@ impl Vit {
     }
 }
 
-/// The burn forward and the CPU engine's lowering (forward passes; gradients run on burn).
+/// The burn forward and the CPU engine's lowering of the network, side by side.
 impl super::Arch for Vit {
     fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2> {
         let [n, _, _, _] = x.dims();
@@ -289,13 +288,6 @@ impl super::Arch for Vit {
     fn fold_bn(&mut self) {}
 
     fn lower(&self, bl: &mut Builder<'_>, x: V) -> Result<Lowered> {
-        if bl.for_gradients() {
-            return Err(Error::Internal(
-                "the CPU engine has no attention backward step yet: gradients through a ViT \
-                 run on burn's operations"
-                    .into(),
-            ));
-        }
         let grid = bl.conv(x, &self.patch, None, Act::None, None)?;
         let mut x = bl.tokens(grid, &self.class_token, &self.pos)?;
         for (i, b) in self.blocks.iter().enumerate() {

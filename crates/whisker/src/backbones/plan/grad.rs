@@ -279,7 +279,8 @@ impl Plan {
     /// The value the tap `name` offers (a feature map), if the plan has that tap.
     pub fn tap_value(&self, name: &str) -> Option<V> {
         self.ops.iter().find_map(|op| match op {
-            Op::Tap(t) if t.name == name => Some(t.x),
+            // (a token layer's map is not a value of the plan: Grad-CAM on it runs on burn)
+            Op::Tap(t) if t.name == name && t.grid.is_none() => Some(t.x),
             _ => None,
         })
     }

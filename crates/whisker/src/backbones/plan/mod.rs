@@ -602,11 +602,6 @@ impl Builder<'_> {
         out
     }
 
-    /// Whether the plan is compiled for gradients (input or weight).
-    pub(super) fn for_gradients(&self) -> bool {
-        self.backward || self.weight_grads
-    }
-
     /// Max pooling (`k`×`k`, `stride`, zero-free `pad`).
     pub(super) fn max_pool(&mut self, x: V, k: usize, stride: usize, pad: usize) -> V {
         let out = self.value(self.channels[x]);

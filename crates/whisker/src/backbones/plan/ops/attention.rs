@@ -4,7 +4,8 @@
 
 use whisker_kernels as k;
 
-use super::{Bwd, Fwd, Shapes, Step};
+use super::{missing, Bwd, Fwd, Kept, Shapes, Step};
+use crate::backbones::plan::grad::hand_over;
 use crate::backbones::plan::{shape_err, V};
 use crate::error::{Error, Result};
 
@@ -14,6 +15,13 @@ pub(in crate::backbones::plan) struct Attention {
     pub out: V,
     pub heads: usize,
     pub d: usize,
+}
+
+impl Attention {
+    /// `1/√d`.
+    fn scale(&self) -> f32 {
+        1.0 / (self.d as f32).sqrt()
+    }
 }
 
 impl Step for Attention {
@@ -39,17 +47,62 @@ impl Step for Attention {
     fn forward(&self, cx: &mut Fwd<'_>) -> Result<()> {
         let (t, w, _) = cx.shapes[self.qkv];
         let (n, isa) = (cx.n, cx.isa);
-        let scale = 1.0 / (self.d as f32).sqrt();
         let (qkv, out, _) = cx.io(self.qkv, self.out, None);
-        k::attention(isa, qkv, (n, t * w, self.heads, self.d), scale, out, None).map_err(shape_err)
+        k::attention(
+            isa,
+            qkv,
+            (n, t * w, self.heads, self.d),
+            self.scale(),
+            out,
+            None,
+        )
+        .map_err(shape_err)
     }
 
-    fn backward(&self, _: &mut Bwd<'_>) -> Result<()> {
-        // plans for gradients do not lower a transformer yet (its `lower` refuses them, and
-        // gradients run on burn's operations)
-        Err(Error::Internal(
-            "the CPU engine has no attention backward step yet".into(),
-        ))
+    fn forward_kept(&self, cx: &mut Fwd<'_>) -> Result<Kept> {
+        let (t, w, _) = cx.shapes[self.qkv];
+        let (n, isa) = (cx.n, cx.isa);
+        let mut probs = vec![0f32; n * self.heads * t * w * t * w];
+        let (qkv, out, _) = cx.io(self.qkv, self.out, None);
+        k::attention(
+            isa,
+            qkv,
+            (n, t * w, self.heads, self.d),
+            self.scale(),
+            out,
+            Some(&mut probs),
+        )
+        .map_err(shape_err)?;
+        Ok(Kept {
+            bufs: vec![probs],
+            ..Kept::default()
+        })
+    }
+
+    fn backward(&self, cx: &mut Bwd<'_>) -> Result<()> {
+        let Some(g) = cx.grads[self.out].take() else {
+            return Ok(());
+        };
+        if cx.wants_input(self.qkv) {
+            let [probs] = cx.kept.bufs.as_slice() else {
+                return Err(missing());
+            };
+            let (t, w, _) = cx.shape(self.qkv);
+            let mut d = k::buffers::take(cx.len(self.qkv));
+            k::attention_backward(
+                cx.isa,
+                &cx.tape.values[self.qkv],
+                probs,
+                &g,
+                (cx.n, t * w, self.heads, self.d),
+                self.scale(),
+                &mut d,
+            )
+            .map_err(shape_err)?;
+            hand_over(Some(&mut cx.grads[self.qkv]), d);
+        }
+        k::buffers::give(g);
+        Ok(())
     }
 
     fn describe(&self, shapes: Shapes<'_>) -> String {

@@ -9,7 +9,7 @@ use super::{Bwd, Fwd, Shapes, Step};
 use crate::backbones::plan::grad::ParamGrad;
 use crate::backbones::plan::V;
 use crate::data::resize::{resize_matrix_rows, Filter};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 #[derive(Debug)]
 pub(in crate::backbones::plan) struct Tokens {
@@ -73,6 +73,47 @@ impl Tokens {
     }
 }
 
+impl Tokens {
+    /// The learnt patch position embeddings' gradient `[grid², c]` from the gradient of the
+    /// patches' on a `gh × gw` grid (`[gh·gw, c]`): [`Tokens::patch_pos`] transposed.
+    fn patch_pos_grad(&self, d: &[f64], gh: usize, gw: usize, c: usize) -> Vec<f32> {
+        let g = self.grid;
+        if (gh, gw) == (g, g) {
+            return d.iter().map(|&v| v as f32).collect();
+        }
+        let (rh, rw) = (matrix(g, gh), matrix(g, gw));
+        // through the columns: [gh, g, c]
+        let mut rows = vec![0f64; gh * g * c];
+        for i in 0..gh {
+            for j in 0..gw {
+                let src = &d[(i * gw + j) * c..][..c];
+                for b in 0..g {
+                    let wgt = rw[j * g + b] as f64;
+                    if wgt != 0.0 {
+                        let dst = &mut rows[(i * g + b) * c..][..c];
+                        dst.iter_mut().zip(src).for_each(|(o, s)| *o += wgt * s);
+                    }
+                }
+            }
+        }
+        // through the rows: [g, g, c]
+        let mut out = vec![0f64; g * g * c];
+        for i in 0..gh {
+            for a in 0..g {
+                let wgt = rh[i * g + a] as f64;
+                if wgt != 0.0 {
+                    for b in 0..g {
+                        let src = &rows[(i * g + b) * c..][..c];
+                        let dst = &mut out[(a * g + b) * c..][..c];
+                        dst.iter_mut().zip(src).for_each(|(o, s)| *o += wgt * s);
+                    }
+                }
+            }
+        }
+        out.into_iter().map(|v| v as f32).collect()
+    }
+}
+
 impl Step for Tokens {
     fn inputs(&self) -> Vec<V> {
         vec![self.x]
@@ -120,20 +161,18 @@ impl Step for Tokens {
         let (gh, gw, c) = cx.shape(self.x);
         let t = 1 + gh * gw;
         if let (true, Some((cls, pos))) = (cx.want_params, self.params) {
-            if (gh, gw) != (self.grid, self.grid) {
-                return Err(Error::Internal(format!(
-                    "position embedding gradients on a {gh}×{gw} grid (learnt for {}×{})",
-                    self.grid, self.grid
-                )));
-            }
-            let mut dpos = vec![0f64; t * c];
+            // summed over the batch, then (on another grid) through the resampling
+            let mut dsum = vec![0f64; t * c];
             for img in g.chunks_exact(t * c) {
-                dpos.iter_mut().zip(img).for_each(|(d, &v)| *d += v as f64);
+                dsum.iter_mut().zip(img).for_each(|(d, &v)| *d += v as f64);
             }
-            let dpos: Vec<f32> = dpos.into_iter().map(|v| v as f32).collect();
+            let mut dpos: Vec<f32> = dsum[..c].iter().map(|&v| v as f32).collect();
+            dpos.extend(self.patch_pos_grad(&dsum[c..], gh, gw, c));
             cx.pgrads
                 .push(ParamGrad::new(cls, vec![1, 1, c], dpos[..c].to_vec()));
-            cx.pgrads.push(ParamGrad::new(pos, vec![1, t, c], dpos));
+            let g2 = self.grid * self.grid;
+            cx.pgrads
+                .push(ParamGrad::new(pos, vec![1, 1 + g2, c], dpos));
         }
         if cx.wants_input(self.x) {
             let mut dx = whisker_kernels::buffers::take(cx.len(self.x));
