@@ -77,45 +77,64 @@ unsafe fn softmax_avx2(r: &mut [f32], scale: f32) {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn softmax_vec<V: Vf>(r: &mut [f32], scale: f32) {
-    // SAFETY: the caller's contract; loads and stores of `n ≤ L` lanes stay inside `r`.
+    // SAFETY: the caller's contract; whole vectors below `full`, scalars after.
     unsafe {
         let (len, p) = (r.len(), r.as_mut_ptr());
+        let full = len - len % V::L;
         let sc = V::splat(scale);
+        // scaled, and the row's maximum (vector lanes, then the tail)
+        let mut mv = V::splat(f32::NEG_INFINITY);
         let mut i = 0;
-        let mut m = f32::NEG_INFINITY;
-        while i < len {
-            let n = (len - i).min(V::L);
-            let v = V::mul(V::load_n(p.add(i), n), sc);
-            V::store_n(p.add(i), v, n);
-            let mut lanes = [f32::NEG_INFINITY; 16];
-            V::store_n(lanes.as_mut_ptr(), v, n);
-            m = lanes[..n].iter().fold(m, |a, &b| a.max(b));
+        while i < full {
+            let v = V::mul(V::load_n(p.add(i), V::L), sc);
+            V::store_n(p.add(i), v, V::L);
+            mv = V::max(mv, v);
             i += V::L;
         }
-        let mv = V::splat(m);
+        let mut m = horizontal(mv).into_iter().fold(f32::NEG_INFINITY, f32::max);
+        for v in &mut r[full..] {
+            *v *= scale;
+            m = m.max(*v);
+        }
+        // e^(x − m) and its sum
+        let mvec = V::splat(m);
         let mut sum = V::splat(0.0);
         let mut i = 0;
-        while i < len {
-            let n = (len - i).min(V::L);
-            let e = V::exp(V::sub(V::load_n(p.add(i), n), mv));
-            V::store_n(p.add(i), e, n);
-            // the lanes past the row's end would add e^(0 − m): masked out
-            let mut lanes = [0f32; 16];
-            V::store_n(lanes.as_mut_ptr(), e, n);
-            sum = V::add(sum, V::load_n(lanes.as_ptr(), V::L));
+        while i < full {
+            let e = V::exp(V::sub(V::load_n(p.add(i), V::L), mvec));
+            V::store_n(p.add(i), e, V::L);
+            sum = V::add(sum, e);
             i += V::L;
         }
-        let mut lanes = [0f32; 16];
-        V::store_n(lanes.as_mut_ptr(), sum, V::L);
-        let s: f32 = lanes[..V::L].iter().sum();
-        let inv = V::splat(1.0 / s);
+        let mut s: f32 = horizontal(sum).iter().take(V::L).sum();
+        for v in &mut r[full..] {
+            *v = crate::act::exp(*v - m);
+            s += *v;
+        }
+        let inv = 1.0 / s;
+        let iv = V::splat(inv);
         let mut i = 0;
-        while i < len {
-            let n = (len - i).min(V::L);
-            V::store_n(p.add(i), V::mul(V::load_n(p.add(i), n), inv), n);
+        while i < full {
+            V::store_n(p.add(i), V::mul(V::load_n(p.add(i), V::L), iv), V::L);
             i += V::L;
+        }
+        for v in &mut r[full..] {
+            *v *= inv;
         }
     }
+}
+
+/// The lanes of a vector (those past `L` are negative infinity).
+///
+/// # Safety
+/// Inside a function compiled for `V`'s instruction set, on a CPU that has it.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn horizontal<V: Vf>(v: V) -> [f32; 16] {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    // SAFETY: the caller's contract; `L ≤ 16` lanes stored.
+    unsafe { V::store_n(lanes.as_mut_ptr(), v, V::L) };
+    lanes
 }
 
 /// Multi-head self-attention: `qkv` `[n, t, 3·heads·d]` → `out` `[n, t, heads·d]`, with the
