@@ -6,7 +6,7 @@ use whisker_kernels as k;
 use whisker_kernels::{Act as KAct, PackedDepthwise};
 
 use super::conv::ConvParams;
-use super::{affine_backward, missing, Bwd, Fwd, Shapes, Step};
+use super::{affine_backward, into_input_grad, missing, Bwd, Fwd, Shapes, Step};
 use crate::backbones::plan::{shape_err, too_small, Pad, V};
 use crate::error::Result;
 
@@ -91,11 +91,9 @@ impl Step for Depthwise {
             },
             |cx, g, prev| {
                 let b = self.bw.as_ref().ok_or_else(missing)?;
-                let acc = prev.is_some();
-                let mut dx = prev.unwrap_or_else(|| k::buffers::take(cx.len(self.x)));
-                b.input_grad(cx.isa, g, &s, &mut dx, acc)
-                    .map_err(shape_err)?;
-                Ok(dx)
+                into_input_grad(cx, self.x, prev, |dx, acc| {
+                    b.input_grad(cx.isa, g, &s, dx, acc)
+                })
             },
         )
     }

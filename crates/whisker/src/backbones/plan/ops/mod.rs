@@ -275,6 +275,21 @@ pub(super) fn affine_backward(
 /// The input gradient of a dense convolution (or a linear layer, a 1×1 convolution on 1×1
 /// maps) with backward weights `bw` and geometry `s`, added to `prev` when the input also
 /// feeds another branch (the sum written in one pass).
+/// An input gradient a kernel writes, or adds to the input's earlier gradient `prev` (its
+/// `accumulate` flag): `f(dx, accumulate)` into `prev` when there is one, else into a new
+/// buffer.
+pub(super) fn into_input_grad(
+    cx: &Bwd<'_>,
+    x: V,
+    prev: Option<Vec<f32>>,
+    f: impl FnOnce(&mut [f32], bool) -> std::result::Result<(), k::ShapeError>,
+) -> Result<Vec<f32>> {
+    let acc = prev.is_some();
+    let mut dx = prev.unwrap_or_else(|| k::buffers::take(cx.len(x)));
+    f(&mut dx, acc).map_err(shape_err)?;
+    Ok(dx)
+}
+
 pub(super) fn conv_input_grad(
     cx: &Bwd<'_>,
     bw: Option<&k::ConvBackward>,

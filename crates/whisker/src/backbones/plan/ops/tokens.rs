@@ -6,7 +6,7 @@ use burn::module::ParamId;
 use rayon::prelude::*;
 
 use super::{Bwd, Fwd, Shapes, Step};
-use crate::backbones::plan::grad::ParamGrad;
+use crate::backbones::plan::grad::{hand_over, ParamGrad};
 use crate::backbones::plan::V;
 use crate::data::resize::{resize_matrix_rows, Filter};
 use crate::error::Result;
@@ -179,13 +179,7 @@ impl Step for Tokens {
             dx.par_chunks_mut(gh * gw * c)
                 .zip(g.par_chunks(t * c))
                 .for_each(|(d, g)| d.copy_from_slice(&g[c..]));
-            if let Some(mut prev) = cx.grads[self.x].take() {
-                prev.iter_mut().zip(&dx).for_each(|(p, d)| *p += d);
-                whisker_kernels::buffers::give(dx);
-                cx.grads[self.x] = Some(prev);
-            } else {
-                cx.grads[self.x] = Some(dx);
-            }
+            hand_over(Some(&mut cx.grads[self.x]), dx);
         }
         whisker_kernels::buffers::give(g);
         Ok(())
