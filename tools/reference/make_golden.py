@@ -356,6 +356,68 @@ def run_tv(name, data, grad_class=None, grad_size=(128, 112)):
     return out
 
 
+# DINOv2: whisker's name → (timm's architecture, register tokens)
+DINOV2 = {"dinov2_vits14": ("vit_small_patch14_dinov2", 0),
+          "dinov2_vitb14": ("vit_base_patch14_dinov2", 0),
+          "dinov2_vitl14": ("vit_large_patch14_dinov2", 0),
+          "dinov2_vits14_reg": ("vit_small_patch14_reg4_dinov2", 4),
+          "dinov2_vitb14_reg": ("vit_base_patch14_reg4_dinov2", 4),
+          "dinov2_vitl14_reg": ("vit_large_patch14_reg4_dinov2", 4)}
+
+
+def dinov2_model(name):
+    """timm's DINOv2 (its position embeddings learnt for 518 px, resampled to the input as
+    timm does) with formula weights made in the official checkpoints' names and converted as
+    timm converts an official checkpoint; and the ImageNet linear head (`linear_head`, on the
+    class token + mean patch token) with formula weights."""
+    import timm
+    from timm.models.vision_transformer import _convert_dinov2
+    tname, reg = DINOV2[name]
+    m = timm.create_model(tname, pretrained=False, num_classes=0, img_size=518,
+                          dynamic_img_size=True).eval()
+    c = m.embed_dim
+    official = {}
+    for k, v in m.state_dict().items():
+        if k == "reg_token":
+            continue
+        shape = tuple(v.shape)
+        if k == "pos_embed" and reg:  # the official layout has the class token's row
+            shape = (1, shape[1] + 1, c)
+        official[k] = torch.from_numpy(formula(k, shape))
+    if reg:
+        official["register_tokens"] = torch.from_numpy(formula("register_tokens", (1, reg, c)))
+    m.load_state_dict(_convert_dinov2(official, m), strict=True)
+    head = nn.Linear(2 * c, 1000)
+    head.load_state_dict({"weight": torch.from_numpy(formula("linear_head.weight", (1000, 2 * c))),
+                          "bias": torch.from_numpy(formula("linear_head.bias", (1000,)))})
+
+    def features(x):
+        t = m.forward_features(x)  # after the final LayerNorm
+        return torch.cat([t[:, 0], t[:, m.num_prefix_tokens:].mean(1)], 1)
+
+    return m, head, features
+
+
+def run_dinov2(name, data, grad_class=None, grad_size=(128, 112)):
+    """DINOv2's evaluation transform: bicubic resize to 256, centre crop 224."""
+    m, head, features = dinov2_model(name)
+    bicubic = T.InterpolationMode.BICUBIC
+    x = to_input(crop_u8(os.path.join(data, "chelsea.png"), 256, 224, bicubic), "imagenet")
+    f = features(x)
+    out = {"logits": head(f)[0].contiguous(), "features": f[0].contiguous()}
+    # (the smaller inputs bilinear, as for every family's)
+    x112 = to_input(crop_u8(os.path.join(data, "chelsea.png"), 128, 112), "imagenet")
+    out["logits_112"] = head(features(x112))[0].contiguous()
+    if grad_class is not None:
+        xg = to_input(crop_u8(os.path.join(data, "chelsea.png"), *grad_size), "imagenet")
+        with torch.enable_grad():
+            xg.requires_grad_(True)
+            head(features(xg))[0, grad_class].backward()
+        out["grad"] = xg.grad[0].contiguous()
+        out["grad_input_size"] = torch.tensor(list(grad_size), dtype=torch.int64)
+    return out
+
+
 def run_lite_formula(name, data):
     width, depth, size, resize = LITE[name]
     m = EfficientNetLite(width, depth).eval()
@@ -393,7 +455,7 @@ def run_lite0(data, weights):
 
 # the backbones whose input gradient is checked (one per family where the family has new ops)
 GRAD = ("resnet18", "mobilenet_v2", "convnext_tiny", "efficientnet_v2_s", "regnet_y_400mf",
-        "vit_b_16")
+        "vit_b_16", "dinov2_vits14", "dinov2_vits14_reg")
 
 
 def main():
@@ -408,7 +470,8 @@ def main():
                 "pillow": Image.__version__, "backbones": {}}
     with open(os.path.join(args.out, "preprocess.json"), "w") as f:
         json.dump(preprocess_goldens(args.data), f, indent=1)
-    todo = args.only or (["efficientnet_lite0"] + TV + [f"efficientnet_lite{i}" for i in range(1, 5)])
+    todo = args.only or (["efficientnet_lite0"] + TV + [f"efficientnet_lite{i}" for i in range(1, 5)]
+                         + list(DINOV2))
     for name in todo:
         if name in LITE and name != "efficientnet_lite0":
             out = run_lite_formula(name, args.data)
@@ -416,6 +479,9 @@ def main():
         elif name == "efficientnet_lite0":
             out = run_lite0(args.data, os.path.join(args.data, "efficientnet-lite0-57934424.pth"))
             logits = out["chelsea.logits"]
+        elif name in DINOV2:
+            out = run_dinov2(name, args.data, grad_class=281 if name in GRAD else None)
+            logits = out["logits"]
         else:
             out = run_tv(name, args.data, grad_class=281 if name in GRAD else None)
             logits = out["logits"]

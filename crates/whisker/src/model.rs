@@ -81,23 +81,35 @@ impl Model {
     pub fn pretrained(name: &str, device: &Device) -> Result<Self> {
         let c = Cache::default().require(name)?;
         let backbone = Backbone::from_file(name, &c.file, device)?;
-        Ok(Self::zoo(backbone, c.sha256))
+        Self::zoo(backbone, c.sha256, &c.file)
     }
 
     /// A zoo backbone with weights from a file.
     pub fn from_weights(name: &str, path: &Path, device: &Device) -> Result<Self> {
         let sha = sha256_file(path)?;
         let backbone = Backbone::from_file(name, path, device)?;
-        Ok(Self::zoo(backbone, sha))
+        Self::zoo(backbone, sha, path)
     }
 
-    fn zoo(backbone: Backbone, sha: String) -> Self {
-        Model {
+    /// The backbone as an ImageNet classifier; refused when its checkpoint (`file`) has no
+    /// ImageNet classifier (DINOv2's are feature extractors).
+    fn zoo(backbone: Backbone, sha: String, file: &Path) -> Result<Self> {
+        if !backbone.net.has_imagenet_head() {
+            let name = backbone.spec.name;
+            return Err(Error::Invalid(format!(
+                "{}: this {name} checkpoint has no ImageNet classifier (DINOv2's weights are a \
+                 feature extractor): train a classifier on your classes (`whisker train DIR -b \
+                 {name}`) and use the run, or give a checkpoint with the official linear head \
+                 (`linear_head.weight`, as the torch hub's `{name}_lc` has)",
+                file.display()
+            )));
+        }
+        Ok(Model {
             backbone,
             trained: None,
             labels: imagenet_classes().iter().map(|s| s.to_string()).collect(),
             feature_key: sha,
-        }
+        })
     }
 
     /// A model trained with whisker: a run directory or its `model.safetensors`. The run

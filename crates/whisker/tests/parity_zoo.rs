@@ -318,7 +318,7 @@ fn regnet_y_400mf_input_gradient() {
 }
 
 /// A vision transformer at another input size than its weights': 112 px, the position
-/// embeddings resampled to the 7×7 grid as timm does, on burn and on the engine's every path.
+/// embeddings resampled to its grid (7×7 or 8×8) as timm does, on burn and on the engine's every path.
 fn check_resampled(name: &str) {
     let device = Device::flex();
     let b = golden_backbone(name, &device);
@@ -365,4 +365,42 @@ fn vit_l_16() {
 #[test]
 fn vit_b_16_input_gradient() {
     check_grad("vit_b_16");
+}
+
+// DINOv2 against timm's (position embeddings learnt for 518 px, resampled to 224 and 112
+// px as timm does; the feature is the class token + the mean patch token, the ImageNet
+// linear head on it)
+#[test]
+fn dinov2_vits14() {
+    check("dinov2_vits14");
+    check_resampled("dinov2_vits14");
+}
+#[test]
+fn dinov2_vitb14() {
+    check("dinov2_vitb14");
+}
+#[test]
+fn dinov2_vitl14() {
+    check("dinov2_vitl14");
+}
+#[test]
+fn dinov2_vits14_reg() {
+    check("dinov2_vits14_reg");
+    check_resampled("dinov2_vits14_reg");
+}
+#[test]
+fn dinov2_vitb14_reg() {
+    check("dinov2_vitb14_reg");
+}
+#[test]
+fn dinov2_vitl14_reg() {
+    check("dinov2_vitl14_reg");
+}
+#[test]
+fn dinov2_vits14_input_gradient() {
+    check_grad("dinov2_vits14");
+}
+#[test]
+fn dinov2_vits14_reg_input_gradient() {
+    check_grad("dinov2_vits14_reg");
 }

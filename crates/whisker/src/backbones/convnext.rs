@@ -11,7 +11,7 @@ use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 
 use super::layers::{global_avg_pool, Act, BatchNorm, Conv2d, ConvSpec, LayerNorm, Linear, Taps};
-use super::plan::{Builder, Lowered, V};
+use super::plan::{Builder, Lowered, Scale, V};
 use super::{Family, ModelSpec};
 use crate::data::resize::Filter;
 use crate::data::transforms::Normalization;
@@ -71,7 +71,13 @@ impl Block {
         let y = bl.conv(x, &self.dw, None, Act::None, None)?;
         let y = bl.layer_norm(y, &self.norm)?;
         let y = bl.pointwise(y, &self.pw1, KAct::Gelu, None, None)?;
-        bl.pointwise(y, &self.pw2, KAct::None, Some(&self.layer_scale), Some(x))
+        bl.pointwise(
+            y,
+            &self.pw2,
+            KAct::None,
+            Some(Scale::of(&self.layer_scale)?),
+            Some(x),
+        )
     }
 }
 

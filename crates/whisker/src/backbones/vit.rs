@@ -229,33 +229,31 @@ impl super::Definition for Vit {
     }
 }
 
-impl Vit {
-    /// The position embeddings for a `gh × gw` patch grid: the learnt ones on the grid they
-    /// were learnt for; on another, their grid resampled bicubically (Pillow's antialiased
-    /// filter, which is PyTorch's `interpolate(mode="bicubic", antialias=True)` and timm's
-    /// `resample_abs_pos_embed`), the class token's left as it is.
-    fn pos_embedding(&self, gh: usize, gw: usize) -> Tensor<3> {
-        let pos = self.pos.val();
-        let [_, t, c] = pos.dims();
-        let g = ((t - 1) as f64).sqrt().round() as usize;
-        if (gh, gw) == (g, g) {
-            return pos;
-        }
-        let device = pos.device();
-        let matrix = |out: usize| {
-            let m = resize_matrix_rows(Filter::Bicubic, g, out, 0..out);
-            Tensor::<2>::from_data(TensorData::new(m, [out, g]), &device)
-        };
-        let cls = pos.clone().slice([0..1, 0..1, 0..c]);
-        let grid = pos.slice([0..1, 1..t, 0..c]).reshape([g, g * c]);
-        // rows, then columns
-        let rows = matrix(gh).matmul(grid).reshape([gh, g, c]).swap_dims(0, 1);
-        let cols = matrix(gw)
-            .matmul(rows.reshape([g, gh * c]))
-            .reshape([gw, gh, c]);
-        let grid = cols.swap_dims(0, 1).reshape([1, gh * gw, c]);
-        Tensor::cat(vec![cls, grid], 1)
+/// The position embeddings `pos` (`[1, prefix + g², C]`: `prefix` leading tokens' — the class
+/// token's —, then a `g × g` grid's) for a `gh × gw` patch grid: as they are on the grid they
+/// were learnt for; on another, their grid resampled bicubically (Pillow's antialiased
+/// filter, which is PyTorch's `interpolate(mode="bicubic", antialias=True)` and timm's
+/// `resample_abs_pos_embed`), the leading tokens' left as they are.
+pub(super) fn resample_pos(pos: Tensor<3>, prefix: usize, gh: usize, gw: usize) -> Tensor<3> {
+    let [_, t, c] = pos.dims();
+    let g = ((t - prefix) as f64).sqrt().round() as usize;
+    if (gh, gw) == (g, g) {
+        return pos;
     }
+    let device = pos.device();
+    let matrix = |out: usize| {
+        let m = resize_matrix_rows(Filter::Bicubic, g, out, 0..out);
+        Tensor::<2>::from_data(TensorData::new(m, [out, g]), &device)
+    };
+    let lead = pos.clone().slice([0..1, 0..prefix, 0..c]);
+    let grid = pos.slice([0..1, prefix..t, 0..c]).reshape([g, g * c]);
+    // rows, then columns
+    let rows = matrix(gh).matmul(grid).reshape([gh, g, c]).swap_dims(0, 1);
+    let cols = matrix(gw)
+        .matmul(rows.reshape([g, gh * c]))
+        .reshape([gw, gh, c]);
+    let grid = cols.swap_dims(0, 1).reshape([1, gh * gw, c]);
+    Tensor::cat(vec![lead, grid], 1)
 }
 
 /// The burn forward and the CPU engine's lowering of the network, side by side.
@@ -266,7 +264,7 @@ impl super::Arch for Vit {
         let [_, c, gh, gw] = y.dims();
         let y = y.reshape([n, c, gh * gw]).swap_dims(1, 2);
         let cls = self.class_token.val().expand([n, 1, c]);
-        let mut x = Tensor::cat(vec![cls, y], 1) + self.pos_embedding(gh, gw);
+        let mut x = Tensor::cat(vec![cls, y], 1) + resample_pos(self.pos.val(), 1, gh, gw);
         for (i, b) in self.blocks.iter().enumerate() {
             x = b.forward(x);
             x = taps.hook_tokens(&format!("encoder.layers.encoder_layer_{i}"), x, (gh, gw));
@@ -289,7 +287,7 @@ impl super::Arch for Vit {
 
     fn lower(&self, bl: &mut Builder<'_>, x: V) -> Result<Lowered> {
         let grid = bl.conv(x, &self.patch, None, Act::None, None)?;
-        let mut x = bl.tokens(grid, &self.class_token, &self.pos)?;
+        let mut x = bl.tokens(grid, &self.class_token, &self.pos, None)?;
         for (i, b) in self.blocks.iter().enumerate() {
             let y = bl.layer_norm(x, &b.ln_1)?;
             let qkv = bl.pointwise(y, &b.attn.qkv, KAct::None, None, None)?;

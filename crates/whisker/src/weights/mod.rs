@@ -626,6 +626,15 @@ impl Loader {
         self.count
     }
 
+    /// Whether the checkpoint holds `key` (formula weights hold every key): for parts a
+    /// checkpoint may leave out (DINOv2's ImageNet linear head).
+    pub fn has(&self, key: &str) -> bool {
+        match &self.src {
+            Source::Formula(_) => true,
+            Source::Dict(sd) => sd.tensors.contains_key(key),
+        }
+    }
+
     /// The values of `key`, checked against `shape`, in checkpoint (row-major) layout.
     pub fn values(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let n: usize = shape.iter().product();

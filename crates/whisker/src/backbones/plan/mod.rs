@@ -132,6 +132,24 @@ pub(super) struct Lowered {
     pub logits: V,
 }
 
+/// A per-output scale (a layer scale `γ`) to fold into a pointwise layer: its parameter's
+/// id and shape (`[C, 1, 1]` in torchvision's ConvNeXt, `[C]` in DINOv2) and its values.
+pub(super) struct Scale {
+    id: burn::module::ParamId,
+    shape: Vec<usize>,
+    values: Vec<f32>,
+}
+
+impl Scale {
+    pub(super) fn of<const D: usize>(p: &burn::module::Param<Tensor<D>>) -> Result<Self> {
+        Ok(Scale {
+            id: p.id,
+            shape: p.dims().to_vec(),
+            values: crate::tensor::to_vec(p.val())?,
+        })
+    }
+}
+
 /// Builds a plan: each family's `Arch::lower` calls its methods in network order.
 pub(super) struct Builder<'a> {
     ops: Vec<Op>,
@@ -546,32 +564,51 @@ impl Builder<'_> {
     }
 
     /// A vision transformer's input tokens from the patch embeddings `x`: the class token
-    /// first, each plus its position embedding (learnt for a `grid × grid` patch grid).
+    /// first, each plus its position embedding (learnt for a `grid × grid` patch grid), and
+    /// `registers` (DINOv2's register tokens, without position embeddings) between the class
+    /// token and the patches.
     pub(super) fn tokens(
         &mut self,
         x: V,
         cls: &burn::module::Param<Tensor<3>>,
         pos: &burn::module::Param<Tensor<3>>,
+        registers: Option<&burn::module::Param<Tensor<3>>>,
     ) -> Result<V> {
         let c = self.channels[x];
         let [_, t, pc] = pos.dims();
         let grid = ((t.max(1) - 1) as f64).sqrt().round() as usize;
-        if cls.dims() != [1, 1, c] || pc != c || grid * grid + 1 != t {
+        let reg_dims = registers.map(|r| r.dims());
+        if cls.dims() != [1, 1, c]
+            || pc != c
+            || grid * grid + 1 != t
+            || reg_dims.is_some_and(|[one, _, rc]| one != 1 || rc != c)
+        {
             return Err(Error::Internal(format!(
-                "a class token {:?} and position embeddings {:?} for {c} channels",
+                "a class token {:?}, position embeddings {:?} and registers {reg_dims:?} for {c} channels",
                 cls.dims(),
                 pos.dims()
             )));
         }
-        let frozen = self.frozen(&[cls.id, pos.id]);
+        let mut ids = vec![cls.id, pos.id];
+        ids.extend(registers.map(|r| r.id));
+        let frozen = self.frozen(&ids);
         let out = self.value(c);
+        let reg = match registers {
+            Some(r) => crate::tensor::to_vec(r.val())?,
+            None => Vec::new(),
+        };
         self.ops.push(Op::Tokens(ops::tokens::Tokens {
             x,
             out,
             cls: crate::tensor::to_vec(cls.val())?,
             pos: crate::tensor::to_vec(pos.val())?,
+            reg,
             grid,
-            params: (self.weight_grads && !frozen).then_some((cls.id, pos.id)),
+            params: (self.weight_grads && !frozen).then(|| ops::tokens::TokenParams {
+                cls: cls.id,
+                pos: pos.id,
+                reg: registers.map(|r| r.id),
+            }),
         }));
         Ok(out)
     }
@@ -597,8 +634,23 @@ impl Builder<'_> {
     /// The first (class) token of the tokens `x`, a vector.
     pub(super) fn class_token(&mut self, x: V) -> V {
         let out = self.value(self.channels[x]);
-        self.ops
-            .push(Op::ClassToken(ops::class_token::ClassToken { x, out }));
+        self.ops.push(Op::ClassToken(ops::class_token::ClassToken {
+            x,
+            out,
+            mean_from: None,
+        }));
+        out
+    }
+
+    /// The first (class) token of the tokens `x` and the mean of its tokens from the
+    /// `from`-th on (the patch tokens), concatenated: DINOv2's linear-probe feature.
+    pub(super) fn class_and_mean(&mut self, x: V, from: usize) -> V {
+        let out = self.value(2 * self.channels[x]);
+        self.ops.push(Op::ClassToken(ops::class_token::ClassToken {
+            x,
+            out,
+            mean_from: Some(from),
+        }));
         out
     }
 
@@ -640,6 +692,15 @@ impl Builder<'_> {
         })
     }
 
+    /// The network's end without an ImageNet classifier: the "logits" are the features.
+    pub(super) fn no_classifier(&mut self, features: V) -> Lowered {
+        Lowered {
+            features,
+            classifier_start: self.ops.len(),
+            logits: features,
+        }
+    }
+
     /// LayerNorm over the channels of `x` (each pixel's, or each token's, values).
     pub(super) fn layer_norm(&mut self, x: V, ln: &LayerNormLayer) -> Result<V> {
         let c = self.channels[x];
@@ -663,13 +724,13 @@ impl Builder<'_> {
     }
 
     /// The linear layer `l` at every pixel (or token) of `x`, with `act`, the residual `res`
-    /// added before it, and a per-output `scale` (`[cout, 1, 1]`, a layer scale) folded in.
+    /// added before it, and a per-output `scale` (a layer scale) folded in.
     pub(super) fn pointwise(
         &mut self,
         x: V,
         l: &Linear,
         act: KAct,
-        scale: Option<&burn::module::Param<Tensor<3>>>,
+        scale: Option<Scale>,
         res: Option<V>,
     ) -> Result<V> {
         let [cin, cout] = l.weight.dims();
@@ -680,14 +741,17 @@ impl Builder<'_> {
             )));
         }
         let mut ids = vec![l.weight.id, l.bias.id];
-        ids.extend(scale.map(|s| s.id));
+        ids.extend(scale.as_ref().map(|s| s.id));
         let frozen = self.frozen(&ids);
+        if let Some(s) = scale.as_ref().filter(|s| s.values.len() != cout) {
+            return Err(Error::Internal(format!(
+                "a layer scale of {} values on {cout} outputs",
+                s.values.len()
+            )));
+        }
         let w_io = crate::tensor::to_vec(l.weight.val())?;
         let b = values(l.bias.val())?;
-        let sv = match scale {
-            Some(s) => Some(crate::tensor::to_vec(s.val())?),
-            None => None,
-        };
+        let sv = scale.as_ref().map(|s| s.values.clone());
         // [in, out] → [out, in], each output row scaled (in f64, then rounded once)
         let mut oi = vec![0f32; cin * cout];
         let mut bf = vec![0f32; cout];
@@ -707,9 +771,10 @@ impl Builder<'_> {
             weight: l.weight.id,
             bias: l.bias.id,
             perm: None,
-            scale: scale.zip(sv).map(|(p, values)| ops::linear::FoldedScale {
+            scale: scale.map(|p| ops::linear::FoldedScale {
                 id: p.id,
-                values,
+                shape: p.shape,
+                values: p.values,
                 w: w_io,
                 b,
             }),

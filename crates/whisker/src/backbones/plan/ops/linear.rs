@@ -41,6 +41,8 @@ pub(in crate::backbones::plan) struct LinearParams {
 #[derive(Debug)]
 pub(in crate::backbones::plan) struct FoldedScale {
     pub id: ParamId,
+    /// The parameter's shape.
+    pub shape: Vec<usize>,
     pub values: Vec<f32>,
     pub w: Vec<f32>,
     pub b: Vec<f32>,
@@ -97,7 +99,7 @@ impl LinearParams {
                     .collect();
                 let gb = db.iter().zip(&sc.values).map(|(d, s)| d * s).collect();
                 out.push(ParamGrad::new(self.bias, vec![outc], gb));
-                out.push(ParamGrad::new(sc.id, vec![outc, 1, 1], ds));
+                out.push(ParamGrad::new(sc.id, sc.shape.clone(), ds));
             }
         }
         Ok(())

@@ -1,6 +1,7 @@
 //! A vision transformer's input tokens: the class token, then the patch embeddings (a
 //! `gh × gw` map, row by row), each plus its position embedding — learnt for a grid of
-//! `grid × grid` patches, resampled bicubically to another (as the burn forward does).
+//! `grid × grid` patches, resampled bicubically to another (as the burn forward does) — and
+//! register tokens (DINOv2's), without position embeddings, between the two.
 
 use burn::module::ParamId;
 use rayon::prelude::*;
@@ -15,14 +16,24 @@ use crate::error::Result;
 pub(in crate::backbones::plan) struct Tokens {
     /// The patch embeddings `(gh, gw, c)`.
     pub x: V,
-    /// `(1 + gh·gw, 1, c)`.
+    /// `(1 + r + gh·gw, 1, c)`.
     pub out: V,
-    /// The class token `[c]` and the position embeddings `[1 + grid², c]`.
+    /// The class token `[c]`, the position embeddings `[1 + grid², c]` and the `r` register
+    /// tokens `[r, c]` (none: empty).
     pub cls: Vec<f32>,
     pub pos: Vec<f32>,
+    pub reg: Vec<f32>,
     pub grid: usize,
-    /// The class token's and position embeddings' parameters, for their gradients.
-    pub params: Option<(ParamId, ParamId)>,
+    /// The parameters, for their gradients.
+    pub params: Option<TokenParams>,
+}
+
+/// The parameters of [`Tokens`].
+#[derive(Debug, Clone, Copy)]
+pub(in crate::backbones::plan) struct TokenParams {
+    pub cls: ParamId,
+    pub pos: ParamId,
+    pub reg: Option<ParamId>,
 }
 
 /// `[out, g]` resampling matrices for a `g`-long side.
@@ -124,12 +135,19 @@ impl Step for Tokens {
     }
 
     fn param_ids(&self) -> Vec<ParamId> {
-        self.params.map(|(a, b)| vec![a, b]).unwrap_or_default()
+        self.params
+            .map(|p| {
+                [Some(p.cls), Some(p.pos), p.reg]
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn out_hw(&self, _: usize, shapes: Shapes<'_>) -> Result<(usize, usize)> {
-        let (gh, gw, _) = shapes[self.x];
-        Ok((1 + gh * gw, 1))
+        let (gh, gw, c) = shapes[self.x];
+        Ok((1 + self.reg.len() / c.max(1) + gh * gw, 1))
     }
 
     fn forward(&self, cx: &mut Fwd<'_>) -> Result<()> {
@@ -142,12 +160,14 @@ impl Step for Tokens {
             .map(|(a, b)| a + b)
             .collect();
         let (x, out, _) = cx.io(self.x, self.out, None);
-        let t = 1 + gh * gw;
+        let lead = c + self.reg.len();
+        let t = lead / c + gh * gw;
         out.par_chunks_mut(t * c)
             .zip(x.par_chunks(gh * gw * c))
             .for_each(|(o, x)| {
                 o[..c].copy_from_slice(&first);
-                for ((o, x), p) in o[c..].iter_mut().zip(x).zip(&pos) {
+                o[c..lead].copy_from_slice(&self.reg);
+                for ((o, x), p) in o[lead..].iter_mut().zip(x).zip(&pos) {
                     *o = x + p;
                 }
             });
@@ -159,26 +179,32 @@ impl Step for Tokens {
             return Ok(());
         };
         let (gh, gw, c) = cx.shape(self.x);
-        let t = 1 + gh * gw;
-        if let (true, Some((cls, pos))) = (cx.want_params, self.params) {
+        let lead = c + self.reg.len();
+        let t = lead / c + gh * gw;
+        if let (true, Some(p)) = (cx.want_params, self.params) {
             // summed over the batch, then (on another grid) through the resampling
             let mut dsum = vec![0f64; t * c];
             for img in g.chunks_exact(t * c) {
                 dsum.iter_mut().zip(img).for_each(|(d, &v)| *d += v as f64);
             }
             let mut dpos: Vec<f32> = dsum[..c].iter().map(|&v| v as f32).collect();
-            dpos.extend(self.patch_pos_grad(&dsum[c..], gh, gw, c));
+            dpos.extend(self.patch_pos_grad(&dsum[lead..], gh, gw, c));
             cx.pgrads
-                .push(ParamGrad::new(cls, vec![1, 1, c], dpos[..c].to_vec()));
+                .push(ParamGrad::new(p.cls, vec![1, 1, c], dpos[..c].to_vec()));
             let g2 = self.grid * self.grid;
             cx.pgrads
-                .push(ParamGrad::new(pos, vec![1, 1 + g2, c], dpos));
+                .push(ParamGrad::new(p.pos, vec![1, 1 + g2, c], dpos));
+            if let Some(reg) = p.reg {
+                let r = self.reg.len() / c;
+                let dreg = dsum[c..lead].iter().map(|&v| v as f32).collect();
+                cx.pgrads.push(ParamGrad::new(reg, vec![1, r, c], dreg));
+            }
         }
         if cx.wants_input(self.x) {
             let mut dx = whisker_kernels::buffers::take(cx.len(self.x));
             dx.par_chunks_mut(gh * gw * c)
                 .zip(g.par_chunks(t * c))
-                .for_each(|(d, g)| d.copy_from_slice(&g[c..]));
+                .for_each(|(d, g)| d.copy_from_slice(&g[lead..]));
             hand_over(Some(&mut cx.grads[self.x]), dx);
         }
         whisker_kernels::buffers::give(g);
