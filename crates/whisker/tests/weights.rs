@@ -346,3 +346,258 @@ fn download_resumes_verifies_and_is_atomic() {
         .unwrap_err();
     assert!(e.to_string().contains("http://127.0.0.1:1/x.pth"), "{e}");
 }
+
+/// A DINOv2 checkpoint in the official names (`mask_token` included, as the official files
+/// hold it), formula weights: ViT-S/14 with `registers` register tokens, `head` with the
+/// torch hub classifier's `linear_head`.
+fn dinov2_official(registers: usize, head: bool) -> StateDict {
+    let (c, depth) = (384, 12);
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        ("cls_token".into(), vec![1, 1, c]),
+        ("pos_embed".into(), vec![1, 1 + 37 * 37, c]),
+        ("mask_token".into(), vec![1, c]),
+        ("patch_embed.proj.weight".into(), vec![c, 3, 14, 14]),
+        ("patch_embed.proj.bias".into(), vec![c]),
+        ("norm.weight".into(), vec![c]),
+        ("norm.bias".into(), vec![c]),
+    ];
+    if registers > 0 {
+        shapes.push(("register_tokens".into(), vec![1, registers, c]));
+    }
+    if head {
+        shapes.push(("linear_head.weight".into(), vec![1000, 2 * c]));
+        shapes.push(("linear_head.bias".into(), vec![1000]));
+    }
+    for i in 0..depth {
+        for (leaf, shape) in [
+            ("norm1.weight", vec![c]),
+            ("norm1.bias", vec![c]),
+            ("attn.qkv.weight", vec![3 * c, c]),
+            ("attn.qkv.bias", vec![3 * c]),
+            ("attn.proj.weight", vec![c, c]),
+            ("attn.proj.bias", vec![c]),
+            ("ls1.gamma", vec![c]),
+            ("norm2.weight", vec![c]),
+            ("norm2.bias", vec![c]),
+            ("mlp.fc1.weight", vec![4 * c, c]),
+            ("mlp.fc1.bias", vec![4 * c]),
+            ("mlp.fc2.weight", vec![c, 4 * c]),
+            ("mlp.fc2.bias", vec![c]),
+            ("ls2.gamma", vec![c]),
+        ] {
+            shapes.push((format!("blocks.{i}.{leaf}"), shape));
+        }
+    }
+    let tensors = shapes
+        .into_iter()
+        .map(|(k, shape)| {
+            let data = whisker::weights::formula::formula(&k, &shape);
+            (k, whisker::weights::RawTensor { shape, data })
+        })
+        .collect();
+    StateDict {
+        source: "official".into(),
+        tensors,
+    }
+}
+
+/// timm's conversion of an official DINOv2 checkpoint (`_convert_dinov2`): `reg_token`, and
+/// with registers the class token's position embedding folded into it and dropped.
+fn dinov2_to_timm(official: &StateDict) -> StateDict {
+    let mut t = official.tensors.clone();
+    t.remove("mask_token");
+    if let Some(reg) = t.remove("register_tokens") {
+        t.insert("reg_token".into(), reg);
+        let pos = t.remove("pos_embed").unwrap();
+        let c = pos.shape[2];
+        let cls = t.get_mut("cls_token").unwrap();
+        for (a, b) in cls.data.iter_mut().zip(&pos.data[..c]) {
+            *a += b;
+        }
+        let data = pos.data[c..].to_vec();
+        t.insert(
+            "pos_embed".into(),
+            whisker::weights::RawTensor {
+                shape: vec![1, pos.shape[1] - 1, c],
+                data,
+            },
+        );
+    }
+    StateDict {
+        source: "timm".into(),
+        tensors: t,
+    }
+}
+
+/// The features of `b` for chelsea.png at 112 px (the engine's path).
+fn features_112(b: &Backbone) -> Vec<f32> {
+    let img = whisker::data::decode_file(&testdata("chelsea.png")).unwrap();
+    let img = whisker::data::transforms::center_crop(
+        &whisker::data::resize::resize_shorter(&img, 128),
+        112,
+    );
+    let x = to_tensor(&[img], &b.device());
+    to_vec(b.forward(x, &mut Taps::none()).features)
+}
+
+/// DINOv2 from the official names, timm's (a `safetensors` file, registers converted) and
+/// the torch hub classifier's (`backbone.*` + `linear_head.*`): the same network, the same
+/// features bit for bit; the ImageNet classifier only where the checkpoint has it, and a
+/// checkpoint without it refused as an ImageNet classifier with the reason.
+#[test]
+fn dinov2_checkpoints_in_official_timm_and_hub_names_are_one_network() {
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    let official = dinov2_official(4, false);
+    let a = Backbone::from_state_dict("dinov2_vits14_reg", official.clone(), &device).unwrap();
+    assert!(!a.net.has_imagenet_head());
+    let want = features_112(&a);
+    assert_eq!(want.len(), 768);
+    let st = dir.path().join("vit_small_patch14_reg4_dinov2.safetensors");
+    dinov2_to_timm(&official).save_safetensors(&st).unwrap();
+    let b = Backbone::from_file("dinov2_vits14_reg", &st, &device).unwrap();
+    assert_eq!(features_112(&b), want, "timm's names");
+    let e = whisker::model::Model::from_weights("dinov2_vits14_reg", &st, &device)
+        .err()
+        .expect("no ImageNet classifier")
+        .to_string();
+    assert!(
+        e.contains("vit_small_patch14_reg4_dinov2.safetensors")
+            && e.contains("no ImageNet classifier")
+            && e.contains("whisker train"),
+        "{e}"
+    );
+    // the torch hub's `dinov2_vits14_reg_lc`: the backbone under `backbone.`, the head
+    let with_head = dinov2_official(4, true);
+    let mut hub = StateDict {
+        source: "hub".into(),
+        tensors: Default::default(),
+    };
+    for (k, v) in with_head.tensors {
+        let k = if k.starts_with("linear_head.") {
+            k
+        } else {
+            format!("backbone.{k}")
+        };
+        hub.tensors.insert(k, v);
+    }
+    let pth = dir.path().join("dinov2_vits14_reg4_lc.safetensors");
+    hub.save_safetensors(&pth).unwrap();
+    let m = whisker::model::Model::from_weights("dinov2_vits14_reg", &pth, &device).unwrap();
+    assert!(m.backbone().net.has_imagenet_head());
+    assert_eq!(features_112(m.backbone()), want, "the hub's names");
+    // without registers, timm keeps the class token's position embedding: nothing moves
+    let plain = dinov2_official(0, false);
+    let a = Backbone::from_state_dict("dinov2_vits14", plain.clone(), &device).unwrap();
+    let b = Backbone::from_state_dict("dinov2_vits14", dinov2_to_timm(&plain), &device).unwrap();
+    assert_eq!(features_112(&a), features_112(&b));
+    // a checkpoint of the other variant is refused by shape or key, naming it
+    let e = Backbone::from_state_dict("dinov2_vits14", official, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("register_tokens"), "{e}");
+}
+
+/// The Hugging Face hub's files come through their Git LFS pointer: its sha256 and size are
+/// checked after the (resumed) download; a file that does not match is refused and leaves
+/// nothing behind; an answer that is no pointer is refused before any download.
+#[test]
+fn hugging_face_downloads_resume_and_check_the_lfs_sha256() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("model.safetensors");
+    dinov2_to_timm(&dinov2_official(0, false))
+        .save_safetensors(&st)
+        .unwrap();
+    let body = std::fs::read(&st).unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(&body));
+    let pointer = |sha: &str, size: usize| {
+        format!("version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {size}\n")
+            .into_bytes()
+    };
+    let repo = "timm/vit_small_patch14_dinov2.lvd142m";
+    let files = std::collections::HashMap::from([
+        (
+            format!("/{repo}/raw/main/model.safetensors"),
+            pointer(&sha, body.len()),
+        ),
+        (
+            format!("/{repo}/resolve/main/model.safetensors"),
+            body.clone(),
+        ),
+    ]);
+    let (base, _, ranged) = serve_cutting(files, 1, "/resolve/");
+    let home = tempfile::tempdir().unwrap();
+    let cache = Cache::new(home.path());
+    let e = cache
+        .fetch_hf(
+            "dinov2_vits14",
+            &base,
+            repo,
+            "model.safetensors",
+            &|_, _| {},
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("resume"), "{e}");
+    let c = cache
+        .fetch_hf(
+            "dinov2_vits14",
+            &base,
+            repo,
+            "model.safetensors",
+            &|_, _| {},
+        )
+        .unwrap();
+    assert_eq!(ranged.load(Ordering::SeqCst), 1, "the second try resumed");
+    assert_eq!(c.sha256, sha);
+    assert_eq!(
+        c.file,
+        home.path()
+            .join("weights/dinov2_vits14/timm--vit_small_patch14_dinov2.lvd142m-model.safetensors")
+    );
+    Backbone::from_file("dinov2_vits14", &c.file, &Device::flex()).unwrap();
+    // the pointer names another sha256 (or size): refused, nothing left
+    let wrong = "0".repeat(64);
+    for p in [pointer(&wrong, body.len()), pointer(&sha, body.len() + 1)] {
+        let files = std::collections::HashMap::from([
+            (format!("/{repo}/raw/main/model.safetensors"), p),
+            (
+                format!("/{repo}/resolve/main/model.safetensors"),
+                body.clone(),
+            ),
+        ]);
+        let (base, _, _) = serve(files, 0);
+        let home = tempfile::tempdir().unwrap();
+        let e = Cache::new(home.path())
+            .fetch_hf(
+                "dinov2_vits14",
+                &base,
+                repo,
+                "model.safetensors",
+                &|_, _| {},
+            )
+            .unwrap_err();
+        assert!(matches!(e, Error::Checksum { .. }), "{e}");
+        let left: Vec<_> = std::fs::read_dir(home.path().join("weights/dinov2_vits14"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+    // no pointer (the file itself, an error page): refused, nothing downloaded
+    let files = std::collections::HashMap::from([(
+        format!("/{repo}/raw/main/model.safetensors"),
+        b"<html>not found</html>".to_vec(),
+    )]);
+    let (base, requests, _) = serve(files, 0);
+    let e = Cache::new(home.path())
+        .fetch_hf(
+            "dinov2_vits14",
+            &base,
+            repo,
+            "model.safetensors",
+            &|_, _| {},
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("Git LFS pointer"), "{e}");
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+}

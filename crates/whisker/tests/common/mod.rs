@@ -139,6 +139,20 @@ pub fn serve(
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    serve_cutting(files, cut, "")
+}
+
+/// [`serve`], where only requests whose path contains `cutting` count towards the `cut`
+/// interrupted ones.
+pub fn serve_cutting(
+    files: HashMap<String, Vec<u8>>,
+    cut: usize,
+    cutting: &'static str,
+) -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use std::io::{Read, Write};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
@@ -148,13 +162,20 @@ pub fn serve(
     let ranged = Arc::new(AtomicUsize::new(0));
     let (rq, rg) = (requests.clone(), ranged.clone());
     std::thread::spawn(move || {
+        let mut cuttable = 0;
         for stream in listener.incoming().take(20) {
             let Ok(mut s) = stream else { continue };
             let mut buf = [0u8; 4096];
             let n = s.read(&mut buf).unwrap_or(0);
             let req = String::from_utf8_lossy(&buf[..n]).to_string();
-            let k = rq.fetch_add(1, Ordering::SeqCst);
+            rq.fetch_add(1, Ordering::SeqCst);
             let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let k = if path.contains(cutting) {
+                cuttable += 1;
+                cuttable - 1
+            } else {
+                usize::MAX
+            };
             let Some(body) = files.get(&path) else {
                 let _ = s.write_all(
                     b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
