@@ -53,8 +53,9 @@ BN_LABELS = LABELS + [834, 812]  # suit, space shuttle
 BN_SIZE, BN_RESIZE = 128, 146
 
 
-def batch(data, norm):
-    xs = [g.to_input(g.crop_u8(os.path.join(data, f), RESIZE, SIZE), norm) for f in PHOTOS]
+def batch(data, norm, interpolation=g.T.InterpolationMode.BILINEAR):
+    xs = [g.to_input(g.crop_u8(os.path.join(data, f), RESIZE, SIZE, interpolation), norm)
+          for f in PHOTOS]
     return torch.cat(xs, 0)
 
 
@@ -185,6 +186,8 @@ def main():
         stem = args.stem or "train_" + "_".join(args.models)
     if BN_TRAIN:
         PHOTOS, LABELS, SIZE, RESIZE = BN_PHOTOS, BN_LABELS, BN_SIZE, BN_RESIZE
+    if args.models and all(m in g.DINOV2 for m in args.models):
+        SIZE, RESIZE = 98, 112  # DINOv2 takes whole 14-pixel patches only (a 7×7 grid)
     torch.set_num_threads(2)
     torch.manual_seed(0)
     out, manifest = {}, {"torch": torch.__version__, "size": SIZE, "resize": RESIZE,
@@ -205,13 +208,21 @@ def main():
             out.update({f"{name}.bn.{k}": v for k, v in bn.items()})
 
         def make(name=name, bn=bn):
+            if name in g.DINOV2:  # timm's, formula weights, with the ImageNet linear head
+                m, head, features = g.dinov2_model(name)
+                m.linear_head = head  # its parameters named `linear_head.*`, as whisker's
+                m.forward = lambda x: m.linear_head(features(x))
+                return m
             m = getattr(torchvision.models, name)(weights=None)
             g.fill_formula(m)
             m.load_state_dict({k: v.float() for k, v in bn.items()}, strict=False)
             if name.startswith("vit_"):  # 96 px: the position embeddings resampled
                 g.any_size_vit(m)
             return m
-        run(name, make, batch(args.data, "imagenet"), out, manifest["models"])
+        # (the resize's filter as the weights' preprocessing: DINOv2's is bicubic)
+        interpolation = (g.T.InterpolationMode.BICUBIC if name in g.DINOV2
+                         else g.T.InterpolationMode.BILINEAR)
+        run(name, make, batch(args.data, "imagenet", interpolation), out, manifest["models"])
     if args.models:
         save_file(out, os.path.join(args.out, f"{stem}.safetensors"))
         with open(os.path.join(args.out, f"{stem}.json"), "w") as f:

@@ -653,3 +653,16 @@ fn vit_b_16_fine_tuning_steps_match_pytorch() {
 fn engine_weight_gradients_match_pytorch_vit_b_16() {
     check_engine_from("vit_b_16", "train_vit");
 }
+
+// DINOv2: layer scales (folded into the pointwise layers on the engine), position embeddings
+// resampled from the 37×37 grid to a 98-pixel input's 7×7, the class token + mean patch
+// token feature under the ImageNet linear head (goldens `train_dinov2`, timm's model)
+#[test]
+fn dinov2_vits14_fine_tuning_steps_match_pytorch() {
+    check_from("dinov2_vits14", "train_dinov2", false, false);
+}
+
+#[test]
+fn engine_weight_gradients_match_pytorch_dinov2_vits14() {
+    check_engine_from("dinov2_vits14", "train_dinov2");
+}
