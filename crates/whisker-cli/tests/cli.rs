@@ -696,3 +696,81 @@ fn mixed_precision_is_emulated_on_burns_operations_and_cached_apart() {
         .count();
     assert_eq!(caches, 3, "f32, bf16 and f16 features apart");
 }
+
+/// DINOv2 end to end from a checkpoint file: `whisker train DIR -b dinov2_vits14 --weights
+/// FILE` (a feature extractor's checkpoint, no ImageNet head) fits a probe on the class
+/// token + mean patch token (768 values) and its run predicts; the same file as an ImageNet
+/// classifier is refused with the reason.
+#[test]
+fn dinov2_probe_trains_from_a_weights_file() {
+    let home = tempfile::tempdir().unwrap();
+    let device = burn::tensor::Device::flex();
+    let b = whisker::Backbone::with_formula_weights("dinov2_vits14", &device).unwrap();
+    let mut sd = b.state_dict().unwrap();
+    sd.tensors.retain(|k, _| !k.starts_with("linear_head."));
+    let w = home.path().join("dinov2_vits14_pretrain.safetensors");
+    sd.save_safetensors(&w).unwrap();
+    let data = digits(home.path(), &["0", "1"], 6);
+    let run = home.path().join("run");
+    let o = whisker(home.path())
+        .args(["train", "-b", "dinov2_vits14", "--weights"])
+        .arg(&w)
+        .args(["--test-split", "0.3", "--out"])
+        .arg(&run)
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = whisker::train::model_file::TrainedModel::load(&run.join("model.safetensors")).unwrap();
+    assert_eq!(m.meta.backbone, "dinov2_vits14");
+    match &m.head {
+        whisker::train::model_file::Head::Linear(h) => assert_eq!(h.dim, 768),
+        other => panic!("a probe's head: {other:?}"),
+    }
+    assert_eq!(m.meta.interpolation, whisker::data::resize::Filter::Bicubic);
+    let one = std::fs::read_dir(data.join("1"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let predict = || {
+        whisker(home.path())
+            .args(["predict", "--json"])
+            .arg(&run)
+            .arg(&one)
+            .output()
+            .unwrap()
+    };
+    // the run needs the weights it was trained on: not cached yet, it says how
+    let o = predict();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("weights fetch dinov2_vits14 --from"),
+        "{}",
+        stderr(&o)
+    );
+    let o = whisker(home.path())
+        .args(["weights", "fetch", "dinov2_vits14", "--from"])
+        .arg(&w)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = predict();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // a training image: the probe fitted it
+    assert_eq!(doc["results"][0]["top"][0]["label"], "1", "{doc}");
+    let o = whisker(home.path())
+        .args(["classify", "-b", "dinov2_vits14", "--weights"])
+        .arg(&w)
+        .arg(testdata("chelsea.png"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no ImageNet classifier") && stderr(&o).contains("whisker train"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -127,17 +127,23 @@ impl Model {
                 format!("finetuned-{}", sha256_file(&file)?),
             ),
             None => {
-                let c = Cache::default().require(&trained.meta.backbone)?;
-                if c.sha256 != trained.meta.weights_sha256 {
+                // the cached file with the weights it was trained on (of any cached for it)
+                let cache = Cache::default();
+                let newest = cache.require(&trained.meta.backbone)?;
+                let same = cache.list()?.into_iter().find(|c| {
+                    c.backbone == trained.meta.backbone && c.sha256 == trained.meta.weights_sha256
+                });
+                let Some(c) = same else {
                     return Err(Error::Invalid(format!(
-                        "{}: the model was trained on {} weights with sha256 {}, but the cache holds {} ({}); fetch or import the same weights",
+                        "{}: the model was trained on {} weights with sha256 {}, but the cache holds {} ({}); import the file it was trained with (`whisker weights fetch {} --from FILE`)",
                         file.display(),
                         trained.meta.backbone,
                         trained.meta.weights_sha256,
-                        c.sha256,
-                        c.file.display()
+                        newest.sha256,
+                        newest.file.display(),
+                        trained.meta.backbone,
                     )));
-                }
+                };
                 (
                     Backbone::from_file(&trained.meta.backbone, &c.file, device)?,
                     c.sha256,

@@ -290,6 +290,54 @@ impl Net {
         self.arch().classifier(f)
     }
 
+    /// The weights as a checkpoint with their keys (`info`: the loader's record of them),
+    /// in the checkpoint's layout (linear weights `[out, in]`).
+    pub fn state_dict(&self, info: &[crate::weights::ParamInfo]) -> Result<StateDict> {
+        /// Every float parameter's values (the first conversion failure kept).
+        struct Collect(Vec<(ParamId, Vec<usize>, Vec<f32>)>, Option<Error>);
+        impl burn::module::ModuleVisitor for Collect {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+                let t = p.val();
+                let shape = t.dims().to_vec();
+                match crate::tensor::to_vec(t) {
+                    Ok(v) => self.0.push((p.id, shape, v)),
+                    Err(e) => {
+                        self.1.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        let mut c = Collect(Vec::new(), None);
+        self.visit(&mut c);
+        if let Some(e) = c.1 {
+            return Err(e);
+        }
+        let by_id: std::collections::HashMap<ParamId, (Vec<usize>, Vec<f32>)> =
+            c.0.into_iter().map(|(id, s, v)| (id, (s, v))).collect();
+        let mut sd = StateDict {
+            source: "whisker".into(),
+            tensors: Default::default(),
+        };
+        for p in info {
+            if let Some((shape, v)) = by_id.get(&p.id) {
+                let (shape, data) = if p.transposed && shape.len() == 2 {
+                    let (r, cdim) = (shape[0], shape[1]);
+                    let mut t = vec![0f32; v.len()];
+                    for i in 0..r {
+                        for j in 0..cdim {
+                            t[j * r + i] = v[i * cdim + j];
+                        }
+                    }
+                    (vec![cdim, r], t)
+                } else {
+                    (shape.clone(), v.clone())
+                };
+                sd.tensors.insert(p.key.clone(), RawTensor { shape, data });
+            }
+        }
+        Ok(sd)
+    }
+
     /// Whether the network has its ImageNet classifier (DINOv2's checkpoints are feature
     /// extractors: without their linear head, the "logits" are the features).
     pub fn has_imagenet_head(&self) -> bool {
@@ -406,6 +454,11 @@ impl Backbone {
             plan: OnceLock::new(),
             grad_plan: OnceLock::new(),
         })
+    }
+
+    /// The weights as a checkpoint with their keys (the family's names).
+    pub fn state_dict(&self) -> Result<StateDict> {
+        self.net.state_dict(&self.param_info)
     }
 
     /// The device the weights live on.

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
@@ -90,22 +90,6 @@ impl ModuleMapper for SetGrad<'_> {
     fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let on = self.trainable.contains(&p.id);
         p.set_require_grad(on)
-    }
-}
-
-/// Every float parameter's values (the first conversion failure kept as an error).
-struct Collect(Vec<(ParamId, Vec<usize>, Vec<f32>)>, Option<Error>);
-
-impl ModuleVisitor for Collect {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-        let t = p.val();
-        let shape = t.dims().to_vec();
-        match crate::tensor::to_vec(t) {
-            Ok(v) => self.0.push((p.id, shape, v)),
-            Err(e) => {
-                self.1.get_or_insert(e);
-            }
-        }
     }
 }
 
@@ -379,38 +363,12 @@ impl FineTuner {
 
     /// The fine-tuned backbone as a state dict with its checkpoint keys, and the head.
     pub fn export(&self) -> Result<(StateDict, LinearHead)> {
-        let mut c = Collect(Vec::new(), None);
         let mut net = self.model.net.clone();
         for bn in net.batchnorms() {
             bn.commit_train_stats();
         }
-        net.visit(&mut c);
-        if let Some(e) = c.1 {
-            return Err(e);
-        }
-        let by_id: std::collections::HashMap<ParamId, (Vec<usize>, Vec<f32>)> =
-            c.0.into_iter().map(|(id, s, v)| (id, (s, v))).collect();
-        let mut sd = StateDict {
-            source: "fine-tuned".into(),
-            tensors: Default::default(),
-        };
-        for p in &self.backbone.param_info {
-            if let Some((shape, v)) = by_id.get(&p.id) {
-                let (shape, data) = if p.transposed && shape.len() == 2 {
-                    let (r, cdim) = (shape[0], shape[1]);
-                    let mut t = vec![0f32; v.len()];
-                    for i in 0..r {
-                        for j in 0..cdim {
-                            t[j * r + i] = v[i * cdim + j];
-                        }
-                    }
-                    (vec![cdim, r], t)
-                } else {
-                    (shape.clone(), v.clone())
-                };
-                sd.tensors.insert(p.key.clone(), RawTensor { shape, data });
-            }
-        }
+        let mut sd = net.state_dict(&self.backbone.param_info)?;
+        sd.source = "fine-tuned".into();
         let d = self.backbone.spec.feature_dim;
         let w = crate::tensor::to_vec(self.model.head.weight.val())?;
         let b = crate::tensor::to_vec(self.model.head.bias.val())?;
