@@ -418,6 +418,49 @@ def run_dinov2(name, data, grad_class=None, grad_size=(128, 112)):
     return out
 
 
+# timm ViTs in the zoo: whisker's name → timm's architecture (its keys mapped to torchvision's)
+TIMM_VIT = {"vit_base_patch16_224.augreg2_in21k_ft_in1k": "vit_base_patch16_224"}
+
+
+def tv_vit_key(k):
+    """timm's ViT key → torchvision's (whisker's `vit::timm_key`)."""
+    import re
+    top = {"cls_token": "class_token", "pos_embed": "encoder.pos_embedding"}
+    if k in top:
+        return top[k]
+    for a, b in (("patch_embed.proj.", "conv_proj."), ("norm.", "encoder.ln."),
+                 ("head.", "heads.head.")):
+        if k.startswith(a):
+            return b + k[len(a):]
+    i, leaf = re.match(r"blocks\.(\d+)\.(.*)", k).groups()
+    leaf = {"attn.qkv.weight": "self_attention.in_proj_weight",
+            "attn.qkv.bias": "self_attention.in_proj_bias"}.get(leaf, leaf)
+    for a, b in (("norm1.", "ln_1."), ("norm2.", "ln_2."), ("attn.proj.", "self_attention.out_proj."),
+                 ("mlp.fc1.", "mlp.0."), ("mlp.fc2.", "mlp.3.")):
+        if leaf.startswith(a):
+            leaf = b + leaf[len(a):]
+    return f"encoder.layers.encoder_layer_{i}.{leaf}"
+
+
+def run_timm_vit(name, data):
+    """timm's model with the formula weights of whisker's (torchvision) key names, its
+    weights' transform (bicubic resize 248, crop 224, mean/std 0.5)."""
+    import timm
+    m = timm.create_model(name, pretrained=False, dynamic_img_size=True).eval()
+    m.load_state_dict({k: torch.from_numpy(formula(tv_vit_key(k), tuple(v.shape)))
+                       for k, v in m.state_dict().items()}, strict=True)
+    cfg = m.pretrained_cfg
+    resize = math.floor(cfg["input_size"][-1] / cfg["crop_pct"])
+    norm = (cfg["mean"], cfg["std"])
+    bicubic = T.InterpolationMode.BICUBIC
+    x = to_input(crop_u8(os.path.join(data, "chelsea.png"), resize, 224, bicubic), norm)
+    f = m.forward_head(m.forward_features(x), pre_logits=True)
+    out = {"logits": m.head(f)[0].contiguous(), "features": f[0].contiguous()}
+    x112 = to_input(crop_u8(os.path.join(data, "chelsea.png"), 128, 112), norm)
+    out["logits_112"] = m(x112)[0].contiguous()
+    return out
+
+
 def run_lite_formula(name, data):
     width, depth, size, resize = LITE[name]
     m = EfficientNetLite(width, depth).eval()
@@ -471,7 +514,7 @@ def main():
     with open(os.path.join(args.out, "preprocess.json"), "w") as f:
         json.dump(preprocess_goldens(args.data), f, indent=1)
     todo = args.only or (["efficientnet_lite0"] + TV + [f"efficientnet_lite{i}" for i in range(1, 5)]
-                         + list(DINOV2))
+                         + list(DINOV2) + list(TIMM_VIT))
     for name in todo:
         if name in LITE and name != "efficientnet_lite0":
             out = run_lite_formula(name, args.data)
@@ -479,6 +522,9 @@ def main():
         elif name == "efficientnet_lite0":
             out = run_lite0(args.data, os.path.join(args.data, "efficientnet-lite0-57934424.pth"))
             logits = out["chelsea.logits"]
+        elif name in TIMM_VIT:
+            out = run_timm_vit(name, args.data)
+            logits = out["logits"]
         elif name in DINOV2:
             out = run_dinov2(name, args.data, grad_class=281 if name in GRAD else None)
             logits = out["logits"]

@@ -34,14 +34,21 @@ pub fn run(a: Args) -> Result<()> {
         );
         return Ok(());
     }
+    // the name column as wide as the longest name (timm's names are long)
+    let w = whisker::models()
+        .iter()
+        .map(|m| m.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(20);
     println!(
-        "{:<20} {:>8} {:>6} {:>9} {:<27} {:>6}  weights",
+        "{:<w$} {:>8} {:>6} {:>9} {:<27} {:>6}  weights",
         "name", "params", "input", "features", "preprocessing", "cached"
     );
     for m in whisker::models() {
         let cached = cache.get(m.name)?.is_some();
         println!(
-            "{:<20} {:>7.1}M {:>6} {:>9} {:<27} {:>6}  {}",
+            "{:<w$} {:>7.1}M {:>6} {:>9} {:<27} {:>6}  {}",
             m.name,
             m.params as f64 / 1e6,
             m.input_size,

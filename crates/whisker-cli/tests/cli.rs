@@ -90,7 +90,7 @@ fn models_lists_the_zoo() {
     assert!(out.status.success());
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let m = doc["models"].as_array().unwrap();
-    assert_eq!(m.len(), 40);
+    assert_eq!(m.len(), 41);
     let dino = m.iter().find(|x| x["name"] == "dinov2_vits14_reg").unwrap();
     assert_eq!(
         (

@@ -404,3 +404,9 @@ fn dinov2_vits14_input_gradient() {
 fn dinov2_vits14_reg_input_gradient() {
     check_grad("dinov2_vits14_reg");
 }
+// timm's ViT-B/16 (its keys mapped to torchvision's; bicubic, mean/std 0.5)
+#[test]
+fn vit_base_patch16_224_augreg2_in21k_ft_in1k() {
+    check("vit_base_patch16_224.augreg2_in21k_ft_in1k");
+    check_resampled("vit_base_patch16_224.augreg2_in21k_ft_in1k");
+}

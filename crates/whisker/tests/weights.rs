@@ -601,3 +601,70 @@ fn hugging_face_downloads_resume_and_check_the_lfs_sha256() {
     assert!(e.to_string().contains("Git LFS pointer"), "{e}");
     assert_eq!(requests.load(Ordering::SeqCst), 1);
 }
+
+/// torchvision's ViT key → timm's (the test's own table, the reverse of the loader's map).
+fn vit_to_timm(k: &str) -> String {
+    let top = [
+        ("class_token", "cls_token"),
+        ("encoder.pos_embedding", "pos_embed"),
+    ];
+    if let Some((_, t)) = top.iter().find(|(f, _)| *f == k) {
+        return t.to_string();
+    }
+    for (from, to) in [
+        ("conv_proj.", "patch_embed.proj."),
+        ("encoder.ln.", "norm."),
+        ("heads.head.", "head."),
+    ] {
+        if let Some(r) = k.strip_prefix(from) {
+            return format!("{to}{r}");
+        }
+    }
+    let rest = k.strip_prefix("encoder.layers.encoder_layer_").unwrap();
+    let (i, leaf) = rest.split_once('.').unwrap();
+    let leaf = match leaf {
+        "self_attention.in_proj_weight" => "attn.qkv.weight".to_string(),
+        "self_attention.in_proj_bias" => "attn.qkv.bias".to_string(),
+        l => {
+            let (from, to) = [
+                ("ln_1.", "norm1."),
+                ("ln_2.", "norm2."),
+                ("self_attention.out_proj.", "attn.proj."),
+                ("mlp.0.", "mlp.fc1."),
+                ("mlp.3.", "mlp.fc2."),
+            ]
+            .into_iter()
+            .find(|(f, _)| l.starts_with(f))
+            .unwrap();
+            format!("{to}{}", &l[from.len()..])
+        }
+    };
+    format!("blocks.{i}.{leaf}")
+}
+
+/// A ViT checkpoint in timm's names (`vit_base_patch16_224.*`) is torchvision's network: the
+/// same logits bit for bit, every key consumed.
+#[test]
+fn timm_vit_checkpoints_load_as_torchvision_vits() {
+    let device = Device::flex();
+    let tv = Backbone::with_formula_weights("vit_b_16", &device).unwrap();
+    let sd = tv.state_dict().unwrap();
+    let timm = StateDict {
+        source: "timm".into(),
+        tensors: sd
+            .tensors
+            .iter()
+            .map(|(k, v)| (vit_to_timm(k), v.clone()))
+            .collect(),
+    };
+    assert!(timm.tensors.contains_key("blocks.11.attn.qkv.weight"));
+    let b = Backbone::from_state_dict("vit_base_patch16_224.augreg2_in21k_ft_in1k", timm, &device)
+        .unwrap();
+    let x = b.spec.norm.normalize(to_tensor(
+        &[b.preprocess().load(&testdata("chelsea.png")).unwrap()],
+        &device,
+    ));
+    let a = to_vec(tv.forward_normalized(x.clone(), &mut Taps::none()).logits);
+    let c = to_vec(b.forward_normalized(x, &mut Taps::none()).logits);
+    assert_eq!(a, c);
+}

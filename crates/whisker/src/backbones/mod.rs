@@ -824,7 +824,7 @@ mod tests {
     #[test]
     fn the_registry_lists_every_model_once() {
         let names: Vec<&str> = models().iter().map(|m| m.name).collect();
-        assert_eq!(names.len(), 40);
+        assert_eq!(names.len(), 41);
         let unique: std::collections::HashSet<&str> = names.iter().copied().collect();
         assert_eq!(unique.len(), names.len(), "{names:?}");
         for n in &names {

@@ -20,7 +20,8 @@ use super::{Family, ModelSpec};
 use crate::data::resize::{resize_matrix_rows, Filter};
 use crate::data::transforms::Normalization;
 use crate::error::Result;
-use crate::weights::Loader;
+use crate::weights::{Loader, RawTensor};
+use std::collections::BTreeMap;
 use whisker_kernels::Act as KAct;
 
 /// torchvision's LayerNorm epsilon for ViT.
@@ -162,6 +163,20 @@ impl Vit {
 
 macro_rules! vit {
     ($name:literal, $patch:literal, $dim:literal, $depth:literal, $heads:literal, $resize:literal, $params:literal, $file:literal, $sha:literal) => {
+        vit!(
+            $name,
+            $patch,
+            $dim,
+            $depth,
+            $heads,
+            $resize,
+            $params,
+            Normalization::ImageNet,
+            Filter::Bilinear,
+            tv!($file, $sha)
+        )
+    };
+    ($name:literal, $patch:literal, $dim:literal, $depth:literal, $heads:literal, $resize:literal, $params:literal, $norm:expr, $filter:expr, $weights:expr) => {
         ModelSpec {
             name: $name,
             family: Family::Vit(Config {
@@ -173,17 +188,19 @@ macro_rules! vit {
             }),
             input_size: IMAGE,
             resize: $resize,
-            norm: Normalization::ImageNet,
-            interpolation: Filter::Bilinear,
+            norm: $norm,
+            interpolation: $filter,
             params: $params,
             feature_dim: $dim,
-            weights: tv!($file, $sha),
+            weights: $weights,
         }
     };
 }
 
-/// The models of the family, as `whisker models` lists them (torchvision's IMAGENET1K_V1
-/// weights and their transforms: bilinear resize to 256, 242 for ViT-L/16, centre crop 224).
+/// The models of the family, as `whisker models` lists them: torchvision's IMAGENET1K_V1
+/// weights and their transforms (bilinear resize to 256, 242 for ViT-L/16, centre crop 224),
+/// and timm's ViT-B/16 pretrained on ImageNet-21k and fine-tuned on ImageNet-1k with AugReg
+/// (its transform: bicubic resize to 248 — crop fraction 0.9 —, crop 224, mean/std 0.5).
 const MODELS: &[ModelSpec] = &[
     vit!(
         "vit_b_16",
@@ -218,7 +235,62 @@ const MODELS: &[ModelSpec] = &[
         "vit_l_16-852ce7e3.pth",
         "852ce7e3"
     ),
+    vit!(
+        "vit_base_patch16_224.augreg2_in21k_ft_in1k",
+        16,
+        768,
+        12,
+        12,
+        248,
+        86_567_656,
+        Normalization::Inception,
+        Filter::Bicubic,
+        hf!(
+            "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k",
+            "model.safetensors"
+        )
+    ),
 ];
+
+/// timm's key of a ViT (`blocks.N.attn.qkv`…) → torchvision's; `None`: no timm key.
+fn timm_key(k: &str) -> Option<String> {
+    let top = [
+        ("cls_token", "class_token".to_string()),
+        ("pos_embed", "encoder.pos_embedding".to_string()),
+    ];
+    if let Some((_, to)) = top.iter().find(|(from, _)| *from == k) {
+        return Some(to.clone());
+    }
+    let prefixes = [
+        ("patch_embed.proj.", "conv_proj."),
+        ("norm.", "encoder.ln."),
+        ("head.", "heads.head."),
+    ];
+    for (from, to) in prefixes {
+        if let Some(rest) = k.strip_prefix(from) {
+            return Some(format!("{to}{rest}"));
+        }
+    }
+    let rest = k.strip_prefix("blocks.")?;
+    let (i, leaf) = rest.split_once('.')?;
+    let i: usize = i.parse().ok()?;
+    let leaf = match leaf {
+        "attn.qkv.weight" => "self_attention.in_proj_weight".to_string(),
+        "attn.qkv.bias" => "self_attention.in_proj_bias".to_string(),
+        _ => {
+            let layers = [
+                ("norm1.", "ln_1."),
+                ("norm2.", "ln_2."),
+                ("attn.proj.", "self_attention.out_proj."),
+                ("mlp.fc1.", "mlp.0."),
+                ("mlp.fc2.", "mlp.3."),
+            ];
+            let (from, to) = layers.iter().find(|(f, _)| leaf.starts_with(f))?;
+            format!("{to}{}", &leaf[from.len()..])
+        }
+    };
+    Some(format!("encoder.layers.encoder_layer_{i}.{leaf}"))
+}
 
 impl super::Definition for Vit {
     type Config = Config;
@@ -226,6 +298,19 @@ impl super::Definition for Vit {
 
     fn build(l: &mut Loader, c: Config) -> Result<Self> {
         Vit::load(l, c)
+    }
+
+    /// timm's key names (`vit_base_patch16_224.*` checkpoints) to torchvision's: the same
+    /// network (packed q/k/v, LayerNorm ε 1e-6, exact GELU).
+    fn map_keys(_model: &str, keys: &mut BTreeMap<String, RawTensor>) {
+        if !keys.contains_key("cls_token") {
+            return;
+        }
+        let old = std::mem::take(keys);
+        for (k, v) in old {
+            let k = timm_key(&k).unwrap_or(k);
+            keys.insert(k, v);
+        }
     }
 }
 
