@@ -28,10 +28,37 @@ ALL = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "v
        "efficientnet_lite4", "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
        "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l", "regnet_y_400mf",
        "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf", "regnet_y_8gf", "regnet_y_16gf",
-       "regnet_y_32gf", "vit_b_16", "vit_b_32", "vit_l_16"]
+       "regnet_y_32gf", "vit_b_16", "vit_b_32", "vit_l_16",
+       "vit_base_patch16_224.augreg2_in21k_ft_in1k", "dinov2_vits14", "dinov2_vitb14",
+       "dinov2_vitl14", "dinov2_vits14_reg", "dinov2_vitb14_reg", "dinov2_vitl14_reg"]
+
+
+def dinov2_classifier(name):
+    """timm's DINOv2 at 224 px (its position embeddings for the 16×16 grid, as timm resamples
+    them on load) with the ImageNet linear head (`linear_head`) on the class token + mean
+    patch token: the network whisker runs, with whisker's parameter names."""
+    import timm
+    from make_golden import DINOV2
+    arch, _ = DINOV2[name]
+    m = timm.create_model(arch, pretrained=False, num_classes=0, img_size=224)
+
+    class Classifier(type(m)):
+        def forward(self, x):
+            t = self.forward_features(x)
+            f = torch.cat([t[:, 0], t[:, self.num_prefix_tokens:].mean(1)], 1)
+            return self.linear_head(f)
+
+    m.__class__ = Classifier
+    m.linear_head = torch.nn.Linear(2 * m.embed_dim, 1000)
+    return m
 
 
 def build(name):
+    if name.startswith("dinov2_"):
+        return dinov2_classifier(name).eval(), 224
+    if "." in name:  # timm's
+        import timm
+        return timm.create_model(name, pretrained=False).eval(), 224
     if name in LITE:
         w, d, size, _ = LITE[name]
         return EfficientNetLite(w, d).eval(), size
