@@ -403,8 +403,21 @@ def run_dinov2(name, data, grad_class=None, grad_size=(128, 112)):
     m, head, features = dinov2_model(name)
     bicubic = T.InterpolationMode.BICUBIC
     x = to_input(crop_u8(os.path.join(data, "chelsea.png"), 256, 224, bicubic), "imagenet")
+    cap = {}
+    hook = m.blocks[-1].attn.register_forward_hook(lambda mod, i, o: cap.__setitem__("x", i[0]))
     f = features(x)
+    hook.remove()
     out = {"logits": head(f)[0].contiguous(), "features": f[0].contiguous()}
+    if name.endswith("_reg"):
+        # the last block's attention maps: the class token's softmax row over the patches,
+        # one per head (the DINO figures), recomputed from the block's attention input
+        a, xin = m.blocks[-1].attn, cap["x"]
+        b, n, c = xin.shape
+        qkv = a.qkv(xin).reshape(b, n, 3, a.num_heads, c // a.num_heads).permute(2, 0, 3, 1, 4)
+        att = ((qkv[0] * a.scale) @ qkv[1].transpose(-2, -1)).softmax(-1)
+        p = m.num_prefix_tokens
+        g = round((n - p) ** 0.5)
+        out["attention"] = att[0, :, 0, p:].reshape(a.num_heads, g, g).contiguous()
     # (the smaller inputs bilinear, as for every family's)
     x112 = to_input(crop_u8(os.path.join(data, "chelsea.png"), 128, 112), "imagenet")
     out["logits_112"] = head(features(x112))[0].contiguous()

@@ -773,4 +773,18 @@ fn dinov2_probe_trains_from_a_weights_file() {
         "{}",
         stderr(&o)
     );
+    // its maps need no classifier: the last block's attention, one channel per head
+    let png = home.path().join("attn.png");
+    let o = whisker(home.path())
+        .args(["featuremap", "-b", "dinov2_vits14", "--weights"])
+        .arg(&w)
+        .args(["--layer", "blocks.11.attn", "--out"])
+        .arg(&png)
+        .arg(testdata("chelsea.png"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(line.contains("[6 channels, 16×16]"), "{line}");
+    assert!(png.exists());
 }

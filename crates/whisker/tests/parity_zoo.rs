@@ -410,3 +410,42 @@ fn vit_base_patch16_224_augreg2_in21k_ft_in1k() {
     check("vit_base_patch16_224.augreg2_in21k_ft_in1k");
     check_resampled("vit_base_patch16_224.augreg2_in21k_ft_in1k");
 }
+
+/// The attention maps of a vision transformer (the class token's attention to each patch,
+/// one channel per head: the DINO figures) of DINOv2's last block against timm's, on burn and
+/// on the engine's every path; registers and the class token take the rest of each row.
+#[test]
+fn dinov2_vits14_reg_attention_maps() {
+    let device = Device::flex();
+    let name = "blocks.11.attn";
+    let b = golden_backbone("dinov2_vits14_reg", &device);
+    assert!(b.layer_names().iter().any(|n| n == name));
+    let g = golden("dinov2_vits14_reg.safetensors");
+    let want = &g["attention"].1;
+    assert_eq!(g["attention"].0, vec![6, 16, 16]);
+    let rows: Vec<f32> = want.chunks(256).map(|r| r.iter().sum()).collect();
+    assert!(rows.iter().all(|&s| s > 0.0 && s < 1.0), "{rows:?}");
+    let img = b.preprocess().load(&testdata("chelsea.png")).unwrap();
+    let x = to_tensor(&[img], &device);
+    let check = |taps: &Taps, path: &str| {
+        let map = taps
+            .get(name)
+            .unwrap_or_else(|| panic!("{path}: no {name}"));
+        assert_eq!(map.dims(), [1, 6, 16, 16], "{path}");
+        let got = to_vec(map.clone());
+        let d = max_abs_diff(&got, want) / max_abs(want);
+        println!("{name} [{path}]: max|Δ|/max = {d:.2e}");
+        assert!(d <= 1e-5, "{path}: {d}");
+    };
+    let mut taps = Taps::only(&[name]);
+    let _ = b.net.features(b.spec.norm.normalize(x.clone()), &mut taps);
+    check(&taps, "burn");
+    let (dims, pixels) = (x.dims(), to_vec(x));
+    for isa in Isa::available() {
+        let plan = Plan::compile(&b).unwrap().with_isa(isa);
+        let mut taps = Taps::only(&[name]);
+        plan.run(&pixels, dims, false, true, &mut taps, &device)
+            .unwrap();
+        check(&taps, isa.name());
+    }
+}

@@ -58,7 +58,7 @@ pub(crate) fn figure(
 
 pub fn featuremap(a: FeatureMapArgs) -> Result<i32> {
     let device = whisker::default_device();
-    let subject = a.which.load(&device)?;
+    let subject = a.which.load_for_maps(&device)?;
     let b = subject.backbone();
     if a.list_layers {
         for n in b.layer_names() {

@@ -32,7 +32,41 @@ pub(crate) struct ModelArgs {
     model: Option<PathBuf>,
 }
 
+/// What `featuremap` looks inside: a model, or a bare backbone (a feature extractor's
+/// checkpoint without an ImageNet classifier, such as DINOv2's, has maps too).
+pub(crate) enum Subject {
+    Model(Box<Model>),
+    Backbone(Box<whisker::Backbone>),
+}
+
+impl Subject {
+    pub(crate) fn backbone(&self) -> &whisker::Backbone {
+        match self {
+            Subject::Model(m) => m.backbone(),
+            Subject::Backbone(b) => b,
+        }
+    }
+}
+
 impl ModelArgs {
+    /// The model, or for a zoo backbone without an ImageNet classifier the backbone alone.
+    pub(crate) fn load_for_maps(&self, device: &burn::tensor::Device) -> Result<Subject> {
+        if self.model.is_some() {
+            return Ok(Subject::Model(Box::new(self.load(device)?)));
+        }
+        let path = match &self.weights {
+            Some(w) => w.clone(),
+            None => {
+                whisker::cache::Cache::default()
+                    .require(&self.backbone)?
+                    .file
+            }
+        };
+        let b = whisker::Backbone::from_file(&self.backbone, &path, device)
+            .with_context(|| format!("loading {} weights", self.backbone))?;
+        Ok(Subject::Backbone(Box::new(b)))
+    }
+
     pub(crate) fn load(&self, device: &burn::tensor::Device) -> Result<Model> {
         load_model(
             self.model.as_ref(),

@@ -79,10 +79,19 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        taps: &mut Taps,
+        name: &str,
+        grid: (usize, usize),
+    ) -> Tensor<3> {
         let [n, t, c] = x.dims();
         let scale = |g: &Param<Tensor<1>>| g.val().reshape([1, 1, c]);
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x)) * scale(&self.ls1);
+        let a = self
+            .attn
+            .forward_tapped(self.norm1.forward(x.clone()), taps, name, grid);
+        let x = x + a * scale(&self.ls1);
         let y = self.norm2.forward(x.clone()).reshape([n * t, c]);
         let y = self
             .fc2
@@ -90,9 +99,10 @@ impl Block {
         x + y.reshape([n, t, c]) * scale(&self.ls2)
     }
 
-    fn lower(&self, bl: &mut Builder<'_>, x: V) -> Result<V> {
+    fn lower(&self, bl: &mut Builder<'_>, x: V, name: String, grid: V) -> Result<V> {
         let y = bl.layer_norm(x, &self.norm1)?;
         let qkv = bl.pointwise(y, &self.attn.qkv, KAct::None, None, None)?;
+        bl.tap_attention(name, qkv, self.attn.heads, grid);
         let a = bl.attention(qkv, self.attn.heads)?;
         let x1 = bl.pointwise(
             a,
@@ -327,7 +337,7 @@ impl super::Arch for Dinov2 {
             );
         }
         for (i, b) in self.blocks.iter().enumerate() {
-            x = b.forward(x);
+            x = b.forward(x, taps, &format!("blocks.{i}.attn"), (gh, gw));
             x = taps.hook_tokens(&format!("blocks.{i}"), x, (gh, gw));
         }
         let x = self.norm.forward(x);
@@ -361,7 +371,7 @@ impl super::Arch for Dinov2 {
         let grid = bl.conv(x, &self.patch, None, super::layers::Act::None, None)?;
         let mut x = bl.tokens(grid, &self.cls_token, &self.pos, self.registers.as_ref())?;
         for (i, b) in self.blocks.iter().enumerate() {
-            x = b.lower(bl, x)?;
+            x = b.lower(bl, x, format!("blocks.{i}.attn"), grid)?;
             bl.tap_tokens(format!("blocks.{i}"), x, grid);
         }
         let x = bl.layer_norm(x, &self.norm)?;

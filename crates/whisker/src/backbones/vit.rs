@@ -63,6 +63,19 @@ impl Attention {
 
     /// `[N, T, C]` tokens → `[N, T, C]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.forward_tapped(x, &mut Taps::none(), "", (0, 0))
+    }
+
+    /// [`Attention::forward`], offering the class token's attention to the patches of the
+    /// `gh × gw` grid (the last tokens) under `name`: a map of one channel per head, each
+    /// the softmax row of the class token's query (the DINO attention maps).
+    pub fn forward_tapped(
+        &self,
+        x: Tensor<3>,
+        taps: &mut Taps,
+        name: &str,
+        (gh, gw): (usize, usize),
+    ) -> Tensor<3> {
         let [n, t, c] = x.dims();
         let (h, d) = (self.heads, c / self.heads);
         let qkv = self
@@ -79,6 +92,19 @@ impl Attention {
         // PyTorch scales q before the product
         let q = q * (1.0 / (d as f64).sqrt());
         let a = softmax(q.matmul(k.swap_dims(2, 3)), 3);
+        if !name.is_empty() {
+            // (not a map of the residual stream: no gradient taps)
+            if taps.wants(name) && !taps.needs_graph() {
+                let map = a
+                    .clone()
+                    .slice([0..n, 0..h, 0..1, t - gh * gw..t])
+                    .reshape([n, h, gh, gw])
+                    .detach();
+                taps.tap(name, &map);
+            } else {
+                taps.note(name);
+            }
+        }
         let y = a.matmul(v).swap_dims(1, 2).reshape([n * t, c]);
         self.proj.forward(y).reshape([n, t, c])
     }
@@ -105,9 +131,18 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        taps: &mut Taps,
+        name: &str,
+        grid: (usize, usize),
+    ) -> Tensor<3> {
         let [n, t, c] = x.dims();
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x));
+        let x = x.clone()
+            + self
+                .attn
+                .forward_tapped(self.ln_1.forward(x), taps, name, grid);
         let y = self.ln_2.forward(x.clone()).reshape([n * t, c]);
         let y = self.fc2.forward(Act::Gelu.apply(self.fc1.forward(y)));
         x + y.reshape([n, t, c])
@@ -351,8 +386,9 @@ impl super::Arch for Vit {
         let cls = self.class_token.val().expand([n, 1, c]);
         let mut x = Tensor::cat(vec![cls, y], 1) + resample_pos(self.pos.val(), 1, gh, gw);
         for (i, b) in self.blocks.iter().enumerate() {
-            x = b.forward(x);
-            x = taps.hook_tokens(&format!("encoder.layers.encoder_layer_{i}"), x, (gh, gw));
+            let p = format!("encoder.layers.encoder_layer_{i}");
+            x = b.forward(x, taps, &format!("{p}.attention"), (gh, gw));
+            x = taps.hook_tokens(&p, x, (gh, gw));
         }
         self.norm
             .forward(x)
@@ -376,12 +412,14 @@ impl super::Arch for Vit {
         for (i, b) in self.blocks.iter().enumerate() {
             let y = bl.layer_norm(x, &b.ln_1)?;
             let qkv = bl.pointwise(y, &b.attn.qkv, KAct::None, None, None)?;
+            let p = format!("encoder.layers.encoder_layer_{i}");
+            bl.tap_attention(format!("{p}.attention"), qkv, b.attn.heads, grid);
             let a = bl.attention(qkv, b.attn.heads)?;
             let x1 = bl.pointwise(a, &b.attn.proj, KAct::None, None, Some(x))?;
             let y = bl.layer_norm(x1, &b.ln_2)?;
             let y = bl.pointwise(y, &b.fc1, KAct::Gelu, None, None)?;
             x = bl.pointwise(y, &b.fc2, KAct::None, None, Some(x1))?;
-            bl.tap_tokens(format!("encoder.layers.encoder_layer_{i}"), x, grid);
+            bl.tap_tokens(p, x, grid);
         }
         let x = bl.layer_norm(x, &self.norm)?;
         let features = bl.class_token(x);

@@ -550,6 +550,7 @@ impl Builder<'_> {
             name: name.into(),
             x,
             grid: None,
+            heads: None,
         }));
     }
 
@@ -560,6 +561,19 @@ impl Builder<'_> {
             name: name.into(),
             x,
             grid: Some(grid),
+            heads: None,
+        }));
+    }
+
+    /// The class token's attention to the patches of the grid of value `grid`, computed from
+    /// the packed q, k, v projection `qkv` of `heads` heads, offered to taps as a map of one
+    /// channel per head.
+    pub(super) fn tap_attention(&mut self, name: impl Into<String>, qkv: V, heads: usize, grid: V) {
+        self.ops.push(Op::Tap(ops::tap::Tap {
+            name: name.into(),
+            x: qkv,
+            grid: Some(grid),
+            heads: Some(heads),
         }));
     }
 
