@@ -516,6 +516,7 @@ fn hugging_face_downloads_resume_and_check_the_lfs_sha256() {
             .into_bytes()
     };
     let repo = "timm/vit_small_patch14_dinov2.lvd142m";
+    const FILE: &str = "model.safetensors";
     let files = std::collections::HashMap::from([
         (
             format!("/{repo}/raw/main/model.safetensors"),
@@ -530,23 +531,11 @@ fn hugging_face_downloads_resume_and_check_the_lfs_sha256() {
     let home = tempfile::tempdir().unwrap();
     let cache = Cache::new(home.path());
     let e = cache
-        .fetch_hf(
-            "dinov2_vits14",
-            &base,
-            repo,
-            "model.safetensors",
-            &|_, _| {},
-        )
+        .fetch_hf("dinov2_vits14", &base, repo, FILE, &|_, _| {})
         .unwrap_err();
     assert!(e.to_string().contains("resume"), "{e}");
     let c = cache
-        .fetch_hf(
-            "dinov2_vits14",
-            &base,
-            repo,
-            "model.safetensors",
-            &|_, _| {},
-        )
+        .fetch_hf("dinov2_vits14", &base, repo, FILE, &|_, _| {})
         .unwrap();
     assert_eq!(ranged.load(Ordering::SeqCst), 1, "the second try resumed");
     assert_eq!(c.sha256, sha);
@@ -569,13 +558,7 @@ fn hugging_face_downloads_resume_and_check_the_lfs_sha256() {
         let (base, _, _) = serve(files, 0);
         let home = tempfile::tempdir().unwrap();
         let e = Cache::new(home.path())
-            .fetch_hf(
-                "dinov2_vits14",
-                &base,
-                repo,
-                "model.safetensors",
-                &|_, _| {},
-            )
+            .fetch_hf("dinov2_vits14", &base, repo, FILE, &|_, _| {})
             .unwrap_err();
         assert!(matches!(e, Error::Checksum { .. }), "{e}");
         let left: Vec<_> = std::fs::read_dir(home.path().join("weights/dinov2_vits14"))
@@ -590,13 +573,7 @@ fn hugging_face_downloads_resume_and_check_the_lfs_sha256() {
     )]);
     let (base, requests, _) = serve(files, 0);
     let e = Cache::new(home.path())
-        .fetch_hf(
-            "dinov2_vits14",
-            &base,
-            repo,
-            "model.safetensors",
-            &|_, _| {},
-        )
+        .fetch_hf("dinov2_vits14", &base, repo, FILE, &|_, _| {})
         .unwrap_err();
     assert!(e.to_string().contains("Git LFS pointer"), "{e}");
     assert_eq!(requests.load(Ordering::SeqCst), 1);
