@@ -48,7 +48,11 @@ fn check(name: &str) {
     let pixels = to_vec(x);
     // (Winograd serves 3×3 convolutions only: a transformer's plan is the same without it)
     let transformer = name.starts_with("vit") || name.starts_with("dinov2");
-    let winograds: &[bool] = if transformer { &[false] } else { &[false, true] };
+    let winograds: &[bool] = if transformer {
+        &[false]
+    } else {
+        &[false, true]
+    };
     for isa in Isa::available() {
         for &winograd in winograds {
             let opts = PlanOptions {
