@@ -187,3 +187,19 @@ fn engine_maps_equal_burns() {
         }
     }
 }
+
+/// The default layers of a vision transformer: Grad-CAM's the last block's tokens, and the
+/// feature map's too (no patch grid reaches 1/8 of the input: the deepest of the widest maps,
+/// not an attention map of a few heads); a CNN's feature map stays mid-level.
+#[test]
+fn transformers_default_to_their_last_block() {
+    let device = Device::flex();
+    let b = Backbone::with_formula_weights("dinov2_vits14", &device).unwrap();
+    assert_eq!(cam::default_layer(&b), "blocks.11");
+    assert_eq!(whisker::inspect::featuremap::default_layer(&b), "blocks.11");
+    let names = b.layer_names();
+    assert_eq!(names.first().map(String::as_str), Some("blocks.0.attn"));
+    let l = lite0(&device);
+    let mid = whisker::inspect::featuremap::default_layer(&l);
+    assert!(mid.starts_with("_blocks."), "{mid}");
+}

@@ -9,17 +9,32 @@ use crate::data::transforms::to_tensor;
 use crate::error::{Error, Result};
 
 /// The default layer to show: a mid-level one, the deepest whose maps are still at least
-/// 1/8 of the input's size (28×28 for 224), where shapes and textures are recognisable.
+/// 1/8 of the input's size (28×28 for 224), where shapes and textures are recognisable; in a
+/// network without one (a vision transformer's patch grid is 1/14 or 1/16), the deepest of
+/// its widest maps (the last block's tokens, not an attention map of a few heads).
 pub fn default_layer(b: &Backbone) -> String {
     let s = b.spec.input_size;
     let x = Tensor::<4>::zeros([1, 3, s, s], &b.device());
     let mut taps = Taps::all();
     let _ = b.forward(x, &mut taps);
+    let widest = taps
+        .maps
+        .iter()
+        .map(|(_, t)| t.dims()[1])
+        .max()
+        .unwrap_or(0);
     taps.maps
         .iter()
         .filter(|(_, t)| t.dims()[2] * 8 >= s)
         .map(|(n, _)| n.clone())
         .next_back()
+        .or_else(|| {
+            taps.maps
+                .iter()
+                .filter(|(_, t)| t.dims()[1] == widest)
+                .map(|(n, _)| n.clone())
+                .next_back()
+        })
         .unwrap_or_else(|| taps.names.first().cloned().unwrap_or_default())
 }
 
