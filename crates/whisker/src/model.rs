@@ -129,11 +129,12 @@ impl Model {
             None => {
                 // the cached file with the weights it was trained on (of any cached for it)
                 let cache = Cache::default();
-                let newest = cache.require(&trained.meta.backbone)?;
                 let same = cache.list()?.into_iter().find(|c| {
                     c.backbone == trained.meta.backbone && c.sha256 == trained.meta.weights_sha256
                 });
                 let Some(c) = same else {
+                    // (none cached at all: `require` says how to fetch them)
+                    let newest = cache.require(&trained.meta.backbone)?;
                     return Err(Error::Invalid(format!(
                         "{}: the model was trained on {} weights with sha256 {}, but the cache holds {} ({}); import the file it was trained with (`whisker weights fetch {} --from FILE`)",
                         file.display(),
