@@ -5,6 +5,7 @@ mod bench;
 mod classify;
 mod data;
 mod eval;
+mod extract;
 mod inspect;
 mod models;
 mod predict;
@@ -95,6 +96,12 @@ enum Cmd {
         after_help = "Examples:\n  whisker report run\n  whisker report run digits/ --split val --top-losses 24"
     )]
     Report(report::ReportArgs),
+    /// Features of many images to Parquet or NumPy files, in shards that a rerun resumes
+    /// and several processes (a job array, a cluster) can share.
+    #[command(
+        after_help = "Examples:\n  whisker extract pets/ --out feats/\n  whisker extract photos.csv --out feats/ -b resnet50 --layer layer3 --pool max\n  whisker extract photos/ --out feats/ --num-shards 64 --shard-id $SLURM_ARRAY_TASK_ID\n  whisker extract photos/ --out feats/ --num-shards 64 --merge feats.parquet"
+    )]
+    Extract(extract::ExtractArgs),
     /// Predict with a trained model.
     #[command(after_help = "Example: whisker predict run photo.jpg --tta")]
     Predict(predict::PredictArgs),
@@ -211,6 +218,7 @@ fn main() {
         Cmd::Eval(a) => eval::eval(a, quiet),
         Cmd::Report(a) => report::report(a, quiet),
         Cmd::Predict(a) => predict::predict(a, quiet),
+        Cmd::Extract(a) => extract::extract(a, quiet),
         Cmd::LrFind(a) => predict::lr_find(a, quiet),
         Cmd::Featuremap(a) => inspect::featuremap(a),
         Cmd::Attack(a) => inspect::attack_cmd(a),

@@ -91,6 +91,29 @@ impl Model {
         Self::zoo(backbone, sha, path)
     }
 
+    /// A zoo backbone as a feature extractor (`weights`, else the cached weights): unlike
+    /// [`Model::pretrained`], a checkpoint without an ImageNet classifier (DINOv2's) is
+    /// welcome; its labels are ImageNet's when it has the classifier, else none.
+    pub fn extractor(name: &str, weights: Option<&Path>, device: &Device) -> Result<Self> {
+        let (backbone, sha) = match weights {
+            Some(w) => (Backbone::from_file(name, w, device)?, sha256_file(w)?),
+            None => {
+                let c = Cache::default().require(name)?;
+                (Backbone::from_file(name, &c.file, device)?, c.sha256)
+            }
+        };
+        let labels = match backbone.net.has_imagenet_head() {
+            true => imagenet_classes().iter().map(|s| s.to_string()).collect(),
+            false => Vec::new(),
+        };
+        Ok(Model {
+            backbone,
+            trained: None,
+            labels,
+            feature_key: sha,
+        })
+    }
+
     /// The backbone as an ImageNet classifier; refused when its checkpoint (`file`) has no
     /// ImageNet classifier (DINOv2's are feature extractors).
     fn zoo(backbone: Backbone, sha: String, file: &Path) -> Result<Self> {
@@ -186,6 +209,12 @@ impl Model {
             Some(t) => &t.meta.weights_sha256,
             None => &self.feature_key,
         }
+    }
+
+    /// The sha256 of the trained model file whose fine-tuned backbone this model runs, if it
+    /// does.
+    pub fn finetuned_sha256(&self) -> Option<&str> {
+        self.feature_key.strip_prefix("finetuned-")
     }
 
     pub fn preprocess(&self) -> Preprocess {

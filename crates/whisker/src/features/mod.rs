@@ -18,6 +18,10 @@ use crate::data::transforms::to_tensor;
 use crate::error::{Error, Result};
 use crate::io::whisker_home;
 
+pub mod pool;
+
+pub use pool::{Output, Pool};
+
 /// On-disk cache of feature vectors for one (backbone weights, preprocessing) pair.
 #[derive(Debug, Clone)]
 pub struct FeatureCache {
@@ -155,6 +159,91 @@ pub fn extract_augmented(
     extract_impl(backbone, device, paths, None, batch, Some(&t), progress)
 }
 
+/// A decoded, preprocessed image (with the content hash of the bytes it came from, when the
+/// decoder hashes), or why it could not be decoded (naming the file).
+pub type Decoded = std::result::Result<(image::RgbImage, Option<String>), String>;
+
+/// An image's row in a [`Batch`] (with its content hash, when the decoder gave one), or why
+/// it failed.
+pub type Streamed = std::result::Result<(usize, Option<String>), String>;
+
+/// One batch of a streamed extraction ([`stream`]), its images in the order they were asked
+/// for.
+pub struct Batch<'a> {
+    /// Per image: its index, and its row in `rows` (with its content hash, when the decoder
+    /// gave one) or why it failed.
+    pub items: Vec<(usize, Streamed)>,
+    /// Row-major `[rows, dim]`: the decoded images' outputs.
+    pub rows: &'a [f32],
+    pub dim: usize,
+}
+
+impl Batch<'_> {
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.rows[r * self.dim..(r + 1) * self.dim]
+    }
+}
+
+/// The streaming core of extraction: the images `todo` (indices handed to `decode`) are
+/// decoded on all cores in a background thread, at most two batches ahead, while `forward`
+/// runs each batch of `batch` images (`[n, 3, H, W]` pixels in [0, 1] → `n` rows of `dim`
+/// values); `sink` receives every batch in order. Memory is bounded by the batch, whatever
+/// the number of images. An error from `forward` or `sink` stops the stream and is returned.
+pub fn stream(
+    device: &Device,
+    todo: &[usize],
+    batch: usize,
+    decode: &(dyn Fn(usize) -> Decoded + Sync),
+    forward: &mut dyn FnMut(burn::tensor::Tensor<4>) -> Result<(Vec<f32>, usize)>,
+    sink: &mut dyn FnMut(Batch<'_>) -> Result<()>,
+) -> Result<()> {
+    let batch = batch.max(1);
+    std::thread::scope(|s| -> Result<()> {
+        let (tx, rx) = sync_channel::<Vec<(usize, Decoded)>>(2);
+        s.spawn(move || {
+            for chunk in todo.chunks(batch) {
+                let imgs: Vec<_> = chunk.par_iter().map(|&i| (i, decode(i))).collect();
+                if tx.send(imgs).is_err() {
+                    break;
+                }
+            }
+        });
+        for imgs in rx {
+            let mut items = Vec::with_capacity(imgs.len());
+            let mut ok_imgs = Vec::new();
+            for (i, r) in imgs {
+                match r {
+                    Ok((img, hash)) => {
+                        items.push((i, Ok((ok_imgs.len(), hash))));
+                        ok_imgs.push(img);
+                    }
+                    Err(e) => items.push((i, Err(e))),
+                }
+            }
+            let (rows, dim) = if ok_imgs.is_empty() {
+                (Vec::new(), 0)
+            } else {
+                let (rows, dim) = forward(to_tensor(&ok_imgs, device))?;
+                if rows.len() != ok_imgs.len() * dim {
+                    return Err(Error::Internal(format!(
+                        "{} values for {} images of {dim}",
+                        rows.len(),
+                        ok_imgs.len()
+                    )));
+                }
+                (rows, dim)
+            };
+            // (returning drops the receiver: the decoding thread stops at its next batch)
+            sink(Batch {
+                items,
+                rows: &rows,
+                dim,
+            })?;
+        }
+        Ok(())
+    })
+}
+
 fn extract_impl(
     backbone: &Backbone,
     device: &Device,
@@ -196,77 +285,55 @@ fn extract_impl(
     }
     let mut done = n - todo.len();
     progress(done, n);
-    // 2. decode in a background thread (bounded: two batches ahead), run the model here
+    // 2. decode in a background thread, run the model here
     let pre = backbone.preprocess();
-    let batch = batch.max(1);
     let start = Instant::now();
     let computed = todo.len();
     let mut cache_warning: Option<String> = None;
-    std::thread::scope(|s| -> Result<()> {
-        // each decoded image comes with the hash of the very bytes it was decoded from: a
-        // file replaced since its hash was taken above is stored under its new content's hash
-        type Decoded = std::result::Result<(image::RgbImage, Option<String>), String>;
-        let (tx, rx) = sync_channel::<Vec<(usize, Decoded)>>(2);
-        let todo_ref = &todo;
-        s.spawn(move || {
-            for chunk in todo_ref.chunks(batch) {
-                let imgs: Vec<_> = chunk
-                    .par_iter()
-                    .map(|&i| {
-                        let r = match (transform, cache) {
-                            (Some(t), _) => {
-                                crate::data::decode_file(&paths[i]).map(|img| (t(i, &img), None))
-                            }
-                            (None, Some(_)) => crate::data::decode::decode_file_hashed(&paths[i])
-                                .map(|(img, h)| (pre.apply(&img), Some(h))),
-                            (None, None) => pre.load(&paths[i]).map(|img| (img, None)),
-                        };
-                        (i, r.map_err(|e| e.to_string()))
-                    })
-                    .collect();
-                if tx.send(imgs).is_err() {
-                    break;
-                }
-            }
-        });
-        for imgs in rx {
-            let received = imgs.len();
-            let mut ok_idx = Vec::new();
-            let mut ok_imgs = Vec::new();
-            for (i, r) in imgs {
+    // each decoded image comes with the hash of the very bytes it was decoded from: a file
+    // replaced since its hash was taken above is stored under its new content's hash
+    let decode = |i: usize| -> Decoded {
+        let r = match (transform, cache) {
+            (Some(t), _) => crate::data::decode_file(&paths[i]).map(|img| (t(i, &img), None)),
+            (None, Some(_)) => crate::data::decode::decode_file_hashed(&paths[i])
+                .map(|(img, h)| (pre.apply(&img), Some(h))),
+            (None, None) => pre.load(&paths[i]).map(|img| (img, None)),
+        };
+        r.map_err(|e| e.to_string())
+    };
+    let mut forward = |x: burn::tensor::Tensor<4>| -> Result<(Vec<f32>, usize)> {
+        Ok((crate::tensor::to_vec(backbone.features(x))?, dim))
+    };
+    stream(
+        device,
+        &todo,
+        batch,
+        &decode,
+        &mut forward,
+        &mut |b: Batch<'_>| {
+            for (i, r) in &b.items {
                 match r {
-                    Ok((img, hash)) => {
-                        ok_idx.push((i, hash));
-                        ok_imgs.push(img);
-                    }
-                    Err(e) => errors[i] = Some(e),
-                }
-            }
-            if !ok_imgs.is_empty() {
-                let f = backbone.features(to_tensor(&ok_imgs, device));
-                let v: Vec<f32> = f
-                    .into_data()
-                    .try_into_vec_as::<f32>()
-                    .map_err(|e| Error::Internal(format!("reading features: {e:?}")))?;
-                for (j, (i, hash)) in ok_idx.iter().enumerate() {
-                    let row = &v[j * dim..(j + 1) * dim];
-                    features[i * dim..(i + 1) * dim].copy_from_slice(row);
-                    if let (Some(c), Some(h), None) = (cache, hash, &cache_warning) {
-                        // a cache that cannot be written is no reason to lose the run
-                        if let Err(e) = c.put(h, row) {
-                            cache_warning = Some(format!(
+                    Ok((row, hash)) => {
+                        let row = b.row(*row);
+                        features[i * dim..(i + 1) * dim].copy_from_slice(row);
+                        if let (Some(c), Some(h), None) = (cache, hash, &cache_warning) {
+                            // a cache that cannot be written is no reason to lose the run
+                            if let Err(e) = c.put(h, row) {
+                                cache_warning = Some(format!(
                                 "the feature cache {} could not be written ({e}); going on without it",
                                 c.dir.display()
                             ));
+                            }
                         }
                     }
+                    Err(e) => errors[*i] = Some(e.clone()),
                 }
             }
-            done += received;
+            done += b.items.len();
             progress(done.min(n), n);
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     progress(n, n);
     let secs = start.elapsed().as_secs_f64();
     Ok(Extracted {
