@@ -36,3 +36,8 @@ acc=$(echo "$out" | sed -n 's/^test accuracy \([0-9.]*\)%.*/\1/p')
 awk -v a="${acc:-0}" 'BEGIN { exit !(a >= 80) }' || { echo "examples/transfer.rs: test accuracy '${acc}' is below 80 %" >&2; exit 1; }
 [ -f "$EX/run/run.json" ] || { echo "examples/transfer.rs: no complete run" >&2; exit 1; }
 echo "examples/transfer.rs: ok"
+
+# What a Python user reads: `whisker extract`'s Parquet and NumPy files, with pyarrow and NumPy
+# (in a virtual environment under $WHISKER_TESTDATA).
+PY=$(tools/py/env.sh)
+"$PY" tools/py/check_extract.py "$W" "$WHISKER_TESTDATA"

@@ -462,3 +462,78 @@ fn a_run_killed_mid_way_resumes_to_the_same_files() {
         .to_string_lossy()
         .ends_with(".tmp")));
 }
+
+#[test]
+fn a_transformer_without_a_classifier_gives_its_tokens_pooled() {
+    let home = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = burn::tensor::Device::flex();
+    // DINOv2 with registers (seeded weights): a feature extractor, no ImageNet head
+    let b = whisker::Backbone::with_formula_weights("dinov2_vits14_reg", &device).unwrap();
+    let mut sd = b.state_dict().unwrap();
+    sd.tensors.retain(|k, _| !k.starts_with("linear_head."));
+    let w = tmp.path().join("dinov2_vits14_reg4_pretrain.safetensors");
+    sd.save_safetensors(&w).unwrap();
+    let data = digits(tmp.path(), &["4", "9"], 2);
+    let model = Model::extractor("dinov2_vits14_reg", Some(&w), &device)
+        .unwrap()
+        .for_inference();
+    let files: Vec<PathBuf> = ["4", "9"]
+        .iter()
+        .flat_map(|c| {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(data.join(c))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            v.sort();
+            v
+        })
+        .collect();
+    // the library's tokens of one image [T, C]: class token, 4 registers, 16 x 16 patches
+    let tokens = |f: &Path| {
+        let img = model.preprocess().load(f).unwrap();
+        let mut taps = whisker::Taps::only(&["blocks.11"]);
+        let _ = model
+            .backbone()
+            .features_with(to_tensor(&[img], &device), &mut taps);
+        let t = taps.get_tokens("blocks.11").unwrap().clone();
+        assert_eq!(t.dims(), [1, 1 + 4 + 256, 384]);
+        whisker::tensor::to_vec(t).unwrap()
+    };
+    let c = 384;
+    for (pool, dim) in [("features", 768), ("cls", c), ("avg", c), ("none", 261 * c)] {
+        let out = tmp.path().join(pool);
+        let mut args = vec!["--json", "-b", "dinov2_vits14_reg"];
+        if pool != "features" {
+            args.extend(["--layer", "blocks.11", "--pool", pool]);
+        }
+        args.extend(["--weights", w.to_str().unwrap(), "--out"]);
+        let doc = ok(&run(home.path(), &args, &[&out, &data]));
+        assert_eq!(doc["manifest"]["dim"], dim, "{pool}");
+        let t = read_parquet_table(&out.join("part-00000.parquet")).unwrap();
+        assert_eq!(t.paths.len(), files.len());
+        let mut worst = 0f32;
+        for (f, e) in files.iter().zip(&t.embeddings) {
+            let e = e.as_ref().unwrap();
+            let r: Vec<f32> = match pool {
+                "features" => {
+                    let img = model.preprocess().load(f).unwrap();
+                    whisker::tensor::to_vec(model.backbone().features(to_tensor(&[img], &device)))
+                        .unwrap()
+                }
+                "cls" => tokens(f)[..c].to_vec(),
+                "avg" => {
+                    let t = tokens(f);
+                    (0..c)
+                        .map(|j| {
+                            (5..261).map(|i| t[i * c + j] as f64).sum::<f64>() as f32 / 256.0
+                        })
+                        .collect()
+                }
+                _ => tokens(f),
+            };
+            worst = worst.max(max_diff(e, &r));
+        }
+        assert!(worst <= 1e-5, "{pool}: max |Δ| {worst}");
+    }
+}
