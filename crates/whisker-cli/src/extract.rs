@@ -1,11 +1,11 @@
 //! `whisker extract`: features of a dataset, a folder or a list of images, written to
 //! Parquet or NumPy shards that a rerun resumes and several processes can share.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use whisker::extract::{ExtractOptions, FileFormat, Input};
+use whisker::extract::{ExtractOptions, FileFormat, Input, Summary, Target};
 use whisker::features::{Output, Pool};
 use whisker::model::Model;
 
@@ -76,34 +76,68 @@ pub fn extract(a: ExtractArgs, quiet: bool) -> Result<i32> {
         },
     };
     let opts = ExtractOptions {
-        output,
-        format: if a.format == "npy" {
-            FileFormat::Npy
-        } else {
-            FileFormat::Parquet
-        },
+        target: Target::Embedding(output),
+        format: file_format(&a.format),
         batch_size: a.batch_size,
         num_shards: a.num_shards,
         shard_id: a.shard_id,
     };
+    run_and_report(
+        &model,
+        &input,
+        &a.out,
+        &opts,
+        a.merge.as_deref(),
+        a.json,
+        quiet,
+    )
+}
+
+pub fn file_format(s: &str) -> FileFormat {
+    if s == "npy" {
+        FileFormat::Npy
+    } else {
+        FileFormat::Parquet
+    }
+}
+
+/// Run an extraction (features or predictions) with a progress bar, merge when asked and
+/// complete, and say what was done.
+pub fn run_and_report(
+    model: &Model,
+    input: &Input,
+    out: &Path,
+    opts: &ExtractOptions,
+    merge: Option<&Path>,
+    json: bool,
+    quiet: bool,
+) -> Result<i32> {
     let pb = crate::progress::bar(0, "extracting", quiet);
-    let s = whisker::extract::run(&model, &input, &a.out, &opts, &|done, total| {
+    let s = whisker::extract::run(model, input, out, opts, &|done, total| {
         pb.set_length(total as u64);
         pb.set_position(done as u64);
     })?;
     pb.finish_and_clear();
-    let merged = match (&a.merge, s.complete) {
-        (Some(dest), true) => Some(whisker::extract::merge(&a.out, dest)?),
+    let merged = match (merge, s.complete) {
+        (Some(dest), true) => Some(whisker::extract::merge(out, dest)?),
         _ => None,
     };
+    report(out, &s, merged.as_ref(), json);
+    if merge.is_some() && !s.complete {
+        eprintln!("whisker: not merged: shards are still to do");
+    }
+    Ok(0)
+}
+
+fn report(out: &Path, s: &Summary, merged: Option<&whisker::extract::Merged>, json: bool) {
     let rows: usize = s.records.iter().map(|r| r.rows).sum();
     let failed: Vec<&whisker::extract::FailedImage> =
         s.records.iter().flat_map(|r| &r.errors).collect();
-    if a.json {
+    if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
-                "out": crate::path_str(&a.out),
+                "out": crate::path_str(out),
                 "manifest": s.manifest,
                 "shards_computed": s.computed,
                 "shards_skipped": s.skipped,
@@ -111,19 +145,23 @@ pub fn extract(a: ExtractArgs, quiet: bool) -> Result<i32> {
                 "images": rows,
                 "failed": failed,
                 "images_per_s": s.images_per_s,
-                "merged": merged.as_ref().map(|m| m.files.iter().map(|f| crate::path_str(f)).collect::<Vec<_>>()),
-            }))?
+                "merged": merged.map(|m| m.files.iter().map(|f| crate::path_str(f)).collect::<Vec<_>>()),
+            }))
+            .unwrap_or_default()
         );
     } else {
         let m = &s.manifest;
         println!(
-            "{} images, {} values each ({} {}, {} pooling) in {}: {} shard(s) computed{}, {} already complete{}",
+            "{} images, {} in {}: {} shard(s) computed{}, {} already complete{}",
             rows,
-            m.dim,
-            m.backbone,
-            m.layer,
-            m.pool,
-            a.out.display(),
+            match &m.classes {
+                Some(c) => format!("the probabilities of {} classes each", c.len()),
+                None => format!(
+                    "{} values each ({} {}, {} pooling)",
+                    m.dim, m.backbone, m.layer, m.pool
+                ),
+            },
+            out.display(),
             s.computed.len(),
             if s.computed.is_empty() {
                 String::new()
@@ -137,13 +175,13 @@ pub fn extract(a: ExtractArgs, quiet: bool) -> Result<i32> {
                 format!(
                     "; {} of {} shards still to do",
                     (0..m.num_shards)
-                        .filter(|&i| whisker::extract::complete_record(&a.out, i).is_none())
+                        .filter(|&i| whisker::extract::complete_record(out, i).is_none())
                         .count(),
                     m.num_shards
                 )
             }
         );
-        if let Some(mg) = &merged {
+        if let Some(mg) = merged {
             println!(
                 "merged: {}",
                 mg.files
@@ -166,8 +204,4 @@ pub fn extract(a: ExtractArgs, quiet: bool) -> Result<i32> {
             }
         }
     }
-    if a.merge.is_some() && !s.complete {
-        eprintln!("whisker: not merged: shards are still to do");
-    }
-    Ok(0)
 }

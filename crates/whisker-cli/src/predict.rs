@@ -30,10 +30,52 @@ pub struct PredictArgs {
     /// One JSON document on stdout.
     #[arg(long)]
     json: bool,
+    /// Write the predictions of one input (a dataset, a folder or a list, as `whisker
+    /// extract` reads) to Parquet or NumPy shards in this folder: path, label, prediction,
+    /// probability, probabilities (every class), error.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["tta", "csv"])]
+    out: Option<PathBuf>,
+    /// File format of the shards (with --out).
+    #[arg(long, default_value = "parquet", value_parser = ["parquet", "npy"], requires = "out")]
+    format: String,
+    /// Shards the sorted listing is cut into (with --out).
+    #[arg(long, default_value_t = 1, value_parser = crate::args::whole(1, 1_000_000), requires = "out")]
+    num_shards: usize,
+    /// Compute only this shard (with --out) [default: every shard not complete yet].
+    #[arg(long, value_parser = crate::args::whole(0, 999_999), requires = "out")]
+    shard_id: Option<usize>,
+    /// When every shard is complete, also write them as one file (with --out).
+    #[arg(long, value_name = "FILE", requires = "out")]
+    merge: Option<PathBuf>,
 }
 
 pub fn predict(a: PredictArgs, quiet: bool) -> Result<i32> {
     let model = Model::load(&a.model, &whisker::default_device())?.for_inference();
+    if let Some(out) = &a.out {
+        let [input] = a.images.as_slice() else {
+            anyhow::bail!(
+                "--out takes one input (a dataset, a folder or a list of paths), not {}",
+                a.images.len()
+            );
+        };
+        let input = whisker::extract::Input::open(input)?;
+        let opts = whisker::extract::ExtractOptions {
+            target: whisker::extract::Target::Predictions,
+            format: crate::extract::file_format(&a.format),
+            batch_size: a.batch_size,
+            num_shards: a.num_shards,
+            shard_id: a.shard_id,
+        };
+        return crate::extract::run_and_report(
+            &model,
+            &input,
+            out,
+            &opts,
+            a.merge.as_deref(),
+            a.json,
+            quiet,
+        );
+    }
     let images = crate::classify::expand(&a.images)?;
     crate::classify::run_model(
         &model,

@@ -525,9 +525,7 @@ fn a_transformer_without_a_classifier_gives_its_tokens_pooled() {
                 "avg" => {
                     let t = tokens(f);
                     (0..c)
-                        .map(|j| {
-                            (5..261).map(|i| t[i * c + j] as f64).sum::<f64>() as f32 / 256.0
-                        })
+                        .map(|j| (5..261).map(|i| t[i * c + j] as f64).sum::<f64>() as f32 / 256.0)
                         .collect()
                 }
                 _ => tokens(f),
@@ -536,4 +534,89 @@ fn a_transformer_without_a_classifier_gives_its_tokens_pooled() {
         }
         assert!(worst <= 1e-5, "{pool}: max |Δ| {worst}");
     }
+}
+
+#[test]
+fn predict_writes_the_probabilities_of_a_trained_model_to_shards() {
+    let home = home_with_weights();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = digits(tmp.path(), &["0", "1", "6"], 8);
+    let run_dir = tmp.path().join("run");
+    let o = whisker(home.path())
+        .args(["train", "--test-split", "0.25", "--out"])
+        .arg(&run_dir)
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(data.join("6").join("broken.png"), b"\x89PNG\r\n\x1a\n cut").unwrap();
+    let out = tmp.path().join("preds");
+    let merged = tmp.path().join("preds.parquet");
+    let o = whisker(home.path())
+        .args(["predict", "--json", "--num-shards", "2", "--out"])
+        .arg(&out)
+        .arg("--merge")
+        .arg(&merged)
+        .arg(&run_dir)
+        .arg(&data)
+        .output()
+        .unwrap();
+    let doc = ok(&o);
+    assert_eq!(
+        doc["manifest"]["classes"],
+        serde_json::json!(["0", "1", "6"])
+    );
+    assert_eq!(doc["complete"], true);
+    let t = read_parquet_table(&merged).unwrap();
+    assert_eq!(t.paths.len(), 25);
+    assert_eq!(t.dim, 3);
+    assert_eq!(t.metadata["whisker.classes"], r#"["0","1","6"]"#);
+    // against `whisker predict --json` on the same files (the path that classifies photos)
+    let files: Vec<PathBuf> = t.paths.iter().map(|p| data.join(p)).collect();
+    let o = whisker(home.path())
+        .args(["predict", "--json", "-k", "3"])
+        .arg(&run_dir)
+        .args(&files)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "exit 1: one image failed");
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let preds = t.predictions.as_ref().unwrap();
+    let mut right = 0;
+    for (i, r) in p["results"].as_array().unwrap().iter().enumerate() {
+        match (&t.embeddings[i], r.get("top")) {
+            (Some(probs), Some(top)) => {
+                assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+                assert_eq!(preds[i].as_deref(), top[0]["label"].as_str());
+                for c in top.as_array().unwrap() {
+                    let j = ["0", "1", "6"]
+                        .iter()
+                        .position(|l| Some(*l) == c["label"].as_str())
+                        .unwrap();
+                    let want = c["prob"].as_f64().unwrap() as f32;
+                    assert!(
+                        (probs[j] - want).abs() <= 1e-6,
+                        "{}: {} vs {want}",
+                        t.paths[i],
+                        probs[j]
+                    );
+                }
+                right +=
+                    usize::from(preds[i].as_deref() == t.labels.as_ref().unwrap()[i].as_deref());
+            }
+            (None, None) => assert!(t.errors[i].as_deref().unwrap().contains("broken.png")),
+            _ => panic!("{}: predicted by one path only", t.paths[i]),
+        }
+    }
+    assert!(right >= 20, "{right} of 24 right");
+    // --tta does not go with --out: refused, nothing written
+    let o = whisker(home.path())
+        .args(["predict", "--tta", "--out"])
+        .arg(tmp.path().join("x"))
+        .arg(&run_dir)
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!tmp.path().join("x").exists());
 }

@@ -32,6 +32,7 @@ use crate::features::{stream, Output};
 use crate::model::Model;
 
 pub use input::{Entry, Input};
+pub use parquet_io::Merged;
 pub use parquet_io::{merge, read_parquet_table, Table};
 
 /// The settings file of an output folder.
@@ -57,11 +58,22 @@ impl FileFormat {
     }
 }
 
+/// What is written per image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Features (the feature vector, or a layer's output pooled): the `embedding` column.
+    Embedding(Output),
+    /// The model's class probabilities (the softmax of its logits): the columns
+    /// `prediction` (the most probable class), `probability` (its probability) and
+    /// `probabilities` (every class's, in the order of the metadata's `whisker.classes`).
+    Predictions,
+}
+
 /// How [`run`] works.
 #[derive(Debug, Clone)]
 pub struct ExtractOptions {
-    /// What is extracted per image.
-    pub output: Output,
+    /// What is written per image.
+    pub target: Target,
     pub format: FileFormat,
     /// Images per forward pass.
     pub batch_size: usize,
@@ -85,6 +97,9 @@ pub struct Manifest {
     pub layer: String,
     pub pool: String,
     pub dim: usize,
+    /// The classes of `probabilities`, when the files hold predictions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<String>>,
     pub preprocessing: Preprocessing,
     pub format: FileFormat,
     pub num_shards: usize,
@@ -164,16 +179,35 @@ fn record_path(out: &Path, id: usize) -> PathBuf {
 /// the output's size when it is a layer's).
 pub fn manifest(model: &Model, input: &Input, opts: &ExtractOptions) -> Result<Manifest> {
     let b = model.backbone();
-    opts.output.check(b)?;
     let pre = model.preprocess();
-    let dim = match &opts.output {
-        Output::Features => b.spec.feature_dim,
-        // one image of the input size tells the layer's size (and refuses a pooling the
-        // layer cannot take) before anything is written
-        Output::Layer { .. } => {
-            let s = pre.crop;
-            let x = burn::tensor::Tensor::<4>::zeros([1, 3, s, s], &b.device());
-            opts.output.rows(b, x)?.1
+    let (layer, pool, dim, classes) = match &opts.target {
+        Target::Embedding(o) => {
+            o.check(b)?;
+            let dim = match o {
+                Output::Features => b.spec.feature_dim,
+                // one image of the input size tells the layer's size (and refuses a
+                // pooling the layer cannot take) before anything is written
+                Output::Layer { .. } => {
+                    let s = pre.crop;
+                    let x = burn::tensor::Tensor::<4>::zeros([1, 3, s, s], &b.device());
+                    o.rows(b, x)?.1
+                }
+            };
+            (o.layer_name(), o.pool_name(), dim, None)
+        }
+        Target::Predictions => {
+            if model.labels().is_empty() {
+                return Err(Error::Invalid(format!(
+                    "{} has no classifier to predict with: train one (`whisker train DIR -b {}`) and give its run",
+                    b.spec.name, b.spec.name
+                )));
+            }
+            (
+                "logits",
+                "softmax",
+                model.labels().len(),
+                Some(model.labels().to_vec()),
+            )
         }
     };
     Ok(Manifest {
@@ -181,9 +215,10 @@ pub fn manifest(model: &Model, input: &Input, opts: &ExtractOptions) -> Result<M
         backbone: b.spec.name.to_string(),
         weights_sha256: model.weights_sha256().to_string(),
         finetuned_model_sha256: model.finetuned_sha256().map(str::to_string),
-        layer: opts.output.layer_name().to_string(),
-        pool: opts.output.pool_name().to_string(),
+        layer: layer.to_string(),
+        pool: pool.to_string(),
         dim,
+        classes,
         preprocessing: Preprocessing {
             resize: pre.resize,
             crop: pre.crop,
@@ -361,6 +396,17 @@ pub fn run(
     })
 }
 
+/// The softmax of each row of `k` logits (in f64, as `torch.softmax` of f32 to ~1 ulp).
+fn softmax_rows(logits: &[f32], k: usize) -> Vec<f32> {
+    logits
+        .chunks_exact(k.max(1))
+        .flat_map(|row| {
+            let lse = crate::train::metrics::log_sum_exp(row);
+            row.iter().map(move |&v| (v as f64 - lse).exp() as f32)
+        })
+        .collect()
+}
+
 /// Where a shard's rows go, batch by batch.
 trait ShardWriter {
     /// Rows in listing order: an entry and its embedding, or why it failed.
@@ -415,7 +461,14 @@ fn run_shard(
     };
     let order: Vec<usize> = (0..entries.len()).collect();
     let mut errors = Vec::new();
-    let mut forward = |x| opts.output.rows(b, x);
+    let mut forward = |x| match &opts.target {
+        Target::Embedding(o) => o.rows(b, x),
+        Target::Predictions => {
+            let f = crate::tensor::to_vec(b.features(x))?;
+            let k = model.labels().len();
+            Ok((softmax_rows(&model.logits_of_features(&f)?, k), k))
+        }
+    };
     let dim = m.dim;
     stream(
         &b.device(),

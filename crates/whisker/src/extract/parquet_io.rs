@@ -49,10 +49,21 @@ fn metadata(m: &Manifest, shard: Option<usize>) -> HashMap<String, String> {
     );
     put("input", m.input.clone());
     put("listing_sha256", m.listing_sha256.clone());
+    if let Some(c) = &m.classes {
+        put("classes", serde_json::to_string(c).unwrap_or_default());
+    }
     if let Some(s) = shard {
         put("shard", format!("{s}/{}", m.num_shards));
     }
     kv
+}
+
+/// The name of the vectors' column: `embedding`, or `probabilities` for predictions.
+fn values_column(m: &Manifest) -> &'static str {
+    match m.classes {
+        Some(_) => "probabilities",
+        None => "embedding",
+    }
 }
 
 /// The schema of a shard (or of the merged table, `shard` `None`).
@@ -61,8 +72,12 @@ pub(super) fn schema(m: &Manifest, shard: Option<usize>) -> SchemaRef {
     if m.labelled {
         fields.push(Field::new("label", DataType::Utf8, true));
     }
+    if m.classes.is_some() {
+        fields.push(Field::new("prediction", DataType::Utf8, true));
+        fields.push(Field::new("probability", DataType::Float32, true));
+    }
     fields.push(Field::new(
-        "embedding",
+        values_column(m),
         DataType::FixedSizeList(
             Arc::new(Field::new("item", DataType::Float32, true)),
             m.dim as i32,
@@ -114,6 +129,7 @@ pub(super) struct PartWriter {
     name: String,
     dim: usize,
     labelled: bool,
+    classes: Option<Vec<String>>,
 }
 
 impl PartWriter {
@@ -135,17 +151,22 @@ impl PartWriter {
             name,
             dim: m.dim,
             labelled,
+            classes: m.classes.clone(),
         })
     }
 }
 
-/// A record batch of rows (an entry and its embedding, or why it failed).
+/// A record batch of rows (an entry and its vector, or why it failed); with `classes`, the
+/// vectors are class probabilities and the most probable class is written too.
 pub(super) fn batch(
     schema: &SchemaRef,
     dim: usize,
     labelled: bool,
+    classes: Option<&[String]>,
     rows: &[(&Entry, std::result::Result<&[f32], &str>)],
 ) -> Result<RecordBatch> {
+    let mut prediction = StringBuilder::new();
+    let mut probability = Vec::with_capacity(rows.len());
     let mut path = StringBuilder::new();
     let mut label = StringBuilder::new();
     let mut error = StringBuilder::new();
@@ -159,11 +180,19 @@ pub(super) fn batch(
                 values.extend_from_slice(v);
                 valid.push(true);
                 error.append_null();
+                if let Some(c) = classes {
+                    // the first of equal maxima, as torch.argmax
+                    let best = (0..v.len()).fold(0, |b, j| if v[j] > v[b] { j } else { b });
+                    prediction.append_option(c.get(best));
+                    probability.push(v.get(best).copied());
+                }
             }
             Err(msg) => {
                 values.extend(std::iter::repeat_n(0f32, dim));
                 valid.push(false);
                 error.append_value(msg);
+                prediction.append_null();
+                probability.push(None);
             }
         }
     }
@@ -179,6 +208,10 @@ pub(super) fn batch(
     if labelled {
         cols.push(Arc::new(label.finish()));
     }
+    if classes.is_some() {
+        cols.push(Arc::new(prediction.finish()));
+        cols.push(Arc::new(Float32Array::from(probability)));
+    }
     cols.push(Arc::new(emb));
     cols.push(Arc::new(error.finish()));
     RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::Internal(e.to_string()))
@@ -186,7 +219,13 @@ pub(super) fn batch(
 
 impl ShardWriter for PartWriter {
     fn write(&mut self, rows: &[(&Entry, std::result::Result<&[f32], &str>)]) -> Result<()> {
-        let b = batch(&self.schema, self.dim, self.labelled, rows)?;
+        let b = batch(
+            &self.schema,
+            self.dim,
+            self.labelled,
+            self.classes.as_deref(),
+            rows,
+        )?;
         self.writer.write(&b).map_err(|e| perr(self.tmp.path(), e))
     }
 
@@ -203,6 +242,9 @@ impl ShardWriter for PartWriter {
 pub struct Table {
     pub paths: Vec<String>,
     pub labels: Option<Vec<Option<String>>>,
+    /// The most probable class of each row (a table of predictions).
+    pub predictions: Option<Vec<Option<String>>>,
+    /// The `embedding` column, or a table of predictions' `probabilities`.
     pub embeddings: Vec<Option<Vec<f32>>>,
     pub errors: Vec<Option<String>>,
     pub dim: usize,
@@ -217,6 +259,7 @@ pub fn read_parquet_table(path: &Path) -> Result<Table> {
     let mut t = Table {
         metadata: schema.metadata().clone().into(),
         labels: schema.index_of("label").ok().map(|_| Vec::new()),
+        predictions: schema.index_of("prediction").ok().map(|_| Vec::new()),
         ..Default::default()
     };
     for batch in b.build().map_err(|e| perr(path, e))? {
@@ -238,8 +281,14 @@ pub fn read_parquet_table(path: &Path) -> Result<Table> {
         if let Some(l) = &mut t.labels {
             l.extend(strings("label")?);
         }
+        if let Some(p) = &mut t.predictions {
+            p.extend(strings("prediction")?);
+        }
         t.errors.extend(strings("error")?);
-        let emb = col("embedding")?;
+        let emb = match batch.column_by_name("probabilities") {
+            Some(c) => c,
+            None => col("embedding")?,
+        };
         let emb = emb
             .as_fixed_size_list_opt()
             .ok_or_else(|| perr(path, "`embedding` is not a fixed-size list"))?;
