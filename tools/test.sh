@@ -41,3 +41,8 @@ echo "examples/transfer.rs: ok"
 # (in a virtual environment under $WHISKER_TESTDATA).
 PY=$(tools/py/env.sh)
 "$PY" tools/py/check_extract.py "$W" "$WHISKER_TESTDATA"
+
+# The Python package, as a user installs it (`pip install ./python`: maturin builds the native
+# module in the shared build directory), and its tests.
+"$PY" -m pip install -q --disable-pip-version-check ./python
+WHISKER_BIN="$W" "$PY" -m pytest -q -p no:cacheprovider python/tests

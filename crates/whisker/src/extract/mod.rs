@@ -69,6 +69,54 @@ pub enum Target {
     Predictions,
 }
 
+impl Target {
+    /// The values per image (checking the target: a layer the model has, a pooling the
+    /// layer can take, a classifier to predict with); a layer's is measured on one image of
+    /// the input size.
+    pub fn dim(&self, model: &Model) -> Result<usize> {
+        let b = model.backbone();
+        match self {
+            Target::Embedding(o) => {
+                o.check(b)?;
+                match o {
+                    Output::Features => Ok(b.spec.feature_dim),
+                    Output::Layer { .. } => {
+                        let s = model.preprocess().crop;
+                        let x = burn::tensor::Tensor::<4>::zeros([1, 3, s, s], &b.device());
+                        Ok(o.rows(b, x)?.1)
+                    }
+                }
+            }
+            Target::Predictions => {
+                if model.labels().is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "{} has no classifier to predict with: train one (`whisker train DIR -b {}`) and use its run",
+                        b.spec.name, b.spec.name
+                    )));
+                }
+                Ok(model.labels().len())
+            }
+        }
+    }
+
+    /// One row per image of pixels `[N, 3, H, W]` in [0, 1]: `(rows, dim)`, row-major.
+    pub fn rows(
+        &self,
+        model: &Model,
+        pixels: burn::tensor::Tensor<4>,
+    ) -> Result<(Vec<f32>, usize)> {
+        let b = model.backbone();
+        match self {
+            Target::Embedding(o) => o.rows(b, pixels),
+            Target::Predictions => {
+                let f = crate::tensor::to_vec(b.features(pixels))?;
+                let k = model.labels().len();
+                Ok((softmax_rows(&model.logits_of_features(&f)?, k), k))
+            }
+        }
+    }
+}
+
 /// How [`run`] works.
 #[derive(Debug, Clone)]
 pub struct ExtractOptions {
@@ -180,35 +228,10 @@ fn record_path(out: &Path, id: usize) -> PathBuf {
 pub fn manifest(model: &Model, input: &Input, opts: &ExtractOptions) -> Result<Manifest> {
     let b = model.backbone();
     let pre = model.preprocess();
-    let (layer, pool, dim, classes) = match &opts.target {
-        Target::Embedding(o) => {
-            o.check(b)?;
-            let dim = match o {
-                Output::Features => b.spec.feature_dim,
-                // one image of the input size tells the layer's size (and refuses a
-                // pooling the layer cannot take) before anything is written
-                Output::Layer { .. } => {
-                    let s = pre.crop;
-                    let x = burn::tensor::Tensor::<4>::zeros([1, 3, s, s], &b.device());
-                    o.rows(b, x)?.1
-                }
-            };
-            (o.layer_name(), o.pool_name(), dim, None)
-        }
-        Target::Predictions => {
-            if model.labels().is_empty() {
-                return Err(Error::Invalid(format!(
-                    "{} has no classifier to predict with: train one (`whisker train DIR -b {}`) and give its run",
-                    b.spec.name, b.spec.name
-                )));
-            }
-            (
-                "logits",
-                "softmax",
-                model.labels().len(),
-                Some(model.labels().to_vec()),
-            )
-        }
+    let dim = opts.target.dim(model)?;
+    let (layer, pool, classes) = match &opts.target {
+        Target::Embedding(o) => (o.layer_name(), o.pool_name(), None),
+        Target::Predictions => ("logits", "softmax", Some(model.labels().to_vec())),
     };
     Ok(Manifest {
         whisker_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -461,14 +484,7 @@ fn run_shard(
     };
     let order: Vec<usize> = (0..entries.len()).collect();
     let mut errors = Vec::new();
-    let mut forward = |x| match &opts.target {
-        Target::Embedding(o) => o.rows(b, x),
-        Target::Predictions => {
-            let f = crate::tensor::to_vec(b.features(x))?;
-            let k = model.labels().len();
-            Ok((softmax_rows(&model.logits_of_features(&f)?, k), k))
-        }
-    };
+    let mut forward = |x| opts.target.rows(model, x);
     let dim = m.dim;
     stream(
         &b.device(),
