@@ -46,3 +46,15 @@ PY=$(tools/py/env.sh)
 # module in the shared build directory), and its tests.
 "$PY" -m pip install -q --disable-pip-version-check ./python
 WHISKER_BIN="$W" "$PY" -m pytest -q -p no:cacheprovider python/tests
+
+# The Ray Data and Spark recipes on local clusters (2 Ray workers; Spark local[2,4]) against
+# the CLI, with a worker killed once; Spark needs Java.
+if ! command -v java >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless >/dev/null
+  else
+    echo "tools/test.sh: the Spark recipe's check needs Java: install it (Debian: sudo apt-get install default-jre-headless)" >&2
+    exit 1
+  fi
+fi
+RAY_USAGE_STATS_ENABLED=0 "$PY" tools/py/check_clusters.py "$W" "$WHISKER_TESTDATA"
