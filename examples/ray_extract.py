@@ -87,11 +87,13 @@ def main(argv=None):
     ray.init(address=a.address, ignore_reinit_error=True, log_to_driver=False)
     root = a.input if "://" in a.input else os.path.abspath(a.input)
     labelled = class_folders(root)
-    # reading bytes and writing Parquet are light: they ask for no CPU, or they would wait for
-    # ever for the CPUs the models hold (every CPU given to a worker, as on 2 CPUs × 2 workers)
+    # reading bytes and writing Parquet are light: they ask for no CPU (or they would wait for
+    # ever for the CPUs the models hold: every CPU given to a worker, as on 2 CPUs × 2
+    # workers), and run two at a time (tasks without a CPU are otherwise started by the
+    # dozen, each a Python process)
     light = {"num_cpus": 0}
     ds = ray.data.read_binary_files(
-        root, include_paths=True, ignore_missing_paths=False, ray_remote_args=light
+        root, include_paths=True, ignore_missing_paths=False, ray_remote_args=light, concurrency=2
     )
     out = ds.map_batches(
         Extractor,
@@ -104,7 +106,7 @@ def main(argv=None):
         max_restarts=-1,
         max_task_retries=-1,
     )
-    out.write_parquet(a.out, ray_remote_args=light)
+    out.write_parquet(a.out, ray_remote_args=light, concurrency=2)
     print(f"ray_extract.py: {a.input} → {a.out}")
 
 
