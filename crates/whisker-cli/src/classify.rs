@@ -2,7 +2,7 @@
 //! `whisker predict` print: a listing streamed as batches finish, or one JSON document, and
 //! optionally a CSV file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use whisker::model::{Model, PredictOptions};
@@ -70,42 +70,6 @@ pub struct Output {
 /// left out. Hidden files (`.DS_Store`) are left out; links to folders already seen, or
 /// outside the folder given, are not followed (said on stderr).
 pub fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    fn walk(
-        dir: &Path,
-        root: &Path,
-        seen: &mut std::collections::HashSet<PathBuf>,
-        out: &mut Vec<PathBuf>,
-    ) -> Result<()> {
-        let canon = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-        if !canon.starts_with(root) {
-            eprintln!(
-                "whisker: {}: a link to a folder outside {}: not followed",
-                dir.display(),
-                root.display()
-            );
-            return Ok(());
-        }
-        if !seen.insert(canon) {
-            return Ok(());
-        }
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .with_context(|| format!("reading {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                !p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            })
-            .collect();
-        entries.sort();
-        for p in entries {
-            if p.is_dir() {
-                walk(&p, root, seen, out)?;
-            } else {
-                out.push(p);
-            }
-        }
-        Ok(())
-    }
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for p in inputs {
@@ -113,7 +77,15 @@ pub fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             let before = out.len();
             let root =
                 std::fs::canonicalize(p).with_context(|| format!("reading {}", p.display()))?;
-            walk(p, &root, &mut seen, &mut out)?;
+            let mut outside = Vec::new();
+            whisker::io::walk_files(p, &root, &mut seen, &mut out, &mut outside, usize::MAX)?;
+            for d in outside {
+                eprintln!(
+                    "whisker: {}: a link to a folder outside {}: not followed",
+                    d.display(),
+                    root.display()
+                );
+            }
             if out.len() == before {
                 anyhow::bail!("{}: no files in this folder", p.display());
             }

@@ -135,16 +135,66 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.as_file_mut()
         .write_all(bytes)
         .map_err(|e| Error::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    persist(tmp, path)
+}
+
+/// Move a finished temporary file (in `dest`'s folder) to `dest`: synced, an ordinary 0644
+/// file (temporary files are created 0600), renamed over whatever was there.
+pub fn persist(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<()> {
+    tmp.as_file().sync_all().map_err(|e| Error::io(dest, e))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        // temporary files are created 0600; results are ordinary files
         let _ = tmp
             .as_file()
             .set_permissions(fs::Permissions::from_mode(0o644));
     }
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    tmp.persist(dest).map_err(|e| Error::io(dest, e.error))?;
+    Ok(())
+}
+
+/// The files under `dir`, recursively, sorted, appended to `out`: dot files and folders left
+/// out; links to folders followed once (`seen` holds the canonical folders walked, across
+/// calls) and only within `root` (canonical) — those outside are appended to `outside`, not
+/// followed. More than `max` files in `out` is an error.
+pub fn walk_files(
+    dir: &Path,
+    root: &Path,
+    seen: &mut std::collections::HashSet<PathBuf>,
+    out: &mut Vec<PathBuf>,
+    outside: &mut Vec<PathBuf>,
+    max: usize,
+) -> Result<()> {
+    let canon = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    if !canon.starts_with(root) {
+        outside.push(dir.to_path_buf());
+        return Ok(());
+    }
+    if !seen.insert(canon) {
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk_files(&p, root, seen, out, outside, max)?;
+        } else {
+            out.push(p);
+            if out.len() > max {
+                return Err(Error::Invalid(format!(
+                    "{}: more than {max} files",
+                    root.display()
+                )));
+            }
+        }
+    }
     Ok(())
 }
 

@@ -156,7 +156,15 @@ impl Input {
         }
         let mut files = Vec::new();
         let root = fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
-        walk(dir, &root, &mut Default::default(), &mut files)?;
+        // (links to folders outside it are not followed)
+        crate::io::walk_files(
+            dir,
+            &root,
+            &mut Default::default(),
+            &mut files,
+            &mut Vec::new(),
+            MAX_ENTRIES,
+        )?;
         Ok(Input {
             root: dir.to_path_buf(),
             source: dir.to_path_buf(),
@@ -229,43 +237,6 @@ fn relative(root: &Path, p: &Path) -> String {
         .map(|c| c.as_os_str().to_string_lossy())
         .collect::<Vec<_>>()
         .join("/")
-}
-
-/// Every file under `dir` (dot files and folders left out; links to folders followed once,
-/// and only within `root`), sorted.
-fn walk(
-    dir: &Path,
-    root: &Path,
-    seen: &mut std::collections::HashSet<PathBuf>,
-    out: &mut Vec<PathBuf>,
-) -> Result<()> {
-    let canon = fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
-    if !canon.starts_with(root) || !seen.insert(canon) {
-        return Ok(());
-    }
-    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            !p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        })
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            walk(&p, root, seen, out)?;
-        } else {
-            out.push(p);
-            if out.len() > MAX_ENTRIES {
-                return Err(Error::Dataset {
-                    path: root.to_path_buf(),
-                    reason: format!("more than {MAX_ENTRIES} files"),
-                });
-            }
-        }
-    }
-    Ok(())
 }
 
 fn bad(file: &Path, reason: impl Into<String>) -> Error {

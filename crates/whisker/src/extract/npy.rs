@@ -8,9 +8,9 @@ use std::fs;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::parquet_io::persist;
 use super::{Entry, ShardRecord, ShardWriter};
 use crate::error::{Error, Result};
+use crate::io::persist;
 
 /// The header's size: magic, version, length and the padded dictionary (a multiple of 64).
 const HEADER: usize = 128;

@@ -97,27 +97,14 @@ fn properties(dim: usize) -> WriterProperties {
         .build()
 }
 
-/// A temporary file beside `dest`, moved into place by [`Tmp::persist`].
+/// A temporary file in `out` (dot-prefixed: readers skip it), moved into place by
+/// [`crate::io::persist`].
 fn temp(out: &Path, stem: &str) -> Result<tempfile::NamedTempFile> {
     tempfile::Builder::new()
         .prefix(&format!(".{stem}."))
         .suffix(".tmp")
         .tempfile_in(out)
         .map_err(|e| Error::io(out, e))
-}
-
-/// Sync and rename a finished temporary file to `dest` (an ordinary 0644 file).
-pub(super) fn persist(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<()> {
-    tmp.as_file().sync_all().map_err(|e| Error::io(dest, e))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = tmp
-            .as_file()
-            .set_permissions(fs::Permissions::from_mode(0o644));
-    }
-    tmp.persist(dest).map_err(|e| Error::io(dest, e.error))?;
-    Ok(())
 }
 
 /// One shard being written.
@@ -232,7 +219,7 @@ impl ShardWriter for PartWriter {
     fn finish(self: Box<Self>) -> Result<Vec<String>> {
         let me = *self;
         me.writer.close().map_err(|e| perr(me.tmp.path(), e))?;
-        persist(me.tmp, &me.dest)?;
+        crate::io::persist(me.tmp, &me.dest)?;
         Ok(vec![me.name])
     }
 }
@@ -381,7 +368,7 @@ pub fn merge(out: &Path, dest: &Path) -> Result<Merged> {
                 }
             }
             w.close().map_err(|e| perr(dest, e))?;
-            persist(tmp, dest)?;
+            crate::io::persist(tmp, dest)?;
             Ok(Merged {
                 rows,
                 failed,
