@@ -14,6 +14,9 @@ use crate::error::{Error, Result};
 /// Lists longer than this are refused (a list file is read whole).
 pub const MAX_ENTRIES: usize = 100_000_000;
 
+/// A `.txt` list larger than this is refused (it is read whole).
+pub const MAX_LIST_BYTES: u64 = 2 << 30;
+
 /// One image to extract.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -247,7 +250,8 @@ fn bad(file: &Path, reason: impl Into<String>) -> Error {
 }
 
 fn read_txt(file: &Path) -> Result<Vec<(String, Option<String>)>> {
-    let text = fs::read(file).map_err(|e| Error::io(file, e))?;
+    // (a regular file only: a FIFO would block for ever)
+    let text = crate::io::read_regular(file, MAX_LIST_BYTES)?;
     let text = String::from_utf8(text).map_err(|_| bad(file, "not UTF-8 text"))?;
     Ok(text
         .lines()
@@ -258,9 +262,8 @@ fn read_txt(file: &Path) -> Result<Vec<(String, Option<String>)>> {
 }
 
 fn read_csv(file: &Path) -> Result<Vec<(String, Option<String>)>> {
-    let mut r = csv::ReaderBuilder::new()
-        .from_path(file)
-        .map_err(|e| bad(file, e.to_string()))?;
+    // (a regular file only: a FIFO would block for ever)
+    let mut r = csv::ReaderBuilder::new().from_reader(crate::io::open_regular(file)?);
     let headers = r.headers().map_err(|e| bad(file, e.to_string()))?.clone();
     let col = |name: &str| headers.iter().position(|h| h.trim() == name);
     let path = col("path").ok_or_else(|| {
