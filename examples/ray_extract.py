@@ -82,31 +82,56 @@ class Extractor:
         return pa.table(cols)
 
 
-def main(argv=None):
-    a = arguments(argv)
-    ray.init(address=a.address, ignore_reinit_error=True, log_to_driver=False)
-    root = a.input if "://" in a.input else os.path.abspath(a.input)
+def count_files(root):
+    """How many files `read_binary_files` will list under a local `root` (None for a URL)."""
+    if "://" in root:
+        return None
+    return sum(len(files) for _, _, files in os.walk(root))
+
+
+def extract(a, root):
+    """The pipeline: read the files → the actor pool of models → Parquet in `a.out`."""
     labelled = class_folders(root)
     # reading bytes and writing Parquet are light: they ask for no CPU (or they would wait for
     # ever for the CPUs the models hold: every CPU given to a worker, as on 2 CPUs × 2
     # workers), and run two at a time (tasks without a CPU are otherwise started by the
     # dozen, each a Python process)
     light = {"num_cpus": 0}
+    # one block a model call: the actors are fed evenly from the first batch on (with Ray's
+    # default a few large blocks kept one of two workers idle for most of a run)
+    n = count_files(root)
+    blocks = max(1, -(-n // a.batch_size)) if n else None
     ds = ray.data.read_binary_files(
-        root, include_paths=True, ignore_missing_paths=False, ray_remote_args=light, concurrency=2
+        root,
+        include_paths=True,
+        ignore_missing_paths=False,
+        ray_remote_args=light,
+        concurrency=2,
+        override_num_blocks=blocks,
     )
     out = ds.map_batches(
         Extractor,
         fn_constructor_args=(a, root, labelled),
         batch_format="pyarrow",
         batch_size=a.batch_size,
-        concurrency=a.workers,
+        compute=ray.data.ActorPoolStrategy(size=a.workers),
         num_cpus=a.threads,
         # a worker that dies (killed, out of memory) is replaced and its batch run again
         max_restarts=-1,
         max_task_retries=-1,
     )
     out.write_parquet(a.out, ray_remote_args=light, concurrency=2)
+
+
+def main(argv=None):
+    a = arguments(argv)
+    if not a.address:
+        # a local cluster keeps its idle Python workers for the next task instead of ending
+        # and starting them again (each start costs a CPU-second of imports)
+        os.environ.setdefault("RAY_num_workers_soft_limit", str(2 * a.workers + 2))
+    ray.init(address=a.address, ignore_reinit_error=True, log_to_driver=False)
+    root = a.input if "://" in a.input else os.path.abspath(a.input)
+    extract(a, root)
     print(f"ray_extract.py: {a.input} → {a.out}")
 
 

@@ -53,16 +53,15 @@ try:
 
     # (the workers import the recipe's module too)
     os.environ["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "examples"), os.environ.get("PYTHONPATH", "")])
+    # as the recipe's main() does for a local cluster
+    os.environ.setdefault("RAY_num_workers_soft_limit", "6")
     ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
-    args = ray_extract.arguments([data, "unused", "--weights", weights, "--workers", "2", "--threads", "1"])
 
     def ray_job(k):
-        out = os.path.join(tmp, f"ray{k}")
+        args = ray_extract.arguments([data, os.path.join(tmp, f"ray{k}"), "--weights", weights,
+                                      "--workers", "2", "--threads", "1"])
         t = time.perf_counter()
-        light = {"num_cpus": 0}
-        ds = ray.data.read_binary_files(data, include_paths=True, ray_remote_args=light, concurrency=2)
-        ds.map_batches(ray_extract.Extractor, fn_constructor_args=(args, data, False), batch_format="pyarrow",
-                       batch_size=32, concurrency=2, num_cpus=1).write_parquet(out, ray_remote_args=light, concurrency=2)
+        ray_extract.extract(args, data)
         return a.images / (time.perf_counter() - t)
 
     model = whisker.Model.pretrained(a.backbone, weights=weights, threads=2)
