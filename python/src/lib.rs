@@ -5,6 +5,7 @@
 //! computes on its own thread pool when given a thread count (a Ray or Spark worker's CPU
 //! budget); a model pickles as the arguments that built it.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -136,35 +137,33 @@ impl Model {
         let pre = self.inner.preprocess();
         let crop = pre.crop as u32;
         let decode = |i: usize| -> whisker::features::Decoded {
-            let img = match &sources[i] {
+            // one way for every source: decode (paths and bytes), then either check the size
+            // (`cropped`) or resize and crop as the weights expect
+            let img: Cow<'_, RgbImage> = match &sources[i] {
                 Source::Path(p) => {
-                    return pre
-                        .load(p)
-                        .map(|img| (img, None))
-                        .map_err(|e| e.to_string())
+                    Cow::Owned(whisker::data::decode::decode_file(p).map_err(|e| e.to_string())?)
                 }
-                Source::Bytes(b) => whisker::data::decode::decode_bytes(b)
-                    .map_err(|e| format!("image {i}: cannot decode image: {e}"))?,
-                Source::Pixels(img) if cropped => {
-                    if img.dimensions() != (crop, crop) {
-                        return Err(format!(
-                            "image {i}: {}×{} pixels, but cropped=True needs the model's input size {crop}×{crop}",
-                            img.width(),
-                            img.height()
-                        ));
-                    }
-                    return Ok((img.clone(), None));
-                }
-                Source::Pixels(img) => return Ok((pre.apply(img), None)),
+                Source::Bytes(b) => Cow::Owned(
+                    whisker::data::decode::decode_bytes(b)
+                        .map_err(|e| format!("image {i}: cannot decode image: {e}"))?,
+                ),
+                Source::Pixels(img) => Cow::Borrowed(img),
             };
-            if cropped && img.dimensions() != (crop, crop) {
+            if !cropped {
+                return Ok((pre.apply(&img), None));
+            }
+            if img.dimensions() != (crop, crop) {
+                let name = match &sources[i] {
+                    Source::Path(p) => p.display().to_string(),
+                    _ => format!("image {i}"),
+                };
                 return Err(format!(
-                    "image {i}: {}×{} pixels, but cropped=True needs {crop}×{crop}",
+                    "{name}: {}×{} pixels, but cropped=True needs the model's input size {crop}×{crop}",
                     img.width(),
                     img.height()
                 ));
             }
-            Ok((if cropped { img } else { pre.apply(&img) }, None))
+            Ok((img.into_owned(), None))
         };
         let order: Vec<usize> = (0..n).collect();
         let device = self.inner.backbone().device();

@@ -60,7 +60,7 @@ def test_paths_bytes_and_arrays_give_the_clis_features(model, cli_features):
     out[0, 0] = 1.0  # the array is the caller's to change
 
 
-def test_already_cropped_arrays_skip_the_resize(model, cli_features):
+def test_already_cropped_arrays_skip_the_resize(model, cli_features, tmp_path):
     # torchvision's preprocessing with Pillow: shorter side to 256 (bilinear), centre 224 crop
     crops = []
     for p in PHOTOS:
@@ -77,6 +77,17 @@ def test_already_cropped_arrays_skip_the_resize(model, cli_features):
     assert np.abs(got - want).max() <= 1e-5
     with pytest.raises(ValueError, match="224"):
         model.extract(np.zeros((100, 100, 3), np.uint8), cropped=True)
+    # the same crops as PNG files and as encoded bytes: decoded, not resized again
+    files = []
+    for i, c in enumerate(crops):
+        files.append(str(tmp_path / f"crop{i}.png"))
+        Image.fromarray(c).save(files[-1])
+    assert np.abs(model.extract(files, cropped=True) - want).max() <= 1e-5
+    encoded = [open(f, "rb").read() for f in files]
+    assert np.abs(model.extract(encoded, cropped=True) - want).max() <= 1e-5
+    # a photo that is not at the input size is refused by name, not resized
+    with pytest.raises(ValueError, match=r"astronaut\.png: 512×512 pixels, but cropped=True needs the model.s input size 224×224"):
+        model.extract(PHOTOS, cropped=True)
 
 
 def test_predictions_layers_and_metadata(model):

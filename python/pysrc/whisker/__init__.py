@@ -7,7 +7,7 @@
 
 Images are a uint8 NumPy batch (N×H×W×3 RGB, or one H×W×3), or a list of paths, encoded
 image bytes or H×W×3 arrays; each is decoded, resized and cropped as the model's weights
-expect (``cropped=True``: arrays already at the input size). The GIL is released while the
+expect (``cropped=True``: images already at the input size, decoded but not resized). The GIL is released while the
 model runs; ``threads=`` gives a model its own thread pool; models pickle by their
 construction arguments (for Ray and Spark workers).
 """
