@@ -31,6 +31,16 @@ use crate::error::{Error, Result};
 use crate::features::{stream, Output};
 use crate::model::Model;
 
+/// A temporary file `.STEM.XXXX.EXT.tmp` in `dir`, renamed into place when complete (the
+/// leading dot keeps it out of pyarrow's, Spark's and Hive's readings of the folder).
+fn temp(dir: &Path, stem: &str, ext: &str) -> Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(&format!(".{stem}."))
+        .suffix(&format!(".{ext}.tmp"))
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))
+}
+
 pub use input::{Entry, Input};
 pub use parquet_io::Merged;
 pub use parquet_io::{merge, read_parquet_table, Table};

@@ -37,14 +37,6 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn temp(out: &Path, stem: &str, ext: &str) -> Result<tempfile::NamedTempFile> {
-    tempfile::Builder::new()
-        .prefix(&format!(".{stem}."))
-        .suffix(&format!(".{ext}.tmp"))
-        .tempfile_in(out)
-        .map_err(|e| Error::io(out, e))
-}
-
 /// A `.npy` and its `.csv` index being written.
 pub(super) struct PartWriter {
     npy: tempfile::NamedTempFile,
@@ -59,8 +51,8 @@ pub(super) struct PartWriter {
 
 impl PartWriter {
     pub fn new(out: &Path, stem: &str, dim: usize) -> Result<Self> {
-        let npy = temp(out, stem, "npy")?;
-        let csv = temp(out, stem, "csv")?;
+        let npy = super::temp(out, stem, "npy")?;
+        let csv = super::temp(out, stem, "csv")?;
         let clone = |t: &tempfile::NamedTempFile| {
             t.as_file().try_clone().map_err(|e| Error::io(t.path(), e))
         };
@@ -144,8 +136,8 @@ pub(super) fn merge(
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "merged".into());
     let index = dest.with_extension("csv");
-    let npy = temp(dir, &stem, "npy")?;
-    let csv = temp(dir, &stem, "csv")?;
+    let npy = super::temp(dir, &stem, "npy")?;
+    let csv = super::temp(dir, &stem, "csv")?;
     let clone =
         |t: &tempfile::NamedTempFile| t.as_file().try_clone().map_err(|e| Error::io(t.path(), e));
     let mut nw = BufWriter::new(clone(&npy)?);

@@ -97,16 +97,6 @@ fn properties(dim: usize) -> WriterProperties {
         .build()
 }
 
-/// A temporary file in `out` (dot-prefixed: readers skip it), moved into place by
-/// [`crate::io::persist`].
-fn temp(out: &Path, stem: &str) -> Result<tempfile::NamedTempFile> {
-    tempfile::Builder::new()
-        .prefix(&format!(".{stem}."))
-        .suffix(".tmp")
-        .tempfile_in(out)
-        .map_err(|e| Error::io(out, e))
-}
-
 /// One shard being written.
 pub(super) struct PartWriter {
     tmp: tempfile::NamedTempFile,
@@ -121,7 +111,7 @@ pub(super) struct PartWriter {
 
 impl PartWriter {
     pub fn new(out: &Path, stem: &str, m: &Manifest, shard: usize, labelled: bool) -> Result<Self> {
-        let tmp = temp(out, stem)?;
+        let tmp = super::temp(out, stem, "parquet")?;
         let schema = schema(m, Some(shard));
         let file = tmp
             .as_file()
@@ -349,7 +339,7 @@ pub fn merge(out: &Path, dest: &Path) -> Result<Merged> {
     let failed = records.iter().map(|r| r.failed).sum();
     match m.format {
         FileFormat::Parquet => {
-            let tmp = temp(dir, &stem)?;
+            let tmp = super::temp(dir, &stem, "parquet")?;
             let schema = schema(&m, None);
             let file = tmp.as_file().try_clone().map_err(|e| Error::io(dest, e))?;
             let mut w = ArrowWriter::try_new(file, schema.clone(), Some(properties(m.dim)))
