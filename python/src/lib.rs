@@ -417,6 +417,20 @@ impl Model {
         self.run(py, images, Target::Predictions, batch_size, cropped, errors)
     }
 
+    /// Logits of `images` as a float32 array `[N, len(classes)]` (the run's head, or the
+    /// backbone's ImageNet classifier); images as `extract` takes them.
+    #[pyo3(signature = (images, batch_size=16, cropped=false, errors="raise"))]
+    fn logits<'py>(
+        &self,
+        py: Python<'py>,
+        images: &Bound<'py, PyAny>,
+        batch_size: usize,
+        cropped: bool,
+        errors: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, images, Target::Logits, batch_size, cropped, errors)
+    }
+
     /// The backbone's name.
     #[getter]
     fn name(&self) -> &str {

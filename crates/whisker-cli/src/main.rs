@@ -5,6 +5,7 @@ mod bench;
 mod classify;
 mod data;
 mod eval;
+mod export;
 mod extract;
 mod inspect;
 mod models;
@@ -102,6 +103,12 @@ enum Cmd {
         after_help = "Examples:\n  whisker extract pets/ --out feats/\n  whisker extract photos.csv --out feats/ -b resnet50 --layer layer3 --pool max\n  whisker extract photos/ --out feats/ --num-shards 64 --shard-id $SLURM_ARRAY_TASK_ID\n  whisker extract photos/ --out feats/ --num-shards 64 --merge feats.parquet"
     )]
     Extract(extract::ExtractArgs),
+    /// A trained run or a zoo backbone as one ONNX model (normalisation, backbone and head),
+    /// for ONNX Runtime, OpenVINO, TensorRT.
+    #[command(
+        after_help = "Examples:\n  whisker export run --out model.onnx\n  whisker export resnet50 --out resnet50.onnx --weights resnet50.pth"
+    )]
+    Export(export::ExportArgs),
     /// Predict with a trained model.
     #[command(after_help = "Example: whisker predict run photo.jpg --tta")]
     Predict(predict::PredictArgs),
@@ -219,6 +226,7 @@ fn main() {
         Cmd::Report(a) => report::report(a, quiet),
         Cmd::Predict(a) => predict::predict(a, quiet),
         Cmd::Extract(a) => extract::extract(a, quiet),
+        Cmd::Export(a) => export::export(a, quiet),
         Cmd::LrFind(a) => predict::lr_find(a, quiet),
         Cmd::Featuremap(a) => inspect::featuremap(a),
         Cmd::Attack(a) => inspect::attack_cmd(a),

@@ -14,6 +14,7 @@ pub mod cache;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod export;
 pub mod extract;
 pub mod features;
 pub mod inspect;

@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["inspect", "report"],
     &["cache"],
     &["model", "run"],
-    &["learner", "extract"],
+    &["learner", "extract", "export"],
 ];
 
 fn rank(module: &str) -> Option<usize> {

@@ -77,6 +77,8 @@ pub enum Target {
     /// `prediction` (the most probable class), `probability` (its probability) and
     /// `probabilities` (every class's, in the order of the metadata's `whisker.classes`).
     Predictions,
+    /// The model's logits (the Python package's `Model.logits`; written like an embedding).
+    Logits,
 }
 
 impl Target {
@@ -97,7 +99,7 @@ impl Target {
                     }
                 }
             }
-            Target::Predictions => {
+            Target::Predictions | Target::Logits => {
                 if model.labels().is_empty() {
                     return Err(Error::Invalid(format!(
                         "{} has no classifier to predict with: train one (`whisker train DIR -b {}`) and use its run",
@@ -122,6 +124,10 @@ impl Target {
                 let f = crate::tensor::to_vec(b.features(pixels))?;
                 let k = model.labels().len();
                 Ok((softmax_rows(&model.logits_of_features(&f)?, k), k))
+            }
+            Target::Logits => {
+                let f = crate::tensor::to_vec(b.features(pixels))?;
+                Ok((model.logits_of_features(&f)?, model.labels().len()))
             }
         }
     }
@@ -242,6 +248,7 @@ pub fn manifest(model: &Model, input: &Input, opts: &ExtractOptions) -> Result<M
     let (layer, pool, classes) = match &opts.target {
         Target::Embedding(o) => (o.layer_name(), o.pool_name(), None),
         Target::Predictions => ("logits", "softmax", Some(model.labels().to_vec())),
+        Target::Logits => ("logits", "none", None),
     };
     Ok(Manifest {
         whisker_version: env!("CARGO_PKG_VERSION").to_string(),

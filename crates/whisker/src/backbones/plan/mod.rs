@@ -24,6 +24,7 @@ use super::layers::{
 use super::{Backbone, Net};
 
 mod grad;
+pub mod graph;
 mod ops;
 use crate::data::transforms::{Normalization, IMAGENET_MEAN, IMAGENET_STD};
 use crate::error::{Error, Result};
@@ -42,8 +43,10 @@ pub fn isa() -> Isa {
 /// A value of the plan (a feature map or vector), by index.
 pub(super) type V = usize;
 
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Pad {
+/// A convolution's padding: fixed `[top, bottom, left, right]`, or TensorFlow's "same"
+/// (resolved for each input size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pad {
     Fixed([usize; 4]),
     TfSame,
 }
@@ -72,7 +75,8 @@ impl Pad {
         }
     }
 
-    fn resolve(self, h: usize, w: usize, k: usize, stride: usize) -> [usize; 4] {
+    /// `[top, bottom, left, right]` for a `k × k` convolution with `stride` on an `h × w` map.
+    pub fn resolve(self, h: usize, w: usize, k: usize, stride: usize) -> [usize; 4] {
         match self {
             Pad::Fixed(p) => p,
             Pad::TfSame => {
@@ -168,6 +172,8 @@ pub(super) struct Builder<'a> {
     trainable: Option<&'a dyn Fn(ParamId) -> bool>,
     /// Whether an op with a trainable parameter was built.
     seen_trainable: bool,
+    /// The layers as plain nodes, when recording them ([`Plan::graph`]).
+    graph: Option<Vec<graph::Node>>,
 }
 
 /// How a backbone is compiled.
@@ -212,6 +218,21 @@ impl Default for PlanOptions {
             weight_grads: false,
             train_bn: false,
         }
+    }
+}
+
+/// The position embeddings `pos` (`[1 + grid², c]`, the class token's first) of the
+/// patches on a `gh × gw` grid, `[gh·gw, c]`, resampled as the engine does.
+pub fn patch_position(pos: &[f32], grid: usize, gh: usize, gw: usize, c: usize) -> Vec<f32> {
+    ops::tokens::patch_pos(pos, grid, gh, gw, c)
+}
+
+/// `(scale, mean, std)`: the input normalisation `(x·scale − mean) / std`, `x` in [0, 1].
+fn norm_constants(norm: Normalization) -> (f32, [f32; 3], [f32; 3]) {
+    match norm {
+        Normalization::ImageNet => (1.0, IMAGENET_MEAN, IMAGENET_STD),
+        Normalization::Tf => (255.0, [127.0; 3], [128.0; 3]),
+        Normalization::Inception => (1.0, [0.5; 3], [0.5; 3]),
     }
 }
 
@@ -318,6 +339,13 @@ impl Builder<'_> {
         true
     }
 
+    /// Record `node` when the builder records the graph.
+    fn record(&mut self, node: graph::Node) {
+        if let Some(g) = &mut self.graph {
+            g.push(node);
+        }
+    }
+
     pub(super) fn value(&mut self, channels: usize) -> V {
         self.channels.push(channels);
         self.channels.len() - 1
@@ -391,6 +419,21 @@ impl Builder<'_> {
             ));
         }
         let out = self.value(cout);
+        if self.graph.is_some() {
+            let (w, b, dims) = folded(conv, bn)?;
+            self.record(graph::Node::Conv {
+                x,
+                out,
+                w,
+                b,
+                dims,
+                stride,
+                pad,
+                groups,
+                act,
+                res,
+            });
+        }
         // the backward and forward packs of the weights side by side (a small layer's packs
         // are one panel each, one thread's work)
         let op = folded_with(conv, bn, |w, b, [cout, cpg, kh, kw]| -> Result<Op> {
@@ -504,6 +547,8 @@ impl Builder<'_> {
     ) -> Result<V> {
         let [inp, outc] = l.weight.dims();
         let mut w = crate::tensor::to_vec(l.weight.val())?;
+        // (recorded in the checkpoint's order: the graph flattens maps channel first)
+        let recorded = self.graph.is_some().then(|| w.clone());
         if let Some(perm) = perm {
             let src = w.clone();
             for (i, &j) in perm.iter().enumerate() {
@@ -534,6 +579,15 @@ impl Builder<'_> {
         };
         let w = PackedConv::from_in_out(&w, Some(&b), inp, outc).map_err(shape_err)?;
         let out = self.value(outc);
+        if let Some(w) = recorded {
+            self.record(graph::Node::Linear {
+                x,
+                out,
+                w,
+                b: b.clone(),
+                act,
+            });
+        }
         self.ops.push(Op::Linear(ops::linear::Linear {
             x,
             out,
@@ -603,6 +657,7 @@ impl Builder<'_> {
                 pos.dims()
             )));
         }
+        let (cls_param_id, pos_param_id) = (cls.id, pos.id);
         let mut ids = vec![cls.id, pos.id];
         ids.extend(registers.map(|r| r.id));
         let frozen = self.frozen(&ids);
@@ -611,16 +666,31 @@ impl Builder<'_> {
             Some(r) => crate::tensor::to_vec(r.val())?,
             None => Vec::new(),
         };
+        let (cls, pos) = (
+            crate::tensor::to_vec(cls.val())?,
+            crate::tensor::to_vec(pos.val())?,
+        );
+        if self.graph.is_some() {
+            self.record(graph::Node::Tokens {
+                x,
+                out,
+                cls: cls.clone(),
+                pos: pos.clone(),
+                reg: reg.clone(),
+                grid,
+            });
+        }
+        let (cls_id, pos_id) = (cls_param_id, pos_param_id);
         self.ops.push(Op::Tokens(ops::tokens::Tokens {
             x,
             out,
-            cls: crate::tensor::to_vec(cls.val())?,
-            pos: crate::tensor::to_vec(pos.val())?,
+            cls,
+            pos,
             reg,
             grid,
             params: (self.weight_grads && !frozen).then(|| ops::tokens::TokenParams {
-                cls: cls.id,
-                pos: pos.id,
+                cls: cls_id,
+                pos: pos_id,
                 reg: registers.map(|r| r.id),
             }),
         }));
@@ -636,6 +706,7 @@ impl Builder<'_> {
             )));
         }
         let out = self.value(c3 / 3);
+        self.record(graph::Node::Attention { qkv, out, heads });
         self.ops.push(Op::Attention(ops::attention::Attention {
             qkv,
             out,
@@ -648,6 +719,11 @@ impl Builder<'_> {
     /// The first (class) token of the tokens `x`, a vector.
     pub(super) fn class_token(&mut self, x: V) -> V {
         let out = self.value(self.channels[x]);
+        self.record(graph::Node::ClassToken {
+            x,
+            out,
+            mean_from: None,
+        });
         self.ops.push(Op::ClassToken(ops::class_token::ClassToken {
             x,
             out,
@@ -660,6 +736,11 @@ impl Builder<'_> {
     /// `from`-th on (the patch tokens), concatenated: DINOv2's linear-probe feature.
     pub(super) fn class_and_mean(&mut self, x: V, from: usize) -> V {
         let out = self.value(2 * self.channels[x]);
+        self.record(graph::Node::ClassToken {
+            x,
+            out,
+            mean_from: Some(from),
+        });
         self.ops.push(Op::ClassToken(ops::class_token::ClassToken {
             x,
             out,
@@ -671,6 +752,13 @@ impl Builder<'_> {
     /// Max pooling (`k`×`k`, `stride`, zero-free `pad`).
     pub(super) fn max_pool(&mut self, x: V, k: usize, stride: usize, pad: usize) -> V {
         let out = self.value(self.channels[x]);
+        self.record(graph::Node::MaxPool {
+            x,
+            out,
+            k,
+            stride,
+            pad,
+        });
         self.ops.push(Op::MaxPool(ops::max_pool::MaxPool {
             x,
             out,
@@ -684,6 +772,7 @@ impl Builder<'_> {
     /// Adaptive average pooling to `oh × ow`.
     pub(super) fn avg_pool(&mut self, x: V, oh: usize, ow: usize) -> V {
         let out = self.value(self.channels[x]);
+        self.record(graph::Node::AvgPool { x, out, oh, ow });
         self.ops
             .push(Op::AvgPool(ops::avg_pool::AvgPool { x, out, oh, ow }));
         out
@@ -726,6 +815,15 @@ impl Builder<'_> {
         }
         let frozen = self.frozen(&[ln.weight.id, ln.bias.id]);
         let out = self.value(c);
+        if self.graph.is_some() {
+            self.record(graph::Node::LayerNorm {
+                x,
+                out,
+                gamma: values(ln.weight.val())?,
+                beta: values(ln.bias.val())?,
+                eps: ln.eps,
+            });
+        }
         self.ops.push(Op::LayerNorm(ops::layer_norm::LayerNorm {
             x,
             out,
@@ -796,6 +894,16 @@ impl Builder<'_> {
             outc: cout,
         });
         let out = self.value(cout);
+        if self.graph.is_some() {
+            self.record(graph::Node::Pointwise {
+                x,
+                out,
+                w: oi.clone(),
+                b: bf.clone(),
+                act,
+                res,
+            });
+        }
         self.ops.push(Op::Pointwise(ops::pointwise::Pointwise {
             x,
             out,
@@ -817,12 +925,19 @@ impl Builder<'_> {
             )));
         }
         let out = self.value(self.channels[a]);
+        self.record(graph::Node::Add { a, b, out });
         self.ops.push(Op::Add(ops::add::Add { a, b, out }));
         Ok(out)
     }
 
     pub(super) fn gap(&mut self, x: V) -> V {
         let out = self.value(self.channels[x]);
+        self.record(graph::Node::AvgPool {
+            x,
+            out,
+            oh: 1,
+            ow: 1,
+        });
         self.ops.push(Op::AvgPool(ops::avg_pool::AvgPool {
             x,
             out,
@@ -885,6 +1000,20 @@ impl Builder<'_> {
         } else {
             None
         };
+        if self.graph.is_some() {
+            let (w1, b1, [hid, _, _, _]) = folded(&se.fc1, None)?;
+            let (w2, b2, _) = folded(&se.fc2, None)?;
+            self.record(graph::Node::Se {
+                x,
+                w1,
+                b1,
+                w2,
+                b2,
+                hid,
+                act: kact(se.act),
+                gate: kact(se.gate),
+            });
+        }
         let pack = |c: &Conv2d| -> Result<PackedConv> {
             let (w, bias, [o, i, kh, kw]) = folded(c, None)?;
             PackedConv::from_oihw(&w, Some(&bias), o, i, kh, kw).map_err(shape_err)
@@ -1022,17 +1151,14 @@ impl Plan {
             winograd_backward: false,
             trainable,
             seen_trainable: false,
+            graph: None,
         };
         let Lowered {
             features,
             classifier_start,
             logits,
         } = net.arch().lower(&mut bl, 0)?;
-        let norm = match norm {
-            Normalization::ImageNet => (1.0, IMAGENET_MEAN, IMAGENET_STD),
-            Normalization::Tf => (255.0, [127.0; 3], [128.0; 3]),
-            Normalization::Inception => (1.0, [0.5; 3], [0.5; 3]),
-        };
+        let norm = norm_constants(norm);
         let (slot, slots) = assign_slots(&bl.ops, bl.channels.len(), &[features, logits]);
         Ok(Plan {
             isa: Isa::current(),
@@ -1047,6 +1173,46 @@ impl Plan {
             features,
             logits,
             arena: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The network as a graph of plain layers, eval mode (what the CPU engine runs, before
+    /// packing): the description every export is made from.
+    pub fn graph(net: &Net, norm: Normalization) -> Result<graph::Graph> {
+        let mut bl = Builder {
+            ops: Vec::new(),
+            channels: vec![3],
+            winograd: false,
+            backward: false,
+            weight_grads: false,
+            train_bn: false,
+            winograd_backward: false,
+            trainable: None,
+            seen_trainable: false,
+            graph: Some(Vec::new()),
+        };
+        let Lowered {
+            features,
+            classifier_start: _,
+            logits,
+        } = net.arch().lower(&mut bl, 0)?;
+        let nodes = bl.graph.take().unwrap_or_default();
+        // the first node that only the logits need: the one after the last node the
+        // features need (the features' own node)
+        let classifier_start = nodes
+            .iter()
+            .position(|n| graph::output_of(n) == Some(features))
+            .map_or(nodes.len(), |i| i + 1);
+        let (scale, mean, std) = norm_constants(norm);
+        Ok(graph::Graph {
+            nodes,
+            channels: bl.channels,
+            features,
+            logits,
+            classifier_start,
+            scale,
+            mean,
+            std,
         })
     }
 

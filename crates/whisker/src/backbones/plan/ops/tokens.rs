@@ -45,43 +45,55 @@ impl Tokens {
     /// The position embeddings of the patches on a `gh × gw` grid, `[gh·gw, c]`: rows then
     /// columns resampled (the burn forward's order).
     fn patch_pos(&self, gh: usize, gw: usize, c: usize) -> Vec<f32> {
-        let g = self.grid;
-        let learnt = &self.pos[c..];
-        if (gh, gw) == (g, g) {
-            return learnt.to_vec();
-        }
-        let (rh, rw) = (matrix(g, gh), matrix(g, gw));
-        // rows: [gh, g, c]
-        let mut rows = vec![0f32; gh * g * c];
-        for i in 0..gh {
-            for a in 0..g {
-                let wgt = rh[i * g + a];
-                if wgt != 0.0 {
-                    for b in 0..g {
-                        let (src, dst) = (&learnt[(a * g + b) * c..][..c], (i * g + b) * c);
-                        rows[dst..dst + c]
-                            .iter_mut()
-                            .zip(src)
-                            .for_each(|(d, s)| *d += wgt * s);
-                    }
-                }
-            }
-        }
-        let mut out = vec![0f32; gh * gw * c];
-        for i in 0..gh {
-            for j in 0..gw {
-                let dst = &mut out[(i * gw + j) * c..][..c];
-                for b in 0..g {
-                    let wgt = rw[j * g + b];
-                    if wgt != 0.0 {
-                        let src = &rows[(i * g + b) * c..][..c];
-                        dst.iter_mut().zip(src).for_each(|(d, s)| *d += wgt * s);
-                    }
-                }
-            }
-        }
-        out
+        patch_pos(&self.pos, self.grid, gh, gw, c)
     }
+}
+
+/// The position embeddings `pos` (`[1 + grid², c]`, the class token's first) of the
+/// patches on a `gh × gw` grid, `[gh·gw, c]`: rows then columns resampled bicubically (the
+/// burn forward's order).
+pub(in crate::backbones::plan) fn patch_pos(
+    pos: &[f32],
+    g: usize,
+    gh: usize,
+    gw: usize,
+    c: usize,
+) -> Vec<f32> {
+    let learnt = &pos[c..];
+    if (gh, gw) == (g, g) {
+        return learnt.to_vec();
+    }
+    let (rh, rw) = (matrix(g, gh), matrix(g, gw));
+    // rows: [gh, g, c]
+    let mut rows = vec![0f32; gh * g * c];
+    for i in 0..gh {
+        for a in 0..g {
+            let wgt = rh[i * g + a];
+            if wgt != 0.0 {
+                for b in 0..g {
+                    let (src, dst) = (&learnt[(a * g + b) * c..][..c], (i * g + b) * c);
+                    rows[dst..dst + c]
+                        .iter_mut()
+                        .zip(src)
+                        .for_each(|(d, s)| *d += wgt * s);
+                }
+            }
+        }
+    }
+    let mut out = vec![0f32; gh * gw * c];
+    for i in 0..gh {
+        for j in 0..gw {
+            let dst = &mut out[(i * gw + j) * c..][..c];
+            for b in 0..g {
+                let wgt = rw[j * g + b];
+                if wgt != 0.0 {
+                    let src = &rows[(i * g + b) * c..][..c];
+                    dst.iter_mut().zip(src).for_each(|(d, s)| *d += wgt * s);
+                }
+            }
+        }
+    }
+    out
 }
 
 impl Tokens {
