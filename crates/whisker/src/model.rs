@@ -102,16 +102,23 @@ impl Model {
                 (Backbone::from_file(name, &c.file, device)?, c.sha256)
             }
         };
+        Ok(Self::from_backbone(backbone, sha))
+    }
+
+    /// A backbone built in code (its weights from anywhere) as a model: ImageNet's labels
+    /// when it has the ImageNet classifier, else none; `weights_sha256` names its weights
+    /// (the feature cache's key, written into exports).
+    pub fn from_backbone(backbone: Backbone, weights_sha256: String) -> Self {
         let labels = match backbone.net.has_imagenet_head() {
             true => imagenet_classes().iter().map(|s| s.to_string()).collect(),
             false => Vec::new(),
         };
-        Ok(Model {
+        Model {
             backbone,
             trained: None,
             labels,
-            feature_key: sha,
-        })
+            feature_key: weights_sha256,
+        }
     }
 
     /// The backbone as an ImageNet classifier; refused when its checkpoint (`file`) has no

@@ -687,3 +687,74 @@ pub fn encode(m: &OnnxModel<'_>) -> Result<Vec<u8>> {
     };
     Ok(model.encode_to_vec())
 }
+
+/// What an ONNX model (one whisker wrote) declares: its inputs and outputs with their
+/// shapes (`-1`: the dynamic batch), its opset and metadata, the node inputs that nothing
+/// computes, the weights no node uses, and its size in weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub inputs: Vec<(String, Vec<i64>)>,
+    pub outputs: Vec<(String, Vec<i64>)>,
+    pub opset: i64,
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub nodes: usize,
+    pub weights: usize,
+    pub dangling: Vec<String>,
+    pub unused: Vec<String>,
+}
+
+/// Read `bytes` back (the checks of tests and of `whisker export`).
+pub fn summary(bytes: &[u8]) -> Result<Summary> {
+    use std::collections::HashSet;
+    let m =
+        ModelProto::decode(bytes).map_err(|e| Error::Invalid(format!("not an ONNX model: {e}")))?;
+    let g = m.graph.unwrap_or_default();
+    let dims = |v: &ValueInfoProto| -> (String, Vec<i64>) {
+        let shape = v
+            .r#type
+            .as_ref()
+            .and_then(|t| t.tensor_type.as_ref())
+            .and_then(|t| t.shape.as_ref())
+            .map(|s| s.dim.iter().map(|d| d.dim_value.unwrap_or(-1)).collect())
+            .unwrap_or_default();
+        (v.name.clone(), shape)
+    };
+    let mut known: HashSet<&str> = g.input.iter().map(|v| v.name.as_str()).collect();
+    known.extend(g.initializer.iter().map(|t| t.name.as_str()));
+    let mut used = HashSet::new();
+    let mut dangling = Vec::new();
+    for n in &g.node {
+        for i in &n.input {
+            if !known.contains(i.as_str()) {
+                dangling.push(i.clone());
+            }
+            used.insert(i.as_str());
+        }
+        known.extend(n.output.iter().map(|o| o.as_str()));
+    }
+    let unused = g
+        .initializer
+        .iter()
+        .filter(|t| !used.contains(t.name.as_str()))
+        .map(|t| t.name.clone())
+        .collect();
+    Ok(Summary {
+        inputs: g.input.iter().map(dims).collect(),
+        outputs: g.output.iter().map(dims).collect(),
+        opset: m.opset_import.first().map_or(0, |o| o.version),
+        metadata: m
+            .metadata_props
+            .iter()
+            .map(|p| (p.key.clone(), p.value.clone()))
+            .collect(),
+        nodes: g.node.len(),
+        weights: g
+            .initializer
+            .iter()
+            .filter(|t| t.data_type == data_type::FLOAT)
+            .map(|t| t.raw_data.len() / 4)
+            .sum(),
+        dangling,
+        unused,
+    })
+}
