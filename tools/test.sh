@@ -16,6 +16,14 @@ if ! command -v chromium >/dev/null && [ -z "${CHROMIUM:-}" ]; then
     exit 1
   fi
 fi
+# `whisker export`: every backbone's ONNX model is checked in the Rust tests; one of each
+# family is also left in $EXPORTS with whisker's outputs on real photos, for ONNX Runtime and
+# OpenVINO below (WHISKER_EXPORT_WRITE=all for every backbone: ~11 GB, ~15 min)
+EXPORTS=$(mktemp -d)
+EX=$(mktemp -d)
+trap 'rm -rf "$EX" "$EXPORTS"' EXIT
+export WHISKER_EXPORT_DIR="$EXPORTS"
+export WHISKER_EXPORT_WRITE="${WHISKER_EXPORT_WRITE:-resnet18,vgg16_bn,mobilenet_v2,mobilenet_v3_small,efficientnet_lite0,convnext_tiny,vit_b_32,dinov2_vits14_reg,efficientnet_v2_s,regnet_y_400mf}"
 cargo test --release --workspace "$@"
 
 # The kernels' multiply-add loops keep their accumulators in registers (a loop that moves
@@ -25,8 +33,6 @@ python3 tools/check-spills.py --selftest
 python3 tools/check-spills.py "$W"
 
 # What a Rust user writes: folder → probe → test accuracy → save → load → predict.
-EX=$(mktemp -d)
-trap 'rm -rf "$EX"' EXIT
 export WHISKER_HOME="$EX/home"
 "$W" -q weights fetch efficientnet_lite0 --from "$WHISKER_TESTDATA/efficientnet-lite0-57934424.pth" >/dev/null
 "$W" -q data digits "$EX/digits" --from "$WHISKER_TESTDATA/digits.csv.gz" --limit 300 >/dev/null
@@ -46,6 +52,12 @@ PY=$(tools/py/env.sh)
 # module in the shared build directory), and its tests.
 "$PY" -m pip install -q --disable-pip-version-check ./python
 WHISKER_BIN="$W" "$PY" -m pytest -q -p no:cacheprovider python/tests
+
+# `whisker export`'s ONNX models in ONNX Runtime and OpenVINO: the zoo's (left by the Rust
+# test above) and trained runs (a probe, an MLP head, a fine-tuned backbone), with the
+# README's snippet against `whisker classify`.
+"$PY" tools/py/check_export.py "$EXPORTS"
+"$PY" tools/py/check_export_runs.py "$W" "$WHISKER_TESTDATA"
 
 # The Ray Data and Spark recipes on local clusters (2 Ray workers; Spark local[2,4]) against
 # the CLI, with a worker killed once; Spark needs Java.

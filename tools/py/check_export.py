@@ -24,6 +24,19 @@ except ImportError:  # (the check says so; ONNX Runtime alone is still checked)
     ov = None
 
 TOL = 1e-5
+# EfficientNetV2 with formula weights and BatchNorm statistics measured on these photos is
+# ill-conditioned in float32 (its small-variance channels carry its signal). Measured on the
+# 7 photos against PyTorch in float64 (tools/reference/make_golden.py's model, 2026-12-07),
+# logits relative to their scale — PyTorch's own float32 / whisker / ONNX Runtime:
+#   efficientnet_v2_s 5.7e-6 / 4.5e-6 / 3.8e-6;  _m 1.1e-5 / 7.4e-6 / 7.0e-6;
+#   _l 2.8e-5 / 1.5e-5 / 1.3e-5
+# so two float32 engines may differ by about the sum (the features, more): every other
+# backbone is within 4e-6 in both engines.
+TOLERANCES = {"efficientnet_v2_s": 2e-5, "efficientnet_v2_m": 5e-5, "efficientnet_v2_l": 1e-4}
+
+
+def tolerance(name):
+    return next((t for p, t in TOLERANCES.items() if name.startswith(p)), TOL)
 
 
 def rel(got, want):
@@ -79,7 +92,7 @@ def main():
                 cells = [f"{errs[k]:.1e}" if k in errs else "-" for k in ("logits", "features")]
                 mb = os.path.getsize(path) / 1e6
                 print(f"{name:<44} {mb:7.1f} {engine:<12} {batch:>5} {cells[0]:>9} {cells[1]:>9}", flush=True)
-                if set(got) != set(want) or any(e > TOL for e in errs.values()):
+                if set(got) != set(want) or any(e > tolerance(name) for e in errs.values()):
                     failed.append(f"{name} {engine} batch {batch}: {errs} (outputs {sorted(got)})")
         if not a.keep:
             for f in glob.glob(stem + ".*"):
@@ -90,7 +103,7 @@ def main():
         print("check_export.py: FAILED:\n  " + "\n  ".join(failed))
         sys.exit(1)
     print(f"check_export.py: {len(models)} models: ONNX Runtime"
-          f"{' and OpenVINO' if ov else ''} give whisker's logits and features (≤ {TOL:g} of their scale)")
+          f"{' and OpenVINO' if ov else ''} give whisker's logits and features (≤ {TOL:g} of their scale; EfficientNetV2 as measured above)")
 
 
 if __name__ == "__main__":

@@ -433,6 +433,8 @@ impl Builder<'_> {
                 act,
                 res,
             });
+            // (a graph only: nothing packed)
+            return Ok(out);
         }
         // the backward and forward packs of the weights side by side (a small layer's packs
         // are one panel each, one thread's work)
@@ -556,6 +558,11 @@ impl Builder<'_> {
             }
         }
         let b = values(l.bias.val())?;
+        if let Some(w) = recorded {
+            let out = self.value(outc);
+            self.record(graph::Node::Linear { x, out, w, b, act });
+            return Ok(out);
+        }
         let frozen = self.frozen(&[l.weight.id, l.bias.id]);
         let params = (self.weight_grads && !frozen).then(|| ops::linear::LinearParams {
             weight: l.weight.id,
@@ -579,15 +586,6 @@ impl Builder<'_> {
         };
         let w = PackedConv::from_in_out(&w, Some(&b), inp, outc).map_err(shape_err)?;
         let out = self.value(outc);
-        if let Some(w) = recorded {
-            self.record(graph::Node::Linear {
-                x,
-                out,
-                w,
-                b: b.clone(),
-                act,
-            });
-        }
         self.ops.push(Op::Linear(ops::linear::Linear {
             x,
             out,
@@ -874,6 +872,18 @@ impl Builder<'_> {
             }
             bf[o] = (b[o] as f64 * so) as f32;
         }
+        if self.graph.is_some() {
+            let out = self.value(cout);
+            self.record(graph::Node::Pointwise {
+                x,
+                out,
+                w: oi,
+                b: bf,
+                act,
+                res,
+            });
+            return Ok(out);
+        }
         let bw = (self.backward && !frozen)
             .then(|| k::ConvBackward::from_oihw(&oi, cout, cin, 1, 1, 1, false))
             .transpose()
@@ -894,16 +904,6 @@ impl Builder<'_> {
             outc: cout,
         });
         let out = self.value(cout);
-        if self.graph.is_some() {
-            self.record(graph::Node::Pointwise {
-                x,
-                out,
-                w: oi.clone(),
-                b: bf.clone(),
-                act,
-                res,
-            });
-        }
         self.ops.push(Op::Pointwise(ops::pointwise::Pointwise {
             x,
             out,
@@ -1013,6 +1013,7 @@ impl Builder<'_> {
                 act: kact(se.act),
                 gate: kact(se.gate),
             });
+            return Ok(());
         }
         let pack = |c: &Conv2d| -> Result<PackedConv> {
             let (w, bias, [o, i, kh, kw]) = folded(c, None)?;
