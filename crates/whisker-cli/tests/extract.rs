@@ -501,6 +501,36 @@ fn a_transformer_without_a_classifier_gives_its_tokens_pooled() {
         whisker::tensor::to_vec(t).unwrap()
     };
     let c = 384;
+    let features = |f: &Path| {
+        let img = model.preprocess().load(f).unwrap();
+        whisker::tensor::to_vec(model.backbone().features(to_tensor(&[img], &device))).unwrap()
+    };
+    // the final LayerNorm's tokens: the class token alone and the mean patch token, the two
+    // halves of the probe feature (DINOv2's linear-probe protocol)
+    for (pool, half) in [("cls", 0), ("avg", 1)] {
+        let out = tmp.path().join(format!("norm-{pool}"));
+        let args = [
+            "--json",
+            "-b",
+            "dinov2_vits14_reg",
+            "--layer",
+            "norm",
+            "--pool",
+            pool,
+            "--weights",
+            w.to_str().unwrap(),
+            "--out",
+        ];
+        let doc = ok(&run(home.path(), &args, &[&out, &data]));
+        assert_eq!(doc["manifest"]["dim"], c, "norm {pool}");
+        let t = read_parquet_table(&out.join("part-00000.parquet")).unwrap();
+        let mut worst = 0f32;
+        for (f, e) in files.iter().zip(&t.embeddings) {
+            let r = features(f)[half * c..(half + 1) * c].to_vec();
+            worst = worst.max(max_diff(e.as_ref().unwrap(), &r));
+        }
+        assert!(worst <= 1e-5, "norm {pool}: max |Δ| {worst}");
+    }
     for (pool, dim) in [("features", 768), ("cls", c), ("avg", c), ("none", 261 * c)] {
         let out = tmp.path().join(pool);
         let mut args = vec!["--json", "-b", "dinov2_vits14_reg"];
@@ -516,11 +546,7 @@ fn a_transformer_without_a_classifier_gives_its_tokens_pooled() {
         for (f, e) in files.iter().zip(&t.embeddings) {
             let e = e.as_ref().unwrap();
             let r: Vec<f32> = match pool {
-                "features" => {
-                    let img = model.preprocess().load(f).unwrap();
-                    whisker::tensor::to_vec(model.backbone().features(to_tensor(&[img], &device)))
-                        .unwrap()
-                }
+                "features" => features(f),
                 "cls" => tokens(f)[..c].to_vec(),
                 "avg" => {
                     let t = tokens(f);

@@ -199,6 +199,18 @@ fn transformers_default_to_their_last_block() {
     assert_eq!(whisker::inspect::featuremap::default_layer(&b), "blocks.11");
     let names = b.layer_names();
     assert_eq!(names.first().map(String::as_str), Some("blocks.0.attn"));
+    // (the final LayerNorm's tokens are a layer too, for `extract`, but no default)
+    assert_eq!(names.last().map(String::as_str), Some("norm"));
+    // torchvision's ViT: its final LayerNorm's class token is the feature vector
+    let v = Backbone::with_formula_weights("vit_b_32", &device).unwrap();
+    assert_eq!(cam::default_layer(&v), "encoder.layers.encoder_layer_11");
+    let x = v.preprocess().load(&testdata("chelsea.png")).unwrap();
+    let x = whisker::data::transforms::to_tensor(&[x], &device);
+    let mut taps = whisker::Taps::only(&["encoder.ln"]);
+    let f = whisker::tensor::to_vec(v.features_with(x, &mut taps)).unwrap();
+    let t = whisker::tensor::to_vec(taps.get_tokens("encoder.ln").unwrap().clone()).unwrap();
+    assert_eq!(t.len(), 50 * 768);
+    assert_eq!(&t[..768], &f[..]);
     let l = lite0(&device);
     let mid = whisker::inspect::featuremap::default_layer(&l);
     assert!(mid.starts_with("_blocks."), "{mid}");

@@ -341,6 +341,9 @@ impl super::Arch for Dinov2 {
             x = taps.hook_tokens(&format!("blocks.{i}"), x, (gh, gw));
         }
         let x = self.norm.forward(x);
+        // the final tokens: `--layer norm --pool cls` is the class token alone (DINOv2's
+        // other probe feature), `--pool avg` the mean patch token
+        let x = taps.hook_tokens(super::FINAL_NORM[1], x, (gh, gw));
         let [_, t, _] = x.dims();
         let cls = x.clone().slice([0..n, 0..1, 0..c]).reshape([n, c]);
         let mean = x
@@ -375,6 +378,7 @@ impl super::Arch for Dinov2 {
             bl.tap_tokens(format!("blocks.{i}"), x, grid);
         }
         let x = bl.layer_norm(x, &self.norm)?;
+        bl.tap_tokens(super::FINAL_NORM[1], x, grid);
         let features = bl.class_and_mean(x, self.prefix());
         match &self.head {
             Some(h) => bl.classify(features, h),

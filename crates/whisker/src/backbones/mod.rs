@@ -57,6 +57,11 @@ pub mod layers;
 pub mod mobilenet_v2;
 pub mod mobilenet_v3;
 pub mod plan;
+
+/// The taps of a vision transformer's final LayerNorm (torchvision's ViT, DINOv2): its tokens
+/// for `extract --layer … --pool cls|avg`, never a default layer to look at (Grad-CAM and
+/// feature maps show the last block's).
+pub const FINAL_NORM: [&str; 2] = ["encoder.ln", "norm"];
 pub mod regnet;
 pub mod resnet;
 mod tracked;

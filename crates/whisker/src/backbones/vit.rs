@@ -390,10 +390,10 @@ impl super::Arch for Vit {
             x = b.forward(x, taps, &format!("{p}.attention"), (gh, gw));
             x = taps.hook_tokens(&p, x, (gh, gw));
         }
-        self.norm
-            .forward(x)
-            .slice([0..n, 0..1, 0..c])
-            .reshape([n, c])
+        // the final tokens: `--layer encoder.ln --pool avg` is the mean patch token (timm's
+        // `global_pool="avg"`), `--pool cls` the feature vector itself
+        let x = taps.hook_tokens(super::FINAL_NORM[0], self.norm.forward(x), (gh, gw));
+        x.slice([0..n, 0..1, 0..c]).reshape([n, c])
     }
 
     fn classifier(&self, f: Tensor<2>) -> Tensor<2> {
@@ -422,6 +422,7 @@ impl super::Arch for Vit {
             bl.tap_tokens(p, x, grid);
         }
         let x = bl.layer_norm(x, &self.norm)?;
+        bl.tap_tokens(super::FINAL_NORM[0], x, grid);
         let features = bl.class_token(x);
         bl.classify(features, &self.head)
     }

@@ -88,9 +88,13 @@ impl Cam {
 }
 
 /// The default layer: the deepest feature map of the network (the last convolutional block,
-/// whose channels are the most class-specific).
+/// whose channels are the most class-specific; a transformer's last block, not its final
+/// LayerNorm).
 pub fn default_layer(b: &Backbone) -> String {
-    b.layer_names().pop().unwrap_or_default()
+    b.layer_names()
+        .into_iter()
+        .rfind(|n| !crate::backbones::FINAL_NORM.contains(&n.as_str()))
+        .unwrap_or_default()
 }
 
 /// The class-activation map of `crop` (an image already preprocessed to the model's input

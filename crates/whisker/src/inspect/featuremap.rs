@@ -31,7 +31,9 @@ pub fn default_layer(b: &Backbone) -> String {
         .or_else(|| {
             taps.maps
                 .iter()
-                .filter(|(_, t)| t.dims()[1] == widest)
+                .filter(|(n, t)| {
+                    t.dims()[1] == widest && !crate::backbones::FINAL_NORM.contains(&n.as_str())
+                })
                 .map(|(n, _)| n.clone())
                 .next_back()
         })
