@@ -47,10 +47,13 @@ pub fn export(a: ExportArgs, quiet: bool) -> Result<i32> {
             .with_context(|| format!("loading {} weights", a.source))?
     }
     .for_inference();
-    let spinner = crate::progress::bar(0, "exporting", quiet);
-    let done = whisker::export::onnx(&model, &a.out)
-        .with_context(|| format!("exporting {} to {}", a.source, a.out.display()))?;
+    let spinner = crate::progress::spinner(
+        &format!("exporting {} to {}", a.source, a.out.display()),
+        quiet,
+    );
+    let done = whisker::export::onnx(&model, &a.out);
     spinner.finish_and_clear();
+    let done = done.with_context(|| format!("exporting {} to {}", a.source, a.out.display()))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&done)?);
     } else {

@@ -135,6 +135,17 @@ pub fn epoch_line(s: &whisker::train::head::EpochStats, tag: &str) -> String {
     )
 }
 
+/// A spinner with a message, for work of unknown length (hidden as the bars are).
+pub fn spinner(msg: &str, quiet: bool) -> ProgressBar {
+    let pb = ProgressBar::new_spinner();
+    if quiet || !std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
