@@ -88,27 +88,29 @@ impl Emitter {
         out
     }
 
-    fn floats(&mut self, stem: &str, dims: &[usize], v: &[f32]) -> String {
-        debug_assert_eq!(dims.iter().product::<usize>(), v.len());
+    /// A weight (an initializer) of `dims` and little-endian `raw_data`; its name.
+    fn init(&mut self, stem: &str, dims: Vec<i64>, data_type: i32, raw_data: Vec<u8>) -> String {
         let name = self.name(stem);
         self.inits.push(TensorProto {
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: data_type::FLOAT,
+            dims,
+            data_type,
             name: name.clone(),
-            raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            raw_data,
         });
         name
     }
 
+    fn floats(&mut self, stem: &str, dims: &[usize], v: &[f32]) -> String {
+        debug_assert_eq!(dims.iter().product::<usize>(), v.len());
+        let dims = dims.iter().map(|&d| d as i64).collect();
+        let raw = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.init(stem, dims, data_type::FLOAT, raw)
+    }
+
+    /// A 1-D int64 tensor (shapes, slice bounds).
     fn ints(&mut self, stem: &str, v: &[i64]) -> String {
-        let name = self.name(stem);
-        self.inits.push(TensorProto {
-            dims: vec![v.len() as i64],
-            data_type: data_type::INT64,
-            name: name.clone(),
-            raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        });
-        name
+        let raw = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.init(stem, vec![v.len() as i64], data_type::INT64, raw)
     }
 
     fn scalar(&mut self, v: f32) -> String {
@@ -535,14 +537,7 @@ impl Emitter {
 
     /// A scalar int64 index (for `Gather`: the axis is dropped).
     fn index(&mut self, i: i64) -> String {
-        let name = self.name("i");
-        self.inits.push(TensorProto {
-            dims: vec![],
-            data_type: data_type::INT64,
-            name: name.clone(),
-            raw_data: i.to_le_bytes().to_vec(),
-        });
-        name
+        self.init("i", vec![], data_type::INT64, i.to_le_bytes().to_vec())
     }
 }
 

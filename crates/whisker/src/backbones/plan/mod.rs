@@ -549,19 +549,18 @@ impl Builder<'_> {
     ) -> Result<V> {
         let [inp, outc] = l.weight.dims();
         let mut w = crate::tensor::to_vec(l.weight.val())?;
-        // (recorded in the checkpoint's order: the graph flattens maps channel first)
-        let recorded = self.graph.is_some().then(|| w.clone());
+        let b = values(l.bias.val())?;
+        if self.graph.is_some() {
+            // (in the checkpoint's order: the graph flattens maps channel first)
+            let out = self.value(outc);
+            self.record(graph::Node::Linear { x, out, w, b, act });
+            return Ok(out);
+        }
         if let Some(perm) = perm {
             let src = w.clone();
             for (i, &j) in perm.iter().enumerate() {
                 w[i * outc..(i + 1) * outc].copy_from_slice(&src[j * outc..(j + 1) * outc]);
             }
-        }
-        let b = values(l.bias.val())?;
-        if let Some(w) = recorded {
-            let out = self.value(outc);
-            self.record(graph::Node::Linear { x, out, w, b, act });
-            return Ok(out);
         }
         let frozen = self.frozen(&[l.weight.id, l.bias.id]);
         let params = (self.weight_grads && !frozen).then(|| ops::linear::LinearParams {
@@ -655,7 +654,6 @@ impl Builder<'_> {
                 pos.dims()
             )));
         }
-        let (cls_param_id, pos_param_id) = (cls.id, pos.id);
         let mut ids = vec![cls.id, pos.id];
         ids.extend(registers.map(|r| r.id));
         let frozen = self.frozen(&ids);
@@ -664,31 +662,27 @@ impl Builder<'_> {
             Some(r) => crate::tensor::to_vec(r.val())?,
             None => Vec::new(),
         };
-        let (cls, pos) = (
-            crate::tensor::to_vec(cls.val())?,
-            crate::tensor::to_vec(pos.val())?,
-        );
         if self.graph.is_some() {
             self.record(graph::Node::Tokens {
                 x,
                 out,
-                cls: cls.clone(),
-                pos: pos.clone(),
-                reg: reg.clone(),
+                cls: crate::tensor::to_vec(cls.val())?,
+                pos: crate::tensor::to_vec(pos.val())?,
+                reg,
                 grid,
             });
+            return Ok(out);
         }
-        let (cls_id, pos_id) = (cls_param_id, pos_param_id);
         self.ops.push(Op::Tokens(ops::tokens::Tokens {
             x,
             out,
-            cls,
-            pos,
+            cls: crate::tensor::to_vec(cls.val())?,
+            pos: crate::tensor::to_vec(pos.val())?,
             reg,
             grid,
             params: (self.weight_grads && !frozen).then(|| ops::tokens::TokenParams {
-                cls: cls_id,
-                pos: pos_id,
+                cls: cls.id,
+                pos: pos.id,
                 reg: registers.map(|r| r.id),
             }),
         }));
@@ -821,6 +815,7 @@ impl Builder<'_> {
                 beta: values(ln.bias.val())?,
                 eps: ln.eps,
             });
+            return Ok(out);
         }
         self.ops.push(Op::LayerNorm(ops::layer_norm::LayerNorm {
             x,
