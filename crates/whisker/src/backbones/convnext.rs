@@ -223,6 +223,15 @@ impl super::Definition for ConvNeXt {
     fn build(l: &mut Loader, c: Config) -> Result<Self> {
         ConvNeXt::load(l, c.size)
     }
+
+    /// torchvision's model of the same name; the keys are torchvision's.
+    fn pytorch(
+        spec: &ModelSpec,
+        _: Config,
+        _: &mut std::collections::BTreeMap<String, crate::weights::RawTensor>,
+    ) -> super::PyTorch {
+        super::PyTorch::torchvision(spec.name, "classifier.2")
+    }
 }
 
 /// The burn forward and the CPU engine's lowering of the network, side by side.

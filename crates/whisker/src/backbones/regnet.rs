@@ -272,6 +272,15 @@ impl super::Definition for RegNet {
     fn build(l: &mut Loader, c: Config) -> Result<Self> {
         RegNet::load(l, c)
     }
+
+    /// torchvision's model of the same name; the keys are torchvision's.
+    fn pytorch(
+        spec: &ModelSpec,
+        _: Config,
+        _: &mut std::collections::BTreeMap<String, crate::weights::RawTensor>,
+    ) -> super::PyTorch {
+        super::PyTorch::torchvision(spec.name, "fc")
+    }
 }
 
 /// The burn forward and the CPU engine's lowering of the network, side by side.

@@ -246,6 +246,15 @@ impl super::Definition for ResNet {
     fn build(l: &mut Loader, c: Config) -> Result<Self> {
         ResNet::load(l, c.depth)
     }
+
+    /// torchvision's model of the same name; the keys are torchvision's.
+    fn pytorch(
+        spec: &ModelSpec,
+        _: Config,
+        _: &mut std::collections::BTreeMap<String, crate::weights::RawTensor>,
+    ) -> super::PyTorch {
+        super::PyTorch::torchvision(spec.name, "fc")
+    }
 }
 
 /// The burn forward and the CPU engine's lowering of the network, side by side.

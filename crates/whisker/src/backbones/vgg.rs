@@ -182,6 +182,15 @@ impl super::Definition for Vgg {
     fn build(l: &mut Loader, c: Config) -> Result<Self> {
         Vgg::load(l, c.depth, c.bn)
     }
+
+    /// torchvision's model of the same name; the keys are torchvision's.
+    fn pytorch(
+        spec: &ModelSpec,
+        _: Config,
+        _: &mut std::collections::BTreeMap<String, crate::weights::RawTensor>,
+    ) -> super::PyTorch {
+        super::PyTorch::torchvision(spec.name, "classifier.6")
+    }
 }
 
 /// The burn forward and the CPU engine's lowering of the network, side by side.

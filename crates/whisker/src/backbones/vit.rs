@@ -347,6 +347,25 @@ impl super::Definition for Vit {
             keys.insert(k, v);
         }
     }
+
+    /// torchvision's `VisionTransformer` (its `vit_*` of the same name, or built from the
+    /// sizes for timm's checkpoints); the keys are torchvision's.
+    fn pytorch(spec: &ModelSpec, c: Config, _: &mut BTreeMap<String, RawTensor>) -> super::PyTorch {
+        let named = ["vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"];
+        if named.contains(&spec.name) && spec.input_size == 224 {
+            return super::PyTorch::torchvision(spec.name, "heads.head");
+        }
+        let mut p = super::PyTorch::torchvision("VisionTransformer", "heads.head");
+        p.kwargs = vec![
+            format!("image_size={}", spec.input_size),
+            format!("patch_size={}", c.patch),
+            format!("num_layers={}", c.depth),
+            format!("num_heads={}", c.heads),
+            format!("hidden_dim={}", c.dim),
+            format!("mlp_dim={}", c.mlp),
+        ];
+        p
+    }
 }
 
 /// The position embeddings `pos` (`[1, prefix + g², C]`: `prefix` leading tokens' — the class

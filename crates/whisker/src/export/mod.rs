@@ -1,10 +1,12 @@
 //! `whisker export`: a zoo backbone or a trained run as one self-contained ONNX model — the
 //! backbone (fine-tuned weights when the run fine-tuned it), the head and the input
 //! normalisation inside — made from the same description the CPU engine is compiled from
-//! ([`crate::backbones::plan::graph`]).
+//! ([`crate::backbones::plan::graph`]); or as a PyTorch state dict under torchvision's or
+//! timm's key names with the Python that rebuilds it ([`torch`]).
 
 pub mod onnx;
 mod proto;
+pub mod torch;
 
 use std::path::Path;
 
@@ -25,7 +27,16 @@ pub struct Exported {
     pub outputs: Vec<String>,
     pub classes: usize,
     pub feature_dim: usize,
-    pub opset: i64,
+    /// The ONNX opset (ONNX only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opset: Option<i64>,
+    /// The library and model that rebuild it (PyTorch only): `torchvision.models.resnet18`,
+    /// `timm:tf_efficientnet_lite0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pytorch_model: Option<String>,
+    /// The Python that rebuilds the model and classifies a photo (PyTorch only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub python: Option<String>,
 }
 
 /// The ONNX model of `model`: input `pixels` `[N, 3, crop, crop]`, RGB in [0, 1] (what
@@ -121,6 +132,50 @@ pub fn onnx(model: &Model, out: &Path) -> Result<Exported> {
         outputs,
         classes: if has_logits { model.labels().len() } else { 0 },
         feature_dim: b.spec.feature_dim,
-        opset: onnx::OPSET,
+        opset: Some(onnx::OPSET),
+        pytorch_model: None,
+        python: None,
+    })
+}
+
+/// Write `model` as a PyTorch state dict to `out` (`.safetensors`, or `.pth` / `.pt`),
+/// atomically; the rebuild code names the file as `out` does. `model` as loaded (not
+/// [`Model::for_inference`]: its BatchNorm layers are kept).
+pub fn torch(model: &Model, out: &Path) -> Result<Exported> {
+    let format = torch::TorchFormat::of(out)?;
+    let file = out.display().to_string();
+    let m = torch::torch_model(model, &file, format)?;
+    let bytes = match format {
+        torch::TorchFormat::Safetensors => torch::safetensors_bytes(&m)?,
+        torch::TorchFormat::Pth => torch::pth_bytes(&m)?,
+    };
+    crate::io::write_atomic(out, &bytes)?;
+    let b = model.backbone();
+    let crop = model.preprocess().crop;
+    let classes = if m.output == "logits" {
+        model.labels().len()
+    } else {
+        0
+    };
+    Ok(Exported {
+        path: file,
+        format: match format {
+            torch::TorchFormat::Safetensors => "safetensors",
+            torch::TorchFormat::Pth => "pth",
+        },
+        bytes: bytes.len() as u64,
+        backbone: b.spec.name.to_string(),
+        input: [3, crop, crop],
+        outputs: vec![m.output.to_string()],
+        classes,
+        feature_dim: b.spec.feature_dim,
+        opset: None,
+        pytorch_model: Some(match m.pytorch.library {
+            crate::backbones::Library::Torchvision => {
+                format!("torchvision.models.{}", m.pytorch.constructor)
+            }
+            crate::backbones::Library::Timm => format!("timm:{}", m.pytorch.constructor),
+        }),
+        python: Some(m.python),
     })
 }
