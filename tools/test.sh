@@ -16,14 +16,15 @@ if ! command -v chromium >/dev/null && [ -z "${CHROMIUM:-}" ]; then
     exit 1
   fi
 fi
-# `whisker export`: every backbone's ONNX model is checked in the Rust tests; one of each
-# family is also left in $EXPORTS with whisker's outputs on real photos, for ONNX Runtime and
-# OpenVINO below (WHISKER_EXPORT_WRITE=all for every backbone: ~11 GB, ~15 min)
+# `whisker export`: every backbone's ONNX model and PyTorch state dict is checked in the Rust
+# tests; one of each family is also left in $EXPORTS (both formats) with whisker's outputs on
+# real photos, for PyTorch, ONNX Runtime and OpenVINO below (WHISKER_EXPORT_WRITE=all for
+# every backbone: ~22 GB, ~20 min)
 EXPORTS=$(mktemp -d)
 EX=$(mktemp -d)
 trap 'rm -rf "$EX" "$EXPORTS"' EXIT
 export WHISKER_EXPORT_DIR="$EXPORTS"
-export WHISKER_EXPORT_WRITE="${WHISKER_EXPORT_WRITE:-resnet18,vgg16_bn,mobilenet_v2,mobilenet_v3_small,efficientnet_lite0,convnext_tiny,vit_b_32,dinov2_vits14_reg,efficientnet_v2_s,regnet_y_400mf}"
+export WHISKER_EXPORT_WRITE="${WHISKER_EXPORT_WRITE:-resnet18,vgg16_bn,mobilenet_v2,mobilenet_v3_small,efficientnet_lite0,convnext_tiny,vit_b_32,dinov2_vits14_reg,efficientnet_v2_s,regnet_y_400mf,vit_base_patch16_224.augreg2_in21k_ft_in1k}"
 cargo test --release --workspace "$@"
 
 # The kernels' multiply-add loops keep their accumulators in registers (a loop that moves
@@ -52,6 +53,12 @@ PY=$(tools/py/env.sh)
 # module in the shared build directory), and its tests.
 "$PY" -m pip install -q --disable-pip-version-check ./python
 WHISKER_BIN="$W" "$PY" -m pytest -q -p no:cacheprovider python/tests
+
+# `whisker export --format torch`: the printed code rebuilds each model in PyTorch
+# (torchvision, timm) and gives whisker's outputs: the zoo's (left by the Rust test above) and
+# trained runs (.safetensors and .pth), the zoo code's printed class against `whisker classify`.
+"$PY" tools/py/check_export_torch.py zoo "$EXPORTS" "$WHISKER_TESTDATA/chelsea.png"
+"$PY" tools/py/check_export_torch.py runs "$W" "$WHISKER_TESTDATA"
 
 # `whisker export`'s ONNX models in ONNX Runtime and OpenVINO: the zoo's (left by the Rust
 # test above) and trained runs (a probe, an MLP head, a fine-tuned backbone), with the

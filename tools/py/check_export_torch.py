@@ -117,7 +117,7 @@ def runs(w, testdata):
             "mlp head": (["--mode", "head", "--epochs", "3"], ["pth"]),
             "fine-tuned": (["--mode", "finetune", "--epochs", "1", "--freeze-epochs", "0", "--no-augment"], ["safetensors", "pth"]),
         }
-        print(f"{'run':<12} {'file':<12} {'batch':>5} {'logits':>9}")
+        print(f"{'run':<12} {'file':<24} {'batch':>5} {'logits':>9}")
         for kind, (flags, formats) in kinds.items():
             run_dir = os.path.join(tmp, kind.replace(" ", "_"))
             sh("train", digits, "--out", run_dir, *flags)
@@ -135,7 +135,7 @@ def runs(w, testdata):
                     with torch.no_grad():
                         g = ns["model"](x[:batch]).numpy()
                     e = rel(g, want[:batch])
-                    print(f"{kind:<12} {os.path.basename(out):<12} {batch:>5} {e:9.1e}", flush=True)
+                    print(f"{kind:<12} {os.path.basename(out):<24} {batch:>5} {e:9.1e}", flush=True)
                     if e > TOL:
                         failed.append(f"{kind} {fmt} batch {batch}: {e:.1e}")
                 top = ns["printed"].split()
