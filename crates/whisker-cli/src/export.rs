@@ -71,7 +71,7 @@ pub fn export(a: ExportArgs, quiet: bool) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&done)?);
     } else if let (Some(py), Some(m)) = (&done.python, &done.pytorch_model) {
         println!(
-            "{} → {} ({:.1} MB, {} state dict of {m}): output {}; rebuild it in Python:\n",
+            "{} → {} ({:.1} MB, a PyTorch state dict ({}) for {m}): output {}; rebuild it in Python:\n",
             done.backbone,
             done.path,
             done.bytes as f64 / 1e6,

@@ -1,7 +1,9 @@
 //! `whisker export` end to end: a trained run and a zoo backbone to ONNX (the declared
 //! input and outputs, the classes and preprocessing in the metadata, no dangling input or
-//! unused weight), and refusals that name the reason and write nothing. The models' numbers
-//! are checked with ONNX Runtime and OpenVINO by tools/py/check_export*.py.
+//! unused weight) and to PyTorch (the probe folded into timm's classifier, both file
+//! formats, the printed rebuild code), and refusals that name the reason and write nothing.
+//! The models' numbers are checked with PyTorch, ONNX Runtime and OpenVINO by
+//! tools/py/check_export*.py.
 
 mod common;
 use common::*;
@@ -141,6 +143,18 @@ fn refused_exports_say_why_and_write_nothing() {
     no_panic(&ob);
     assert!(stderr(&ob).contains("folder.onnx"), "{}", stderr(&ob));
     assert_eq!(std::fs::read(folder.join("keep")).unwrap(), b"x");
+    // a PyTorch export needs a .safetensors or .pth name
+    refuse(
+        &[
+            "export",
+            "efficientnet_lite0",
+            "--format",
+            "torch",
+            "--out",
+            o,
+        ],
+        "a PyTorch export is written as .safetensors or .pth",
+    );
     // an unknown format is refused by the parser
     refuse(
         &[
@@ -153,4 +167,74 @@ fn refused_exports_say_why_and_write_nothing() {
         ],
         "tflite",
     );
+}
+
+#[test]
+fn a_run_exports_to_pytorch_in_both_formats() {
+    let home = home_with_weights();
+    let dir = tempfile::tempdir().unwrap();
+    let data = digits(dir.path(), &["3", "5", "7"], 10);
+    let run = dir.path().join("run");
+    ok(&whisker(home.path())
+        .arg("train")
+        .arg(&data)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap());
+    let mut read = Vec::new();
+    for name in ["m.safetensors", "m.pth"] {
+        let out = dir.path().join(name);
+        let j = ok(&whisker(home.path())
+            .args(["export", "--format", "torch", "--json", "--out"])
+            .arg(&out)
+            .arg(&run)
+            .output()
+            .unwrap());
+        assert_eq!(j["outputs"], serde_json::json!(["logits"]));
+        assert_eq!(j["classes"], 3);
+        assert_eq!(j["pytorch_model"], "timm:tf_efficientnet_lite0");
+        assert_eq!(j["format"], &name[2..]);
+        let py = j["python"].as_str().unwrap();
+        for want in [
+            "timm.create_model(\"tf_efficientnet_lite0\", pretrained=False, num_classes=3)",
+            &format!("{:?}", out.display().to_string()),
+            "classes = [\"3\", \"5\", \"7\"]",
+            "T.Resize(256, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(224)",
+        ] {
+            assert!(py.contains(want), "{want} not in\n{py}");
+        }
+        assert_eq!(j["bytes"], std::fs::metadata(&out).unwrap().len());
+        read.push(
+            whisker::weights::StateDict::from_file(&out)
+                .unwrap()
+                .tensors,
+        );
+    }
+    // both files hold the same tensors, under timm's names
+    assert_eq!(read[0], read[1]);
+    let sd = &read[0];
+    assert!(sd.contains_key("conv_stem.weight") && sd.contains_key("blocks.6.0.conv_pwl.weight"));
+    // the probe in the classifier's place, its standardisation folded in:
+    // W'[k, j] = W[j, k] / std[j], b'[k] = b[k] − Σⱼ W'[k, j] · mean[j]
+    let model = whisker::model::Model::load(&run, &whisker::default_device()).unwrap();
+    let whisker::train::model_file::Head::Linear(h) = &model.trained().unwrap().head else {
+        panic!("a probe")
+    };
+    let (w, b) = (&sd["classifier.weight"], &sd["classifier.bias"]);
+    assert_eq!((w.shape.clone(), b.shape.clone()), (vec![3, 1280], vec![3]));
+    for k in 0..3 {
+        let mut shift = 0f64;
+        for j in 0..1280 {
+            let want = h.w[j * 3 + k] as f64 / h.std[j] as f64;
+            let got = w.data[k * 1280 + j] as f64;
+            assert!(
+                (got - want).abs() <= 1e-7 * want.abs().max(1e-3),
+                "W'[{k}, {j}]"
+            );
+            shift += want * h.mean[j] as f64;
+        }
+        let want = h.b[k] as f64 - shift;
+        assert!((b.data[k] as f64 - want).abs() <= 1e-6 * want.abs().max(1.0));
+    }
 }

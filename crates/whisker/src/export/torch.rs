@@ -366,7 +366,7 @@ fn rebuild(r: &Rebuild<'_>) -> String {
         ));
     } else {
         s.push_str(&format!(
-            "classes = [str(i) for i in range({})]  # the names: `whisker export --format torch --json`, or a .safetensors export's metadata\n",
+            "classes = [str(i) for i in range({})]  # their names: a .safetensors export holds them (metadata whisker.classes)\n",
             classes.len()
         ));
     }
