@@ -680,8 +680,19 @@ pub fn encode(m: &OnnxModel<'_>) -> Result<Vec<u8>> {
             })
             .collect(),
     };
+    let len = prost::Message::encoded_len(&model);
+    if len > MAX_PROTOBUF {
+        return Err(Error::Invalid(format!(
+            "{}: the ONNX model would be {:.2} GB, over protobuf's 2 GiB limit that ONNX Runtime and onnx enforce (export to PyTorch instead: --format torch)",
+            m.name,
+            len as f64 / 1e9
+        )));
+    }
     Ok(model.encode_to_vec())
 }
+
+/// The largest protobuf message ONNX readers parse (2 GiB − 1).
+pub const MAX_PROTOBUF: usize = (1 << 31) - 1;
 
 /// What an ONNX model (one whisker wrote) declares: its inputs and outputs with their
 /// shapes (`-1`: the dynamic batch), its opset and metadata, the node inputs that nothing
