@@ -1,20 +1,27 @@
 #!/usr/bin/env python3
-"""PyTorch and ONNX Runtime twins of `cargo run --release --example bench_forward`: eval
-forward images/s, same models, batch, input size (each backbone's own) and thread count.
+"""PyTorch, ONNX Runtime and OpenVINO twins of `cargo run --release --example bench_forward`:
+eval forward images/s, same models, batch, input size (each backbone's own) and thread count.
 One JSON object per line.
 
     python tools/bench/bench_torch.py --threads 2 [--batch 16] [--min-seconds 1]
-        [--runtime torch|ort] [--onnx-dir DIR] [MODEL...]
+        [--runtime torch|jit|ort|ov] [--onnx-dir DIR] [MODEL...]
 
-`--runtime ort` exports the model with `torch.onnx.export(..., dynamo=False)` (cached in
---onnx-dir) and runs it with ONNX Runtime's CPU provider, `intra_op_num_threads` = --threads.
-Needs: torch, torchvision (and onnx, onnxruntime for --runtime ort): tools/bench/setup.sh.
+`--runtime torch`: eager PyTorch (`inference_mode`). `--runtime jit`: traced, frozen and
+`optimize_for_inference` (PyTorch's fastest CPU path without another engine). `--runtime
+ort` exports the model with `torch.onnx.export(..., dynamo=False)` (cached in --onnx-dir;
+the export runs in a child process, so that no timed PyTorch shares a process with it) and
+runs it with ONNX Runtime's CPU provider, `intra_op_num_threads` = --threads. `--runtime ov`:
+the same ONNX file in OpenVINO's CPU plugin, f32 (`INFERENCE_PRECISION_HINT`), --threads
+threads, the latency hint (one stream) and, at batch > 1, also the throughput hint with 2
+streams (two requests in flight, each half the batch): the better is reported, with the mode.
+Needs: torch, torchvision (onnx, onnxruntime, openvino for ort / ov): tools/bench/setup.sh.
 """
 import argparse
 import json
 import os
 import sys
 import time
+import warnings
 
 import torch
 import torchvision
@@ -68,6 +75,33 @@ def build(name):
     return getattr(torchvision.models, name)(weights=None).eval(), 224
 
 
+def onnx_file(a, name, size, batch=None):
+    """PyTorch's ONNX export of `name` at batch `batch` (default --batch), made once in a child
+    process (an export speeds up that process's eager PyTorch ~1.7×) and cached."""
+    import subprocess
+    batch = batch or a.batch
+    os.makedirs(a.onnx_dir, exist_ok=True)
+    path = os.path.join(a.onnx_dir, f"{name}-b{batch}-{size}.onnx")
+    if not os.path.exists(path):
+        subprocess.run([sys.executable, __file__, "--export", path, "--batch", str(batch), name], check=True)
+    return path
+
+
+def export(path, name, batch):
+    m, size = build(name)
+    x = torch.rand(batch, 3, size, size)
+    # nn.MultiheadAttention's eval fast path (one fused op) has no ONNX export: the exported
+    # graph is the same attention written out
+    torch.backends.mha.set_fastpath_enabled(False)
+    torch.onnx.export(m, x, path + ".tmp", dynamo=False, input_names=["x"], output_names=["logits"],
+                      opset_version=17)
+    os.replace(path + ".tmp", path)
+
+
+def compile_half(core, a, name, size, cfg):
+    return core.compile_model(onnx_file(a, name, size, a.batch // 2), "CPU", cfg)
+
+
 def timed(fn, min_seconds):
     fn()  # warm-up
     t = time.perf_counter()
@@ -83,10 +117,16 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--min-seconds", type=float, default=1.0)
-    ap.add_argument("--runtime", choices=["torch", "ort"], default="torch")
+    ap.add_argument("--runtime", choices=["torch", "jit", "ort", "ov"], default="torch")
+    ap.add_argument("--export", help=argparse.SUPPRESS)  # (the child process of onnx_file)
     ap.add_argument("--onnx-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "whisker-bench-onnx"))
     ap.add_argument("models", nargs="*")
     a = ap.parse_args()
+    warnings.filterwarnings("ignore", category=FutureWarning)  # (TorchScript's deprecation)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if a.export:
+        export(a.export, a.models[0], a.batch)
+        return
     torch.set_num_threads(a.threads)
     torch.set_num_interop_threads(1)
     for name in a.models or ALL:
@@ -96,17 +136,48 @@ def main():
             with torch.inference_mode():
                 secs, iters = timed(lambda: m(x), a.min_seconds)
             extra = {"torch": torch.__version__, "isa": torch.backends.cpu.get_cpu_capability()}
+        elif a.runtime == "jit":
+            with torch.no_grad():
+                j = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(m, x)))
+                for _ in range(3):  # the profiling executor specialises over the first runs
+                    j(x)
+                secs, iters = timed(lambda: j(x), a.min_seconds)
+            extra = {"torch": torch.__version__, "isa": torch.backends.cpu.get_cpu_capability()}
+        elif a.runtime == "ov":
+            import numpy as np
+            import openvino as ov
+            path = onnx_file(a, name, size)
+            core = ov.Core()
+            feed = x.numpy()
+            best = None
+            modes = ["latency"] + (["throughput-2"] if a.batch > 1 and a.batch % 2 == 0 else [])
+            for mode in modes:
+                cfg = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": a.threads}
+                if mode == "latency":
+                    cfg.update({"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
+                    c = core.compile_model(path, "CPU", cfg)
+                    req = c.create_infer_request()
+                    fn = lambda: req.infer({0: feed})  # noqa: E731
+                else:
+                    cfg.update({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": 2})
+                    # two requests in flight, each half the batch (the ONNX file's batch is
+                    # fixed: its half-batch twin)
+                    half = compile_half(core, a, name, size, cfg)
+                    q = ov.AsyncInferQueue(half, 2)
+                    halves = [np.ascontiguousarray(feed[: a.batch // 2]), np.ascontiguousarray(feed[a.batch // 2:])]
+
+                    def fn(q=q, halves=halves):
+                        for h in halves:
+                            q.start_async({0: h})
+                        q.wait_all()
+                secs, iters = timed(fn, a.min_seconds)
+                if best is None or secs < best[0]:
+                    best = (secs, iters, mode)
+            secs, iters, mode = best
+            extra = {"openvino": ov.get_version().split("-")[0], "ov_mode": mode}
         else:
             import onnxruntime as ort
-            os.makedirs(a.onnx_dir, exist_ok=True)
-            path = os.path.join(a.onnx_dir, f"{name}-b{a.batch}-{size}.onnx")
-            if not os.path.exists(path):
-                # nn.MultiheadAttention's eval fast path (one fused op) has no ONNX export:
-                # the exported graph is the same attention written out
-                torch.backends.mha.set_fastpath_enabled(False)
-                torch.onnx.export(m, x, path + ".tmp", dynamo=False, input_names=["x"],
-                                  output_names=["logits"], opset_version=17)
-                os.replace(path + ".tmp", path)
+            path = onnx_file(a, name, size)
             so = ort.SessionOptions()
             so.intra_op_num_threads = a.threads
             so.inter_op_num_threads = 1

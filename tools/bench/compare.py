@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
-"""Forward throughput: whisker's CPU engine against PyTorch and ONNX Runtime (and, with
---burn, whisker's burn path), same machine, same run, alternating A/B/C A/B/C so that host
-drift hits every side alike. Prints Markdown tables (best of --rounds runs per side) with the
-CPU model, its SIMD flags and the ISA each side used; --json FILE keeps every measurement.
+"""Forward throughput: whisker's CPU engine against PyTorch eager, PyTorch traced + frozen
+(`jit`), ONNX Runtime and OpenVINO (and, with --burn, whisker's burn path), same machine,
+same run, alternating A/B/C… then …C/B/A so that host drift hits every side alike. Prints
+Markdown tables (best of --rounds runs per side) with the CPU model, its SIMD flags, the
+versions and the ISA each side used, and whisker against the fastest other engine; --json
+FILE keeps every measurement.
 
     tools/bench/compare.py [--threads 2,1] [--batch 16,1] [--rounds 2] [--min-seconds 1]
-        [--burn] [--isa avx2] [--avx2] [--no-ort] [--json out.json] [MODEL...]
+        [--burn] [--isa avx2] [--avx2] [--no-ort] [--no-jit] [--no-ov] [--json out.json] [MODEL...]
 
 Whisker's side is `cargo run --release --example bench_forward`; the other sides are
 `tools/bench/bench_torch.py` run with PYTHON (default: the venv of tools/bench/setup.sh).
 For the AVX2-only ratio, `--avx2`: whisker's AVX2 path against PyTorch with
 `ATEN_CPU_CAPABILITY=avx2` and `ONEDNN_MAX_CPU_ISA=AVX2` (oneDNN, which runs PyTorch's
-convolutions, ignores the first); ONNX Runtime has no such switch, so `--avx2` leaves it out.
+convolutions, ignores the first); ONNX Runtime and OpenVINO have no such switch, so `--avx2`
+leaves them out.
 """
 import argparse
 import json
@@ -62,12 +65,14 @@ def main():
     ap.add_argument("--avx2", action="store_true",
                     help="every side limited to AVX2 (whisker --isa avx2; PyTorch and oneDNN by env)")
     ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--no-jit", action="store_true", help="leave out PyTorch traced + frozen")
+    ap.add_argument("--no-ov", action="store_true", help="leave out OpenVINO")
     ap.add_argument("--json", help="write every measurement here")
     ap.add_argument("models", nargs="*")
     a = ap.parse_args()
     torch_env = None
     if a.avx2:
-        a.isa, a.no_ort = "avx2", True
+        a.isa, a.no_ort, a.no_ov = "avx2", True, True
         torch_env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
     python = os.environ.get("PYTHON") or subprocess.run(
         [os.path.join(ROOT, "tools", "bench", "setup.sh")], capture_output=True, text=True,
@@ -77,7 +82,10 @@ def main():
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
     exe = os.path.join(target, "release", "examples", "bench_forward")
     models = a.models or ALL
-    sides = ["whisker"] + (["burn"] if a.burn else []) + ["torch"] + ([] if a.no_ort else ["ort"])
+    others = ["torch"] + ([] if a.no_jit else ["jit"]) + ([] if a.no_ort else ["ort"]) \
+        + ([] if a.no_ov else ["ov"])
+    sides = ["whisker"] + (["burn"] if a.burn else []) + others
+    label = {"torch": "PyTorch", "jit": "PyTorch jit", "ort": "ONNX Runtime", "ov": "OpenVINO"}
     results = []
     model, flags = cpu()
     for threads in [int(t) for t in a.threads.split(",")]:
@@ -103,29 +111,34 @@ def main():
                             best[key] = res
                     print(f"  {m} t{threads} b{batch} round {r}: " + ", ".join(
                         f"{s} {best[(m, s)]['images_per_s']}" for s in sides), file=sys.stderr)
-            t0 = next((v for (mm, s), v in best.items() if s == "torch"), {})
-            w0 = next((v for (mm, s), v in best.items() if s == "whisker"), {})
+            def first(side, key):
+                return next((v.get(key) for (mm, s), v in best.items() if s == side), "?")
             print(f"\n### Eval forward, batch {batch}, {threads} thread(s), each backbone at its own input size\n")
-            print(f"CPU: {model}; flags: {' '.join(flags)}; whisker engine ISA: {w0.get('isa', '?')}; "
-                  f"PyTorch {t0.get('torch', '?')} (CPU capability {t0.get('isa', '?')}"
-                  + (", oneDNN limited to AVX2" if a.avx2 else "") + ")"
-                  + ("" if a.no_ort else f"; ONNX Runtime {next((v.get('onnxruntime') for (mm, s), v in best.items() if s == 'ort'), '?')}")
-                  + f". Best of {a.rounds} alternated runs, images/s.\n")
-            head = "| backbone | size | whisker |" + (" whisker (burn) |" if a.burn else "") + " PyTorch |" \
-                + ("" if a.no_ort else " ONNX Runtime |") + " whisker / PyTorch |" + ("" if a.no_ort else " whisker / ORT |")
+            versions = [f"PyTorch {first('torch', 'torch')} (CPU capability {first('torch', 'isa')}"
+                        + (", oneDNN limited to AVX2)" if a.avx2 else ")")]
+            if "ort" in others:
+                versions.append(f"ONNX Runtime {first('ort', 'onnxruntime')} (CPU EP)")
+            if "ov" in others:
+                versions.append(f"OpenVINO {first('ov', 'openvino')} (CPU, f32; latency hint, or at batch > 1 "
+                                "the throughput hint with 2 streams when faster: the mode is in --json)")
+            print(f"CPU: {model}; flags: {' '.join(flags)}; whisker engine ISA: {first('whisker', 'isa')}; "
+                  + "; ".join(versions) + f". Best of {a.rounds} alternated runs, images/s.\n")
+            head = "| backbone | size | whisker |" + (" whisker (burn) |" if a.burn else "") \
+                + "".join(f" {label[o]} |" for o in others) + " whisker / PyTorch |" \
+                + (" whisker / fastest other |" if len(others) > 1 else "")
             print(head)
             print("|" + "---|" * (head.count("|") - 1))
             for m in models:
-                w, t = best[(m, "whisker")], best[(m, "torch")]
+                w = best[(m, "whisker")]
                 row = f"| {m} | {w['size']} | {w['images_per_s']:.1f} |"
                 if a.burn:
                     row += f" {best[(m, 'burn')]['images_per_s']:.1f} |"
-                row += f" {t['images_per_s']:.1f} |"
-                if not a.no_ort:
-                    row += f" {best[(m, 'ort')]['images_per_s']:.1f} |"
-                row += f" {w['images_per_s'] / t['images_per_s']:.2f}× |"
-                if not a.no_ort:
-                    row += f" {w['images_per_s'] / best[(m, 'ort')]['images_per_s']:.2f}× |"
+                for o in others:
+                    row += f" {best[(m, o)]['images_per_s']:.1f} |"
+                row += f" {w['images_per_s'] / best[(m, 'torch')]['images_per_s']:.2f}× |"
+                if len(others) > 1:
+                    o = max(others, key=lambda o: best[(m, o)]["images_per_s"])
+                    row += f" {w['images_per_s'] / best[(m, o)]['images_per_s']:.2f}× ({label[o]}) |"
                 print(row, flush=True)
     if a.json:
         with open(a.json, "w") as f:
