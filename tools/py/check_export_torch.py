@@ -31,17 +31,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-TOL = 1e-5
-# as tools/py/check_export.py (EfficientNetV2's float32 conditioning, measured in float64)
-TOLERANCES = {"efficientnet_v2_s": 2e-5, "efficientnet_v2_m": 5e-5, "efficientnet_v2_l": 1e-4}
-
-
-def tolerance(name):
-    return next((t for p, t in TOLERANCES.items() if name.startswith(p)), TOL)
-
-
-def rel(got, want):
-    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+# the ONNX check's tolerances (EfficientNetV2's from its float32 conditioning, measured in
+# float64: see there) and error measure
+from check_export import TOL, rel, tolerance  # noqa: E402
 
 
 def rebuild(code, photo):

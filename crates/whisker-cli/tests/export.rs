@@ -15,8 +15,9 @@ fn ok(o: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
 }
 
-#[test]
-fn a_run_and_a_backbone_export_to_onnx() {
+/// A probe trained on digits 3, 5 and 7 (EfficientNet-Lite0's real weights): the home, the
+/// folder that holds it, the run.
+fn probe_run() -> (tempfile::TempDir, tempfile::TempDir, std::path::PathBuf) {
     let home = home_with_weights();
     let dir = tempfile::tempdir().unwrap();
     let data = digits(dir.path(), &["3", "5", "7"], 10);
@@ -28,6 +29,12 @@ fn a_run_and_a_backbone_export_to_onnx() {
         .arg(&run)
         .output()
         .unwrap());
+    (home, dir, run)
+}
+
+#[test]
+fn a_run_and_a_backbone_export_to_onnx() {
+    let (home, dir, run) = probe_run();
     let out = dir.path().join("models").join("digits.onnx");
     let j = ok(&whisker(home.path())
         .arg("export")
@@ -171,17 +178,7 @@ fn refused_exports_say_why_and_write_nothing() {
 
 #[test]
 fn a_run_exports_to_pytorch_in_both_formats() {
-    let home = home_with_weights();
-    let dir = tempfile::tempdir().unwrap();
-    let data = digits(dir.path(), &["3", "5", "7"], 10);
-    let run = dir.path().join("run");
-    ok(&whisker(home.path())
-        .arg("train")
-        .arg(&data)
-        .arg("--out")
-        .arg(&run)
-        .output()
-        .unwrap());
+    let (home, dir, run) = probe_run();
     let mut read = Vec::new();
     for name in ["m.safetensors", "m.pth"] {
         let out = dir.path().join(name);

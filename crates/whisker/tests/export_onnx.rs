@@ -196,7 +196,7 @@ fn every_backbone_exports_to_pytorch_and_reads_back() {
         assert_eq!(m.tensors.len(), want.len() + running, "{name}");
         let has_head = model.backbone().net.has_imagenet_head();
         assert_eq!(m.output, if has_head { "logits" } else { "features" });
-        let slot = m.pytorch.classifier.as_deref().unwrap_or("linear_head");
+        let slot = &m.pytorch.classifier;
         assert_eq!(
             m.tensors.contains_key(&format!("{slot}.weight")),
             has_head,

@@ -219,18 +219,10 @@ const MODELS: &[ModelSpec] = &[
 impl super::Definition for ConvNeXt {
     type Config = Config;
     const MODELS: &'static [ModelSpec] = MODELS;
+    const CLASSIFIER: &'static str = "classifier.2";
 
     fn build(l: &mut Loader, c: Config) -> Result<Self> {
         ConvNeXt::load(l, c.size)
-    }
-
-    /// torchvision's model of the same name; the keys are torchvision's.
-    fn pytorch(
-        spec: &ModelSpec,
-        _: Config,
-        _: &mut std::collections::BTreeMap<String, crate::weights::RawTensor>,
-    ) -> super::PyTorch {
-        super::PyTorch::torchvision(spec.name, "classifier.2")
     }
 }
 

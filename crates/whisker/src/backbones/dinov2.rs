@@ -275,6 +275,7 @@ const MODELS: &[ModelSpec] = &[
 impl super::Definition for Dinov2 {
     type Config = Config;
     const MODELS: &'static [ModelSpec] = MODELS;
+    const CLASSIFIER: &'static str = "linear_head";
 
     fn build(l: &mut Loader, c: Config) -> Result<Self> {
         Dinov2::load(l, c)
@@ -340,9 +341,12 @@ impl super::Definition for Dinov2 {
         }
         *keys = std::mem::take(keys)
             .into_iter()
-            .map(|(k, t)| match k.strip_prefix("linear_head.") {
-                Some(r) => (format!("linear_head.{r}"), t),
-                None => (format!("backbone.{k}"), t),
+            .map(|(k, t)| {
+                if k.starts_with("linear_head.") {
+                    (k, t)
+                } else {
+                    (format!("backbone.{k}"), t)
+                }
             })
             .collect();
         let size = match c.dim {
@@ -360,7 +364,8 @@ impl super::Definition for Dinov2 {
             library: super::Library::Timm,
             constructor: format!("vit_{size}_patch{PATCH}{reg}_dinov2"),
             kwargs: vec!["dynamic_img_size=True".into()],
-            classifier: None,
+            classifier: Self::CLASSIFIER.into(),
+            token_probe: true,
         }
     }
 }

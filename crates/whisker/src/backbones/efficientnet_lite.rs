@@ -290,6 +290,7 @@ const MODELS: &[ModelSpec] = &[
 impl super::Definition for EfficientNetLite {
     type Config = Config;
     const MODELS: &'static [ModelSpec] = MODELS;
+    const CLASSIFIER: &'static str = "classifier";
 
     fn map_keys(_model: &str, keys: &mut BTreeMap<String, RawTensor>) {
         rename_timm(keys, timm_lite);
@@ -313,7 +314,8 @@ impl super::Definition for EfficientNetLite {
             library: super::Library::Timm,
             constructor: format!("tf_efficientnet_lite{}", c.variant),
             kwargs: Vec::new(),
-            classifier: Some("classifier".into()),
+            classifier: Self::CLASSIFIER.into(),
+            token_probe: false,
         }
     }
 }

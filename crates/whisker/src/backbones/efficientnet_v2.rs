@@ -392,18 +392,10 @@ const MODELS: &[ModelSpec] = &[
 impl super::Definition for EfficientNetV2 {
     type Config = Config;
     const MODELS: &'static [ModelSpec] = MODELS;
+    const CLASSIFIER: &'static str = "classifier.1";
 
     fn build(l: &mut Loader, c: Config) -> Result<Self> {
         EfficientNetV2::load(l, c.size)
-    }
-
-    /// torchvision's model of the same name; the keys are torchvision's.
-    fn pytorch(
-        spec: &ModelSpec,
-        _: Config,
-        _: &mut std::collections::BTreeMap<String, crate::weights::RawTensor>,
-    ) -> super::PyTorch {
-        super::PyTorch::torchvision(spec.name, "classifier.1")
     }
 }
 

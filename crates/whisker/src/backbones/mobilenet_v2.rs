@@ -179,6 +179,7 @@ const MODELS: &[ModelSpec] = &[ModelSpec {
 impl super::Definition for MobileNetV2 {
     type Config = Config;
     const MODELS: &'static [ModelSpec] = MODELS;
+    const CLASSIFIER: &'static str = "classifier.1";
 
     fn map_keys(_model: &str, keys: &mut BTreeMap<String, RawTensor>) {
         rename_timm(keys, timm_mnv2);
@@ -186,15 +187,6 @@ impl super::Definition for MobileNetV2 {
 
     fn build(l: &mut Loader, _: Config) -> Result<Self> {
         MobileNetV2::load(l)
-    }
-
-    /// torchvision's model of the same name; the keys are torchvision's.
-    fn pytorch(
-        spec: &ModelSpec,
-        _: Config,
-        _: &mut std::collections::BTreeMap<String, crate::weights::RawTensor>,
-    ) -> super::PyTorch {
-        super::PyTorch::torchvision(spec.name, "classifier.1")
     }
 }
 

@@ -257,18 +257,10 @@ const MODELS: &[ModelSpec] = &[
 impl super::Definition for MobileNetV3 {
     type Config = Config;
     const MODELS: &'static [ModelSpec] = MODELS;
+    const CLASSIFIER: &'static str = "classifier.3";
 
     fn build(l: &mut Loader, c: Config) -> Result<Self> {
         MobileNetV3::load(l, c.large)
-    }
-
-    /// torchvision's model of the same name; the keys are torchvision's.
-    fn pytorch(
-        spec: &ModelSpec,
-        _: Config,
-        _: &mut std::collections::BTreeMap<String, crate::weights::RawTensor>,
-    ) -> super::PyTorch {
-        super::PyTorch::torchvision(spec.name, "classifier.3")
     }
 }
 

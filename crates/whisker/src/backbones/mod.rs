@@ -210,14 +210,20 @@ trait Definition: Arch + Sized {
     /// Rename the keys of a checkpoint in another naming (timm's…) to the family's own, for
     /// `model`; keys it does not know stay as they are (the loader reports them).
     fn map_keys(_model: &str, _keys: &mut BTreeMap<String, RawTensor>) {}
+    /// The ImageNet classification layer's key prefix in the PyTorch model's names (`fc`,
+    /// `classifier.6`, `heads.head`): where `whisker export --format torch` puts a run's head.
+    const CLASSIFIER: &'static str;
     /// The network as PyTorch builds it (torchvision's or timm's model), with `keys` (a
     /// checkpoint of `spec` in the family's names) renamed in place to that library's names,
-    /// for `whisker export --format torch`.
+    /// for `whisker export --format torch`. Default: torchvision's model of the same name,
+    /// whose names are the family's.
     fn pytorch(
         spec: &ModelSpec,
-        config: Self::Config,
-        keys: &mut BTreeMap<String, RawTensor>,
-    ) -> PyTorch;
+        _config: Self::Config,
+        _keys: &mut BTreeMap<String, RawTensor>,
+    ) -> PyTorch {
+        PyTorch::torchvision(spec.name, Self::CLASSIFIER)
+    }
 }
 
 /// The Python library that builds a backbone's network in PyTorch.
@@ -240,13 +246,14 @@ pub struct PyTorch {
     /// Its keyword arguments beyond the number of classes, as Python source
     /// (`dynamic_img_size=True`).
     pub kwargs: Vec<String>,
-    /// The ImageNet classification layer: its key prefix in the library's names (`fc`,
-    /// `classifier.6`, `heads.head`), where a trained head goes. `None`: the library's model
-    /// computes tokens, not whisker's feature vector (DINOv2's class token ⊕ mean patch
-    /// token): a wrapper module holds the model as `backbone` and the classifier as
-    /// `linear_head` (DINOv2's torch hub layout), and the keys are already under `backbone.`
-    /// / `linear_head.`.
-    pub classifier: Option<String>,
+    /// The ImageNet classification layer's key prefix in the library's names (`fc`,
+    /// `classifier.6`, `heads.head`), where a trained head goes.
+    pub classifier: String,
+    /// The library's model computes tokens, not whisker's feature vector (DINOv2's class
+    /// token ⊕ mean patch token): a wrapper module holds the model as `backbone` and the
+    /// classifier as `linear_head` (DINOv2's torch hub layout), and the keys are already
+    /// under `backbone.` / `linear_head.`.
+    pub token_probe: bool,
 }
 
 impl PyTorch {
@@ -257,7 +264,8 @@ impl PyTorch {
             library: Library::Torchvision,
             constructor: name.to_string(),
             kwargs: Vec::new(),
-            classifier: Some(classifier.to_string()),
+            classifier: classifier.to_string(),
+            token_probe: false,
         }
     }
 }

@@ -268,18 +268,10 @@ const MODELS: &[ModelSpec] = &[
 impl super::Definition for RegNet {
     type Config = Config;
     const MODELS: &'static [ModelSpec] = MODELS;
+    const CLASSIFIER: &'static str = "fc";
 
     fn build(l: &mut Loader, c: Config) -> Result<Self> {
         RegNet::load(l, c)
-    }
-
-    /// torchvision's model of the same name; the keys are torchvision's.
-    fn pytorch(
-        spec: &ModelSpec,
-        _: Config,
-        _: &mut std::collections::BTreeMap<String, crate::weights::RawTensor>,
-    ) -> super::PyTorch {
-        super::PyTorch::torchvision(spec.name, "fc")
     }
 }
 

@@ -242,18 +242,10 @@ const MODELS: &[ModelSpec] = &[
 impl super::Definition for ResNet {
     type Config = Config;
     const MODELS: &'static [ModelSpec] = MODELS;
+    const CLASSIFIER: &'static str = "fc";
 
     fn build(l: &mut Loader, c: Config) -> Result<Self> {
         ResNet::load(l, c.depth)
-    }
-
-    /// torchvision's model of the same name; the keys are torchvision's.
-    fn pytorch(
-        spec: &ModelSpec,
-        _: Config,
-        _: &mut std::collections::BTreeMap<String, crate::weights::RawTensor>,
-    ) -> super::PyTorch {
-        super::PyTorch::torchvision(spec.name, "fc")
     }
 }
 

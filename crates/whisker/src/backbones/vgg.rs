@@ -178,18 +178,10 @@ const MODELS: &[ModelSpec] = &[
 impl super::Definition for Vgg {
     type Config = Config;
     const MODELS: &'static [ModelSpec] = MODELS;
+    const CLASSIFIER: &'static str = "classifier.6";
 
     fn build(l: &mut Loader, c: Config) -> Result<Self> {
         Vgg::load(l, c.depth, c.bn)
-    }
-
-    /// torchvision's model of the same name; the keys are torchvision's.
-    fn pytorch(
-        spec: &ModelSpec,
-        _: Config,
-        _: &mut std::collections::BTreeMap<String, crate::weights::RawTensor>,
-    ) -> super::PyTorch {
-        super::PyTorch::torchvision(spec.name, "classifier.6")
     }
 }
 

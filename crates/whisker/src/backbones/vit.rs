@@ -330,6 +330,7 @@ fn timm_key(k: &str) -> Option<String> {
 impl super::Definition for Vit {
     type Config = Config;
     const MODELS: &'static [ModelSpec] = MODELS;
+    const CLASSIFIER: &'static str = "heads.head";
 
     fn build(l: &mut Loader, c: Config) -> Result<Self> {
         Vit::load(l, c)
@@ -353,9 +354,9 @@ impl super::Definition for Vit {
     fn pytorch(spec: &ModelSpec, c: Config, _: &mut BTreeMap<String, RawTensor>) -> super::PyTorch {
         let named = ["vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"];
         if named.contains(&spec.name) && spec.input_size == 224 {
-            return super::PyTorch::torchvision(spec.name, "heads.head");
+            return super::PyTorch::torchvision(spec.name, Self::CLASSIFIER);
         }
-        let mut p = super::PyTorch::torchvision("VisionTransformer", "heads.head");
+        let mut p = super::PyTorch::torchvision("VisionTransformer", Self::CLASSIFIER);
         p.kwargs = vec![
             format!("image_size={}", spec.input_size),
             format!("patch_size={}", c.patch),

@@ -81,10 +81,7 @@ pub fn torch_model(model: &Model, file: &str, format: TorchFormat) -> Result<Tor
     }
     let mut keys = sd.tensors;
     let pytorch = crate::backbones::pytorch(b.spec, &mut keys);
-    let slot = pytorch
-        .classifier
-        .clone()
-        .unwrap_or_else(|| "linear_head".into());
+    let slot = pytorch.classifier.clone();
     let head = model.trained().map(|t| &t.head);
     if let Some(h) = head {
         let pre = format!("{slot}.");
@@ -307,7 +304,7 @@ fn rebuild(r: &Rebuild<'_>) -> String {
         args.extend(p.kwargs.iter().cloned());
         format!("{call}({})", args.join(", "))
     };
-    if p.classifier.is_none() {
+    if p.token_probe {
         // the library's model gives tokens: whisker's feature is made here
         s.push_str(&format!(
             "class Dinov2Classifier(torch.nn.Module):\n    \"\"\"DINOv2's linear-probe feature (the class token ⊕ the mean patch token, after the final LayerNorm), then `linear_head` (the layout of DINOv2's torch hub classifiers).\"\"\"\n\n    def __init__(self, head):\n        super().__init__()\n        self.backbone = {}\n        self.linear_head = head\n\n    def forward(self, x):\n        t = self.backbone.forward_features(x)\n        p = self.backbone.num_prefix_tokens\n        return self.linear_head(torch.cat([t[:, 0], t[:, p:].mean(dim=1)], dim=1))\n\n\n",
