@@ -29,6 +29,11 @@ pub struct ExportArgs {
 }
 
 pub fn export(a: ExportArgs, quiet: bool) -> Result<i32> {
+    let torch = a.format == "torch";
+    if torch {
+        // (a wrong file name is refused before the weights are loaded)
+        whisker::export::torch::TorchFormat::of(&a.out)?;
+    }
     let device = whisker::default_device();
     let path = PathBuf::from(&a.source);
     let model = if path.exists() {
@@ -49,11 +54,6 @@ pub fn export(a: ExportArgs, quiet: bool) -> Result<i32> {
         Model::extractor(&a.source, a.weights.as_deref(), &device)
             .with_context(|| format!("loading {} weights", a.source))?
     };
-    let torch = a.format == "torch";
-    if torch {
-        // (checked before the work: a wrong name writes nothing)
-        whisker::export::torch::TorchFormat::of(&a.out)?;
-    }
     // the ONNX graph folds BatchNorm; a state dict keeps every layer as loaded
     let model = if torch { model } else { model.for_inference() };
     let spinner = crate::progress::spinner(

@@ -239,6 +239,23 @@ fn every_backbone_exports_to_pytorch_and_reads_back() {
     assert!(done > 0);
 }
 
+/// A model whose BatchNorm was folded for inference (other parameters than it was loaded
+/// with) has no state dict: the export says so, it does not write a partial one.
+#[test]
+fn a_folded_model_is_refused() {
+    let device = Device::flex();
+    let model = Model::from_backbone(golden_backbone("resnet18", &device), "formula".into())
+        .for_inference();
+    let e = whisker::export::torch::torch_model(
+        &model,
+        "m.safetensors",
+        whisker::export::torch::TorchFormat::Safetensors,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("BatchNorm folded"), "{e}");
+}
+
 /// DINOv2 with registers: the class token with its position embedding added, that
 /// embedding zero (timm's layout and the official one hold the same sum).
 fn effective(

@@ -367,7 +367,8 @@ impl Net {
     }
 
     /// The weights as a checkpoint with their keys (`info`: the loader's record of them),
-    /// in the checkpoint's layout (linear weights `[out, in]`).
+    /// in the checkpoint's layout (linear weights `[out, in]`); every one of `info`, or an
+    /// error (a network whose BatchNorm was folded has other parameters).
     pub fn state_dict(&self, info: &[crate::weights::ParamInfo]) -> Result<StateDict> {
         /// Every float parameter's values (the first conversion failure kept).
         struct Collect(Vec<(ParamId, Vec<usize>, Vec<f32>)>, Option<Error>);
@@ -394,22 +395,31 @@ impl Net {
             source: "whisker".into(),
             tensors: Default::default(),
         };
+        let mut missing: Vec<&str> = Vec::new();
         for p in info {
-            if let Some((shape, v)) = by_id.remove(&p.id) {
-                let (shape, data) = if p.transposed && shape.len() == 2 {
-                    let (r, cdim) = (shape[0], shape[1]);
-                    let mut t = vec![0f32; v.len()];
-                    for i in 0..r {
-                        for j in 0..cdim {
-                            t[j * r + i] = v[i * cdim + j];
-                        }
+            let Some((shape, v)) = by_id.remove(&p.id) else {
+                missing.push(&p.key);
+                continue;
+            };
+            let (shape, data) = if p.transposed && shape.len() == 2 {
+                let (r, cdim) = (shape[0], shape[1]);
+                let mut t = vec![0f32; v.len()];
+                for i in 0..r {
+                    for j in 0..cdim {
+                        t[j * r + i] = v[i * cdim + j];
                     }
-                    (vec![cdim, r], t)
-                } else {
-                    (shape, v)
-                };
-                sd.tensors.insert(p.key.clone(), RawTensor { shape, data });
-            }
+                }
+                (vec![cdim, r], t)
+            } else {
+                (shape, v)
+            };
+            sd.tensors.insert(p.key.clone(), RawTensor { shape, data });
+        }
+        if let Some(k) = missing.first() {
+            return Err(Error::Invalid(format!(
+                "{} of the network's weights ({k}…) are not the parameters it was loaded with (BatchNorm folded into the convolutions for inference?): a state dict needs the network as loaded",
+                missing.len()
+            )));
         }
         Ok(sd)
     }

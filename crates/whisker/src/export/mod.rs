@@ -67,17 +67,11 @@ fn build(model: &Model) -> Result<(Vec<u8>, bool)> {
         },
     });
     let pre = model.preprocess();
-    let (scale, mean, std) = (graph.scale, graph.mean, graph.std);
-    let preprocessing = serde_json::json!({
-        "resize": pre.resize,
-        "crop": pre.crop,
-        "interpolation": format!("{:?}", pre.filter).to_lowercase(),
-        "normalization": format!("{:?}", pre.norm).to_lowercase(),
-        "input": "RGB in [0, 1], N×3×crop×crop (shorter side resized to `resize`, then the centre crop); the normalisation is inside the model",
-        "scale": scale,
-        "mean": mean,
-        "std": std,
-    });
+    let preprocessing = preprocessing(
+        &pre,
+        "RGB in [0, 1], N×3×crop×crop (shorter side resized to `resize`, then the centre crop); the normalisation is inside the model",
+        serde_json::json!({ "scale": graph.scale, "mean": graph.mean, "std": graph.std }),
+    );
     let mut metadata = vec![
         ("whisker.backbone".to_string(), b.spec.name.to_string()),
         (
@@ -111,6 +105,27 @@ fn build(model: &Model) -> Result<(Vec<u8>, bool)> {
         metadata,
     })?;
     Ok((bytes, has_logits))
+}
+
+/// The `whisker.preprocessing` metadata: the resize, crop, filter and normalisation of
+/// `pre`, what the model's `input` is, and the format's own normalisation fields (`norm`, an
+/// object).
+fn preprocessing(
+    pre: &crate::data::transforms::Preprocess,
+    input: &str,
+    norm: serde_json::Value,
+) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "resize": pre.resize,
+        "crop": pre.crop,
+        "interpolation": format!("{:?}", pre.filter).to_lowercase(),
+        "normalization": format!("{:?}", pre.norm).to_lowercase(),
+        "input": input,
+    });
+    if let (Some(o), serde_json::Value::Object(n)) = (v.as_object_mut(), norm) {
+        o.extend(n);
+    }
+    v
 }
 
 /// Write `model` as ONNX to `out` (atomically: a failed export leaves nothing behind).
@@ -152,11 +167,6 @@ pub fn torch(model: &Model, out: &Path) -> Result<Exported> {
     crate::io::write_atomic(out, &bytes)?;
     let b = model.backbone();
     let crop = model.preprocess().crop;
-    let classes = if m.output == "logits" {
-        model.labels().len()
-    } else {
-        0
-    };
     Ok(Exported {
         path: file,
         format: match format {
@@ -167,7 +177,7 @@ pub fn torch(model: &Model, out: &Path) -> Result<Exported> {
         backbone: b.spec.name.to_string(),
         input: [3, crop, crop],
         outputs: vec![m.output.to_string()],
-        classes,
+        classes: m.classes,
         feature_dim: b.spec.feature_dim,
         opset: None,
         pytorch_model: Some(match m.pytorch.library {

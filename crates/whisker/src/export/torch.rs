@@ -56,6 +56,8 @@ pub struct TorchModel {
     pub python: String,
     /// What the model outputs: `logits` or `features` (a headless feature extractor).
     pub output: &'static str,
+    /// How many classes the logits have (0 for features).
+    pub classes: usize,
     /// Metadata (safetensors only): classes, preprocessing, provenance.
     pub metadata: BTreeMap<String, String>,
 }
@@ -65,21 +67,7 @@ pub struct TorchModel {
 /// ([`Model::for_inference`]): the state dict has every BatchNorm layer.
 pub fn torch_model(model: &Model, file: &str, format: TorchFormat) -> Result<TorchModel> {
     let b = model.backbone();
-    let sd = b.state_dict()?;
-    let missing: Vec<&str> = b
-        .param_info
-        .iter()
-        .filter(|p| !sd.tensors.contains_key(&p.key))
-        .map(|p| p.key.as_str())
-        .collect();
-    if let Some(k) = missing.first() {
-        return Err(Error::Invalid(format!(
-            "{}: {} of its weights ({k}…) are not the loaded ones (BatchNorm folded for inference?): export the model as loaded",
-            b.spec.name,
-            missing.len()
-        )));
-    }
-    let mut keys = sd.tensors;
+    let mut keys = b.state_dict()?.tensors;
     let pytorch = crate::backbones::pytorch(b.spec, &mut keys);
     let slot = pytorch.classifier.clone();
     let head = model.trained().map(|t| &t.head);
@@ -127,15 +115,11 @@ pub fn torch_model(model: &Model, file: &str, format: TorchFormat) -> Result<Tor
         metadata.insert("whisker.finetuned_model_sha256".into(), s.to_string());
     }
     let (mean, std) = mean_std(pre.norm);
-    let preprocessing = serde_json::json!({
-        "resize": pre.resize,
-        "crop": pre.crop,
-        "interpolation": format!("{:?}", pre.filter).to_lowercase(),
-        "normalization": format!("{:?}", pre.norm).to_lowercase(),
-        "input": "normalised N×3×crop×crop: RGB in [0, 1] (shorter side resized to `resize`, then the centre crop), minus `mean`, divided by `std` (torchvision's ToTensor, Normalize)",
-        "mean": mean,
-        "std": std,
-    });
+    let preprocessing = super::preprocessing(
+        &pre,
+        "normalised N×3×crop×crop: RGB in [0, 1] (shorter side resized to `resize`, then the centre crop), minus `mean`, divided by `std` (torchvision's ToTensor, Normalize)",
+        serde_json::json!({ "mean": mean, "std": std }),
+    );
     metadata.insert("whisker.preprocessing".into(), preprocessing.to_string());
     if has_logits {
         metadata.insert(
@@ -153,6 +137,7 @@ pub fn torch_model(model: &Model, file: &str, format: TorchFormat) -> Result<Tor
         pytorch,
         python,
         output: if has_logits { "logits" } else { "features" },
+        classes: classes.len(),
         metadata,
     })
 }
