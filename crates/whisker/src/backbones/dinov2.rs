@@ -318,8 +318,9 @@ impl super::Definition for Dinov2 {
     /// timm's `vit_*_patch14[_reg4]_dinov2` (input-size-dependent position embeddings:
     /// `dynamic_img_size=True`, resampled as whisker does) under `backbone.`, the ImageNet
     /// classifier under `linear_head.` (the torch hub classifiers' layout): timm's model gives
-    /// tokens, whisker's feature (class token ⊕ mean patch token) is made by the wrapper. With registers, timm has no position
-    /// embedding for the class token: it is added to `cls_token` (as timm's loader does).
+    /// tokens, whisker's feature (class token ⊕ mean patch token) is made by the wrapper. With
+    /// registers, timm has no position embedding for the class token: it is added to
+    /// `cls_token` (as timm's loader does).
     fn pytorch(_: &ModelSpec, c: Config, keys: &mut BTreeMap<String, RawTensor>) -> super::PyTorch {
         if c.registers > 0 {
             if let Some(reg) = keys.remove("register_tokens") {

@@ -320,73 +320,65 @@ impl super::Definition for EfficientNetLite {
     }
 }
 
+/// lukemelas' (whisker's) names outside the blocks and timm's `tf_efficientnet_lite*` ones.
+const TOP_NAMES: [(&str, &str); 5] = [
+    ("_conv_stem.", "conv_stem."),
+    ("_bn0.", "bn1."),
+    ("_conv_head.", "conv_head."),
+    ("_bn1.", "bn2."),
+    ("_fc.", "classifier."),
+];
+
+/// A block's layers, lukemelas' name and timm's, for the first stage's depthwise-separable
+/// blocks (no expansion: conv_dw, bn1, conv_pw, bn2) and for the inverted residuals.
+const BLOCK_NAMES: [(bool, &str, &str); 10] = [
+    (true, "_depthwise_conv", "conv_dw"),
+    (true, "_bn1", "bn1"),
+    (true, "_project_conv", "conv_pw"),
+    (true, "_bn2", "bn2"),
+    (false, "_expand_conv", "conv_pw"),
+    (false, "_bn0", "bn1"),
+    (false, "_depthwise_conv", "conv_dw"),
+    (false, "_bn1", "bn2"),
+    (false, "_project_conv", "conv_pwl"),
+    (false, "_bn2", "bn3"),
+];
+
+/// A top-level key renamed by `TOP_NAMES`, `from` one side's names `to` the other's.
+fn rename_top(k: &str, timm_to_lukemelas: bool) -> Option<String> {
+    TOP_NAMES.iter().find_map(|&(l, t)| {
+        let (from, to) = if timm_to_lukemelas { (t, l) } else { (l, t) };
+        k.strip_prefix(from).map(|r| format!("{to}{r}"))
+    })
+}
+
 /// lukemelas' (whisker's) key → timm's `tf_efficientnet_lite*` name (the inverse of
 /// [`timm_lite`]); `stages`: each block's `(stage, index)`.
 fn lite_timm(k: &str, stages: &[(usize, usize)]) -> Option<String> {
-    let top = [
-        ("_conv_stem.", "conv_stem."),
-        ("_bn0.", "bn1."),
-        ("_conv_head.", "conv_head."),
-        ("_bn1.", "bn2."),
-        ("_fc.", "classifier."),
-    ];
-    for (a, b) in top {
-        if let Some(r) = k.strip_prefix(a) {
-            return Some(format!("{b}{r}"));
-        }
+    if let Some(top) = rename_top(k, false) {
+        return Some(top);
     }
     let rest = k.strip_prefix("_blocks.")?;
     let (n, rest) = split_leaf(rest);
     let &(s, i) = stages.get(n.parse::<usize>().ok()?)?;
     let (layer, leaf) = split_leaf(rest);
-    let name = match (s == 0, layer) {
-        (true, "_depthwise_conv") => "conv_dw",
-        (true, "_bn1") => "bn1",
-        (true, "_project_conv") => "conv_pw",
-        (true, "_bn2") => "bn2",
-        (false, "_expand_conv") => "conv_pw",
-        (false, "_bn0") => "bn1",
-        (false, "_depthwise_conv") => "conv_dw",
-        (false, "_bn1") => "bn2",
-        (false, "_project_conv") => "conv_pwl",
-        (false, "_bn2") => "bn3",
-        _ => return None,
-    };
+    let &(_, _, name) = BLOCK_NAMES
+        .iter()
+        .find(|&&(first, l, _)| first == (s == 0) && l == layer)?;
     Some(format!("blocks.{s}.{i}.{name}.{leaf}"))
 }
 
 /// timm's `tf_efficientnet_lite*` key → lukemelas' (whisker's) name.
 fn timm_lite(k: &str, blocks: &TimmBlocks) -> Option<String> {
-    let top = [
-        ("conv_stem.", "_conv_stem."),
-        ("bn1.", "_bn0."),
-        ("conv_head.", "_conv_head."),
-        ("bn2.", "_bn1."),
-        ("classifier.", "_fc."),
-    ];
-    for (a, b) in top {
-        if let Some(r) = k.strip_prefix(a) {
-            return Some(format!("{b}{r}"));
-        }
+    if let Some(top) = rename_top(k, true) {
+        return Some(top);
     }
     let (s, i, rest) = parse_block(k)?;
     let n = blocks.flat(s, i);
     let (layer, leaf) = split_leaf(rest);
-    // A depthwise-separable first block (no expansion) has conv_dw, bn1, conv_pw, bn2.
-    let first = s == 0;
-    let name = match (first, layer) {
-        (true, "conv_dw") => "_depthwise_conv",
-        (true, "bn1") => "_bn1",
-        (true, "conv_pw") => "_project_conv",
-        (true, "bn2") => "_bn2",
-        (false, "conv_pw") => "_expand_conv",
-        (false, "bn1") => "_bn0",
-        (false, "conv_dw") => "_depthwise_conv",
-        (false, "bn2") => "_bn1",
-        (false, "conv_pwl") => "_project_conv",
-        (false, "bn3") => "_bn2",
-        _ => return None,
-    };
+    let &(_, name, _) = BLOCK_NAMES
+        .iter()
+        .find(|&&(first, _, t)| first == (s == 0) && t == layer)?;
     Some(format!("_blocks.{n}.{name}.{leaf}"))
 }
 

@@ -44,6 +44,15 @@ impl Normalization {
         }
     }
 
+    /// The same normalisation as torchvision's `Normalize(mean, std)` of pixels in [0, 1].
+    pub fn mean_std(&self) -> ([f64; 3], [f64; 3]) {
+        match self {
+            Normalization::ImageNet => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            Normalization::Tf => ([127.0 / 255.0; 3], [128.0 / 255.0; 3]),
+            Normalization::Inception => ([0.5; 3], [0.5; 3]),
+        }
+    }
+
     /// A short description for humans.
     pub fn describe(&self) -> &'static str {
         match self {

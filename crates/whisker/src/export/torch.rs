@@ -114,7 +114,7 @@ pub fn torch_model(model: &Model, file: &str, format: TorchFormat) -> Result<Tor
     if let Some(s) = model.finetuned_sha256() {
         metadata.insert("whisker.finetuned_model_sha256".into(), s.to_string());
     }
-    let (mean, std) = mean_std(pre.norm);
+    let (mean, std) = pre.norm.mean_std();
     let preprocessing = super::preprocessing(
         &pre,
         "normalised N×3×crop×crop: RGB in [0, 1] (shorter side resized to `resize`, then the centre crop), minus `mean`, divided by `std` (torchvision's ToTensor, Normalize)",
@@ -223,15 +223,6 @@ fn head_module(kind: HeadKind) -> Option<String> {
     }
 }
 
-/// The normalisation as torchvision's `Normalize` of pixels in [0, 1].
-fn mean_std(n: Normalization) -> ([f64; 3], [f64; 3]) {
-    match n {
-        Normalization::ImageNet => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-        Normalization::Tf => ([127.0 / 255.0; 3], [128.0 / 255.0; 3]),
-        Normalization::Inception => ([0.5; 3], [0.5; 3]),
-    }
-}
-
 /// A Python string literal.
 fn py_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
@@ -318,7 +309,7 @@ fn rebuild(r: &Rebuild<'_>) -> String {
         TorchFormat::Pth => format!("torch.load({}, weights_only=True)", py_str(file)),
     };
     s.push_str(&format!("model.load_state_dict({load})\nmodel.eval()\n\n"));
-    let (mean, std) = mean_std(pre.norm);
+    let (mean, std) = pre.norm.mean_std();
     let list = |v: [f64; 3]| {
         v.iter()
             .map(|x| format!("{x}"))
