@@ -16,7 +16,8 @@ use crate::{Act, ConvShape, Isa, ShapeError};
 
 /// Softmax of each row of `x` (`[rows, cols]`) in place, after scaling it by `scale`:
 /// `e^(s·x − max) / Σ`, on the `isa` path (the vector paths run the scalar path's operations
-/// in its order, with the row sums in lanes).
+/// in its order, with the row sums in lanes). Weights below the normal range are flushed to
+/// zero ([`crate::act::flush`]).
 pub fn softmax_rows(isa: Isa, x: &mut [f32], cols: usize, scale: f32) -> Result<(), ShapeError> {
     if cols == 0 || !x.len().is_multiple_of(cols) {
         return Err(ShapeError(format!(
@@ -53,7 +54,7 @@ fn softmax_row(isa: Isa, r: &mut [f32], scale: f32) {
                 s += *v;
             }
             let inv = 1.0 / s;
-            r.iter_mut().for_each(|v| *v *= inv);
+            r.iter_mut().for_each(|v| *v = crate::act::flush(*v * inv));
         }
     }
 }
@@ -115,11 +116,12 @@ unsafe fn softmax_vec<V: Vf>(r: &mut [f32], scale: f32) {
         let iv = V::splat(inv);
         let mut i = 0;
         while i < full {
-            V::store_n(p.add(i), V::mul(V::load_n(p.add(i), V::L), iv), V::L);
+            let w = V::mul(V::load_n(p.add(i), V::L), iv);
+            V::store_n(p.add(i), V::flush(w), V::L);
             i += V::L;
         }
         for v in &mut r[full..] {
-            *v *= inv;
+            *v = crate::act::flush(*v * inv);
         }
     }
 }

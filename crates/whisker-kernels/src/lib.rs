@@ -49,7 +49,7 @@ mod weight_grad;
 mod winograd;
 
 pub use act::{
-    act_backward, act_grad, act_in_place, erf, exp, gelu, gelu_grad, sigmoid, silu, Act,
+    act_backward, act_grad, act_in_place, erf, exp, flush, gelu, gelu_grad, sigmoid, silu, Act,
 };
 pub use attention::{attention, attention_backward, softmax_rows};
 pub use backward::{ConvBackward, DepthwiseBackward};

@@ -136,7 +136,8 @@ pub fn global_avg_pool(
     adaptive_avg_pool(x, n, hw, 1, c, 1, 1, out)
 }
 
-/// Scale each channel of each image: `x[b, p, c] *= s[b, c]` (squeeze-excitation).
+/// Scale each channel of each image: `x[b, p, c] *= s[b, c]` (squeeze-excitation), subnormal
+/// products flushed to zero ([`crate::act::flush`]).
 pub fn scale_channels(
     x: &mut [f32],
     n: usize,
@@ -157,7 +158,7 @@ pub fn scale_channels(
             let p = t * per + i;
             let sc = &s[(p / hw.max(1)) * c..][..c];
             for (v, f) in px.iter_mut().zip(sc) {
-                *v *= f;
+                *v = crate::act::flush(*v * f);
             }
         }
     });

@@ -72,6 +72,8 @@ pub(crate) trait Vf: Copy {
     unsafe fn pow2(n: Self) -> Self;
     /// `|mag|` with the sign of `sign`.
     unsafe fn copysign(mag: Self, sign: Self) -> Self;
+    /// Subnormal lanes set to zero, the others (NaN too) kept: [`crate::act::flush`].
+    unsafe fn flush(a: Self) -> Self;
 
     /// GELU, `x/2 · (1 + erf(x/√2))`, the operations of [`crate::act::gelu`] in its order.
     #[inline(always)]
@@ -104,7 +106,7 @@ pub(crate) trait Vf: Copy {
         unsafe {
             let one = Self::splat(1.0);
             let e = Self::exp(Self::sub(Self::splat(0.0), x));
-            Self::div(one, Self::add(one, e))
+            Self::flush(Self::div(one, Self::add(one, e)))
         }
     }
 
@@ -303,6 +305,19 @@ impl Vf for F512 {
             F512(_mm512_castsi512_ps(_mm512_or_epi32(a, s)))
         }
     }
+    #[inline(always)]
+    unsafe fn flush(a: Self) -> Self {
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            // |a| < the smallest normal: ordered, so a NaN is not selected
+            let tiny = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(
+                _mm512_abs_ps(a.0),
+                _mm512_set1_ps(f32::MIN_POSITIVE),
+            );
+            F512(_mm512_mask_mov_ps(a.0, tiny, _mm512_setzero_ps()))
+        }
+    }
 }
 
 /// AVX2 + FMA: 8 lanes, whole vectors only.
@@ -411,6 +426,17 @@ impl Vf for F256 {
                 _mm256_andnot_ps(m, mag.0),
                 _mm256_and_ps(m, sign.0),
             ))
+        }
+    }
+    #[inline(always)]
+    unsafe fn flush(a: Self) -> Self {
+        // SAFETY: this function's own contract (its `# Safety` or the caller's checks) covers
+        // every operation in it; the ISA paths are reached only through a checked `Isa` token.
+        unsafe {
+            let abs = _mm256_andnot_ps(_mm256_set1_ps(-0.0), a.0);
+            // |a| < the smallest normal: ordered, so a NaN is not selected
+            let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(abs, _mm256_set1_ps(f32::MIN_POSITIVE));
+            F256(_mm256_andnot_ps(tiny, a.0))
         }
     }
 }

@@ -1219,6 +1219,71 @@ fn activation_passes_match_the_scalar_functions_on_every_path() {
     }
 }
 
+/// The outputs that can fall below f32's normal range are zero instead, on every path (a
+/// subnormal operand slows every later multiply on x86), and a NaN stays a NaN.
+#[test]
+fn subnormal_outputs_are_flushed_on_every_path() {
+    let tiny = f32::MIN_POSITIVE;
+    assert_eq!(flush(tiny / 2.0).to_bits(), 0);
+    assert_eq!(flush(-tiny / 4.0).to_bits(), 0);
+    assert_eq!(flush(tiny), tiny);
+    assert_eq!(flush(-1.5), -1.5);
+    assert!(flush(f32::NAN).is_nan());
+    for isa in Isa::available() {
+        // a closed sigmoid gate: below 1.2e-38 from about −87.3 on
+        let z = [-87.0f32, -88.0, -95.0, -200.0, -1e30, 0.5];
+        let mut y = z.to_vec();
+        act_in_place(isa, Act::Sigmoid, &mut y);
+        for (&a, &x) in y.iter().zip(&z) {
+            assert!(!a.is_subnormal(), "{isa:?} sigmoid({x}) = {a:e}");
+            assert_eq!(
+                a.to_bits(),
+                Act::Sigmoid.apply(x).to_bits(),
+                "{isa:?} sigmoid({x})"
+            );
+        }
+        assert!(y[0] > 0.0 && y[3] == 0.0 && y[4] == 0.0, "{isa:?}: {y:?}");
+        assert!((y[5] - 0.622_459_3).abs() < 1e-6);
+        // squeeze-excitation: a channel scaled below the normal range is zero, a NaN stays
+        let (n, hw, c) = (2, 5, 19);
+        let mut x: Vec<f32> = (0..n * hw * c)
+            .map(|i| 1e-20 * (1 + i % 7) as f32)
+            .collect();
+        x[3] = f32::NAN;
+        x[c + 4] = 3.0;
+        let s: Vec<f32> = (0..n * c)
+            .map(|i| if i % 2 == 0 { 1e-20 } else { 1e20 })
+            .collect();
+        let mut out = x.clone();
+        scale_channels(&mut out, n, hw, c, &s).unwrap();
+        for (i, (&o, &v)) in out.iter().zip(&x).enumerate() {
+            let f = s[(i / (hw * c)) * c + i % c];
+            let want = v * f;
+            if want.is_nan() {
+                assert!(o.is_nan(), "{isa:?}: element {i}");
+            } else if want.abs() < tiny {
+                assert_eq!(o.to_bits(), 0, "{isa:?}: element {i} = {o:e}");
+            } else {
+                assert_eq!(o, want, "{isa:?}: element {i}");
+            }
+        }
+        // softmax: a token far below the others weighs zero, not e^−87 / 40
+        for cols in [41, 7, 100] {
+            let mut row = vec![0f32; cols];
+            row[cols - 2] = -200.0;
+            row[1] = -95.0;
+            softmax_rows(isa, &mut row, cols, 1.0).unwrap();
+            assert!(
+                row.iter().all(|v| !v.is_subnormal()),
+                "{isa:?} {cols}: {row:?}"
+            );
+            assert_eq!(row[cols - 2], 0.0, "{isa:?} {cols}");
+            let rest = 1.0 / (cols - 2) as f32;
+            assert!((row[0] - rest).abs() < 1e-6, "{isa:?} {cols}: {}", row[0]);
+        }
+    }
+}
+
 /// A fused inverted-residual block refuses the activations that are passes of their own.
 #[test]
 fn a_fused_block_refuses_pass_activations() {
