@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 
 use crate::backbones::{Library, PyTorch};
-use crate::data::transforms::Normalization;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::train::model_file::Head;
