@@ -85,6 +85,10 @@ const DENSE: &[Case] = &[
     // ConvNeXt's stem (4×4 stride 4, no padding) and its downsampling (2×2 stride 2)
     case(2, 16, 12, 3, 96, 4, 4, [0, 0, 0, 0]),
     case(1, 8, 10, 40, 80, 2, 2, [0, 0, 0, 0]),
+    // few rows against weights too large for L2 (over 1.5 MB a thread): all of a thread's
+    // tiles in one block
+    case(1, 10, 10, 520, 1600, 1, 1, [0, 0, 0, 0]),
+    case(1, 9, 9, 96, 1100, 3, 2, [1, 1, 1, 1]),
 ];
 
 #[test]
