@@ -214,8 +214,10 @@ fn a_run_exports_to_pytorch_in_both_formats() {
     assert!(sd.contains_key("conv_stem.weight") && sd.contains_key("blocks.6.0.conv_pwl.weight"));
     // the probe in the classifier's place, its standardisation folded in:
     // W'[k, j] = W[j, k] / std[j], b'[k] = b[k] − Σⱼ W'[k, j] · mean[j]
-    let model = whisker::model::Model::load(&run, &whisker::default_device()).unwrap();
-    let whisker::train::model_file::Head::Linear(h) = &model.trained().unwrap().head else {
+    // (the run's own file: the backbone's weights are in the test's home, not this process's)
+    let trained =
+        whisker::train::model_file::TrainedModel::load(&whisker::run::model_file(&run)).unwrap();
+    let whisker::train::model_file::Head::Linear(h) = &trained.head else {
         panic!("a probe")
     };
     let (w, b) = (&sd["classifier.weight"], &sd["classifier.bias"]);
