@@ -276,7 +276,7 @@ const TILES_PER_BLOCK: usize = 16;
 /// A thread's range of at most this many tiles is one block when its weight panels are too
 /// large to stay in L2 between blocks ([`STREAMED_WEIGHTS`]): each panel then goes by once for
 /// all of them instead of once per 16 (a batch-1 ViT-B's 197 tokens, 33 tiles: its token GEMMs
-/// 8–12 % faster on the AVX-512 Xeon, vit_b_16 5.6 → 6.2–6.4 images/s). Weights that stay in
+/// 8–12 % faster on the AVX-512 Xeon, vit_b_16 5.4–5.7 → 6.1–6.3 images/s). Weights that stay in
 /// L2 (dinov2_vits14's, ResNet-50's 14×14 layers) keep blocks of 16, whose rows stay in L1.
 const ONE_BLOCK_TILES: usize = 3 * TILES_PER_BLOCK;
 /// Bytes of one thread's weight panels above which they are streamed from L3 for every block
@@ -522,14 +522,14 @@ unsafe fn run_range(
                 .iter()
                 .map(|wp| wp * ktaps * kcin * 4)
                 .sum();
-            let streamed = panel_bytes > STREAMED_WEIGHTS;
+            let block = if t1 - t0 <= ONE_BLOCK_TILES && panel_bytes > STREAMED_WEIGHTS {
+                t1 - t0
+            } else {
+                TILES_PER_BLOCK
+            };
             let mut tb = t0;
             while tb < t1 {
-                let te = if t1 - t0 <= ONE_BLOCK_TILES && streamed {
-                    t1
-                } else {
-                    (tb + TILES_PER_BLOCK).min(t1)
-                };
+                let te = (tb + block).min(t1);
                 // tap pointers of the block's tiles: [tile][tap][row]
                 ptrs.clear();
                 ptrs.resize((te - tb) * taps * mr, zero);
